@@ -1,0 +1,127 @@
+"""Corpus layout and loaders.
+
+Layout (schema v1)::
+
+    corpus/
+      manifest.parquet                     one row per run (spec, status, timings, versions)
+      runs.parquet                         manifest + outcomes (written by analysis)
+      steps/domain=<d>/algo=<a>/env=<e>/perturbation=<p>/<run_id>.parquet
+      events/<run_id>.parquet
+      README.md                            dataset card
+
+The loaders here are conveniences; the files read just as well with plain
+``polars.scan_parquet``, ``duckdb`` or ``pandas``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+
+from data_schema.errors import CorpusNotFoundError
+from data_schema.io import read_table, write_table
+from data_schema.schema import EVENTS_SCHEMA, MANIFEST_SCHEMA, PARTITION_COLUMNS, RUNS_SCHEMA, STEPS_SCHEMA
+
+MANIFEST = "manifest.parquet"
+RUNS = "runs.parquet"
+STEPS_DIR = "steps"
+EVENTS_DIR = "events"
+STEPS_GLOB = "steps/**/*.parquet"
+EVENTS_GLOB = "events/*.parquet"
+
+
+def steps_path(corpus: str | os.PathLike[str], run: dict[str, Any]) -> Path:
+    """Where the steps file of ``run`` (a mapping with the partition keys and run_id) lives."""
+    parts = [f"{key}={run[key]}" for key in PARTITION_COLUMNS]
+    return Path(corpus, STEPS_DIR, *parts, f"{run['run_id']}.parquet")
+
+
+def events_path(corpus: str | os.PathLike[str], run_id: str) -> Path:
+    return Path(corpus, EVENTS_DIR, f"{run_id}.parquet")
+
+
+def require_corpus(corpus: str | os.PathLike[str]) -> Path:
+    path = Path(corpus)
+    if not path.is_dir():
+        raise CorpusNotFoundError(f"{path}: no corpus here (run `stabilitybench generate` first or pass --corpus)")
+    return path
+
+
+def read_manifest(corpus: str | os.PathLike[str]) -> pa.Table:
+    """The manifest table; an empty table with the manifest schema if none was written yet."""
+    path = Path(corpus, MANIFEST)
+    if not path.exists():
+        return MANIFEST_SCHEMA.empty_table()
+    return read_table(path, "manifest")
+
+
+def write_manifest(corpus: str | os.PathLike[str], rows: list[dict[str, Any]]) -> Path:
+    """Atomically (re)write the manifest from ``rows``; later rows win on duplicate run_id."""
+    by_id: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        by_id[row["run_id"]] = row
+    ordered = sorted(by_id.values(), key=lambda r: r["run_id"])
+    table = pa.Table.from_pylist(ordered, schema=MANIFEST_SCHEMA) if ordered else MANIFEST_SCHEMA.empty_table()
+    return write_table(table, Path(corpus, MANIFEST), MANIFEST_SCHEMA)
+
+
+def scan_steps(corpus: str | os.PathLike[str], **filters: Any) -> pl.LazyFrame:
+    """A polars LazyFrame over every steps file, Hive-partitioned.
+
+    ``filters`` are equality filters (or a list/tuple for ``is_in``) on any column,
+    e.g. ``scan_steps("corpus", algo="ppo", perturbation=["none", "lr_spike"])``.
+    Filters on partition columns prune whole directories; projections are pushed
+    down, so ``.select([...])`` reads only those columns.
+    """
+    root = require_corpus(corpus)
+    if not any(Path(root, STEPS_DIR).rglob("*.parquet")):
+        lf = pl.from_arrow(STEPS_SCHEMA.empty_table()).lazy()
+    else:
+        lf = pl.scan_parquet(str(root / STEPS_GLOB), hive_partitioning=True)
+    for name, value in filters.items():
+        if isinstance(value, (list, tuple, set)):
+            lf = lf.filter(pl.col(name).is_in(list(value)))
+        else:
+            lf = lf.filter(pl.col(name) == value)
+    return lf
+
+
+def connect(corpus: str | os.PathLike[str], database: str = ":memory:") -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with views ``runs``, ``manifest``, ``steps`` and ``events``.
+
+    ``runs`` is ``runs.parquet`` when analysis has written it, else the manifest (so
+    outcome columns are null until then).
+    """
+    root = require_corpus(corpus).resolve()
+    con = duckdb.connect(database)
+    manifest = root / MANIFEST
+    runs = root / RUNS
+    _view(con, "manifest", f"read_parquet('{_sql(manifest)}')" if manifest.exists() else None, MANIFEST_SCHEMA)
+    if runs.exists():
+        _view(con, "runs", f"read_parquet('{_sql(runs)}')", RUNS_SCHEMA)
+    else:
+        _view(con, "runs", "manifest" if manifest.exists() else None, MANIFEST_SCHEMA)
+    has_steps = any(Path(root, STEPS_DIR).rglob("*.parquet"))
+    steps_src = f"read_parquet('{_sql(root / STEPS_GLOB)}', hive_partitioning=true, union_by_name=true)"
+    _view(con, "steps", steps_src if has_steps else None, STEPS_SCHEMA)
+    has_events = any(Path(root, EVENTS_DIR).glob("*.parquet"))
+    _view(con, "events", f"read_parquet('{_sql(root / EVENTS_GLOB)}')" if has_events else None, EVENTS_SCHEMA)
+    return con
+
+
+def _view(con: duckdb.DuckDBPyConnection, name: str, source: str | None, schema: pa.Schema) -> None:
+    if source is None:  # no files yet: an empty relation with the declared columns
+        con.register(f"_empty_{name}", schema.empty_table())
+        source = f"_empty_{name}"
+    else:
+        source = f"(select * from {source})"
+    con.execute(f"create or replace view {name} as select * from {source}")
+
+
+def _sql(path: Path) -> str:
+    return str(path).replace("'", "''")

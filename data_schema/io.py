@@ -1,0 +1,147 @@
+"""Atomic Parquet writing and schema validation.
+
+There is exactly one way to write a corpus file: :func:`write_table`. It conforms the
+table to its declared schema, writes it zstd-compressed to a dot-prefixed temporary
+file in the destination folder and ``os.replace``-s it into place, so a reader (or a
+resumed run) sees either the complete old file, the complete new file, or nothing.
+Readers ignore dot-files and the temporary name does not end in ``.parquet``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from data_schema.errors import CorruptFileError, SchemaError
+from data_schema.schema import SCHEMA_VERSION, SCHEMAS
+
+#: Key of the Parquet key-value metadata that carries a run's manifest row (JSON).
+RUN_METADATA_KEY = b"stabilitybench.run"
+
+
+def conform(table: pa.Table, schema: pa.Schema, where: str = "<table>") -> pa.Table:
+    """Return ``table`` with exactly ``schema``'s columns, order and types.
+
+    Missing nullable columns are filled with nulls; a missing non-nullable column, an
+    unexpected column, an uncastable type or a null in a non-nullable column raises
+    :class:`SchemaError` naming ``where`` and the column.
+    """
+    extra = [n for n in table.column_names if schema.get_field_index(n) < 0]
+    if extra:
+        raise SchemaError(f"{where}: unexpected column {extra[0]!r} (not in schema v{SCHEMA_VERSION})")
+    arrays = []
+    for field in schema:
+        if field.name not in table.column_names:
+            if not field.nullable:
+                raise SchemaError(f"{where}: missing required column {field.name!r}")
+            arrays.append(pa.nulls(table.num_rows, type=field.type))
+            continue
+        col = table.column(field.name)
+        if not col.type.equals(field.type):
+            if not _safe_cast(col.type, field.type):
+                raise SchemaError(f"{where}: column {field.name!r}: expected {field.type}, found {col.type}")
+            try:
+                col = col.cast(field.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise SchemaError(f"{where}: column {field.name!r}: cannot cast {col.type} to {field.type}") from exc
+        if not field.nullable and col.null_count:
+            raise SchemaError(f"{where}: column {field.name!r}: {col.null_count} null(s) in a required column")
+        arrays.append(col)
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _safe_cast(src: pa.DataType, dst: pa.DataType) -> bool:
+    """Casts we accept silently: null to anything, ints to wider ints or floats, large/small strings."""
+    if pa.types.is_null(src):
+        return True
+    if pa.types.is_integer(src) and (pa.types.is_integer(dst) or pa.types.is_floating(dst)):
+        return True
+    if pa.types.is_floating(src) and pa.types.is_floating(dst):
+        return True
+    if (pa.types.is_string(src) or pa.types.is_large_string(src)) and pa.types.is_string(dst):
+        return True
+    if pa.types.is_dictionary(src):
+        return _safe_cast(src.value_type, dst)
+    return False
+
+
+def write_table(
+    table: pa.Table,
+    path: str | os.PathLike[str],
+    schema: pa.Schema,
+    extra_metadata: dict[bytes, bytes] | None = None,
+) -> Path:
+    """Validate ``table`` against ``schema`` and write it atomically to ``path`` (zstd).
+
+    ``extra_metadata`` is merged into the file's key-value metadata (e.g. the run's
+    manifest row under :data:`RUN_METADATA_KEY`).
+    """
+    path = Path(path)
+    table = conform(table, schema, where=str(path))
+    if extra_metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra_metadata})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "rb") as fh:  # make the bytes durable before the rename publishes them
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_table(path: str | os.PathLike[str], table_name: str) -> pa.Table:
+    """Read a corpus file and validate it against the named schema.
+
+    Raises :class:`CorruptFileError` if it is not readable Parquet and
+    :class:`SchemaError` (naming file and column) if the columns do not match.
+    """
+    path = Path(path)
+    try:
+        table = pq.read_table(path)
+    except FileNotFoundError:
+        raise
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise CorruptFileError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from exc
+    validate(table, table_name, where=str(path))
+    return table
+
+
+def validate(table: pa.Table, table_name: str, where: str = "<table>") -> None:
+    """Check that ``table`` has exactly the columns and types of schema ``table_name``."""
+    schema = SCHEMAS[table_name]
+    for field in schema:
+        idx = table.schema.get_field_index(field.name)
+        if idx < 0:
+            raise SchemaError(f"{where}: missing column {field.name!r}")
+        found = table.schema.field(idx).type
+        if not found.equals(field.type):
+            raise SchemaError(f"{where}: column {field.name!r}: expected {field.type}, found {found}")
+        if not field.nullable and table.column(idx).null_count:
+            raise SchemaError(f"{where}: column {field.name!r}: nulls in a required column")
+    extra = [n for n in table.column_names if schema.get_field_index(n) < 0]
+    if extra:
+        raise SchemaError(f"{where}: unexpected column {extra[0]!r}")
+
+
+def run_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The manifest row stored in a steps file's metadata, or None if absent/unreadable."""
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (pa.ArrowInvalid, OSError):
+        return None
+    raw = meta.get(RUN_METADATA_KEY)
+    return json.loads(raw) if raw else None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,197 @@
+"""Schema v1 of the StabilityBench corpus, declared once.
+
+Every table the project writes (``steps``, ``manifest``, ``events``, ``runs``) is an
+Arrow schema built here. Each field carries metadata ``unit`` and ``description``;
+writers pass these schemas at write time and :mod:`data_schema.io` validates against
+them, so the Parquet files are self-describing for readers that never import this
+package (polars, DuckDB, pandas).
+
+Conventions
+-----------
+* ``step`` is the optimizer-update index (0-based): one ``steps`` row per gradient
+  step that the optimizer applied.
+* Columns that a domain or algorithm does not produce are null, never zero.
+* Values that an algorithm only reports once per training phase (SB3 PPO reports
+  its losses, ``approx_kl`` and ``clip_fraction`` once per ``train()`` call) sit on
+  the *last* update of that phase and are null on the others.
+* Partition values (``domain``, ``algo``, ``env``, ``perturbation``) are stored as
+  columns too, so a flat read without Hive partitioning still has them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+SCHEMA_VERSION = "1.0"
+
+DOMAINS = ("rl", "lm")
+DIMENSIONS = ("none", "optimization", "environmental", "parametric", "learning_signal")
+RUN_STATUSES = ("ok", "failed", "running")
+STOP_REASONS = ("completed", "nonfinite")
+EVENT_KINDS = ("perturbation_on", "perturbation_off", "nonfinite", "eval", "collapse")
+
+#: Hive partition keys of ``steps/``, in directory order.
+PARTITION_COLUMNS = ("domain", "algo", "env", "perturbation")
+
+
+@dataclass(frozen=True)
+class Column:
+    """One declared column: Arrow type, unit and a one-line description."""
+
+    name: str
+    type: pa.DataType
+    unit: str
+    description: str
+    nullable: bool = True
+
+    def field(self) -> pa.Field:
+        meta = {b"unit": self.unit.encode(), b"description": self.description.encode()}
+        return pa.field(self.name, self.type, nullable=self.nullable, metadata=meta)
+
+
+def _schema(name: str, columns: list[Column]) -> pa.Schema:
+    names = [c.name for c in columns]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:  # a programming error in this module, caught at import
+        raise ValueError(f"duplicate columns in {name} schema: {sorted(dupes)}")
+    meta = {b"stabilitybench.table": name.encode(), b"stabilitybench.schema_version": SCHEMA_VERSION.encode()}
+    return pa.schema([c.field() for c in columns], metadata=meta)
+
+
+STR, I64, F64, BOOL = pa.string(), pa.int64(), pa.float64(), pa.bool_()
+
+# --------------------------------------------------------------------------- steps
+STEPS_CORE = [
+    Column("run_id", STR, "-", "Stable hash of the run spec and schema version", nullable=False),
+    Column("step", I64, "update", "Optimizer-update index, 0-based", nullable=False),
+    Column("samples_seen", I64, "samples", "Env steps (RL) or tokens (LM) consumed before this update", nullable=False),
+    Column("wall_time_s", F64, "s", "Seconds since the run started, at the end of this update", nullable=False),
+    Column("lr", F64, "-", "Learning rate the optimizer applied at this update (after any perturbation)"),
+    Column("loss", F64, "-", "Total training loss (RL PPO: last minibatch of the train() call; see module doc)"),
+    Column("grad_norm", F64, "L2", "Global L2 norm of the gradient before clipping"),
+    Column(
+        "grad_coherence",
+        F64,
+        "cosine",
+        "Mean pairwise cosine of the applied (post-clipping) gradients over the last K updates "
+        "(K = manifest coherence_window); null until K gradients exist. RL SAC/TD3: critic",
+    ),
+    Column("update_norm", F64, "L2", "L2 norm of the parameter change made by this update"),
+    Column("param_norm", F64, "L2", "Global L2 norm of the parameters after this update"),
+    Column("perturbation_active", BOOL, "-", "Whether the run's perturbation acted at this update", nullable=False),
+    Column(
+        "performance",
+        F64,
+        "task",
+        "Higher is better. RL: mean return of the last perf_window completed episodes; LM: -val_loss",
+    ),
+]
+
+STEPS_RL = [
+    Column("episode_return", F64, "return", "Return of the most recently completed training episode (Monitor)"),
+    Column("eval_return", F64, "return", "Mean return of the deterministic policy on the eval env"),
+    Column("policy_loss", F64, "-", "Policy loss (PPO: mean policy-gradient loss of the train() call)"),
+    Column("value_loss", F64, "-", "Value loss (PPO) or critic loss (SAC/TD3)"),
+    Column("entropy", F64, "nats", "Policy entropy (PPO: minus SB3's entropy_loss, mean of the train() call)"),
+    Column("approx_kl", F64, "nats", "Approximate KL(old || new) of the train() call (PPO)"),
+    Column("clip_fraction", F64, "fraction", "Fraction of samples whose ratio was clipped in the train() call (PPO)"),
+    Column("q_mean", F64, "return", "Mean Q estimate on the minibatch (SAC/TD3)"),
+    Column("dormant_fraction", F64, "fraction", "Fraction of tau-dormant hidden units (ReDo) on the probe batch"),
+    Column("effective_rank", F64, "-", "Effective rank of a hidden layer's features on the probe batch"),
+]
+
+STEPS_LM = [
+    Column("train_loss", F64, "nats/token", "Mean training cross-entropy of this optimizer step"),
+    Column("val_loss", F64, "nats/token", "Cross-entropy on the fixed validation set"),
+    Column("attn_logit_max", F64, "logit", "Max pre-softmax attention logit (sampled)"),
+    Column("output_logit_max", F64, "logit", "Max output logit (sampled)"),
+    Column("tokens_per_s", F64, "tokens/s", "Training throughput of this step"),
+]
+
+STEPS_PARTITION = [
+    Column("domain", STR, "-", "rl | lm (also a Hive partition key)", nullable=False),
+    Column("algo", STR, "-", "Algorithm or model family, e.g. ppo, gpt2 (Hive partition key)", nullable=False),
+    Column("env", STR, "-", "Gymnasium env id or text corpus name (Hive partition key)", nullable=False),
+    Column("perturbation", STR, "-", "Perturbation kind, e.g. none, lr_spike (Hive partition key)", nullable=False),
+]
+
+STEPS_COLUMNS = STEPS_CORE + STEPS_RL + STEPS_LM + STEPS_PARTITION
+STEPS_SCHEMA = _schema("steps", STEPS_COLUMNS)
+
+# ------------------------------------------------------------------------ manifest
+MANIFEST_COLUMNS = [
+    Column("run_id", STR, "-", "Stable hash of the run spec and schema version", nullable=False),
+    Column("domain", STR, "-", "rl | lm", nullable=False),
+    Column("algo", STR, "-", "Algorithm or model family", nullable=False),
+    Column("env", STR, "-", "Gymnasium env id or text corpus name", nullable=False),
+    Column("seed", I64, "-", "Seed of everything random in the run", nullable=False),
+    Column("perturbation", STR, "-", "Perturbation kind", nullable=False),
+    Column("dimension", STR, "-", "none | optimization | environmental | parametric | learning_signal", nullable=False),
+    Column("magnitude", F64, "-", "Perturbation magnitude (kind-specific; 1 = identity for multiplicative kinds)"),
+    Column("onset_frac", F64, "fraction", "Onset as a fraction of the run's optimizer updates"),
+    Column("onset_step", I64, "update", "Onset as an optimizer-update index"),
+    Column("duration_steps", I64, "update", "How many optimizer updates the perturbation lasts"),
+    Column("stochasticity", STR, "-", "Named stochasticity level (low | default | high)", nullable=False),
+    Column("batch_size", I64, "samples", "Minibatch size (stochasticity knob)"),
+    Column("n_envs", I64, "-", "Parallel envs (stochasticity knob, RL)"),
+    Column("ent_coef", F64, "-", "Entropy coefficient (stochasticity knob, PPO)"),
+    Column("coherence_window", I64, "update", "K of the rolling gradient-coherence window"),
+    Column("total_steps", I64, "samples", "Planned env steps (RL) or tokens (LM)", nullable=False),
+    Column("planned_updates", I64, "update", "Planned optimizer updates"),
+    Column("n_updates", I64, "update", "Optimizer updates actually recorded"),
+    Column("stop_reason", STR, "-", "completed | nonfinite (null if failed)"),
+    Column("status", STR, "-", "ok | failed | running", nullable=False),
+    Column("error", STR, "-", "One-line error of a failed run"),
+    Column("wall_time_s", F64, "s", "Wall time of the run"),
+    Column("started_at", STR, "ISO-8601", "UTC start time of the run"),
+    Column("code_version", STR, "-", "Git commit (+dirty) or package version that produced the run", nullable=False),
+    Column("schema_version", STR, "-", "Corpus schema version", nullable=False),
+    Column("tokenizer_hash", STR, "-", "SHA-256 of the tokenizer (LM only)"),
+    Column("config_json", STR, "json", "Full resolved run configuration, JSON", nullable=False),
+]
+MANIFEST_SCHEMA = _schema("manifest", MANIFEST_COLUMNS)
+
+OUTCOME_COLUMNS = [
+    Column("collapsed", BOOL, "-", "Whether the collapse rule fired"),
+    Column("collapse_step", I64, "update", "Update index of collapse"),
+    Column("collapse_time", I64, "update", "Updates from perturbation onset to collapse"),
+    Column("censored", BOOL, "-", "True if the run never collapsed (right-censored at its last step)"),
+    Column("final_performance", F64, "task", "Performance at the end of the run"),
+]
+RUNS_SCHEMA = _schema("runs", MANIFEST_COLUMNS + OUTCOME_COLUMNS)
+
+# -------------------------------------------------------------------------- events
+EVENTS_COLUMNS = [
+    Column("run_id", STR, "-", "Run the event belongs to", nullable=False),
+    Column("step", I64, "update", "Optimizer-update index at which the event happened", nullable=False),
+    Column("samples_seen", I64, "samples", "Env steps or tokens at the event"),
+    Column("wall_time_s", F64, "s", "Seconds since run start"),
+    Column("event", STR, "-", "perturbation_on | perturbation_off | nonfinite | eval | collapse", nullable=False),
+    Column("detail", STR, "-", "Free text, e.g. which tensor was non-finite"),
+    Column("value", F64, "-", "Event value, e.g. the perturbation magnitude"),
+]
+EVENTS_SCHEMA = _schema("events", EVENTS_COLUMNS)
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "steps": STEPS_SCHEMA,
+    "manifest": MANIFEST_SCHEMA,
+    "runs": RUNS_SCHEMA,
+    "events": EVENTS_SCHEMA,
+}
+
+
+def describe(table: str) -> list[dict[str, str]]:
+    """Rows ``{name, type, unit, description, nullable}`` for docs and dataset cards."""
+    schema = SCHEMAS[table]
+    return [
+        {
+            "name": f.name,
+            "type": str(f.type),
+            "unit": f.metadata[b"unit"].decode(),
+            "description": f.metadata[b"description"].decode(),
+            "nullable": str(f.nullable).lower(),
+        }
+        for f in schema
+    ]

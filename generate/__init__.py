@@ -1,0 +1,1 @@
+"""Generators of the StabilityBench corpus: profiles, run specs, the runner, RL (and later LM) training."""

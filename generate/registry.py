@@ -1,0 +1,72 @@
+"""Which generator runs a (domain, algo), with its config class and stochasticity levels.
+
+Entries name their run function as ``"module:function"`` and import it lazily, so
+the CLI and the profile checker start without importing torch or SB3.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, fields
+from typing import Any, Callable
+
+import pyarrow as pa
+
+from generate.errors import ProfileError
+from generate.rl.config import PPO_STOCHASTICITY, PPOConfig
+from generate.spec import RunSpec
+
+
+@dataclass(frozen=True)
+class GeneratorResult:
+    """What a generator hands back to the runner for one run."""
+
+    steps: pa.Table
+    events: pa.Table
+    planned_updates: int
+    onset_step: int
+    stop_reason: str  # completed | nonfinite
+    knobs: dict[str, Any]  # stochasticity knobs for the manifest: batch_size, n_envs, ent_coef
+    config: dict[str, Any]  # the fully resolved algorithm config
+    tokenizer_hash: str | None = None
+
+
+@dataclass(frozen=True)
+class Generator:
+    domain: str
+    algo: str
+    config_cls: type
+    stochasticity: dict[str, dict[str, Any]]
+    entry: str
+
+    def config(self, spec: RunSpec) -> Any:
+        """The algorithm config of ``spec``: defaults < stochasticity level < hparams."""
+        if spec.stochasticity not in self.stochasticity:
+            raise ProfileError(
+                f"unknown stochasticity level {spec.stochasticity!r} for {self.algo} "
+                f"(available: {', '.join(self.stochasticity)})"
+            )
+        return self.config_cls(**{**self.stochasticity[spec.stochasticity], **dict(spec.hparams)})
+
+    def hparam_names(self) -> list[str]:
+        return [f.name for f in fields(self.config_cls)]
+
+    def hparam_type(self, name: str) -> type:
+        return {f.name: f.type for f in fields(self.config_cls)}[name]
+
+    def load(self) -> Callable[[RunSpec], GeneratorResult]:
+        module, func = self.entry.split(":")
+        return getattr(importlib.import_module(module), func)
+
+
+GENERATORS: dict[tuple[str, str], Generator] = {
+    ("rl", "ppo"): Generator("rl", "ppo", PPOConfig, PPO_STOCHASTICITY, "generate.rl.ppo:run"),
+}
+
+
+def generator_for(domain: str, algo: str) -> Generator:
+    try:
+        return GENERATORS[(domain, algo)]
+    except KeyError:
+        known = ", ".join(f"{d}/{a}" for d, a in GENERATORS)
+        raise ProfileError(f"no generator for domain={domain!r} algo={algo!r} (available: {known})") from None

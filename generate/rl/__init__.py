@@ -1,0 +1,1 @@
+"""RL generators (stable-baselines3 on MuJoCo -v5 tasks)."""

@@ -1,0 +1,62 @@
+"""The run spec: one point of the perturbation matrix, frozen and hashable."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from data_schema.schema import SCHEMA_VERSION
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that determines a run. Two equal specs produce the same ``run_id``.
+
+    ``onset_frac`` is a fraction of the run's optimizer updates; ``duration_steps``
+    counts optimizer updates. ``hparams`` are algorithm overrides as sorted
+    ``(name, value)`` pairs (validated against the algorithm's config by the profile
+    loader).
+    """
+
+    domain: str
+    algo: str
+    env: str
+    seed: int
+    perturbation: str = "none"
+    magnitude: float = 1.0
+    onset_frac: float = 0.3
+    duration_steps: int = 1
+    stochasticity: str = "default"
+    total_steps: int = 100_000
+    coherence_window: int = 8
+    perf_window: int = 5
+    hparams: tuple[tuple[str, Any], ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        # Normalise numeric types so 10 and 10.0 hash alike.
+        object.__setattr__(self, "magnitude", float(self.magnitude))
+        object.__setattr__(self, "onset_frac", float(self.onset_frac))
+        for name in ("seed", "duration_steps", "total_steps", "coherence_window", "perf_window"):
+            object.__setattr__(self, name, int(getattr(self, name)))
+        object.__setattr__(self, "hparams", tuple(sorted((str(k), v) for k, v in dict(self.hparams).items())))
+
+    @property
+    def run_id(self) -> str:
+        payload = json.dumps({**self.to_dict(), "schema_version": SCHEMA_VERSION}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["hparams"] = dict(self.hparams)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunSpec:
+        d = dict(d)
+        d["hparams"] = tuple(dict(d.get("hparams") or {}).items())
+        return cls(**d)
+
+    def axis_value(self, name: str) -> Any:
+        return getattr(self, name)
