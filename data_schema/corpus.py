@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import duckdb
 import polars as pl
@@ -36,8 +37,13 @@ EVENTS_GLOB = "events/*.parquet"
 
 
 def steps_path(corpus: str | os.PathLike[str], run: dict[str, Any]) -> Path:
-    """Where the steps file of ``run`` (a mapping with the partition keys and run_id) lives."""
-    parts = [f"{key}={run[key]}" for key in PARTITION_COLUMNS]
+    """Where the steps file of ``run`` (a mapping with the partition keys and run_id) lives.
+
+    Partition values are percent-encoded (``phys2d/CartPole-v1`` -> ``phys2d%2FCartPole-v1``),
+    as Hive readers (polars, DuckDB, pyarrow) expect: a raw ``/`` would add a directory
+    level and the readers would report the partition value as ``phys2d``.
+    """
+    parts = [f"{key}={quote(str(run[key]), safe='')}" for key in PARTITION_COLUMNS]
     return Path(corpus, STEPS_DIR, *parts, f"{run['run_id']}.parquet")
 
 

@@ -7,8 +7,9 @@ the CLI and the profile checker start without importing torch or SB3.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any, Callable
+from typing import Any
 
 import pyarrow as pa
 

@@ -79,12 +79,27 @@ def run_one(spec: RunSpec, corpus: str | os.PathLike[str]) -> dict[str, Any]:
         write_table(result.events, events_path(corpus, spec.run_id), EVENTS_SCHEMA)
         meta = {RUN_METADATA_KEY: json.dumps(row).encode()}
         write_table(result.steps, steps_path(corpus, row), STEPS_SCHEMA, extra_metadata=meta)
-    except Exception as exc:  # noqa: BLE001 - a failed run is recorded, the matrix goes on
+    except Exception as exc:
         row.update(status="failed", error=_one_line(exc), wall_time_s=time.perf_counter() - t0, stop_reason=None)
         log = corpus / LOG_DIR / f"{spec.run_id}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text(traceback.format_exc())
     return row
+
+
+def _pool_run_one(spec: RunSpec, corpus: str) -> dict[str, Any]:
+    """Pool entry point: ``run_one`` with this worker's stdout/stderr going to the run's log.
+
+    Native libraries (MuJoCo's compiler, for one) print straight to file descriptors 1
+    and 2, which would tear through the progress bar; one run per process makes the
+    redirect safe, and the output is kept in ``<corpus>/logs/<run_id>.out``.
+    """
+    log = Path(corpus, LOG_DIR, f"{spec.run_id}.out")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as fh:
+        os.dup2(fh.fileno(), 1)
+        os.dup2(fh.fileno(), 2)
+        return run_one(spec, corpus)
 
 
 def base_row(spec: RunSpec) -> dict[str, Any]:
@@ -233,7 +248,7 @@ def run_matrix(
             while (pending or in_flight) and not broken:
                 while pending and len(in_flight) < workers:
                     spec = pending.pop(0)
-                    in_flight[pool.submit(run_one, spec, str(corpus))] = spec
+                    in_flight[pool.submit(_pool_run_one, spec, str(corpus))] = spec
                 finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                 for fut in finished:
                     spec = in_flight.pop(fut)

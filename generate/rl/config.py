@@ -30,6 +30,9 @@ class PPOConfig:
     max_grad_norm: float = 0.5
     n_envs: int = 1
 
+    def __post_init__(self) -> None:
+        check_fields(self, nonnegative={"ent_coef"})
+
     def updates_per_rollout(self) -> int:
         """Optimizer updates per ``train()`` call: epochs x minibatches (last one may be partial)."""
         return self.n_epochs * math.ceil(self.n_steps * self.n_envs / self.batch_size)
@@ -40,6 +43,20 @@ class PPOConfig:
 
     def sb3_kwargs(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "n_envs"}
+
+
+def check_fields(cfg: Any, nonnegative: set[str] = frozenset()) -> None:
+    """Raise ValueError naming the field if a value has the wrong type or is not > 0 (>= 0 if listed)."""
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        kind = {"int": int, "float": float}.get(str(f.type))
+        if kind is None:
+            continue
+        wrong_int = kind is int and not isinstance(value, int)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or wrong_int:
+            raise ValueError(f"{f.name}={value!r} is not a valid {kind.__name__}")
+        if not math.isfinite(value) or value < 0 or (value == 0 and f.name not in nonnegative):
+            raise ValueError(f"{f.name}={value!r} must be {'>= 0' if f.name in nonnegative else '> 0'}")
 
 
 #: Named stochasticity levels: overrides applied before the profile's own hparams.

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from stable_baselines3 import PPO
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.env_util import make_vec_env
 
 from generate.errors import NonFiniteTraining
@@ -121,12 +122,16 @@ class PPOTelemetry(BaseCallback):
             self.probe = None
 
 
-def run(spec: RunSpec) -> GeneratorResult:
-    """Train SB3 PPO for ``spec.total_steps`` env steps and return its telemetry."""
+def run(spec: RunSpec, extra_callbacks: Sequence[BaseCallback] = ()) -> GeneratorResult:
+    """Train SB3 PPO for ``spec.total_steps`` env steps and return its telemetry.
+
+    ``extra_callbacks`` run after the telemetry callback (tests use them to observe the
+    optimizer independently).
+    """
     check_env_id(spec.env)
     cfg = GENERATORS[("rl", "ppo")].config(spec)
     planned = cfg.planned_updates(spec.total_steps)
-    onset_step = int(round(spec.onset_frac * planned))
+    onset_step = round(spec.onset_frac * planned)
     perturbation = build(spec.perturbation, spec.magnitude, onset_step, spec.duration_steps)
 
     env = make_vec_env(spec.env, n_envs=cfg.n_envs, seed=spec.seed)
@@ -139,7 +144,7 @@ def run(spec: RunSpec) -> GeneratorResult:
 
     stop_reason = "completed"
     try:
-        model.learn(total_timesteps=spec.total_steps, callback=callback)
+        model.learn(total_timesteps=spec.total_steps, callback=CallbackList([callback, *extra_callbacks]))
     except NonFiniteTraining as exc:
         stop_reason = "nonfinite"
         events.add(exc.step, "nonfinite", detail=exc.what)

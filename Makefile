@@ -1,0 +1,41 @@
+# StabilityBench. `make quick` and `make test` set everything up on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+SB      = $(VENV)/bin/stabilitybench
+STAMP   = $(VENV)/.installed
+WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
+
+.PHONY: quick test lint bench clean-corpus
+
+# torch first, pinned to the local CPU wheel: a bare `torch` requirement would pull a
+# multi-GB CUDA build. The project's torch range is satisfied by it, so pip adds nothing.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+$(VENV): $(STAMP)
+
+quick: $(STAMP)
+	$(SB) generate --profile quick --out corpus --workers $(WORKERS)
+	$(SB) status --corpus corpus --profile quick
+	$(SB) query --corpus corpus "select perturbation, magnitude, duration_steps, count(*) as runs, \
+	  round(avg(final), 1) as mean_final_return, round(min(final), 1) as min_final, round(max(final), 1) as max_final \
+	  from (select run_id, last(performance order by step) as final from steps group by run_id) \
+	  join runs using (run_id) group by all order by perturbation, duration_steps, magnitude"
+	@echo "corpus written to $(CURDIR)/corpus (query it: $(SB) query \"select ...\")"
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_ppo_overhead.py
+
+clean-corpus:
+	rm -rf corpus

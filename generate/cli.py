@@ -1,0 +1,141 @@
+"""``generate`` and ``status`` commands (mounted by the ``stabilitybench`` CLI; also ``python -m generate``)."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from data_schema import read_manifest, require_corpus
+from generate.matrix import load_profile, parse_only, select
+from generate.runner import LOG_DIR, Plan, plan, run_matrix
+
+console = Console(stderr=True)
+out = Console()
+
+ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="smoke | quick | paper, or a path to a .toml file")]
+CorpusOpt = Annotated[Path, typer.Option("--out", "--corpus", "-o", help="Corpus directory")]
+OnlyOpt = Annotated[
+    str | None, typer.Option("--only", help="Filter by axis values, e.g. 'algo=ppo,magnitude=10|100'")
+]
+
+
+def generate(
+    profile: ProfileOpt = "quick",
+    out_dir: CorpusOpt = Path("corpus"),
+    workers: Annotated[int, typer.Option("--workers", "-w", help="Parallel runs (default: CPU cores)")] = 0,
+    only: OnlyOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would run, run nothing")] = False,
+) -> None:
+    """Run every pending run of a profile into the corpus (resumable: done runs are skipped)."""
+    specs = select(load_profile(profile), parse_only(only))
+    if not specs:
+        raise typer.BadParameter(f"--only {only!r} matches no run of profile {profile!r}")
+    workers = workers or os.cpu_count() or 1
+    if dry_run:
+        p = plan(specs, out_dir)
+        out.print(f"profile {profile!r}: {len(specs)} runs, {len(p.done)} done, {len(p.todo)} to run "
+                  f"({len(p.failed_before)} of them failed before) in {out_dir}/")
+        for s in p.todo:
+            out.print(f"  {s.run_id}  {s.algo} {s.env} {s.perturbation} x{s.magnitude:g} "
+                      f"dur={s.duration_steps} seed={s.seed}")
+        return
+
+    progress = Progress(
+        SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[tally]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+        console=console, transient=False,
+    )
+    tally: Counter[str] = Counter()
+    task: dict[str, Any] = {}
+
+    def on_start(p: Plan) -> None:
+        if p.recovered:
+            console.print(f"recovered {len(p.recovered)} finished run(s) missing from the manifest")
+        if not p.todo:
+            console.print(f"All {len(specs)} runs of profile {profile!r} are already done in {out_dir}/: "
+                          "nothing to train.")
+            return
+        console.print(f"profile {profile!r}: {len(specs)} runs, {len(p.done)} already done, "
+                      f"{len(p.todo)} to run on {workers} worker(s) -> {out_dir}/")
+        progress.start()
+        task["id"] = progress.add_task(f"generate {profile}", total=len(p.todo), tally="")
+
+    def on_result(row: dict[str, Any]) -> None:
+        tally[row["status"]] += 1
+        if row.get("stop_reason") == "nonfinite":
+            tally["nonfinite"] += 1
+        text = f"ok {tally['ok']}" + (f" [red]failed {tally['failed']}[/]" if tally["failed"] else "")
+        text += f" (non-finite {tally['nonfinite']})" if tally["nonfinite"] else ""
+        progress.update(task["id"], advance=1, tally=text)
+        if row["status"] == "failed":
+            progress.console.print(f"[red]failed[/] {row['run_id']}: {row['error']}")
+
+    try:
+        report = run_matrix(specs, out_dir, workers=workers, on_start=on_start, on_result=on_result)
+    finally:
+        progress.stop()
+    if report.ran:
+        console.print(f"ran {report.ran} run(s): {report.ok} ok, {report.failed} failed; "
+                      f"{report.skipped} skipped as done; {report.wall_time_s:.0f} s")
+    if report.failed:
+        console.print(f"[red]{report.failed} run(s) failed[/]; tracebacks in {out_dir / LOG_DIR}/, "
+                      "rerun the same command to retry them")
+        raise typer.Exit(1)
+
+
+def status(
+    corpus: Annotated[Path, typer.Option("--corpus", "-c", help="Corpus directory")] = Path("corpus"),
+    profile: Annotated[str | None, typer.Option("--profile", "-p", help="Compare against this profile")] = None,
+    only: OnlyOpt = None,
+) -> None:
+    """What is done, missing and failed (against a profile if given, else from the manifest)."""
+    if profile is None:
+        require_corpus(corpus)
+        rows = read_manifest(corpus).to_pylist()
+        counts = Counter(r["status"] for r in rows)
+        out.print(f"{corpus}/: {len(rows)} runs in the manifest: "
+                  + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) if rows else f"{corpus}/: empty manifest")
+        _print_failed([r for r in rows if r["status"] == "failed"])
+        return
+    specs = select(load_profile(profile), parse_only(only))
+    p = plan(specs, corpus)
+    failed_ids = {s.run_id for s in p.failed_before}
+    table = Table(title=f"profile {profile!r} in {corpus}/")
+    for col in ("algo", "env", "perturbation", "runs", "done", "failed", "missing"):
+        table.add_column(col, justify="right" if col in ("runs", "done", "failed", "missing") else "left")
+    groups: dict[tuple[str, str, str], Counter[str]] = {}
+    done_ids = {s.run_id for s in p.done}
+    for s in specs:
+        c = groups.setdefault((s.algo, s.env, s.perturbation), Counter())
+        c["runs"] += 1
+        c["done" if s.run_id in done_ids else "failed" if s.run_id in failed_ids else "missing"] += 1
+    for (algo, env, pert), c in groups.items():
+        table.add_row(algo, env, pert, *(str(c[k]) for k in ("runs", "done", "failed", "missing")))
+    out.print(table)
+    n_failed = len(failed_ids)
+    out.print(f"total: {len(specs)} runs, {len(p.done)} done, {n_failed} failed, {len(p.todo) - n_failed} missing")
+    by_id = {r["run_id"]: r for r in p.rows}
+    _print_failed([by_id[i] for i in failed_ids])
+
+
+def _print_failed(rows: list[dict[str, Any]]) -> None:
+    for r in rows[:20]:
+        out.print(f"  [red]failed[/] {r['run_id']} {r['algo']} {r['env']} {r['perturbation']} "
+                  f"x{r['magnitude']:g} seed={r['seed']}: {r['error']}")
+    if len(rows) > 20:
+        out.print(f"  ... and {len(rows) - 20} more")

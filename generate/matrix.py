@@ -1,0 +1,213 @@
+"""Profiles (TOML files under generate/profiles/) and their expansion into a list of :class:`RunSpec`.
+
+A profile is data, never code::
+
+    description = "what this profile is for"
+
+    [defaults]                  # applies to every block below
+    domain = "rl"
+    algo = "ppo"
+    total_steps = 100_000
+
+    [[matrix]]                  # each block: list values are axes, their product expands
+    perturbation = "lr_spike"
+    magnitude = [1, 3, 10, 30, 100]
+    seed = [0, 1, 2]
+    hparams = { n_steps = 512 } # algorithm overrides, checked against its config
+
+A block value may be a scalar or a list; every list is an axis and the block expands
+to the Cartesian product. The blocks are concatenated and duplicate specs dropped.
+Any unknown key or bad value raises :class:`ProfileError` naming the file and key.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from data_schema.schema import DOMAINS
+from generate.errors import ProfileError, UnknownEnvError
+from generate.perturbations import REGISTRY, perturbation_class
+from generate.registry import GENERATORS, generator_for
+from generate.spec import RunSpec
+
+#: Axis name -> expected Python type of one value.
+AXES: dict[str, type] = {f.name: f.type for f in fields(RunSpec)}  # type: ignore[misc]
+_AXIS_TYPES = {"str": str, "int": int, "float": float}
+TOP_LEVEL_KEYS = {"description", "defaults", "matrix"}
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.name.removesuffix(".toml") for p in resources.files("generate.profiles").iterdir()
+                  if p.name.endswith(".toml"))
+
+
+def profile_path(name_or_path: str) -> Path:
+    """A built-in profile name (``smoke``, ``quick``, ``paper``) or a path to a TOML file."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml":
+        if not path.is_file():
+            raise ProfileError(f"{path}: profile file not found")
+        return path
+    builtin = resources.files("generate.profiles") / f"{name_or_path}.toml"
+    if not builtin.is_file():
+        raise ProfileError(f"unknown profile {name_or_path!r} (available: {', '.join(available_profiles())}, "
+                           "or a path to a .toml file)")
+    return Path(str(builtin))
+
+
+def load_profile(name_or_path: str) -> list[RunSpec]:
+    """Parse, validate and expand a profile into its run specs (stable order, no duplicates)."""
+    path = profile_path(name_or_path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(f"{path}: invalid TOML ({exc})") from None
+    return expand(data, where=str(path))
+
+
+def expand(data: dict[str, Any], where: str = "<profile>") -> list[RunSpec]:
+    for key in data:
+        if key not in TOP_LEVEL_KEYS:
+            raise ProfileError(f"{where}: unknown top-level key {key!r} (expected one of {sorted(TOP_LEVEL_KEYS)})")
+    defaults = data.get("defaults", {})
+    if not isinstance(defaults, dict):
+        raise ProfileError(f"{where}: defaults: must be a table")
+    _check_keys(defaults, f"{where}: defaults")
+    blocks = data.get("matrix")
+    if not isinstance(blocks, list) or not blocks:
+        raise ProfileError(f"{where}: needs at least one [[matrix]] block")
+
+    specs: dict[str, RunSpec] = {}
+    for i, block in enumerate(blocks):
+        label = f"{where}: matrix[{i}]"
+        if not isinstance(block, dict):
+            raise ProfileError(f"{label}: must be a table")
+        _check_keys(block, label)
+        merged = {**defaults, **block}
+        if "hparams" in defaults and "hparams" in block:
+            merged["hparams"] = {**defaults["hparams"], **block["hparams"]}
+        for spec in _expand_block(merged, label):
+            specs.setdefault(spec.run_id, spec)
+    return list(specs.values())
+
+
+def _check_keys(table: dict[str, Any], label: str) -> None:
+    for key in table:
+        if key not in AXES:
+            raise ProfileError(f"{label}.{key}: unknown key (expected one of {', '.join(AXES)})")
+
+
+def _expand_block(block: dict[str, Any], label: str) -> list[RunSpec]:
+    for required in ("domain", "algo", "env", "seed"):
+        if required not in block:
+            raise ProfileError(f"{label}: missing required key {required!r}")
+    hparams = block.pop("hparams", {})
+    axes = {k: v if isinstance(v, list) else [v] for k, v in block.items()}
+    for key, values in axes.items():
+        if not values:
+            raise ProfileError(f"{label}.{key}: empty list")
+        axes[key] = [_coerce(key, v, label) for v in values]
+    names = list(axes)
+    specs = []
+    for combo in itertools.product(*(axes[n] for n in names)):
+        overrides = tuple(hparams.items()) if isinstance(hparams, dict) else ()
+        spec = RunSpec(**dict(zip(names, combo, strict=True)), hparams=overrides)
+        _check_spec(spec, hparams, label)
+        specs.append(spec)
+    return specs
+
+
+def _coerce(key: str, value: Any, label: str) -> Any:
+    expected = _AXIS_TYPES.get(str(AXES[key]), None)
+    if expected is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ProfileError(f"{label}.{key}: {value!r} is not a finite number")
+        return float(value)
+    if expected is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if expected is str and isinstance(value, str):
+        return value
+    raise ProfileError(f"{label}.{key}: {value!r} is not a valid {expected.__name__ if expected else key}")
+
+
+def _check_spec(spec: RunSpec, hparams: Any, label: str) -> None:
+    if spec.domain not in DOMAINS:
+        raise ProfileError(f"{label}.domain: {spec.domain!r} is not one of {', '.join(DOMAINS)}")
+    if (spec.domain, spec.algo) not in GENERATORS:
+        raise ProfileError(f"{label}.algo: {spec.algo!r} has no {spec.domain} generator "
+                           f"(available: {', '.join(a for d, a in GENERATORS if d == spec.domain)})")
+    if spec.perturbation not in REGISTRY:
+        raise ProfileError(f"{label}.perturbation: unknown kind {spec.perturbation!r} "
+                           f"(available: {', '.join(REGISTRY)})")
+    reason = perturbation_class(spec.perturbation).check_magnitude(spec.magnitude)
+    if reason:
+        raise ProfileError(f"{label}.magnitude: {spec.magnitude!r} {reason} for {spec.perturbation}")
+    if not 0.0 <= spec.onset_frac < 1.0:
+        raise ProfileError(f"{label}.onset_frac: {spec.onset_frac!r} must be in [0, 1)")
+    for name, low in (("seed", 0), ("duration_steps", 1), ("total_steps", 1), ("coherence_window", 2),
+                      ("perf_window", 1)):
+        if getattr(spec, name) < low:
+            raise ProfileError(f"{label}.{name}: {getattr(spec, name)!r} must be >= {low}")
+    gen = generator_for(spec.domain, spec.algo)
+    if spec.stochasticity not in gen.stochasticity:
+        raise ProfileError(f"{label}.stochasticity: unknown level {spec.stochasticity!r} for {spec.algo} "
+                           f"(available: {', '.join(gen.stochasticity)})")
+    if not isinstance(hparams, dict):
+        raise ProfileError(f"{label}.hparams: must be a table")
+    for name in hparams:
+        if name not in gen.hparam_names():
+            raise ProfileError(f"{label}.hparams.{name}: unknown {spec.algo} hyperparameter "
+                               f"(available: {', '.join(gen.hparam_names())})")
+    try:
+        gen.config(spec)  # the config class checks types and ranges
+    except (TypeError, ValueError) as exc:
+        raise ProfileError(f"{label}.hparams: {exc}") from None
+    if spec.domain == "rl":
+        try:
+            from generate.rl.envs import check_env_id
+
+            check_env_id(spec.env)
+        except UnknownEnvError as exc:
+            raise ProfileError(f"{label}.env: {exc}") from None
+
+
+# ------------------------------------------------------------------------ --only filter
+def parse_only(text: str | None) -> dict[str, set[str]]:
+    """Parse ``'algo=ppo,magnitude=10|100'`` into ``{axis: {values}}``; repeated keys accumulate."""
+    if not text:
+        return {}
+    filters: dict[str, set[str]] = {}
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "=" not in part:
+            raise ProfileError(f"--only: {part!r} is not key=value (e.g. 'algo=ppo,magnitude=10|100')")
+        key, _, value = part.partition("=")
+        key = key.strip()
+        if key not in AXES or key == "hparams":
+            raise ProfileError(f"--only: unknown axis {key!r} (one of {', '.join(k for k in AXES if k != 'hparams')})")
+        filters.setdefault(key, set()).update(v.strip() for v in value.split("|"))
+    return filters
+
+
+def select(specs: list[RunSpec], filters: dict[str, set[str]]) -> list[RunSpec]:
+    """Keep the specs whose axis values match every filter (numbers compare numerically)."""
+
+    def matches(spec: RunSpec, key: str, wanted: set[str]) -> bool:
+        value = getattr(spec, key)
+        if isinstance(value, (int, float)):
+            try:
+                return any(math.isclose(float(w), float(value)) for w in wanted)
+            except ValueError:
+                raise ProfileError(f"--only: {key} needs numbers, got {sorted(wanted)}") from None
+        return str(value) in wanted
+
+    return [s for s in specs if all(matches(s, k, v) for k, v in filters.items())]

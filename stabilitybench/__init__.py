@@ -1,0 +1,1 @@
+"""The ``stabilitybench`` console entry point: a thin dispatcher over the packages."""

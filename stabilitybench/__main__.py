@@ -1,0 +1,3 @@
+from stabilitybench.cli import main
+
+main()
