@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -21,11 +22,12 @@ from rich.progress import (
 from rich.table import Table
 
 from data_schema import read_manifest, require_corpus
+from generate.errors import ProfileError
 from generate.matrix import load_profile, parse_only, select
 from generate.runner import LOG_DIR, Plan, plan, run_matrix
 
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, soft_wrap=True, highlight=False)
+out = Console(soft_wrap=True, highlight=False)
 
 ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="smoke | quick | paper, or a path to a .toml file")]
 CorpusOpt = Annotated[Path, typer.Option("--out", "--corpus", "-o", help="Corpus directory")]
@@ -44,12 +46,12 @@ def generate(
     """Run every pending run of a profile into the corpus (resumable: done runs are skipped)."""
     specs = select(load_profile(profile), parse_only(only))
     if not specs:
-        raise typer.BadParameter(f"--only {only!r} matches no run of profile {profile!r}")
+        raise ProfileError(f"--only {only!r} matches no run of profile {escape(repr(profile))}")
     workers = workers or os.cpu_count() or 1
     if dry_run:
         p = plan(specs, out_dir)
-        out.print(f"profile {profile!r}: {len(specs)} runs, {len(p.done)} done, {len(p.todo)} to run "
-                  f"({len(p.failed_before)} of them failed before) in {out_dir}/")
+        out.print(f"profile {escape(repr(profile))}: {len(specs)} runs, {len(p.done)} done, {len(p.todo)} to run "
+                  f"({len(p.failed_before)} of them failed before) in {escape(str(out_dir))}/")
         for s in p.todo:
             out.print(f"  {s.run_id}  {s.algo} {s.env} {s.perturbation} x{s.magnitude:g} "
                       f"dur={s.duration_steps} seed={s.seed}")
@@ -67,11 +69,11 @@ def generate(
         if p.recovered:
             console.print(f"recovered {len(p.recovered)} finished run(s) missing from the manifest")
         if not p.todo:
-            console.print(f"All {len(specs)} runs of profile {profile!r} are already done in {out_dir}/: "
-                          "nothing to train.")
+            console.print(f"All {len(specs)} runs of profile {escape(repr(profile))} are already done "
+                          f"in {escape(str(out_dir))}/: nothing to train.")
             return
-        console.print(f"profile {profile!r}: {len(specs)} runs, {len(p.done)} already done, "
-                      f"{len(p.todo)} to run on {workers} worker(s) -> {out_dir}/")
+        console.print(f"profile {escape(repr(profile))}: {len(specs)} runs, {len(p.done)} already done, "
+                      f"{len(p.todo)} to run on {workers} worker(s) -> {escape(str(out_dir))}/")
         progress.start()
         task["id"] = progress.add_task(f"generate {profile}", total=len(p.todo), tally="")
 
@@ -83,7 +85,7 @@ def generate(
         text += f" (non-finite {tally['nonfinite']})" if tally["nonfinite"] else ""
         progress.update(task["id"], advance=1, tally=text)
         if row["status"] == "failed":
-            progress.console.print(f"[red]failed[/] {row['run_id']}: {row['error']}")
+            progress.console.print(f"[red]failed[/] {row['run_id']}: {escape(str(row['error']))}")
 
     try:
         report = run_matrix(specs, out_dir, workers=workers, on_start=on_start, on_result=on_result)
@@ -93,7 +95,7 @@ def generate(
         console.print(f"ran {report.ran} run(s): {report.ok} ok, {report.failed} failed; "
                       f"{report.skipped} skipped as done; {report.wall_time_s:.0f} s")
     if report.failed:
-        console.print(f"[red]{report.failed} run(s) failed[/]; tracebacks in {out_dir / LOG_DIR}/, "
+        console.print(f"[red]{report.failed} run(s) failed[/]; tracebacks in {escape(str(out_dir / LOG_DIR))}/, "
                       "rerun the same command to retry them")
         raise typer.Exit(1)
 
@@ -108,14 +110,16 @@ def status(
         require_corpus(corpus)
         rows = read_manifest(corpus).to_pylist()
         counts = Counter(r["status"] for r in rows)
-        out.print(f"{corpus}/: {len(rows)} runs in the manifest: "
-                  + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) if rows else f"{corpus}/: empty manifest")
+        summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) if rows else "empty manifest"
+        out.print(f"{escape(str(corpus))}/: {len(rows)} runs in the manifest: {summary}")
         _print_failed([r for r in rows if r["status"] == "failed"])
         return
     specs = select(load_profile(profile), parse_only(only))
+    if not corpus.is_dir():
+        out.print(f"note: {escape(str(corpus))}/ does not exist yet, so every run is missing")
     p = plan(specs, corpus)
     failed_ids = {s.run_id for s in p.failed_before}
-    table = Table(title=f"profile {profile!r} in {corpus}/")
+    table = Table(title=f"profile {escape(repr(profile))} in {escape(str(corpus))}/")
     for col in ("algo", "env", "perturbation", "runs", "done", "failed", "missing"):
         table.add_column(col, justify="right" if col in ("runs", "done", "failed", "missing") else "left")
     groups: dict[tuple[str, str, str], Counter[str]] = {}
@@ -136,6 +140,6 @@ def status(
 def _print_failed(rows: list[dict[str, Any]]) -> None:
     for r in rows[:20]:
         out.print(f"  [red]failed[/] {r['run_id']} {r['algo']} {r['env']} {r['perturbation']} "
-                  f"x{r['magnitude']:g} seed={r['seed']}: {r['error']}")
+                  f"x{r['magnitude']:g} seed={r['seed']}: {escape(str(r['error']))}")
     if len(rows) > 20:
         out.print(f"  ... and {len(rows) - 20} more")

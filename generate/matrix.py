@@ -91,6 +91,9 @@ def expand(data: dict[str, Any], where: str = "<profile>") -> list[RunSpec]:
             raise ProfileError(f"{label}: must be a table")
         _check_keys(block, label)
         merged = {**defaults, **block}
+        for source, table in (("defaults", defaults), (f"matrix[{i}]", block)):
+            if "hparams" in table and not isinstance(table["hparams"], dict):
+                raise ProfileError(f"{where}: {source}.hparams: must be a table")
         if "hparams" in defaults and "hparams" in block:
             merged["hparams"] = {**defaults["hparams"], **block["hparams"]}
         for spec in _expand_block(merged, label):
@@ -117,11 +120,26 @@ def _expand_block(block: dict[str, Any], label: str) -> list[RunSpec]:
     names = list(axes)
     specs = []
     for combo in itertools.product(*(axes[n] for n in names)):
-        overrides = tuple(hparams.items()) if isinstance(hparams, dict) else ()
-        spec = RunSpec(**dict(zip(names, combo, strict=True)), hparams=overrides)
+        values = dict(zip(names, combo, strict=True))
+        overrides = tuple(_normalise_hparams(values, hparams).items()) if isinstance(hparams, dict) else ()
+        spec = RunSpec(**values, hparams=overrides)
         _check_spec(spec, hparams, label)
         specs.append(spec)
     return specs
+
+
+def _normalise_hparams(values: dict[str, Any], hparams: dict[str, Any]) -> dict[str, Any]:
+    """Cast ints to float for float-typed config fields, so ``1`` and ``1.0`` give one run_id."""
+    if (values.get("domain"), values.get("algo")) not in GENERATORS:
+        return hparams  # reported with a clear message by _check_spec
+    gen = generator_for(values["domain"], values["algo"])
+    out = {}
+    for name, value in hparams.items():
+        is_int = isinstance(value, int) and not isinstance(value, bool)
+        if name in gen.hparam_names() and is_int and _AXIS_TYPES.get(str(gen.hparam_type(name))) is float:
+            value = float(value)
+        out[name] = value
+    return out
 
 
 def _coerce(key: str, value: Any, label: str) -> Any:

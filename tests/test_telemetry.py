@@ -45,7 +45,7 @@ def train_step(net, opt, x, y, loss_scale=1.0):
 
 def test_probe_measures_norms_coherence_and_applied_lr() -> None:
     spike = LRSpike(magnitude=10.0, onset_step=3, duration_steps=2)
-    net, opt, probe, rows, events = make_probe(spike)
+    net, opt, _probe, rows, events = make_probe(spike)
     gen = torch.Generator().manual_seed(1)
     applied_grads = []
     for step in range(8):
@@ -90,7 +90,7 @@ def test_spike_composes_with_the_algorithms_schedule() -> None:
 
 
 def test_nonfinite_gradient_stops_before_the_step_and_is_recorded() -> None:
-    net, opt, probe, rows, events = make_probe(NoPerturbation(1.0, 0, 1))
+    net, opt, _probe, rows, _events = make_probe(NoPerturbation(1.0, 0, 1))
     x, y = torch.randn(4, 4), torch.randn(4, 2)
     train_step(net, opt, x, y)
     before = [p.detach().clone() for p in net.parameters()]

@@ -1,0 +1,201 @@
+"""End to end through the CLI: ``python -m stabilitybench`` in a subprocess, corpus read back without project code."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+
+from generate.matrix import load_profile
+
+
+def cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "stabilitybench", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def assert_user_error(res: subprocess.CompletedProcess[str], *needles: str) -> str:
+    """Exit 2, one 'error:' line on stderr, no traceback; returns that line."""
+    assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
+    assert "Traceback" not in res.stderr + res.stdout
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    line = lines[0]
+    assert line.startswith("error:"), line
+    for needle in needles:
+        assert needle in line, f"{needle!r} not in {line!r}"
+    return line
+
+
+def stamps(corpus: Path) -> dict[str, tuple[int, int, int]]:
+    out = {}
+    for path in sorted(corpus.rglob("*.parquet")):
+        st = path.stat()
+        out[str(path.relative_to(corpus))] = (st.st_ino, st.st_mtime_ns, st.st_size)
+    return out
+
+
+SMOKE_MAGNITUDES = {s.magnitude for s in load_profile("smoke")}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``generate --profile smoke`` once for the module; returns the corpus directory."""
+    work = tmp_path_factory.mktemp("cli")
+    res = cli("generate", "--profile", "smoke", "--out", str(work / "corpus"), cwd=work)
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr
+    return work / "corpus"
+
+
+# ------------------------------------------------------------------------ generate
+@pytest.mark.slow
+def test_generate_smoke_reads_back_with_plain_duckdb(smoke: Path) -> None:
+    steps = smoke / "steps" / "**" / "*.parquet"
+    manifest = smoke / "manifest.parquet"
+    rows = duckdb.sql(
+        f"select magnitude, avg(performance) as perf, count(*) as n "
+        f"from read_parquet('{steps}', hive_partitioning=true) s "
+        f"join read_parquet('{manifest}') m using (run_id) group by magnitude order by magnitude"
+    ).fetchall()
+    assert [r[0] for r in rows] == sorted(SMOKE_MAGNITUDES)
+    for _, perf, n in rows:
+        assert n > 0
+        assert perf is not None and perf == perf  # a number, not null/NaN
+    [(statuses,)] = duckdb.sql(f"select list(distinct status) from read_parquet('{manifest}')").fetchall()
+    assert statuses == ["ok"]
+
+
+@pytest.mark.slow
+def test_generate_smoke_reads_back_with_plain_polars(smoke: Path) -> None:
+    steps = pl.scan_parquet(str(smoke / "steps" / "**" / "*.parquet"), hive_partitioning=True)
+    manifest = pl.read_parquet(smoke / "manifest.parquet")
+    per_mag = (steps.join(manifest.lazy().select("run_id", "magnitude", "n_updates"), on="run_id")
+               .group_by("magnitude").agg(pl.col("performance").mean(), pl.len().alias("n"),
+                                          pl.col("n_updates").first())
+               .sort("magnitude").collect())
+    assert per_mag["magnitude"].to_list() == sorted(SMOKE_MAGNITUDES)
+    assert per_mag["n"].to_list() == per_mag["n_updates"].to_list()
+    assert per_mag["performance"].null_count() == 0
+    # partition values are real columns too: a flat read without Hive still has them
+    flat = pl.read_parquet(next((smoke / "steps").rglob("*.parquet")))
+    assert {"domain", "algo", "env", "perturbation"} <= set(flat.columns)
+
+
+@pytest.mark.slow
+def test_second_generate_trains_nothing(smoke: Path) -> None:
+    before = stamps(smoke)
+    assert len(before) >= 2 * len(SMOKE_MAGNITUDES) + 1  # steps + events per run, and the manifest
+    res = cli("generate", "--profile", "smoke", "--out", str(smoke), cwd=smoke.parent, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "nothing to train" in res.stdout + res.stderr
+    assert stamps(smoke) == before
+
+
+@pytest.mark.slow
+def test_status_against_the_profile(smoke: Path) -> None:
+    n = len(load_profile("smoke"))
+    res = cli("status", "--corpus", str(smoke), "--profile", "smoke", cwd=smoke.parent)
+    assert res.returncode == 0, res.stderr
+    assert f"total: {n} runs, {n} done, 0 failed, 0 missing" in res.stdout
+
+    res = cli("status", "--corpus", str(smoke), cwd=smoke.parent)
+    assert res.returncode == 0, res.stderr
+    assert f"{n} runs in the manifest: ok {n}" in res.stdout
+
+
+@pytest.mark.slow
+def test_query_counts_steps(smoke: Path) -> None:
+    [(expected,)] = duckdb.sql(f"select count(*) from read_parquet('{smoke}/steps/**/*.parquet')").fetchall()
+    assert expected > 0
+    res = cli("query", "select count(*) as n from steps", "--corpus", str(smoke), "--format", "csv", cwd=smoke.parent)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["n", str(expected)]
+
+    res = cli("query", "select count(*) from steps", "--corpus", str(smoke), cwd=smoke.parent)
+    assert res.returncode == 0, res.stderr
+    assert str(expected) in res.stdout
+
+
+@pytest.mark.slow
+def test_query_bad_sql_is_a_one_line_error(smoke: Path) -> None:
+    res = cli("query", "select nope from steps", "--corpus", str(smoke), cwd=smoke.parent)
+    assert_user_error(res, "nope")
+
+
+# -------------------------------------------------------------------- user errors
+def test_status_on_a_missing_corpus(tmp_path: Path) -> None:
+    missing = tmp_path / "no_corpus_here"
+    assert_user_error(cli("status", "--corpus", str(missing), cwd=tmp_path), str(missing))
+
+
+def test_query_on_a_missing_corpus(tmp_path: Path) -> None:
+    missing = tmp_path / "no_corpus_here"
+    assert_user_error(cli("query", "select 1", "--corpus", str(missing), cwd=tmp_path), str(missing))
+
+
+def test_generate_unknown_profile(tmp_path: Path) -> None:
+    assert_user_error(cli("generate", "--profile", "nosuch", "--out", str(tmp_path / "c"), cwd=tmp_path), "nosuch")
+    assert not (tmp_path / "c").exists()
+
+
+def test_generate_bad_profile_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[defaults]\ndomain = "rl"\nalgo = "ppo"\nenv = "HalfCheetah-v5"\nseed = 0\n'
+                   '[[matrix]]\nperturbation = "lr_spike"\nmagnitud = 10\n')
+    res = cli("generate", "--profile", str(bad), "--out", str(tmp_path / "c"), cwd=tmp_path)
+    assert_user_error(res, str(bad), "magnitud")
+    assert not (tmp_path / "c").exists()
+
+
+def test_generate_bad_only_filter(tmp_path: Path) -> None:
+    res = cli("generate", "--profile", "smoke", "--only", "bogus=1", "--out", str(tmp_path / "c"), cwd=tmp_path)
+    assert_user_error(res, "bogus")
+    assert not (tmp_path / "c").exists()
+
+
+def test_generate_only_matching_nothing_trains_nothing(tmp_path: Path) -> None:
+    res = cli("generate", "--profile", "smoke", "--only", "algo=sac", "--out", str(tmp_path / "c"), cwd=tmp_path)
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "c").exists()
+
+
+def test_dry_run_lists_the_quick_profile(tmp_path: Path) -> None:
+    out = tmp_path / "corpus"
+    res = cli("generate", "--dry-run", "--profile", "quick", "--out", str(out), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "21 runs, 0 done, 21 to run" in res.stdout
+    ids = {s.run_id for s in load_profile("quick")}
+    listed = [ln.split()[0] for ln in res.stdout.splitlines() if re.match(r"\s*[0-9a-f]{16}\s", ln)]
+    assert len(listed) == 21
+    assert set(listed) == ids
+    assert not out.exists() or not any(out.rglob("*.parquet"))
+
+
+def test_dry_run_with_only(tmp_path: Path) -> None:
+    res = cli("generate", "--dry-run", "--profile", "quick", "--only", "magnitude=10|100,seed=0",
+              "--out", str(tmp_path / "c"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "3 runs, 0 done, 3 to run" in res.stdout
+
+
+@pytest.mark.parametrize("dirname", ["runs[exp]", "runs[/x]"])
+def test_error_text_is_printed_verbatim(tmp_path: Path, dirname: str) -> None:
+    missing = tmp_path / dirname / "corpus"
+    assert_user_error(cli("status", "--corpus", str(missing), cwd=tmp_path), str(missing))
+
+
+@pytest.mark.slow
+def test_dry_run_on_a_finished_corpus(smoke: Path) -> None:
+    n = len(load_profile("smoke"))
+    before = stamps(smoke)
+    res = cli("generate", "--dry-run", "--profile", "smoke", "--out", str(smoke), cwd=smoke.parent)
+    assert res.returncode == 0, res.stderr
+    assert f"{n} runs, {n} done, 0 to run" in res.stdout
+    assert stamps(smoke) == before

@@ -1,0 +1,272 @@
+"""Profiles: the built-in ones expand, every malformed one fails with a one-line ProfileError."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from generate.errors import ProfileError
+from generate.matrix import available_profiles, expand, load_profile, parse_only, select
+from generate.spec import RunSpec
+
+# ---------------------------------------------------------------------------- built-ins
+
+
+@pytest.fixture(scope="module")
+def quick() -> list[RunSpec]:
+    return load_profile("quick")
+
+
+def test_available_profiles() -> None:
+    assert {"smoke", "quick", "paper"} <= set(available_profiles())
+
+
+@pytest.mark.parametrize("name", ["smoke", "quick", "paper"])
+def test_builtin_profiles_expand_without_duplicates(name: str) -> None:
+    specs = load_profile(name)
+    assert specs
+    assert all(isinstance(s, RunSpec) for s in specs)
+    ids = [s.run_id for s in specs]
+    assert len(ids) == len(set(ids))
+    assert len(specs) == len(set(specs))
+
+
+def test_expansion_order_is_stable() -> None:
+    assert [s.run_id for s in load_profile("quick")] == [s.run_id for s in load_profile("quick")]
+
+
+def test_smoke_profile() -> None:
+    specs = load_profile("smoke")
+    assert {s.perturbation for s in specs} == {"none", "lr_spike"}
+    assert {s.seed for s in specs} == {0}
+    assert all(s.total_steps <= 2048 for s in specs)
+
+
+def test_quick_profile_contents(quick: list[RunSpec]) -> None:
+    assert len(quick) == 21  # 3 seeds x (control + 5 magnitudes + the paper's setting)
+    assert {(s.domain, s.algo, s.env) for s in quick} == {("rl", "ppo", "HalfCheetah-v5")}
+    assert {s.total_steps for s in quick} == {100_000}
+    assert {s.seed for s in quick} == {0, 1, 2}
+    assert {s.onset_frac for s in quick} == {0.3}
+
+    controls = [s for s in quick if s.perturbation == "none"]
+    assert sorted(s.seed for s in controls) == [0, 1, 2]
+
+    dose = [s for s in quick if s.perturbation == "lr_spike" and s.duration_steps == 320]
+    assert {s.magnitude for s in dose} == {1.0, 3.0, 10.0, 30.0, 100.0}
+    assert Counter(s.magnitude for s in dose) == {m: 3 for m in (1.0, 3.0, 10.0, 30.0, 100.0)}
+    assert all(s.onset_frac == 0.3 for s in dose)
+
+    # the paper's own first experiment: LR x10 for 10 updates at 30% of training
+    paper = [s for s in quick if s.perturbation == "lr_spike" and s.duration_steps == 10]
+    assert sorted(s.seed for s in paper) == [0, 1, 2]
+    assert {(s.magnitude, s.onset_frac) for s in paper} == {(10.0, 0.3)}
+
+    assert len(controls) + len(dose) + len(paper) == len(quick)
+
+
+def test_paper_profile_keeps_the_paper_setting() -> None:
+    specs = load_profile("paper")
+    assert {s.env for s in specs} >= {"HalfCheetah-v5", "Hopper-v5", "Walker2d-v5"}
+    assert any(s.perturbation == "lr_spike" and s.magnitude == 10 and s.duration_steps == 10
+               and s.onset_frac == 0.3 and s.env == "HalfCheetah-v5" for s in specs)
+    assert any(s.perturbation == "none" for s in specs)
+
+
+# ------------------------------------------------------------------------------ errors
+
+GOOD = """\
+description = "a test profile"
+
+[defaults]
+domain = "rl"
+algo = "ppo"
+env = "HalfCheetah-v5"
+seed = 0
+perturbation = "lr_spike"
+magnitude = 10
+{defaults}
+
+[[matrix]]
+{block}
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "prof.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def good(defaults: str = "", block: str = "") -> str:
+    return GOOD.format(defaults=defaults, block=block)
+
+
+def test_good_profile_loads(tmp_path: Path) -> None:
+    specs = load_profile(str(write(tmp_path, good(block="seed = [0, 1]\nhparams = { n_steps = 128 }"))))
+    assert [s.seed for s in specs] == [0, 1]
+    assert all(s.magnitude == 10.0 and s.hparams == (("n_steps", 128),) for s in specs)
+
+
+def test_hparams_merge_defaults_and_block(tmp_path: Path) -> None:
+    text = good(defaults="hparams = { n_steps = 128, batch_size = 32 }", block="hparams = { batch_size = 64 }")
+    (spec,) = load_profile(str(write(tmp_path, text)))
+    assert dict(spec.hparams) == {"n_steps": 128, "batch_size": 64}
+
+
+def test_duplicate_specs_across_blocks_are_dropped(tmp_path: Path) -> None:
+    text = good(block="seed = [0, 1]") + "\n[[matrix]]\nmagnitude = 10.0\nseed = 1\n"
+    specs = load_profile(str(write(tmp_path, text)))
+    assert [s.seed for s in specs] == [0, 1]
+
+
+# (case id, TOML text, substring(s) the message must name besides the file path)
+BAD_PROFILES = [
+    ("invalid-toml", "this is = = not toml\n", ["invalid TOML"]),
+    ("top-level-key", "bogus = 1\n" + good(), ["bogus"]),
+    ("block-key", good(block='colour = "red"'), ["colour"]),
+    ("defaults-key", good(defaults='colour = "red"'), ["colour"]),
+    ("magnitude-negative", good(block="magnitude = -1"), ["magnitude"]),
+    ("magnitude-zero", good(block="magnitude = 0"), ["magnitude"]),
+    ("magnitude-string", good(block='magnitude = "ten"'), ["magnitude"]),
+    ("magnitude-bool", good(block="magnitude = true"), ["magnitude"]),
+    ("magnitude-nan", good(block="magnitude = nan"), ["magnitude"]),
+    ("magnitude-inf", good(block="magnitude = inf"), ["magnitude"]),
+    ("magnitude-in-list", good(block="magnitude = [1, -3]"), ["magnitude"]),
+    ("onset-one", good(block="onset_frac = 1.0"), ["onset_frac"]),
+    ("onset-negative", good(block="onset_frac = -0.1"), ["onset_frac"]),
+    ("perturbation-kind", good(block='perturbation = "lr_wobble"'), ["perturbation", "lr_wobble"]),
+    ("algo", good(block='algo = "dqn"'), ["algo", "dqn"]),
+    ("domain", good(block='domain = "cv"'), ["domain", "cv"]),
+    ("env", good(block='env = "HalfCheetah-v99"'), ["env", "HalfCheetah-v99"]),
+    ("env-type", good(block="env = 5"), ["env"]),
+    ("stochasticity", good(block='stochasticity = "wild"'), ["stochasticity", "wild"]),
+    ("hparam-name", good(block="hparams = { n_stepz = 5 }"), ["n_stepz"]),
+    ("hparam-negative", good(block="hparams = { n_steps = -5 }"), ["n_steps"]),
+    ("hparam-zero", good(block="hparams = { batch_size = 0 }"), ["batch_size"]),
+    ("hparam-float-for-int", good(block="hparams = { n_steps = 5.5 }"), ["n_steps"]),
+    ("hparam-string", good(block='hparams = { n_steps = "many" }'), ["n_steps"]),
+    ("hparam-bool", good(block="hparams = { n_steps = true }"), ["n_steps"]),
+    ("hparams-not-table", good(block="hparams = 5"), ["hparams"]),
+    ("missing-env", good().replace('env = "HalfCheetah-v5"\n', ""), ["env"]),
+    ("missing-seed", good().replace("seed = 0\n", ""), ["seed"]),
+    ("empty-list", good(block="magnitude = []"), ["magnitude"]),
+    ("empty-seed-list", good(block="seed = []"), ["seed"]),
+    ("seed-negative", good(block="seed = -1"), ["seed"]),
+    ("seed-float", good(block="seed = 1.5"), ["seed"]),
+    ("duration-zero", good(block="duration_steps = 0"), ["duration_steps"]),
+    ("total-steps-string", good(block='total_steps = "1M"'), ["total_steps"]),
+    ("no-matrix", '[defaults]\ndomain = "rl"\n', ["matrix"]),
+    ("defaults-not-table", 'defaults = 5\n[[matrix]]\ndomain = "rl"\n', ["defaults"]),
+]
+
+
+def assert_one_line(exc: ProfileError, *needles: str) -> str:
+    msg = str(exc)
+    assert "\n" not in msg and "\r" not in msg, f"multi-line message: {msg!r}"
+    for needle in needles:
+        assert needle in msg, f"{needle!r} not in {msg!r}"
+    return msg
+
+
+@pytest.mark.parametrize(("text", "needles"), [(t, n) for _, t, n in BAD_PROFILES],
+                         ids=[c for c, _, _ in BAD_PROFILES])
+def test_bad_profile_raises_one_line_profile_error(tmp_path: Path, text: str, needles: list[str]) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ProfileError) as info:
+        load_profile(str(path))
+    assert_one_line(info.value, str(path), *needles)
+
+
+def test_non_table_hparams_in_defaults_with_block_hparams(tmp_path: Path) -> None:
+    path = write(tmp_path, good(defaults="hparams = 5", block="hparams = { n_steps = 128 }"))
+    with pytest.raises(ProfileError) as info:
+        load_profile(str(path))
+    assert_one_line(info.value, str(path), "hparams")
+
+
+def test_unknown_builtin_profile() -> None:
+    with pytest.raises(ProfileError) as info:
+        load_profile("nosuch")
+    msg = assert_one_line(info.value, "nosuch")
+    for name in ("smoke", "quick", "paper"):  # the message lists what is available
+        assert name in msg
+
+
+def test_missing_toml_path(tmp_path: Path) -> None:
+    path = tmp_path / "does_not_exist.toml"
+    with pytest.raises(ProfileError) as info:
+        load_profile(str(path))
+    assert_one_line(info.value, str(path), "not found")
+
+
+def test_expand_names_the_block_index() -> None:
+    data = {
+        "defaults": {"domain": "rl", "algo": "ppo", "env": "HalfCheetah-v5", "seed": 0},
+        "matrix": [{"perturbation": "none"}, {"perturbation": "lr_spike", "magnitude": -2}],
+    }
+    with pytest.raises(ProfileError, match=r"^where\.toml: matrix\[1\]\.magnitude"):
+        expand(data, where="where.toml")
+
+
+def test_int_and_float_hparam_give_the_same_run_id(tmp_path: Path) -> None:
+    (a,) = load_profile(str(write(tmp_path, good(block="hparams = { max_grad_norm = 1 }"), "a.toml")))
+    (b,) = load_profile(str(write(tmp_path, good(block="hparams = { max_grad_norm = 1.0 }"), "b.toml")))
+    assert a.run_id == b.run_id
+
+
+# ----------------------------------------------------------------------- --only filter
+
+
+def test_parse_only() -> None:
+    assert parse_only(None) == {}
+    assert parse_only("") == {}
+    assert parse_only("algo=ppo,magnitude=10|100") == {"algo": {"ppo"}, "magnitude": {"10", "100"}}
+    assert parse_only(" seed = 0 , seed=1 ") == {"seed": {"0", "1"}}  # repeated keys accumulate
+
+
+def test_select_algo_and_magnitudes(quick: list[RunSpec]) -> None:
+    chosen = select(quick, parse_only("algo=ppo,magnitude=10|100"))
+    expected = [s for s in quick if s.algo == "ppo" and s.magnitude in (10.0, 100.0)]
+    assert chosen == expected
+    assert len(chosen) == 9  # x10 for 320 and for 10 updates, x100: 3 seeds each
+    assert {s.magnitude for s in chosen} == {10.0, 100.0}
+
+
+@pytest.mark.parametrize("text", ["magnitude=10", "magnitude=10.0", "magnitude=1e1", "magnitude= 10.00 "])
+def test_select_numbers_compare_numerically(quick: list[RunSpec], text: str) -> None:
+    chosen = select(quick, parse_only(text))
+    assert len(chosen) == 6
+    assert all(s.magnitude == 10.0 for s in chosen)
+
+
+def test_select_combines_filters(quick: list[RunSpec]) -> None:
+    chosen = select(quick, parse_only("perturbation=lr_spike,seed=2,duration_steps=10"))
+    assert len(chosen) == 1
+    (spec,) = chosen
+    assert (spec.seed, spec.magnitude, spec.duration_steps) == (2, 10.0, 10)
+    assert select(quick, parse_only("perturbation=none")) == [s for s in quick if s.perturbation == "none"]
+    assert select(quick, parse_only("algo=sac")) == []
+    assert select(quick, {}) == quick
+
+
+@pytest.mark.parametrize("text", ["bogus=1", "hparams=1", "=3"])
+def test_only_unknown_axis(text: str) -> None:
+    with pytest.raises(ProfileError) as info:
+        parse_only(text)
+    assert_one_line(info.value, "--only")
+
+
+@pytest.mark.parametrize("text", ["magnitude", "algo=ppo,seed"])
+def test_only_malformed_part(text: str) -> None:
+    with pytest.raises(ProfileError) as info:
+        parse_only(text)
+    assert_one_line(info.value, "--only", "key=value")
+
+
+def test_only_non_number_for_numeric_axis(quick: list[RunSpec]) -> None:
+    with pytest.raises(ProfileError) as info:
+        select(quick, parse_only("magnitude=big"))
+    assert_one_line(info.value, "magnitude")
