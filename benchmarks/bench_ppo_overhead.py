@@ -35,31 +35,30 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def plain_ppo(env_id: str, steps: int, seed: int, hparams: dict) -> tuple[float, int]:
+def plain_ppo(env_id: str, steps: int, seed: int, hparams: dict) -> tuple[float, float, int]:
     from stable_baselines3 import PPO
     from stable_baselines3.common.env_util import make_vec_env
 
     from generate.rl.config import PPOConfig
 
     cfg = PPOConfig(**hparams)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     env = make_vec_env(env_id, n_envs=cfg.n_envs, seed=seed)
     model = PPO("MlpPolicy", env, seed=seed, device="cpu", verbose=0, **cfg.sb3_kwargs())
     model.learn(total_timesteps=steps)
     env.close()
-    return time.perf_counter() - t0, model.num_timesteps
+    return time.perf_counter() - t0, time.process_time() - c0, model.num_timesteps
 
 
-def telemetry_ppo(env_id: str, steps: int, seed: int, hparams: dict) -> tuple[float, int]:
+def telemetry_ppo(env_id: str, steps: int, seed: int, hparams: dict) -> tuple[float, float, int]:
     from generate.rl.ppo import run
     from generate.spec import RunSpec
 
     spec = RunSpec(domain="rl", algo="ppo", env=env_id, seed=seed, perturbation="none", total_steps=steps,
                    hparams=hparams)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     result = run(spec)
-    elapsed = time.perf_counter() - t0
-    return elapsed, int(result.steps.column("samples_seen")[-1].as_py())
+    return time.perf_counter() - t0, time.process_time() - c0, int(result.steps.column("samples_seen")[-1].as_py())
 
 
 def main() -> None:
@@ -77,13 +76,16 @@ def main() -> None:
     telemetry_ppo(args.env, 2048, args.seed, hparams)
 
     times: dict[str, list[float]] = {"plain": [], "telemetry": []}
+    cpu: dict[str, list[float]] = {"plain": [], "telemetry": []}
     samples = {}
     for i in range(args.repeats):
         for arm, fn in (("plain", plain_ppo), ("telemetry", telemetry_ppo)):
-            elapsed, n = fn(args.env, args.steps, args.seed, hparams)
+            elapsed, cpu_s, n = fn(args.env, args.steps, args.seed, hparams)
             times[arm].append(elapsed)
+            cpu[arm].append(cpu_s)
             samples[arm] = n
-            print(f"repeat {i} {arm:<9} {elapsed:7.2f} s  {n / elapsed:7.0f} steps/s", flush=True)
+            print(f"repeat {i} {arm:<9} {elapsed:7.2f} s wall {cpu_s:7.2f} s cpu {n / elapsed:7.0f} steps/s",
+                  flush=True)
 
     from generate.rl.config import PPOConfig
 
@@ -91,6 +93,7 @@ def main() -> None:
     updates = cfg.planned_updates(args.steps)
     med = {arm: statistics.median(v) for arm, v in times.items()}
     ratio = med["telemetry"] / med["plain"]
+    med_cpu = {arm: statistics.median(v) for arm, v in cpu.items()}
     result = {
         "benchmark": "ppo_overhead",
         "env": args.env,
@@ -99,6 +102,9 @@ def main() -> None:
         "repeats": args.repeats,
         "seconds": times,
         "median_s": med,
+        "cpu_seconds": cpu,
+        "median_cpu_s": med_cpu,
+        "ratio_cpu_telemetry_over_plain": med_cpu["telemetry"] / med_cpu["plain"],
         "steps_per_s": {arm: samples[arm] / t for arm, t in med.items()},
         "ratio_telemetry_over_plain": ratio,
         "overhead_pct": 100 * (ratio - 1),
@@ -111,7 +117,8 @@ def main() -> None:
     sps = result["steps_per_s"]
     print(json.dumps(result, indent=2))
     print(f"\n| PPO {args.env} | {samples['plain']:,} | {sps['plain']:.0f} | {sps['telemetry']:.0f} | "
-          f"{ratio:.3f} | {result['overhead_pct']:+.1f}% | {result['overhead_us_per_update']:.0f} µs |")
+          f"{ratio:.3f} | {result['overhead_pct']:+.1f}% | {result['ratio_cpu_telemetry_over_plain']:.3f} | "
+          f"{result['overhead_us_per_update']:.0f} µs |")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ With unit vectors u_i = g_i / ||g_i|| and S = sum_i u_i over the window,
     x_grad = (||S||^2 - K) / (K (K - 1)),
 
 so the mean pairwise cosine needs one running sum S instead of K^2 dot products.
-Memory is a K x P ring buffer plus S: constant in the length of the run.
+Memory is a K x P ring buffer plus S: constant in the length of the run. Each update
+costs four in-place vector ops (no allocation), which matters at one call per
+optimizer step.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ class RollingCoherence:
     """Mean pairwise cosine of the last ``window`` gradients (flattened, shape ``(P,)``).
 
     ``update(g)`` returns x_grad once ``window`` non-zero gradients have been seen and
-    ``None`` before. Zero gradients carry no direction and are skipped.
+    ``None`` before. Zero gradients carry no direction and are skipped. Arithmetic is
+    in the gradient's dtype; S is re-summed from the buffer every ``RESUM_EVERY``
+    updates so rounding in the running sum cannot accumulate.
     """
 
-    #: Re-sum S from the buffer this often, so float drift in S cannot accumulate.
     RESUM_EVERY = 1024
 
     def __init__(self, window: int = 8) -> None:
@@ -32,21 +35,23 @@ class RollingCoherence:
         self._sum: torch.Tensor | None = None
         self._count = 0
 
-    def update(self, grad: torch.Tensor) -> float | None:
-        g = grad.detach().reshape(-1).to(torch.float64)
-        norm = torch.linalg.vector_norm(g)
-        if not bool(norm > 0):
+    def update(self, grad: torch.Tensor, norm: float | None = None) -> float | None:
+        """Add one gradient (``norm`` = its L2 norm if already known) and return x_grad or None."""
+        g = grad.detach().reshape(-1)
+        if norm is None:
+            norm = float(torch.linalg.vector_norm(g))
+        if not norm > 0:
             return self.value()
-        u = g / norm
         if self._buf is None:
-            self._buf = torch.zeros(self.window, u.numel(), dtype=torch.float64)
-            self._sum = torch.zeros_like(u)
-        slot = self._count % self.window
-        self._sum.add_(u).sub_(self._buf[slot])
-        self._buf[slot] = u
+            self._buf = torch.zeros(self.window, g.numel(), dtype=g.dtype)
+            self._sum = torch.zeros(g.numel(), dtype=g.dtype)
+        slot = self._buf[self._count % self.window]
+        self._sum.sub_(slot)
+        torch.div(g, norm, out=slot)
+        self._sum.add_(slot)
         self._count += 1
         if self._count % self.RESUM_EVERY == 0:
-            self._sum = self._buf.sum(0)
+            torch.sum(self._buf, dim=0, out=self._sum)
         return self.value()
 
     def value(self) -> float | None:

@@ -1,7 +1,7 @@
 """Framework-agnostic telemetry: row/event buffers and the optimizer-update probe.
 
 :class:`UpdateProbe` attaches to any ``torch.optim.Optimizer`` through its public
-step hooks (plus one multi-grad hook for the pre-clipping norm), so SB3 and the LM
+step hooks (plus post-accumulate-grad hooks for the pre-clipping gradient), so SB3 and the LM
 loop are instrumented without copying their training code. Per optimizer update it
 
 * applies the perturbation's learning-rate factor on top of the algorithm's schedule,
@@ -18,7 +18,6 @@ from typing import Any
 
 import pyarrow as pa
 import torch
-from torch.autograd.graph import register_multi_grad_hook
 
 from data_schema.schema import EVENTS_SCHEMA, STEPS_SCHEMA
 from generate.coherence import RollingCoherence
@@ -92,6 +91,7 @@ class UpdateProbe:
     ) -> None:
         self.optimizer = optimizer
         self.params = [p for p in params if p.requires_grad]
+        self.flat = flatten_params_(self.params)  # a live view of every parameter, no copies per step
         self.perturbation = perturbation
         self.scheduled_lr = scheduled_lr
         self.on_update = on_update
@@ -100,23 +100,44 @@ class UpdateProbe:
         self.step = 0  # index of the next optimizer update
         self._was_active = False
         self._raw_norm: float | None = None
+        self._grad: torch.Tensor | None = None
         self._before: torch.Tensor | None = None
         self._pending: dict[str, Any] = {}
         self._handles = [
             optimizer.register_step_pre_hook(self._pre_step),
             optimizer.register_step_post_hook(self._post_step),
-            register_multi_grad_hook(self.params, self._on_grads, mode="all"),
         ]
+        # Until the first backward shows which parameter's gradient is accumulated last,
+        # every parameter has a hook; afterwards only that one keeps it (1 call per backward).
+        self._order: list[int] = []
+        self._grad_handles = [p.register_post_accumulate_grad_hook(self._learn_order) for p in self.params]
 
     def remove(self) -> None:
-        for handle in self._handles:
+        for handle in self._handles + self._grad_handles:
             handle.remove()
-        self._handles = []
+        self._handles, self._grad_handles = [], []
 
     # -- hooks ----------------------------------------------------------------------
-    def _on_grads(self, grads: tuple[torch.Tensor | None, ...]) -> None:
-        norms = torch._foreach_norm([g for g in grads if g is not None])
-        self._raw_norm = float(torch.linalg.vector_norm(torch.stack(norms))) if norms else None
+    def _learn_order(self, param: torch.Tensor) -> None:
+        index = next(i for i, p in enumerate(self.params) if p is param)
+        self._order.append(index)
+        if len(self._order) == len(self.params):
+            last = self.params[self._order[-1]]
+            for handle in self._grad_handles:
+                handle.remove()
+            self._grad_handles = [last.register_post_accumulate_grad_hook(self._on_accumulated)]
+            self._on_accumulated(last)
+
+    def _on_accumulated(self, param: torch.Tensor) -> None:
+        # After the last accumulation of a backward pass, p.grad holds the gradient before
+        # clipping. Global-norm clipping (SB3's clip_grad_norm_) only rescales that vector,
+        # so its direction, and hence the coherence, is that of the applied gradient; its
+        # norm is the raw grad_norm. A missing grad (another order) falls back to pre-step.
+        grads = [p.grad for p in self.params]
+        if any(g is None for g in grads):
+            return
+        self._grad = torch.cat([g.reshape(-1) for g in grads])
+        self._raw_norm = float(self._grad.norm())
 
     def _pre_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         step = self.step
@@ -129,23 +150,22 @@ class UpdateProbe:
             self.events.add(step, kind, detail=self.perturbation.kind, value=self.perturbation.magnitude)
             self._was_active = active
 
-        grads = [p.grad.reshape(-1) for p in self.params if p.grad is not None]
-        flat = torch.cat(grads)
-        applied_norm = float(torch.linalg.vector_norm(flat))
-        raw_norm = self._raw_norm if self._raw_norm is not None else applied_norm
-        self._raw_norm = None
-        self._pending = {"lr": lr, "grad_norm": raw_norm, "perturbation_active": active}
-        if not (_finite(applied_norm) and _finite(raw_norm)):
+        grad, norm = self._grad, self._raw_norm
+        self._grad = self._raw_norm = None
+        if grad is None:  # no backward seen (or a partial one): read the applied gradient
+            grad = torch.cat([p.grad.reshape(-1) for p in self.params if p.grad is not None])
+            norm = float(grad.norm())
+        self._pending = {"lr": lr, "grad_norm": norm, "perturbation_active": active}
+        if not _finite(norm):
             self._pending.update(grad_coherence=None, update_norm=None, param_norm=None)
             self._emit()
             raise NonFiniteTraining(step, "gradient")
-        self._pending["grad_coherence"] = self.coherence.update(flat)
-        self._before = torch.cat([p.detach().reshape(-1) for p in self.params])
+        self._pending["grad_coherence"] = self.coherence.update(grad, norm)
+        self._before = self.flat.clone()
 
     def _post_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        after = torch.cat([p.detach().reshape(-1) for p in self.params])
-        update_norm = float(torch.linalg.vector_norm(after - self._before))
-        param_norm = float(torch.linalg.vector_norm(after))
+        update_norm = float(torch.dist(self.flat, self._before))
+        param_norm = float(self.flat.norm())
         self._pending.update(update_norm=update_norm, param_norm=param_norm)
         step = self._emit()
         if not (_finite(param_norm) and _finite(update_norm)):
@@ -156,6 +176,22 @@ class UpdateProbe:
         self.on_update(step, self._pending)
         self.step += 1
         return step
+
+
+def flatten_params_(params: list[torch.nn.Parameter]) -> torch.Tensor:
+    """Re-seat ``params`` as views into one contiguous buffer and return that buffer.
+
+    Values, shapes and identities of the parameters are unchanged (optimizers keep
+    their references), but the whole parameter vector can then be read without a
+    ``torch.cat`` per update. Must run before anything caches ``p.data``.
+    """
+    flat = torch.cat([p.detach().reshape(-1) for p in params])
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.data = flat[offset : offset + n].view_as(p)
+        offset += n
+    return flat
 
 
 def _finite(x: float) -> bool:
