@@ -1,5 +1,22 @@
-"""Analysis of the corpus (collapse detection, PCA, meta-state monitor, survival, regularities).
+"""Analysis of the corpus: the paper's claims as measured numbers.
 
-Reads the corpus only through ``data_schema``; never imports ``generate``. Not built yet:
-see the analysis issue.
+Reads the corpus only through :mod:`data_schema`; never imports ``generate``.
+``stabilitybench analyze`` (or ``python -m analysis``) runs :func:`analysis.pipeline.run_analysis`,
+which writes ``results/``: Parquet tables plus ``summary.json``.
+
+Modules
+-------
+* :mod:`analysis.data`: runs, events and telemetry features (lazy scans, projection and
+  partition pushdown; forward fill of sparse columns; time blocks).
+* :mod:`analysis.collapse`: the collapse rule (:class:`~analysis.collapse.CollapseConfig`) and
+  per-run outcomes (``runs.parquet``).
+* :mod:`analysis.pca`: low-dimensionality against a time-shuffled null; streaming PCA.
+* :mod:`analysis.metastate`: the Meta-State Monitor (Kalman SSM and GRU), MSD and calibration.
+* :mod:`analysis.baselines`: grad-norm z, loss spike, EWS (variance/AC1 + Kendall tau),
+  PCA reconstruction, coherence drop.
+* :mod:`analysis.early_warning`: seed-rotation splits, AUROC, lead times, FPR with CIs.
+* :mod:`analysis.coherence`: gradient coherence aligned on collapse vs matched controls.
+* :mod:`analysis.survival`: Kaplan-Meier, log-rank, Cox PH (statsmodels).
+* :mod:`analysis.regularities`: dissociation, stochasticity buffer, precedence.
+* :mod:`analysis.stats`: intervals, AUROC and bootstrap helpers.
 """

@@ -23,9 +23,10 @@ from urllib.parse import quote
 import duckdb
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from data_schema.errors import CorpusNotFoundError
-from data_schema.io import read_table, write_table
+from data_schema.errors import CorpusNotFoundError, SchemaError
+from data_schema.io import conform, read_table, write_table
 from data_schema.schema import EVENTS_SCHEMA, MANIFEST_SCHEMA, PARTITION_COLUMNS, RUNS_SCHEMA, STEPS_SCHEMA
 
 MANIFEST = "manifest.parquet"
@@ -59,11 +60,19 @@ def require_corpus(corpus: str | os.PathLike[str]) -> Path:
 
 
 def read_manifest(corpus: str | os.PathLike[str]) -> pa.Table:
-    """The manifest table; an empty table with the manifest schema if none was written yet."""
+    """The manifest table; an empty table with the manifest schema if none was written yet.
+
+    A manifest written before a nullable column was added to schema v1 is read with that
+    column as nulls (the next write upgrades it); anything else that does not match the
+    schema is a :class:`SchemaError` naming the file and the column.
+    """
     path = Path(corpus, MANIFEST)
     if not path.exists():
         return MANIFEST_SCHEMA.empty_table()
-    return read_table(path, "manifest")
+    try:
+        return read_table(path, "manifest")
+    except SchemaError:
+        return conform(pq.read_table(path), MANIFEST_SCHEMA, where=str(path))
 
 
 def write_manifest(corpus: str | os.PathLike[str], rows: list[dict[str, Any]]) -> Path:

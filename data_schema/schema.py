@@ -30,7 +30,7 @@ DOMAINS = ("rl", "lm")
 DIMENSIONS = ("none", "optimization", "environmental", "parametric", "learning_signal")
 RUN_STATUSES = ("ok", "failed", "running")
 STOP_REASONS = ("completed", "nonfinite")
-EVENT_KINDS = ("perturbation_on", "perturbation_off", "nonfinite", "eval", "collapse")
+EVENT_KINDS = ("perturbation_on", "perturbation_off", "perturbation_applied", "nonfinite", "eval", "collapse")
 
 #: Hive partition keys of ``steps/``, in directory order.
 PARTITION_COLUMNS = ("domain", "algo", "env", "perturbation")
@@ -70,16 +70,16 @@ STEPS_CORE = [
     Column("wall_time_s", F64, "s", "Seconds since the run started, at the end of this update", nullable=False),
     Column("lr", F64, "-", "Learning rate the optimizer applied at this update (after any perturbation)"),
     Column("loss", F64, "-", "Total training loss (RL PPO: last minibatch of the train() call; see module doc)"),
-    Column("grad_norm", F64, "L2", "Global L2 norm of the gradient before clipping"),
+    Column("grad_norm", F64, "L2", "Global L2 norm of the gradient before clipping (SAC/TD3: the critic's)"),
     Column(
         "grad_coherence",
         F64,
         "cosine",
         "Mean pairwise cosine of the applied (post-clipping) gradients over the last K updates "
-        "(K = manifest coherence_window); null until K gradients exist. RL SAC/TD3: critic",
+        "(K = manifest coherence_window); null until K gradients exist. SAC/TD3: the critic's",
     ),
-    Column("update_norm", F64, "L2", "L2 norm of the parameter change made by this update"),
-    Column("param_norm", F64, "L2", "Global L2 norm of the parameters after this update"),
+    Column("update_norm", F64, "L2", "L2 norm of the parameter change made by this update (SAC/TD3: critic)"),
+    Column("param_norm", F64, "L2", "Global L2 norm of the parameters after this update (SAC/TD3: critic)"),
     Column("perturbation_active", BOOL, "-", "Whether the run's perturbation acted at this update", nullable=False),
     Column(
         "performance",
@@ -97,9 +97,17 @@ STEPS_RL = [
     Column("entropy", F64, "nats", "Policy entropy (PPO: minus SB3's entropy_loss, mean of the train() call)"),
     Column("approx_kl", F64, "nats", "Approximate KL(old || new) of the train() call (PPO)"),
     Column("clip_fraction", F64, "fraction", "Fraction of samples whose ratio was clipped in the train() call (PPO)"),
-    Column("q_mean", F64, "return", "Mean Q estimate on the minibatch (SAC/TD3)"),
-    Column("dormant_fraction", F64, "fraction", "Fraction of tau-dormant hidden units (ReDo) on the probe batch"),
-    Column("effective_rank", F64, "-", "Effective rank of a hidden layer's features on the probe batch"),
+    Column("q_mean", F64, "return", "Mean current Q estimate (over critics) on the replay minibatch (SAC/TD3)"),
+    Column("actor_grad_norm", F64, "L2", "SAC/TD3: global L2 norm of the actor's gradient at this gradient step "
+           "(TD3: null on steps without a delayed actor update)"),
+    Column("actor_grad_coherence", F64, "cosine", "SAC/TD3: rolling coherence (last K actor updates) of the actor's "
+           "gradients"),
+    Column("actor_update_norm", F64, "L2", "SAC/TD3: L2 norm of the actor's parameter change at this gradient step"),
+    Column("ent_coef", F64, "-", "SAC: entropy coefficient alpha (mean over the train() call)"),
+    Column("dormant_fraction", F64, "fraction", "Fraction of tau-dormant hidden units (ReDo; tau in config_json) of "
+           "the policy's hidden layers on a fixed probe batch; every probe_every updates, null between"),
+    Column("effective_rank", F64, "-", "Effective rank (Roy & Vetterli) of the policy's last hidden layer on the "
+           "fixed probe batch; every probe_every updates, null between"),
 ]
 
 STEPS_LM = [
@@ -137,6 +145,9 @@ MANIFEST_COLUMNS = [
     Column("batch_size", I64, "samples", "Minibatch size (stochasticity knob)"),
     Column("n_envs", I64, "-", "Parallel envs (stochasticity knob, RL)"),
     Column("ent_coef", F64, "-", "Entropy coefficient (stochasticity knob, PPO)"),
+    Column("target_entropy_scale", F64, "-", "SAC target entropy = -scale x dim(A) (stochasticity knob)"),
+    Column("action_noise_std", F64, "action", "TD3 Gaussian exploration noise std (stochasticity knob)"),
+    Column("target_policy_noise", F64, "action", "TD3 target-policy smoothing noise std (stochasticity knob)"),
     Column("coherence_window", I64, "update", "K of the rolling gradient-coherence window"),
     Column("total_steps", I64, "samples", "Planned env steps (RL) or tokens (LM)", nullable=False),
     Column("planned_updates", I64, "update", "Planned optimizer updates"),

@@ -2,22 +2,59 @@
 
 A perturbation has a kind, a stability dimension, a magnitude, an onset (fraction of
 the run's optimizer updates, resolved to an update index by the generator) and a
-duration in optimizer updates. Generators ask it two things:
+duration in optimizer updates. It is *active* at update ``step`` when
+``onset_step <= step < onset_step + duration_steps``. Env-side kinds use the
+:class:`TrainingClock` (the index of the next optimizer update) to decide whether the
+env step being taken falls in that window.
 
-* ``active(step)``: does it act at optimizer update ``step``?
-* the hooks it overrides, e.g. ``lr_factor(step)`` for the optimization dimension.
+Generators call the hooks; each kind overrides the ones of its dimension:
 
-Later kinds (environmental, parametric, learning-signal) add hooks here and keep the
-same constructor, so profiles, the manifest and the events table treat every kind alike.
+=================  =====================================  ===========================
+dimension          kinds                                  hook
+=================  =====================================  ===========================
+optimization       lr_spike, adam_reset                   ``lr_factor``, ``before_update``
+environmental      obs_noise, action_noise, mass_shift    ``wrap_env`` (gymnasium wrapper)
+parametric         weight_noise, layer_reset              ``before_update``
+learning_signal    reward_noise, reward_scale,            ``wrap_env`` (reward the agent sees)
+                   reward_flip
+=================  =====================================  ===========================
+
+Every kind's magnitude is documented on its class; the ``identity_magnitude`` is the
+value at which it changes nothing (a sham perturbation), or None if there is none.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
 
 from generate.errors import ProfileError
+
+
+class TrainingClock:
+    """Shared counter of optimizer updates, advanced by the update probe."""
+
+    def __init__(self) -> None:
+        self.step = 0
+
+
+@dataclass(frozen=True)
+class UpdateContext:
+    """What an update hook may touch: the optimizers, the modules to perturb and a seeded RNG.
+
+    Generators call ``before_update`` only where changing parameters in place is safe:
+    PPO between backward and step (one optimizer), SAC/TD3 between gradient steps.
+    """
+
+    optimizers: list[Any]
+    modules: dict[str, Any]  # name -> torch.nn.Module (e.g. {"policy": ...} or {"actor": ..., "critic": ...})
+    initial_state: dict[str, dict[str, Any]]  # name -> state_dict copy at the start of training
+    generator: Any  # torch.Generator
+    target_layer: str | None = None  # "module:parameter-prefix" of the layer that layer_reset acts on
+    fired: set[str] = field(default_factory=set)  # one-shot kinds that already acted
 
 
 @dataclass(frozen=True)
@@ -27,18 +64,20 @@ class Perturbation:
     magnitude: float
     onset_step: int
     duration_steps: int
+    seed: int = 0
 
     kind: ClassVar[str] = "none"
     dimension: ClassVar[str] = "none"
-    #: The magnitude at which the kind changes nothing (a sham perturbation).
-    identity_magnitude: ClassVar[float] = 1.0
+    #: The magnitude at which the kind changes nothing, if any.
+    identity_magnitude: ClassVar[float | None] = None
+    #: Parametric kinds act once, at onset; others act at every update of the window.
+    once: ClassVar[bool] = False
 
     def active(self, step: int) -> bool:
         return self.onset_step <= step < self.onset_step + self.duration_steps
 
     @property
     def offset_step(self) -> int:
-        """First update after the perturbation stops acting."""
         return self.onset_step + self.duration_steps
 
     # ---- hooks (identity by default) -------------------------------------------
@@ -46,12 +85,40 @@ class Perturbation:
         """Multiplier on the scheduled learning rate at optimizer update ``step``."""
         return 1.0
 
+    def before_update(self, step: int, ctx: UpdateContext) -> dict[str, float] | None:
+        """Called just before optimizer update ``step`` is applied; may change params or optimizer state.
+
+        Returns a dict of measured effects for the events table (e.g. ``{"delta_norm": ...}``).
+        """
+        return None
+
+    def wrap_env(self, env: Any, clock: TrainingClock) -> Any:
+        """Wrap a gymnasium env (outside SB3's Monitor, so episode returns stay the true task's)."""
+        return env
+
     @classmethod
     def check_magnitude(cls, magnitude: float) -> str | None:
-        """A reason the magnitude is invalid for this kind, or None."""
         if not math.isfinite(magnitude):
             return "must be finite"
         return None
+
+
+def _positive(magnitude: float) -> str | None:
+    if not math.isfinite(magnitude) or magnitude <= 0:
+        return "must be a finite number > 0"
+    return None
+
+
+def _nonnegative(magnitude: float) -> str | None:
+    if not math.isfinite(magnitude) or magnitude < 0:
+        return "must be a finite number >= 0"
+    return None
+
+
+def _fraction(magnitude: float) -> str | None:
+    if not math.isfinite(magnitude) or not 0 <= magnitude <= 1:
+        return "must be a fraction in [0, 1]"
+    return None
 
 
 @dataclass(frozen=True)
@@ -62,30 +129,308 @@ class NoPerturbation(Perturbation):
         return False
 
 
+# ------------------------------------------------------------------ optimization
 @dataclass(frozen=True)
 class LRSpike(Perturbation):
-    """Optimization: learning rate x ``magnitude`` for ``duration_steps`` updates from onset.
+    """LR x ``magnitude`` for ``duration_steps`` updates from onset.
 
-    The factor multiplies the algorithm's own schedule at every optimizer step, so it
-    composes with decays and acts per update, not per SB3 ``train()`` call.
+    The factor multiplies the algorithm's own schedule at every optimizer step (every
+    optimizer of the algorithm: actor, critic and entropy for SAC), so it composes with
+    decays and acts per update, not per SB3 ``train()`` call.
     """
 
     kind: ClassVar[str] = "lr_spike"
     dimension: ClassVar[str] = "optimization"
+    identity_magnitude: ClassVar[float | None] = 1.0
 
     def lr_factor(self, step: int) -> float:
         return self.magnitude if self.active(step) else 1.0
 
     @classmethod
     def check_magnitude(cls, magnitude: float) -> str | None:
-        if not math.isfinite(magnitude) or magnitude <= 0:
-            return "must be a finite number > 0 (a learning-rate multiplier)"
-        return None
+        return _positive(magnitude)
+
+
+@dataclass(frozen=True)
+class AdamReset(Perturbation):
+    """Shrink Adam's moment estimates by ``(1 - magnitude)`` before every update of the window.
+
+    ``magnitude = 1`` zeroes both moments (an optimizer-state reset). The step count is
+    kept, so bias correction does not compensate: while v is small the normalised step
+    ``m / sqrt(v)`` is several times larger than in steady state. 0 is the identity.
+    """
+
+    kind: ClassVar[str] = "adam_reset"
+    dimension: ClassVar[str] = "optimization"
+    identity_magnitude: ClassVar[float | None] = 0.0
+
+    def before_update(self, step: int, ctx: UpdateContext) -> dict[str, float] | None:
+        if not self.active(step):
+            return None
+        import torch
+
+        keep = 1.0 - self.magnitude
+        touched = 0
+        for opt in ctx.optimizers:
+            for state in opt.state.values():
+                for key in ("exp_avg", "exp_avg_sq"):
+                    if isinstance(state.get(key), torch.Tensor):
+                        state[key].mul_(keep)
+                        touched += 1
+        return {"tensors": float(touched)}
+
+    @classmethod
+    def check_magnitude(cls, magnitude: float) -> str | None:
+        return _fraction(magnitude)
+
+
+# ------------------------------------------------------------------- parametric
+@dataclass(frozen=True)
+class WeightNoise(Perturbation):
+    """Add Gaussian noise to every weight tensor W, scaled so ``||noise|| = magnitude * ||W||``.
+
+    Acts once, at the first update at or after onset, on every module the generator
+    exposes (PPO: the policy; SAC/TD3: actor and critic).
+    """
+
+    kind: ClassVar[str] = "weight_noise"
+    dimension: ClassVar[str] = "parametric"
+    identity_magnitude: ClassVar[float | None] = 0.0
+    once: ClassVar[bool] = True
+
+    def before_update(self, step: int, ctx: UpdateContext) -> dict[str, float] | None:
+        if step < self.onset_step or self.kind in ctx.fired:
+            return None
+        ctx.fired.add(self.kind)
+        import torch
+
+        total_sq = 0.0
+        with torch.no_grad():
+            for module in ctx.modules.values():
+                for p in module.parameters():
+                    noise = torch.randn(p.shape, generator=ctx.generator, dtype=p.dtype)
+                    n = noise.norm()
+                    if n > 0:
+                        noise.mul_(self.magnitude * p.norm() / n)
+                    p.add_(noise)
+                    total_sq += float(noise.norm()) ** 2
+        return {"delta_norm": math.sqrt(total_sq)}
+
+    @classmethod
+    def check_magnitude(cls, magnitude: float) -> str | None:
+        return _nonnegative(magnitude)
+
+
+@dataclass(frozen=True)
+class LayerReset(Perturbation):
+    """Move one layer back towards its initialisation: ``W <- (1 - a) W + a W_init``, a = magnitude.
+
+    ``magnitude = 1`` is a full reset of that layer to its initial values. The layer is
+    the generator's ``target_layer`` (the first hidden layer of the policy / actor).
+    Acts once, at the first update at or after onset.
+    """
+
+    kind: ClassVar[str] = "layer_reset"
+    dimension: ClassVar[str] = "parametric"
+    identity_magnitude: ClassVar[float | None] = 0.0
+    once: ClassVar[bool] = True
+
+    def before_update(self, step: int, ctx: UpdateContext) -> dict[str, float] | None:
+        if step < self.onset_step or self.kind in ctx.fired or ctx.target_layer is None:
+            return None
+        ctx.fired.add(self.kind)
+        import torch
+
+        module_name, _, prefix = ctx.target_layer.partition(":")
+        module = ctx.modules[module_name]
+        init = ctx.initial_state[module_name]
+        total_sq = 0.0
+        with torch.no_grad():
+            for name, p in module.named_parameters():
+                if name.startswith(prefix):
+                    delta = self.magnitude * (init[name].to(p.dtype) - p)
+                    p.add_(delta)
+                    total_sq += float(delta.norm()) ** 2
+        return {"delta_norm": math.sqrt(total_sq)}
+
+    @classmethod
+    def check_magnitude(cls, magnitude: float) -> str | None:
+        return _fraction(magnitude)
+
+
+# ---------------------------------------------------------------- env-side kinds
+class _ActiveWindow:
+    """Mixin for wrappers: is the perturbation active at the clock's current update?"""
+
+    def _active(self) -> bool:
+        return self.perturbation.active(self.clock.step)
+
+
+def _make_wrappers() -> dict[str, type]:
+    """Gymnasium wrappers, built lazily so this module imports without gymnasium."""
+    import gymnasium as gym
+
+    class ObsNoise(gym.ObservationWrapper, _ActiveWindow):
+        def __init__(self, env: gym.Env, perturbation: Perturbation, clock: TrainingClock) -> None:
+            super().__init__(env)
+            self.perturbation, self.clock = perturbation, clock
+            self.rng = np.random.default_rng(perturbation.seed + 7919)
+
+        def observation(self, obs: np.ndarray) -> np.ndarray:
+            if not self._active():
+                return obs
+            return (obs + self.perturbation.magnitude * self.rng.standard_normal(obs.shape)).astype(obs.dtype)
+
+    class ActionNoise(gym.ActionWrapper, _ActiveWindow):
+        def __init__(self, env: gym.Env, perturbation: Perturbation, clock: TrainingClock) -> None:
+            super().__init__(env)
+            self.perturbation, self.clock = perturbation, clock
+            self.rng = np.random.default_rng(perturbation.seed + 104729)
+            space = env.action_space
+            self.half_range = (space.high - space.low) / 2.0
+            self.low, self.high = space.low, space.high
+
+        def action(self, action: np.ndarray) -> np.ndarray:
+            if not self._active():
+                return action
+            noise = self.perturbation.magnitude * self.half_range * self.rng.standard_normal(np.shape(action))
+            return np.clip(action + noise, self.low, self.high).astype(np.asarray(action).dtype)
+
+    class MassShift(gym.Wrapper, _ActiveWindow):
+        def __init__(self, env: gym.Env, perturbation: Perturbation, clock: TrainingClock) -> None:
+            super().__init__(env)
+            self.perturbation, self.clock = perturbation, clock
+            self.model = env.unwrapped.model
+            self.base_mass = self.model.body_mass.copy()
+            self.shifted = False
+
+        def step(self, action: Any) -> Any:
+            active = self._active()
+            if active != self.shifted:
+                factor = self.perturbation.magnitude if active else 1.0
+                self.model.body_mass[:] = self.base_mass * factor
+                self.shifted = active
+            return self.env.step(action)
+
+    class RewardNoise(gym.RewardWrapper, _ActiveWindow):
+        def __init__(self, env: gym.Env, perturbation: Perturbation, clock: TrainingClock) -> None:
+            super().__init__(env)
+            self.perturbation, self.clock = perturbation, clock
+            self.rng = np.random.default_rng(perturbation.seed + 15485863)
+
+        def reward(self, reward: float) -> float:
+            if not self._active():
+                return reward
+            kind, m = self.perturbation.kind, self.perturbation.magnitude
+            if kind == "reward_noise":
+                return float(reward + m * self.rng.standard_normal())
+            if kind == "reward_scale":
+                return float(reward * m)
+            if kind == "reward_flip":
+                return float(-reward if self.rng.random() < m else reward)
+            raise AssertionError(kind)
+
+    return {"obs_noise": ObsNoise, "action_noise": ActionNoise, "mass_shift": MassShift,
+            "reward_noise": RewardNoise, "reward_scale": RewardNoise, "reward_flip": RewardNoise}
+
+
+_WRAPPERS: dict[str, type] = {}
+
+
+def wrapper_for(kind: str) -> type:
+    if not _WRAPPERS:
+        _WRAPPERS.update(_make_wrappers())
+    return _WRAPPERS[kind]
+
+
+@dataclass(frozen=True)
+class _EnvPerturbation(Perturbation):
+    def wrap_env(self, env: Any, clock: TrainingClock) -> Any:
+        return wrapper_for(self.kind)(env, self, clock)
+
+
+@dataclass(frozen=True)
+class ObsNoise(_EnvPerturbation):
+    """Environmental: Gaussian noise of std ``magnitude`` (observation units) on what the agent observes."""
+
+    kind: ClassVar[str] = "obs_noise"
+    dimension: ClassVar[str] = "environmental"
+    identity_magnitude: ClassVar[float | None] = 0.0
+
+    @classmethod
+    def check_magnitude(cls, magnitude: float) -> str | None:
+        return _nonnegative(magnitude)
+
+
+@dataclass(frozen=True)
+class ActionNoise(_EnvPerturbation):
+    """Environmental: Gaussian noise of std ``magnitude`` x half the action range on executed actions (clipped)."""
+
+    kind: ClassVar[str] = "action_noise"
+    dimension: ClassVar[str] = "environmental"
+    identity_magnitude: ClassVar[float | None] = 0.0
+
+    @classmethod
+    def check_magnitude(cls, magnitude: float) -> str | None:
+        return _nonnegative(magnitude)
+
+
+@dataclass(frozen=True)
+class MassShift(_EnvPerturbation):
+    """Environmental (dynamics shift): every MuJoCo body mass x ``magnitude`` while active."""
+
+    kind: ClassVar[str] = "mass_shift"
+    dimension: ClassVar[str] = "environmental"
+    identity_magnitude: ClassVar[float | None] = 1.0
+
+    @classmethod
+    def check_magnitude(cls, magnitude: float) -> str | None:
+        return _positive(magnitude)
+
+
+@dataclass(frozen=True)
+class RewardNoise(_EnvPerturbation):
+    """Learning signal: Gaussian noise of std ``magnitude`` (reward units) on the reward the agent learns from."""
+
+    kind: ClassVar[str] = "reward_noise"
+    dimension: ClassVar[str] = "learning_signal"
+    identity_magnitude: ClassVar[float | None] = 0.0
+
+    @classmethod
+    def check_magnitude(cls, magnitude: float) -> str | None:
+        return _nonnegative(magnitude)
+
+
+@dataclass(frozen=True)
+class RewardScale(_EnvPerturbation):
+    """Learning signal: the reward the agent learns from is multiplied by ``magnitude``."""
+
+    kind: ClassVar[str] = "reward_scale"
+    dimension: ClassVar[str] = "learning_signal"
+    identity_magnitude: ClassVar[float | None] = 1.0
+
+    @classmethod
+    def check_magnitude(cls, magnitude: float) -> str | None:
+        return None if math.isfinite(magnitude) else "must be finite"
+
+
+@dataclass(frozen=True)
+class RewardFlip(_EnvPerturbation):
+    """Learning signal: each transition's reward is negated with probability ``magnitude``."""
+
+    kind: ClassVar[str] = "reward_flip"
+    dimension: ClassVar[str] = "learning_signal"
+    identity_magnitude: ClassVar[float | None] = 0.0
+
+    @classmethod
+    def check_magnitude(cls, magnitude: float) -> str | None:
+        return _fraction(magnitude)
 
 
 REGISTRY: dict[str, type[Perturbation]] = {
-    "none": NoPerturbation,
-    "lr_spike": LRSpike,
+    cls.kind: cls
+    for cls in (NoPerturbation, LRSpike, AdamReset, ObsNoise, ActionNoise, MassShift, WeightNoise, LayerReset,
+                RewardNoise, RewardScale, RewardFlip)
 }
 
 
@@ -96,5 +441,6 @@ def perturbation_class(kind: str) -> type[Perturbation]:
         raise ProfileError(f"unknown perturbation kind {kind!r} (available: {', '.join(REGISTRY)})") from None
 
 
-def build(kind: str, magnitude: float, onset_step: int, duration_steps: int) -> Perturbation:
-    return perturbation_class(kind)(magnitude=magnitude, onset_step=onset_step, duration_steps=duration_steps)
+def build(kind: str, magnitude: float, onset_step: int, duration_steps: int, seed: int = 0) -> Perturbation:
+    return perturbation_class(kind)(magnitude=magnitude, onset_step=onset_step, duration_steps=duration_steps,
+                                    seed=seed)

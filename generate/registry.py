@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 
 from generate.errors import ProfileError
-from generate.rl.config import PPO_STOCHASTICITY, PPOConfig
+from generate.rl import config as rl_config
 from generate.spec import RunSpec
 
 
@@ -37,17 +37,18 @@ class Generator:
     domain: str
     algo: str
     config_cls: type
-    stochasticity: dict[str, dict[str, Any]]
+    stochasticity: tuple[str, ...]
     entry: str
+    resolver: Callable[[str, str, str, dict[str, Any]], Any]
 
     def config(self, spec: RunSpec) -> Any:
-        """The algorithm config of ``spec``: defaults < stochasticity level < hparams."""
+        """The algorithm config of ``spec`` (see the domain's config module for the resolution order)."""
         if spec.stochasticity not in self.stochasticity:
             raise ProfileError(
                 f"unknown stochasticity level {spec.stochasticity!r} for {self.algo} "
                 f"(available: {', '.join(self.stochasticity)})"
             )
-        return self.config_cls(**{**self.stochasticity[spec.stochasticity], **dict(spec.hparams)})
+        return self.resolver(self.algo, spec.env, spec.stochasticity, dict(spec.hparams))
 
     def hparam_names(self) -> list[str]:
         return [f.name for f in fields(self.config_cls)]
@@ -61,7 +62,9 @@ class Generator:
 
 
 GENERATORS: dict[tuple[str, str], Generator] = {
-    ("rl", "ppo"): Generator("rl", "ppo", PPOConfig, PPO_STOCHASTICITY, "generate.rl.ppo:run"),
+    ("rl", algo): Generator("rl", algo, rl_config.CONFIGS[algo][0], rl_config.STOCHASTICITY_LEVELS,
+                            "generate.rl.train:run", rl_config.resolve)
+    for algo in ("ppo", "sac", "td3")
 }
 
 

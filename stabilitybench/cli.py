@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from analysis.cli import analyze
 from data_schema import StabilityBenchError
 from generate.cli import generate, status
 
@@ -26,6 +27,7 @@ app = typer.Typer(
 )
 app.command()(generate)
 app.command()(status)
+app.command()(analyze)
 
 
 @app.command()

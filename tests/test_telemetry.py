@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from generate.errors import NonFiniteTraining
-from generate.perturbations import LRSpike, NoPerturbation
+from generate.perturbations import LRSpike, NoPerturbation, TrainingClock
 from generate.telemetry import EventLog, UpdateProbe
 
 BASE_LR = 0.05
@@ -24,7 +24,7 @@ def make_probe(perturbation, optimizer_cls=torch.optim.SGD, window=3):
     rows: list[dict] = []
     events = EventLog("r")
     probe = UpdateProbe(
-        opt, net.parameters(), perturbation, scheduled_lr=lambda: BASE_LR,
+        opt, perturbation, TrainingClock(), scheduled_lr=lambda: BASE_LR,
         on_update=lambda step, stats: rows.append({"step": step, **stats}), events=events, coherence_window=window,
     )
     return net, opt, probe, rows, events
@@ -79,7 +79,7 @@ def test_spike_composes_with_the_algorithms_schedule() -> None:
     net = torch.nn.Linear(2, 1)
     opt = torch.optim.Adam(net.parameters(), lr=1.0)
     rows: list[dict] = []
-    UpdateProbe(opt, net.parameters(), spike, scheduled_lr=lambda: next(schedule),
+    UpdateProbe(opt, spike, TrainingClock(), scheduled_lr=lambda: next(schedule),
                 on_update=lambda s, st: rows.append(st), events=EventLog("r"))
     for _ in range(3):
         opt.zero_grad()

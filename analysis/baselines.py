@@ -1,0 +1,180 @@
+"""Baseline early-warning detectors, with the monitors' interface (``fit``/``score``/``calibrate``).
+
+Each works on the same block-level feature matrices as the monitors (shape ``(T, p)``,
+columns named by ``features``), and its raw score is smoothed with the same causal
+rolling mean (``smooth`` blocks), so every detector is calibrated on the same runs to the
+same FPR by :meth:`~analysis.metastate.base.MonitorBase.calibrate`.
+
+* :class:`GradNormZ`: trailing z-score of (log) ``grad_norm`` against its own last
+  ``window`` blocks (no training needed).
+* :class:`LossSpike`: trailing z-score of the training loss (``train_loss``, else ``loss``).
+* :class:`EWSDetector`: critical-slowing-down early-warning signals on the first principal
+  component of the telemetry (PCA fitted on the training runs): rolling variance and
+  lag-1 autocorrelation over ``window`` blocks, each turned into a trend by Kendall's tau
+  over the trailing ``trend`` blocks; the score is the mean of the two taus.
+* :class:`PCAReconstruction`: squared reconstruction error per feature of a PCA with
+  the 90%-variance number of components, fitted on the training runs.
+* :class:`CoherenceDrop`: minus the trailing z-score of ``grad_coherence`` (a drop scores high).
+
+A detector whose column is absent reports ``available = False`` and is left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from analysis.metastate.base import MonitorBase
+
+
+def trailing_z(x: np.ndarray, window: int) -> np.ndarray:
+    """``(x_t - mean(x_{t-w..t-1})) / sd(x_{t-w..t-1})``, shape ``(T,)``; NaN for the first ``window`` steps."""
+    x = np.asarray(x, dtype=float)
+    T = x.size
+    out = np.full(T, np.nan)
+    if T <= window:
+        return out
+    win = sliding_window_view(x[:-1], window)  # (T - window, window): rows end at t-1
+    mu = np.nanmean(win, axis=1)
+    sd = np.nanstd(win, axis=1)
+    floor = 1e-3 * max(float(np.nanstd(x)) if np.isfinite(x).any() else 1.0, 1e-12)
+    with np.errstate(invalid="ignore"):
+        out[window:] = (x[window:] - mu) / np.maximum(sd, floor)
+    return out
+
+
+def rolling_kendall(x: np.ndarray, window: int) -> np.ndarray:
+    """Kendall's tau between time and ``x`` over each trailing ``window``, shape ``(T,)`` (NaN-padded)."""
+    x = np.asarray(x, dtype=float)
+    T = x.size
+    out = np.full(T, np.nan)
+    if T < window or window < 3:
+        return out
+    win = sliding_window_view(x, window)  # (T-window+1, window)
+    i, j = np.triu_indices(window, k=1)
+    s = np.sign(win[:, j] - win[:, i])  # time increases from i to j
+    valid = ~np.isnan(s)
+    n = valid.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tau = np.where(valid, s, 0).sum(axis=1) / n
+    out[window - 1 :] = tau
+    return out
+
+
+def rolling_var_ac1(x: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rolling variance and lag-1 autocorrelation over trailing ``window`` steps, each ``(T,)``."""
+    x = np.asarray(x, dtype=float)
+    T = x.size
+    var = np.full(T, np.nan)
+    ac1 = np.full(T, np.nan)
+    if T < window or window < 3:
+        return var, ac1
+    win = sliding_window_view(x, window)
+    d = win - win.mean(axis=1, keepdims=True)
+    v = (d**2).mean(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        a = (d[:, 1:] * d[:, :-1]).mean(axis=1) / v
+    var[window - 1 :] = v
+    ac1[window - 1 :] = a
+    return var, ac1
+
+
+class _ColumnDetector(MonitorBase):
+    """Base of the single-column trailing-z detectors."""
+
+    columns: tuple[str, ...] = ()
+    sign: float = 1.0
+
+    def __init__(self, features: Sequence[str], window: int = 20, smooth: int = 5) -> None:
+        self.features = list(features)
+        self.window = window
+        self.smooth = smooth
+        self.column = next((c for c in self.columns if c in self.features), None)
+
+    @property
+    def available(self) -> bool:
+        return self.column is not None
+
+    def _fit(self, sequences: list[np.ndarray]) -> None:
+        return None  # self-referenced: needs no training
+
+    def _nll(self, Z: np.ndarray) -> np.ndarray:
+        j = self.features.index(self.column)
+        return self.sign * trailing_z(Z[:, j], self.window)
+
+
+class GradNormZ(_ColumnDetector):
+    """Trailing z-score of (log) gradient norm."""
+
+    columns = ("grad_norm",)
+
+
+class LossSpike(_ColumnDetector):
+    """Trailing z-score of the training loss (a spike up scores high)."""
+
+    columns = ("train_loss", "loss", "value_loss")
+
+
+class CoherenceDrop(_ColumnDetector):
+    """Minus the trailing z-score of gradient coherence (a drop scores high)."""
+
+    columns = ("grad_coherence",)
+    sign = -1.0
+
+
+class PCAReconstruction(MonitorBase):
+    """Squared PCA reconstruction error per feature; PCA (90% of variance) fitted on training runs."""
+
+    def __init__(self, features: Sequence[str], level: float = 0.9, smooth: int = 5) -> None:
+        self.features = list(features)
+        self.level = level
+        self.smooth = smooth
+
+    available = True
+
+    def _fit(self, sequences: list[np.ndarray]) -> None:
+        Y = np.vstack(sequences)
+        self.center_ = Y.mean(axis=0)
+        _, s, vt = np.linalg.svd(Y - self.center_, full_matrices=False)
+        evr = s**2 / max((s**2).sum(), 1e-300)
+        k = int(np.searchsorted(np.cumsum(evr), self.level - 1e-12) + 1)
+        self.components_ = vt[: min(k, vt.shape[0])]
+
+    def _nll(self, Z: np.ndarray) -> np.ndarray:
+        D = Z - self.center_
+        R = D - D @ self.components_.T @ self.components_
+        return (R**2).mean(axis=1)
+
+
+class EWSDetector(MonitorBase):
+    """Rolling variance + lag-1 autocorrelation of the leading PC, as Kendall-tau trends."""
+
+    def __init__(self, features: Sequence[str], window: int = 20, trend: int = 20, smooth: int = 5) -> None:
+        self.features = list(features)
+        self.window = window
+        self.trend = trend
+        self.smooth = smooth
+
+    available = True
+
+    def _fit(self, sequences: list[np.ndarray]) -> None:
+        Y = np.vstack(sequences)
+        self.center_ = Y.mean(axis=0)
+        _, _, vt = np.linalg.svd(Y - self.center_, full_matrices=False)
+        self.pc1_ = vt[0]
+
+    def _nll(self, Z: np.ndarray) -> np.ndarray:
+        x = (Z - self.center_) @ self.pc1_
+        var, ac1 = rolling_var_ac1(x, self.window)
+        return 0.5 * (rolling_kendall(var, self.trend) + rolling_kendall(ac1, self.trend))
+
+
+BASELINES = {
+    "grad_norm_z": GradNormZ,
+    "loss_spike": LossSpike,
+    "ews_var_ac1": EWSDetector,
+    "pca_recon": PCAReconstruction,
+    "coherence_drop": CoherenceDrop,
+}

@@ -1,0 +1,44 @@
+"""``analyze`` command (mounted by the ``stabilitybench`` CLI; also ``python -m analysis``)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+out = Console()
+
+
+def analyze(
+    corpus: Annotated[Path, typer.Option("--corpus", "-c", help="Corpus directory")] = Path("corpus"),
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Results directory")] = Path("results"),
+    update_corpus: Annotated[
+        bool, typer.Option("--update-corpus/--no-update-corpus", help="Also write <corpus>/runs.parquet")
+    ] = True,
+) -> None:
+    """Analyse the corpus: collapse, PCA, meta-state monitor vs baselines, survival, regularities -> results/."""
+    from analysis.pipeline import run_analysis
+
+    t0 = time.perf_counter()
+    with console.status("analysing", spinner="dots") as status:
+        summary = run_analysis(corpus, out_dir, update_corpus=update_corpus,
+                               progress=lambda msg: status.update(f"[bold]analysing:[/] {msg}"))
+    out.print(f"analysed {summary['n_runs']} runs in {time.perf_counter() - t0:.1f} s -> {out_dir}/summary.json")
+    for row in summary["collapse"]["dose_response"]:
+        out.print(f"  {row['env']:<16} {row['config']:<28} collapsed {row['n_collapsed']}/{row['n_runs']}")
+    ew = summary["early_warning"]
+    if "status" in ew:
+        out.print(f"early warning: {ew['status']}")
+    for det, v in summary["headline"]["early_warning"].items():
+        a, fpr, lead = v["auroc"]["value"], v["fpr_unperturbed"]["value"], v["median_lead_updates"]["value"]
+        out.print(f"  {det:<15} AUROC {_fmt(a)}  FPR {_fmt(fpr)}  median lead {_fmt(lead, 0)} updates")
+    for caveat in summary["headline"]["caveats"]:
+        out.print(f"[yellow]caveat:[/] {caveat}", highlight=False)
+
+
+def _fmt(x: float | None, digits: int = 2) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"

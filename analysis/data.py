@@ -1,0 +1,297 @@
+"""Reading the corpus for analysis: runs, events, per-step telemetry features and time blocks.
+
+Everything goes through :mod:`data_schema` (``read_manifest``, ``scan_steps``): polars
+lazy scans with the Hive partition filters pushed down (``domain``/``algo``/``env``
+prune directories) and a projection of only the columns an analysis needs.
+
+Telemetry features
+------------------
+The *telemetry vector* of an update is every numeric steps column that the run's
+algorithm produces, except
+
+* bookkeeping: ``step``, ``samples_seen``, ``wall_time_s``, ``tokens_per_s``;
+* the perturbation's own knob: ``lr`` and ``perturbation_active`` (a monitor that
+  reads the learning rate would "detect" an LR spike by reading the intervention);
+* the outcome: ``performance``, ``episode_return``, ``eval_return``, ``val_loss``
+  (collapse is defined on performance, so a monitor that sees it would be circular).
+
+Sparse columns (SB3 PPO reports its losses once per ``train()`` call, i.e. on every
+320th row; LM validation metrics every N steps) are **forward-filled within each run**
+(the value holds until the next report). A column is kept for a group only if, after
+the fill, at least ``min_coverage`` of the group's rows are non-null and it is not
+constant; rows that are still null (before the first report) are dropped by the
+consumers. Heavy-tailed positive-scale columns (:data:`LOG_COLUMNS`) enter as
+``sign(x) log1p(|x|)``.
+
+Time blocks
+-----------
+A run has one row per optimizer update (15,680 for the quick PPO runs). The PCA uses
+every row; the meta-state monitor and the early-warning detectors work on *blocks*
+of ``B`` consecutive updates (feature means per block; ``B = n_updates // target_blocks``
+unless fixed), and every alarm is reported at the **last update of its block**, so
+lead times stay in optimizer updates.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+
+from analysis.errors import NoRunsError
+from data_schema import (
+    MANIFEST,
+    MANIFEST_SCHEMA,
+    STEPS_SCHEMA,
+    SchemaError,
+    conform,
+    read_manifest,
+    require_corpus,
+    scan_steps,
+    steps_path,
+)
+from data_schema.corpus import EVENTS_DIR
+
+#: Columns never used as telemetry features (see the module docstring).
+EXCLUDED = frozenset(
+    {
+        "step", "samples_seen", "wall_time_s", "tokens_per_s",
+        "lr", "perturbation_active",
+        "performance", "episode_return", "eval_return", "val_loss",
+    }
+)
+#: Heavy-tailed columns that enter as sign(x) log1p(|x|).
+LOG_COLUMNS = frozenset(
+    {"grad_norm", "update_norm", "param_norm", "loss", "value_loss", "train_loss", "approx_kl", "q_mean",
+     "attn_logit_max", "output_logit_max", "actor_grad_norm", "actor_update_norm", "ent_coef"}
+)
+#: Columns whose non-finite value marks a diverged run.
+NONFINITE_COLUMNS = ("loss", "grad_norm", "update_norm", "param_norm", "train_loss", "val_loss", "performance")
+#: Keys that make runs comparable (matched unperturbed runs share them).
+GROUP_KEYS = ("domain", "algo", "env", "stochasticity")
+
+NUMERIC_STEP_COLUMNS = tuple(
+    f.name for f in STEPS_SCHEMA if f.type in (STEPS_SCHEMA.field("lr").type, STEPS_SCHEMA.field("step").type)
+)
+CANDIDATE_FEATURES = tuple(c for c in NUMERIC_STEP_COLUMNS if c not in EXCLUDED)
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """How telemetry becomes a feature matrix.
+
+    ``min_coverage``: a column is kept if at least this fraction of the group's rows is
+    non-null after the within-run forward fill. ``block_updates``: fixed block length
+    in updates, or None for ``max(1, n_updates // target_blocks)`` per group.
+    """
+
+    min_coverage: float = 0.8
+    block_updates: int | None = None
+    target_blocks: int = 500
+
+
+def load_runs(corpus: str | os.PathLike[str], notes: list[str] | None = None) -> pl.DataFrame:
+    """The manifest's finished runs (status ``ok``), one row each.
+
+    A manifest written before nullable columns were added to the schema is read with those
+    columns as null (``data_schema.conform``) and a note is appended to ``notes``; any other
+    mismatch still raises :class:`~data_schema.SchemaError`. Raises :class:`NoRunsError`
+    when there are no finished runs.
+    """
+    require_corpus(corpus)
+    try:
+        table = read_manifest(corpus)
+    except SchemaError:
+        path = Path(corpus, MANIFEST)
+        raw = pq.read_table(path)
+        missing = [f.name for f in MANIFEST_SCHEMA if f.name not in raw.column_names]
+        table = conform(raw, MANIFEST_SCHEMA, where=str(path))  # raises unless only nullable columns are missing
+        if notes is not None:
+            notes.append(f"{path}: written with an older schema; missing nullable column(s) read as null: "
+                         f"{', '.join(missing)}")
+    manifest = pl.from_arrow(table)
+    runs = manifest.filter(pl.col("status") == "ok")
+    if runs.height == 0:
+        raise NoRunsError(f"{corpus}: no finished runs in manifest.parquet (run `stabilitybench generate`)")
+    return runs
+
+
+def is_unperturbed(runs: pl.DataFrame) -> pl.Series:
+    """Boolean mask of unperturbed control runs (``dimension == 'none'``)."""
+    return (runs["dimension"] == "none") | (runs["perturbation"] == "none")
+
+
+def load_events(corpus: str | os.PathLike[str]) -> pl.DataFrame:
+    """Every events row (empty frame with the right columns if there are none)."""
+    root = require_corpus(corpus)
+    files = sorted(Path(root, EVENTS_DIR).glob("*.parquet"))
+    cols = {"run_id": pl.String, "step": pl.Int64, "event": pl.String, "detail": pl.String}
+    if not files:
+        return pl.DataFrame(schema=cols)
+    return pl.scan_parquet([str(f) for f in files]).select(list(cols)).collect()
+
+
+def group_runs(runs: pl.DataFrame, keys: tuple[str, ...] = GROUP_KEYS) -> list[tuple[dict[str, str], pl.DataFrame]]:
+    """Split ``runs`` into groups by ``keys``; returns ``[(key_dict, runs_of_group), ...]`` sorted by key."""
+    out = []
+    for key, frame in sorted(runs.group_by(list(keys)), key=lambda kv: tuple(str(k) for k in kv[0])):
+        out.append((dict(zip(keys, (str(k) for k in key), strict=True)), frame.sort("run_id")))
+    return out
+
+
+def load_steps(
+    corpus: str | os.PathLike[str], runs: pl.DataFrame, columns: list[str] | tuple[str, ...]
+) -> pl.DataFrame:
+    """Per-step rows of ``runs`` with ``run_id``, ``step`` and ``columns``, sorted by run and step.
+
+    One lazy scan: partition filters on the runs' domains/algos/envs (directory pruning),
+    ``run_id`` predicate and the column projection are pushed down into the reader.
+    """
+    cols = ["run_id", "step", *[c for c in dict.fromkeys(columns) if c not in ("run_id", "step")]]
+    lf = scan_steps(
+        corpus,
+        domain=sorted(set(runs["domain"])),
+        algo=sorted(set(runs["algo"])),
+        env=sorted(set(runs["env"])),
+    )
+    have = set(lf.collect_schema().names())
+    lf = lf.filter(pl.col("run_id").is_in(runs["run_id"].to_list())).select(
+        [pl.col(c) if c in have else pl.lit(None, dtype=pl.Float64).alias(c) for c in cols])
+    return lf.collect().sort(["run_id", "step"])
+
+
+def present_features(steps: pl.DataFrame, cfg: FeatureConfig) -> list[str]:
+    """Candidate feature columns of ``steps`` that pass the coverage and non-constant checks."""
+    keep = []
+    filled = steps.select(
+        [pl.col(c).forward_fill().over("run_id") for c in CANDIDATE_FEATURES if c in steps.columns]
+    )
+    n = max(filled.height, 1)
+    for c in filled.columns:
+        col = filled[c]
+        finite = col.filter(col.is_not_null() & col.is_finite())
+        if col.null_count() / n > 1 - cfg.min_coverage or finite.len() < 2:
+            continue
+        if float(finite.std() or 0.0) <= 1e-12 * max(1.0, abs(float(finite.mean() or 0.0))):
+            continue
+        keep.append(c)
+    return keep
+
+
+def feature_columns(corpus: str | os.PathLike[str], runs: pl.DataFrame, cfg: FeatureConfig) -> list[str]:
+    """:func:`present_features` computed lazily: one aggregation query, nothing but stats in memory.
+
+    Per run and candidate column it aggregates (with projection and predicate pushdown)
+    the first update that reports the column (coverage after forward fill = rows from
+    there on), and the count, mean and variance of the finite values, which are combined
+    across runs exactly (Chan et al.) for the non-constant check.
+    """
+    lf = scan_steps(corpus, domain=sorted(set(runs["domain"])), algo=sorted(set(runs["algo"])),
+                    env=sorted(set(runs["env"])))
+    lf = lf.filter(pl.col("run_id").is_in(runs["run_id"].to_list()))
+    present = set(lf.collect_schema().names())
+    candidates = [c for c in CANDIDATE_FEATURES if c in present]  # files from an older schema lack new columns
+    aggs: list[pl.Expr] = [pl.len().alias("_n"), pl.col("step").min().alias("_s0")]
+    for c in candidates:
+        fin = pl.col(c).filter(pl.col(c).is_finite())
+        aggs += [pl.col("step").filter(pl.col(c).is_not_null()).min().alias(f"{c}__first"),
+                 fin.count().alias(f"{c}__n"), fin.mean().alias(f"{c}__mean"), fin.var(ddof=0).alias(f"{c}__var")]
+    per = lf.group_by("run_id").agg(aggs).collect()
+    total = int(per["_n"].sum()) if per.height else 0
+    keep = []
+    for c in candidates:
+        first = per[f"{c}__first"]
+        covered = (per["_n"] - (first - per["_s0"])).filter(first.is_not_null()).sum() if per.height else 0
+        if total == 0 or covered / total < cfg.min_coverage:
+            continue
+        n = per[f"{c}__n"].to_numpy().astype(float)
+        mu = per[f"{c}__mean"].fill_null(0.0).to_numpy()
+        var = per[f"{c}__var"].fill_null(0.0).to_numpy()
+        N = n.sum()
+        if N < 2:
+            continue
+        gm = (n * mu).sum() / N
+        gvar = ((n * (var + (mu - gm) ** 2)).sum()) / N
+        if np.sqrt(max(gvar, 0.0)) <= 1e-12 * max(1.0, abs(gm)):
+            continue
+        keep.append(c)
+    return keep
+
+
+def iter_run_steps(
+    corpus: str | os.PathLike[str], runs: pl.DataFrame, columns: list[str] | tuple[str, ...]
+) -> Iterator[tuple[dict[str, Any], pl.DataFrame]]:
+    """Yield ``(manifest row, steps of that run)`` one run at a time, sorted by step.
+
+    Reads the run's own file (``data_schema.steps_path``) with a projection of ``run_id``,
+    ``step`` and ``columns``; falls back to a filtered scan of the whole corpus when the
+    file is not at its canonical path. Memory is one run at a time.
+    """
+    cols = ["run_id", "step", *[c for c in dict.fromkeys(columns) if c not in ("run_id", "step")]]
+    for row in runs.iter_rows(named=True):
+        path = steps_path(corpus, row)
+        if path.exists():
+            lf = pl.scan_parquet(path, hive_partitioning=False)
+        else:
+            lf = scan_steps(corpus, run_id=row["run_id"])
+        have = set(lf.collect_schema().names())
+        frame = lf.select([c for c in cols if c in have]).collect().sort("step")
+        missing = [c for c in cols if c not in have]  # a column newer than the file: null
+        if missing:
+            frame = frame.with_columns([pl.lit(None, dtype=pl.Float64).alias(c) for c in missing])
+        yield row, frame
+
+
+def feature_frame(steps: pl.DataFrame, features: list[str]) -> pl.DataFrame:
+    """``run_id``, ``step``, ``nonfinite`` and the transformed, forward-filled ``features``.
+
+    ``nonfinite`` flags rows where a raw telemetry value was NaN/Inf; those values are
+    set to null before the fill (so they never reach a fit) and the flag carries the news.
+    """
+    raw_nf = [c for c in NONFINITE_COLUMNS if c in steps.columns]
+    nonfinite = pl.any_horizontal([(pl.col(c).is_not_null() & ~pl.col(c).is_finite()) for c in raw_nf]) if raw_nf \
+        else pl.lit(False)
+    exprs = [pl.col("run_id"), pl.col("step"), nonfinite.fill_null(False).alias("nonfinite")]
+    for c in features:
+        x = pl.when(pl.col(c).is_finite()).then(pl.col(c)).otherwise(None)
+        if c in LOG_COLUMNS:
+            x = x.sign() * x.abs().log1p()
+        exprs.append(x.forward_fill().over("run_id").alias(c))
+    return steps.select(exprs)
+
+
+def block_size(n_updates: int, cfg: FeatureConfig) -> int:
+    """Block length in updates for a group whose runs have ``n_updates`` updates."""
+    if cfg.block_updates is not None:
+        return max(1, int(cfg.block_updates))
+    return max(1, int(n_updates) // max(1, cfg.target_blocks))
+
+
+def to_blocks(frame: pl.DataFrame, features: list[str], block: int) -> pl.DataFrame:
+    """Aggregate a :func:`feature_frame` into blocks of ``block`` updates.
+
+    Returns one row per (run, block): ``run_id``, ``block``, ``step`` (the block's last
+    update: when its value is known), ``nonfinite`` (any in the block) and the block mean
+    of each feature (null if all null).
+    """
+    return (
+        frame.with_columns((pl.col("step") // block).alias("block"))
+        .group_by(["run_id", "block"], maintain_order=True)
+        .agg(pl.col("step").max(), pl.col("nonfinite").any(), *[pl.col(c).mean() for c in features])
+        .sort(["run_id", "block"])
+    )
+
+
+def run_arrays(blocks: pl.DataFrame, features: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``{run_id: (steps (T,), X (T, p), nonfinite (T,))}`` from a block (or step) frame."""
+    out = {}
+    for (rid,), g in blocks.group_by(["run_id"], maintain_order=True):
+        X = g.select(features).to_numpy().astype(float) if features else np.zeros((g.height, 0))
+        out[str(rid)] = (g["step"].to_numpy(), X, g["nonfinite"].to_numpy().astype(bool))
+    return out

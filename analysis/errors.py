@@ -1,0 +1,28 @@
+"""Exceptions of the analysis package.
+
+Every error a user can cause (no corpus, no finished runs, an unreadable results
+folder) derives from :class:`~data_schema.errors.StabilityBenchError`, so the CLI prints
+one line. Too little data for *one* analysis (a group without unperturbed runs, a split
+without calibration seeds) is not an error: it becomes a ``"status": "not testable: ..."``
+entry in ``summary.json`` and the rest of the analysis goes on.
+"""
+
+from __future__ import annotations
+
+from data_schema.errors import StabilityBenchError
+
+
+class AnalysisError(StabilityBenchError):
+    """Base class of the analysis package's user-facing errors."""
+
+
+class NoRunsError(AnalysisError):
+    """The corpus has no finished (status ``ok``) runs to analyse."""
+
+
+class InsufficientDataError(AnalysisError):
+    """An estimator was given too little data to fit (e.g. no training sequence long enough)."""
+
+
+class NotFittedError(AnalysisError):
+    """``score``/``save`` was called on an estimator before ``fit``."""

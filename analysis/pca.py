@@ -1,0 +1,242 @@
+"""Low-dimensionality of the telemetry: PCA on standardised per-update features against a time-shuffled null.
+
+For each (domain, algo) group and for all groups pooled, every update of every run is a
+row of the feature matrix (features as in :mod:`analysis.data`: forward-filled within
+runs, log-transformed where heavy-tailed; rows still missing a value, before the first
+report of a sparse column, are dropped). Columns are standardised (zero mean, unit
+variance over the group's rows) and fitted with :class:`sklearn.decomposition.PCA`.
+The pooled analysis standardises each group separately and keeps the features that
+every group has.
+
+Reported: the explained-variance ratio, the number of components for 90% of the
+variance (``n90``) and the participation ratio ``PR = (sum l)^2 / sum l^2`` of the
+eigenvalues ``l``. **Null:** each column is permuted independently *in time within each
+run* (so every run keeps each feature's marginal distribution but loses the temporal
+co-movement of features), re-standardised and refitted, ``n_null`` times. If the real
+``n90`` is well below the null's, the low dimension is structure, not an artefact of
+the number of features or their marginals.
+
+The scaling path (:func:`streaming_pca`) computes the same PCA exactly from streamed
+moments (Chan et al. pairwise update of the covariance), in O(p^2) memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.decomposition import PCA
+
+
+@dataclass(frozen=True)
+class PCAResult:
+    """Eigen-summary of one fit: ``evr`` shape ``(p,)``, ``n90`` and participation ratio ``pr``."""
+
+    evr: np.ndarray
+    n90: int
+    pr: float
+
+
+def standardise(X: np.ndarray) -> np.ndarray:
+    """Column-wise z-score of ``X`` (shape ``(n, p)``); constant columns become 0."""
+    mu = X.mean(axis=0)
+    sd = X.std(axis=0)
+    sd[sd <= 0] = 1.0
+    return (X - mu) / sd
+
+
+def summarise(eigvals: np.ndarray, level: float = 0.9) -> PCAResult:
+    """``PCAResult`` from eigenvalues (shape ``(p,)``, any order)."""
+    lam = np.sort(np.clip(np.asarray(eigvals, dtype=float), 0, None))[::-1]
+    total = lam.sum()
+    evr = lam / total if total > 0 else np.zeros_like(lam)
+    n90 = int(np.searchsorted(np.cumsum(evr), level - 1e-12) + 1) if total > 0 else 0
+    pr = float(total**2 / (lam**2).sum()) if total > 0 else 0.0
+    return PCAResult(evr, min(n90, lam.size), pr)
+
+
+def fit(X: np.ndarray, level: float = 0.9) -> tuple[PCA, PCAResult]:
+    """Standardise ``X`` (shape ``(n, p)``) and fit a full sklearn PCA."""
+    Z = standardise(X)
+    pca = PCA(svd_solver="full").fit(Z)
+    return pca, summarise(pca.explained_variance_, level)
+
+
+def time_shuffle(X: np.ndarray, run_index: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Permute each column of ``X`` (shape ``(n, p)``) independently within each run.
+
+    ``run_index`` (shape ``(n,)``) labels the run of each row; rows of a run need not be
+    contiguous.
+    """
+    out = np.empty_like(X)
+    codes = np.unique(np.asarray(run_index), return_inverse=True)[1]
+    order = np.argsort(codes, kind="stable")
+    bounds = np.flatnonzero(np.diff(codes[order])) + 1
+    for rows in np.split(order, bounds):
+        for j in range(X.shape[1]):
+            out[rows, j] = X[rng.permutation(rows), j]
+    return out
+
+
+def null_distribution(
+    X: np.ndarray, run_index: np.ndarray, n_null: int = 20, seed: int = 0, level: float = 0.9
+) -> list[PCAResult]:
+    """``n_null`` PCA summaries of time-shuffled copies of ``X`` (see :func:`time_shuffle`)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n_null):
+        Z = standardise(time_shuffle(X, run_index, rng))
+        cov = np.cov(Z, rowvar=False) if Z.shape[0] > 1 else np.eye(Z.shape[1])
+        out.append(summarise(np.linalg.eigvalsh(np.atleast_2d(cov)), level))
+    return out
+
+
+def n_components_for(X: np.ndarray, level: float = 0.9) -> int:
+    """Components needed for ``level`` of the variance of standardised ``X`` (shape ``(n, p)``)."""
+    return fit(X, level)[1].n90
+
+
+class StreamingMoments:
+    """Exact mean and covariance of rows streamed in chunks (Chan et al. pairwise merge), O(p^2) memory."""
+
+    def __init__(self, p: int) -> None:
+        self.n = 0
+        self.mean = np.zeros(p)
+        self.m2 = np.zeros((p, p))
+
+    def update(self, X: np.ndarray) -> None:
+        """Add rows ``X`` (shape ``(m, p)``)."""
+        m = X.shape[0]
+        if m == 0:
+            return
+        mu = X.mean(axis=0)
+        D = X - mu
+        m2 = D.T @ D
+        delta = mu - self.mean
+        n = self.n + m
+        self.m2 += m2 + np.outer(delta, delta) * (self.n * m / n)
+        self.mean += delta * (m / n)
+        self.n = n
+
+    def covariance(self) -> np.ndarray:
+        return self.m2 / max(self.n - 1, 1)
+
+
+def streaming_pca(chunks: Iterable[np.ndarray], p: int, level: float = 0.9) -> tuple[PCAResult, np.ndarray]:
+    """PCA of standardised rows streamed as chunks (each ``(m, p)``); returns the summary and loadings ``(p, p)``.
+
+    Standardising by the global SD is the same as taking the correlation matrix.
+    """
+    mom = StreamingMoments(p)
+    for chunk in chunks:
+        mom.update(np.asarray(chunk, dtype=float))
+    cov = mom.covariance()
+    sd = np.sqrt(np.clip(np.diag(cov), 1e-300, None))
+    corr = cov / np.outer(sd, sd)
+    lam, vec = np.linalg.eigh(corr)
+    order = np.argsort(lam)[::-1]
+    return summarise(lam, level), vec[:, order]
+
+
+class PCAAccumulator:
+    """Per-run streaming PCA of one subset of runs, with its time-shuffled null.
+
+    :meth:`add_run` takes one run's complete feature rows ``X (T, p)``: it updates the exact
+    moments of the real data and, for each of ``n_null`` replicates, of a copy whose columns
+    are permuted independently in time (within this run; for runs longer than
+    ``null_rows_per_run`` a random subset of that many rows of the shuffle, which has the
+    same distribution and keeps the null's cost bounded). Memory is O(n_null p^2), so a
+    corpus of any size streams through run by run. While the rows seen stay under
+    ``keep_rows`` they are also kept, and :meth:`result` fits ``sklearn.decomposition.PCA``
+    on them (the same numbers as the moments, to rounding; see the tests).
+    """
+
+    def __init__(
+        self, p: int, n_null: int = 20, seed: int = 0, keep_rows: int = 5_000_000, null_rows_per_run: int = 50_000
+    ) -> None:
+        self.p = p
+        self.null_rows_per_run = null_rows_per_run
+        self.real = StreamingMoments(p)
+        self.null = [StreamingMoments(p) for _ in range(n_null)]
+        self.rng = np.random.default_rng(seed)
+        self.keep_rows = keep_rows
+        self.kept: list[np.ndarray] | None = []
+        self.runs = 0
+        self.per_run: list[tuple[int, np.ndarray, np.ndarray]] = []  # (n, mean, m2) of each run
+
+    def add_run(self, X: np.ndarray) -> None:
+        """Add one run's rows (shape ``(T, p)``, no NaN)."""
+        if X.shape[0] == 0:
+            return
+        self.runs += 1
+        self.real.update(X)
+        one = StreamingMoments(self.p)
+        one.update(X)
+        self.per_run.append((one.n, one.mean, one.m2))
+        T = X.shape[0]
+        m = min(T, self.null_rows_per_run)
+        for mom in self.null:
+            # m rows of a within-run time shuffle: each column's values drawn without replacement,
+            # independently per column (m == T is a full permutation)
+            mom.update(np.column_stack([X[self.rng.choice(T, size=m, replace=False), j] for j in range(self.p)]))
+        if self.kept is not None:
+            self.kept.append(X)
+            if self.real.n > self.keep_rows:
+                self.kept = None
+
+    @property
+    def n(self) -> int:
+        return self.real.n
+
+    def correlation(self, mom: StreamingMoments | None = None) -> np.ndarray:
+        """Correlation matrix (= covariance of the standardised rows), shape ``(p, p)``."""
+        cov = (mom or self.real).covariance()
+        sd = np.sqrt(np.clip(np.diag(cov), 1e-300, None))
+        return cov / np.outer(sd, sd)
+
+    def result(self, level: float = 0.9) -> tuple[PCAResult, np.ndarray, list[PCAResult], str]:
+        """(real summary, loadings ``(p, p)`` by column, null summaries, method used)."""
+        null = [summarise(np.linalg.eigvalsh(self.correlation(m)), level) for m in self.null]
+        if self.kept is not None and self.kept:
+            pca, res = fit(np.vstack(self.kept), level)
+            return res, pca.components_.T, null, "sklearn.decomposition.PCA (in memory)"
+        lam, vec = np.linalg.eigh(self.correlation())
+        order = np.argsort(lam)[::-1]
+        return summarise(lam, level), vec[:, order], null, "exact streaming moments (correlation eigendecomposition)"
+
+    def bootstrap(self, n_boot: int = 1000, seed: int = 0, level: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
+        """``n90`` and participation ratio of ``n_boot`` resamples of the runs (with replacement).
+
+        Each replicate merges the resampled runs' stored moments exactly, so no telemetry
+        is re-read. Returns two arrays of shape ``(n_boot,)``.
+        """
+        rng = np.random.default_rng(seed)
+        R = len(self.per_run)
+        n90 = np.empty(n_boot)
+        pr = np.empty(n_boot)
+        for b in range(n_boot):
+            mom = StreamingMoments(self.p)
+            for i in rng.integers(0, R, size=R):
+                n, mean, m2 = self.per_run[i]
+                _merge(mom, n, mean, m2)
+            res = summarise(np.linalg.eigvalsh(self.correlation(mom)), level)
+            n90[b], pr[b] = res.n90, res.pr
+        return n90, pr
+
+    def standardiser(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and population SD of every feature, each shape ``(p,)``."""
+        sd = np.sqrt(np.clip(np.diag(self.real.m2) / max(self.real.n, 1), 0, None))
+        sd[sd <= 0] = 1.0
+        return self.real.mean.copy(), sd
+
+
+def _merge(mom: StreamingMoments, n: int, mean: np.ndarray, m2: np.ndarray) -> None:
+    """Merge precomputed moments ``(n, mean (p,), m2 (p, p))`` into ``mom`` (Chan et al.)."""
+    if n == 0:
+        return
+    delta = mean - mom.mean
+    total = mom.n + n
+    mom.m2 = mom.m2 + m2 + np.outer(delta, delta) * (mom.n * n / total)
+    mom.mean = mom.mean + delta * (n / total)
+    mom.n = total

@@ -1,0 +1,102 @@
+"""The paper's three regularities, each as a small table with effect size, CI and p-value.
+
+1. **Dissociation** (final performance is decoupled from stability): Spearman's rho between
+   final performance and stability across *configurations* (perturbation x magnitude x
+   duration; seed means), for two stability measures: the collapse time (the survival
+   duration from onset, so a censored run counts with its censoring time, a lower bound)
+   and the max MSD of the Kalman monitor (out of sample, test folds). CI: bootstrap over
+   configurations; the run-level rho (bootstrap over runs) is reported too. Decoupling
+   predicts |rho| near 0; a CI that excludes 0 contradicts it.
+2. **Stochasticity buffer**: collapse probability per stochasticity level (Clopper-Pearson)
+   and the Cox hazard ratio of the level. Not testable when the corpus has one level.
+3. **Precedence** (meta-state deviations precede collapse): the monitors' lead-time
+   distribution and the share of collapses whose MSD alarm came first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import polars as pl
+from scipy import stats as sps
+
+from analysis.stats import bootstrap_ci, clopper_pearson, iqr, not_testable, number
+from analysis.survival import group_label
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> tuple[float | None, float | None]:
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
+        return None, None
+    r = sps.spearmanr(x[ok], y[ok])
+    return float(r.statistic), float(r.pvalue)
+
+
+def dissociation(runs: pl.DataFrame, n_boot: int = 1000, seed: int = 0) -> list[dict[str, Any]]:
+    """Spearman(final performance, stability) per stability measure, config- and run-level.
+
+    ``runs`` needs ``final_performance``, ``collapse_time`` and optionally ``max_msd``.
+    """
+    r = runs.with_columns(
+        pl.struct(["perturbation", "magnitude", "duration_steps"]).map_elements(
+            lambda s: group_label(s["perturbation"], s["magnitude"], s["duration_steps"]), return_dtype=pl.String
+        ).alias("config")
+    )
+    out = []
+    for measure in ("collapse_time", "max_msd"):
+        if measure not in r.columns:
+            continue
+        cfg = r.group_by("config").agg(pl.col("final_performance").mean(), pl.col(measure).mean()).sort("config")
+        for level, frame in (("configuration", cfg), ("run", r)):
+            x = frame["final_performance"].to_numpy().astype(float)
+            y = frame[measure].to_numpy().astype(float)
+            rho, p = _spearman(x, y)
+            if rho is None:
+                out.append({"measure": measure, "level": level, **not_testable("fewer than 3 finite, varying pairs"),
+                            "n": int(frame.height)})
+                continue
+            ci = bootstrap_ci(lambda idx, x=x, y=y: _spearman(x[idx], y[idx])[0], x.size, n_boot, seed=seed)
+            out.append({"measure": measure, "level": level, **number(rho, int(x.size), ci, p_value=p),
+                        "decoupled": bool(ci[0] is not None and ci[0] <= 0 <= ci[1])})
+    return out
+
+
+def stochasticity_buffer(runs: pl.DataFrame, cox_summary: dict[str, Any]) -> dict[str, Any]:
+    """Collapse probability per stochasticity level (perturbed runs) and the Cox HR of the level."""
+    levels = sorted(set(runs["stochasticity"].to_list()))
+    if len(levels) < 2:
+        return not_testable(f"one stochasticity level in the corpus ({', '.join(levels)})", levels=levels)
+    per = []
+    pert = runs.filter(pl.col("dimension") != "none")
+    for lv in levels:
+        g = pert.filter(pl.col("stochasticity") == lv)
+        k = int(g["collapsed"].sum())
+        per.append({"level": lv, **number(k / g.height if g.height else None, g.height, clopper_pearson(k, g.height))})
+    hrs = [c for c in cox_summary.get("coefficients", []) if str(c["covariate"]).startswith("stochasticity=")]
+    return {"status": "ok", "collapse_probability": per, "cox_hazard_ratios": hrs,
+            "cox_status": cox_summary.get("status")}
+
+
+def precedence(ew_rows: pl.DataFrame, detectors: tuple[str, ...] = ("kalman", "gru")) -> list[dict[str, Any]]:
+    """Lead-time distribution and the share of collapses whose alarm came first, per monitor."""
+    out = []
+    for det in detectors:
+        d = ew_rows.filter((pl.col("detector") == det) & pl.col("collapsed"))
+        if d.height == 0:
+            out.append({"detector": det, **not_testable("no collapsed test runs")})
+            continue
+        leads = np.array([x for x in d["lead_updates"].to_list() if x is not None], dtype=float)
+        k = int(d["alarm_before_collapse"].sum())
+        q1, q3 = iqr(leads)
+        ci = bootstrap_ci(lambda idx, leads=leads: float(np.median(leads[idx])), leads.size) if leads.size else None
+        out.append({
+            "detector": det,
+            "share_alarm_first": number(k / d.height, d.height, clopper_pearson(k, d.height)),
+            "median_lead_updates": number(float(np.median(leads)) if leads.size else None, int(leads.size),
+                                          ci, iqr_low=q1, iqr_high=q3),
+            "min_lead_updates": float(leads.min()) if leads.size else None,
+            "max_lead_updates": float(leads.max()) if leads.size else None,
+            "leads": leads.tolist(),
+        })
+    return out

@@ -1,0 +1,56 @@
+"""Reading ``results/`` back: the contract between ``analysis`` (which writes it) and ``reports``.
+
+``reports`` draws from these tables and from ``summary.json`` and recomputes nothing.
+:data:`TABLES` lists every table :func:`analysis.pipeline.run_analysis` may write (a table
+whose analysis was not testable on a corpus is absent; ``summary.json`` says why).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from analysis.errors import AnalysisError
+
+#: file stem -> what one row is
+TABLES: dict[str, str] = {
+    "runs": "one run: the manifest plus collapsed, collapse_step, collapse_time, censored, final_performance",
+    "collapse_details": "one run: the outcome plus the rule's cause (performance | nonfinite) and notes",
+    "collapse_sensitivity": "configuration x (drop, spread_k): collapsed counts under other rule settings",
+    "dose_response": "configuration: collapse probability with a Clopper-Pearson CI, final performance",
+    "pca_explained": "(group, subset, component): explained-variance ratio, real and time-shuffled null",
+    "pca_trajectories": "(group, run, block): the block's telemetry projected on PCs 1-3",
+    "early_warning_runs": "(test run, detector): threshold, window maxima, first alarm, lead time",
+    "early_warning_scores": "(test run, detector, block): smoothed score (MSD for the monitors) and threshold",
+    "early_warning_metrics": "(detector, subset): AUROC, lead time, FPR and the rest, with CIs (flattened)",
+    "early_warning_loeo_runs": "(test run, detector) of the leave-one-env-out evaluation (several envs only)",
+    "coherence_aligned": "(collapsed run, offset): gradient coherence around collapse vs matched controls",
+    "km": "(group, event time): Kaplan-Meier survival with a 95% CI",
+    "logrank": "comparison: log-rank chi2 and p-value",
+    "cox": "covariate: Cox PH coefficient, hazard ratio with CI, p-value",
+    "dissociation": "(stability measure, level): Spearman rho of final performance vs stability, CI, p",
+}
+
+
+class ResultsNotFoundError(AnalysisError):
+    """The results folder (or its summary.json) does not exist: run ``stabilitybench analyze`` first."""
+
+
+def load_summary(results: str | os.PathLike[str]) -> dict[str, Any]:
+    """``summary.json`` of a results folder."""
+    path = Path(results, "summary.json")
+    if not path.exists():
+        raise ResultsNotFoundError(f"{path.parent}: no summary.json here (run `stabilitybench analyze` first)")
+    return json.loads(path.read_text())
+
+
+def load_table(results: str | os.PathLike[str], name: str) -> pl.DataFrame | None:
+    """One results table as a polars DataFrame, or None when that analysis wrote none."""
+    if name not in TABLES:
+        raise AnalysisError(f"unknown results table {name!r} (known: {', '.join(TABLES)})")
+    path = Path(results, f"{name}.parquet")
+    return pl.read_parquet(path) if path.exists() else None

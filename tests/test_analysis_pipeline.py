@@ -1,0 +1,239 @@
+"""End to end: a synthetic corpus written through data_schema, analysed by run_analysis and the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pytest
+
+from analysis.early_warning import EarlyWarningConfig, seed_folds
+from analysis.pipeline import AnalysisConfig, run_analysis
+from data_schema import EVENTS_SCHEMA, STEPS_SCHEMA, events_path, read_table, steps_path, write_manifest, write_table
+
+T, ONSET, DUR = 600, 180, 30
+
+
+def _run(corpus: Path, seed: int, kind: str, magnitude: float, nonfinite_at: int | None = None,
+         env: str = "Toy-v0") -> dict:
+    rng = np.random.default_rng(1000 * seed + int(magnitude) + (7 if kind == "none" else 0) + 31 * len(env))
+    rid = f"{kind}-{magnitude:g}-{seed}" + ("" if env == "Toy-v0" else f"-{env}")
+    steps = np.arange(T if nonfinite_at is None else nonfinite_at + 1)
+    n = steps.size
+    perf = np.linspace(-300, -100, T)[:n] + rng.normal(0, 5, n)
+    grad = np.exp(0.3 * rng.normal(size=n)) * (1 + 0.5 * np.sin(steps / 40))
+    upd = 0.01 * grad * np.exp(0.1 * rng.normal(size=n))
+    coh = 0.2 + 0.05 * rng.normal(size=n)
+    pnorm = 10 + np.cumsum(upd)
+    active = (steps >= ONSET) & (steps < ONSET + DUR) & (kind != "none")
+    if kind != "none" and magnitude >= 100:  # a destructive spike: telemetry jumps, performance collapses
+        grad[active] *= 20
+        upd[active] *= magnitude
+        coh[steps >= ONSET] -= 0.15
+        perf[steps >= ONSET + 40] -= 300
+    loss = np.full(n, np.nan)
+    loss[19::20] = (np.log(grad) + rng.normal(0, 0.1, n))[19::20]
+    if nonfinite_at is not None:
+        grad[-1] = np.nan
+    row = {
+        "run_id": rid, "domain": "rl", "algo": "ppo", "env": env, "seed": seed, "perturbation": kind,
+        "dimension": "none" if kind == "none" else "optimization", "magnitude": magnitude, "onset_frac": 0.3,
+        "onset_step": ONSET, "duration_steps": DUR if kind != "none" else 1, "stochasticity": "default",
+        "total_steps": T * 10, "planned_updates": T, "n_updates": n,
+        "stop_reason": "nonfinite" if nonfinite_at is not None else "completed", "status": "ok",
+        "code_version": "test", "schema_version": "1.0", "config_json": "{}",
+    }
+    table = pa.table({
+        "run_id": [rid] * n, "step": steps, "samples_seen": steps * 10, "wall_time_s": steps * 0.01,
+        "lr": np.where(active, 3e-4 * magnitude, 3e-4), "loss": pa.array(loss, from_pandas=True),
+        "grad_norm": pa.array(grad, from_pandas=False), "grad_coherence": coh, "update_norm": upd,
+        "param_norm": pnorm, "perturbation_active": active, "performance": perf, "domain": ["rl"] * n,
+        "algo": ["ppo"] * n, "env": [env] * n, "perturbation": [kind] * n,
+    })
+    write_table(table, steps_path(corpus, row), STEPS_SCHEMA)
+    ev = [] if nonfinite_at is None else [{"run_id": rid, "step": nonfinite_at, "event": "nonfinite"}]
+    write_table(pa.Table.from_pylist(ev, schema=EVENTS_SCHEMA), events_path(corpus, rid), EVENTS_SCHEMA)
+    return row
+
+
+def make_corpus(root: Path, seeds: tuple[int, ...] = (0, 1, 2), envs: tuple[str, ...] = ("Toy-v0",)) -> Path:
+    rows = []
+    for env in envs:
+        for s in seeds:
+            rows += [_run(root, s, "none", 1.0, env=env), _run(root, s, "lr_spike", 1.0, env=env),
+                     _run(root, s, "lr_spike", 100.0, env=env)]
+    rows.append(_run(root, seeds[0], "lr_spike", 1000.0, nonfinite_at=205))
+    write_manifest(root, rows)
+    return root
+
+
+FAST = AnalysisConfig(early_warning=EarlyWarningConfig(gru_epochs=40, kalman_iter=15, n_boot=200), n_null=5,
+                      n_boot=200)
+
+
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
+    root = tmp_path_factory.mktemp("synth")
+    corpus = make_corpus(root / "corpus")
+    out = root / "results"
+    summary = run_analysis(corpus, out, FAST)
+    return corpus, out, summary
+
+
+def test_runs_table_conforms_and_outcomes_are_right(analysed) -> None:
+    corpus, out, _ = analysed
+    runs = pl.from_arrow(read_table(out / "runs.parquet", "runs"))
+    assert runs.height == 10
+    assert (corpus / "runs.parquet").exists()  # DESIGN: analysis writes <corpus>/runs.parquet
+    got = {r["run_id"]: r for r in runs.iter_rows(named=True)}
+    for s in (0, 1, 2):
+        assert got[f"lr_spike-100-{s}"]["collapsed"]
+        assert ONSET + 40 <= got[f"lr_spike-100-{s}"]["collapse_step"] <= ONSET + 60
+        assert not got[f"none-1-{s}"]["collapsed"] and got[f"none-1-{s}"]["censored"]
+        assert not got[f"lr_spike-1-{s}"]["collapsed"]
+    nf = got["lr_spike-1000-0"]
+    assert nf["collapsed"] and nf["collapse_step"] == 205 and nf["collapse_time"] == 205 - ONSET
+
+
+def test_summary_has_every_headline_number_with_n(analysed) -> None:
+    _, out, summary = analysed
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["n_runs"] == 10
+    pca = summary["pca"]["rl/ppo"]["all_runs"]
+    assert pca["n_components_90"]["n"] == 10 and pca["null_n_components_90"]["value"] >= pca["n_components_90"]["value"]
+    ew = summary["early_warning"]["by_detector"]
+    for det in ("kalman", "gru", "grad_norm_z", "loss_spike", "ews_var_ac1", "pca_recon"):
+        m = ew[f"{det}|all"]
+        assert m["auroc"]["n"] == 10 and m["fpr_unperturbed"]["n"] == 3 and m["frac_collapses_preceded"]["n"] == 4
+    # the destructive spike is obvious to the monitor: every collapse is preceded by an alarm
+    assert ew["kalman|all"]["frac_collapses_preceded"]["value"] == 1.0
+    assert ew["kalman|all"]["auroc_horizon"]["value"] > 0.8
+    assert summary["regularities"]["stochasticity_buffer"]["status"].startswith("not testable")
+    assert {r["config"] for r in summary["collapse"]["dose_response"]} >= {"none", "lr_spike x100 (30 upd)"}
+    for name in ("km.parquet", "logrank.parquet", "early_warning_scores.parquet", "pca_trajectories.parquet",
+                 "dose_response.parquet", "dissociation.parquet"):
+        assert (out / name).exists(), name
+
+
+def test_seed_folds_rotate_and_never_overlap() -> None:
+    folds = seed_folds([2, 0, 1, 1])
+    assert len(folds) == 3
+    assert sorted(s for f in folds for s in f["test"]) == [0, 1, 2]
+    for f in folds:
+        assert not set(f["train"]) & set(f["test"]) and not set(f["calibration"]) & set(f["test"])
+        assert not set(f["train"]) & set(f["calibration"]) and f["train"]
+    assert seed_folds([0, 1]) == []
+    big = seed_folds(list(range(10)), max_folds=5)
+    assert len(big) == 5 and all(len(f["train"]) == 6 for f in big)
+
+
+def test_one_seed_degrades_with_a_message(tmp_path: Path) -> None:
+    corpus = make_corpus(tmp_path / "corpus", seeds=(0,))
+    cfg = replace(FAST, early_warning=replace(FAST.early_warning, detectors=("kalman",)))
+    summary = run_analysis(corpus, tmp_path / "results", cfg, update_corpus=False)
+    assert summary["early_warning"]["status"].startswith("not testable")
+    assert not (corpus / "runs.parquet").exists()
+    assert (tmp_path / "results" / "summary.json").exists()
+
+
+def _cli(*args: str, cwd: Path, module: str = "analysis") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_cli_analyze_end_to_end_and_user_error(tmp_path: Path) -> None:
+    """``python -m analysis`` (the same ``analyze`` function ``stabilitybench analyze`` mounts)."""
+    corpus = make_corpus(tmp_path / "corpus")
+    res = _cli("--corpus", str(corpus), "--out", str(tmp_path / "res"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "analysed 10 runs" in res.stdout
+    assert json.loads((tmp_path / "res" / "summary.json").read_text())["n_runs"] == 10
+    bad = _cli("--corpus", str(tmp_path / "nope"), cwd=tmp_path)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    lines = [ln for ln in bad.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "no corpus" in lines[0]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad = _cli("--corpus", str(empty), cwd=tmp_path)
+    assert bad.returncode == 2 and "no finished runs" in bad.stderr
+
+
+def test_stabilitybench_mounts_analyze(tmp_path: Path) -> None:
+    """The console entry point dispatches ``analyze`` (one-line user errors, exit 2)."""
+    bad = _cli("analyze", "--corpus", str(tmp_path / "nope"), cwd=tmp_path, module="stabilitybench")
+    assert bad.returncode == 2, bad.stderr
+    lines = [ln for ln in bad.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "no corpus" in lines[0]
+
+
+def test_lazy_feature_selection_matches_the_in_memory_one(analysed) -> None:
+    from analysis.data import (
+        CANDIDATE_FEATURES,
+        FeatureConfig,
+        feature_columns,
+        load_runs,
+        load_steps,
+        present_features,
+    )
+
+    corpus, _, _ = analysed
+    runs = load_runs(corpus)
+    cfg = FeatureConfig()
+    lazy = feature_columns(corpus, runs, cfg)
+    eager = present_features(load_steps(corpus, runs, list(CANDIDATE_FEATURES)), cfg)
+    assert lazy == eager == ["loss", "grad_norm", "grad_coherence", "update_norm", "param_norm"]
+
+
+def test_manifest_from_an_older_schema_reads_with_a_note(tmp_path: Path) -> None:
+    """Nullable columns added to the schema after a corpus was written come back as null, with a note."""
+    import pyarrow.parquet as pq
+
+    from analysis.data import load_runs
+
+    corpus = make_corpus(tmp_path / "corpus", seeds=(0,))
+    path = corpus / "manifest.parquet"
+    old = pq.read_table(path)
+    pq.write_table(old.drop_columns(["ent_coef", "coherence_window"]), path)
+    notes: list[str] = []
+    runs = load_runs(corpus, notes)
+    assert runs.height == 4 and runs["ent_coef"].null_count() == 4
+    assert len(notes) == 1 and "ent_coef" in notes[0] and "coherence_window" in notes[0]
+    pq.write_table(old.drop_columns(["seed"]), path)  # a required column is still an error
+    from data_schema import SchemaError
+
+    with pytest.raises(SchemaError, match="seed"):
+        load_runs(corpus)
+
+
+def test_results_contract_lists_every_table(analysed, tmp_path: Path) -> None:
+    from analysis.results import TABLES, ResultsNotFoundError, load_summary, load_table
+
+    _, out, summary = analysed
+    written = {p.stem for p in out.glob("*.parquet")}
+    assert written <= set(TABLES), written - set(TABLES)
+    assert load_summary(out)["n_runs"] == summary["n_runs"]
+    assert load_table(out, "runs").height == 10
+    with pytest.raises(ResultsNotFoundError):
+        load_summary(tmp_path / "nothing")
+
+
+def test_leave_one_env_out_with_two_envs(tmp_path: Path) -> None:
+    corpus = make_corpus(tmp_path / "corpus", envs=("Toy-v0", "Other-v0"))
+    cfg = replace(FAST, early_warning=replace(FAST.early_warning, detectors=("kalman", "pca_recon")))
+    summary = run_analysis(corpus, tmp_path / "results", cfg, update_corpus=False)
+    loeo = summary["early_warning"]["leave_one_env_out"]
+    assert loeo["status"] == "ok"
+    assert {f["group"] for f in loeo["folds"]} == {"rl/ppo/Toy-v0/default", "rl/ppo/Other-v0/default"}
+    assert all(f["trained_on_envs"] == ["Toy-v0"] or f["trained_on_envs"] == ["Other-v0"] for f in loeo["folds"])
+    m = loeo["by_detector"]["kalman|all"]
+    assert m["auroc"]["n"] == 19 and m["fpr_unperturbed"]["n"] == 6  # every run of both envs tested once
+    assert summary["pca"]["rl/ppo"]["all_runs"]["n_runs"] == 19
+    assert summary["survival"]["cox"]["strata"] == ["rl/Other-v0", "rl/Toy-v0"]
+    assert (tmp_path / "results" / "early_warning_loeo_runs.parquet").exists()
+    assert summary["early_warning"]["by_detector"]["kalman|all"]["auroc"]["n"] == 19
