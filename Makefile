@@ -35,7 +35,9 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_ppo_overhead.py
+	$(PY) benchmarks/bench_rl_overhead.py --algo ppo --repeats 5
+	$(PY) benchmarks/bench_rl_overhead.py --algo sac --steps 3000 --hparams '{"learning_starts": 500}'
+	$(PY) benchmarks/bench_rl_overhead.py --algo td3 --steps 3000 --hparams '{"learning_starts": 500}'
 
 clean-corpus:
 	rm -rf corpus

@@ -42,15 +42,10 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import pyarrow.parquet as pq
 
 from analysis.errors import NoRunsError
 from data_schema import (
-    MANIFEST,
-    MANIFEST_SCHEMA,
     STEPS_SCHEMA,
-    SchemaError,
-    conform,
     read_manifest,
     require_corpus,
     scan_steps,
@@ -105,17 +100,7 @@ def load_runs(corpus: str | os.PathLike[str], notes: list[str] | None = None) ->
     when there are no finished runs.
     """
     require_corpus(corpus)
-    try:
-        table = read_manifest(corpus)
-    except SchemaError:
-        path = Path(corpus, MANIFEST)
-        raw = pq.read_table(path)
-        missing = [f.name for f in MANIFEST_SCHEMA if f.name not in raw.column_names]
-        table = conform(raw, MANIFEST_SCHEMA, where=str(path))  # raises unless only nullable columns are missing
-        if notes is not None:
-            notes.append(f"{path}: written with an older schema; missing nullable column(s) read as null: "
-                         f"{', '.join(missing)}")
-    manifest = pl.from_arrow(table)
+    manifest = pl.from_arrow(read_manifest(corpus, notes))
     runs = manifest.filter(pl.col("status") == "ok")
     if runs.height == 0:
         raise NoRunsError(f"{corpus}: no finished runs in manifest.parquet (run `stabilitybench generate`)")

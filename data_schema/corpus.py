@@ -59,12 +59,13 @@ def require_corpus(corpus: str | os.PathLike[str]) -> Path:
     return path
 
 
-def read_manifest(corpus: str | os.PathLike[str]) -> pa.Table:
+def read_manifest(corpus: str | os.PathLike[str], notes: list[str] | None = None) -> pa.Table:
     """The manifest table; an empty table with the manifest schema if none was written yet.
 
     A manifest written before a nullable column was added to schema v1 is read with that
-    column as nulls (the next write upgrades it); anything else that does not match the
-    schema is a :class:`SchemaError` naming the file and the column.
+    column as nulls (the next write upgrades it) and a line is appended to ``notes``;
+    anything else that does not match the schema is a :class:`SchemaError` naming the
+    file and the column.
     """
     path = Path(corpus, MANIFEST)
     if not path.exists():
@@ -72,7 +73,13 @@ def read_manifest(corpus: str | os.PathLike[str]) -> pa.Table:
     try:
         return read_table(path, "manifest")
     except SchemaError:
-        return conform(pq.read_table(path), MANIFEST_SCHEMA, where=str(path))
+        raw = pq.read_table(path)
+        table = conform(raw, MANIFEST_SCHEMA, where=str(path))  # raises unless only nullable columns are missing
+        if notes is not None:
+            missing = [f.name for f in MANIFEST_SCHEMA if f.name not in raw.column_names]
+            notes.append(f"{path}: written with an older schema; missing nullable column(s) read as null: "
+                         f"{', '.join(missing)}")
+        return table
 
 
 def write_manifest(corpus: str | os.PathLike[str], rows: list[dict[str, Any]]) -> Path:

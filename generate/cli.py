@@ -22,6 +22,7 @@ from rich.progress import (
 from rich.table import Table
 
 from data_schema import read_manifest, require_corpus
+from generate.costs import estimate
 from generate.errors import ProfileError
 from generate.matrix import load_profile, parse_only, select
 from generate.runner import LOG_DIR, Plan, plan, run_matrix
@@ -133,6 +134,13 @@ def status(
     out.print(table)
     n_failed = len(failed_ids)
     out.print(f"total: {len(specs)} runs, {len(p.done)} done, {n_failed} failed, {len(p.todo) - n_failed} missing")
+    whole, left = estimate(specs, p.rows), estimate(p.todo, p.rows)
+    out.print(f"estimated cost: {whole.cpu_hours:,.1f} CPU-hours for all {whole.runs} runs, "
+              f"{left.cpu_hours:,.1f} for the {left.runs} not done (one core per run; "
+              f"~{left.cpu_hours / max(os.cpu_count() or 1, 1):,.1f} h of wall time on this machine's "
+              f"{os.cpu_count()} cores)")
+    for algo, source in sorted(whole.sources.items()):
+        out.print(f"  {algo}: throughput from {source}")
     by_id = {r["run_id"]: r for r in p.rows}
     _print_failed([by_id[i] for i in failed_ids])
 

@@ -40,31 +40,41 @@ def test_expansion_order_is_stable() -> None:
 def test_smoke_profile() -> None:
     specs = load_profile("smoke")
     assert {s.perturbation for s in specs} == {"none", "lr_spike"}
+    assert {s.algo for s in specs} == {"ppo", "sac", "td3"}  # every algorithm writes a steps table in the tests
     assert {s.seed for s in specs} == {0}
     assert all(s.total_steps <= 2048 for s in specs)
 
 
+PPO_DIMENSION_KINDS = {"lr_spike": "optimization", "mass_shift": "environmental", "weight_noise": "parametric",
+                       "reward_flip": "learning_signal"}
+
+
 def test_quick_profile_contents(quick: list[RunSpec]) -> None:
-    assert len(quick) == 21  # 3 seeds x (control + 5 magnitudes + the paper's setting)
-    assert {(s.domain, s.algo, s.env) for s in quick} == {("rl", "ppo", "HalfCheetah-v5")}
-    assert {s.total_steps for s in quick} == {100_000}
-    assert {s.seed for s in quick} == {0, 1, 2}
+    assert {(s.domain, s.env) for s in quick} == {("rl", "HalfCheetah-v5")}
     assert {s.onset_frac for s in quick} == {0.3}
+    ppo = [s for s in quick if s.algo == "ppo"]
+    assert {s.total_steps for s in ppo} == {100_000}
+    assert {s.seed for s in ppo} == {0, 1, 2}
 
-    controls = [s for s in quick if s.perturbation == "none"]
+    controls = [s for s in ppo if s.perturbation == "none"]
     assert sorted(s.seed for s in controls) == [0, 1, 2]
-
-    dose = [s for s in quick if s.perturbation == "lr_spike" and s.duration_steps == 320]
-    assert {s.magnitude for s in dose} == {1.0, 3.0, 10.0, 30.0, 100.0}
-    assert Counter(s.magnitude for s in dose) == {m: 3 for m in (1.0, 3.0, 10.0, 30.0, 100.0)}
-    assert all(s.onset_frac == 0.3 for s in dose)
+    # one kind per stability dimension, two magnitudes, three seeds each
+    for kind in PPO_DIMENSION_KINDS:
+        dose = [s for s in ppo if s.perturbation == kind and not (kind == "lr_spike" and s.duration_steps == 10)]
+        assert len({s.magnitude for s in dose}) == 2, kind
+        assert Counter(s.magnitude for s in dose) == {m: 3 for m in {s.magnitude for s in dose}}, kind
 
     # the paper's own first experiment: LR x10 for 10 updates at 30% of training
-    paper = [s for s in quick if s.perturbation == "lr_spike" and s.duration_steps == 10]
+    paper = [s for s in ppo if s.perturbation == "lr_spike" and s.duration_steps == 10]
     assert sorted(s.seed for s in paper) == [0, 1, 2]
     assert {(s.magnitude, s.onset_frac) for s in paper} == {(10.0, 0.3)}
 
-    assert len(controls) + len(dose) + len(paper) == len(quick)
+    # the SAC/TD3 slice: a control and one kind per dimension at its top magnitude
+    for algo in ("sac", "td3"):
+        kinds = {s.perturbation for s in quick if s.algo == algo}
+        assert kinds == {"none", *PPO_DIMENSION_KINDS}, algo
+        assert {s.total_steps for s in quick if s.algo == algo} == {15_000}
+    assert len(quick) == 3 + 4 * 2 * 3 + 3 + 2 * 5
 
 
 def test_paper_profile_keeps_the_paper_setting() -> None:
@@ -231,14 +241,14 @@ def test_select_algo_and_magnitudes(quick: list[RunSpec]) -> None:
     chosen = select(quick, parse_only("algo=ppo,magnitude=10|100"))
     expected = [s for s in quick if s.algo == "ppo" and s.magnitude in (10.0, 100.0)]
     assert chosen == expected
-    assert len(chosen) == 9  # x10 for 320 and for 10 updates, x100: 3 seeds each
+    assert len(chosen) == 12  # lr_spike x10 (320 and 10 updates), x100, mass_shift x10: 3 seeds each
     assert {s.magnitude for s in chosen} == {10.0, 100.0}
 
 
 @pytest.mark.parametrize("text", ["magnitude=10", "magnitude=10.0", "magnitude=1e1", "magnitude= 10.00 "])
 def test_select_numbers_compare_numerically(quick: list[RunSpec], text: str) -> None:
     chosen = select(quick, parse_only(text))
-    assert len(chosen) == 6
+    assert len(chosen) == sum(s.magnitude == 10.0 for s in quick) == 11
     assert all(s.magnitude == 10.0 for s in chosen)
 
 
@@ -248,7 +258,7 @@ def test_select_combines_filters(quick: list[RunSpec]) -> None:
     (spec,) = chosen
     assert (spec.seed, spec.magnitude, spec.duration_steps) == (2, 10.0, 10)
     assert select(quick, parse_only("perturbation=none")) == [s for s in quick if s.perturbation == "none"]
-    assert select(quick, parse_only("algo=sac")) == []
+    assert select(quick, parse_only("algo=ppo,perturbation=adam_reset")) == []
     assert select(quick, {}) == quick
 
 

@@ -1,0 +1,54 @@
+"""CPU-time estimates for a matrix, from measured throughput.
+
+Throughput (env steps per second of one core) comes, in order of preference, from
+runs already in the corpus (median over ``ok`` runs of the same algorithm, and the
+same env when there are any) or from the reference values measured on this project's
+2-core CI-class VM (see BENCHMARKS.md). Estimates carry their source.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from generate.spec import RunSpec
+
+#: env steps/s on one core of the reference VM (AMD EPYC, 2 cores), measured 2026-11-25 with
+#: full telemetry; PPO with SB3's defaults. See BENCHMARKS.md. Used only without corpus data.
+REFERENCE_STEPS_PER_S: dict[str, float] = {"ppo": 2300.0, "sac": 100.0, "td3": 120.0}
+
+
+@dataclass(frozen=True)
+class Estimate:
+    runs: int
+    cpu_hours: float
+    sources: dict[str, str]  # algo -> where its throughput came from
+
+
+def measured_throughput(rows: Iterable[dict[str, Any]]) -> dict[tuple[str, str], float]:
+    """Median env steps/s per (algo, env) over completed runs of a manifest."""
+    samples: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        if r.get("status") == "ok" and r.get("stop_reason") == "completed" and (r.get("wall_time_s") or 0) > 0:
+            samples.setdefault((r["algo"], r["env"]), []).append(r["total_steps"] / r["wall_time_s"])
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def estimate(specs: list[RunSpec], manifest_rows: Iterable[dict[str, Any]] = ()) -> Estimate:
+    measured = measured_throughput(manifest_rows)
+    by_algo: dict[str, list[float]] = {}
+    for (algo, _env), sps in measured.items():
+        by_algo.setdefault(algo, []).append(sps)
+    seconds, sources = 0.0, {}
+    for s in specs:
+        if (s.algo, s.env) in measured:
+            sps, src = measured[(s.algo, s.env)], "corpus (same algo and env)"
+        elif s.algo in by_algo:
+            sps, src = statistics.median(by_algo[s.algo]), "corpus (same algo, other envs)"
+        else:
+            sps, src = REFERENCE_STEPS_PER_S.get(s.algo, 100.0), "reference VM (BENCHMARKS.md)"
+        seconds += s.total_steps / sps
+        sources.setdefault(s.algo, src)
+    return Estimate(runs=len(specs), cpu_hours=seconds / 3600, sources=sources)
