@@ -22,11 +22,9 @@ $(VENV): $(STAMP)
 quick: $(STAMP)
 	$(SB) generate --profile quick --out corpus --workers $(WORKERS)
 	$(SB) status --corpus corpus --profile quick
-	$(SB) query --corpus corpus "select perturbation, magnitude, duration_steps, count(*) as runs, \
-	  round(avg(final), 1) as mean_final_return, round(min(final), 1) as min_final, round(max(final), 1) as max_final \
-	  from (select run_id, last(performance order by step) as final from steps group by run_id) \
-	  join runs using (run_id) group by all order by perturbation, duration_steps, magnitude"
-	@echo "corpus written to $(CURDIR)/corpus (query it: $(SB) query \"select ...\")"
+	$(SB) analyze --corpus corpus --out results
+	$(SB) report --results results --out reports/out
+	@echo "corpus: $(CURDIR)/corpus   results: $(CURDIR)/results   report: $(CURDIR)/reports/out/index.html"
 
 test: $(STAMP)
 	$(PY) -m pytest -q
