@@ -96,29 +96,22 @@ class Perturbation:
         """Wrap a gymnasium env (outside SB3's Monitor, so episode returns stay the true task's)."""
         return env
 
+    #: Valid magnitudes: "finite", "positive" (> 0), "nonnegative" (>= 0) or "fraction" ([0, 1]).
+    magnitude_range: ClassVar[str] = "finite"
+
     @classmethod
     def check_magnitude(cls, magnitude: float) -> str | None:
-        if not math.isfinite(magnitude):
-            return "must be finite"
-        return None
+        """A reason the magnitude is invalid for this kind, or None."""
+        ok, reason = _MAGNITUDE_RANGES[cls.magnitude_range]
+        return None if math.isfinite(magnitude) and ok(magnitude) else reason
 
 
-def _positive(magnitude: float) -> str | None:
-    if not math.isfinite(magnitude) or magnitude <= 0:
-        return "must be a finite number > 0"
-    return None
-
-
-def _nonnegative(magnitude: float) -> str | None:
-    if not math.isfinite(magnitude) or magnitude < 0:
-        return "must be a finite number >= 0"
-    return None
-
-
-def _fraction(magnitude: float) -> str | None:
-    if not math.isfinite(magnitude) or not 0 <= magnitude <= 1:
-        return "must be a fraction in [0, 1]"
-    return None
+_MAGNITUDE_RANGES = {
+    "finite": (lambda m: True, "must be finite"),
+    "positive": (lambda m: m > 0, "must be a finite number > 0"),
+    "nonnegative": (lambda m: m >= 0, "must be a finite number >= 0"),
+    "fraction": (lambda m: 0 <= m <= 1, "must be a fraction in [0, 1]"),
+}
 
 
 @dataclass(frozen=True)
@@ -146,9 +139,7 @@ class LRSpike(Perturbation):
     def lr_factor(self, step: int) -> float:
         return self.magnitude if self.active(step) else 1.0
 
-    @classmethod
-    def check_magnitude(cls, magnitude: float) -> str | None:
-        return _positive(magnitude)
+    magnitude_range: ClassVar[str] = "positive"
 
 
 @dataclass(frozen=True)
@@ -179,9 +170,7 @@ class AdamReset(Perturbation):
                         touched += 1
         return {"tensors": float(touched)}
 
-    @classmethod
-    def check_magnitude(cls, magnitude: float) -> str | None:
-        return _fraction(magnitude)
+    magnitude_range: ClassVar[str] = "fraction"
 
 
 # ------------------------------------------------------------------- parametric
@@ -216,9 +205,7 @@ class WeightNoise(Perturbation):
                     total_sq += float(noise.norm()) ** 2
         return {"delta_norm": math.sqrt(total_sq)}
 
-    @classmethod
-    def check_magnitude(cls, magnitude: float) -> str | None:
-        return _nonnegative(magnitude)
+    magnitude_range: ClassVar[str] = "nonnegative"
 
 
 @dataclass(frozen=True)
@@ -253,9 +240,7 @@ class LayerReset(Perturbation):
                     total_sq += float(delta.norm()) ** 2
         return {"delta_norm": math.sqrt(total_sq)}
 
-    @classmethod
-    def check_magnitude(cls, magnitude: float) -> str | None:
-        return _fraction(magnitude)
+    magnitude_range: ClassVar[str] = "fraction"
 
 
 # ---------------------------------------------------------------- env-side kinds
@@ -357,9 +342,7 @@ class ObsNoise(_EnvPerturbation):
     dimension: ClassVar[str] = "environmental"
     identity_magnitude: ClassVar[float | None] = 0.0
 
-    @classmethod
-    def check_magnitude(cls, magnitude: float) -> str | None:
-        return _nonnegative(magnitude)
+    magnitude_range: ClassVar[str] = "nonnegative"
 
 
 @dataclass(frozen=True)
@@ -370,9 +353,7 @@ class ActionNoise(_EnvPerturbation):
     dimension: ClassVar[str] = "environmental"
     identity_magnitude: ClassVar[float | None] = 0.0
 
-    @classmethod
-    def check_magnitude(cls, magnitude: float) -> str | None:
-        return _nonnegative(magnitude)
+    magnitude_range: ClassVar[str] = "nonnegative"
 
 
 @dataclass(frozen=True)
@@ -383,9 +364,7 @@ class MassShift(_EnvPerturbation):
     dimension: ClassVar[str] = "environmental"
     identity_magnitude: ClassVar[float | None] = 1.0
 
-    @classmethod
-    def check_magnitude(cls, magnitude: float) -> str | None:
-        return _positive(magnitude)
+    magnitude_range: ClassVar[str] = "positive"
 
 
 @dataclass(frozen=True)
@@ -396,9 +375,7 @@ class RewardNoise(_EnvPerturbation):
     dimension: ClassVar[str] = "learning_signal"
     identity_magnitude: ClassVar[float | None] = 0.0
 
-    @classmethod
-    def check_magnitude(cls, magnitude: float) -> str | None:
-        return _nonnegative(magnitude)
+    magnitude_range: ClassVar[str] = "nonnegative"
 
 
 @dataclass(frozen=True)
@@ -409,9 +386,7 @@ class RewardScale(_EnvPerturbation):
     dimension: ClassVar[str] = "learning_signal"
     identity_magnitude: ClassVar[float | None] = 1.0
 
-    @classmethod
-    def check_magnitude(cls, magnitude: float) -> str | None:
-        return None if math.isfinite(magnitude) else "must be finite"
+    magnitude_range: ClassVar[str] = "finite"
 
 
 @dataclass(frozen=True)
@@ -422,9 +397,7 @@ class RewardFlip(_EnvPerturbation):
     dimension: ClassVar[str] = "learning_signal"
     identity_magnitude: ClassVar[float | None] = 0.0
 
-    @classmethod
-    def check_magnitude(cls, magnitude: float) -> str | None:
-        return _fraction(magnitude)
+    magnitude_range: ClassVar[str] = "fraction"
 
 
 REGISTRY: dict[str, type[Perturbation]] = {

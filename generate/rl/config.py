@@ -137,8 +137,8 @@ class PPOConfig(RLCommon):
 
 
 @dataclass(frozen=True)
-class SACConfig(RLCommon):
-    """SB3 ``SAC`` hyperparameters; dataclass defaults are SB3's own."""
+class OffPolicyConfig(RLCommon):
+    """Fields and helpers SAC and TD3 share; dataclass defaults are SB3's own."""
 
     hidden: int = 256
     activation: str = "relu"
@@ -150,42 +150,42 @@ class SACConfig(RLCommon):
     gamma: float = 0.99
     train_freq: int = 1
     gradient_steps: int = 1
-    target_entropy_scale: float = 1.0  # target entropy = -scale * dim(A); SB3's "auto" is scale 1
 
-    def __post_init__(self) -> None:
-        self._check(nonnegative=_MAY_BE_ZERO | {"learning_starts"},
-                    free=frozenset({"target_entropy_scale"}))
+    #: Config fields passed to the SB3 constructor under the same name.
+    SB3_KEYS = ("learning_rate", "buffer_size", "learning_starts", "batch_size", "tau", "gamma", "train_freq",
+                "gradient_steps")
 
     def planned_updates(self, total_steps: int) -> int:
         calls = max(0, math.ceil((total_steps - self.learning_starts) / (self.train_freq * self.n_envs)))
         return calls * self.gradient_steps
 
-    def sb3_kwargs(self, action_dim: int) -> dict[str, Any]:
-        keys = ("learning_rate", "buffer_size", "learning_starts", "batch_size", "tau", "gamma", "train_freq",
-                "gradient_steps")
-        kwargs: dict[str, Any] = {k: getattr(self, k) for k in keys}
-        kwargs["target_entropy"] = -self.target_entropy_scale * action_dim
+    def _sb3_common(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {k: getattr(self, k) for k in self.SB3_KEYS}
         kwargs["policy_kwargs"] = {"net_arch": self.net_arch(), "activation_fn": self.activation_fn()}
         return kwargs
+
+
+@dataclass(frozen=True)
+class SACConfig(OffPolicyConfig):
+    """SB3 ``SAC`` hyperparameters."""
+
+    target_entropy_scale: float = 1.0  # target entropy = -scale * dim(A); SB3's "auto" is scale 1
+
+    def __post_init__(self) -> None:
+        self._check(nonnegative=_MAY_BE_ZERO | {"learning_starts"}, free=frozenset({"target_entropy_scale"}))
+
+    def sb3_kwargs(self, action_dim: int) -> dict[str, Any]:
+        return {**self._sb3_common(), "target_entropy": -self.target_entropy_scale * action_dim}
 
     def knobs(self) -> dict[str, Any]:
         return {"batch_size": self.batch_size, "n_envs": self.n_envs, "target_entropy_scale": self.target_entropy_scale}
 
 
 @dataclass(frozen=True)
-class TD3Config(RLCommon):
-    """SB3 ``TD3`` hyperparameters; dataclass defaults are SB3's own (plus the zoo's Gaussian action noise)."""
+class TD3Config(OffPolicyConfig):
+    """SB3 ``TD3`` hyperparameters (plus the zoo's Gaussian exploration noise)."""
 
-    hidden: int = 256
-    activation: str = "relu"
     learning_rate: float = 1e-3
-    buffer_size: int = 1_000_000
-    learning_starts: int = 100
-    batch_size: int = 256
-    tau: float = 0.005
-    gamma: float = 0.99
-    train_freq: int = 1
-    gradient_steps: int = 1
     policy_delay: int = 2
     action_noise_std: float = 0.1  # exploration noise (rl-zoo3: normal, 0.1)
     target_policy_noise: float = 0.2
@@ -195,16 +195,9 @@ class TD3Config(RLCommon):
         self._check(nonnegative=_MAY_BE_ZERO | {"learning_starts", "action_noise_std", "target_policy_noise",
                                                 "target_noise_clip"})
 
-    def planned_updates(self, total_steps: int) -> int:
-        calls = max(0, math.ceil((total_steps - self.learning_starts) / (self.train_freq * self.n_envs)))
-        return calls * self.gradient_steps
-
     def sb3_kwargs(self, action_dim: int) -> dict[str, Any]:
-        keys = ("learning_rate", "buffer_size", "learning_starts", "batch_size", "tau", "gamma", "train_freq",
-                "gradient_steps", "policy_delay", "target_policy_noise", "target_noise_clip")
-        kwargs: dict[str, Any] = {k: getattr(self, k) for k in keys}
-        kwargs["policy_kwargs"] = {"net_arch": self.net_arch(), "activation_fn": self.activation_fn()}
-        return kwargs
+        return {**self._sb3_common(), "policy_delay": self.policy_delay,
+                "target_policy_noise": self.target_policy_noise, "target_noise_clip": self.target_noise_clip}
 
     def knobs(self) -> dict[str, Any]:
         return {"batch_size": self.batch_size, "n_envs": self.n_envs, "action_noise_std": self.action_noise_std,
