@@ -1,4 +1,4 @@
-"""``stabilitybench``: generate, status and query (analyze and report arrive with their packages).
+"""``stabilitybench``: generate, status, analyze, report and query.
 
 Errors a user can cause (:class:`~data_schema.errors.StabilityBenchError`) print as one
 line and exit with status 2; anything else is a bug and keeps its traceback.
@@ -17,6 +17,7 @@ from rich.markup import escape
 from analysis.cli import analyze
 from data_schema import StabilityBenchError
 from generate.cli import generate, status
+from reports.cli import report
 
 app = typer.Typer(
     name="stabilitybench",
@@ -28,6 +29,7 @@ app = typer.Typer(
 app.command()(generate)
 app.command()(status)
 app.command()(analyze)
+app.command()(report)
 
 
 @app.command()

@@ -1,0 +1,22 @@
+"""Exceptions of the reports package.
+
+Errors a user can cause (no results folder, an output path that is a file) derive from
+:class:`~data_schema.errors.StabilityBenchError`, so the CLI prints one line. A figure
+whose analysis was not testable is not an error: it is drawn as a "too little data" panel.
+"""
+
+from __future__ import annotations
+
+from data_schema.errors import StabilityBenchError
+
+
+class ReportError(StabilityBenchError):
+    """Base class of the reports package's user-facing errors."""
+
+
+class ResultsMissingError(ReportError):
+    """The results folder (or its summary.json) does not exist: run ``stabilitybench analyze`` first."""
+
+
+class OutputPathError(ReportError):
+    """The output folder cannot be created (e.g. the path is an existing file)."""

@@ -1,0 +1,504 @@
+"""``build_report``: results/ in, ``<out>/index.html`` + ``index.md`` + ``figures/*.png|svg`` out.
+
+Layout only: every number in a caption or table is a :class:`~reports.text.Num` read from
+summary.json; the figures draw the results tables (see :mod:`reports.figures`).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from reports.data import ReportData, finite, load
+from reports.errors import OutputPathError
+from reports.figures import DETECTOR_LABELS, FIGURES, MONITORS
+from reports.style import save
+from reports.text import Num, Source, Table, ci, render_html, render_md
+
+FIG_DIR = "figures"
+
+
+# =========================================================================== tables
+def _detectors(src: Source) -> list[str]:
+    byd = src.get("early_warning", "by_detector") or {}
+    return [k for k in byd if k.endswith("|all")]
+
+
+def monitor_table(src: Source) -> Table | None:
+    keys = _detectors(src)
+    if not keys:
+        return None
+    rows = []
+    for k in keys:
+        p = ("early_warning", "by_detector", k)
+        lead = src.num(*p, "median_lead_updates", "value", digits=0)
+        lead_cell: list[Any] = [lead]
+        if finite(lead.value):
+            lead_cell += [" (IQR ", src.num(*p, "median_lead_updates", "iqr_low", digits=0), "–",
+                          src.num(*p, "median_lead_updates", "iqr_high", digits=0), ")"]
+        lead_cell += [", n=", src.num(*p, "median_lead_updates", "n", digits=0)]
+        det = k.split("|")[0]
+        name = DETECTOR_LABELS.get(det, det) + (" ★" if det in MONITORS else "")
+        rows.append([
+            [name], ci(src, *p, "auroc"), ci(src, *p, "auroc_horizon"), [src.num(*p, "auroc_of_magnitude_reference",
+                                                                                 "value")],
+            lead_cell, [src.num(*p, "median_alarm_delay_from_onset", "value", digits=0)],
+            [src.num(*p, "frac_collapses_preceded", "value", digits=0, kind="pct"), " of ",
+             src.num(*p, "frac_collapses_preceded", "n", digits=0)],
+            [*ci(src, *p, "fpr_unperturbed"), " (n=", src.num(*p, "fpr_unperturbed", "n", digits=0), ")"],
+            [*ci(src, *p, "alarm_rate_perturbed_not_collapsed"), " (n=",
+             src.num(*p, "alarm_rate_perturbed_not_collapsed", "n", digits=0), ")"],
+        ])
+    k0 = ("early_warning", "by_detector", keys[0])
+    note = ["★ meta-state monitors (trained on unperturbed runs only). AUROC: window maximum of the score from "
+            "onset to collapse (or the last update); 'horizon' caps the window at onset + 10% of the run; "
+            "'magnitude alone' is the AUROC of the perturbation's own magnitude, a reference, not a detector. "
+            "Lead time and alarm delay in optimizer updates. Target FPR ",
+            src.num(*k0, "fpr_unperturbed", "target", digits=2), "; held-out seeds, "
+            "all perturbation kinds pooled."]
+    return Table("Meta-state monitor vs baselines (early warning)",
+                 ["detector", "AUROC [95% CI]", "AUROC, horizon", "AUROC of magnitude alone",
+                  "median lead, updates", "median alarm delay after onset", "collapses preceded by an alarm",
+                  "FPR, unperturbed", "alarm rate, perturbed not collapsed"], rows, note)
+
+
+def collapse_table(src: Source) -> Table:
+    rows = []
+    for i, r in enumerate(src.get("collapse", "dose_response") or []):
+        p = ("collapse", "dose_response", i)
+        perf: list[Any] = [src.num(*p, "final_performance_mean", digits=1)]
+        if finite(r.get("final_performance_sd")):
+            perf += [" ± ", src.num(*p, "final_performance_sd", digits=1)]
+        rows.append([[f"{r['algo']} · {r['env']} · {r['stochasticity']}"], [r["config"]],
+                     [src.num(*p, "n_collapsed", digits=0), "/", src.num(*p, "n_runs", digits=0)],
+                     [src.num(*p, "collapse_probability"), " [", src.num(*p, "ci_low"), ", ", src.num(*p, "ci_high"),
+                      "]"],
+                     [src.num(*p, "median_collapse_time", digits=0)], perf])
+    fc = ("collapse", "rule_false_collapse_rate_unperturbed")
+    c = ("config", "collapse")
+    note = ["Collapse rule: causal rolling mean of performance (", src.num(*c, "smooth_frac", digits=0, kind="pct"),
+            " of the run) below the matched controls' mean minus max(", src.num(*c, "drop", digits=2),
+            " × their learning gain, ", src.num(*c, "spread_k", digits=1), " × their across-seed SD), with no "
+            "recovery within ", src.num(*c, "recovery_frac", digits=0, kind="pct"), " of the run; non-finite "
+            "telemetry is an immediate collapse. The rule's false-collapse rate on unperturbed runs (judged "
+            "leave-one-out): ", *ci(src, *fc), " (n=", src.num(*fc, "n", digits=0), ")."]
+    return Table("Collapse per configuration (dose-response)",
+                 ["group", "configuration", "collapsed", "P(collapse) [95% CI]", "median collapse time, updates",
+                  "final performance, mean ± SD"], rows, note)
+
+
+def survival_tables(src: Source) -> list[Table]:
+    rows = []
+    for i, r in enumerate(src.get("survival", "logrank") or []):
+        p = ("survival", "logrank", i)
+        rows.append([[r["comparison"]], [src.num(*p, "chi2", digits=2)], [src.num(*p, "df", digits=0)],
+                     [src.num(*p, "p_value", digits=2, kind="g")], [src.num(*p, "n", digits=0)],
+                     [src.num(*p, "n_events", digits=0)], [str(r.get("status", ""))]])
+    out = [Table("Survival: log-rank tests", ["comparison", "χ²", "df", "p", "runs", "collapses", "status"], rows)]
+    cox = src.get("survival", "cox") or {}
+    crow = []
+    for i, c in enumerate(cox.get("coefficients") or []):
+        p = ("survival", "cox", "coefficients", i)
+        crow.append([[c["covariate"]], ci(src, *p, digits=3, kind="g"), [src.num(*p, "p_value", kind="g")]])
+    note: list[Any] = [f"Status: {cox.get('status', 'n/a')}. n = ", src.num("survival", "cox", "n", digits=0),
+                       " runs, ", src.num("survival", "cox", "n_events", digits=0), " collapses; concordance ",
+                       src.num("survival", "cox", "concordance")]
+    if cox.get("concordance_from"):
+        note.append(f" ({cox['concordance_from']})")
+    note.append(". Dropped covariates: " + (", ".join(cox.get("dropped_covariates") or []) or "none") + ".")
+    if str(cox.get("status", "")).startswith("monotone"):
+        note.append(" With monotone likelihood the hazard ratios above have no finite maximum: read them for "
+                    "orientation only.")
+    out.append(Table("Survival: Cox proportional hazards (hazard ratio per unit; early covariates per SD)",
+                     ["covariate", "hazard ratio [95% CI]", "p"], crow, note))
+    return out
+
+
+def regularities_table(src: Source) -> Table:
+    rows: list[list[list[Any]]] = []
+    for i, d in enumerate(src.get("regularities", "dissociation") or []):
+        p = ("regularities", "dissociation", i)
+        what = f"1. decoupling: Spearman ρ(final performance, {d['measure']}), per {d['level']}"
+        if "status" in d:
+            rows.append([[what], [d["status"]], ["n=", src.num(*p, "n", digits=0)], [""]])
+            continue
+        verdict = "CI includes 0: consistent with decoupling" if d.get("decoupled") else \
+            "CI excludes 0: performance and stability are coupled here"
+        rows.append([[what], ci(src, *p), ["n=", src.num(*p, "n", digits=0), ", p=",
+                                            src.num(*p, "p_value", kind="g")], [verdict]])
+    buf = src.get("regularities", "stochasticity_buffer") or {}
+    if buf.get("status") == "ok":
+        for i, lv in enumerate(buf.get("collapse_probability", [])):
+            p = ("regularities", "stochasticity_buffer", "collapse_probability", i)
+            rows.append([[f"2. stochasticity buffer: P(collapse) of perturbed runs at level '{lv['level']}'"],
+                         ci(src, *p), ["n=", src.num(*p, "n", digits=0)], [""]])
+        for i, h in enumerate(buf.get("cox_hazard_ratios", [])):
+            p = ("regularities", "stochasticity_buffer", "cox_hazard_ratios", i)
+            rows.append([[f"2. stochasticity buffer: Cox HR of {h['covariate']}"], ci(src, *p, kind="g"),
+                         ["p=", src.num(*p, "p_value", kind="g")],
+                         [f"Cox fit: {buf.get('cox_status')}" if buf.get("cox_status") != "ok" else ""]])
+    else:
+        rows.append([["2. stochasticity buffer"], [str(buf.get("status", "n/a"))], [""], [""]])
+    for i, pr in enumerate(src.get("regularities", "precedence") or []):
+        p = ("regularities", "precedence", i)
+        name = DETECTOR_LABELS.get(pr.get("detector", ""), pr.get("detector", "monitor"))
+        if "status" in pr:
+            rows.append([[f"3. precedence: {name}"], [pr["status"]], [""], [""]])
+            continue
+        rows.append([[f"3. precedence: {name}, share of collapses whose alarm came first"],
+                     ci(src, *p, "share_alarm_first", kind="pct", digits=0),
+                     ["n=", src.num(*p, "share_alarm_first", "n", digits=0)],
+                     ["median lead ", src.num(*p, "median_lead_updates", "value", digits=0), " updates"]])
+    coh = src.get("coherence_before_collapse") or {}
+    if "pre_collapse_excess_coherence" in coh:
+        p = ("coherence_before_collapse", "pre_collapse_excess_coherence")
+        rows.append([["gradient coherence before collapse, run minus matched controls"], ci(src, *p, digits=3),
+                     ["n=", src.num(*p, "n", digits=0), " runs"],
+                     _direction(src, *p, neg="a drop (as the paper predicts)", pos="a rise, not a drop")])
+    else:
+        rows.append([["gradient coherence before collapse"], [str(coh.get("status", "n/a"))], [""], [""]])
+    for g, e in (src.get("pca") or {}).items():
+        if not isinstance(e, dict) or "all_runs" not in e or "n_components_90" not in e["all_runs"]:
+            rows.append([[f"low dimension: PCA {g}"], [str(e.get("status", "n/a")) if isinstance(e, dict) else ""],
+                         [""], [""]])
+            continue
+        p = ("pca", g, "all_runs")
+        rows.append([[f"low dimension: PCA {g}, components for 90% variance (of ",
+                      src.num("pca", g, "n_features", digits=0), " features)"],
+                     [*ci(src, *p, "n_components_90", digits=0), " vs null ",
+                      src.num(*p, "null_n_components_90", "value", digits=1)],
+                     ["n=", src.num(*p, "n_components_90", "n", digits=0), " runs"],
+                     ["participation ratio ", src.num(*p, "participation_ratio", "value"), " vs null ",
+                      src.num(*p, "null_participation_ratio", "value"), "; p(n90 ≤ null) = ",
+                      src.num(*p, "p_value_n90_le_null", kind="g")]])
+    return Table("The paper's regularities, measured", ["quantity", "estimate [95% CI]", "n", "reading"], rows)
+
+
+def _direction(src: Source, *path: str, neg: str, pos: str) -> list[Any]:
+    lo, hi = src.get(*path, "ci_low"), src.get(*path, "ci_high")
+    if finite(lo) and finite(hi):
+        if hi < 0:
+            return [f"CI below 0: {neg}"]
+        if lo > 0:
+            return [f"CI above 0: {pos}"]
+        return ["CI includes 0: no clear change"]
+    return ["no CI"]
+
+
+# =========================================================================== captions
+def captions(data: ReportData) -> dict[str, list[Any]]:
+    """Caption fragments per figure id, numbers read from summary.json."""
+    src = Source(data.summary)
+    cap: dict[str, list[Any]] = {}
+    cap["F1"] = ["Performance, gradient norm, gradient coherence and the Kalman monitor's MSD around the "
+                 "perturbation onset (dotted line at 0), as a fraction of each run's updates; median across seeds "
+                 "with the IQR band, for the strongest magnitude of each perturbation kind (one stochasticity "
+                 "level: 'default' when present), one column per stability dimension; grey: unperturbed "
+                 "controls. Telemetry read from the corpus ",
+                 f"({data.corpus}); ", "the MSD comes from the held-out test folds of the early-warning evaluation."]
+    fc = ("collapse", "rule_false_collapse_rate_unperturbed")
+    cap["F2"] = ["Top: collapse probability per magnitude with 95% Clopper–Pearson intervals; bottom: final "
+                 "performance, mean ± SD across seeds. Dotted: the unperturbed controls. "]
+    if finite(src.get(*fc, "value")):
+        cap["F2"] += ["The collapse rule flags ", *ci(src, *fc), " of unperturbed runs judged leave-one-out (n=",
+                      src.num(*fc, "n", digits=0), ")."]
+    else:
+        cap["F2"] += ["The collapse rule's false-collapse rate is not measurable here: no matched group has a "
+                      "second unperturbed run to judge one against (n=", src.num(*fc, "n", digits=0), ")."]
+    lr = src.get("survival", "logrank") or []
+    k = next((i for i, r in enumerate(lr) if r.get("comparison") == "all groups"), None)
+    if k is not None and lr[k].get("status") == "ok":
+        p = ("survival", "logrank", k)
+        lr_txt: list[Any] = ["Log-rank test across all groups: χ² = ", src.num(*p, "chi2"), " (df ",
+                             src.num(*p, "df", digits=0), "), p = ", src.num(*p, "p_value", kind="g"), "; ",
+                             src.num(*p, "n_events", digits=0), " collapses in ", src.num(*p, "n", digits=0),
+                             " runs."]
+    else:
+        lr_txt = ["Log-rank test across all groups: " + (str(lr[k].get("status")) if k is not None else "n/a") + "."]
+    cap["F3"] = ["Kaplan–Meier probability of no collapse yet against updates since onset, one panel per kind and "
+                 "one curve per magnitude, with 95% exponential-Greenwood bands; dashed grey: unperturbed runs. ",
+                 *lr_txt]
+    cox = ("survival", "cox")
+    cap["F4"] = ["Cox proportional-hazards model of time to collapse (Efron ties), hazard ratios with 95% CIs; ",
+                 "early_msd and early_coherence are per SD. Fit status: ", str(src.get(*cox, "status")),
+                 ". n = ", src.num(*cox, "n", digits=0), " runs, ", src.num(*cox, "n_events", digits=0),
+                 " collapses, concordance ", src.num(*cox, "concordance"), "."]
+    f5: list[Any] = ["Explained-variance ratio per principal component of the standardised telemetry (all runs, "
+                     "and unperturbed runs only) against the mean of the time-shuffled null (dotted). "]
+    for g, e in (src.get("pca") or {}).items():
+        if isinstance(e, dict) and "n_components_90" in (e.get("all_runs") or {}):
+            p = ("pca", g, "all_runs")
+            f5 += [f"{g}: ", *ci(src, *p, "n_components_90", digits=0), " components reach 90% variance (null ",
+                   src.num(*p, "null_n_components_90", "value", digits=1), "), participation ratio ",
+                   *ci(src, *p, "participation_ratio"), " (null ", src.num(*p, "null_participation_ratio", "value"),
+                   "). "]
+    cap["F5"] = f5
+    cap["F6"] = ["Block-mean telemetry of every run projected on the first two principal components (all-runs "
+                 "PCA). Runs that collapse are coloured by the updates left until their collapse (yellow: long "
+                 "before, dark purple: after it); a cross marks the collapse; grey: runs that never collapse."]
+    kal = ("early_warning", "by_detector", "kalman|all")
+    if src.get(*kal) is not None:
+        f7: list[Any] = _lead_sentence(src, "kalman", "The Kalman monitor")
+        f7 += [" ", *_lead_sentence(src, "gru", "The GRU monitor")] if src.get("early_warning", "by_detector",
+                                                                              "gru|all") else []
+        f7 += [" The paper reports deviations up to ~100 steps before collapse. Left: MSD of each collapsed test "
+               "run aligned on its collapse, with the calibrated thresholds; right: the lead-time distribution."]
+    else:
+        f7 = [f"Not evaluated: {src.get('early_warning', 'status')}."]
+    cap["F7"] = f7
+    if src.get(*kal) is not None:
+        f8: list[Any] = ["ROC of each detector's score maximum from onset to collapse on held-out seeds; AUROC "
+                         "and 95% bootstrap CI in the legend. The Kalman monitor: AUROC ", *ci(src, *kal, "auroc"),
+                         " (", src.num(*kal, "auroc", "n_pos", digits=0), " collapsing vs ",
+                         src.num(*kal, "auroc", "n_neg", digits=0), " other runs); the perturbation magnitude "
+                         "alone reaches ", src.num(*kal, "auroc_of_magnitude_reference", "value"),
+                         ". Its FPR on unperturbed runs is ", *ci(src, *kal, "fpr_unperturbed"), " (target ",
+                         src.num(*kal, "fpr_unperturbed", "target"), ", n=",
+                         src.num(*kal, "fpr_unperturbed", "n", digits=0), ")."]
+    else:
+        f8 = [f"Not evaluated: {src.get('early_warning', 'status')}."]
+    cap["F8"] = f8
+    f9: list[Any] = ["Final performance against stability, one point per run (filled: collapsed; hollow: censored), "
+                     "coloured by configuration. "]
+    for i, d in enumerate(src.get("regularities", "dissociation") or []):
+        p = ("regularities", "dissociation", i)
+        if "status" in d:
+            f9 += [f"ρ with {d['measure']} per {d['level']}: {d['status']}. "]
+        else:
+            f9 += [f"Spearman ρ with {d['measure']} per {d['level']}: ", *ci(src, *p), " (n=",
+                   src.num(*p, "n", digits=0), ", p=", src.num(*p, "p_value", kind="g"), "). "]
+    cap["F9"] = f9
+    buf = src.get("regularities", "stochasticity_buffer") or {}
+    if buf.get("status") == "ok":
+        f10: list[Any] = ["Collapse probability of perturbed runs per stochasticity level (95% CI) and the "
+                          "dose-response per level. "]
+        for i, lv in enumerate(buf.get("collapse_probability", [])):
+            p = ("regularities", "stochasticity_buffer", "collapse_probability", i)
+            f10 += [f"{lv['level']}: ", *ci(src, *p), " (n=", src.num(*p, "n", digits=0), "). "]
+        cap["F10"] = f10
+    else:
+        cap["F10"] = [f"Stochasticity buffer: {buf.get('status', 'n/a')}."]
+    coh = ("coherence_before_collapse", "pre_collapse_excess_coherence")
+    if src.get(*coh) is not None:
+        cap["F11"] = ["Gradient coherence of collapsed runs around collapse (thin: single runs; thick: median with "
+                      "IQR) against the mean of their matched unperturbed runs at the same training time. Mean "
+                      "excess before collapse: ", *ci(src, *coh, digits=3), " (n=", src.num(*coh, "n", digits=0),
+                      " runs); ", *_direction(src, *coh, neg="a drop, as the paper predicts",
+                                              pos="a rise, not the drop the paper predicts"), "."]
+    else:
+        cap["F11"] = [f"Coherence before collapse: {src.get('coherence_before_collapse', 'status')}."]
+    return cap
+
+
+def _lead_sentence(src: Source, det: str, name: str) -> list[Any]:
+    p = ("early_warning", "by_detector", f"{det}|all")
+    lead = src.num(*p, "median_lead_updates", "value", digits=0)
+    out: list[Any] = []
+    if finite(lead.value):
+        out += [f"{name} warned a median of ", lead, " updates before collapse (IQR ",
+                src.num(*p, "median_lead_updates", "iqr_low", digits=0), "–",
+                src.num(*p, "median_lead_updates", "iqr_high", digits=0), ", n=",
+                src.num(*p, "median_lead_updates", "n", digits=0), "); "]
+    else:
+        out += [f"{name} raised no alarm before any collapse; "]
+    out += ["it preceded ", src.num(*p, "frac_collapses_preceded", "value", digits=0, kind="pct"), " of ",
+            src.num(*p, "frac_collapses_preceded", "n", digits=0), " collapses"]
+    delay = src.num(*p, "median_alarm_delay_from_onset", "value", digits=0)
+    if finite(delay.value):
+        out += [", its alarm coming a median of ", delay, " updates after the perturbation began (an alarm right "
+                "at onset flags the kick itself rather than a precursor of the collapse)"]
+    out += ["."]
+    return out
+
+
+def claims_table(data: ReportData) -> Table:
+    """The paper's claims (DESIGN.md) and what this corpus says, each with the numbers it rests on."""
+    src = Source(data.summary)
+    rows: list[list[list[Any]]] = []
+    lr = src.get("survival", "logrank") or []
+    k = next((i for i, r in enumerate(lr) if r.get("comparison") == "all groups"), None)
+    c1: list[Any] = ["see the collapse table; log-rank across groups "]
+    if k is not None and lr[k].get("status") == "ok":
+        c1 += ["p = ", src.num("survival", "logrank", k, "p_value", kind="g"), " (",
+               src.num("survival", "logrank", k, "n_events", digits=0), " collapses)"]
+    else:
+        c1 += [str(lr[k].get("status")) if k is not None else "n/a"]
+    rows.append([["small structured perturbations induce collapse"], ["dose-response, F2/F3"], c1])
+    c2: list[Any] = []
+    for g, e in (src.get("pca") or {}).items():
+        if isinstance(e, dict) and "n_components_90" in (e.get("all_runs") or {}):
+            p = ("pca", g, "all_runs")
+            c2 += [f"{g}: ", src.num(*p, "n_components_90", "value", digits=0), " of ",
+                   src.num("pca", g, "n_features", digits=0), " PCs for 90% (null ",
+                   src.num(*p, "null_n_components_90", "value", digits=1), "); "]
+    rows.append([["the dynamics are low-dimensional"], ["PCA vs time-shuffled null, F5"], c2 or ["not testable"]])
+    coh = ("coherence_before_collapse", "pre_collapse_excess_coherence")
+    rows.append([["gradient coherence drops before collapse"], ["coherence vs matched controls, F11"],
+                 [*ci(src, *coh, digits=3), "; ", *_direction(src, *coh, neg="a drop", pos="a rise, not a drop")]
+                 if src.get(*coh) else [str(src.get("coherence_before_collapse", "status"))]])
+    kal = ("early_warning", "by_detector", "kalman|all")
+    if src.get(*kal):
+        c4: list[Any] = ["Kalman monitor: median lead ", src.num(*kal, "median_lead_updates", "value", digits=0),
+                         " updates; AUROC ", src.num(*kal, "auroc", "value"), " vs magnitude alone ",
+                         src.num(*kal, "auroc_of_magnitude_reference", "value"), "; FPR ",
+                         src.num(*kal, "fpr_unperturbed", "value"), " (target ",
+                         src.num(*kal, "fpr_unperturbed", "target"), ")"]
+    else:
+        c4 = [str(src.get("early_warning", "status"))]
+    rows.append([["meta-state deviation precedes collapse (≤ ~100 steps)"], ["monitor vs baselines, F7/F8"], c4])
+    c5: list[Any] = []
+    for i, d in enumerate(src.get("regularities", "dissociation") or []):
+        if d.get("level") == "configuration":
+            if "status" in d:
+                c5 += [f"{d['measure']}: {d['status']}; "]
+            else:
+                c5 += [f"ρ with {d['measure']} ", *ci(src, "regularities", "dissociation", i),
+                       " (decoupled)" if d.get("decoupled") else " (coupled)", "; "]
+    rows.append([["final performance is decoupled from stability"], ["Spearman ρ across configurations, F9"],
+                 c5 or ["not testable"]])
+    buf = src.get("regularities", "stochasticity_buffer") or {}
+    c6: list[Any] = [str(buf.get("status", "n/a"))]
+    if buf.get("status") == "ok":
+        c6 = []
+        for i, lv in enumerate(buf.get("collapse_probability", [])):
+            c6 += [f"P(collapse) at {lv['level']} ", src.num("regularities", "stochasticity_buffer",
+                                                             "collapse_probability", i, "value"), "; "]
+    rows.append([["stochasticity buffers the dynamics"], ["collapse probability / HR per level, F10"], c6])
+    domains = sorted({g.get("domain") for g in src.get("groups") or []})
+    rows.append([["RL and LM share the same principles"], ["the same analysis per domain"],
+                 ["domains in this corpus: " + ", ".join(str(d) for d in domains) +
+                  ("" if len(domains) > 1 else " (not testable: one domain)")]])
+    return Table("The paper's claims and what this corpus says", ["claim", "test", "measured here"], rows)
+
+
+# =========================================================================== page
+CSS = """
+body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0;color:#1d1d1f;background:#fafafa}
+main{max-width:1180px;margin:0 auto;padding:24px 32px 64px;background:#fff}
+h1{font-size:1.7em;margin:.2em 0}h2{margin-top:2em;border-bottom:2px solid #e5e5e5;padding-bottom:.2em}
+h3{font-size:1.05em;margin:1.4em 0 .4em}
+.meta{color:#555;font-size:.92em}
+.caveats{background:#fff4e5;border-left:5px solid #e69f00;padding:10px 18px;margin:18px 0}
+.caveats h2{margin:.2em 0;border:none;font-size:1.15em}
+.caveats li{margin:.25em 0}
+table{border-collapse:collapse;font-size:.86em;width:100%;margin:.3em 0}
+th,td{border-bottom:1px solid #e3e3e3;padding:5px 7px;text-align:left;vertical-align:top}
+th{background:#f3f5f8;font-weight:600}
+tbody tr:nth-child(even){background:#fbfbfc}
+.note{font-size:.82em;color:#555;margin:.3em 0 1em}
+figure{margin:22px 0 34px}figure img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{font-size:.9em;color:#333;margin-top:6px;line-height:1.45}
+.toolittle{background:#fff4e5;border:1px solid #e69f00;border-radius:6px;padding:8px 12px;margin:8px 0;
+font-size:.9em}
+.num{font-variant-numeric:tabular-nums;font-weight:600}
+nav{font-size:.9em;columns:3;margin:10px 0}nav a{display:block;color:#0060a8;text-decoration:none}
+code{background:#f3f3f3;padding:1px 4px;border-radius:3px}
+"""
+
+
+def _reason(r: str) -> str:
+    """A "too little data" reason without the redundant prefixes."""
+    for prefix in ("too little data: ", "not testable: "):
+        r = r.removeprefix(prefix)
+    return r.replace(": not testable: ", ": ")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def build_report(results: str | os.PathLike[str], out: str | os.PathLike[str] = "reports/out",
+                 corpus: str | os.PathLike[str] | None = None,
+                 progress: Callable[[str], None] | None = None, embed: bool = False) -> Path:
+    """Draw F1-F11 from ``results`` and write ``out/index.html``, ``out/index.md`` and ``out/figures/``.
+
+    ``embed=True`` inlines the PNGs into index.html (base64) so the page travels as one file;
+    the SVG links still point to ``figures/``. Returns the path of index.html. Raises
+    :class:`~reports.errors.ResultsMissingError` when ``results`` has no summary.json and
+    :class:`~reports.errors.OutputPathError` when ``out`` cannot be a folder.
+    """
+    say = progress or (lambda _m: None)
+    data = load(results, corpus)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputPathError(f"{out}: exists and is not a folder")
+    try:
+        (out / FIG_DIR).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputPathError(f"{out}: cannot create the report folder ({exc.strerror})") from None
+    caps = captions(data)
+    figs = []
+    for spec in FIGURES:
+        say(f"{spec.id} {spec.title}")
+        fig, reasons = spec.build(data)
+        save(fig, out / FIG_DIR, spec.stem)
+        figs.append((spec, reasons))
+    src = Source(data.summary)
+    tables = [t for t in (monitor_table(src), collapse_table(src), *survival_tables(src), regularities_table(src))
+              if t is not None]
+    claims = claims_table(data)
+    caveats = list(src.get("headline", "caveats") or [])
+    notes = list(src.get("data_notes") or [])
+    ew_status = src.get("early_warning", "status")
+
+    # ------------------------------------------------------------------ HTML
+    h = ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
+         '<meta name="viewport" content="width=device-width, initial-scale=1">',
+         f"<title>StabilityBench report</title><style>{CSS}</style></head><body><main>",
+         "<h1>StabilityBench report</h1>",
+         f'<p class="meta">Results: <code>{html.escape(str(data.results.resolve()))}</code> · corpus: '
+         f'<code>{html.escape(str(data.corpus))}</code> · {render_html([src.num("n_runs", digits=0)])} runs · '
+         "every number below is read from <code>summary.json</code> (hover a bold number for its source).</p>"]
+    h.append('<section class="caveats"><h2>Read this first: caveats</h2><ul>')
+    h += [f"<li>{html.escape(str(c))}</li>" for c in caveats] or ["<li>none raised by the analysis</li>"]
+    if ew_status:
+        h.append(f"<li>early warning: {html.escape(str(ew_status))}</li>")
+    h += [f"<li>data: {html.escape(str(n))}</li>" for n in notes]
+    h.append("</ul></section>")
+    h.append("<nav>" + "".join(f'<a href="#{s.id}">{s.id} · {html.escape(s.title)}</a>' for s, _ in figs)
+             + '<a href="#tables">Headline tables</a></nav>')
+    h.append(f"<h2>Claims</h2>{claims.html()}")
+    h.append('<h2 id="tables">Headline tables</h2>' + "".join(t.html() for t in tables))
+    h.append("<h2>Figures</h2>")
+    for spec, reasons in figs:
+        png, svg = f"{FIG_DIR}/{spec.stem}.png", f"{FIG_DIR}/{spec.stem}.svg"
+        src_png = ("data:image/png;base64," + base64.b64encode((out / png).read_bytes()).decode()) if embed else png
+        box = "".join(f'<div class="toolittle">too little data: {html.escape(_reason(r))}</div>' for r in reasons)
+        h.append(f'<figure id="{spec.id}"><h3>{spec.id} · {html.escape(spec.title)}</h3>{box}'
+                 f'<a href="{svg}"><img src="{src_png}" alt="{spec.id}: {html.escape(spec.title)}" loading="lazy"></a>'
+                 f"<figcaption><b>{spec.id}.</b> {render_html(caps[spec.id])} "
+                 f'<a href="{svg}">SVG</a></figcaption></figure>')
+    h.append("</main></body></html>")
+    _write_atomic(out / "index.html", "\n".join(h) + "\n")
+
+    # ------------------------------------------------------------------ Markdown
+    m = ["# StabilityBench report", "",
+         f"Results: `{data.results.resolve()}` · corpus: `{data.corpus}` · {render_md([src.num('n_runs', digits=0)])}"
+         " runs. Every number is read from `summary.json`.", "", "## Read this first: caveats", ""]
+    m += [f"- {c}" for c in caveats] or ["- none raised by the analysis"]
+    if ew_status:
+        m.append(f"- early warning: {ew_status}")
+    m += [f"- data: {n}" for n in notes]
+    m += ["", "## Claims", "", claims.md(), "## Headline tables", ""] + [t.md() for t in tables] + ["## Figures", ""]
+    for spec, reasons in figs:
+        m += [f"### {spec.id} · {spec.title}", ""]
+        m += [f"> **too little data:** {_reason(r)}" for r in reasons]
+        if reasons:
+            m.append("")
+        m += [f"![{spec.id}]({FIG_DIR}/{spec.stem}.png)", "", f"**{spec.id}.** {render_md(caps[spec.id])} "
+              f"([SVG]({FIG_DIR}/{spec.stem}.svg))", ""]
+    _write_atomic(out / "index.md", "\n".join(m))
+    return out / "index.html"
+
+
+__all__ = ["Num", "build_report", "captions", "claims_table", "render_md"]
