@@ -189,7 +189,7 @@ def evaluate_group(
                                             "score": score, "threshold": det.threshold_},
                                            schema_overrides={"step": pl.Int64, "score": pl.Float64}))
     table = pl.DataFrame(rows, schema=_ROW_SCHEMA) if rows else _empty_rows()
-    trace = pl.concat(traces) if traces else _empty_traces()
+    trace = pl.concat(traces, how="diagonal_relaxed") if traces else _empty_traces()
     return table, trace, notes
 
 

@@ -200,9 +200,9 @@ def run_analysis(
         t_ew += time.perf_counter() - ts
     timings.update(load_s=t_load, collapse_s=t_collapse, early_warning_s=t_ew)
 
-    outcomes = pl.concat(outcome_parts)
-    ew = pl.concat(ew_rows) if ew_rows else pl.DataFrame()
-    traces = pl.concat(ew_traces) if ew_traces else pl.DataFrame()
+    outcomes = pl.concat(outcome_parts, how="diagonal_relaxed")
+    ew = pl.concat(ew_rows, how="diagonal_relaxed") if ew_rows else pl.DataFrame()
+    traces = pl.concat(ew_traces, how="diagonal_relaxed") if ew_traces else pl.DataFrame()
 
     # ---------------------------------------------------------------- runs table
     full = runs.join(outcomes, on="run_id", how="left")
@@ -213,7 +213,7 @@ def run_analysis(
     if update_corpus:
         write_table(runs_table, Path(corpus) / RUNS, RUNS_SCHEMA)
     _write(outcomes, out / "collapse_details.parquet")
-    sens = _sensitivity(pl.concat(sens_parts)) if sens_parts else pl.DataFrame()
+    sens = _sensitivity(pl.concat(sens_parts, how="diagonal_relaxed")) if sens_parts else pl.DataFrame()
     if sens.height:
         _write(sens, out / "collapse_sensitivity.parquet")
 
@@ -235,7 +235,7 @@ def run_analysis(
         _write(pl.DataFrame([_flat(x) for x in m]), out / "early_warning_metrics.parquet")
     else:
         ew_summary = not_testable("no fold could be evaluated (need >= 3 seeds with unperturbed runs)")
-    loeo = pl.concat(loeo_rows) if loeo_rows else pl.DataFrame()
+    loeo = pl.concat(loeo_rows, how="diagonal_relaxed") if loeo_rows else pl.DataFrame()
     loeo_summary = leave_one_env_out_status(runs)
     if loeo.height:
         lm = metrics(loeo, cfg.early_warning)
@@ -274,7 +274,7 @@ def run_analysis(
     prec = precedence(ew) if ew.height else [not_testable("no early-warning evaluation")]
     _write(pl.DataFrame([_flat(x) for x in diss]), out / "dissociation.parquet")
 
-    coh_table = pl.concat(coh_parts) if coh_parts else pl.DataFrame()
+    coh_table = pl.concat(coh_parts, how="diagonal_relaxed") if coh_parts else pl.DataFrame()
     if coh_table.height:
         _write(coh_table, out / "coherence_aligned.parquet")
     coh_summary = coherence_mod.summarise(coh_table, cfg.n_boot, cfg.seed) if coh_table.height else not_testable(
@@ -482,7 +482,7 @@ def _pca_all(acc: dict[tuple[str, str], dict[str, Any]], cfg: AnalysisConfig
     else:
         summary["pooled"] = not_testable("no (domain, algo) group with enough data")
     evr = pl.DataFrame(evr_rows) if evr_rows else pl.DataFrame()
-    traj = pl.concat(traj_parts) if traj_parts else pl.DataFrame()
+    traj = pl.concat(traj_parts, how="diagonal_relaxed") if traj_parts else pl.DataFrame()
     return summary, evr, traj
 
 

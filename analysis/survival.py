@@ -86,7 +86,9 @@ def km_table(runs: pl.DataFrame) -> pl.DataFrame:
             continue
         km = kaplan_meier(t, e).with_columns(pl.lit(key).alias("group"), pl.lit(g.height).alias("n_runs"))
         parts.append(km)
-    return pl.concat(parts).select("group", "n_runs", pl.exclude("group", "n_runs")) if parts else pl.DataFrame()
+    if not parts:
+        return pl.DataFrame()
+    return pl.concat(parts, how="diagonal_relaxed").select("group", "n_runs", pl.exclude("group", "n_runs"))
 
 
 def _groups(runs: pl.DataFrame) -> list[tuple[str, pl.DataFrame]]:
