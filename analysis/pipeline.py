@@ -323,8 +323,9 @@ def run_analysis(
 def _headline(summary: dict[str, Any], cfg: AnalysisConfig) -> dict[str, Any]:
     """The numbers a closing note quotes, gathered in one place, plus data-driven caveats."""
     head: dict[str, Any] = {}
-    head["collapse"] = {f"{r['env']} {r['config']}": f"{r['n_collapsed']}/{r['n_runs']}"
-                        for r in summary["collapse"]["dose_response"]}
+    head["collapse"] = {
+        f"{r['algo']} {r['env']} {r['stochasticity']} {r['config']}": f"{r['n_collapsed']}/{r['n_runs']}"
+        for r in summary["collapse"]["dose_response"]}
     head["pca"] = {}
     for name, entry in summary["pca"].items():
         if "all_runs" not in entry or "n_components_90" not in entry.get("all_runs", {}):
