@@ -76,7 +76,8 @@ STEPS_CORE = [
         F64,
         "cosine",
         "Mean pairwise cosine of the applied (post-clipping) gradients over the last K updates "
-        "(K = manifest coherence_window); null until K gradients exist. SAC/TD3: the critic's",
+        "(K = manifest coherence_window); null until K gradients exist. SAC/TD3: the critic's. "
+        "LM: mean pairwise cosine of the K microbatch gradients accumulated into this update (K = grad_accum)",
     ),
     Column("update_norm", F64, "L2", "L2 norm of the parameter change made by this update (SAC/TD3: critic)"),
     Column("param_norm", F64, "L2", "Global L2 norm of the parameters after this update (SAC/TD3: critic)"),
@@ -148,7 +149,8 @@ MANIFEST_COLUMNS = [
     Column("target_entropy_scale", F64, "-", "SAC target entropy = -scale x dim(A) (stochasticity knob)"),
     Column("action_noise_std", F64, "action", "TD3 Gaussian exploration noise std (stochasticity knob)"),
     Column("target_policy_noise", F64, "action", "TD3 target-policy smoothing noise std (stochasticity knob)"),
-    Column("coherence_window", I64, "update", "K of the rolling gradient-coherence window"),
+    Column("dropout", F64, "probability", "LM residual/embedding/attention dropout (stochasticity knob)"),
+    Column("coherence_window", I64, "update", "K of the gradient-coherence window (LM: microbatches per update)"),
     Column("total_steps", I64, "samples", "Planned env steps (RL) or tokens (LM)", nullable=False),
     Column("planned_updates", I64, "update", "Planned optimizer updates"),
     Column("n_updates", I64, "update", "Optimizer updates actually recorded"),

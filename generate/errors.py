@@ -24,3 +24,7 @@ class NonFiniteTraining(Exception):
         super().__init__(f"non-finite {what} at update {step}")
         self.step = step
         self.what = what
+
+
+class CorpusError(StabilityBenchError):
+    """The LM text corpus is missing, empty or unreadable (one line naming the path)."""

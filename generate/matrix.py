@@ -164,7 +164,11 @@ def _check_spec(spec: RunSpec, hparams: Any, label: str) -> None:
     if spec.perturbation not in REGISTRY:
         raise ProfileError(f"{label}.perturbation: unknown kind {spec.perturbation!r} "
                            f"(available: {', '.join(REGISTRY)})")
-    reason = perturbation_class(spec.perturbation).check_magnitude(spec.magnitude)
+    kind = perturbation_class(spec.perturbation)
+    if spec.domain not in kind.domains:
+        raise ProfileError(f"{label}.perturbation: {spec.perturbation!r} acts only in domain(s) "
+                           f"{', '.join(kind.domains)}, not {spec.domain!r}")
+    reason = kind.check_magnitude(spec.magnitude)
     if reason:
         raise ProfileError(f"{label}.magnitude: {spec.magnitude!r} {reason} for {spec.perturbation}")
     if not 0.0 <= spec.onset_frac < 1.0:

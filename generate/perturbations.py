@@ -17,7 +17,13 @@ environmental      obs_noise, action_noise, mass_shift    ``wrap_env`` (gymnasiu
 parametric         weight_noise, layer_reset              ``before_update``
 learning_signal    reward_noise, reward_scale,            ``wrap_env`` (reward the agent sees)
                    reward_flip
+environmental (LM) token_corruption                       ``transform_batch`` (inputs)
+learning_signal    label_noise                            ``transform_batch`` (targets)
+(LM)
 =================  =====================================  ===========================
+
+``domains`` says which generators call a kind's hook (env-side kinds are RL only, batch
+kinds LM only); the LM generator refuses a kind it cannot apply.
 
 Every kind's magnitude is documented on its class; the ``identity_magnitude`` is the
 value at which it changes nothing (a sham perturbation), or None if there is none.
@@ -72,6 +78,8 @@ class Perturbation:
     identity_magnitude: ClassVar[float | None] = None
     #: Parametric kinds act once, at onset; others act at every update of the window.
     once: ClassVar[bool] = False
+    #: Domains whose generators call this kind's hook (env-side kinds: rl; batch kinds: lm).
+    domains: ClassVar[tuple[str, ...]] = ("rl", "lm")
 
     def active(self, step: int) -> bool:
         return self.onset_step <= step < self.onset_step + self.duration_steps
@@ -95,6 +103,14 @@ class Perturbation:
     def wrap_env(self, env: Any, clock: TrainingClock) -> Any:
         """Wrap a gymnasium env (outside SB3's Monitor, so episode returns stay the true task's)."""
         return env
+
+    def transform_batch(self, step: int, inputs: Any, targets: Any, vocab_size: int, generator: Any) -> tuple[Any, Any]:
+        """LM: the (inputs, targets) token batch, each shape ``(B, T)`` int64, that update ``step`` trains on.
+
+        ``generator`` is the run's perturbation RNG (a ``torch.Generator``; separate from the
+        data order, so a perturbed run sees the same batches as its control). Identity by default.
+        """
+        return inputs, targets
 
     #: Valid magnitudes: "finite", "positive" (> 0), "nonnegative" (>= 0) or "fraction" ([0, 1]).
     magnitude_range: ClassVar[str] = "finite"
@@ -197,7 +213,7 @@ class WeightNoise(Perturbation):
         with torch.no_grad():
             for module in ctx.modules.values():
                 for p in module.parameters():
-                    noise = torch.randn(p.shape, generator=ctx.generator, dtype=p.dtype)
+                    noise = torch.randn(p.shape, generator=ctx.generator, dtype=p.dtype).to(p.device)
                     n = noise.norm()
                     if n > 0:
                         noise.mul_(self.magnitude * p.norm() / n)
@@ -330,6 +346,8 @@ def wrapper_for(kind: str) -> type:
 
 @dataclass(frozen=True)
 class _EnvPerturbation(Perturbation):
+    domains: ClassVar[tuple[str, ...]] = ("rl",)
+
     def wrap_env(self, env: Any, clock: TrainingClock) -> Any:
         return wrapper_for(self.kind)(env, self, clock)
 
@@ -400,10 +418,63 @@ class RewardFlip(_EnvPerturbation):
     magnitude_range: ClassVar[str] = "fraction"
 
 
+# ====================================================================== language model
+# Kinds that act on the token batch of an LM optimizer step (``transform_batch``). The LM
+# generator also runs lr_spike, adam_reset, weight_noise and layer_reset unchanged.
+def _replace_tokens(tokens: Any, fraction: float, vocab_size: int, generator: Any) -> Any:
+    """A copy of ``tokens`` (shape ``(B, T)``) with each entry, with probability ``fraction``, drawn
+    uniformly from ``[0, vocab_size)`` (so it may, with probability 1/vocab_size, keep its value)."""
+    import torch
+
+    mask = torch.rand(tokens.shape, generator=generator) < fraction
+    random = torch.randint(0, vocab_size, tokens.shape, generator=generator, dtype=tokens.dtype)
+    return torch.where(mask, random, tokens)
+
+
+@dataclass(frozen=True)
+class _TokenNoise(Perturbation):
+    """Replace each token of one side of the batch (``side``: 0 inputs, 1 targets) by a uniformly
+    random token with probability ``magnitude``, at every update of the window."""
+
+    identity_magnitude: ClassVar[float | None] = 0.0
+    magnitude_range: ClassVar[str] = "fraction"
+    domains: ClassVar[tuple[str, ...]] = ("lm",)
+    side: ClassVar[int] = 0
+
+    def transform_batch(self, step: int, inputs: Any, targets: Any, vocab_size: int, generator: Any) -> tuple[Any, Any]:
+        if not self.active(step):
+            return inputs, targets
+        batch = [inputs, targets]
+        batch[self.side] = _replace_tokens(batch[self.side], self.magnitude, vocab_size, generator)
+        return batch[0], batch[1]
+
+
+@dataclass(frozen=True)
+class TokenCorruption(_TokenNoise):
+    """Data (LM): each *input* token is replaced by a uniformly random token with probability ``magnitude``.
+
+    Targets are untouched: the model must predict the true next token from a corrupted context.
+    """
+
+    kind: ClassVar[str] = "token_corruption"
+    dimension: ClassVar[str] = "environmental"
+    side: ClassVar[int] = 0
+
+
+@dataclass(frozen=True)
+class LabelNoise(_TokenNoise):
+    """Learning signal (LM): each *target* token is replaced by a uniformly random token with probability
+    ``magnitude``; the inputs are untouched."""
+
+    kind: ClassVar[str] = "label_noise"
+    dimension: ClassVar[str] = "learning_signal"
+    side: ClassVar[int] = 1
+
+
 REGISTRY: dict[str, type[Perturbation]] = {
     cls.kind: cls
     for cls in (NoPerturbation, LRSpike, AdamReset, ObsNoise, ActionNoise, MassShift, WeightNoise, LayerReset,
-                RewardNoise, RewardScale, RewardFlip)
+                RewardNoise, RewardScale, RewardFlip, TokenCorruption, LabelNoise)
 }
 
 

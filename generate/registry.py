@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow as pa
 
 from generate.errors import ProfileError
+from generate.lm import config as lm_config
 from generate.rl import config as rl_config
 from generate.spec import RunSpec
 
@@ -66,6 +67,8 @@ GENERATORS: dict[tuple[str, str], Generator] = {
                             "generate.rl.train:run", rl_config.resolve)
     for algo in ("ppo", "sac", "td3")
 }
+GENERATORS[("lm", "gpt2")] = Generator("lm", "gpt2", lm_config.LMConfig, lm_config.STOCHASTICITY_LEVELS,
+                                       "generate.lm.train:run", lm_config.resolve)
 
 
 def generator_for(domain: str, algo: str) -> Generator:

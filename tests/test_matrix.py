@@ -280,3 +280,11 @@ def test_only_non_number_for_numeric_axis(quick: list[RunSpec]) -> None:
     with pytest.raises(ProfileError) as info:
         select(quick, parse_only("magnitude=big"))
     assert_one_line(info.value, "magnitude")
+
+
+def test_a_kind_from_another_domain_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "x.toml"
+    path.write_text('[[matrix]]\ndomain = "rl"\nalgo = "ppo"\nenv = "HalfCheetah-v5"\nseed = 0\n'
+                    'perturbation = "label_noise"\nmagnitude = 0.5\n')
+    with pytest.raises(ProfileError, match=r"matrix\[0\]\.perturbation: 'label_noise' acts only in domain"):
+        load_profile(str(path))

@@ -17,7 +17,7 @@ DIMENSIONS = {
     "none": "none", "lr_spike": "optimization", "adam_reset": "optimization", "obs_noise": "environmental",
     "action_noise": "environmental", "mass_shift": "environmental", "weight_noise": "parametric",
     "layer_reset": "parametric", "reward_noise": "learning_signal", "reward_scale": "learning_signal",
-    "reward_flip": "learning_signal",
+    "reward_flip": "learning_signal", "token_corruption": "environmental", "label_noise": "learning_signal",
 }
 
 

@@ -1,0 +1,242 @@
+"""GPT-2 language modelling with full telemetry: a plain nanoGPT-style torch loop.
+
+Read top to bottom: resolve the frozen config, load the corpus and its cached BPE, build
+``GPT2LMHeadModel(GPT2Config(...))`` and AdamW, attach :class:`~generate.lm.telemetry.LMProbe`
+to the optimizer, then for each optimizer update:
+
+1. draw ``batch_size`` random windows of the training tokens (seeded data order), let the
+   perturbation transform the batch (token corruption, label noise);
+2. K = ``grad_accum`` microbatches: forward (bf16 autocast + SDPA on CUDA, float32 on CPU),
+   cross-entropy / K, backward; fold each microbatch gradient into the coherence;
+3. clip the global gradient norm, ``optimizer.step()`` (the probe's hooks set the LR =
+   warmup-cosine schedule x the perturbation's factor, let parametric kinds act, and
+   record the row), zero the flat gradient;
+4. every ``eval_every`` updates (and at the last) ``val_loss`` on the fixed val set.
+
+Columns (one ``steps`` row per optimizer update): ``train_loss`` = ``loss`` = mean
+cross-entropy of the step's (possibly perturbed) batch; ``grad_norm`` before clipping;
+``grad_coherence`` = mean pairwise cosine of the step's K microbatch gradients;
+``update_norm``, ``param_norm``; ``tokens_per_s`` of the step; ``samples_seen`` = tokens
+trained on up to and including the step; ``val_loss`` on eval updates (null between),
+``performance`` = -(latest val_loss), carried forward; ``attn_logit_max`` /
+``output_logit_max`` on every ``logit_every``-th update (the first microbatch), null between.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import asdict
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from generate.errors import NonFiniteTraining, ProfileError
+from generate.lm.config import LMConfig, resolve
+from generate.lm.data import TokenData, fixed_batches, load_tokens, random_batch
+from generate.lm.telemetry import LMProbe, LogitProbe
+from generate.perturbations import TrainingClock, UpdateContext, build
+from generate.registry import GeneratorResult
+from generate.spec import RunSpec
+from generate.telemetry import EventLog, StepRecorder
+
+#: ``module:parameter-prefix`` of the layer that layer_reset acts on: the first transformer block.
+TARGET_LAYER = "model:transformer.h.0."
+
+
+def build_model(cfg: LMConfig, device: torch.device) -> Any:
+    """``GPT2LMHeadModel`` from a ``GPT2Config`` of the run's size (SDPA attention), on ``device``."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
+                        n_layer=cfg.n_layer, n_head=cfg.n_head, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout,
+                        attn_pdrop=cfg.dropout, use_cache=False, bos_token_id=0, eos_token_id=0)  # <|endoftext|>
+    config._attn_implementation = "sdpa"
+    return GPT2LMHeadModel(config).to(device)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: LMConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW, weight decay on >= 2-D tensors only (nanoGPT); fused on CUDA."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
+                             fused=device.type == "cuda")
+
+
+def lr_at(step: int, planned: int, cfg: LMConfig) -> float:
+    """Linear warmup over ``warmup_frac`` of the updates, then cosine decay to ``min_lr_frac`` x peak."""
+    warmup = max(1, round(cfg.warmup_frac * planned))
+    if step < warmup:
+        return cfg.learning_rate * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, planned - warmup))
+    floor = cfg.min_lr_frac * cfg.learning_rate
+    return floor + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - floor)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on CUDA; a no-op (float32) on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def microbatch_loss(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy of a ``(B, T)`` token batch and its logits ``(B, T, V)``."""
+    with autocast(device):
+        logits = model(input_ids=inputs).logits
+    loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
+    return loss, logits
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> float:
+    """Mean cross-entropy (nats/token) over the fixed val batches, dropout off."""
+    model.eval()
+    total = torch.zeros((), device=device)
+    for x, y in batches:
+        total += microbatch_loss(model, x, y, device)[0]
+    model.train()
+    return float(total) / len(batches)
+
+
+def run(spec: RunSpec) -> GeneratorResult:
+    """Train GPT-2 on ``spec.total_steps`` tokens of ``spec.env``'s corpus and return its telemetry."""
+    return train(spec)
+
+
+def train(spec: RunSpec, *, telemetry: bool = True, evaluate_val: bool = True,
+          data: TokenData | None = None) -> GeneratorResult:
+    """The loop. ``telemetry=False`` runs the same loop and microbatching with no probes (benchmark
+    baseline: no rows); ``evaluate_val=False`` skips val evaluations; ``data`` reuses loaded tokens."""
+    cfg = resolve(spec.algo, spec.env, spec.stochasticity, dict(spec.hparams))
+    device = pick_device(cfg.device)
+    planned = cfg.planned_updates(spec.total_steps)
+    onset_step = round(spec.onset_frac * planned)
+    perturbation = build(spec.perturbation, spec.magnitude, onset_step, spec.duration_steps, seed=spec.seed)
+    if "lm" not in perturbation.domains:
+        raise ProfileError(f"perturbation {spec.perturbation!r} acts on RL envs; it has no effect on a language model")
+    if data is None:
+        data = load_tokens(cfg.corpus, spec.env, cfg.vocab_size, cfg.val_frac, cfg.block_size, cfg.tokenizer_dir)
+    if data.n_vocab > cfg.vocab_size:
+        raise ProfileError(f"tokenizer has {data.n_vocab} tokens > vocab_size={cfg.vocab_size}")
+
+    torch.manual_seed(spec.seed)
+    model = build_model(cfg, device)
+    model.train()
+    optimizer = make_optimizer(model, cfg, device)
+    clock = TrainingClock()
+    batch_rng = torch.Generator().manual_seed(spec.seed)  # data order: the same for a run and its control
+    perturb_rng = torch.Generator().manual_seed(spec.seed + 7919)
+    val_batches = [(x.to(device), y.to(device))
+                   for x, y in fixed_batches(data.val, cfg.eval_sequences, cfg.block_size, cfg.micro_batch)]
+    eval_every, logit_every = cfg.eval_interval(planned), cfg.logit_interval(planned)
+    partition = {"domain": spec.domain, "algo": spec.algo, "env": spec.env, "perturbation": spec.perturbation}
+    recorder = StepRecorder(spec.run_id, partition)
+    t0 = time.perf_counter()
+    now: dict[str, Any] = {"samples_seen": 0}
+    events = EventLog(spec.run_id, lambda: {"samples_seen": now["samples_seen"],
+                                            "wall_time_s": time.perf_counter() - t0})
+
+    probe: LMProbe | None = None
+    logits_probe: LogitProbe | None = None
+    pending: dict[str, Any] = {}
+    performance: list[float | None] = [None]
+
+    def record(step: int, stats: dict[str, Any]) -> None:
+        elapsed = time.perf_counter() - pending.pop("t_step")
+        recorder.append(step=step, wall_time_s=time.perf_counter() - t0, **stats, **pending,
+                        tokens_per_s=cfg.tokens_per_step / elapsed, performance=performance[0])
+
+    if telemetry:
+        named = dict(model.named_parameters())
+        ctx = UpdateContext(
+            optimizers=[optimizer], modules={"model": model},
+            initial_state={"model": {n: p.detach().clone() for n, p in named.items()
+                                     if n.startswith(TARGET_LAYER.partition(":")[2])}},
+            generator=torch.Generator().manual_seed(spec.seed + 1_000_003), target_layer=TARGET_LAYER)
+        probe = LMProbe(optimizer, perturbation, clock, lambda: lr_at(clock.step, planned, cfg), record, events,
+                        update_context=ctx)
+        logits_probe = LogitProbe(model, cfg.n_head, cfg.logit_sequences)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+
+    stop_reason = "completed"
+    k, mb = cfg.grad_accum, cfg.micro_batch
+    try:
+        for step in range(planned):
+            t_step = time.perf_counter()
+            x, y = random_batch(data.train, cfg.batch_size, cfg.block_size, batch_rng)
+            x, y = perturbation.transform_batch(step, x, y, data.n_vocab, perturb_rng)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            sampled = probe is not None and step % logit_every == 0
+            if probe is not None:
+                probe.coherence.start()
+            if sampled:
+                logits_probe.arm()
+            loss_sum = torch.zeros((), device=device)
+            out_max = None
+            for i in range(k):
+                loss, logits = microbatch_loss(model, x[i * mb : (i + 1) * mb], y[i * mb : (i + 1) * mb], device)
+                (loss / k).backward()
+                loss_sum += loss.detach()
+                if probe is not None:
+                    probe.coherence.add(probe.flat_grad)
+                if sampled and i == 0:
+                    out_max = logits.detach().amax()
+                    attn_max = logits_probe.disarm()
+            norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+            now["samples_seen"] = (step + 1) * cfg.tokens_per_step
+            if probe is not None:
+                train_loss = float(loss_sum) / k
+                pending.update(t_step=t_step, samples_seen=now["samples_seen"], train_loss=train_loss,
+                               loss=train_loss, output_logit_max=None if out_max is None else float(out_max),
+                               attn_logit_max=attn_max if sampled else None)
+                probe.set_gradient(float(norm))
+                optimizer.step()  # the probe's hooks set the LR, apply the perturbation and record the row
+                probe.zero_grad()
+            else:
+                lr = lr_at(step, planned, cfg) * perturbation.lr_factor(step)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                clock.step += 1
+            if evaluate_val and (step % eval_every == 0 or step == planned - 1):
+                val = evaluate(model, val_batches, device)
+                performance[0] = -val
+                recorder.update_last(val_loss=val, performance=-val)
+                events.add(step, "eval", value=val)
+    except NonFiniteTraining as exc:
+        stop_reason = "nonfinite"
+        events.add(exc.step, "nonfinite", detail=exc.what)
+    finally:
+        if probe is not None:
+            probe.remove()
+        if logits_probe is not None:
+            logits_probe.remove()
+
+    n_params = sum(p.numel() for p in params)
+    return GeneratorResult(
+        steps=recorder.to_table(),
+        events=events.to_table(),
+        planned_updates=planned,
+        onset_step=onset_step,
+        stop_reason=stop_reason,
+        knobs=cfg.knobs(),
+        config={"algo": spec.algo, "torch": torch.__version__, "device": device.type,
+                "dtype": "bfloat16-autocast" if device.type == "cuda" else "float32", "n_params": n_params,
+                "tokenizer_vocab": data.n_vocab, "corpus_chars": data.corpus_chars,
+                "train_tokens": int(data.train.numel()), "val_tokens": int(data.val.numel()),
+                "tokens_per_step": cfg.tokens_per_step, "eval_every": eval_every, "logit_every": logit_every,
+                "wall_time_s": round(time.perf_counter() - t0, 3), **asdict(cfg)},
+        tokenizer_hash=data.tokenizer_hash,
+    )
