@@ -14,6 +14,8 @@ values are comparable within a run.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 DEFAULT_TAU = 0.1
@@ -45,22 +47,31 @@ def effective_rank(features: torch.Tensor) -> float:
 
 
 class HiddenFeatures:
-    """Collects the outputs of the given activation modules during one forward pass."""
+    """Collects the outputs of the given activation modules during one probing forward pass.
+
+    The forward hooks exist only inside :meth:`capture`, so training forwards pay nothing
+    and keep no activations alive.
+    """
 
     def __init__(self, activations: list[torch.nn.Module]) -> None:
+        self.activations = activations
         self.outputs: list[torch.Tensor] = []
-        self._handles = [m.register_forward_hook(self._hook) for m in activations]
 
     def _hook(self, module: torch.nn.Module, inputs: object, output: torch.Tensor) -> None:
         self.outputs.append(output.detach())
 
-    def capture(self, forward: callable) -> list[torch.Tensor]:
+    def capture(self, forward: Callable[[], object]) -> list[torch.Tensor]:
         self.outputs = []
-        with torch.no_grad():
-            forward()
+        handles = [m.register_forward_hook(self._hook) for m in self.activations]
+        try:
+            with torch.no_grad():
+                forward()
+        finally:
+            for h in handles:
+                h.remove()
         out, self.outputs = self.outputs, []
         return out
 
     def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
+        """Nothing stays registered between captures; kept for symmetry with other probes."""
+        self.outputs = []
