@@ -50,7 +50,7 @@ PPO_DIMENSION_KINDS = {"lr_spike": "optimization", "mass_shift": "environmental"
 
 
 def test_quick_profile_contents(quick: list[RunSpec]) -> None:
-    assert {(s.domain, s.env) for s in quick} == {("rl", "HalfCheetah-v5")}
+    assert {(s.domain, s.env) for s in quick} == {("rl", "HalfCheetah-v5"), ("lm", "pydoc-topics")}
     assert {s.onset_frac for s in quick} == {0.3}
     ppo = [s for s in quick if s.algo == "ppo"]
     assert {s.total_steps for s in ppo} == {100_000}
@@ -74,7 +74,12 @@ def test_quick_profile_contents(quick: list[RunSpec]) -> None:
         kinds = {s.perturbation for s in quick if s.algo == algo}
         assert kinds == {"none", *PPO_DIMENSION_KINDS}, algo
         assert {s.total_steps for s in quick if s.algo == algo} == {15_000}
-    assert len(quick) == 3 + 4 * 2 * 3 + 3 + 2 * 5
+    # the GPT-2 slice: a control, an LR-spike sweep and label noise, 3 seeds each
+    lm = [s for s in quick if s.domain == "lm"]
+    assert Counter((s.perturbation, s.magnitude) for s in lm) == {
+        ("none", 1.0): 3, ("lr_spike", 10.0): 3, ("lr_spike", 100.0): 3, ("lr_spike", 1000.0): 3,
+        ("label_noise", 0.5): 3, ("label_noise", 1.0): 3}
+    assert len(quick) == 3 + 4 * 2 * 3 + 3 + 2 * 5 + 18
 
 
 def test_paper_profile_keeps_the_paper_setting() -> None:
@@ -248,7 +253,7 @@ def test_select_algo_and_magnitudes(quick: list[RunSpec]) -> None:
 @pytest.mark.parametrize("text", ["magnitude=10", "magnitude=10.0", "magnitude=1e1", "magnitude= 10.00 "])
 def test_select_numbers_compare_numerically(quick: list[RunSpec], text: str) -> None:
     chosen = select(quick, parse_only(text))
-    assert len(chosen) == sum(s.magnitude == 10.0 for s in quick) == 11
+    assert len(chosen) == sum(s.magnitude == 10.0 for s in quick) == 14
     assert all(s.magnitude == 10.0 for s in chosen)
 
 
