@@ -47,6 +47,7 @@ from analysis.regularities import dissociation, precedence, stochasticity_buffer
 from analysis.stats import clopper_pearson, not_testable, number
 from analysis.survival import cox, group_label, km_table, logrank
 from data_schema import RUNS, RUNS_SCHEMA, write_table
+from data_schema.card import summary_lines, write_card
 
 SUMMARY = "summary.json"
 
@@ -212,6 +213,7 @@ def run_analysis(
     write_table(runs_table, out / RUNS, RUNS_SCHEMA)
     if update_corpus:
         write_table(runs_table, Path(corpus) / RUNS, RUNS_SCHEMA)
+        _card_section(corpus, full.to_dicts(), cfg)
     _write(outcomes, out / "collapse_details.parquet")
     sens = _sensitivity(pl.concat(sens_parts, how="diagonal_relaxed")) if sens_parts else pl.DataFrame()
     if sens.height:
@@ -318,6 +320,17 @@ def run_analysis(
     tmp.write_text(json.dumps(summary, indent=2, default=_json_default, allow_nan=False))
     os.replace(tmp, out / SUMMARY)
     return summary
+
+
+def _card_section(corpus: str | os.PathLike[str], rows: list[dict[str, Any]], cfg: AnalysisConfig) -> None:
+    """Complete the corpus dataset card with the collapse rule and the outcome counts."""
+    from analysis import collapse as collapse_module
+
+    rule = (collapse_module.__doc__ or "").split("The rule", 1)[-1].split("Unperturbed runs are judged", 1)[0]
+    params = ", ".join(f"{k} = {v}" for k, v in cfg.collapse.to_dict().items())
+    section = ["## Collapse rule (from `stabilitybench analyze`)", "", f"The rule{rule.rstrip()}", "",
+               f"Parameters: {params}.", "", "### Outcomes", "", *summary_lines(rows)]
+    write_card(corpus, analysis_section="\n".join(section))
 
 
 def _headline(summary: dict[str, Any], cfg: AnalysisConfig) -> dict[str, Any]:

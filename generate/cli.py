@@ -22,9 +22,11 @@ from rich.progress import (
 from rich.table import Table
 
 from data_schema import read_manifest, require_corpus
+from data_schema.card import write_card
 from generate.costs import estimate
 from generate.errors import ProfileError
 from generate.matrix import load_profile, parse_only, select
+from generate.perturbations import definitions
 from generate.runner import LOG_DIR, Plan, plan, run_matrix
 
 console = Console(stderr=True, soft_wrap=True, highlight=False)
@@ -92,6 +94,7 @@ def generate(
         report = run_matrix(specs, out_dir, workers=workers, on_start=on_start, on_result=on_result)
     finally:
         progress.stop()
+    write_card(out_dir, definitions(), profile)
     if report.ran:
         console.print(f"ran {report.ran} run(s): {report.ok} ok, {report.failed} failed; "
                       f"{report.skipped} skipped as done; {report.wall_time_s:.0f} s")

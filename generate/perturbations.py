@@ -478,6 +478,11 @@ REGISTRY: dict[str, type[Perturbation]] = {
 }
 
 
+def definitions() -> dict[str, tuple[str, str]]:
+    """kind -> (dimension, the first line of its docstring), for the dataset card."""
+    return {k: (cls.dimension, (cls.__doc__ or "").strip().splitlines()[0]) for k, cls in REGISTRY.items()}
+
+
 def perturbation_class(kind: str) -> type[Perturbation]:
     try:
         return REGISTRY[kind]
