@@ -1,1 +1,5 @@
-"""Generators of the StabilityBench corpus: profiles, run specs, the runner, RL (and later LM) training."""
+"""Generators of the StabilityBench corpus.
+
+Profiles and their expansion (``matrix``), run specs, the runner, perturbations, telemetry probes,
+and the training loops: RL in :mod:`generate.rl`, GPT-2 in :mod:`generate.lm`.
+"""
