@@ -30,6 +30,7 @@ import copy
 import time
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import asdict
 from typing import Any
 
 import gymnasium
@@ -285,11 +286,5 @@ def run(spec: RunSpec, extra_callbacks: Sequence[BaseCallback] = ()) -> Generato
         knobs=cfg.knobs(),
         config={"algo": spec.algo, "policy": "MlpPolicy", "torch": torch.__version__,
                 "probe_seconds": round(callback.probe_seconds, 4), "eval_every": callback.eval_every,
-                "probe_every": callback.probe_every, **_jsonable(cfg)},
+                "probe_every": callback.probe_every, **asdict(cfg)},
     )
-
-
-def _jsonable(cfg: Any) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(cfg)
