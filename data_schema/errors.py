@@ -7,6 +7,9 @@ and exits non-zero; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 
 class StabilityBenchError(Exception):
     """Base class of all user-facing StabilityBench errors."""
@@ -22,3 +25,20 @@ class CorruptFileError(StabilityBenchError):
 
 class CorpusNotFoundError(StabilityBenchError):
     """The corpus directory (or a table in it) does not exist."""
+
+
+def exit_on_user_error(entry: Callable[[], object]) -> None:
+    """Run a command-line entry point; a :class:`StabilityBenchError` becomes one line and exit status 2.
+
+    The one place every CLI (``stabilitybench``, ``python -m generate|analysis|reports``)
+    turns user errors into output. The message is escaped, so brackets in paths print as
+    they are instead of being read as rich markup.
+    """
+    try:
+        entry()
+    except StabilityBenchError as exc:
+        from rich.console import Console
+        from rich.markup import escape
+
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(2)

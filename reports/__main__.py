@@ -1,20 +1,13 @@
 """``python -m reports``: the ``report`` command on its own."""
 
-import sys
-
 import typer
-from rich.console import Console
 
-from data_schema import StabilityBenchError
+from data_schema.errors import exit_on_user_error
 from reports.cli import report
 
 
 def main() -> None:
-    try:
-        typer.run(report)
-    except StabilityBenchError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+    exit_on_user_error(lambda: typer.run(report))
 
 
 if __name__ == "__main__":

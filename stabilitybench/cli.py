@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 from analysis.cli import analyze
 from data_schema import StabilityBenchError
+from data_schema.errors import exit_on_user_error
 from generate.cli import generate, status
 from reports.cli import report
 
@@ -63,11 +62,7 @@ def query(
 
 
 def main() -> None:
-    try:
-        app()
-    except StabilityBenchError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+    exit_on_user_error(app)
 
 
 if __name__ == "__main__":
