@@ -124,6 +124,15 @@ class CoherenceDrop(_ColumnDetector):
     sign = -1.0
 
 
+def _principal_axes(sequences: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean ``(F,)``, singular values ``(r,)`` and right singular vectors ``(r, F)`` of the stacked
+    training sequences (each ``(T_i, F)``), centred."""
+    Y = np.vstack(sequences)
+    center = Y.mean(axis=0)
+    _, s, vt = np.linalg.svd(Y - center, full_matrices=False)
+    return center, s, vt
+
+
 class PCAReconstruction(MonitorBase):
     """Squared PCA reconstruction error per feature; PCA (90% of variance) fitted on training runs."""
 
@@ -135,9 +144,7 @@ class PCAReconstruction(MonitorBase):
     available = True
 
     def _fit(self, sequences: list[np.ndarray]) -> None:
-        Y = np.vstack(sequences)
-        self.center_ = Y.mean(axis=0)
-        _, s, vt = np.linalg.svd(Y - self.center_, full_matrices=False)
+        self.center_, s, vt = _principal_axes(sequences)
         evr = s**2 / max((s**2).sum(), 1e-300)
         k = int(np.searchsorted(np.cumsum(evr), self.level - 1e-12) + 1)
         self.components_ = vt[: min(k, vt.shape[0])]
@@ -160,9 +167,7 @@ class EWSDetector(MonitorBase):
     available = True
 
     def _fit(self, sequences: list[np.ndarray]) -> None:
-        Y = np.vstack(sequences)
-        self.center_ = Y.mean(axis=0)
-        _, _, vt = np.linalg.svd(Y - self.center_, full_matrices=False)
+        self.center_, _, vt = _principal_axes(sequences)
         self.pc1_ = vt[0]
 
     def _nll(self, Z: np.ndarray) -> np.ndarray:
