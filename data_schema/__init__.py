@@ -16,7 +16,15 @@ from data_schema.corpus import (
     write_manifest,
 )
 from data_schema.errors import CorpusNotFoundError, CorruptFileError, SchemaError, StabilityBenchError
-from data_schema.io import RUN_METADATA_KEY, conform, read_table, run_metadata, validate, write_table
+from data_schema.io import (
+    RUN_METADATA_KEY,
+    conform,
+    read_table,
+    remove_stale_temps,
+    run_metadata,
+    validate,
+    write_table,
+)
 from data_schema.schema import (
     DIMENSIONS,
     EVENTS_SCHEMA,
@@ -51,6 +59,7 @@ __all__ = [
     "events_path",
     "read_manifest",
     "read_table",
+    "remove_stale_temps",
     "require_corpus",
     "run_metadata",
     "scan_steps",

@@ -9,6 +9,7 @@ Readers ignore dot-files and the temporary name does not end in ``.parquet``.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import uuid
@@ -96,6 +97,19 @@ def write_table(
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def remove_stale_temps(path: str | os.PathLike[str]) -> int:
+    """Delete the temporary files :func:`write_table` left beside ``path`` when killed mid-write.
+
+    Only the caller knows that no writer of ``path`` is alive (the runner: the one attempt
+    of a run that is about to write it). Returns how many were removed.
+    """
+    path = Path(path)
+    stale = list(path.parent.glob(f".{glob.escape(path.name)}.*.tmp")) if path.parent.is_dir() else []
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return len(stale)
 
 
 def read_table(path: str | os.PathLike[str], table_name: str) -> pa.Table:

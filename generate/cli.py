@@ -23,6 +23,7 @@ from rich.table import Table
 
 from data_schema import read_manifest, require_corpus
 from data_schema.card import write_card
+from generate.backends import make_backend
 from generate.costs import estimate
 from generate.errors import ProfileError
 from generate.matrix import load_profile, parse_only, select
@@ -45,12 +46,22 @@ def generate(
     workers: Annotated[int, typer.Option("--workers", "-w", help="Parallel runs (default: CPU cores)")] = 0,
     only: OnlyOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would run, run nothing")] = False,
+    backend_name: Annotated[str, typer.Option("--backend", "-b", help="local (process pool) | ray")] = "local",
+    address: Annotated[str | None, typer.Option(
+        "--address", help="Ray cluster: auto | host:port | ray://host:10001 (default: a local Ray instance)")] = None,
+    cpus_per_run: Annotated[int, typer.Option("--cpus-per-run", help="Ray: CPUs (= torch threads) per run")] = 1,
+    max_retries: Annotated[int, typer.Option("--max-retries", help="Ray: reruns of a run whose worker died")] = 3,
 ) -> None:
-    """Run every pending run of a profile into the corpus (resumable: done runs are skipped)."""
+    """Run every pending run of a profile into the corpus (resumable: done runs are skipped).
+
+    Runs on a local process pool, or with --backend ray as Ray tasks (a local Ray instance,
+    or the cluster at --address; --out must then be a path every node mounts).
+    """
     specs = select(load_profile(profile), parse_only(only))
     if not specs:
         raise ProfileError(f"--only {only!r} matches no run of profile {escape(repr(profile))}")
-    workers = workers or os.cpu_count() or 1
+    backend = make_backend(backend_name, workers=workers, address=address, cpus_per_run=cpus_per_run,
+                           max_retries=max_retries)
     if dry_run:
         p = plan(specs, out_dir)
         out.print(f"profile {escape(repr(profile))}: {len(specs)} runs, {len(p.done)} done, {len(p.todo)} to run "
@@ -76,7 +87,7 @@ def generate(
                           f"in {escape(str(out_dir))}/: nothing to train.")
             return
         console.print(f"profile {escape(repr(profile))}: {len(specs)} runs, {len(p.done)} already done, "
-                      f"{len(p.todo)} to run on {workers} worker(s) -> {escape(str(out_dir))}/")
+                      f"{len(p.todo)} to run on {escape(backend.describe())} -> {escape(str(out_dir))}/")
         progress.start()
         task["id"] = progress.add_task(f"generate {profile}", total=len(p.todo), tally="")
 
@@ -91,7 +102,7 @@ def generate(
             progress.console.print(f"[red]failed[/] {row['run_id']}: {escape(str(row['error']))}")
 
     try:
-        report = run_matrix(specs, out_dir, workers=workers, on_start=on_start, on_result=on_result)
+        report = run_matrix(specs, out_dir, on_start=on_start, on_result=on_result, backend=backend)
     finally:
         progress.stop()
     write_card(out_dir, definitions(), profile)

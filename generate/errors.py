@@ -28,3 +28,7 @@ class NonFiniteTraining(Exception):
 
 class CorpusError(StabilityBenchError):
     """The LM text corpus is missing, empty or unreadable (one line naming the path)."""
+
+
+class BackendError(StabilityBenchError):
+    """The execution backend cannot be used: Ray missing or unreachable, a run no node can host, bad options."""

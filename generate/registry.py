@@ -51,6 +51,10 @@ class Generator:
             )
         return self.resolver(self.algo, spec.env, spec.stochasticity, dict(spec.hparams))
 
+    def gpus(self, spec: RunSpec) -> int:
+        """GPUs one run of ``spec`` should be given by a scheduler (0 or 1; RL runs are CPU-only)."""
+        return int(bool(getattr(self.config(spec), "wants_gpu", False)))
+
     def hparam_names(self) -> list[str]:
         return [f.name for f in fields(self.config_cls)]
 
@@ -77,3 +81,8 @@ def generator_for(domain: str, algo: str) -> Generator:
     except KeyError:
         known = ", ".join(f"{d}/{a}" for d, a in GENERATORS)
         raise ProfileError(f"no generator for domain={domain!r} algo={algo!r} (available: {known})") from None
+
+
+def gpus_for(spec: RunSpec) -> int:
+    """GPUs a scheduler should give one run of ``spec`` (GPT-2 ``small``: 1; everything else: 0)."""
+    return generator_for(spec.domain, spec.algo).gpus(spec)

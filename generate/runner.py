@@ -1,30 +1,29 @@
 """Execute a matrix of run specs: resumable, one run per process, results into the corpus.
 
 * :func:`run_one` is *the* function that trains one spec and writes its files. Every
-  backend calls it; it returns the run's manifest row and never raises for a
-  training failure (a failed run is a row with ``status = "failed"``).
+  backend calls it (through :func:`run_in_worker`); it returns the run's manifest row
+  and never raises for a training failure (a failed run is a row with ``status = "failed"``).
 * :func:`plan` splits specs into done / to-run by looking at the corpus: a run is
   done when its steps and events files validate. A run whose files are complete but
   whose manifest row was lost (driver killed between the two writes) is recovered
   from the manifest row stored in its steps file's metadata.
-* :func:`run_matrix` runs the pending specs on a local process pool with a rich
-  progress bar and rewrites ``manifest.parquet`` atomically after every run.
+* :func:`run_matrix` hands the pending specs to a backend (:mod:`generate.backends`:
+  a local process pool, or Ray) and rewrites ``manifest.parquet`` atomically after
+  every finished run. The driver is the only writer of the manifest; workers write
+  only their own run's files, so a retried or duplicated attempt cannot duplicate data.
 """
 
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 import time
 import traceback
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow.parquet as pq
 
@@ -37,6 +36,7 @@ from data_schema import (
     SchemaError,
     events_path,
     read_manifest,
+    remove_stale_temps,
     run_metadata,
     steps_path,
     write_manifest,
@@ -48,19 +48,28 @@ from generate.registry import generator_for
 from generate.spec import RunSpec
 from generate.version import code_version
 
+if TYPE_CHECKING:
+    from generate.backends import Backend
+
 LOG_DIR = "logs"
 
 
 # ---------------------------------------------------------------------------- one run
-def run_one(spec: RunSpec, corpus: str | os.PathLike[str]) -> dict[str, Any]:
-    """Train ``spec``, write its steps and events files atomically, return its manifest row."""
+def run_one(spec: RunSpec, corpus: str | os.PathLike[str], num_threads: int = 1) -> dict[str, Any]:
+    """Train ``spec``, write its steps and events files atomically, return its manifest row.
+
+    ``num_threads`` is torch's intra-op thread count: the cores this run was given
+    (1 on the local pool; a Ray task's ``num_cpus``).
+    """
     import torch  # imported here so the driver process stays light
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(num_threads)
     corpus = Path(corpus)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     row = base_row(spec)
+    for path in (events_path(corpus, spec.run_id), steps_path(corpus, row)):
+        remove_stale_temps(path)  # left by an earlier attempt of this run that was killed mid-write
     row["started_at"] = started
     try:
         result = generator_for(spec.domain, spec.algo).load()(spec)
@@ -87,19 +96,20 @@ def run_one(spec: RunSpec, corpus: str | os.PathLike[str]) -> dict[str, Any]:
     return row
 
 
-def _pool_run_one(spec: RunSpec, corpus: str) -> dict[str, Any]:
-    """Pool entry point: ``run_one`` with this worker's stdout/stderr going to the run's log.
+def run_in_worker(spec: RunSpec, corpus: str, num_threads: int = 1) -> dict[str, Any]:
+    """Every backend's entry point: ``run_one`` with the worker's stdout/stderr going to the run's log.
 
     Native libraries (MuJoCo's compiler, for one) print straight to file descriptors 1
-    and 2, which would tear through the progress bar; one run per process makes the
-    redirect safe, and the output is kept in ``<corpus>/logs/<run_id>.out``.
+    and 2, which would tear through the progress bar; one run per process (both backends
+    guarantee it) makes the redirect safe, and the output is kept in
+    ``<corpus>/logs/<run_id>.out``.
     """
     log = Path(corpus, LOG_DIR, f"{spec.run_id}.out")
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as fh:
         os.dup2(fh.fileno(), 1)
         os.dup2(fh.fileno(), 2)
-        return run_one(spec, corpus)
+        return run_one(spec, corpus, num_threads)
 
 
 def base_row(spec: RunSpec) -> dict[str, Any]:
@@ -208,12 +218,17 @@ def run_matrix(
     workers: int | None = None,
     on_start: Callable[[Plan], None] | None = None,
     on_result: ProgressFn | None = None,
+    backend: Backend | None = None,
 ) -> MatrixReport:
-    """Run every pending spec on a local process pool; resumable and idempotent.
+    """Run every pending spec on ``backend`` (default: a local pool of ``workers``); resumable, idempotent.
 
-    ``on_start`` sees the plan before anything runs; ``on_result`` sees every
-    finished manifest row (the CLI drives its progress bar with these).
+    ``on_start`` sees the plan before anything runs (with the backend already connected,
+    so it can describe it); ``on_result`` sees every finished manifest row (the CLI drives
+    its progress bar with these). Which backend ran a run does not matter to :func:`plan`,
+    so a matrix started on one backend can be finished on the other.
     """
+    from generate.backends import LocalPool
+
     corpus = Path(corpus)
     corpus.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -222,8 +237,6 @@ def run_matrix(
     if the_plan.recovered:
         write_manifest(corpus, rows)
     report = MatrixReport(skipped=len(the_plan.done), recovered=len(the_plan.recovered))
-    if on_start is not None:
-        on_start(the_plan)
 
     def record(row: dict[str, Any]) -> None:
         rows.append(row)
@@ -237,39 +250,24 @@ def run_matrix(
         if on_result is not None:
             on_result(row)
 
-    workers = max(1, workers or os.cpu_count() or 1)
-    pending = list(the_plan.todo)
-    ctx = mp.get_context("spawn")
-    while pending:
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, max_tasks_per_child=1)
-        in_flight: dict[Future[dict[str, Any]], RunSpec] = {}
-        broken = False
-        try:
-            while (pending or in_flight) and not broken:
-                while pending and len(in_flight) < workers:
-                    spec = pending.pop(0)
-                    in_flight[pool.submit(_pool_run_one, spec, str(corpus))] = spec
-                finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    spec = in_flight.pop(fut)
-                    try:
-                        record(fut.result())
-                    except BrokenProcessPool:
-                        broken = True
-                        record(_died(spec))
-            if broken:  # a worker was killed (OOM, signal): the runs in flight died with it
-                for spec in in_flight:
-                    record(_died(spec))
-        except KeyboardInterrupt:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+    if not the_plan.todo:
+        if on_start is not None:
+            on_start(the_plan)
+    else:
+        backend = backend or LocalPool(workers)
+        with backend:
+            if on_start is not None:
+                on_start(the_plan)
+            backend.execute(list(the_plan.todo), corpus, record)
     report.wall_time_s = time.perf_counter() - t0
     return report
 
 
-def _died(spec: RunSpec) -> dict[str, Any]:
+WORKER_DIED = "worker process died (killed or crashed); rerun generate to retry"
+
+
+def died_row(spec: RunSpec, error: str = WORKER_DIED) -> dict[str, Any]:
+    """The manifest row of a run whose worker died before it could return one."""
     row = base_row(spec)
-    row.update(status="failed", error="worker process died (killed or crashed); rerun generate to retry")
+    row.update(status="failed", error=error)
     return row

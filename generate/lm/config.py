@@ -83,6 +83,11 @@ class LMConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be < 1")
 
     @property
+    def wants_gpu(self) -> bool:
+        """Whether a scheduler should place this run on a GPU: device=cuda, or auto for any size above tiny."""
+        return self.device == "cuda" or (self.device == "auto" and self.model != "tiny")
+
+    @property
     def micro_batch(self) -> int:
         """Sequences per microbatch."""
         return self.batch_size // self.grad_accum

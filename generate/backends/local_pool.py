@@ -1,0 +1,68 @@
+"""The default backend: a spawn process pool on this machine, one run per worker process."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+
+from generate.spec import RunSpec
+
+
+class LocalPool:
+    """``workers`` runs at a time (default: every core), each in a fresh spawned process with one torch thread.
+
+    ``max_tasks_per_child=1`` gives each run a clean interpreter (MuJoCo, torch and the
+    fd redirect of :func:`~generate.runner.run_in_worker` all hold process state). A
+    killed worker breaks the pool: its runs in flight are recorded as failed and the
+    pool is rebuilt for the rest, so one OOM kill never stops the matrix.
+    """
+
+    name = "local"
+
+    def __init__(self, workers: int | None = None) -> None:
+        self.workers = max(1, workers or os.cpu_count() or 1)
+
+    def __enter__(self) -> LocalPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def describe(self) -> str:
+        return f"{self.workers} local worker(s)"
+
+    def execute(self, specs: list[RunSpec], corpus: Path, record: Callable[[dict[str, Any]], None]) -> None:
+        from generate.runner import died_row, run_in_worker
+
+        pending = list(specs)
+        ctx = mp.get_context("spawn")
+        while pending:
+            pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, max_tasks_per_child=1)
+            in_flight: dict[Future[dict[str, Any]], RunSpec] = {}
+            broken = False
+            try:
+                while (pending or in_flight) and not broken:
+                    while pending and len(in_flight) < self.workers:
+                        spec = pending.pop(0)
+                        in_flight[pool.submit(run_in_worker, spec, str(corpus))] = spec
+                    finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        spec = in_flight.pop(fut)
+                        try:
+                            record(fut.result())
+                        except BrokenProcessPool:
+                            broken = True
+                            record(died_row(spec))
+                if broken:  # a worker was killed (OOM, signal): the runs in flight died with it
+                    for spec in in_flight:
+                        record(died_row(spec))
+            except KeyboardInterrupt:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)

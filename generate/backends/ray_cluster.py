@@ -1,0 +1,174 @@
+"""The Ray backend: every pending run is one Ray task calling the same ``run_in_worker`` as the local pool.
+
+* A task declares ``num_cpus = cpus_per_run`` (torch gets that many threads) and, for
+  GPT-2 sizes that want a GPU (``small``), ``num_gpus = 1``; Ray places it on a node
+  with those resources free.
+* ``max_calls=1``: a fresh worker process per run, as on the local pool.
+* ``max_retries``: a task whose worker died (killed, OOM-killed, node lost) is rerun
+  by Ray. That is safe because a run's files are written atomically and named by its
+  ``run_id``, and the manifest row is written by the driver only when a result comes back.
+* The driver collects results with ``ray.wait`` and records each row as it arrives, so
+  a killed driver loses no finished run (and :func:`generate.runner.plan` recovers a
+  run whose files landed but whose row did not).
+
+Workers write to the ``--out`` path themselves, so on a multi-node cluster it must be
+a filesystem every node mounts at the same path (README: "Run on a cluster").
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from generate.errors import BackendError
+from generate.registry import gpus_for
+from generate.spec import RunSpec
+
+INSTALL_HINT = "pip install 'stabilitybench[ray]' (or: make install-ray)"
+#: Object store of a local instance: results are small dicts, so don't reserve 30% of RAM in /dev/shm.
+LOCAL_OBJECT_STORE_BYTES = 128 * 1024**2
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise BackendError(f"--backend ray needs Ray, which is not installed: {INSTALL_HINT}") from None
+    return ray
+
+
+class RayCluster:
+    """Run specs as Ray tasks on a cluster (``address``) or on a Ray instance started on this machine.
+
+    ``address``: ``None`` starts a local instance with ``num_cpus`` CPUs (default: all);
+    ``"auto"`` joins the cluster this machine belongs to (``ray start`` ran here);
+    ``"host:port"`` a head node's GCS; ``"ray://host:10001"`` a cluster through Ray Client.
+    If Ray is already initialised in this process (a notebook, a test), that session is used.
+    """
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None, cpus_per_run: int = 1,
+                 max_retries: int = 3) -> None:
+        if cpus_per_run < 1:
+            raise BackendError(f"--cpus-per-run must be at least 1, got {cpus_per_run}")
+        if max_retries < 0:
+            raise BackendError(f"--max-retries must be >= 0, got {max_retries}")
+        self.address = address
+        self.num_cpus = num_cpus
+        self.cpus_per_run = cpus_per_run
+        self.max_retries = max_retries
+        self._ray: Any = None
+        self._owns_session = False
+
+    # ------------------------------------------------------------------ connection
+    def __enter__(self) -> RayCluster:
+        ray = self._ray = _import_ray()
+        if ray.is_initialized():
+            return self
+        if self.address not in (None, "auto"):
+            _check_reachable(self.address)
+        kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
+        if self.address is None:
+            kwargs.update(num_cpus=self.num_cpus, include_dashboard=False,
+                          object_store_memory=LOCAL_OBJECT_STORE_BYTES)
+        try:
+            ray.init(address=self.address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = f"the Ray cluster at {self.address!r}" if self.address else "a local Ray instance"
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            hint = (" (token auth: export RAY_AUTH_MODE=token with the cluster's token in ~/.ray/auth_token "
+                    "or RAY_AUTH_TOKEN; `ray get-auth-token` on the head prints it)"
+                    if "auth" in str(exc).lower() or self.address else "")
+            raise BackendError(f"cannot start or reach {where}: {first}{hint}") from None
+        self._owns_session = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._owns_session:
+            self._ray.shutdown()
+            self._owns_session = False
+
+    def _nodes(self) -> list[dict[str, float]]:
+        return [n.get("Resources", {}) for n in self._ray.nodes() if n.get("Alive")]
+
+    def describe(self) -> str:
+        nodes = self._nodes()
+        cpus = sum(n.get("CPU", 0) for n in nodes)
+        gpus = sum(n.get("GPU", 0) for n in nodes)
+        where = f"Ray cluster at {self.address}" if self.address else "a local Ray instance"
+        return (f"{where}: {len(nodes)} node(s), {cpus:g} CPU(s), {gpus:g} GPU(s); "
+                f"{self.cpus_per_run} CPU(s) per run, up to {self.max_retries} retries")
+
+    # ------------------------------------------------------------------- execution
+    def resources(self, spec: RunSpec) -> dict[str, int]:
+        """What one run's task asks Ray for."""
+        return {"num_cpus": self.cpus_per_run, "num_gpus": gpus_for(spec)}
+
+    def check_feasible(self, specs: list[RunSpec]) -> None:
+        """Fail before submitting anything if a run needs more than any node has (it would wait forever)."""
+        nodes = self._nodes()
+        for spec in specs:
+            need = self.resources(spec)
+            if not any(n.get("CPU", 0) >= need["num_cpus"] and n.get("GPU", 0) >= need["num_gpus"] for n in nodes):
+                largest = max(((n.get("CPU", 0), n.get("GPU", 0)) for n in nodes), default=(0, 0))
+                what = f"{need['num_cpus']} CPU(s)" + (f" and {need['num_gpus']} GPU" if need["num_gpus"] else "")
+                raise BackendError(
+                    f"run {spec.run_id} ({spec.domain}/{spec.algo}) needs {what} on one node, but the largest "
+                    f"node of the Ray cluster has {largest[0]:g} CPU(s) and {largest[1]:g} GPU(s)")
+
+    def execute(self, specs: list[RunSpec], corpus: Path, record: Callable[[dict[str, Any]], None]) -> None:
+        from generate.runner import died_row, run_in_worker
+
+        ray = self._ray
+        self.check_feasible(specs)
+        task = ray.remote(max_calls=1)(run_in_worker)
+        in_flight: dict[Any, RunSpec] = {}
+        for spec in specs:
+            res = self.resources(spec)
+            ref = task.options(**res, max_retries=self.max_retries, retry_exceptions=False,
+                               name=f"stabilitybench:{spec.run_id}").remote(spec, str(corpus), res["num_cpus"])
+            in_flight[ref] = spec
+        try:
+            while in_flight:
+                done, _ = ray.wait(list(in_flight), num_returns=1)
+                for ref in done:
+                    spec = in_flight.pop(ref)
+                    try:
+                        row = ray.get(ref)
+                    except ray.exceptions.RayError as exc:
+                        row = died_row(spec, _task_error(exc, self.max_retries))
+                    record(row)
+        except KeyboardInterrupt:
+            for ref in in_flight:
+                ray.cancel(ref, force=True)
+            raise
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds on a wrong ``host:port`` (``ray.init`` itself retries for minutes)."""
+    hostport = address.removeprefix("ray://").rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise BackendError(f"--address {address!r} must be auto, host:port or ray://host:port")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise BackendError(f"cannot reach the Ray cluster at {address!r}: {exc.strerror or exc} "
+                           "(is `ray start --head` running there, and is the port open?)") from None
+
+
+def _task_error(exc: BaseException, max_retries: int) -> str:
+    """One line for a run whose Ray task failed as a task (not as a training failure)."""
+    from ray.exceptions import RayTaskError
+
+    if isinstance(exc, RayTaskError):  # run_in_worker itself raised: e.g. --out not writable on that node
+        cause = exc.cause if exc.cause is not None else exc
+        text = str(cause).strip().splitlines()
+        return f"{type(cause).__name__} in the Ray task: {text[0] if text else ''}"
+    text = str(exc).strip().splitlines()
+    return (f"Ray worker died on every attempt ({max_retries + 1}): {type(exc).__name__}: "
+            f"{text[0] if text else ''}; rerun generate to retry")
