@@ -230,7 +230,6 @@ def run_matrix(
     from generate.backends import LocalPool
 
     corpus = Path(corpus)
-    corpus.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     the_plan = plan(specs, corpus)
     rows = list(the_plan.rows)
@@ -255,7 +254,8 @@ def run_matrix(
             on_start(the_plan)
     else:
         backend = backend or LocalPool(workers)
-        with backend:
+        with backend:  # connect first: a backend that cannot start leaves no trace in the corpus
+            corpus.mkdir(parents=True, exist_ok=True)
             if on_start is not None:
                 on_start(the_plan)
             backend.execute(list(the_plan.todo), corpus, record)

@@ -39,14 +39,6 @@ def ray_session() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def local_smoke(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    corpus = tmp_path_factory.mktemp("local") / "corpus"
-    report = run_matrix(SMOKE, corpus, backend=LocalPool(2))
-    assert (report.ran, report.ok) == (len(SMOKE), len(SMOKE))
-    return corpus
-
-
-@pytest.fixture(scope="module")
 def ray_smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, MatrixReport, list[dict[str, Any]]]:
     corpus = tmp_path_factory.mktemp("ray") / "corpus"
     seen: list[dict[str, Any]] = []
