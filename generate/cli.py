@@ -119,6 +119,8 @@ def status(
     corpus: Annotated[Path, typer.Option("--corpus", "-c", help="Corpus directory")] = Path("corpus"),
     profile: Annotated[str | None, typer.Option("--profile", "-p", help="Compare against this profile")] = None,
     only: OnlyOpt = None,
+    cpus: Annotated[int, typer.Option("--cpus", help="Also estimate the wall time on a cluster of this many "
+                                      "CPUs (one run per CPU, longest first)")] = 0,
 ) -> None:
     """What is done, missing and failed (against a profile if given, else from the manifest)."""
     if profile is None:
@@ -155,6 +157,10 @@ def status(
               f"{os.cpu_count()} cores)")
     for algo, source in sorted(whole.sources.items()):
         out.print(f"  {algo}: throughput from {source}")
+    if cpus:
+        out.print(f"on {cpus:,} CPUs: ~{left.makespan_hours(cpus):,.1f} h of wall time for the {left.runs} runs not "
+                  f"done (longest run {left.longest_run_hours:.1f} h; runs start longest first; "
+                  "divide by the parallel efficiency in BENCHMARKS.md)")
     by_id = {r["run_id"]: r for r in p.rows}
     _print_failed([by_id[i] for i in failed_ids])
 

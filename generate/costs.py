@@ -8,6 +8,7 @@ same env when there are any) or from the reference values measured on this proje
 
 from __future__ import annotations
 
+import heapq
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -26,6 +27,24 @@ class Estimate:
     runs: int
     cpu_hours: float
     sources: dict[str, str]  # algo -> where its throughput came from
+    run_seconds: tuple[float, ...] = ()  # per run, in the order of the specs
+
+    @property
+    def longest_run_hours(self) -> float:
+        return max(self.run_seconds, default=0.0) / 3600
+
+    def makespan_hours(self, slots: int) -> float:
+        """Wall hours on ``slots`` single-core workers when runs are started longest first (LPT list scheduling).
+
+        Assumes every slot runs at the measured single-core throughput (a parallel efficiency of 1;
+        BENCHMARKS.md has the measured one) and ignores start-up; never less than the longest run.
+        """
+        if slots < 1:
+            raise ValueError(f"slots must be >= 1, got {slots}")
+        finish = [0.0] * min(slots, max(len(self.run_seconds), 1))
+        for seconds in sorted(self.run_seconds, reverse=True):
+            heapq.heapreplace(finish, finish[0] + seconds)
+        return max(finish) / 3600
 
 
 def measured_throughput(rows: Iterable[dict[str, Any]]) -> dict[tuple[str, str], float]:
@@ -42,7 +61,7 @@ def estimate(specs: list[RunSpec], manifest_rows: Iterable[dict[str, Any]] = ())
     by_algo: dict[str, list[float]] = {}
     for (algo, _env), sps in measured.items():
         by_algo.setdefault(algo, []).append(sps)
-    seconds, sources = 0.0, {}
+    per_run, sources = [], {}
     for s in specs:
         if (s.algo, s.env) in measured:
             sps, src = measured[(s.algo, s.env)], "corpus (same algo and env)"
@@ -50,6 +69,14 @@ def estimate(specs: list[RunSpec], manifest_rows: Iterable[dict[str, Any]] = ())
             sps, src = statistics.median(by_algo[s.algo]), "corpus (same algo, other envs)"
         else:
             sps, src = REFERENCE_STEPS_PER_S.get(s.algo, 100.0), "reference VM (BENCHMARKS.md)"
-        seconds += s.total_steps / sps
+        per_run.append(s.total_steps / sps)
         sources.setdefault(s.algo, src)
-    return Estimate(runs=len(specs), cpu_hours=seconds / 3600, sources=sources)
+    return Estimate(runs=len(specs), cpu_hours=sum(per_run) / 3600, sources=sources, run_seconds=tuple(per_run))
+
+
+def longest_first(specs: list[RunSpec], manifest_rows: Iterable[dict[str, Any]] = ()) -> list[RunSpec]:
+    """``specs`` ordered by estimated cost, longest first (ties keep profile order): the LPT order that keeps
+    a pool or cluster from ending on one long run started last."""
+    seconds = estimate(specs, manifest_rows).run_seconds
+    order = sorted(range(len(specs)), key=lambda i: -seconds[i])
+    return [specs[i] for i in order]

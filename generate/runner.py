@@ -43,6 +43,7 @@ from data_schema import (
     write_table,
 )
 from data_schema.schema import DIMENSIONS
+from generate.costs import longest_first
 from generate.perturbations import perturbation_class
 from generate.registry import generator_for
 from generate.spec import RunSpec
@@ -258,7 +259,8 @@ def run_matrix(
             corpus.mkdir(parents=True, exist_ok=True)
             if on_start is not None:
                 on_start(the_plan)
-            backend.execute(list(the_plan.todo), corpus, record)
+            # longest first, so the matrix does not end waiting on one long run that started last
+            backend.execute(longest_first(the_plan.todo, rows), corpus, record)
     report.wall_time_s = time.perf_counter() - t0
     return report
 

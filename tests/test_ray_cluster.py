@@ -112,6 +112,18 @@ def test_a_killed_driver_loses_no_finished_run(cluster: tuple[str, dict[str, str
     assert data_files(corpus) == data_files(local_smoke)  # no duplicate or temp files
 
 
+@pytest.mark.slow
+def test_a_local_ray_instance_with_a_relative_out_path(cluster: tuple[str, dict[str, str]], tmp_path: Path,
+                                                       local_smoke: Path) -> None:
+    """No --address: a Ray instance of its own (not the running cluster), and --out relative to the driver's cwd."""
+    res = cli("generate", "--profile", "smoke", "--only", "algo=ppo", "--backend", "ray", "--workers", "2",
+              "--out", "corpus", env=cluster[1], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "a local Ray instance: 1 node(s), 2 CPU(s)" in res.stderr
+    runs, reference = corpus_contents(tmp_path / "corpus"), corpus_contents(local_smoke)
+    assert len(runs) == 2 and all(runs[run_id] == reference[run_id] for run_id in runs)
+
+
 def test_unreachable_address_is_a_one_line_error(tmp_path: Path) -> None:
     res = cli("generate", "--profile", "smoke", "--backend", "ray", "--address", f"127.0.0.1:{free_port()}",
               "--out", str(tmp_path / "corpus"), env=dict(os.environ), cwd=tmp_path)

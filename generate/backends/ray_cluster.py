@@ -18,6 +18,7 @@ a filesystem every node mounts at the same path (README: "Run on a cluster").
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +28,7 @@ from generate.errors import BackendError
 from generate.registry import gpus_for
 from generate.spec import RunSpec
 
-INSTALL_HINT = "pip install 'stabilitybench[ray]' (or: make install-ray)"
+INSTALL_HINT = "pip install -e '.[ray]' (or pip install 'ray>=2.52')"
 #: Object store of a local instance: results are small dicts, so don't reserve 30% of RAM in /dev/shm.
 LOCAL_OBJECT_STORE_BYTES = 128 * 1024**2
 
@@ -72,11 +73,13 @@ class RayCluster:
         if self.address not in (None, "auto"):
             _check_reachable(self.address)
         kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
-        if self.address is None:
-            kwargs.update(num_cpus=self.num_cpus, include_dashboard=False,
+        if self.address is None:  # "local": a new instance even if `ray start` ran here (init would join that)
+            kwargs.update(address="local", num_cpus=self.num_cpus, include_dashboard=False,
                           object_store_memory=LOCAL_OBJECT_STORE_BYTES)
+        else:
+            kwargs.update(address=self.address)
         try:
-            ray.init(address=self.address, **kwargs)
+            ray.init(**kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = f"the Ray cluster at {self.address!r}" if self.address else "a local Ray instance"
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -125,12 +128,14 @@ class RayCluster:
 
         ray = self._ray
         self.check_feasible(specs)
+        # absolute, not resolved: workers start in another folder, and a symlinked mount must keep its name
+        out = os.path.abspath(corpus)
         task = ray.remote(max_calls=1)(run_in_worker)
         in_flight: dict[Any, RunSpec] = {}
         for spec in specs:
             res = self.resources(spec)
             ref = task.options(**res, max_retries=self.max_retries, retry_exceptions=False,
-                               name=f"stabilitybench:{spec.run_id}").remote(spec, str(corpus), res["num_cpus"])
+                               name=f"stabilitybench:{spec.run_id}").remote(spec, out, res["num_cpus"])
             in_flight[ref] = spec
         try:
             while in_flight:
