@@ -80,7 +80,9 @@ def run_one(spec: RunSpec, corpus: str | os.PathLike[str], num_threads: int = 1)
             n_updates=result.steps.num_rows,
             stop_reason=result.stop_reason,
             tokenizer_hash=result.tokenizer_hash,
-            config_json=json.dumps({"spec": spec.to_dict(), "algo_config": result.config}, sort_keys=True),
+            # torch_threads: intra-op threads can change float reduction order, so it is part of the config
+            config_json=json.dumps({"spec": spec.to_dict(), "algo_config": result.config,
+                                    "torch_threads": torch.get_num_threads()}, sort_keys=True),
             status="ok",
             wall_time_s=time.perf_counter() - t0,
             **result.knobs,

@@ -6,6 +6,7 @@ The cluster form (``ray start --head`` + ``--address``) is in ``test_ray_cluster
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -182,6 +183,15 @@ def test_resources_per_run() -> None:
     assert backend.resources(lm_spec("tiny", device="cuda")) == {"num_cpus": 4, "num_gpus": 1}
     assert backend.resources(lm_spec("small")) == {"num_cpus": 4, "num_gpus": 1}  # GPT-2 124M: a GPU
     assert backend.resources(lm_spec("small", device="cpu")) == {"num_cpus": 4, "num_gpus": 0}
+
+
+@pytest.mark.slow
+def test_cpus_per_run_sets_the_task_request_and_torch_threads(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    report = run_matrix([SMOKE[0]], corpus, backend=RayCluster(cpus_per_run=2))
+    assert (report.ran, report.ok) == (1, 1), report.failures
+    row = read_manifest(corpus).to_pylist()[0]
+    assert json.loads(row["config_json"])["torch_threads"] == 2
 
 
 def test_a_run_no_node_can_host_fails_before_anything_runs(tmp_path: Path) -> None:
