@@ -83,9 +83,8 @@ class RayCluster:
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = f"the Ray cluster at {self.address!r}" if self.address else "a local Ray instance"
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            hint = (" (token auth: export RAY_AUTH_MODE=token with the cluster's token in ~/.ray/auth_token "
-                    "or RAY_AUTH_TOKEN; `ray get-auth-token` on the head prints it)"
-                    if "auth" in str(exc).lower() or self.address else "")
+            hint = (" (if the cluster uses token auth: export RAY_AUTH_MODE=token and its token as RAY_AUTH_TOKEN "
+                    "or in ~/.ray/auth_token; `ray get-auth-token` on the head prints it)" if self.address else "")
             raise BackendError(f"cannot start or reach {where}: {first}{hint}") from None
         self._owns_session = True
         return self
