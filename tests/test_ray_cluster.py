@@ -36,11 +36,16 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[tuple[str, dict[str, str]]]:
-    """(address, environment for drivers) of a fresh head node; stopped at the end of the module."""
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    port = free_port()
+    """(address, environment for drivers) of a fresh head node; stopped at the end of the module.
+
+    The environment carries the Ray Client address too, as ``TEST_RAY_CLIENT``.
+    """
+    port, client_port = free_port(), free_port()  # ephemeral ports: outside Ray's worker range 10002-19999
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+           "TEST_RAY_CLIENT": f"ray://127.0.0.1:{client_port}"}
     start = subprocess.run(
         [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+         f"--ray-client-server-port={client_port}",
          "--include-dashboard=false", "--disable-usage-stats", f"--object-store-memory={128 * 1024**2}"],
         env=env, capture_output=True, text=True, timeout=180)
     assert start.returncode == 0, start.stdout + start.stderr
@@ -121,6 +126,19 @@ def test_a_local_ray_instance_with_a_relative_out_path(cluster: tuple[str, dict[
     assert res.returncode == 0, res.stderr
     assert "a local Ray instance: 1 node(s), 2 CPU(s)" in res.stderr
     runs, reference = corpus_contents(tmp_path / "corpus"), corpus_contents(local_smoke)
+    assert len(runs) == 2 and all(runs[run_id] == reference[run_id] for run_id in runs)
+
+
+@pytest.mark.slow
+def test_through_ray_client(cluster: tuple[str, dict[str, str]], tmp_path: Path, local_smoke: Path) -> None:
+    """--address ray://host:port: the driver talks to the cluster through Ray Client."""
+    env = cluster[1]
+    corpus = tmp_path / "corpus"
+    res = cli("generate", "--profile", "smoke", "--only", "algo=ppo", "--backend", "ray",
+              "--address", env["TEST_RAY_CLIENT"], "--out", str(corpus), env=env, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert f"Ray cluster at {env['TEST_RAY_CLIENT']}: 1 node(s), 2 CPU(s)" in res.stderr
+    runs, reference = corpus_contents(corpus), corpus_contents(local_smoke)
     assert len(runs) == 2 and all(runs[run_id] == reference[run_id] for run_id in runs)
 
 
