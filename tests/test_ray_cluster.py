@@ -121,23 +121,26 @@ def test_a_killed_driver_loses_no_finished_run(cluster: tuple[str, dict[str, str
 def test_a_local_ray_instance_with_a_relative_out_path(cluster: tuple[str, dict[str, str]], tmp_path: Path,
                                                        local_smoke: Path) -> None:
     """No --address: a Ray instance of its own (not the running cluster), and --out relative to the driver's cwd."""
-    res = cli("generate", "--profile", "smoke", "--only", "algo=ppo", "--backend", "ray", "--workers", "2",
+    res = cli("generate", "--profile", "smoke", "--only", "algo=ppo", "--backend", "ray", "--workers", "1",
               "--out", "corpus", env=cluster[1], cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    assert "a local Ray instance: 1 node(s), 2 CPU(s)" in res.stderr
+    assert "a local Ray instance: 1 node(s), 1 CPU(s)" in res.stderr  # the running cluster has 2
     runs, reference = corpus_contents(tmp_path / "corpus"), corpus_contents(local_smoke)
     assert len(runs) == 2 and all(runs[run_id] == reference[run_id] for run_id in runs)
 
 
 @pytest.mark.slow
-def test_through_ray_client(cluster: tuple[str, dict[str, str]], tmp_path: Path, local_smoke: Path) -> None:
-    """--address ray://host:port: the driver talks to the cluster through Ray Client."""
+@pytest.mark.parametrize("form", ["ray-client", "auto"])
+def test_other_address_forms(form: str, cluster: tuple[str, dict[str, str]], tmp_path: Path,
+                             local_smoke: Path) -> None:
+    """``ray://host:port`` (Ray Client) and ``auto`` (the cluster ``ray start`` set up on this machine)."""
     env = cluster[1]
+    address = env["TEST_RAY_CLIENT"] if form == "ray-client" else "auto"
     corpus = tmp_path / "corpus"
-    res = cli("generate", "--profile", "smoke", "--only", "algo=ppo", "--backend", "ray",
-              "--address", env["TEST_RAY_CLIENT"], "--out", str(corpus), env=env, cwd=tmp_path)
+    res = cli("generate", "--profile", "smoke", "--only", "algo=ppo", "--backend", "ray", "--address", address,
+              "--out", str(corpus), env=env, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    assert f"Ray cluster at {env['TEST_RAY_CLIENT']}: 1 node(s), 2 CPU(s)" in res.stderr
+    assert f"Ray cluster at {address}: 1 node(s), 2 CPU(s)" in res.stderr
     runs, reference = corpus_contents(corpus), corpus_contents(local_smoke)
     assert len(runs) == 2 and all(runs[run_id] == reference[run_id] for run_id in runs)
 
