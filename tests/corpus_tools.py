@@ -16,7 +16,8 @@ CLOCK_COLUMNS = {"wall_time_s", "started_at", "tokens_per_s"}
 
 def _config_without_clock(text: str) -> dict[str, Any]:
     config = json.loads(text)
-    config.get("algo_config", {}).pop("probe_seconds", None)  # seconds spent in the probes
+    for key in ("probe_seconds", "wall_time_s"):  # RL: seconds in the probes; LM: the run's wall time
+        config.get("algo_config", {}).pop(key, None)
     return config
 
 

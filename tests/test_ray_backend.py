@@ -91,6 +91,21 @@ def test_half_on_one_backend_then_finished_on_the_other(first: str, second: str,
     assert data_files(corpus) == data_files(local_smoke)
 
 
+@pytest.mark.slow
+def test_gpt2_runs_on_ray_equal_the_local_pool(tmp_path: Path) -> None:
+    """The LM generator through Ray: two micro GPT-2 runs (both workers building the tokenizer cache at once)."""
+    micro = {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 32, "batch_size": 8, "grad_accum": 4,
+             "eval_sequences": 8, "vocab_size": 512, "eval_every": 2, "tokenizer_dir": str(tmp_path / "tok")}
+    specs = [RunSpec(domain="lm", algo="gpt2", env="pydoc-topics", seed=seed, total_steps=6 * 8 * 32,
+                     perturbation="lr_spike", magnitude=10.0, duration_steps=2, hparams=micro) for seed in (0, 1)]
+    on_ray = run_matrix(specs, tmp_path / "ray", backend=RayCluster())
+    local = run_matrix(specs, tmp_path / "local", backend=LocalPool(2))
+    assert (on_ray.ok, local.ok) == (2, 2), on_ray.failures + local.failures
+    ray_runs, local_runs = corpus_contents(tmp_path / "ray"), corpus_contents(tmp_path / "local")
+    assert ray_runs == local_runs
+    assert len({r["row"]["tokenizer_hash"] for r in ray_runs.values()}) == 1
+
+
 # --------------------------------------------------------------------- a killed worker
 def victim_and_other() -> tuple[RunSpec, RunSpec]:
     hparams = {"n_steps": 256, "batch_size": 64, "n_epochs": 1}
