@@ -43,7 +43,9 @@ OnlyOpt = Annotated[
 def generate(
     profile: ProfileOpt = "quick",
     out_dir: CorpusOpt = Path("corpus"),
-    workers: Annotated[int, typer.Option("--workers", "-w", help="Parallel runs (default: CPU cores)")] = 0,
+    workers: Annotated[int, typer.Option(
+        "--workers", "-w", help="Parallel runs on this machine: the local pool's processes, or a local Ray "
+        "instance's CPUs (default: all cores)")] = 0,
     only: OnlyOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would run, run nothing")] = False,
     backend_name: Annotated[str, typer.Option("--backend", "-b", help="local (process pool) | ray")] = "local",
@@ -54,8 +56,9 @@ def generate(
 ) -> None:
     """Run every pending run of a profile into the corpus (resumable: done runs are skipped).
 
-    Runs on a local process pool, or with --backend ray as Ray tasks (a local Ray instance,
-    or the cluster at --address; --out must then be a path every node mounts).
+    Runs on a local process pool, or as Ray tasks with --backend ray.
+
+    With --address, --out must be a path that every node mounts at the same place.
     """
     specs = select(load_profile(profile), parse_only(only))
     if not specs:
