@@ -176,6 +176,21 @@ def test_matrix_goes_on_past_a_failure(base_corpus: tuple[Path, MatrixReport]) -
     assert_no_duplicates(corpus, [BAD, GOOD_A, GOOD_B])
 
 
+def test_pool_worker_output_survives_the_skipped_teardown(base_corpus: tuple[Path, MatrixReport],
+                                                          tmp_path: Path) -> None:
+    """Pool workers exit with ``os._exit``: what the run printed (MuJoCo writes to fd 2 from C) must still
+    reach its log, byte for byte as in a process that exits normally."""
+    code = ("import sys; from generate.runner import run_in_worker; from generate.spec import RunSpec; "
+            "import json; run_in_worker(RunSpec.from_dict(json.loads(sys.argv[1])), sys.argv[2])")
+    other = tmp_path / "corpus"
+    subprocess.run([sys.executable, "-c", code, json.dumps(GOOD_B.to_dict()), str(other)], check=True, timeout=300)
+    normal_exit = (other / LOG_DIR / f"{GOOD_B.run_id}.out").read_bytes()
+    if not normal_exit:
+        pytest.skip("this MuJoCo build prints nothing during a run, so there is no output to lose")
+    pool = (base_corpus[0] / LOG_DIR / f"{GOOD_B.run_id}.out").read_bytes()
+    assert pool == normal_exit
+
+
 def test_resume_runs_nothing_and_touches_nothing(corpus: Path) -> None:
     before = file_stamps(corpus)
     assert len(before) == 4  # 2 steps + 2 events files

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
+import ctypes
 import multiprocessing as mp
 import os
+import sys
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -11,6 +14,35 @@ from pathlib import Path
 from typing import Any
 
 from generate.spec import RunSpec
+
+
+def _skip_interpreter_teardown() -> None:
+    """The last exit handler of a pool worker: flush the streams, then ``os._exit`` (see :func:`_run_in_pool`)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    try:  # C-level stdio buffers (native libraries printing to the run's log)
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):
+        pass
+    os._exit(0)
+
+
+def _run_in_pool(spec: RunSpec, corpus: str) -> dict[str, Any]:
+    """The pool's task: :func:`~generate.runner.run_in_worker`, in a process that exits without tearing down.
+
+    A worker serves one run and then exits. Finalising an interpreter that holds torch, SB3 and MuJoCo
+    takes about a second of CPU (measured: 0.98 s, against 0.10 s with this), which on a busy machine
+    is taken from the runs still training. The run's files are written, fsynced and closed before the
+    result is sent, and the result is sent before the worker exits, so skipping the teardown loses
+    nothing. The handler is registered first, so it runs after every other exit handler (LIFO).
+    """
+    from generate.runner import run_in_worker
+
+    atexit.register(_skip_interpreter_teardown)
+    return run_in_worker(spec, corpus)
 
 
 class LocalPool:
@@ -37,7 +69,7 @@ class LocalPool:
         return f"{self.workers} local worker(s)"
 
     def execute(self, specs: list[RunSpec], corpus: Path, record: Callable[[dict[str, Any]], None]) -> None:
-        from generate.runner import died_row, run_in_worker
+        from generate.runner import died_row
 
         pending = list(specs)
         ctx = mp.get_context("spawn")
@@ -49,7 +81,7 @@ class LocalPool:
                 while (pending or in_flight) and not broken:
                     while pending and len(in_flight) < self.workers:
                         spec = pending.pop(0)
-                        in_flight[pool.submit(run_in_worker, spec, str(corpus))] = spec
+                        in_flight[pool.submit(_run_in_pool, spec, str(corpus))] = spec
                     finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                     for fut in finished:
                         spec = in_flight.pop(fut)
