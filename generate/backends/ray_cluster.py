@@ -28,7 +28,7 @@ from generate.errors import BackendError
 from generate.registry import gpus_for
 from generate.spec import RunSpec
 
-INSTALL_HINT = "pip install -e '.[ray]' (or pip install 'ray[client]>=2.52')"
+INSTALL_HINT = "pip install -e '.[ray]' (or pip install 'ray[default]>=2.52')"
 #: Object store of a local instance: results are small dicts, so don't reserve 30% of RAM in /dev/shm.
 LOCAL_OBJECT_STORE_BYTES = 128 * 1024**2
 
