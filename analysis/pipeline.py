@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -48,6 +47,7 @@ from analysis.stats import clopper_pearson, not_testable, number
 from analysis.survival import cox, group_label, km_table, logrank
 from data_schema import RUNS, RUNS_SCHEMA, write_table
 from data_schema.card import summary_lines, write_card
+from data_schema.io import atomic_path
 
 SUMMARY = "summary.json"
 
@@ -68,12 +68,8 @@ class AnalysisConfig:
 
 def _write(frame: pl.DataFrame, path: Path) -> None:
     """Atomic zstd Parquet write of a results table (dot-prefixed temp file, then ``os.replace``)."""
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    try:
+    with atomic_path(path) as tmp:
         frame.write_parquet(tmp, compression="zstd")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _early_coherence(steps: pl.DataFrame, onset: int | None, frac: float) -> float | None:
@@ -314,11 +310,10 @@ def run_analysis(
         "timings_s": timings,
         "environment": {"python": platform.python_version(), "polars": pl.__version__, "numpy": np.__version__},
     }
-    tmp = out / f".{SUMMARY}.{uuid.uuid4().hex}.tmp"
     summary["headline"] = _headline(summary, cfg)
     summary = _clean(summary)
-    tmp.write_text(json.dumps(summary, indent=2, default=_json_default, allow_nan=False))
-    os.replace(tmp, out / SUMMARY)
+    with atomic_path(out / SUMMARY) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2, default=_json_default, allow_nan=False))
     return summary
 
 

@@ -18,6 +18,7 @@ from data_schema.corpus import (
 from data_schema.errors import CorpusNotFoundError, CorruptFileError, SchemaError, StabilityBenchError
 from data_schema.io import (
     RUN_METADATA_KEY,
+    atomic_path,
     conform,
     read_table,
     remove_stale_temps,
@@ -53,6 +54,7 @@ __all__ = [
     "CorruptFileError",
     "SchemaError",
     "StabilityBenchError",
+    "atomic_path",
     "conform",
     "connect",
     "describe",

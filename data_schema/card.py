@@ -10,12 +10,12 @@ The schema tables are rendered from :mod:`data_schema.schema`, never retyped.
 from __future__ import annotations
 
 import os
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from data_schema.corpus import read_manifest
+from data_schema.io import atomic_path
 from data_schema.schema import SCHEMA_VERSION, describe
 
 CARD = "README.md"
@@ -127,9 +127,8 @@ def write_card(corpus: str | os.PathLike[str], perturbations: dict[str, tuple[st
         analysis_section = old_analysis.strip()
     if analysis_section:
         text = f"{text}\n{ANALYSIS_MARK}\n{analysis_section.strip()}\n"
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
     return path
 
 

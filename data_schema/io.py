@@ -9,10 +9,12 @@ Readers ignore dot-files and the temporary name does not end in ``.parquet``.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,19 +90,33 @@ def write_table(
     if extra_metadata:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra_metadata})
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    try:
+    with atomic_path(path, fsync=True) as tmp:
         pq.write_table(table, tmp, compression="zstd", write_page_checksum=True)
-        with open(tmp, "rb") as fh:  # make the bytes durable before the rename publishes them
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str], fsync: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` to write to; on success ``os.replace`` it onto ``path``.
+
+    The temporary name is dot-prefixed and ends in ``.tmp``, so readers and globs skip it;
+    if the write raises, it is removed. ``fsync`` makes the bytes durable before the
+    rename publishes them. Every atomic file write of the project goes through here.
+    """
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        yield tmp
+        if fsync:
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def remove_stale_temps(path: str | os.PathLike[str]) -> int:
-    """Delete the temporary files :func:`write_table` left beside ``path`` when killed mid-write.
+    """Delete the temporary files :func:`atomic_path` left beside ``path`` when killed mid-write.
 
     Only the caller knows that no writer of ``path`` is alive (the runner: the one attempt
     of a run that is about to write it). Returns how many were removed.

@@ -9,11 +9,11 @@ from __future__ import annotations
 import base64
 import html
 import os
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from data_schema.io import atomic_path
 from reports.data import ReportData, finite, load
 from reports.errors import OutputPathError
 from reports.figures import DETECTOR_LABELS, FIGURES, MONITORS
@@ -409,12 +409,8 @@ def _reason(r: str) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    try:
+    with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def build_report(results: str | os.PathLike[str], out: str | os.PathLike[str] = "reports/out",

@@ -30,11 +30,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from data_schema.io import atomic_path
 from generate.errors import CorpusError
 
 
@@ -143,12 +143,8 @@ def tokenizer_for(train_text: str, vocab_size: int, directory: str = "") -> tupl
                                       special_tokens=["<|endoftext|>"], show_progress=False)
         tok.train_from_iterator(_chunks(train_text), trainer=trainer)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-        try:
+        with atomic_path(path) as tmp:
             tok.save(str(tmp))
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
     data = path.read_bytes()
     return Tokenizer.from_str(data.decode()), hashlib.sha256(data).hexdigest()
 
