@@ -52,6 +52,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from analysis.stats import causal_window, windowed_mean
+
 
 @dataclass(frozen=True)
 class CollapseConfig:
@@ -94,33 +96,16 @@ def smooth(perf: np.ndarray, window: int) -> np.ndarray:
     NaNs (before the first report) stay NaN; the window's mean uses the non-NaN values in it.
     """
     x = _ffill(np.asarray(perf, dtype=float))
-    ok = ~np.isnan(x)
-    c = np.concatenate([[0.0], np.cumsum(np.where(ok, x, 0.0))])
-    n = np.concatenate([[0], np.cumsum(ok)])
-    w = max(1, int(window))
-    hi = np.arange(1, x.size + 1)
-    lo = np.maximum(0, hi - w)
-    cnt = n[hi] - n[lo]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = (c[hi] - c[lo]) / cnt
-    out[cnt == 0] = np.nan
-    return out
+    return windowed_mean(x, *causal_window(x.size, window), valid=~np.isnan(x))
 
 
 def _rolling_mean_nan(x: np.ndarray, window: int) -> np.ndarray:
     """Centred rolling mean ignoring NaNs, shape preserved."""
     w = max(1, int(window))
-    ok = ~np.isnan(x)
-    c = np.concatenate([[0.0], np.cumsum(np.where(ok, x, 0.0))])
-    n = np.concatenate([[0], np.cumsum(ok)])
     i = np.arange(x.size)
     lo = np.clip(i - w // 2, 0, x.size)
     hi = np.clip(i + w - w // 2, 0, x.size)
-    cnt = n[hi] - n[lo]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = (c[hi] - c[lo]) / cnt
-    out[cnt == 0] = np.nan
-    return out
+    return windowed_mean(x, lo, hi, valid=~np.isnan(x))
 
 
 def envelope(controls: list[np.ndarray], length: int, cfg: CollapseConfig) -> Envelope:

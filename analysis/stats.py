@@ -13,6 +13,27 @@ import numpy as np
 from scipy import stats as sps
 
 
+def windowed_mean(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """``out[i]`` = mean of ``x[lo[i]:hi[i]]`` over the entries where ``valid``; NaN where there are none.
+
+    Shapes: ``x`` and ``valid`` ``(T,)``, ``lo`` and ``hi`` ``(T,)`` indices into ``[0, T]``. O(T) by
+    cumulative sums, so causal, centred or any other windows cost the same.
+    """
+    c = np.concatenate([[0.0], np.cumsum(np.where(valid, x, 0.0))])
+    n = np.concatenate([[0], np.cumsum(valid)])
+    cnt = n[hi] - n[lo]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = (c[hi] - c[lo]) / cnt
+    out[cnt == 0] = np.nan
+    return out
+
+
+def causal_window(size: int, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(lo, hi)`` of the trailing window of ``window`` steps ending at each of ``size`` steps (inclusive)."""
+    hi = np.arange(1, size + 1)
+    return np.maximum(0, hi - max(1, int(window))), hi
+
+
 def clopper_pearson(k: int, n: int, alpha: float = 0.05) -> tuple[float | None, float | None]:
     """Exact binomial CI of a proportion ``k/n``; ``(None, None)`` when ``n == 0``."""
     if n == 0:

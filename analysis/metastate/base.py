@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from analysis.errors import InsufficientDataError, NotFittedError
+from analysis.stats import causal_window, windowed_mean
 
 
 def rolling_mean(x: np.ndarray, window: int) -> np.ndarray:
@@ -31,18 +32,10 @@ def rolling_mean(x: np.ndarray, window: int) -> np.ndarray:
     w = max(1, int(window))
     if x.size == 0 or w == 1:
         return x.copy()
-    inf = np.isposinf(x)
-    ok = np.isfinite(x)
-    c = np.concatenate([[0.0], np.cumsum(np.where(ok, x, 0.0))])
-    n = np.concatenate([[0], np.cumsum(ok)])
-    ci = np.concatenate([[0], np.cumsum(inf)])
-    hi = np.arange(1, x.size + 1)
-    lo = np.maximum(0, hi - w)
-    cnt = n[hi] - n[lo]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = (c[hi] - c[lo]) / cnt
-    out[cnt == 0] = np.nan
-    out[(ci[hi] - ci[lo]) > 0] = np.inf
+    lo, hi = causal_window(x.size, w)
+    out = windowed_mean(x, lo, hi, valid=np.isfinite(x))
+    n_inf = np.concatenate([[0], np.cumsum(np.isposinf(x))])
+    out[(n_inf[hi] - n_inf[lo]) > 0] = np.inf
     return out
 
 
