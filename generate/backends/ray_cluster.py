@@ -110,11 +110,10 @@ class RayCluster:
         """What one run's task asks Ray for."""
         return {"num_cpus": self.cpus_per_run, "num_gpus": gpus_for(spec)}
 
-    def check_feasible(self, specs: list[RunSpec]) -> None:
+    def check_feasible(self, specs: list[RunSpec], requests: list[dict[str, int]]) -> None:
         """Fail before submitting anything if a run needs more than any node has (it would wait forever)."""
         nodes = self._nodes()
-        for spec in specs:
-            need = self.resources(spec)
+        for spec, need in zip(specs, requests, strict=True):
             if not any(n.get("CPU", 0) >= need["num_cpus"] and n.get("GPU", 0) >= need["num_gpus"] for n in nodes):
                 largest = max(((n.get("CPU", 0), n.get("GPU", 0)) for n in nodes), default=(0, 0))
                 what = f"{need['num_cpus']} CPU(s)" + (f" and {need['num_gpus']} GPU" if need["num_gpus"] else "")
@@ -126,13 +125,13 @@ class RayCluster:
         from generate.runner import died_row, run_in_worker
 
         ray = self._ray
-        self.check_feasible(specs)
+        requests = [self.resources(spec) for spec in specs]  # resolves each run's config once
+        self.check_feasible(specs, requests)
         # absolute, not resolved: workers start in another folder, and a symlinked mount must keep its name
         out = os.path.abspath(corpus)
         task = ray.remote(max_calls=1)(run_in_worker)
         in_flight: dict[Any, RunSpec] = {}
-        for spec in specs:
-            res = self.resources(spec)
+        for spec, res in zip(specs, requests, strict=True):
             ref = task.options(**res, max_retries=self.max_retries, retry_exceptions=False,
                                name=f"stabilitybench:{spec.run_id}").remote(spec, out, res["num_cpus"])
             in_flight[ref] = spec
