@@ -24,7 +24,7 @@ from rich.table import Table
 from data_schema import read_manifest, require_corpus
 from data_schema.card import write_card
 from generate.backends import make_backend
-from generate.costs import estimate
+from generate.costs import PRE_REFERENCE_SECONDS, estimate
 from generate.errors import ProfileError
 from generate.matrix import load_profile, parse_only, select
 from generate.perturbations import definitions
@@ -158,6 +158,10 @@ def status(
               f"{left.cpu_hours:,.1f} for the {left.runs} not done (one core per run; "
               f"~{left.cpu_hours / max(os.cpu_count() or 1, 1):,.1f} h of wall time on this machine's "
               f"{os.cpu_count()} cores)")
+    ref = estimate(specs)  # reference throughputs only: a cost in PRE that does not depend on today's machine
+    out.print(f"cost in plain-PPO-run equivalents: {ref.pre:,.0f} PRE (one PRE = {PRE_REFERENCE_SECONDS:.0f} CPU-s at "
+              f"the reference speed; {ref.cpu_hours * 60 / 2:,.0f} min on 2 cores, "
+              f"{ref.makespan_hours(2) * 60:,.0f} min longest-first)")
     for algo, source in sorted(whole.sources.items()):
         out.print(f"  {algo}: throughput from {source}")
     if cpus:

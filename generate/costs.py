@@ -21,6 +21,15 @@ from generate.spec import RunSpec
 #: BENCHMARKS.md. Used only without corpus data; GPT-2 ``small`` belongs on a GPU and is not covered.
 REFERENCE_STEPS_PER_S: dict[str, float] = {"ppo": 2400.0, "sac": 100.0, "td3": 120.0, "gpt2": 10_000.0}
 
+#: Plain SB3 PPO (defaults, HalfCheetah-v5, one thread, no callback) on the same VM and day as
+#: ``REFERENCE_STEPS_PER_S`` (BENCHMARKS.md, RL telemetry overhead, plain arm).
+REFERENCE_PLAIN_PPO_STEPS_PER_S = 2635.0
+#: One **plain-PPO-run equivalent** (PRE): the CPU seconds of one plain SB3 PPO run (SB3 defaults,
+#: HalfCheetah-v5, 100k steps, 1 thread) at the reference speed. Budgets are stated in PRE because these
+#: machines vary by more than 2x from day to day; ``benchmarks/measure_pre.py`` measures today's PRE.
+PRE_STEPS = 100_000
+PRE_REFERENCE_SECONDS = PRE_STEPS / REFERENCE_PLAIN_PPO_STEPS_PER_S
+
 
 @dataclass(frozen=True)
 class Estimate:
@@ -32,6 +41,12 @@ class Estimate:
     @property
     def longest_run_hours(self) -> float:
         return max(self.run_seconds, default=0.0) / 3600
+
+    @property
+    def pre(self) -> float:
+        """The cost in plain-PPO-run equivalents, valid when the estimate used reference throughputs
+        (``estimate(specs)`` with no manifest rows): both sides then come from the same machine and day."""
+        return self.cpu_hours * 3600 / PRE_REFERENCE_SECONDS
 
     def makespan_hours(self, slots: int) -> float:
         """Wall hours on ``slots`` single-core workers when runs are started longest first (LPT list scheduling).

@@ -130,6 +130,14 @@ def test_query_bad_sql_is_a_one_line_error(smoke: Path) -> None:
     assert_user_error(res, "nope")
 
 
+def test_status_prints_the_profile_cost_in_pre(tmp_path: Path) -> None:
+    from generate.costs import estimate
+
+    res = cli("status", "--corpus", str(tmp_path / "none"), "--profile", "quick", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert f"cost in plain-PPO-run equivalents: {estimate(load_profile('quick')).pre:,.0f} PRE" in res.stdout
+
+
 # -------------------------------------------------------------------- user errors
 def test_status_on_a_missing_corpus(tmp_path: Path) -> None:
     missing = tmp_path / "no_corpus_here"

@@ -44,3 +44,12 @@ def test_longest_first_orders_by_cost_and_keeps_ties_in_profile_order() -> None:
     a, b, c, d = spec("ppo", 1000, 0), spec("sac", 1000, 1), spec("ppo", 1000, 2), spec("td3", 1000, 3)
     # reference: sac 100/s (10 s) > td3 120/s (8.3 s) > ppo (0.4 s)
     assert longest_first([a, b, c, d]) == [b, d, a, c]
+
+
+def test_pre_is_cpu_time_over_one_plain_ppo_run_at_the_reference_speed() -> None:
+    from generate.costs import PRE_REFERENCE_SECONDS, PRE_STEPS, REFERENCE_PLAIN_PPO_STEPS_PER_S
+
+    assert PRE_REFERENCE_SECONDS == pytest.approx(PRE_STEPS / REFERENCE_PLAIN_PPO_STEPS_PER_S)
+    # ten telemetry PPO runs of 100k steps cost 10 x (plain speed / telemetry speed) PRE
+    est = estimate([spec("ppo", 100_000, seed=i) for i in range(10)])
+    assert est.pre == pytest.approx(10 * REFERENCE_PLAIN_PPO_STEPS_PER_S / REFERENCE_STEPS_PER_S["ppo"])
