@@ -26,14 +26,16 @@ from data_schema.card import write_card
 from generate.backends import make_backend
 from generate.costs import estimate
 from generate.errors import ProfileError
-from generate.matrix import load_profile, parse_only, select
+from generate.matrix import available_profiles, load_profile, parse_only, select
 from generate.perturbations import definitions
 from generate.runner import LOG_DIR, Plan, plan, run_matrix
 
 console = Console(stderr=True, soft_wrap=True, highlight=False)
 out = Console(soft_wrap=True, highlight=False)
 
-ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="smoke | quick | paper, or a path to a .toml file")]
+#: The shipped profiles (generate/profiles/*.toml), listed in --profile's help.
+PROFILE_HELP = f"{' | '.join(available_profiles())}, or a path to your own .toml file"
+ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help=PROFILE_HELP)]
 CorpusOpt = Annotated[Path, typer.Option("--out", "--corpus", "-o", help="Corpus directory")]
 OnlyOpt = Annotated[
     str | None, typer.Option("--only", help="Filter by axis values, e.g. 'algo=ppo,magnitude=10|100'")
@@ -43,9 +45,9 @@ OnlyOpt = Annotated[
 def generate(
     profile: ProfileOpt = "quick",
     out_dir: CorpusOpt = Path("corpus"),
-    workers: Annotated[int, typer.Option(
-        "--workers", "-w", help="Parallel runs on this machine: the local pool's processes, or a local Ray "
-        "instance's CPUs (default: all cores)")] = 0,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", "-w", min=1, show_default=False, help="Parallel runs on this machine: the local pool's "
+        "processes, or a local Ray instance's CPUs. Unset: every core")] = None,
     only: OnlyOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would run, run nothing")] = False,
     backend_name: Annotated[str, typer.Option("--backend", "-b", help="local (process pool) | ray")] = "local",
@@ -63,7 +65,7 @@ def generate(
     specs = select(load_profile(profile), parse_only(only))
     if not specs:
         raise ProfileError(f"--only {only!r} matches no run of profile {escape(repr(profile))}")
-    backend = make_backend(backend_name, workers=workers, address=address, cpus_per_run=cpus_per_run,
+    backend = make_backend(backend_name, workers=workers or 0, address=address, cpus_per_run=cpus_per_run,
                            max_retries=max_retries)
     if dry_run:
         p = plan(specs, out_dir)
@@ -120,7 +122,8 @@ def generate(
 
 def status(
     corpus: Annotated[Path, typer.Option("--corpus", "-c", help="Corpus directory")] = Path("corpus"),
-    profile: Annotated[str | None, typer.Option("--profile", "-p", help="Compare against this profile")] = None,
+    profile: Annotated[str | None, typer.Option("--profile", "-p", help=f"Compare against this profile: "
+                                                f"{PROFILE_HELP}")] = None,
     only: OnlyOpt = None,
     cpus: Annotated[int, typer.Option("--cpus", help="Also estimate the wall time on a cluster of this many "
                                       "CPUs (one run per CPU, longest first)")] = 0,
