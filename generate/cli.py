@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections import Counter
 from pathlib import Path
@@ -21,7 +22,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from data_schema import read_manifest, require_corpus
+from data_schema import StabilityBenchError, read_manifest, require_corpus
 from data_schema.card import write_card
 from generate.backends import make_backend
 from generate.costs import estimate
@@ -67,6 +68,8 @@ def generate(
         raise ProfileError(f"--only {only!r} matches no run of profile {escape(repr(profile))}")
     backend = make_backend(backend_name, workers=workers or 0, address=address, cpus_per_run=cpus_per_run,
                            max_retries=max_retries)
+    if not dry_run:
+        require_generators()
     if dry_run:
         p = plan(specs, out_dir)
         out.print(f"profile {escape(repr(profile))}: {len(specs)} runs, {len(p.done)} done, {len(p.todo)} to run "
@@ -118,6 +121,18 @@ def generate(
         console.print(f"[red]{report.failed} run(s) failed[/]; tracebacks in {escape(str(out_dir / LOG_DIR))}/, "
                       "rerun the same command to retry them")
         raise typer.Exit(1)
+
+
+#: What training needs beyond the core install (the [generate] extra).
+GENERATOR_MODULES = ("torch", "stable_baselines3", "gymnasium", "mujoco", "transformers", "tokenizers")
+
+
+def require_generators() -> None:
+    """A one-line error when the [generate] extra is not installed (the core install reads and analyses only)."""
+    missing = [m for m in GENERATOR_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise StabilityBenchError(f"generate needs {', '.join(missing)}: pip install 'stabilitybench[generate]' "
+                                  "(after torch==2.13.0, see the README)")
 
 
 def status(
