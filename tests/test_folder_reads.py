@@ -190,8 +190,8 @@ def test_a_1_0_corpus_reads_with_the_new_names(legacy):
         pl.col("run_id") == sac).height
     assert steps.schema["algo"] == pl.String
     con = connect(root)
-    assert con.sql(f"select max(alpha) from steps where run_id = '{sac}'").fetchone()[0] == 0.2
-    assert con.sql("select max(run_wall_time_s) from manifest").fetchone()[0] == 2.5
+    assert con.execute(f"select max(alpha) from steps where run_id = '{sac}'").fetchall()[0][0] == 0.2
+    assert con.execute("select max(run_wall_time_s) from manifest").fetchall()[0][0] == 2.5
     assert "wall_time_s" not in [c[0] for c in con.sql("describe runs").fetchall()]
     path = steps_path(root, {"run_id": sac, **PARTITIONS[sac]})
     assert read_table(path, "steps").column("alpha").to_pylist()[0] == 0.2
@@ -223,7 +223,7 @@ def test_a_mixed_corpus_reads(legacy):
     write_manifest(root, rows)
     steps = scan_steps(root).collect()
     assert steps.height == N_STEPS and steps.filter(pl.col("run_id") == sac)["alpha"][0] == 0.2
-    assert connect(root).sql("select count(*) from steps").fetchone()[0] == N_STEPS
+    assert connect(root).execute("select count(*) from steps").fetchall()[0][0] == N_STEPS
 
 
 def test_upgrade_corpus_rewrites_legacy_files_once(legacy):
