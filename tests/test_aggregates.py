@@ -59,3 +59,18 @@ def test_performance_profile_is_the_fraction_above_tau():
     assert prof["fraction"].to_list() == [0.75, 0.75, 0.5, 0.25]  # scores 0, 0.5, 1, 2
     assert all(lo <= f <= hi for lo, f, hi in zip(prof["ci_low"], prof["fraction"], prof["ci_high"], strict=True))
     assert prof["fraction"].is_sorted(descending=True)
+
+
+def test_agrees_with_the_rliable_package_where_it_imports():
+    rly = pytest.importorskip("rliable.library")  # not a dependency (see analysis.aggregates); a cross-check
+    metrics = pytest.importorskip("rliable.metrics")
+    rng = np.random.default_rng(3)
+    scores = rng.uniform(0, 2, size=(8, 3))  # runs x envs, every env has a control median of 1
+    runs = _runs([(e, "none", 1.0, 1.0) for e in "ABC"] +
+                 [(e, "obs_noise", 0.5, float(scores[i, j])) for i in range(8) for j, e in enumerate("ABC")])
+    row = iqm_table(runs, n_boot=4000).filter(pl.col("perturbation") == "obs_noise").row(0, named=True)
+    point, ci = rly.get_interval_estimates({"x": scores}, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=4000,
+                                           random_state=np.random.RandomState(0))
+    assert row["iqm"] == pytest.approx(float(point["x"][0]))
+    assert row["ci_low"] == pytest.approx(float(ci["x"][0, 0]), abs=0.03)
+    assert row["ci_high"] == pytest.approx(float(ci["x"][1, 0]), abs=0.03)
