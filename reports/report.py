@@ -294,8 +294,8 @@ def captions(data: ReportData) -> dict[str, list[Any]]:
         cap["F11"] = [f"Coherence before collapse: {src.get('coherence_before_collapse', 'status')}."]
     cap["F12"] = ["Final performance normalised by the median of the matched unperturbed runs (1 = control level; "
                   "analysis/aggregates.py). Left: interquartile mean per configuration with a 95% stratified-bootstrap "
-                  "CI (runs resampled within each env, as rliable does); right: performance profiles, the fraction of runs "
-                  "above each threshold, with 95% CI bands."]
+                  "CI (runs resampled within each env, as rliable does); right: performance profiles, the fraction "
+                  "of runs above each threshold, with 95% CI bands."]
     return cap
 
 

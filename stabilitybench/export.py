@@ -8,7 +8,7 @@ skipped; non-finite ones are written as they are (a divergence is data).
 
 Each run is written into a dot-prefixed temporary folder and renamed into place, so
 exporting again replaces a run instead of appending a second copy of its scalars.
-Needs the ``tensorboard`` package (``pip install 'stabilitybench[export]'``), not torch.
+Needs the ``tensorboard`` package (the ``[data]`` extra), not torch.
 """
 
 from __future__ import annotations
@@ -49,9 +49,13 @@ def export_tensorboard(corpus: str | os.PathLike[str], out: str | os.PathLike[st
                        filters: dict[str, set[str]] | None = None,
                        progress: Callable[[int, int], None] | None = None) -> list[Path]:
     """Write the selected runs of ``corpus`` under ``out``; returns the run folders written."""
-    from tensorboard.compat.proto.event_pb2 import Event
-    from tensorboard.compat.proto.summary_pb2 import Summary
-    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+    try:
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.compat.proto.summary_pb2 import Summary
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+    except ImportError:
+        raise StabilityBenchError("export --tensorboard needs the tensorboard package: "
+                                  "pip install 'stabilitybench[data]'") from None
 
     require_corpus(corpus)
     runs = select_runs(read_manifest(corpus).to_pylist(), filters or {})
