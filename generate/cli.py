@@ -63,13 +63,12 @@ def generate(
 
     With --address, --out must be a path that every node mounts at the same place.
     """
+    require_generators()  # before the profile: checking its env ids imports gymnasium
     specs = select(load_profile(profile), parse_only(only))
     if not specs:
         raise ProfileError(f"--only {only!r} matches no run of profile {escape(repr(profile))}")
     backend = make_backend(backend_name, workers=workers or 0, address=address, cpus_per_run=cpus_per_run,
                            max_retries=max_retries)
-    if not dry_run:
-        require_generators()
     if dry_run:
         p = plan(specs, out_dir)
         out.print(f"profile {escape(repr(profile))}: {len(specs)} runs, {len(p.done)} done, {len(p.todo)} to run "

@@ -90,6 +90,7 @@ def test_core_install_in_a_fresh_venv(corpus: Path, tmp_path: Path) -> None:
     assert "stabilitybench" in run("--version").stdout
     assert "10" in run("query", "select count(*) from runs", "--corpus", "corpus").stdout
     run("status", "--corpus", "corpus")
+    assert "missing" in run("status", "--corpus", "corpus", "--profile", "smoke").stdout  # plans without gymnasium
     run("analyze", "--corpus", "corpus", "--out", "results")
     summary = json.loads((corpus.parent / "results" / "summary.json").read_text())
     assert summary["n_runs"] == 10
