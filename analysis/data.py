@@ -51,6 +51,7 @@ from data_schema import (
     scan_steps,
     steps_path,
 )
+from data_schema.compat import upgrade_frame
 from data_schema.corpus import EVENTS_DIR
 
 #: Columns never used as telemetry features (see the module docstring).
@@ -64,7 +65,7 @@ EXCLUDED = frozenset(
 #: Heavy-tailed columns that enter as sign(x) log1p(|x|).
 LOG_COLUMNS = frozenset(
     {"grad_norm", "update_norm", "param_norm", "loss", "value_loss", "train_loss", "approx_kl", "q_mean",
-     "attn_logit_max", "output_logit_max", "actor_grad_norm", "actor_update_norm", "ent_coef"}
+     "attn_logit_max", "output_logit_max", "actor_grad_norm", "actor_update_norm", "alpha"}
 )
 #: Columns whose non-finite value marks a diverged run.
 NONFINITE_COLUMNS = ("loss", "grad_norm", "update_norm", "param_norm", "train_loss", "val_loss", "performance")
@@ -222,7 +223,7 @@ def iter_run_steps(
     for row in runs.iter_rows(named=True):
         path = steps_path(corpus, row)
         if path.exists():
-            lf = pl.scan_parquet(path, hive_partitioning=False)
+            lf = upgrade_frame(pl.scan_parquet(path, hive_partitioning=False), "steps")  # a 1.0 file too
         else:
             lf = scan_steps(corpus, run_id=row["run_id"])
         have = set(lf.collect_schema().names())

@@ -40,6 +40,7 @@ in optimizer updates. Non-finite telemetry scores ``+inf``.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -70,11 +71,17 @@ class EarlyWarningConfig:
     kalman_iter: int = 50
     early_blocks: int = 10
     horizon_frac: float = 0.1
-    detectors: tuple[str, ...] = field(default=(*MONITORS, *BASELINES))
+    detectors: tuple[str, ...] = field(default_factory=lambda: default_detectors())
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def default_detectors() -> tuple[str, ...]:
+    """Every monitor and baseline; the GRU monitor only where torch is installed (not in the core install)."""
+    has_torch = importlib.util.find_spec("torch") is not None
+    return tuple(d for d in (*MONITORS, *BASELINES) if d != "gru" or has_torch)
 
 
 def seed_folds(seeds: list[int], max_folds: int = 5) -> list[dict[str, list[int]]]:

@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from analysis import coherence as coherence_mod
 from analysis import pca as pca_mod
+from analysis.aggregates import iqm_table, performance_profiles
 from analysis.collapse import CollapseConfig, collapse_group, nonfinite_steps
 from analysis.data import (
     NONFINITE_COLUMNS,
@@ -281,6 +282,8 @@ def run_analysis(
     # ---------------------------------------------------------------- dose-response
     dose = _dose_response(full)
     _write(dose, out / "dose_response.parquet")
+    _write(iqm_table(full, cfg.n_boot, cfg.seed), out / "final_performance_iqm.parquet")  # rliable-style
+    _write(performance_profiles(full, n_boot=cfg.n_boot, seed=cfg.seed), out / "performance_profiles.parquet")
 
     rule_fpr = full.filter(pl.col("unperturbed") & (pl.col("n_controls") > 0))
     kf = int(rule_fpr["collapsed"].sum()) if rule_fpr.height else 0

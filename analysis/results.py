@@ -22,6 +22,10 @@ TABLES: dict[str, str] = {
     "collapse_details": "one run: the outcome plus the rule's cause (performance | nonfinite) and notes",
     "collapse_sensitivity": "configuration x (drop, spread_k): collapsed counts under other rule settings",
     "dose_response": "configuration: collapse probability with a Clopper-Pearson CI, final performance",
+    "final_performance_iqm": "configuration: IQM of the control-normalised final performance over runs and envs, "
+                             "stratified-bootstrap 95% CI (rliable-style; analysis.aggregates)",
+    "performance_profiles": "(configuration, tau): fraction of runs with control-normalised final performance "
+                            "> tau, stratified-bootstrap 95% CI",
     "pca_explained": "(group, subset, component): explained-variance ratio, real and time-shuffled null",
     "pca_trajectories": "(group, run, block): the block's telemetry projected on PCs 1-3",
     "early_warning_runs": "(test run, detector): threshold, window maxima, first alarm, lead time",

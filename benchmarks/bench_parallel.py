@@ -50,7 +50,7 @@ def timed(matrix: list[RunSpec], backend: object) -> tuple[float, float]:
         report = run_matrix(matrix, corpus, backend=backend, on_result=rows.append)  # type: ignore[arg-type]
         wall = time.perf_counter() - t0
         assert (report.ran, report.ok) == (len(matrix), len(matrix)), report.failures
-        return wall, statistics.mean(r["wall_time_s"] for r in rows)
+        return wall, statistics.mean(r["run_wall_time_s"] for r in rows)
     finally:
         shutil.rmtree(corpus.parent, ignore_errors=True)
 

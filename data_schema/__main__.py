@@ -1,11 +1,24 @@
-"""``python -m data_schema [table]``: print the declared schema with units."""
+"""``python -m data_schema [table ...]``: print the declared schema with units.
+
+``python -m data_schema upgrade CORPUS``: rewrite a corpus's legacy-version files in the current schema.
+"""
 
 import sys
 
 from data_schema.schema import SCHEMA_VERSION, SCHEMAS, describe
 
-tables = sys.argv[1:] or list(SCHEMAS)
-for name in tables:
+args = sys.argv[1:]
+if args[:1] == ["upgrade"]:
+    from data_schema.compat import upgrade_corpus
+    from data_schema.corpus import require_corpus
+    from data_schema.errors import exit_on_user_error
+
+    if len(args) != 2:
+        sys.exit("usage: python -m data_schema upgrade CORPUS")
+    exit_on_user_error(lambda: print(f"rewrote {len(upgrade_corpus(require_corpus(args[1])))} file(s) of "
+                                     f"{args[1]} in schema {SCHEMA_VERSION}"))
+    sys.exit(0)
+for name in args or list(SCHEMAS):
     if name not in SCHEMAS:
         sys.exit(f"error: unknown table {name!r} (one of {', '.join(SCHEMAS)})")
     print(f"# {name} (schema v{SCHEMA_VERSION})")

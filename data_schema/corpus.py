@@ -25,9 +25,17 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from data_schema.compat import upgrade, upgrade_frame, upgrade_row, upgrade_select
 from data_schema.errors import CorpusNotFoundError, SchemaError
 from data_schema.io import conform, read_table, write_table
-from data_schema.schema import EVENTS_SCHEMA, MANIFEST_SCHEMA, PARTITION_COLUMNS, RUNS_SCHEMA, STEPS_SCHEMA
+from data_schema.schema import (
+    EVENTS_SCHEMA,
+    MANIFEST_SCHEMA,
+    PARTITION_COLUMNS,
+    RUNS_SCHEMA,
+    SCHEMA_VERSION,
+    STEPS_SCHEMA,
+)
 
 MANIFEST = "manifest.parquet"
 RUNS = "runs.parquet"
@@ -73,7 +81,7 @@ def read_manifest(corpus: str | os.PathLike[str], notes: list[str] | None = None
     try:
         return read_table(path, "manifest")
     except SchemaError:
-        raw = pq.read_table(path)
+        raw = upgrade(pq.read_table(path), "manifest")
         table = conform(raw, MANIFEST_SCHEMA, where=str(path))  # raises unless only nullable columns are missing
         if notes is not None:
             missing = [f.name for f in MANIFEST_SCHEMA if f.name not in raw.column_names]
@@ -86,31 +94,48 @@ def write_manifest(corpus: str | os.PathLike[str], rows: list[dict[str, Any]]) -
     """Atomically (re)write the manifest from ``rows``; later rows win on duplicate run_id."""
     by_id: dict[str, dict[str, Any]] = {}
     for row in rows:
-        by_id[row["run_id"]] = row
+        by_id[row["run_id"]] = upgrade_row(row)  # e.g. a row recovered from a 1.0 steps file's metadata
     ordered = sorted(by_id.values(), key=lambda r: r["run_id"])
     table = pa.Table.from_pylist(ordered, schema=MANIFEST_SCHEMA) if ordered else MANIFEST_SCHEMA.empty_table()
     return write_table(table, Path(corpus, MANIFEST), MANIFEST_SCHEMA)
 
 
 def scan_steps(corpus: str | os.PathLike[str], **filters: Any) -> pl.LazyFrame:
-    """A polars LazyFrame over every steps file, Hive-partitioned.
+    """A polars LazyFrame over every steps file, Hive-partitioned, in the current schema.
 
     ``filters`` are equality filters (or a list/tuple for ``is_in``) on any column,
     e.g. ``scan_steps("corpus", algo="ppo", perturbation=["none", "lr_spike"])``.
     Filters on partition columns prune whole directories; projections are pushed
-    down, so ``.select([...])`` reads only those columns.
+    down, so ``.select([...])`` reads only those columns. The partition columns come
+    back as ``pl.String``. Files of a legacy schema version (the manifest's
+    ``schema_version``) are scanned apart and their columns renamed.
     """
     root = require_corpus(corpus)
-    if not any(Path(root, STEPS_DIR).rglob("*.parquet")):
-        lf = pl.from_arrow(STEPS_SCHEMA.empty_table()).lazy()
-    else:
-        lf = pl.scan_parquet(str(root / STEPS_GLOB), hive_partitioning=True)
+    files = sorted(str(p) for p in Path(root, STEPS_DIR).rglob("*.parquet") if not p.name.startswith("."))
+    if not files:
+        return _filtered(pl.from_arrow(STEPS_SCHEMA.empty_table()).lazy(), filters)
+    legacy = _legacy_files(root)
+    groups = [[f for f in files if f not in legacy], [f for f in files if f in legacy]]
+    frames = [_filtered(upgrade_frame(pl.scan_parquet(group, hive_partitioning=True), "steps"), filters)
+              for group in groups if group]
+    return pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0]
+
+
+def _filtered(lf: pl.LazyFrame, filters: dict[str, Any]) -> pl.LazyFrame:
     for name, value in filters.items():
         if isinstance(value, (list, tuple, set)):
-            lf = lf.filter(pl.col(name).is_in(list(value)))
+            lf = lf.filter(pl.col(name).is_in([str(v) for v in value] if name in PARTITION_COLUMNS else list(value)))
         else:
             lf = lf.filter(pl.col(name) == value)
-    return lf
+    return lf.with_columns(pl.col(c).cast(pl.String) for c in PARTITION_COLUMNS)
+
+
+def _legacy_files(root: Path) -> set[str]:
+    """Steps files of runs that the manifest records with another schema version."""
+    if not Path(root, MANIFEST).exists():
+        return set()
+    rows = read_manifest(root).select(["run_id", "schema_version", *PARTITION_COLUMNS]).to_pylist()
+    return {str(steps_path(root, r)) for r in rows if r["schema_version"] != SCHEMA_VERSION}
 
 
 def connect(corpus: str | os.PathLike[str], database: str = ":memory:") -> duckdb.DuckDBPyConnection:
@@ -127,7 +152,7 @@ def connect(corpus: str | os.PathLike[str], database: str = ":memory:") -> duckd
     if runs.exists():
         _view(con, "runs", f"read_parquet('{_sql(runs)}')", RUNS_SCHEMA)
     else:
-        _view(con, "runs", "manifest" if manifest.exists() else None, MANIFEST_SCHEMA)
+        _view(con, "runs", "manifest" if manifest.exists() else None, MANIFEST_SCHEMA, upgraded=True)
     has_steps = any(Path(root, STEPS_DIR).rglob("*.parquet"))
     steps_src = f"read_parquet('{_sql(root / STEPS_GLOB)}', hive_partitioning=true, union_by_name=true)"
     _view(con, "steps", steps_src if has_steps else None, STEPS_SCHEMA)
@@ -136,13 +161,16 @@ def connect(corpus: str | os.PathLike[str], database: str = ":memory:") -> duckd
     return con
 
 
-def _view(con: duckdb.DuckDBPyConnection, name: str, source: str | None, schema: pa.Schema) -> None:
+def _view(con: duckdb.DuckDBPyConnection, name: str, source: str | None, schema: pa.Schema,
+          upgraded: bool = False) -> None:
+    """View ``name`` over ``source``, with legacy column names mapped onto the current ones."""
     if source is None:  # no files yet: an empty relation with the declared columns
         con.register(f"_empty_{name}", schema.empty_table())
         source = f"_empty_{name}"
-    else:
-        source = f"(select * from {source})"
-    con.execute(f"create or replace view {name} as select * from {source}")
+    columns = [row[0] for row in con.execute(f"describe select * from {source}").fetchall()]
+    table = schema.metadata[b"stabilitybench.table"].decode()
+    select = "*" if upgraded else upgrade_select(columns, table)
+    con.execute(f"create or replace view {name} as select {select} from {source}")
 
 
 def _sql(path: Path) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from data_schema.compat import upgrade
 from data_schema.errors import CorruptFileError, SchemaError
 from data_schema.schema import SCHEMA_VERSION, SCHEMAS
 
@@ -63,6 +64,8 @@ def _safe_cast(src: pa.DataType, dst: pa.DataType) -> bool:
     """Casts we accept silently: null to anything, ints to wider ints or floats, large/small strings."""
     if pa.types.is_null(src):
         return True
+    if pa.types.is_dictionary(dst):  # the steps files' partition columns
+        return _safe_cast(src, dst.value_type)
     if pa.types.is_integer(src) and (pa.types.is_integer(dst) or pa.types.is_floating(dst)):
         return True
     if pa.types.is_floating(src) and pa.types.is_floating(dst):
@@ -131,6 +134,7 @@ def remove_stale_temps(path: str | os.PathLike[str]) -> int:
 def read_table(path: str | os.PathLike[str], table_name: str) -> pa.Table:
     """Read a corpus file and validate it against the named schema.
 
+    A file written with a legacy schema version is upgraded on read (:func:`data_schema.compat.upgrade`).
     Raises :class:`CorruptFileError` if it is not readable Parquet and
     :class:`SchemaError` (naming file and column) if the columns do not match.
     """
@@ -141,6 +145,7 @@ def read_table(path: str | os.PathLike[str], table_name: str) -> pa.Table:
         raise
     except (pa.ArrowInvalid, OSError) as exc:
         raise CorruptFileError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from exc
+    table = upgrade(table, table_name)
     validate(table, table_name, where=str(path))
     return table
 

@@ -15,16 +15,29 @@ Conventions
   its losses, ``approx_kl`` and ``clip_fraction`` once per ``train()`` call) sit on
   the *last* update of that phase and are null on the others.
 * Partition values (``domain``, ``algo``, ``env``, ``perturbation``) are stored as
-  columns too, so a flat read without Hive partitioning still has them.
+  columns too, so a flat read without Hive partitioning still has them. In the steps
+  files they are dictionary-encoded strings: the type pyarrow (and so pandas) infers for
+  Hive partition values, so ``pd.read_parquet("corpus/steps")`` and
+  ``pq.read_table("corpus/steps")`` see one type per column in the folder names and the files.
+* A column name means one thing in every table: a column that two tables share is one
+  :class:`Column` declared here once (``steps ⋈ runs`` and ``events ⋈ runs`` are natural joins).
+
+Versions: 1.1 renamed two columns that meant two things (:data:`RENAMED`) and made the
+steps files' partition columns dictionary-encoded; :mod:`data_schema.compat` reads 1.0 files.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
+#: The version a ``run_id`` hashes (``generate.spec``). 1.1 renamed columns but changed no run,
+#: so it stays "1.0" and corpora written with 1.0 keep their ids (and resume).
+RUN_ID_VERSION = "1.0"
+#: Schema versions whose files the readers still open (through :mod:`data_schema.compat`).
+LEGACY_VERSIONS = ("1.0",)
 
 DOMAINS = ("rl", "lm")
 DIMENSIONS = ("none", "optimization", "environmental", "parametric", "learning_signal")
@@ -61,13 +74,28 @@ def _schema(name: str, columns: list[Column]) -> pa.Schema:
 
 
 STR, I64, F64, BOOL = pa.string(), pa.int64(), pa.float64(), pa.bool_()
+#: Type of the partition columns inside the steps files (what Hive discovery infers for them).
+DICT_STR = pa.dictionary(pa.int32(), pa.string())
+
+# ------------------------------------------------------- shared by several tables (declared once)
+RUN_ID = Column("run_id", STR, "-", "Stable hash of the run spec (see RUN_ID_VERSION); the join key", nullable=False)
+STEP = Column("step", I64, "update", "Optimizer-update index, 0-based", nullable=False)
+SAMPLES_SEEN = Column("samples_seen", I64, "samples", "Env steps (RL) or tokens (LM) consumed before this update")
+ELAPSED = Column("wall_time_s", F64, "s", "Seconds since the run started, when this row was recorded")
+DOMAIN = Column("domain", STR, "-", "rl | lm (in steps/ also a Hive partition key)", nullable=False)
+ALGO = Column("algo", STR, "-", "Algorithm or model family, e.g. ppo, gpt2 (in steps/ also a Hive partition key)",
+              nullable=False)
+ENV = Column("env", STR, "-", "Gymnasium env id or text corpus name (in steps/ also a Hive partition key)",
+             nullable=False)
+PERTURBATION = Column("perturbation", STR, "-", "Perturbation kind, e.g. none, lr_spike (in steps/ also a Hive "
+                      "partition key)", nullable=False)
 
 # --------------------------------------------------------------------------- steps
 STEPS_CORE = [
-    Column("run_id", STR, "-", "Stable hash of the run spec and schema version", nullable=False),
-    Column("step", I64, "update", "Optimizer-update index, 0-based", nullable=False),
-    Column("samples_seen", I64, "samples", "Env steps (RL) or tokens (LM) consumed before this update", nullable=False),
-    Column("wall_time_s", F64, "s", "Seconds since the run started, at the end of this update", nullable=False),
+    RUN_ID,
+    STEP,
+    replace(SAMPLES_SEEN, nullable=False),
+    replace(ELAPSED, nullable=False),
     Column("lr", F64, "-", "Learning rate the optimizer applied at this update (after any perturbation)"),
     Column("loss", F64, "-", "Total training loss (RL PPO: last minibatch of the train() call; see module doc)"),
     Column("grad_norm", F64, "L2", "Global L2 norm of the gradient before clipping (SAC/TD3: the critic's)"),
@@ -104,7 +132,8 @@ STEPS_RL = [
     Column("actor_grad_coherence", F64, "cosine", "SAC/TD3: rolling coherence (last K actor updates) of the actor's "
            "gradients"),
     Column("actor_update_norm", F64, "L2", "SAC/TD3: L2 norm of the actor's parameter change at this gradient step"),
-    Column("ent_coef", F64, "-", "SAC: entropy coefficient alpha (mean over the train() call)"),
+    Column("alpha", F64, "-", "SAC: entropy temperature alpha, SB3's train/ent_coef (mean over the train() call); "
+           "not the manifest's ent_coef setting"),
     Column("dormant_fraction", F64, "fraction", "Fraction of tau-dormant hidden units (ReDo; tau in config_json) of "
            "the policy's hidden layers on a fixed probe batch; every probe_every updates, null between"),
     Column("effective_rank", F64, "-", "Effective rank (Roy & Vetterli) of the policy's last hidden layer on the "
@@ -119,24 +148,19 @@ STEPS_LM = [
     Column("tokens_per_s", F64, "tokens/s", "Training throughput of this step"),
 ]
 
-STEPS_PARTITION = [
-    Column("domain", STR, "-", "rl | lm (also a Hive partition key)", nullable=False),
-    Column("algo", STR, "-", "Algorithm or model family, e.g. ppo, gpt2 (Hive partition key)", nullable=False),
-    Column("env", STR, "-", "Gymnasium env id or text corpus name (Hive partition key)", nullable=False),
-    Column("perturbation", STR, "-", "Perturbation kind, e.g. none, lr_spike (Hive partition key)", nullable=False),
-]
+STEPS_PARTITION = [replace(c, type=DICT_STR) for c in (DOMAIN, ALGO, ENV, PERTURBATION)]
 
 STEPS_COLUMNS = STEPS_CORE + STEPS_RL + STEPS_LM + STEPS_PARTITION
 STEPS_SCHEMA = _schema("steps", STEPS_COLUMNS)
 
 # ------------------------------------------------------------------------ manifest
 MANIFEST_COLUMNS = [
-    Column("run_id", STR, "-", "Stable hash of the run spec and schema version", nullable=False),
-    Column("domain", STR, "-", "rl | lm", nullable=False),
-    Column("algo", STR, "-", "Algorithm or model family", nullable=False),
-    Column("env", STR, "-", "Gymnasium env id or text corpus name", nullable=False),
+    RUN_ID,
+    DOMAIN,
+    ALGO,
+    ENV,
     Column("seed", I64, "-", "Seed of everything random in the run", nullable=False),
-    Column("perturbation", STR, "-", "Perturbation kind", nullable=False),
+    PERTURBATION,
     Column("dimension", STR, "-", "none | optimization | environmental | parametric | learning_signal", nullable=False),
     Column("magnitude", F64, "-", "Perturbation magnitude (kind-specific; 1 = identity for multiplicative kinds)"),
     Column("onset_frac", F64, "fraction", "Onset as a fraction of the run's optimizer updates"),
@@ -145,7 +169,8 @@ MANIFEST_COLUMNS = [
     Column("stochasticity", STR, "-", "Named stochasticity level (low | default | high)", nullable=False),
     Column("batch_size", I64, "samples", "Minibatch size (stochasticity knob)"),
     Column("n_envs", I64, "-", "Parallel envs (stochasticity knob, RL)"),
-    Column("ent_coef", F64, "-", "Entropy coefficient (stochasticity knob, PPO)"),
+    Column("ent_coef", F64, "-", "PPO entropy-coefficient setting (stochasticity knob); SAC's learned alpha is the "
+           "steps column alpha"),
     Column("target_entropy_scale", F64, "-", "SAC target entropy = -scale x dim(A) (stochasticity knob)"),
     Column("action_noise_std", F64, "action", "TD3 Gaussian exploration noise std (stochasticity knob)"),
     Column("target_policy_noise", F64, "action", "TD3 target-policy smoothing noise std (stochasticity knob)"),
@@ -157,7 +182,7 @@ MANIFEST_COLUMNS = [
     Column("stop_reason", STR, "-", "completed | nonfinite (null if failed)"),
     Column("status", STR, "-", "ok | failed | running", nullable=False),
     Column("error", STR, "-", "One-line error of a failed run"),
-    Column("wall_time_s", F64, "s", "Wall time of the run"),
+    Column("run_wall_time_s", F64, "s", "Wall time of the whole run (steps/events wall_time_s: seconds since start)"),
     Column("started_at", STR, "ISO-8601", "UTC start time of the run"),
     Column("code_version", STR, "-", "Git commit (+dirty) or package version that produced the run", nullable=False),
     Column("schema_version", STR, "-", "Corpus schema version", nullable=False),
@@ -177,15 +202,25 @@ RUNS_SCHEMA = _schema("runs", MANIFEST_COLUMNS + OUTCOME_COLUMNS)
 
 # -------------------------------------------------------------------------- events
 EVENTS_COLUMNS = [
-    Column("run_id", STR, "-", "Run the event belongs to", nullable=False),
-    Column("step", I64, "update", "Optimizer-update index at which the event happened", nullable=False),
-    Column("samples_seen", I64, "samples", "Env steps or tokens at the event"),
-    Column("wall_time_s", F64, "s", "Seconds since run start"),
+    RUN_ID,
+    STEP,
+    SAMPLES_SEEN,
+    ELAPSED,
     Column("event", STR, "-", "perturbation_on | perturbation_off | nonfinite | eval | collapse", nullable=False),
     Column("detail", STR, "-", "Free text, e.g. which tensor was non-finite"),
     Column("value", F64, "-", "Event value, e.g. the perturbation magnitude"),
 ]
 EVENTS_SCHEMA = _schema("events", EVENTS_COLUMNS)
+
+#: Columns renamed since a legacy version, per table: old name -> new name (1.0 -> 1.1). Each old name
+#: meant something else in another table: steps ``ent_coef`` (SAC's alpha) vs the manifest's PPO
+#: setting, and the manifest's ``wall_time_s`` (run duration) vs steps/events (seconds since start).
+RENAMED: dict[str, dict[str, str]] = {
+    "steps": {"ent_coef": "alpha"},
+    "manifest": {"wall_time_s": "run_wall_time_s"},
+    "runs": {"wall_time_s": "run_wall_time_s"},
+    "events": {},
+}
 
 SCHEMAS: dict[str, pa.Schema] = {
     "steps": STEPS_SCHEMA,

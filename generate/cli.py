@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections import Counter
 from pathlib import Path
@@ -21,19 +22,21 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from data_schema import read_manifest, require_corpus
+from data_schema import StabilityBenchError, read_manifest, require_corpus
 from data_schema.card import write_card
 from generate.backends import make_backend
 from generate.costs import PRE_REFERENCE_SECONDS, estimate
 from generate.errors import ProfileError
-from generate.matrix import load_profile, parse_only, select
+from generate.matrix import available_profiles, load_profile, parse_only, select
 from generate.perturbations import definitions
 from generate.runner import LOG_DIR, Plan, plan, run_matrix
 
 console = Console(stderr=True, soft_wrap=True, highlight=False)
 out = Console(soft_wrap=True, highlight=False)
 
-ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="smoke | quick | paper, or a path to a .toml file")]
+#: The shipped profiles (generate/profiles/*.toml), listed in --profile's help.
+PROFILE_HELP = f"{' | '.join(available_profiles())}, or a path to your own .toml file"
+ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help=PROFILE_HELP)]
 CorpusOpt = Annotated[Path, typer.Option("--out", "--corpus", "-o", help="Corpus directory")]
 OnlyOpt = Annotated[
     str | None, typer.Option("--only", help="Filter by axis values, e.g. 'algo=ppo,magnitude=10|100'")
@@ -43,9 +46,9 @@ OnlyOpt = Annotated[
 def generate(
     profile: ProfileOpt = "quick",
     out_dir: CorpusOpt = Path("corpus"),
-    workers: Annotated[int, typer.Option(
-        "--workers", "-w", help="Parallel runs on this machine: the local pool's processes, or a local Ray "
-        "instance's CPUs (default: all cores)")] = 0,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", "-w", min=1, show_default=False, help="Parallel runs on this machine: the local pool's "
+        "processes, or a local Ray instance's CPUs. Unset: every core")] = None,
     only: OnlyOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would run, run nothing")] = False,
     backend_name: Annotated[str, typer.Option("--backend", "-b", help="local (process pool) | ray")] = "local",
@@ -60,10 +63,11 @@ def generate(
 
     With --address, --out must be a path that every node mounts at the same place.
     """
+    require_generators()  # before the profile: checking its env ids imports gymnasium
     specs = select(load_profile(profile), parse_only(only))
     if not specs:
         raise ProfileError(f"--only {only!r} matches no run of profile {escape(repr(profile))}")
-    backend = make_backend(backend_name, workers=workers, address=address, cpus_per_run=cpus_per_run,
+    backend = make_backend(backend_name, workers=workers or 0, address=address, cpus_per_run=cpus_per_run,
                            max_retries=max_retries)
     if dry_run:
         p = plan(specs, out_dir)
@@ -118,9 +122,22 @@ def generate(
         raise typer.Exit(1)
 
 
+#: What training needs beyond the core install (the [generate] extra).
+GENERATOR_MODULES = ("torch", "stable_baselines3", "gymnasium", "mujoco", "transformers", "tokenizers")
+
+
+def require_generators() -> None:
+    """A one-line error when the [generate] extra is not installed (the core install reads and analyses only)."""
+    missing = [m for m in GENERATOR_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise StabilityBenchError(f"generate needs {', '.join(missing)}: pip install 'stabilitybench[generate]' "
+                                  "(after torch==2.13.0, see the README)")
+
+
 def status(
     corpus: Annotated[Path, typer.Option("--corpus", "-c", help="Corpus directory")] = Path("corpus"),
-    profile: Annotated[str | None, typer.Option("--profile", "-p", help="Compare against this profile")] = None,
+    profile: Annotated[str | None, typer.Option("--profile", "-p", help=f"Compare against this profile: "
+                                                f"{PROFILE_HELP}")] = None,
     only: OnlyOpt = None,
     cpus: Annotated[int, typer.Option("--cpus", help="Also estimate the wall time on a cluster of this many "
                                       "CPUs (one run per CPU, longest first)")] = 0,

@@ -66,8 +66,8 @@ def measured_throughput(rows: Iterable[dict[str, Any]]) -> dict[tuple[str, str],
     """Median env steps/s per (algo, env) over completed runs of a manifest."""
     samples: dict[tuple[str, str], list[float]] = {}
     for r in rows:
-        if r.get("status") == "ok" and r.get("stop_reason") == "completed" and (r.get("wall_time_s") or 0) > 0:
-            samples.setdefault((r["algo"], r["env"]), []).append(r["total_steps"] / r["wall_time_s"])
+        if r.get("status") == "ok" and r.get("stop_reason") == "completed" and (r.get("run_wall_time_s") or 0) > 0:
+            samples.setdefault((r["algo"], r["env"]), []).append(r["total_steps"] / r["run_wall_time_s"])
     return {k: statistics.median(v) for k, v in samples.items()}
 
 

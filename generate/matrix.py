@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Collection
 from dataclasses import fields
 from importlib import resources
 from pathlib import Path
@@ -201,8 +202,12 @@ def _check_spec(spec: RunSpec, hparams: Any, label: str) -> None:
 
 
 # ------------------------------------------------------------------------ --only filter
-def parse_only(text: str | None) -> dict[str, set[str]]:
-    """Parse ``'algo=ppo,magnitude=10|100'`` into ``{axis: {values}}``; repeated keys accumulate."""
+def parse_only(text: str | None, keys: Collection[str] | None = None) -> dict[str, set[str]]:
+    """Parse ``'algo=ppo,magnitude=10|100'`` into ``{axis: {values}}``; repeated keys accumulate.
+
+    ``keys``: the names a filter may use (default: the profile axes).
+    """
+    allowed = [k for k in AXES if k != "hparams"] if keys is None else list(keys)
     if not text:
         return {}
     filters: dict[str, set[str]] = {}
@@ -214,8 +219,8 @@ def parse_only(text: str | None) -> dict[str, set[str]]:
             raise ProfileError(f"--only: {part!r} is not key=value (e.g. 'algo=ppo,magnitude=10|100')")
         key, _, value = part.partition("=")
         key = key.strip()
-        if key not in AXES or key == "hparams":
-            raise ProfileError(f"--only: unknown axis {key!r} (one of {', '.join(k for k in AXES if k != 'hparams')})")
+        if key not in allowed:
+            raise ProfileError(f"--only: unknown axis {key!r} (one of {', '.join(allowed)})")
         filters.setdefault(key, set()).update(v.strip() for v in value.split("|"))
     return filters
 
@@ -223,13 +228,14 @@ def parse_only(text: str | None) -> dict[str, set[str]]:
 def select(specs: list[RunSpec], filters: dict[str, set[str]]) -> list[RunSpec]:
     """Keep the specs whose axis values match every filter (numbers compare numerically)."""
 
-    def matches(spec: RunSpec, key: str, wanted: set[str]) -> bool:
-        value = getattr(spec, key)
-        if isinstance(value, (int, float)):
-            try:
-                return any(math.isclose(float(w), float(value)) for w in wanted)
-            except ValueError:
-                raise ProfileError(f"--only: {key} needs numbers, got {sorted(wanted)}") from None
-        return str(value) in wanted
+    return [s for s in specs if all(value_matches(k, getattr(s, k), v) for k, v in filters.items())]
 
-    return [s for s in specs if all(matches(s, k, v) for k, v in filters.items())]
+
+def value_matches(key: str, value: Any, wanted: set[str]) -> bool:
+    """Whether ``value`` (of axis or column ``key``) is one of the ``--only`` strings; numbers compare numerically."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return any(math.isclose(float(w), float(value)) for w in wanted)
+        except ValueError:
+            raise ProfileError(f"--only: {key} needs numbers, got {sorted(wanted)}") from None
+    return str(value) in wanted

@@ -42,6 +42,7 @@ from data_schema import (
     write_manifest,
     write_table,
 )
+from data_schema.compat import upgrade_schema
 from data_schema.schema import DIMENSIONS
 from generate.costs import longest_first
 from generate.perturbations import perturbation_class
@@ -84,7 +85,7 @@ def run_one(spec: RunSpec, corpus: str | os.PathLike[str], num_threads: int = 1)
             config_json=json.dumps({"spec": spec.to_dict(), "algo_config": result.config,
                                     "torch_threads": torch.get_num_threads()}, sort_keys=True),
             status="ok",
-            wall_time_s=time.perf_counter() - t0,
+            run_wall_time_s=time.perf_counter() - t0,
             **result.knobs,
         )
         # events first, steps last: the steps file (carrying the manifest row) marks completion
@@ -92,7 +93,7 @@ def run_one(spec: RunSpec, corpus: str | os.PathLike[str], num_threads: int = 1)
         meta = {RUN_METADATA_KEY: json.dumps(row).encode()}
         write_table(result.steps, steps_path(corpus, row), STEPS_SCHEMA, extra_metadata=meta)
     except Exception as exc:
-        row.update(status="failed", error=_one_line(exc), wall_time_s=time.perf_counter() - t0, stop_reason=None)
+        row.update(status="failed", error=_one_line(exc), run_wall_time_s=time.perf_counter() - t0, stop_reason=None)
         log = corpus / LOG_DIR / f"{spec.run_id}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text(traceback.format_exc())
@@ -167,9 +168,10 @@ def outputs_valid(corpus: str | os.PathLike[str], row: dict[str, Any]) -> bool:
     try:
         steps = pq.ParquetFile(steps_path(corpus, row))
         events = pq.ParquetFile(events_path(corpus, row["run_id"]))
-        if not steps.schema_arrow.remove_metadata().equals(STEPS_SCHEMA.remove_metadata()):
+        if not upgrade_schema(steps.schema_arrow, "steps").remove_metadata().equals(STEPS_SCHEMA.remove_metadata()):
             return False
-        if not events.schema_arrow.remove_metadata().equals(EVENTS_SCHEMA.remove_metadata()):
+        if not upgrade_schema(events.schema_arrow, "events").remove_metadata().equals(
+                EVENTS_SCHEMA.remove_metadata()):
             return False
         expected = row.get("n_updates")
         return expected is None or steps.metadata.num_rows == expected

@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from data_schema.schema import SCHEMA_VERSION
+from data_schema.schema import RUN_ID_VERSION
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class RunSpec:
 
     @property
     def run_id(self) -> str:
-        payload = json.dumps({**self.to_dict(), "schema_version": SCHEMA_VERSION}, sort_keys=True)
+        payload = json.dumps({**self.to_dict(), "schema_version": RUN_ID_VERSION}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:

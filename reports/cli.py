@@ -21,7 +21,7 @@ def report(
                                                  "(default: the path recorded in summary.json)")] = None,
     embed: Annotated[bool, typer.Option("--embed/--no-embed", help="Inline the PNGs into index.html")] = False,
 ) -> None:
-    """Draw figures F1-F11 and write index.html + index.md from the analysis results."""
+    """Draw figures F1-F12 and write index.html + index.md from the analysis results."""
     from reports.report import build_report
 
     t0 = time.perf_counter()

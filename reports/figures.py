@@ -1,4 +1,4 @@
-"""The report's eleven figures (F1-F11): one panel function per plot, ``ax=None`` in, axes out.
+"""The report's figures F1-F11 (F12 is reports/aggregates.py): one panel function per plot, ``ax=None`` in, axes out.
 
 Each panel function draws precomputed results (tables written by ``analysis``) and returns
 its axes; it computes no statistic. ``build_*`` functions compose the panels of one figure
@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from reports.aggregates import build_aggregates
 from reports.data import DIMENSIONS, F1_WINDOW, ReportData, finite, onset_telemetry
 from reports.style import CONTROL_COLOR, PALETTE, SEQUENTIAL, grid, new_axes, outside_legend, too_little_data
 
@@ -850,4 +851,5 @@ FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec("F9", "f09_dissociation", "Dissociation of performance and stability", build_dissociation),
     FigureSpec("F10", "f10_stochasticity", "Stochasticity buffer", build_stochasticity),
     FigureSpec("F11", "f11_coherence", "Gradient coherence before collapse", build_coherence),
+    FigureSpec("F12", "f12_final_performance", "Final performance: IQM and performance profiles", build_aggregates),
 )

@@ -292,6 +292,10 @@ def captions(data: ReportData) -> dict[str, list[Any]]:
                                               pos="a rise, not the drop the paper predicts"), "."]
     else:
         cap["F11"] = [f"Coherence before collapse: {src.get('coherence_before_collapse', 'status')}."]
+    cap["F12"] = ["Final performance normalised by the median of the matched unperturbed runs (1 = control level; "
+                  "analysis/aggregates.py). Left: interquartile mean per configuration with a 95% stratified-bootstrap "
+                  "CI (runs resampled within each env, as rliable does); right: performance profiles, the fraction "
+                  "of runs above each threshold, with 95% CI bands."]
     return cap
 
 
@@ -416,7 +420,7 @@ def _write_atomic(path: Path, text: str) -> None:
 def build_report(results: str | os.PathLike[str], out: str | os.PathLike[str] = "reports/out",
                  corpus: str | os.PathLike[str] | None = None,
                  progress: Callable[[str], None] | None = None, embed: bool = False) -> Path:
-    """Draw F1-F11 from ``results`` and write ``out/index.html``, ``out/index.md`` and ``out/figures/``.
+    """Draw F1-F12 from ``results`` and write ``out/index.html``, ``out/index.md`` and ``out/figures/``.
 
     ``embed=True`` inlines the PNGs into index.html (base64) so the page travels as one file;
     the SVG links still point to ``figures/``. Returns the path of index.html. Raises

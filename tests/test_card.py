@@ -47,3 +47,50 @@ def test_analysis_section_is_added_and_kept(tmp_path: Path) -> None:
     write_card(corpus, definitions(), profile="quick")  # a later generate keeps the analysis section
     text = (corpus / "README.md").read_text()
     assert "profile: quick" in text and "| ppo | none | 1 | 1 | 0/1 |" in text
+
+
+def test_card_header_is_a_hugging_face_dataset_card(tmp_path: Path) -> None:
+    """configs per table, features from the schemas, size in rows; `datasets` loads each table through it."""
+    import yaml
+    from test_corpus_readers import build_corpus
+
+    from data_schema import SCHEMAS
+    from data_schema.card import hf_dtype, size_category
+
+    corpus = tmp_path / "corpus"
+    built = build_corpus(corpus, litter=False)
+    import shutil
+
+    shutil.copy(corpus / "manifest.parquet", corpus / "runs.parquet")  # stands in for analyze's runs table
+    text = write_card(corpus, definitions(), profile="smoke").read_text()
+    header = yaml.safe_load(text.split("---\n")[1])
+    assert [c["config_name"] for c in header["configs"]] == ["steps", "manifest", "events", "runs"]
+    info = {c["config_name"]: c for c in header["dataset_info"]}
+    for name in ("steps", "manifest", "events"):
+        assert [(f["name"], f["dtype"]) for f in info[name]["features"]] == [
+            (f.name, hf_dtype(f.type)) for f in SCHEMAS[name]]
+    rows = {"steps": len(built.steps), "manifest": len(built.manifest), "events": len(built.events)}
+    for name, n in rows.items():
+        assert info[name]["splits"][0]["num_examples"] == n
+    assert header["size_categories"] == [size_category(len(built.steps))] == ["n<1K"]
+    assert (size_category(999), size_category(1000), size_category(25_000_000)) == ("n<1K", "1K<n<10K", "10M<n<100M")
+    assert header["license"] == "mit"
+
+    datasets = __import__("pytest").importorskip("datasets")
+    for name, n in rows.items():
+        ds = datasets.load_dataset(str(corpus), name, split="train", cache_dir=str(tmp_path / "hf"))
+        assert ds.num_rows == n and ds.column_names == SCHEMAS[name].names
+
+
+def test_card_licences_name_the_lm_text(tmp_path: Path) -> None:
+    import yaml
+
+    row = base_row(RunSpec(domain="lm", algo="gpt2", env="pydoc-topics", seed=0))
+    row.update(status="ok", n_updates=4, stop_reason="completed")
+    user = base_row(RunSpec(domain="lm", algo="gpt2", env="my-text", seed=0))
+    user.update(status="ok", n_updates=4, stop_reason="completed")
+    write_manifest(tmp_path, [row, user])
+    text = write_card(tmp_path, definitions()).read_text()
+    header = yaml.safe_load(text.split("---\n")[1])
+    assert header["license"] == "other" and header["license_name"] == "mit+psf-2.0+unknown"
+    assert "Python Software Foundation License" in text and "`my-text`: licence not recorded" in text

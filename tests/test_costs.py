@@ -22,7 +22,7 @@ def test_estimate_uses_the_reference_throughput_without_a_corpus() -> None:
 
 def test_estimate_prefers_measured_throughput() -> None:
     rows = [{"status": "ok", "stop_reason": "completed", "algo": "ppo", "env": "HalfCheetah-v5",
-             "total_steps": 1000, "wall_time_s": 2.0}]  # 500 steps/s measured
+             "total_steps": 1000, "run_wall_time_s": 2.0}]  # 500 steps/s measured
     est = estimate([spec("ppo", 5000)], rows)
     assert est.run_seconds == (10.0,)
     assert est.sources["ppo"].startswith("corpus")

@@ -173,10 +173,12 @@ def test_conform_fills_missing_nullable_and_widens_ints():
 
 def test_conform_accepts_dictionary_strings():
     table = steps_table()
-    idx = table.schema.get_field_index("algo")
-    table = table.set_column(idx, "algo", table.column("algo").dictionary_encode())
+    idx = table.schema.get_field_index("run_id")
+    table = table.set_column(idx, "run_id", table.column("run_id").dictionary_encode())
     out = conform(table, STEPS_SCHEMA)
-    assert out.column("algo").type == pa.string()
+    assert out.column("run_id").type == pa.string()
+    # and plain strings into the dictionary-encoded partition columns
+    assert out.column("algo").type == pa.dictionary(pa.int32(), pa.string())
     assert out.column("algo").to_pylist() == ["ppo"] * table.num_rows
 
 
@@ -466,7 +468,7 @@ def test_write_manifest_dedups_later_row_wins(tmp_path):
     rows = [
         manifest_row("b", status="running"),
         manifest_row("a", seed=1),
-        manifest_row("b", status="ok", wall_time_s=12.5),
+        manifest_row("b", status="ok", run_wall_time_s=12.5),
         manifest_row("c", status="failed", error="boom"),
         manifest_row("a", seed=2),
     ]
@@ -477,7 +479,7 @@ def test_write_manifest_dedups_later_row_wins(tmp_path):
     assert table.column("run_id").to_pylist() == ["a", "b", "c"]
     by_id = {r["run_id"]: r for r in table.to_pylist()}
     assert by_id["a"]["seed"] == 2
-    assert by_id["b"]["status"] == "ok" and by_id["b"]["wall_time_s"] == 12.5
+    assert by_id["b"]["status"] == "ok" and by_id["b"]["run_wall_time_s"] == 12.5
     assert by_id["c"]["error"] == "boom"
     assert by_id["c"]["magnitude"] is None
     assert visible_and_hidden(tmp_path) == (["manifest.parquet"], [])

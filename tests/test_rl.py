@@ -173,10 +173,10 @@ def test_off_policy_rows_spike_and_actor_columns(algo: str) -> None:
     actor_rows = [i for i, v in enumerate(d["actor_grad_norm"]) if v is not None]
     if algo == "sac":
         assert actor_rows == list(range(500))
-        assert all(v is not None for v in d["ent_coef"])
+        assert all(v is not None for v in d["alpha"])
     else:  # TD3 updates the actor every policy_delay = 2 critic updates
         assert actor_rows == list(range(1, 500, 2))
-        assert all(v is None for v in d["ent_coef"])
+        assert all(v is None for v in d["alpha"])
     probed = [i for i, v in enumerate(d["effective_rank"]) if v is not None]
     assert probed == list(range(0, 500, 50))
     assert all(0.0 <= d["dormant_fraction"][i] <= 1.0 for i in probed)

@@ -107,7 +107,7 @@ def test_run_one_writes_valid_files(tmp_path: Path) -> None:
     assert row["planned_updates"] == 4
     assert row["stop_reason"] == "completed"
     assert row["onset_step"] == round(GOOD_A.onset_frac * row["planned_updates"])
-    assert row["wall_time_s"] > 0
+    assert row["run_wall_time_s"] > 0
     assert json.loads(row["config_json"])["spec"] == GOOD_A.to_dict()
     assert_valid_run(corpus, GOOD_A, row)
 
@@ -279,7 +279,7 @@ def test_lost_manifest_is_recovered_from_steps_metadata(corpus: Path) -> None:
     for spec in (GOOD_A, GOOD_B):
         got, want = rows[spec.run_id], original[spec.run_id]
         for col in ("status", "n_updates", "planned_updates", "onset_step", "config_json", "magnitude", "seed",
-                    "code_version", "wall_time_s"):
+                    "code_version", "run_wall_time_s"):
             assert got[col] == want[col], col
         assert_valid_run(corpus, spec, got)
     # and now it is an ordinary complete corpus

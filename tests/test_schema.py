@@ -62,7 +62,8 @@ def test_partition_columns_in_steps_schema():
     assert PARTITION_COLUMNS == ("domain", "algo", "env", "perturbation")
     for name in PARTITION_COLUMNS:
         field = STEPS_SCHEMA.field(name)  # KeyError if absent
-        assert field.type == pa.string()
+        # dictionary-encoded: the type Hive discovery gives the folder names (pyarrow/pandas folder reads)
+        assert field.type == pa.dictionary(pa.int32(), pa.string())
         assert not field.nullable, f"partition column {name} must be non-nullable"
         # the manifest carries the same keys, so a steps file can be placed from a manifest row
         assert MANIFEST_SCHEMA.field(name).type == pa.string()
@@ -111,7 +112,7 @@ MANIFEST_REQUIRED = [
     "total_steps",
     "status",
     "error",
-    "wall_time_s",
+    "run_wall_time_s",
     "code_version",
     "schema_version",
     "config_json",

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from data_schema import SCHEMA_VERSION
+from data_schema.schema import RUN_ID_VERSION
 from generate.spec import RunSpec
 
 
@@ -118,7 +118,7 @@ def test_run_id_includes_the_schema_version(monkeypatch: pytest.MonkeyPatch) -> 
     import generate.spec as spec_mod
 
     before = make().run_id
-    monkeypatch.setattr(spec_mod, "SCHEMA_VERSION", SCHEMA_VERSION + ".test")
+    monkeypatch.setattr(spec_mod, "RUN_ID_VERSION", RUN_ID_VERSION + ".test")
     assert make().run_id != before
 
 
@@ -141,13 +141,13 @@ def test_run_id_is_stable_across_processes(hashseed: str) -> None:
 # Golden value. If this test fails, every existing corpus is orphaned: its run_ids no
 # longer match the specs, so `generate` would re-run everything and the manifest would
 # hold two generations of ids. Change it only together with a deliberate schema-version
-# bump (data_schema.schema.SCHEMA_VERSION), never as a side effect of a refactor.
+# bump (data_schema.schema.RUN_ID_VERSION), never as a side effect of a refactor.
 GOLDEN_SPEC = RunSpec(domain="rl", algo="ppo", env="HalfCheetah-v5", seed=0)
 GOLDEN_ID = "519bba8a7b9c0aea"
 
 
 def test_golden_run_id() -> None:
-    assert SCHEMA_VERSION == "1.0"
+    assert RUN_ID_VERSION == "1.0"  # schema 1.1 renamed columns only: 1.0 corpora keep their run_ids
     assert GOLDEN_SPEC.run_id == GOLDEN_ID
 
 

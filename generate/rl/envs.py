@@ -17,8 +17,15 @@ from generate.perturbations import Perturbation, TrainingClock
 
 
 def check_env_id(env_id: str) -> None:
-    """Raise :class:`UnknownEnvError` (one line, with a hint) if gymnasium does not know ``env_id``."""
-    import gymnasium
+    """Raise :class:`UnknownEnvError` (one line, with a hint) if gymnasium does not know ``env_id``.
+
+    Without gymnasium (the core install) there is nothing to check against: ``status --profile`` still
+    plans, and ``generate`` refuses to start without the [generate] extra.
+    """
+    try:
+        import gymnasium
+    except ModuleNotFoundError:
+        return
 
     if env_id in gymnasium.envs.registry:
         return

@@ -53,7 +53,7 @@ from generate.telemetry import EventLog, StepRecorder, UpdateProbe, apply_pertur
 TRAIN_STATS = {
     "ppo": {"train/loss": "loss", "train/policy_gradient_loss": "policy_loss", "train/value_loss": "value_loss",
             "train/approx_kl": "approx_kl", "train/clip_fraction": "clip_fraction"},
-    "sac": {"train/critic_loss": "value_loss", "train/actor_loss": "policy_loss", "train/ent_coef": "ent_coef"},
+    "sac": {"train/critic_loss": "value_loss", "train/actor_loss": "policy_loss", "train/ent_coef": "alpha"},
     "td3": {"train/critic_loss": "value_loss", "train/actor_loss": "policy_loss"},
 }
 

@@ -1,0 +1,132 @@
+"""Reading corpora written with a legacy schema version (:data:`~data_schema.schema.LEGACY_VERSIONS`).
+
+1.0 -> 1.1 renamed columns (:data:`~data_schema.schema.RENAMED`) and made the steps files'
+partition columns dictionary-encoded. Every project reader goes through here, so a 1.0
+corpus reads (and resumes) as 1.1:
+
+* :func:`upgrade` maps a 1.0 table (pyarrow) onto the current names and types;
+* :func:`upgrade_frame` does the same for a polars LazyFrame, :func:`upgrade_select`
+  builds the DuckDB projection for a view;
+* :func:`upgrade_corpus` (``python -m data_schema upgrade CORPUS``) rewrites a corpus's
+  legacy files in place, atomically, so readers without project code (pandas or pyarrow
+  folder reads) see one schema too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from data_schema.schema import RENAMED, SCHEMA_VERSION, SCHEMAS
+
+VERSION_KEY = b"stabilitybench.schema_version"
+
+
+def upgrade_row(row: dict[str, Any], table: str = "manifest") -> dict[str, Any]:
+    """A manifest/runs row (dict) with legacy keys renamed; other keys untouched."""
+    renames = RENAMED[table]
+    return {renames.get(k, k): v for k, v in row.items()}
+
+
+def upgrade(table: pa.Table, name: str) -> pa.Table:
+    """``table`` with legacy column names renamed and columns cast to the current schema's types.
+
+    Only renames and lossless casts (string <-> dictionary-encoded string); anything else is
+    left for :func:`data_schema.io.validate` to report.
+    """
+    renames = RENAMED[name]
+    if any(c in renames for c in table.column_names):
+        table = table.rename_columns([renames.get(c, c) for c in table.column_names])
+    schema = SCHEMAS[name]
+    for i, column in enumerate(table.column_names):
+        idx = schema.get_field_index(column)
+        if idx < 0:
+            continue
+        want, have = schema.field(idx).type, table.schema.field(i).type
+        if not have.equals(want) and _same_strings(have, want):
+            table = table.set_column(i, schema.field(idx).with_metadata(table.schema.field(i).metadata),
+                                     table.column(i).cast(want))
+    return table
+
+
+def upgrade_schema(schema: pa.Schema, name: str) -> pa.Schema:
+    """The schema a file with ``schema`` has once :func:`upgrade`-d (for footer-only checks)."""
+    return upgrade(schema.empty_table(), name).schema
+
+
+def _same_strings(a: pa.DataType, b: pa.DataType) -> bool:
+    def base(t: pa.DataType) -> pa.DataType:
+        return t.value_type if pa.types.is_dictionary(t) else t
+
+    return pa.types.is_string(base(a)) and pa.types.is_string(base(b))
+
+
+def upgrade_frame(lf: pl.LazyFrame, name: str) -> pl.LazyFrame:
+    """A polars LazyFrame with legacy names renamed (a file set holding both: the new one wins, then the old)."""
+    have = set(lf.collect_schema().names())
+    for old, new in RENAMED[name].items():
+        if old in have and new in have:
+            lf = lf.with_columns(pl.coalesce(new, old).alias(new)).drop(old)
+        elif old in have:
+            lf = lf.rename({old: new})
+    return lf
+
+
+def upgrade_select(columns: list[str], name: str) -> str:
+    """DuckDB select list that maps a relation with ``columns`` onto the current names."""
+    renames = RENAMED[name]
+    old_of = {new: old for old, new in renames.items()}
+    have = set(columns)
+    out = []
+    for col in columns:
+        if col in renames:  # a legacy name: renamed, or folded into its successor below
+            if renames[col] not in have:
+                out.append(f"{_ident(col)} as {_ident(renames[col])}")
+        elif old_of.get(col) in have:  # both generations in one file set: the new one wins
+            out.append(f"coalesce({_ident(col)}, {_ident(old_of[col])}) as {_ident(col)}")
+        else:
+            out.append(_ident(col))
+    return ", ".join(out)
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def file_version(path: str | os.PathLike[str]) -> str | None:
+    """The schema version recorded in a corpus file's metadata (None if absent)."""
+    raw = (pq.read_schema(path).metadata or {}).get(VERSION_KEY)
+    return raw.decode() if raw else None
+
+
+def upgrade_corpus(corpus: str | os.PathLike[str]) -> list[Path]:
+    """Rewrite every legacy file of ``corpus`` in the current schema (atomically); returns what it rewrote.
+
+    The manifest row kept in a steps file's metadata is renamed too. Current files are untouched,
+    so running it twice rewrites nothing the second time.
+    """
+    from data_schema.corpus import EVENTS_DIR, MANIFEST, RUNS, STEPS_DIR
+    from data_schema.io import RUN_METADATA_KEY, write_table
+
+    root = Path(corpus)
+    jobs = [(root / MANIFEST, "manifest"), (root / RUNS, "runs")]
+    jobs += [(p, "steps") for p in sorted((root / STEPS_DIR).rglob("*.parquet"))]
+    jobs += [(p, "events") for p in sorted((root / EVENTS_DIR).glob("*.parquet"))]
+    done = []
+    for path, name in jobs:
+        if path.name.startswith(".") or not path.exists() or file_version(path) == SCHEMA_VERSION:
+            continue
+        table = pq.read_table(path)
+        meta = dict(table.schema.metadata or {})
+        extra = {}
+        if RUN_METADATA_KEY in meta:
+            extra[RUN_METADATA_KEY] = json.dumps(upgrade_row(json.loads(meta[RUN_METADATA_KEY]))).encode()
+        write_table(upgrade(table, name), path, SCHEMAS[name], extra_metadata=extra or None)
+        done.append(path)
+    return done

@@ -1,0 +1,73 @@
+"""README sections generated from the code: ``python -m stabilitybench.docs [README.md]`` rewrites them in place.
+
+Each generated block sits between ``<!-- BEGIN name -->`` and ``<!-- END name -->`` in the
+README; a test checks that the README holds exactly what :func:`blocks` renders, so the
+documentation cannot drift from the declarations it is made from.
+
+* ``results-tables``: the ``results/`` tables that ``analyze`` writes, from
+  :data:`analysis.results.TABLES` and, for each table that declares one, its Arrow schema
+  (``analysis.results.SCHEMAS``: column, type, unit, description).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+
+
+def _meta(field: pa.Field, key: bytes) -> str:
+    return (field.metadata or {}).get(key, b"").decode() or "-"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def results_tables() -> str:
+    """Markdown for the ``results/`` tables: what one row is, then each declared schema's columns."""
+    from analysis import results
+
+    schemas: dict[str, pa.Schema] = getattr(results, "SCHEMAS", {})
+    lines = ["| file | one row is |", "|---|---|"]
+    lines += [f"| `results/{name}.parquet` | {_cell(what)} |" for name, what in results.TABLES.items()]
+    lines += ["", "`results/summary.json` holds every headline number with its n and CI."]
+    for name, schema in schemas.items():
+        lines += ["", f"#### results/{name}", "", "| column | type | unit | description |", "|---|---|---|---|"]
+        lines += [f"| `{f.name}` | {f.type} | {_cell(_meta(f, b'unit'))} | {_cell(_meta(f, b'description'))} |"
+                  for f in schema]
+    return "\n".join(lines)
+
+
+#: Generated block name -> renderer.
+BLOCKS = {"results-tables": results_tables}
+
+
+def blocks() -> dict[str, str]:
+    return {name: render() for name, render in BLOCKS.items()}
+
+
+def update(text: str) -> str:
+    """``text`` with every generated block replaced by its current rendering."""
+    for name, body in blocks().items():
+        pattern = re.compile(rf"(<!-- BEGIN {name} -->\n).*?(<!-- END {name} -->)", re.S)
+        if not pattern.search(text):
+            raise ValueError(f"README has no <!-- BEGIN {name} --> ... <!-- END {name} --> block")
+        text = pattern.sub(lambda m, body=body: m.group(1) + body + "\n" + m.group(2), text)
+    return text
+
+
+def main(argv: list[str]) -> None:
+    from data_schema.io import atomic_path
+
+    path = Path(argv[0] if argv else "README.md")
+    new = update(path.read_text())
+    with atomic_path(path) as tmp:
+        tmp.write_text(new)
+    print(f"{path}: generated blocks updated ({', '.join(BLOCKS)})")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
