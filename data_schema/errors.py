@@ -27,6 +27,14 @@ class CorpusNotFoundError(StabilityBenchError):
     """The corpus directory (or a table in it) does not exist."""
 
 
+class OutputPathError(StabilityBenchError):
+    """An output path cannot be written (it is a file, the filesystem is read-only, ...)."""
+
+
+class DiskFullError(StabilityBenchError):
+    """The disk filled up while writing the corpus; the corpus is consistent and a rerun resumes."""
+
+
 def exit_on_user_error(entry: Callable[[], object]) -> None:
     """Run a command-line entry point; a :class:`StabilityBenchError` becomes one line and exit status 2.
 
