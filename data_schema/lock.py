@@ -20,7 +20,7 @@ import socket
 from pathlib import Path
 from types import TracebackType
 
-from data_schema.errors import StabilityBenchError
+from data_schema.errors import OutputPathError, StabilityBenchError
 
 LOCK_FILE = ".lock"
 
@@ -47,7 +47,11 @@ class CorpusLock:
     def acquire(self) -> CorpusLock:
         if self._fd is not None:
             return self
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise OutputPathError(f"{self.path.parent}: cannot take the corpus's writer lock ({exc.strerror or exc})"
+                                  ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
