@@ -61,8 +61,11 @@ class CorpusLock:
                 f"{self.path.parent}: in use by `{holder.get('command', '?')}` (pid {holder.get('pid', '?')} on "
                 f"{holder.get('host', '?')}); one writer per corpus: wait for it to finish, or stop it") from None
         info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": self.command}).encode()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, info, 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, info, 0)
+        except OSError:  # e.g. a full disk: the lock is held all the same, only the holder's name is missing
+            pass
         self._fd = fd
         return self
 
