@@ -142,7 +142,7 @@ class RayCluster:
         stop = stop or threading.Event()
         try:
             while in_flight:
-                done, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.2)
+                done, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
                 if stop.is_set():  # finished runs are recorded below, the others cancelled in `finally`
                     done, _ = ray.wait(list(in_flight), num_returns=len(in_flight), timeout=0)
                 for ref in done:
