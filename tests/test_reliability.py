@@ -101,6 +101,20 @@ def test_a_flipped_byte_in_a_data_page_is_found_and_rerun(corpus: Path, legacy: 
         assert all(r["steps_blake2b"] and r["events_blake2b"] for r in manifest_rows(corpus).values())
 
 
+def test_a_manifest_written_before_the_hash_columns_still_resumes(corpus: Path) -> None:
+    """Old corpora keep their run_ids and resume: the new columns read as null, then get filled in."""
+    table = pq.read_table(corpus / MANIFEST)
+    old = table.drop_columns([c for cols in HASH_COLUMNS.values() for c in cols])
+    pq.write_table(old, corpus / MANIFEST)
+    stamps = file_stamps(corpus)
+    report = run_matrix(SPECS, corpus, workers=1)
+    assert (report.ran, report.skipped) == (0, 2)
+    assert file_stamps(corpus) == stamps
+    rows = manifest_rows(corpus)
+    assert set(rows) == {GOOD_A.run_id, GOOD_B.run_id}
+    assert all(r["steps_blake2b"] and r["events_bytes"] for r in rows.values())
+
+
 def test_verify_deep_reads_every_page(corpus: Path) -> None:
     strip_hashes(corpus)  # no hash to compare: only the page checksums can tell
     path = events_path(corpus, GOOD_A.run_id)
