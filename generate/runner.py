@@ -122,12 +122,8 @@ def run_in_worker(spec: RunSpec, corpus: str, num_threads: int = 1) -> dict[str,
     ``<corpus>/logs/<run_id>.out``.
     """
     log = Path(corpus, LOG_DIR, f"{spec.run_id}.out")
-    try:
-        log.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(log, "w")
-    except OSError:  # no room for the log: the run's output is dropped, the run itself still reports
-        fh = open(os.devnull, "w")
-    with fh:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as fh:
         os.dup2(fh.fileno(), 1)
         os.dup2(fh.fileno(), 2)
         return run_one(spec, corpus, num_threads)

@@ -15,6 +15,8 @@ from data_schema import events_path, read_manifest, steps_path
 
 #: Columns that measure time (they differ between any two executions of the same run).
 CLOCK_COLUMNS = {"wall_time_s", "started_at", "tokens_per_s"}
+#: Sizes and hashes of the files: the files hold the clock columns, so these differ between executions too.
+DIGEST_COLUMNS = {"steps_bytes", "steps_blake2b", "events_bytes", "events_blake2b"}
 
 
 def _config_without_clock(text: str) -> dict[str, Any]:
@@ -34,7 +36,7 @@ def corpus_contents(corpus: Path) -> dict[str, dict[str, Any]]:
     ids = [r["run_id"] for r in rows]
     assert len(ids) == len(set(ids)), f"duplicate manifest rows in {corpus}: {ids}"
     for row in rows:
-        clean = {k: v for k, v in row.items() if k not in CLOCK_COLUMNS | {"config_json"}}
+        clean = {k: v for k, v in row.items() if k not in CLOCK_COLUMNS | DIGEST_COLUMNS | {"config_json"}}
         clean["config"] = _config_without_clock(row["config_json"])
         steps = pq.read_table(steps_path(corpus, row))
         events = pq.read_table(events_path(corpus, row["run_id"]))

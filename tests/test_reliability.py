@@ -440,3 +440,14 @@ def test_profile_errors(tmp_path: Path) -> None:
     upper = tmp_path / "SMOKE.TOML"
     shutil.copy(Path(__file__).parent.parent / "generate" / "profiles" / "smoke.toml", upper)
     assert load_profile(str(upper)) == load_profile("smoke")
+
+
+def test_a_worker_task_that_raises_is_a_failed_row(tmp_path: Path) -> None:
+    """A worker that cannot even open its log (a file where logs/ should be) is a failed row, not a driver crash."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / LOG_DIR).write_text("a file where the log folder should be")
+    report = run_matrix([GOOD_A], corpus, workers=1)
+    assert (report.ran, report.failed) == (1, 1)
+    error = report.failures[0]["error"]
+    assert "in the worker process" in error and "\n" not in error

@@ -134,6 +134,9 @@ def _collect(in_flight: dict[Future[dict[str, Any]], RunSpec], futures: Iterable
         except BrokenProcessPool:
             dead = True
             row = died_row(spec)
+        except Exception as exc:  # raised outside run_one's own handler (e.g. its log could not be opened)
+            text = str(exc).strip().splitlines()
+            row = died_row(spec, f"{type(exc).__name__}: {text[0] if text else ''} (in the worker process)")
         record(row)
     return dead
 
