@@ -6,7 +6,7 @@ SB      = $(VENV)/bin/stabilitybench
 STAMP   = $(VENV)/.installed
 WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: quick test lint bench clean-corpus
+.PHONY: quick test faults lint bench clean-corpus
 
 # torch first, pinned to the local CPU wheel: a bare `torch` requirement would pull a
 # multi-GB CUDA build. The project's torch range is satisfied by it, so pip adds nothing.
@@ -28,6 +28,11 @@ quick: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# the fault-injection suite (tests/test_faults.py): >= 50 faults on the smoke profile, closing table printed
+# and written to faults_table.md
+faults: $(STAMP)
+	$(PY) -m pytest -q -m faults tests/test_faults.py tests/test_reliability.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

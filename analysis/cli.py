@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Annotated
@@ -22,12 +23,23 @@ def analyze(
 ) -> None:
     """Analyse the corpus: collapse, PCA, meta-state monitor vs baselines, survival, regularities -> results/."""
     from analysis.pipeline import run_analysis
+    from data_schema import require_corpus
+    from data_schema.io import writable_dir
+    from data_schema.lock import CorpusLock
 
     t0 = time.perf_counter()
-    with console.status("analysing", spinner="dots") as status:
+    require_corpus(corpus)
+    writable_dir(out_dir, "--out")
+    # it writes runs.parquet and the dataset card into the corpus: one writer at a time
+    lock = CorpusLock(corpus, "stabilitybench analyze") if update_corpus else contextlib.nullcontext()
+    with lock, console.status("analysing", spinner="dots") as status:
         summary = run_analysis(corpus, out_dir, update_corpus=update_corpus,
                                progress=lambda msg: status.update(f"[bold]analysing:[/] {msg}"))
     out.print(f"analysed {summary['n_runs']} runs in {time.perf_counter() - t0:.1f} s -> {out_dir}/summary.json")
+    n_excluded = summary.get("excluded_runs", {}).get("n", 0)
+    if n_excluded:
+        out.print(f"[yellow]excluded {n_excluded} run(s)[/] whose steps or events file is missing or damaged "
+                  "(listed in summary.json; `stabilitybench verify` names them, `generate` reruns them)")
     for row in summary["collapse"]["dose_response"]:
         out.print(f"  {row['env']:<16} {row['config']:<28} collapsed {row['n_collapsed']}/{row['n_runs']}")
     ew = summary["early_warning"]

@@ -53,6 +53,7 @@ from data_schema import (
 )
 from data_schema.compat import upgrade_frame
 from data_schema.corpus import EVENTS_DIR
+from data_schema.integrity import check_run
 
 #: Columns never used as telemetry features (see the module docstring).
 EXCLUDED = frozenset(
@@ -92,17 +93,33 @@ class FeatureConfig:
     target_blocks: int = 500
 
 
-def load_runs(corpus: str | os.PathLike[str], notes: list[str] | None = None) -> pl.DataFrame:
-    """The manifest's finished runs (status ``ok``), one row each.
+def load_runs(corpus: str | os.PathLike[str], notes: list[str] | None = None,
+              excluded: list[dict[str, str]] | None = None) -> pl.DataFrame:
+    """The manifest's finished runs (status ``ok``) whose files check out, one row each.
 
     A manifest written before nullable columns were added to the schema is read with those
     columns as null (``data_schema.conform``) and a note is appended to ``notes``; any other
-    mismatch still raises :class:`~data_schema.SchemaError`. Raises :class:`NoRunsError`
-    when there are no finished runs.
+    mismatch still raises :class:`~data_schema.SchemaError`. A run whose steps or events file
+    is missing or damaged (:func:`data_schema.integrity.check_run`) is left out, never turned
+    into an outcome: it is appended to ``excluded`` (run_id, file, reason) and to ``notes``.
+    Raises :class:`NoRunsError` when no finished run is left.
     """
     require_corpus(corpus)
     manifest = pl.from_arrow(read_manifest(corpus, notes))
     runs = manifest.filter(pl.col("status") == "ok")
+    bad: list[dict[str, str]] = []
+    for row in runs.iter_rows(named=True):
+        bad += [{"run_id": p.run_id, "file": str(p.path), "reason": p.reason} for p in check_run(corpus, row)[0]]
+    if bad:
+        runs = runs.filter(~pl.col("run_id").is_in([b["run_id"] for b in bad]))
+        n_bad = len({b["run_id"] for b in bad})
+        if notes is not None:
+            notes.append(f"{n_bad} run(s) excluded: the manifest says ok but a file is missing or damaged "
+                         f"(`stabilitybench verify` lists them; `generate` reruns them): "
+                         + "; ".join(f"{b['file']}: {b['reason']}" for b in bad[:5])
+                         + (f"; and {len(bad) - 5} more" if len(bad) > 5 else ""))
+        if excluded is not None:
+            excluded += bad
     if runs.height == 0:
         raise NoRunsError(f"{corpus}: no finished runs in manifest.parquet (run `stabilitybench generate`)")
     return runs

@@ -102,7 +102,8 @@ def run_analysis(
 
     say("loading runs")
     data_notes: list[str] = []
-    runs = load_runs(corpus, data_notes)
+    excluded: list[dict[str, str]] = []
+    runs = load_runs(corpus, data_notes, excluded)
     runs = runs.with_columns(is_unperturbed(runs).alias("unperturbed"))
     events = load_events(corpus)
 
@@ -292,6 +293,8 @@ def run_analysis(
         "corpus": str(Path(corpus).resolve()),
         "n_runs": runs.height,
         "data_notes": data_notes,
+        "excluded_runs": {"n": len({b["run_id"] for b in excluded}), "files": excluded,
+                          "why": "manifest says ok, but a steps or events file is missing or damaged"},
         "groups": group_notes,
         "config": {"collapse": cfg.collapse.to_dict(), "features": vars(cfg.features),
                    "early_warning": cfg.early_warning.to_dict(), "n_null": cfg.n_null, "early_frac": cfg.early_frac},

@@ -44,12 +44,22 @@ class ResultsNotFoundError(AnalysisError):
     """The results folder (or its summary.json) does not exist: run ``stabilitybench analyze`` first."""
 
 
+class ResultsCorruptError(AnalysisError):
+    """summary.json or a results table exists but cannot be read: rerun ``stabilitybench analyze``."""
+
+
 def load_summary(results: str | os.PathLike[str]) -> dict[str, Any]:
     """``summary.json`` of a results folder."""
     path = Path(results, "summary.json")
     if not path.exists():
         raise ResultsNotFoundError(f"{path.parent}: no summary.json here (run `stabilitybench analyze` first)")
-    return json.loads(path.read_text())
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise ResultsCorruptError(f"{path}: not valid JSON ({exc}); rerun `stabilitybench analyze`") from None
+    if not isinstance(summary, dict):
+        raise ResultsCorruptError(f"{path}: not an analysis summary (a JSON object); rerun `stabilitybench analyze`")
+    return summary
 
 
 def load_table(results: str | os.PathLike[str], name: str) -> pl.DataFrame | None:
@@ -57,4 +67,11 @@ def load_table(results: str | os.PathLike[str], name: str) -> pl.DataFrame | Non
     if name not in TABLES:
         raise AnalysisError(f"unknown results table {name!r} (known: {', '.join(TABLES)})")
     path = Path(results, f"{name}.parquet")
-    return pl.read_parquet(path) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        return pl.read_parquet(path)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ResultsCorruptError(f"{path}: not a readable Parquet file ({first}); rerun `stabilitybench analyze`"
+                                  ) from None

@@ -7,6 +7,7 @@ and exits non-zero; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
 import sys
 from collections.abc import Callable
 
@@ -27,6 +28,14 @@ class CorpusNotFoundError(StabilityBenchError):
     """The corpus directory (or a table in it) does not exist."""
 
 
+class OutputPathError(StabilityBenchError):
+    """An output path cannot be written (it is a file, the filesystem is read-only, ...)."""
+
+
+class DiskFullError(StabilityBenchError):
+    """The disk filled up while writing the corpus; the corpus is consistent and a rerun resumes."""
+
+
 def exit_on_user_error(entry: Callable[[], object]) -> None:
     """Run a command-line entry point; a :class:`StabilityBenchError` becomes one line and exit status 2.
 
@@ -37,8 +46,23 @@ def exit_on_user_error(entry: Callable[[], object]) -> None:
     try:
         entry()
     except StabilityBenchError as exc:
-        from rich.console import Console
-        from rich.markup import escape
-
-        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        _print_error(str(exc))
         sys.exit(2)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        _print_error(f"no space left on device writing {exc.filename or 'a file'}; files are written atomically, "
+                     "so free some space and rerun")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        from rich.console import Console
+
+        Console(stderr=True).print("interrupted", highlight=False)
+        sys.exit(130)
+
+
+def _print_error(message: str) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)

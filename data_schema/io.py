@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_schema.compat import upgrade
-from data_schema.errors import CorruptFileError, SchemaError
+from data_schema.errors import CorruptFileError, OutputPathError, SchemaError
 from data_schema.schema import SCHEMA_VERSION, SCHEMAS
 
 #: Key of the Parquet key-value metadata that carries a run's manifest row (JSON).
@@ -131,6 +131,36 @@ def remove_stale_temps(path: str | os.PathLike[str]) -> int:
     return len(stale)
 
 
+def remove_stale_temps_tree(root: str | os.PathLike[str]) -> list[Path]:
+    """Delete every temporary file :func:`atomic_path` left anywhere under ``root``; returns them.
+
+    For a writer that holds the corpus lock (:mod:`data_schema.lock`): no other writer of
+    the corpus is alive, so every ``.<name>.<hex>.tmp`` file is a dead writer's leftover.
+    """
+    stale = [p for p in Path(root).rglob(".*.tmp") if p.is_file()] if Path(root).is_dir() else []
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
+
+
+def writable_dir(path: str | os.PathLike[str], option: str) -> Path:
+    """Create ``path`` if needed and check that a file can be written in it; else one-line :class:`OutputPathError`.
+
+    ``option`` names the command-line option the path came from (e.g. ``--out``).
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputPathError(f"{option} {path}: is a file, not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test.{uuid.uuid4().hex}.tmp"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputPathError(f"{option} {path}: cannot write here ({exc.strerror or exc})") from None
+    return path
+
+
 def read_table(path: str | os.PathLike[str], table_name: str) -> pa.Table:
     """Read a corpus file and validate it against the named schema.
 
@@ -140,10 +170,10 @@ def read_table(path: str | os.PathLike[str], table_name: str) -> pa.Table:
     """
     path = Path(path)
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(path, page_checksum_verification=True)
     except FileNotFoundError:
         raise
-    except (pa.ArrowInvalid, OSError) as exc:
+    except (pa.ArrowException, OSError) as exc:
         raise CorruptFileError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from exc
     table = upgrade(table, table_name)
     validate(table, table_name, where=str(path))

@@ -187,6 +187,10 @@ MANIFEST_COLUMNS = [
     Column("code_version", STR, "-", "Git commit (+dirty) or package version that produced the run", nullable=False),
     Column("schema_version", STR, "-", "Corpus schema version", nullable=False),
     Column("tokenizer_hash", STR, "-", "SHA-256 of the tokenizer (LM only)"),
+    Column("steps_bytes", I64, "bytes", "Size of the run's steps file when it was written (null: not recorded)"),
+    Column("steps_blake2b", STR, "hex", "BLAKE2b-128 hash of the steps file's bytes when it was written"),
+    Column("events_bytes", I64, "bytes", "Size of the run's events file when it was written (null: not recorded)"),
+    Column("events_blake2b", STR, "hex", "BLAKE2b-128 hash of the events file's bytes when it was written"),
     Column("config_json", STR, "json", "Full resolved run configuration, JSON", nullable=False),
 ]
 MANIFEST_SCHEMA = _schema("manifest", MANIFEST_COLUMNS)

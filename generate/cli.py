@@ -24,9 +24,11 @@ from rich.table import Table
 
 from data_schema import StabilityBenchError, read_manifest, require_corpus
 from data_schema.card import write_card
+from data_schema.errors import OutputPathError
+from data_schema.integrity import Problem, check_run
 from generate.backends import make_backend
 from generate.costs import PRE_REFERENCE_SECONDS, estimate
-from generate.errors import ProfileError
+from generate.errors import Interrupted, ProfileError
 from generate.matrix import available_profiles, load_profile, parse_only, select
 from generate.perturbations import definitions
 from generate.runner import LOG_DIR, Plan, plan, run_matrix
@@ -67,6 +69,8 @@ def generate(
     specs = select(load_profile(profile), parse_only(only))
     if not specs:
         raise ProfileError(f"--only {only!r} matches no run of profile {escape(repr(profile))}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputPathError(f"--out {out_dir}: is a file, not a corpus directory")
     backend = make_backend(backend_name, workers=workers or 0, address=address, cpus_per_run=cpus_per_run,
                            max_retries=max_retries)
     if dry_run:
@@ -87,6 +91,9 @@ def generate(
     task: dict[str, Any] = {}
 
     def on_start(p: Plan) -> None:
+        for note in p.notes:
+            console.print(escape(note))
+        _print_damaged(p.damaged, console, "will be rerun")
         if p.recovered:
             console.print(f"recovered {len(p.recovered)} finished run(s) missing from the manifest")
         if not p.todo:
@@ -110,6 +117,10 @@ def generate(
 
     try:
         report = run_matrix(specs, out_dir, on_start=on_start, on_result=on_result, backend=backend)
+    except Interrupted as stop:
+        progress.stop()
+        console.print(str(stop))
+        raise typer.Exit(130) from None
     finally:
         progress.stop()
     write_card(out_dir, definitions(), profile)
@@ -117,7 +128,8 @@ def generate(
         console.print(f"ran {report.ran} run(s): {report.ok} ok, {report.failed} failed; "
                       f"{report.skipped} skipped as done; {report.wall_time_s:.0f} s")
     if report.failed:
-        console.print(f"[red]{report.failed} run(s) failed[/]; tracebacks in {escape(str(out_dir / LOG_DIR))}/, "
+        console.print(f"[red]{report.failed} run(s) failed[/]; the error of each is in "
+                      f"{escape(str(out_dir / LOG_DIR))}/<run_id>.log (and its output in <run_id>.out); "
                       "rerun the same command to retry them")
         raise typer.Exit(1)
 
@@ -146,10 +158,16 @@ def status(
     if profile is None:
         require_corpus(corpus)
         rows = read_manifest(corpus).to_pylist()
+        damaged = [p for r in rows if r["status"] == "ok" for p in check_run(corpus, r)[0]]
         counts = Counter(r["status"] for r in rows)
         summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) if rows else "empty manifest"
+        if damaged:
+            summary += f"; [red]{len({p.run_id for p in damaged})} ok run(s) with damaged files[/]"
         out.print(f"{escape(str(corpus))}/: {len(rows)} runs in the manifest: {summary}")
+        _print_damaged(damaged, out, "rerun `generate` to redo them")
         _print_failed([r for r in rows if r["status"] == "failed"])
+        if damaged:
+            raise typer.Exit(1)
         return
     specs = select(load_profile(profile), parse_only(only))
     if not corpus.is_dir():
@@ -186,7 +204,17 @@ def status(
                   f"done (longest run {left.longest_run_hours:.1f} h; runs start longest first; "
                   "divide by the parallel efficiency in BENCHMARKS.md)")
     by_id = {r["run_id"]: r for r in p.rows}
+    _print_damaged(p.damaged, out, "counted as missing; `generate` reruns them")
     _print_failed([by_id[i] for i in failed_ids])
+
+
+def _print_damaged(problems: list[Problem], where: Console, what: str) -> None:
+    if problems:
+        where.print(f"[red]{len({p.run_id for p in problems})} run(s) with damaged files[/] ({what}):")
+    for p in problems[:20]:
+        where.print(f"  [red]damaged[/] {escape(str(p))}")
+    if len(problems) > 20:
+        where.print(f"  ... and {len(problems) - 20} more")
 
 
 def _print_failed(rows: list[dict[str, Any]]) -> None:

@@ -32,3 +32,12 @@ class CorpusError(StabilityBenchError):
 
 class BackendError(StabilityBenchError):
     """The execution backend cannot be used: Ray missing or unreachable, a run no node can host, bad options."""
+
+
+class Interrupted(Exception):
+    """The driver was stopped by SIGINT/SIGTERM after recording every finished run."""
+
+    def __init__(self, done: int, left: int) -> None:
+        super().__init__(f"interrupted: {done} done, {left} left; rerun to resume")
+        self.done = done
+        self.left = left

@@ -52,7 +52,7 @@ def available_profiles() -> list[str]:
 def profile_path(name_or_path: str) -> Path:
     """A built-in profile name (``smoke``, ``quick``, ``paper``) or a path to a TOML file."""
     path = Path(name_or_path)
-    if path.suffix == ".toml":
+    if path.suffix.lower() == ".toml":
         if not path.is_file():
             raise ProfileError(f"{path}: profile file not found")
         return path
@@ -67,9 +67,13 @@ def load_profile(name_or_path: str) -> list[RunSpec]:
     """Parse, validate and expand a profile into its run specs (stable order, no duplicates)."""
     path = profile_path(name_or_path)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(f"{path}: invalid TOML ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ProfileError(f"{path}: not UTF-8 text (byte {exc.start}); TOML files are UTF-8") from None
+    except OSError as exc:
+        raise ProfileError(f"{path}: cannot read the profile ({exc.strerror or exc})") from None
     return expand(data, where=str(path))
 
 

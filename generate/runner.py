@@ -15,25 +15,28 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import shutil
+import signal
+import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pyarrow.parquet as pq
-
 from data_schema import (
     EVENTS_SCHEMA,
+    MANIFEST,
     RUN_METADATA_KEY,
     SCHEMA_VERSION,
     STEPS_SCHEMA,
     CorruptFileError,
-    SchemaError,
     events_path,
     read_manifest,
     remove_stale_temps,
@@ -42,9 +45,14 @@ from data_schema import (
     write_manifest,
     write_table,
 )
-from data_schema.compat import upgrade_schema
+from data_schema.corpus import STEPS_DIR
+from data_schema.errors import DiskFullError
+from data_schema.integrity import Problem, check_run, file_digest
+from data_schema.io import remove_stale_temps_tree
+from data_schema.lock import CorpusLock
 from data_schema.schema import DIMENSIONS
 from generate.costs import longest_first
+from generate.errors import Interrupted
 from generate.perturbations import perturbation_class
 from generate.registry import generator_for
 from generate.spec import RunSpec
@@ -89,14 +97,19 @@ def run_one(spec: RunSpec, corpus: str | os.PathLike[str], num_threads: int = 1)
             **result.knobs,
         )
         # events first, steps last: the steps file (carrying the manifest row) marks completion
-        write_table(result.events, events_path(corpus, spec.run_id), EVENTS_SCHEMA)
+        events = write_table(result.events, events_path(corpus, spec.run_id), EVENTS_SCHEMA)
+        row["events_bytes"], row["events_blake2b"] = file_digest(events)
         meta = {RUN_METADATA_KEY: json.dumps(row).encode()}
-        write_table(result.steps, steps_path(corpus, row), STEPS_SCHEMA, extra_metadata=meta)
+        steps = write_table(result.steps, steps_path(corpus, row), STEPS_SCHEMA, extra_metadata=meta)
+        row["steps_bytes"], row["steps_blake2b"] = file_digest(steps)  # hashed as written: later damage shows
     except Exception as exc:
         row.update(status="failed", error=_one_line(exc), run_wall_time_s=time.perf_counter() - t0, stop_reason=None)
-        log = corpus / LOG_DIR / f"{spec.run_id}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        log.write_text(traceback.format_exc())
+        try:
+            log = corpus / LOG_DIR / f"{spec.run_id}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text(traceback.format_exc())
+        except OSError:  # e.g. the disk is full: the row still carries the error
+            pass
     return row
 
 
@@ -158,48 +171,95 @@ class Plan:
     failed_before: list[RunSpec] = field(default_factory=list)  # in todo: failed last time
     recovered: list[dict[str, Any]] = field(default_factory=list)  # rows rebuilt from steps metadata
     rows: list[dict[str, Any]] = field(default_factory=list)  # the current manifest rows
+    damaged: list[Problem] = field(default_factory=list)  # files of runs the manifest says ok; in todo
+    upgraded: int = 0  # ok rows of an older manifest whose file hashes were computed now
+    notes: list[str] = field(default_factory=list)  # what the driver repaired before planning
 
 
 def outputs_valid(corpus: str | os.PathLike[str], row: dict[str, Any]) -> bool:
-    """True if the run's steps and events files exist, match schema v1 and agree on size.
+    """True if the run's steps and events files exist, match schema v1, the recorded sizes and hashes."""
+    return not check_run(corpus, row)[0]
 
-    Reads only the Parquet footers (schema + row counts), so checking a large corpus is cheap.
+
+def plan(specs: Iterable[RunSpec], corpus: str | os.PathLike[str],
+         rows: list[dict[str, Any]] | None = None) -> Plan:
+    """Split ``specs`` into done and to-run against the corpus (``rows``: the manifest, read if None).
+
+    A run is done when its manifest row is ok and :func:`data_schema.integrity.check_run`
+    finds nothing wrong with its files (size and hash as recorded, schema v1, row count);
+    a run with no row whose steps file carries a valid row in its metadata is recovered.
     """
-    try:
-        steps = pq.ParquetFile(steps_path(corpus, row))
-        events = pq.ParquetFile(events_path(corpus, row["run_id"]))
-        if not upgrade_schema(steps.schema_arrow, "steps").remove_metadata().equals(STEPS_SCHEMA.remove_metadata()):
-            return False
-        if not upgrade_schema(events.schema_arrow, "events").remove_metadata().equals(
-                EVENTS_SCHEMA.remove_metadata()):
-            return False
-        expected = row.get("n_updates")
-        return expected is None or steps.metadata.num_rows == expected
-    except (OSError, ValueError, SchemaError, CorruptFileError):
-        return False
-
-
-def plan(specs: Iterable[RunSpec], corpus: str | os.PathLike[str]) -> Plan:
     corpus = Path(corpus)
-    rows = read_manifest(corpus).to_pylist() if corpus.exists() else []
+    if rows is None:
+        rows = read_manifest(corpus).to_pylist() if corpus.exists() else []
     by_id = {r["run_id"]: r for r in rows}
     result = Plan(rows=rows)
     for spec in specs:
         row = by_id.get(spec.run_id)
-        if row is not None and row["status"] == "ok" and outputs_valid(corpus, row):
-            result.done.append(spec)
-            continue
+        if row is not None and row["status"] == "ok":
+            problems, hashes = check_run(corpus, row)
+            if not problems:
+                result.done.append(spec)
+                if hashes:
+                    row.update(hashes)
+                    result.upgraded += 1
+                continue
+            result.damaged += problems
         if row is None:
             meta = run_metadata(steps_path(corpus, base_row(spec)))
-            if meta is not None and outputs_valid(corpus, meta):
-                result.done.append(spec)
-                result.recovered.append(meta)
-                continue
+            if meta is not None and meta.get("run_id") == spec.run_id:
+                problems, hashes = check_run(corpus, meta)
+                if not problems:
+                    result.done.append(spec)
+                    result.recovered.append({**meta, **hashes})
+                    continue
         if row is not None and row["status"] == "failed":
             result.failed_before.append(spec)
         result.todo.append(spec)
     result.rows = rows + result.recovered
     return result
+
+
+def load_rows_for_writing(corpus: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """The manifest rows, for a driver that holds the corpus lock; repairs what a dead writer left.
+
+    Removes stale temporary files, and moves a corrupt manifest aside
+    (``manifest.parquet.corrupt-<UTC time>``) and rebuilds it from the metadata of every
+    valid steps file in the corpus (failed runs, which have no steps file, will rerun).
+    Returns ``(rows, notes)``: one line per repair.
+    """
+    notes = []
+    stale = remove_stale_temps_tree(corpus)
+    if stale:
+        notes.append(f"removed {len(stale)} temporary file(s) left by a writer that died")
+    try:
+        return read_manifest(corpus).to_pylist(), notes
+    except CorruptFileError as exc:
+        aside = corpus / f"{MANIFEST}.corrupt-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}"
+        os.replace(corpus / MANIFEST, aside)
+        rows = rebuild_rows(corpus)
+        write_manifest(corpus, rows)
+        notes.append(f"{corpus / MANIFEST} was corrupt ({str(exc).split(': ', 1)[-1]}); moved it aside to "
+                     f"{aside.name} and rebuilt {len(rows)} row(s) from the steps files' metadata")
+        return rows, notes
+
+
+def rebuild_rows(corpus: Path) -> list[dict[str, Any]]:
+    """Manifest rows of every run whose steps file carries its row and whose files check out."""
+    rows = []
+    for path in sorted(Path(corpus, STEPS_DIR).rglob("*.parquet")):
+        if path.name.startswith("."):
+            continue
+        meta = run_metadata(path)
+        if meta is None or f"{meta.get('run_id')}.parquet" != path.name:
+            continue
+        try:
+            problems, hashes = check_run(corpus, meta)
+        except KeyError:  # metadata without the partition keys: not ours
+            continue
+        if not problems:
+            rows.append({**meta, **hashes})
+    return rows
 
 
 # ----------------------------------------------------------------------------- matrix
@@ -231,42 +291,119 @@ def run_matrix(
     so it can describe it); ``on_result`` sees every finished manifest row (the CLI drives
     its progress bar with these). Which backend ran a run does not matter to :func:`plan`,
     so a matrix started on one backend can be finished on the other.
+
+    The driver holds the corpus lock (:class:`data_schema.lock.CorpusLock`) from planning to
+    the last manifest write. SIGINT and SIGTERM stop it cleanly: no new run starts, every
+    finished run is recorded, the workers are stopped, and :class:`Interrupted` is raised.
+    A full disk raises :class:`~data_schema.errors.DiskFullError` with the corpus consistent.
     """
     from generate.backends import LocalPool
 
     corpus = Path(corpus)
     t0 = time.perf_counter()
-    the_plan = plan(specs, corpus)
-    rows = list(the_plan.rows)
-    if the_plan.recovered:
-        write_manifest(corpus, rows)
-    report = MatrixReport(skipped=len(the_plan.done), recovered=len(the_plan.recovered))
+    lock = CorpusLock(corpus, "stabilitybench generate")
+    try:
+        notes: list[str] = []
+        rows_now = None
+        if corpus.is_dir():
+            lock.acquire()
+            rows_now, notes = load_rows_for_writing(corpus)
+        the_plan = plan(specs, corpus, rows_now)
+        the_plan.notes = notes
+        rows = list(the_plan.rows)
+        if the_plan.recovered or the_plan.upgraded:
+            _write_manifest(corpus, rows, len(the_plan.todo))
+        report = MatrixReport(skipped=len(the_plan.done), recovered=len(the_plan.recovered))
 
-    def record(row: dict[str, Any]) -> None:
-        rows.append(row)
-        write_manifest(corpus, rows)  # atomic rewrite: a killed driver loses at most this row
-        report.ran += 1
-        if row["status"] == "ok":
-            report.ok += 1
-        else:
-            report.failed += 1
-            report.failures.append(row)
-        if on_result is not None:
-            on_result(row)
+        def record(row: dict[str, Any]) -> None:
+            rows.append(row)
+            _write_manifest(corpus, rows, len(the_plan.todo) - report.ran)  # atomic: a killed driver loses this row
+            report.ran += 1
+            if row["status"] == "ok":
+                report.ok += 1
+            else:
+                report.failed += 1
+                report.failures.append(row)
+                _log_failure(corpus, row)
+            if on_result is not None:
+                on_result(row)
+            if f"[Errno {errno.ENOSPC}]" in str(row.get("error") or ""):
+                raise _disk_full(corpus, corpus, rows, len(the_plan.todo) - report.ran)
 
-    if not the_plan.todo:
-        if on_start is not None:
-            on_start(the_plan)
-    else:
-        backend = backend or LocalPool(workers)
-        with backend:  # connect first: a backend that cannot start leaves no trace in the corpus
-            corpus.mkdir(parents=True, exist_ok=True)
+        if not the_plan.todo:
             if on_start is not None:
                 on_start(the_plan)
-            # longest first, so the matrix does not end waiting on one long run that started last
-            backend.execute(longest_first(the_plan.todo, rows), corpus, record)
-    report.wall_time_s = time.perf_counter() - t0
-    return report
+        else:
+            backend = backend or LocalPool(workers)
+            with backend:  # connect first: a backend that cannot start leaves no trace in the corpus
+                if not lock.held:
+                    corpus.mkdir(parents=True, exist_ok=True)
+                    lock.acquire()
+                if on_start is not None:
+                    on_start(the_plan)
+                stop = threading.Event()
+                with _stop_on_signals(stop):
+                    # longest first, so the matrix does not end waiting on one long run that started last
+                    backend.execute(longest_first(the_plan.todo, rows), corpus, record, stop)
+                if stop.is_set():
+                    done = len(the_plan.done) + report.ok
+                    raise Interrupted(done, len(specs) - done)
+        report.wall_time_s = time.perf_counter() - t0
+        return report
+    finally:
+        lock.release()
+
+
+def _write_manifest(corpus: Path, rows: list[dict[str, Any]], left: int) -> None:
+    try:
+        write_manifest(corpus, rows)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise _disk_full(corpus, Path(exc.filename or corpus / MANIFEST), rows, left) from None
+        raise
+
+
+def _disk_full(corpus: Path, path: Path, rows: list[dict[str, Any]], left: int) -> DiskFullError:
+    """The one-line error of a full disk: where, how much is free and about how much the rest needs."""
+    sizes = [int(r.get("steps_bytes") or 0) + int(r.get("events_bytes") or 0) for r in rows
+             if r.get("status") == "ok" and r.get("steps_bytes")]
+    free = shutil.disk_usage(corpus).free if corpus.exists() else 0
+    need = (f"about {sum(sizes) / len(sizes) * max(left, 1) / 1e6:,.1f} MB more for the {left} run(s) left"
+            if sizes else f"space for the {left} run(s) left")
+    return DiskFullError(f"no space left on device writing {path} ({free / 1e6:,.1f} MB free; needs {need}); "
+                         "the corpus is consistent: free some space and rerun to resume")
+
+
+def _log_failure(corpus: Path, row: dict[str, Any]) -> None:
+    """A failed run whose worker died wrote no traceback: leave its one-line error in ``logs/<run_id>.log``."""
+    log = corpus / LOG_DIR / f"{row['run_id']}.log"
+    try:
+        if not log.exists():
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text(f"{row.get('error')}\n(no traceback: the process running it died; its output is in "
+                           f"{row['run_id']}.out)\n")
+    except OSError:
+        pass
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """While active, SIGINT and SIGTERM set ``stop`` (a second one raises KeyboardInterrupt)."""
+
+    def handler(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    old = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
 
 
 WORKER_DIED = "worker process died (killed or crashed); rerun generate to retry"

@@ -449,6 +449,8 @@ def build_report(results: str | os.PathLike[str], out: str | os.PathLike[str] = 
     claims = claims_table(data)
     caveats = list(src.get("headline", "caveats") or [])
     notes = list(src.get("data_notes") or [])
+    n_excluded = int((data.summary.get("excluded_runs") or {}).get("n") or 0)
+    excluded_line = f"{n_excluded} run(s) excluded for missing or damaged files"
     ew_status = src.get("early_warning", "status")
 
     # ------------------------------------------------------------------ HTML
@@ -458,6 +460,7 @@ def build_report(results: str | os.PathLike[str], out: str | os.PathLike[str] = 
          "<h1>StabilityBench report</h1>",
          f'<p class="meta">Results: <code>{html.escape(str(data.results.resolve()))}</code> · corpus: '
          f'<code>{html.escape(str(data.corpus))}</code> · {render_html([src.num("n_runs", digits=0)])} runs · '
+         f"{excluded_line} · "
          "every number below is read from <code>summary.json</code> (hover a bold number for its source).</p>"]
     h.append('<section class="caveats"><h2>Read this first: caveats</h2><ul>')
     h += [f"<li>{html.escape(str(c))}</li>" for c in caveats] or ["<li>none raised by the analysis</li>"]
@@ -484,7 +487,7 @@ def build_report(results: str | os.PathLike[str], out: str | os.PathLike[str] = 
     # ------------------------------------------------------------------ Markdown
     m = ["# StabilityBench report", "",
          f"Results: `{data.results.resolve()}` · corpus: `{data.corpus}` · {render_md([src.num('n_runs', digits=0)])}"
-         " runs. Every number is read from `summary.json`.", "", "## Read this first: caveats", ""]
+         f" runs · {excluded_line}. Every number is read from `summary.json`.", "", "## Read this first: caveats", ""]
     m += [f"- {c}" for c in caveats] or ["- none raised by the analysis"]
     if ew_status:
         m.append(f"- early warning: {ew_status}")

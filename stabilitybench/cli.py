@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from analysis.cli import analyze
-from data_schema import SCHEMA_VERSION, StabilityBenchError
+from data_schema import SCHEMA_VERSION
 from data_schema.errors import exit_on_user_error
 from generate.cli import generate, status
 from reports.cli import report
@@ -61,25 +61,24 @@ def query(
     fmt: Annotated[str, typer.Option("--format", "-f", help="table | csv | json")] = "table",
     limit: Annotated[int, typer.Option("--limit", help="Rows to print in table format")] = 100,
 ) -> None:
-    """Run DuckDB SQL over the corpus."""
+    """Run read-only DuckDB SQL over the corpus (SELECT, WITH, DESCRIBE, SHOW, EXPLAIN, PIVOT)."""
     import duckdb
+    import polars as pl
 
-    from data_schema import connect
+    from data_schema.query import QueryError, run_query
 
     if fmt not in ("table", "csv", "json"):
         raise typer.BadParameter(f"--format {fmt!r}: use table, csv or json")
-    con = connect(corpus)
+    relation = run_query(corpus, sql)
     try:
-        frame = con.sql(sql).pl()
+        frame = relation.pl() if relation is not None else pl.DataFrame()
     except duckdb.Error as exc:
-        raise StabilityBenchError(f"query failed: {str(exc).splitlines()[0]}") from None
+        raise QueryError(f"query failed: {str(exc).strip().splitlines()[0]}") from None
     if fmt == "csv":
         sys.stdout.write(frame.write_csv())
     elif fmt == "json":
         sys.stdout.write(frame.write_json() + "\n")
     else:
-        import polars as pl
-
         with pl.Config(tbl_rows=limit, tbl_cols=-1, fmt_str_lengths=40, tbl_width_chars=200):
             print(frame)
 
@@ -100,6 +99,31 @@ def export(
     filters = parse_only(only, keys=MANIFEST_SCHEMA.names)
     written = export_tensorboard(corpus, tensorboard, filters)
     print(f"exported {len(written)} run(s) -> {tensorboard}/  (tensorboard --logdir {tensorboard})")
+
+
+@app.command()
+def verify(
+    corpus: Annotated[Path, typer.Option("--corpus", "-c", help="Corpus directory")] = Path("corpus"),
+    deep: Annotated[bool, typer.Option("--deep", help="Also read every page with its checksum and join manifest, "
+                                       "steps and events")] = False,
+) -> None:
+    """Check every run's files against the manifest (sizes, hashes, schema); exit 1 naming each bad file."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from data_schema.verify import verify_corpus
+
+    report = verify_corpus(corpus, deep=deep)
+    out = Console(soft_wrap=True, highlight=False)
+    for problem in report.problems:
+        out.print(f"[red]bad[/] {escape(str(problem))}")
+    kind = "deep (every page, joins)" if deep else "sizes, hashes, schema"
+    bad_runs = len({p.run_id for p in report.problems})
+    out.print(f"verified {report.runs} ok run(s), {report.files} data file(s) in {escape(str(corpus))}/ ({kind}): "
+              + (f"[red]{len(report.problems)} problem(s) in {bad_runs} run(s)[/]; `stabilitybench generate` with "
+                 "the corpus's profile reruns them" if report.problems else "all good"))
+    if report.problems:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -384,6 +384,8 @@ def test_killed_worker_is_recorded_and_the_matrix_goes_on(tmp_path: Path) -> Non
     rows = manifest_rows(corpus)
     assert rows[victim.run_id]["status"] == "failed"
     assert "worker process died" in rows[victim.run_id]["error"]
+    # the closing message points to logs/<run_id>.log: it exists even though the worker wrote no traceback
+    assert "worker process died" in (corpus / LOG_DIR / f"{victim.run_id}.log").read_text()
     assert not steps_file(corpus, victim).exists()
     assert_valid_run(corpus, other, rows[other.run_id])
 

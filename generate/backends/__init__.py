@@ -11,6 +11,7 @@ with ``describe()`` for the progress header and ``execute(specs, corpus, record)
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,8 +37,12 @@ class Backend(Protocol):
         """One line for the progress header: where the runs go and how many at once."""
         ...
 
-    def execute(self, specs: list[RunSpec], corpus: Path, record: Record) -> None:
-        """Run every spec once (retrying dead workers where the backend can); ``record`` each row."""
+    def execute(self, specs: list[RunSpec], corpus: Path, record: Record,
+                stop: threading.Event | None = None) -> None:
+        """Run every spec once (retrying dead workers where the backend can); ``record`` each row.
+
+        Once ``stop`` is set: start nothing more, record every run that finished, stop the rest.
+        """
         ...
 
 

@@ -6,8 +6,11 @@ import atexit
 import ctypes
 import multiprocessing as mp
 import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -28,6 +31,24 @@ def _skip_interpreter_teardown() -> None:
     except (OSError, AttributeError):
         pass
     os._exit(0)
+
+
+def _worker_init(driver_pid: int) -> None:
+    """Set up a pool worker: Ctrl-C is the driver's to handle, and the worker dies with its driver.
+
+    The terminal sends SIGINT to the whole process group; the driver decides what stops (see
+    :func:`generate.runner.run_matrix`), so workers ignore it. A watchdog thread kills the
+    worker as soon as its parent is no longer the driver (the driver died, even by SIGKILL):
+    otherwise an orphaned run would go on training while a rerun trains it a second time.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watchdog() -> None:
+        while os.getppid() == driver_pid:
+            time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watchdog, name="driver-watchdog", daemon=True).start()
 
 
 def _run_in_pool(spec: RunSpec, corpus: str) -> dict[str, Any]:
@@ -68,33 +89,66 @@ class LocalPool:
     def describe(self) -> str:
         return f"{self.workers} local worker(s)"
 
-    def execute(self, specs: list[RunSpec], corpus: Path, record: Callable[[dict[str, Any]], None]) -> None:
+    def execute(self, specs: list[RunSpec], corpus: Path, record: Callable[[dict[str, Any]], None],
+                stop: threading.Event | None = None) -> None:
+        """Run ``specs``; when ``stop`` is set, start nothing more, record what finished, stop the workers."""
         from generate.runner import died_row
 
+        stop = stop or threading.Event()
         pending = list(specs)
         ctx = mp.get_context("spawn")
-        while pending:
-            pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, max_tasks_per_child=1)
+        while pending and not stop.is_set():
+            pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, max_tasks_per_child=1,
+                                       initializer=_worker_init, initargs=(os.getpid(),))
             in_flight: dict[Future[dict[str, Any]], RunSpec] = {}
             broken = False
             try:
-                while (pending or in_flight) and not broken:
+                while (pending or in_flight) and not broken and not stop.is_set():
                     while pending and len(in_flight) < self.workers:
                         spec = pending.pop(0)
                         in_flight[pool.submit(_run_in_pool, spec, str(corpus))] = spec
-                    finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-                    for fut in finished:
-                        spec = in_flight.pop(fut)
-                        try:
-                            record(fut.result())
-                        except BrokenProcessPool:
-                            broken = True
-                            record(died_row(spec))
-                if broken:  # a worker was killed (OOM, signal): the runs in flight died with it
-                    for spec in in_flight:
+                    finished, _ = wait(in_flight, timeout=0.2, return_when=FIRST_COMPLETED)
+                    broken = _collect(in_flight, finished, record)
+                if stop.is_set():  # a run that finished while we waited is recorded, not lost
+                    _collect(in_flight, [f for f in in_flight if f.done() and not f.exception()], record)
+                elif broken:  # a worker was killed (OOM, signal): the runs in flight died with it
+                    for spec in in_flight.values():
                         record(died_row(spec))
-            except KeyboardInterrupt:
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
+                    in_flight.clear()
             finally:
+                if in_flight:  # stopped, or an error while recording: the runs still training are abandoned
+                    _stop_workers(pool)
                 pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _collect(in_flight: dict[Future[dict[str, Any]], RunSpec], futures: Iterable[Future[dict[str, Any]]],
+             record: Callable[[dict[str, Any]], None]) -> bool:
+    """Record finished futures (removing them from ``in_flight``); True if one found the pool broken."""
+    from generate.runner import died_row
+
+    dead = False
+    for fut in futures:
+        spec = in_flight.pop(fut)
+        try:
+            row = fut.result()
+        except BrokenProcessPool:
+            dead = True
+            row = died_row(spec)
+        except Exception as exc:  # raised outside run_one's own handler (e.g. its log could not be opened)
+            text = str(exc).strip().splitlines()
+            row = died_row(spec, f"{type(exc).__name__}: {text[0] if text else ''} (in the worker process)")
+        record(row)
+    return dead
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Terminate a pool's worker processes (their runs leave no file but temporaries, removed on resume)."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())  # no public API for this
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()
+    for proc in procs:
+        proc.join(timeout=10)
+        if proc.is_alive():
+            proc.kill()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -121,7 +122,10 @@ class RayCluster:
                     f"run {spec.run_id} ({spec.domain}/{spec.algo}) needs {what} on one node, but the largest "
                     f"node of the Ray cluster has {largest[0]:g} CPU(s) and {largest[1]:g} GPU(s)")
 
-    def execute(self, specs: list[RunSpec], corpus: Path, record: Callable[[dict[str, Any]], None]) -> None:
+    def execute(self, specs: list[RunSpec], corpus: Path, record: Callable[[dict[str, Any]], None],
+                stop: threading.Event | None = None) -> None:
+        """Submit every spec and record rows as they finish; once ``stop`` is set, record what finished, cancel
+        the rest."""
         from generate.runner import died_row, run_in_worker
 
         ray = self._ray
@@ -135,9 +139,12 @@ class RayCluster:
             ref = task.options(**res, max_retries=self.max_retries, retry_exceptions=False,
                                name=f"stabilitybench:{spec.run_id}").remote(spec, out, res["num_cpus"])
             in_flight[ref] = spec
+        stop = stop or threading.Event()
         try:
             while in_flight:
-                done, _ = ray.wait(list(in_flight), num_returns=1)
+                done, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
+                if stop.is_set():  # finished runs are recorded below, the others cancelled in `finally`
+                    done, _ = ray.wait(list(in_flight), num_returns=len(in_flight), timeout=0)
                 for ref in done:
                     spec = in_flight.pop(ref)
                     try:
@@ -145,10 +152,11 @@ class RayCluster:
                     except ray.exceptions.RayError as exc:
                         row = died_row(spec, _task_error(exc, self.max_retries))
                     record(row)
-        except KeyboardInterrupt:
-            for ref in in_flight:
+                if stop.is_set():
+                    break
+        finally:
+            for ref in in_flight:  # stopped, interrupted or failed while recording: stop what still runs
                 ray.cancel(ref, force=True)
-            raise
 
 
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
