@@ -2,9 +2,11 @@
 
 1. **Dissociation** (final performance is decoupled from stability): Spearman's rho between
    final performance and stability across *configurations* (perturbation x magnitude x
-   duration; seed means), for two stability measures: the collapse time (the survival
-   duration from onset, so a censored run counts with its censoring time, a lower bound)
-   and the max MSD of the Kalman monitor (out of sample, test folds). CI: bootstrap over
+   duration; seed means), **per domain and algorithm** (final performance is a return in RL
+   and minus a validation loss in LM: quantities in different units are never correlated
+   together), for two stability measures: the survival time (from onset, so a censored run
+   counts with its censoring time, a lower bound) and the max MSD of the Kalman monitor
+   (out of sample, test folds, as ``-log10`` of its conformal p-value). CI: bootstrap over
    configurations; the run-level rho (bootstrap over runs) is reported too. Decoupling
    predicts |rho| near 0; a CI that excludes 0 contradicts it.
 2. **Stochasticity buffer**: collapse probability per stochasticity level (Clopper-Pearson)
@@ -34,31 +36,39 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> tuple[float | None, float | None]
 
 
 def dissociation(runs: pl.DataFrame, n_boot: int = 1000, seed: int = 0) -> list[dict[str, Any]]:
-    """Spearman(final performance, stability) per stability measure, config- and run-level.
+    """Spearman(final performance, stability) per (domain, algo) and stability measure, config- and run-level.
 
-    ``runs`` needs ``final_performance``, ``collapse_time`` and optionally ``max_msd``.
+    ``runs`` needs ``domain, algo, final_performance``, ``survival_time`` (or ``collapse_time``) and
+    optionally ``max_msd``.
     """
     r = runs.with_columns(
         pl.struct(["perturbation", "magnitude", "duration_steps"]).map_elements(
             lambda s: group_label(s["perturbation"], s["magnitude"], s["duration_steps"]), return_dtype=pl.String
         ).alias("config")
     )
+    if "survival_time" not in r.columns and "collapse_time" in r.columns:
+        r = r.with_columns(pl.col("collapse_time").alias("survival_time"))
+    keys = [k for k in ("domain", "algo") if k in r.columns]
+    groups = sorted(r.group_by(keys), key=lambda kv: str(kv[0])) if keys else [((), r)]
     out = []
-    for measure in ("collapse_time", "max_msd"):
-        if measure not in r.columns:
-            continue
-        cfg = r.group_by("config").agg(pl.col("final_performance").mean(), pl.col(measure).mean()).sort("config")
-        for level, frame in (("configuration", cfg), ("run", r)):
-            x = frame["final_performance"].to_numpy().astype(float)
-            y = frame[measure].to_numpy().astype(float)
-            rho, p = _spearman(x, y)
-            if rho is None:
-                out.append({"measure": measure, "level": level, **not_testable("fewer than 3 finite, varying pairs"),
-                            "n": int(frame.height)})
+    for key, rg in groups:
+        where = dict(zip(keys, (str(k) for k in key), strict=True))
+        for measure in ("survival_time", "max_msd"):
+            if measure not in rg.columns:
                 continue
-            ci = bootstrap_ci(lambda idx, x=x, y=y: _spearman(x[idx], y[idx])[0], x.size, n_boot, seed=seed)
-            out.append({"measure": measure, "level": level, **number(rho, int(x.size), ci, p_value=p),
-                        "decoupled": bool(ci[0] is not None and ci[0] <= 0 <= ci[1])})
+            cfg = rg.group_by("config").agg(pl.col("final_performance").mean(), pl.col(measure).mean()).sort("config")
+            for level, frame in (("configuration", cfg), ("run", rg)):
+                x = frame["final_performance"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+                y = frame[measure].cast(pl.Float64).fill_null(np.nan).to_numpy()
+                rho, p = _spearman(x, y)
+                if rho is None:
+                    out.append({**where, "measure": measure, "level": level,
+                                **not_testable("fewer than 3 finite, varying pairs"), "n": int(frame.height)})
+                    continue
+                ci = bootstrap_ci(lambda idx, x=x, y=y: _spearman(x[idx], y[idx])[0], x.size, n_boot, seed=seed)
+                out.append({**where, "measure": measure, "level": level,
+                            **number(rho, int(x.size), ci, p_value=p), "decoupled": bool(ci[0] is not None
+                                                                                         and ci[0] <= 0 <= ci[1])})
     return out
 
 
