@@ -460,7 +460,7 @@ def _card_section(corpus: str | os.PathLike[str], rows: list[dict[str, Any]], cf
     """Complete the corpus dataset card with the collapse rule and the outcome counts."""
     from analysis import collapse as collapse_module
 
-    rule = (collapse_module.__doc__ or "").split("The rule", 1)[-1].split("Unperturbed runs are judged", 1)[0]
+    rule = (collapse_module.__doc__ or "").split("The rule", 1)[-1].split("Outputs per run", 1)[0]
     params = ", ".join(f"{k} = {v}" for k, v in cfg.collapse.to_dict().items())
     section = ["## Collapse rule (from `stabilitybench analyze`)", "", f"The rule{rule.rstrip()}", "",
                f"Parameters: {params}.", "", "### Outcomes", "", *summary_lines(rows)]

@@ -186,15 +186,15 @@ def prediction(rows: pl.DataFrame, refs: dict[str, np.ndarray], n_boot: int = 10
     strata = _stratum(rows)
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     out: dict[str, Any] = {"question": QUESTION_B, "n_runs": rows.height, "n_pos": n_pos, "n_neg": n_neg}
+    out["runs_needed"] = runs_needed(n_pos, n_neg)
     if not n_pos or not n_neg:
-        out["auroc"] = not_testable(f"n too small: {runs_needed(n_pos, n_neg)}")
+        out["auroc"] = not_testable("n too small: one outcome only at the landmark")
         out["auroc_stratified"] = out["auroc"]
         return out
     out["auroc"] = _auroc_with_ci(score, y, seeds, n_boot, seed)
     _, pairs = stratified_auroc(score, y, strata)
     out["auroc_stratified"] = (_auroc_with_ci(score, y, seeds, n_boot, seed, strata) | {"n_pairs": pairs}
-                               if pairs else not_testable(f"n too small: no stratum holds both outcomes; "
-                                                          f"{runs_needed(n_pos, n_neg)}"))
+                               if pairs else not_testable("n too small: no stratum holds both outcomes"))
     delta: dict[str, Any] = {}
     for name, ref in refs.items():
         for kind, st in (("pooled", None), ("stratified", strata)):

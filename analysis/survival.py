@@ -101,7 +101,9 @@ def km_table(runs: pl.DataFrame) -> pl.DataFrame:
         e = g["collapsed"].to_numpy().astype(float)
         if t.size == 0:
             continue
-        km = kaplan_meier(t, e).with_columns(pl.lit(key).alias("group"), pl.lit(g.height).alias("n_runs"))
+        km = kaplan_meier(t, e).with_columns(pl.lit(key).alias("group"), pl.lit(g.height).alias("n_runs"),
+                                             pl.lit(g["_stratum"][0]).alias("stratum"),
+                                             pl.lit(g["_group"][0]).alias("config"))
         parts.append(km)
     if not parts:
         return pl.DataFrame()

@@ -123,7 +123,9 @@ def test_summary_has_every_headline_number_with_n(analysed) -> None:
         assert fpr["guaranteed_fpr_bound"] == 0.5  # one calibration run: the attainable level is 1/2
         assert m["median_lead_updates"]["measured_from"] == "offline collapse date"
         pred = summary["early_warning"]["prediction"][name]
-        assert pred["n_pos"] + pred["n_neg"] + pred["n_collapsed_before_landmark"] == 6
+        # 7 perturbed test runs: the non-finite one (update 205) collapsed before the landmark (180 + 30 + 1 block)
+        assert pred["n_pos"] + pred["n_neg"] + pred["n_collapsed_before_landmark"] == 7
+        assert pred["n_collapsed_before_landmark"] == 1 and "runs_needed" in pred
         assert pred["auroc_stratified"]["status"].startswith("not testable: n too small")
     # the destructive spike is obvious to the monitor: every collapse is preceded by an alarm
     assert det["kalman"]["frac_collapses_preceded"]["value"] == 1.0
