@@ -7,7 +7,7 @@
    together), for two stability measures: the survival time (from onset, so a censored run
    counts with its censoring time, a lower bound) and the max MSD of the Kalman monitor
    (out of sample, test folds, as ``-log10`` of its conformal p-value). CI: bootstrap over
-   configurations; the run-level rho (bootstrap over runs) is reported too. Decoupling
+   configurations; the run-level rho (cluster bootstrap over seeds) is reported too. Decoupling
    predicts |rho| near 0; a CI that excludes 0 contradicts it.
 2. **Stochasticity buffer**: collapse probability per stochasticity level (Clopper-Pearson)
    and the Cox hazard ratio of the level. Not testable when the corpus has one level.
@@ -23,7 +23,7 @@ import numpy as np
 import polars as pl
 from scipy import stats as sps
 
-from analysis.stats import bootstrap_ci, clopper_pearson, iqr, not_testable, number
+from analysis.stats import bootstrap_ci, clopper_pearson, cluster_bootstrap_ci, iqr, not_testable, number
 from analysis.survival import group_label
 
 
@@ -65,10 +65,16 @@ def dissociation(runs: pl.DataFrame, n_boot: int = 1000, seed: int = 0) -> list[
                     out.append({**where, "measure": measure, "level": level,
                                 **not_testable("fewer than 3 finite, varying pairs"), "n": int(frame.height)})
                     continue
-                ci = bootstrap_ci(lambda idx, x=x, y=y: _spearman(x[idx], y[idx])[0], x.size, n_boot, seed=seed)
+                def stat(idx: np.ndarray, x: np.ndarray = x, y: np.ndarray = y) -> float | None:
+                    return _spearman(x[idx], y[idx])[0]
+
+                if level == "run" and "seed" in frame.columns:  # runs that share a seed are not independent
+                    lo, hi, how = cluster_bootstrap_ci(stat, frame["seed"].to_numpy(), n_boot, seed=seed)
+                else:  # configurations are the units
+                    (lo, hi), how = bootstrap_ci(stat, x.size, n_boot, seed=seed), "percentile, over configurations"
                 out.append({**where, "measure": measure, "level": level,
-                            **number(rho, int(x.size), ci, p_value=p), "decoupled": bool(ci[0] is not None
-                                                                                         and ci[0] <= 0 <= ci[1])})
+                            **number(rho, int(x.size), (lo, hi), p_value=p, interval=how),
+                            "decoupled": bool(lo is not None and lo <= 0 <= hi)})
     return out
 
 

@@ -286,7 +286,8 @@ def cox(runs: pl.DataFrame) -> dict[str, Any]:
             hr = np.exp(params[j])
             lo, hi = np.exp(params[j] - Z975 * bse[j]), np.exp(params[j] + Z975 * bse[j])
         coefs.append({"covariate": name, "coef": float(params[j]), "se": float(bse[j]), **number(hr, runs.height,
-                      (lo, hi), p_value=float(pvals[j]))})
+                      (lo, hi), p_value=float(pvals[j])), "estimable": not separated,
+                      "ridge_coef": ridge.get(name) if ridge else None})
     ph = _ph_check(res, t, e, names) if not separated else [
         {"status": "not testable: no finite maximum-likelihood fit"}]
     risk = X @ params
@@ -295,8 +296,8 @@ def cox(runs: pl.DataFrame) -> dict[str, Any]:
     conc = concordance(t, e, risk) if np.all(np.isfinite(risk)) else None
     return {**base, "status": "ok" if not separated else
             "monotone likelihood (separation): the unpenalised hazard ratios diverge and are not estimable; "
-            "see ridge_coefficients_no_ci",
-            "covariates": names, "coefficients": coefs if not separated else [], "concordance": conc,
+            "see ridge_coefficients_no_ci (ridge_coef per covariate)",
+            "covariates": names, "coefficients": coefs, "concordance": conc,
             "concordance_from": f"ridge-penalised fit (alpha={RIDGE_ALPHA})" if separated
             else "maximum partial likelihood",
             "ridge_coefficients_no_ci": ridge,
