@@ -45,9 +45,13 @@ def analyze(
     ew = summary["early_warning"]
     if "status" in ew:
         out.print(f"early warning: {ew['status']}")
-    for det, v in summary["headline"]["early_warning"].items():
-        a, fpr, lead = v["auroc"]["value"], v["fpr_unperturbed"]["value"], v["median_lead_updates"]["value"]
-        out.print(f"  {det:<15} AUROC {_fmt(a)}  FPR {_fmt(fpr)}  median lead {_fmt(lead, 0)} updates")
+    pred = summary["headline"].get("prediction", {})
+    for det, v in summary["headline"].get("detection", {}).items():
+        a, fpr = (v.get("auroc") or {}).get("value"), (v.get("fpr_held_out_controls") or {}).get("value")
+        lead = (v.get("median_lead_updates") or {}).get("value")
+        b = ((pred.get(det) or {}).get("auroc_stratified") or {}).get("value")
+        out.print(f"  {det:<15} (a) AUROC {_fmt(a)}  FPR {_fmt(fpr)}  median lead {_fmt(lead, 0)} updates"
+                  f"  (b) stratified AUROC {_fmt(b)}")
     for caveat in summary["headline"]["caveats"]:
         out.print(f"[yellow]caveat:[/] {caveat}", highlight=False)
 

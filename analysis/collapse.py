@@ -23,23 +23,41 @@ For a run r in a *matched group* (same domain, algo, env and stochasticity level
    unavailable and only the gain margin applies; with a non-learning control (``G <= 0``)
    only the spread margin applies; with neither the group is reported as not assessable
    and only non-finite collapses count.
-3. **No recovery.** Collapse happens at the first update ``t >= onset_step`` where
-   ``s_r(t) < line(t)`` and ``s_r`` stays below the line for the next ``recovery_frac`` of
-   the run's updates (or until the run ends, if that comes first, provided at least
-   ``min_confirm`` of the window is left; a crossing closer to the end cannot be confirmed).
-4. **Non-finite** telemetry (a NaN/Inf loss, gradient, parameter or performance, a
-   ``nonfinite`` event, or ``stop_reason == 'nonfinite'``) is an immediate collapse at
-   that update, whichever comes first.
+3. **Past the window, no recovery.** With ``W = recovery_frac`` of the run's updates and the
+   perturbation window ``[onset, onset + duration)``, the run collapses at the first update
+   ``t >= onset`` where ``s_r(t) < line(t)`` and ``s_r`` *stays* below the line until at least
+   ``max(t, onset + duration) + W``: a drop must outlast the perturbation by a whole
+   confirmation window. If the run ends first, it must stay below until its end and have at
+   least ``min_confirm x W`` updates after ``max(t, onset + duration)``; otherwise the
+   crossing cannot be confirmed. The update at which the confirmation completes is the
+   *online confirmation step* (``collapse_confirmed_step``): the earliest time a causal rule
+   could know.
+4. **Transients.** A run that is not collapsed but stayed below the line for at least
+   ``min_confirm x W`` consecutive updates after onset had a *transient* (``transient``), e.g.
+   a drop confined to the perturbation window. It is not a collapse.
+5. **Offline date.** The collapse is dated on the *centred* rolling mean ``c_r`` (same window,
+   no causal lag): the start of the stretch of updates ``>= onset`` where ``c_r`` is below the
+   line that contains the causal crossing (the causal crossing itself if ``c_r`` is above the
+   line there). Lead times and ``collapse_time`` are measured from this date. The RL
+   ``performance`` column is itself a trailing mean over episodes, so some lag remains.
+6. **Non-finite** telemetry (a NaN/Inf loss, gradient, parameter or performance, a
+   ``nonfinite`` event, or ``stop_reason == 'nonfinite'``) is a collapse at that update,
+   whichever comes first: ``collapse_kind`` is ``nonfinite`` | ``performance`` | ``none``.
 
-Unperturbed runs are judged against the *other* controls (leave-one-out), which gives the
-rule's own false-collapse rate on runs that should never collapse.
+**Cross-fitting over control seeds.** The control seeds of a group are cut into
+``k = min(n_control_seeds, max_folds)`` folds. Fold ``i``'s envelope is built from the controls
+of the *other* folds, and every run whose seed falls in fold ``i`` (its held-out control and
+the perturbed runs of that seed; seeds without a control go to fold ``seed mod k``) is judged
+against it. Controls and perturbed runs thus meet the same rule against the same control
+statistics, and the held-out controls give the rule's false-collapse rate. With one control
+seed there is nothing to cross-fit: perturbed runs use that control and the control itself
+is not assessable.
 
-Outputs per run: ``collapsed``, ``collapse_step``, ``collapse_time`` and ``censored``,
-``final_performance``. ``collapse_time`` is the *survival duration* in updates from
-``onset_step``: the time to collapse for a collapsed run, and for a censored run the
-time to its last update (right-censoring time), so ``(collapse_time, not censored)`` is the
-usual (duration, event) pair. ``final_performance`` is the mean raw performance over the
-last ``edge_frac`` of the run's recorded updates (a run stopped by non-finite values keeps
+Outputs per run: ``collapsed``, ``collapse_kind``, ``collapse_step`` (offline date),
+``collapse_confirmed_step``, ``collapse_time`` (offline date - onset; null when censored),
+``survival_time`` (the survival duration: ``collapse_time``, or last update - onset when
+censored), ``censored``, ``transient``, ``final_performance`` (the mean raw performance over
+the last ``edge_frac`` of the run's recorded updates; a run stopped by non-finite values keeps
 its last finite performance).
 """
 
@@ -65,6 +83,7 @@ class CollapseConfig:
     recovery_frac: float = 0.10
     min_confirm: float = 0.25
     edge_frac: float = 0.05
+    max_folds: int = 5
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -149,22 +168,69 @@ def envelope(controls: list[np.ndarray], length: int, cfg: CollapseConfig) -> En
     return Envelope(mu, mu - margin, gain, len(controls), "; ".join(notes))
 
 
-def first_collapse(s: np.ndarray, line: np.ndarray, onset: int, cfg: CollapseConfig) -> int | None:
-    """First update ``t >= onset`` where ``s`` (shape ``(T,)``) falls below ``line`` and does not recover."""
+def centred_smooth(perf: np.ndarray, window: int) -> np.ndarray:
+    """Centred rolling mean of the forward-filled ``perf`` (shape ``(T,)``) over ``window`` updates (offline)."""
+    return _rolling_mean_nan(_ffill(np.asarray(perf, dtype=float)), window)
+
+
+def _below(s: np.ndarray, line: np.ndarray) -> np.ndarray:
     T = s.size
     line = line[:T] if line.size >= T else np.concatenate([line, np.full(T - line.size, line[-1])])
     with np.errstate(invalid="ignore"):
-        below = (s < line) & ~np.isnan(s) & ~np.isnan(line)
-    # run[t] = number of consecutive 'below' updates starting at t
+        return (s < line) & ~np.isnan(s) & ~np.isnan(line)
+
+
+def _run_lengths(below: np.ndarray) -> np.ndarray:
+    """``run[t]`` = number of consecutive ``below`` updates starting at ``t``, shape ``(T,)``."""
+    T = below.size
     t = np.arange(T)
     next_above = np.minimum.accumulate(np.where(below, T, t)[::-1])[::-1]
-    run = next_above - t
+    return next_above - t
+
+
+def first_collapse(s: np.ndarray, line: np.ndarray, onset: int, cfg: CollapseConfig,
+                   window_end: int | None = None) -> tuple[int, int] | None:
+    """``(crossing, confirmation step)`` of the first collapse of ``s`` (shape ``(T,)``) below ``line``, or None.
+
+    The crossing is the first ``t >= onset`` below the line that stays below until
+    ``max(t, window_end) + W`` (``window_end`` = first update after the perturbation; default ``onset``).
+    """
+    T = s.size
+    if T == 0:
+        return None
+    below = _below(s, line)
+    run = _run_lengths(below)
+    t = np.arange(T)
     W = max(1, round(cfg.recovery_frac * T))
     need_min = max(1, round(cfg.min_confirm * W))
-    left = T - t
-    ok = below & (t >= onset) & (((left >= W) & (run >= W)) | ((left < W) & (left >= need_min) & (run == left)))
-    hits = np.flatnonzero(ok)
-    return int(hits[0]) if hits.size else None
+    wend = onset if window_end is None else max(int(window_end), onset)
+    start = np.maximum(t, wend)
+    need_end = start + W
+    full = (need_end <= T) & (run >= need_end - t)
+    partial = (need_end > T) & (run == T - t) & (T - start >= need_min)
+    hits = np.flatnonzero(below & (t >= onset) & (full | partial))
+    if not hits.size:
+        return None
+    t0 = int(hits[0])
+    return t0, int(min(need_end[t0], T) - 1)
+
+
+def had_transient(s: np.ndarray, line: np.ndarray, onset: int, cfg: CollapseConfig) -> bool:
+    """Whether ``s`` stayed below ``line`` for ``>= min_confirm x W`` consecutive updates at or after ``onset``."""
+    if s.size == 0:
+        return False
+    W = max(1, round(cfg.recovery_frac * s.size))
+    run = _run_lengths(_below(s, line))
+    return bool((run[onset:] >= max(1, round(cfg.min_confirm * W))).any())
+
+
+def offline_date(c: np.ndarray, line: np.ndarray, onset: int, crossing: int) -> int:
+    """Start of the stretch ``>= onset`` where the centred curve ``c`` is below ``line`` that holds ``crossing``."""
+    below = _below(c, line)
+    if not below[crossing]:
+        return crossing
+    above = np.flatnonzero(~below[onset: crossing + 1])
+    return onset + (int(above[-1]) + 1 if above.size else 0)
 
 
 def detect(
@@ -174,13 +240,14 @@ def detect(
     controls: list[np.ndarray],
     nonfinite_step: int | None,
     cfg: CollapseConfig,
+    window_end: int | None = None,
 ) -> dict[str, Any]:
     """Outcome of one run.
 
     ``steps`` and ``perf`` (shape ``(T,)``) are the run's update indices (0..T-1) and raw
     performance (NaN where null); ``controls`` are the *smoothed* curves of its matched
-    controls. Returns ``collapsed, collapse_step, collapse_time, censored,
-    final_performance, cause, note``.
+    controls; ``window_end`` is the first update after the perturbation window (default: onset).
+    Returns the outcome columns (see the module docstring) plus ``note``, ``n_controls``, ``control_gain``.
     """
     T = int(steps.max()) + 1 if steps.size else 0
     p = np.full(T, np.nan)
@@ -190,23 +257,32 @@ def detect(
     s = smooth(p, window)
     env = envelope(controls, T, cfg)
     start = int(onset) if onset is not None else 0
-    perf_step = first_collapse(s, env.line, start, cfg) if T else None
-    candidates = [(perf_step, "performance"), (nonfinite_step, "nonfinite")]
-    candidates = [(c, why) for c, why in candidates if c is not None]
-    step, cause = min(candidates) if candidates else (None, None)
+    hit = first_collapse(s, env.line, start, cfg, window_end) if T else None
+    perf_date = confirmed = None
+    if hit is not None:
+        perf_date = offline_date(centred_smooth(p, window), env.line, start, hit[0])
+        confirmed = hit[1]
+    kind, step = "none", None
+    if perf_date is not None:
+        kind, step = "performance", perf_date
+    if nonfinite_step is not None and (step is None or nonfinite_step <= step):
+        kind, step, confirmed = "nonfinite", int(nonfinite_step), int(nonfinite_step)
     finite = _ffill(np.where(np.isfinite(p), p, np.nan))
     edge = max(1, round(cfg.edge_frac * T))
     tail = finite[-edge:] if T else finite
     final = float(np.nanmean(tail)) if T and np.isfinite(tail).any() else None
+    collapsed = step is not None
     end = T - 1
-    origin = start
     return {
-        "collapsed": step is not None,
+        "collapsed": collapsed,
+        "collapse_kind": kind,
         "collapse_step": step,
-        "collapse_time": (step - origin) if step is not None else (end - origin if T else None),
-        "censored": step is None,
+        "collapse_confirmed_step": confirmed,
+        "collapse_time": (step - start) if collapsed else None,
+        "survival_time": (step - start) if collapsed else (end - start if T else None),
+        "censored": not collapsed,
+        "transient": (not collapsed) and T > 0 and had_transient(s, env.line, start, cfg),
         "final_performance": final,
-        "cause": cause,
         "note": env.note,
         "n_controls": env.n_controls,
         "control_gain": env.gain,
@@ -226,6 +302,23 @@ def nonfinite_steps(events: pl.DataFrame, runs: pl.DataFrame, nonfinite_rows: di
     return out
 
 
+def control_folds(control_seeds: list[int], max_folds: int) -> dict[int, int]:
+    """Fold of each control seed: sorted seeds cut into ``min(n, max_folds)`` chunks (empty with < 2 seeds)."""
+    seeds = sorted(set(int(x) for x in control_seeds))
+    if len(seeds) < 2:
+        return {}
+    k = min(len(seeds), max(2, max_folds))
+    return {int(x): i for i, chunk in enumerate(np.array_split(np.array(seeds), k)) for x in chunk}
+
+
+OUTCOME_SCHEMA = {
+    "run_id": pl.String, "collapsed": pl.Boolean, "collapse_kind": pl.String, "collapse_step": pl.Int64,
+    "collapse_confirmed_step": pl.Int64, "collapse_time": pl.Int64, "survival_time": pl.Int64,
+    "censored": pl.Boolean, "transient": pl.Boolean, "final_performance": pl.Float64, "note": pl.String,
+    "n_controls": pl.Int64, "control_gain": pl.Float64, "rule_fold": pl.Int64,
+}
+
+
 def collapse_group(
     runs: pl.DataFrame,
     perf: dict[str, tuple[np.ndarray, np.ndarray]],
@@ -233,30 +326,39 @@ def collapse_group(
     control_mask: np.ndarray,
     cfg: CollapseConfig,
 ) -> pl.DataFrame:
-    """Outcomes of every run of one matched group.
+    """Outcomes of every run of one matched group, cross-fitted over control seeds (module docstring).
 
-    ``perf[run_id] = (steps (T,), performance (T,))``; ``control_mask`` (shape
-    ``(n_runs,)``) marks the unperturbed controls, which are judged leave-one-out.
-    Returns ``run_id`` plus the outcome columns of :func:`detect`.
+    ``runs`` needs ``run_id, seed, onset_step`` (and ``duration_steps`` for the window end);
+    ``perf[run_id] = (steps (T,), performance (T,))``; ``control_mask`` (shape ``(n_runs,)``)
+    marks the unperturbed controls. Returns ``run_id``, the outcome columns of :func:`detect`
+    and ``rule_fold`` (null when the group could not be cross-fitted).
     """
     ids = runs["run_id"].to_list()
-    smoothed: dict[str, np.ndarray] = {}
-    for rid, is_ctrl in zip(ids, control_mask, strict=True):
+    seeds = [int(x) for x in runs["seed"].to_list()]
+    onsets = runs["onset_step"].to_list()
+    durs = runs["duration_steps"].to_list() if "duration_steps" in runs.columns else [None] * len(ids)
+    smoothed: dict[str, tuple[int, np.ndarray]] = {}
+    for rid, seed, is_ctrl in zip(ids, seeds, control_mask, strict=True):
         if is_ctrl and rid in perf and rid not in nonfinite:
             st, pf = perf[rid]
             T = int(st.max()) + 1 if st.size else 0
             p = np.full(T, np.nan)
             p[st] = pf
-            smoothed[rid] = smooth(p, max(1, round(cfg.smooth_frac * T)))
+            smoothed[rid] = (seed, smooth(p, max(1, round(cfg.smooth_frac * T))))
+    folds = control_folds([sd for sd, _ in smoothed.values()], cfg.max_folds)
+    k = max(folds.values()) + 1 if folds else 0
     rows = []
-    onsets = dict(zip(ids, runs["onset_step"].to_list(), strict=True))
-    for rid in ids:
+    for rid, seed, onset, dur, is_ctrl in zip(ids, seeds, onsets, durs, control_mask, strict=True):
         st, pf = perf.get(rid, (np.zeros(0, dtype=np.int64), np.zeros(0)))
-        controls = [c for k, c in smoothed.items() if k != rid]
-        rows.append({"run_id": rid, **detect(st, pf, onsets[rid], controls, nonfinite.get(rid), cfg)})
-    return pl.DataFrame(
-        rows,
-        schema={"run_id": pl.String, "collapsed": pl.Boolean, "collapse_step": pl.Int64, "collapse_time": pl.Int64,
-                "censored": pl.Boolean, "final_performance": pl.Float64, "cause": pl.String, "note": pl.String,
-                "n_controls": pl.Int64, "control_gain": pl.Float64},
-    )
+        if k:
+            fold = folds.get(seed, seed % k)
+            controls = [c for sd, c in smoothed.values() if folds[sd] != fold]
+        else:
+            fold = None
+            controls = [] if is_ctrl else [c for _, c in smoothed.values()]
+        wend = None if onset is None else int(onset) + (int(dur) if dur is not None and not is_ctrl else 0)
+        out = detect(st, pf, onset, controls, nonfinite.get(rid), cfg, wend)
+        if not k and smoothed:
+            out["note"] = "; ".join(x for x in (out["note"], "one control seed: not cross-fitted") if x)
+        rows.append({"run_id": rid, **out, "rule_fold": fold})
+    return pl.DataFrame(rows, schema=OUTCOME_SCHEMA)

@@ -265,6 +265,8 @@ def feature_frame(steps: pl.DataFrame, features: list[str]) -> pl.DataFrame:
         x = pl.when(pl.col(c).is_finite()).then(pl.col(c)).otherwise(None)
         if c in LOG_COLUMNS:
             x = x.sign() * x.abs().log1p()
+        elif c == "lr":  # the learning rate (echo column) on its natural, multiplicative scale
+            x = pl.when(x > 0).then(x.log10()).otherwise(None)
         exprs.append(x.forward_fill().over("run_id").alias(c))
     return steps.select(exprs)
 
@@ -298,3 +300,41 @@ def run_arrays(blocks: pl.DataFrame, features: list[str]) -> dict[str, tuple[np.
         X = g.select(features).to_numpy().astype(float) if features else np.zeros((g.height, 0))
         out[str(rid)] = (g["step"].to_numpy(), X, g["nonfinite"].to_numpy().astype(bool))
     return out
+
+
+def redundant_columns(X: np.ndarray, names: list[str], max_r2: float = 0.99,
+                      protect: tuple[str, ...] = ()) -> tuple[list[str], list[dict[str, Any]]]:
+    """Greedy removal of collinear or algebraically redundant columns before any fit.
+
+    Columns are visited in order; one whose R^2 on the columns kept so far (least squares on the
+    standardised, complete rows of ``X``, shape ``(n, p)``) is at least ``max_r2`` is removed and
+    listed with its R^2 and the columns that explain it. Constant columns are removed too.
+    ``protect`` names columns that are kept regardless (and not used to remove others).
+    Returns ``(kept names, removed [{column, r2, explained_by | reason}])``.
+    """
+    ok = np.isfinite(X).all(axis=1)
+    Z = X[ok]
+    kept: list[int] = []
+    removed: list[dict[str, Any]] = []
+    if Z.shape[0] < 3:
+        return list(names), []
+    sd = Z.std(axis=0)
+    Z = (Z - Z.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+    for j, name in enumerate(names):
+        if name in protect:
+            continue
+        if sd[j] <= 1e-12:
+            removed.append({"column": name, "reason": "constant"})
+            continue
+        if kept:
+            A = Z[:, kept]
+            coef, *_ = np.linalg.lstsq(A, Z[:, j], rcond=None)
+            resid = Z[:, j] - A @ coef
+            r2 = 1.0 - float(resid @ resid) / float(Z[:, j] @ Z[:, j])
+            if r2 >= max_r2:
+                top = [names[kept[i]] for i in np.argsort(-np.abs(coef))[:3]]
+                removed.append({"column": name, "r2": round(r2, 5), "explained_by": top})
+                continue
+        kept.append(j)
+    keep_names = {names[j] for j in kept} | {n for n in names if n in protect}
+    return [n for n in names if n in keep_names], removed

@@ -7,35 +7,26 @@ chunk ``i``, *calibrates* on chunk ``i+1 (mod k)`` and *trains* on the rest, so 
 a test run exactly once and the pooled test set is the whole group. With the quick
 corpus's 3 seeds that is train 1 / calibrate 1 / test 1, rotated three times. Every
 detector is fitted on the **unperturbed** runs of the training seeds only, and its alarm
-threshold is calibrated on the **unperturbed** runs of the calibration seeds only, to the
-same target FPR (:meth:`~analysis.metastate.base.MonitorBase.calibrate`); an unperturbed run
-that itself collapsed is not "normal" telemetry and is left out of both. Nothing is fitted
-or tuned on perturbed runs, so the per-perturbation-kind rows are also the
+threshold is calibrated *conformally* on the **unperturbed** runs of the calibration seeds
+only (:class:`~analysis.conformal.ConformalCalibrator`: cross-fitted, since the seeds rotate);
+an unperturbed run that itself collapsed is not "normal" telemetry and is left out of both.
+Nothing is fitted or tuned on perturbed runs, so the per-perturbation-kind rows are also the
 leave-one-perturbation-kind-out evaluation. **Leave-one-env-out** (several envs per domain,
 algo and stochasticity level): for each held-out env the detectors are trained on the
 unperturbed runs of all *other* envs, then calibrated and tested on the held-out env's
-calibration and test seeds exactly as above; it measures whether the model of normal
-telemetry transfers across tasks. With one env it is reported as not testable.
+calibration and test seeds exactly as above. With one env it is reported as not testable.
 
-Metrics (test runs only, pooled over folds)
--------------------------------------------
-* **AUROC** (run level): the max smoothed score between onset and collapse (collapsed runs)
-  or between onset and the last update (censored runs) separates collapsed (positive) from
-  non-collapsed (negative) runs; CI by a bootstrap over runs stratified by class. That
-  window is much longer for censored runs, which favours them for any noisy score, so
-  ``auroc_horizon`` also caps every window at ``onset + horizon_frac`` (10%) of the run, fixed
-  in advance. ``auroc_of_magnitude_reference`` is the AUROC of the perturbation magnitude
-  itself (known to the experimenter, not a detector): a monitor that only matches it has
-  learnt how big the kick was, not that a collapse is coming.
-* **Lead time** = collapse step - first alarm at or after onset (alarms after the collapse
-  do not count); median and IQR over collapsed runs with an alarm, bootstrap CI of the median.
-* **Fraction of collapses preceded by an alarm** (Clopper-Pearson CI).
-* **FPR**: share of unperturbed test runs with any alarm after onset (Clopper-Pearson CI).
-  Also the alarm rate on perturbed runs that did not collapse (not a false positive as
-  such: the perturbation did act).
+Scores leave each fold as conformal p-values
+--------------------------------------------
+Every per-block score becomes an exceedance p-value against the calibration runs' window
+maxima, and an alarm is ``p <= alpha`` (the target FPR, or ``1/(n+1)`` when fewer than 19
+calibration runs make 5% unreachable; then no FPR claim is made). Run-level scores are
+``-log10(min p)`` over a window (:func:`_run_row`), so runs scored by separately fitted models
+(folds, groups) are pooled on one calibrated scale. The two questions asked of these rows
+(detection, prediction at a landmark) are computed in :mod:`analysis.questions`.
 
 Scores are per block; an alarm is dated at its block's last update, so lead times are
-in optimizer updates. Non-finite telemetry scores ``+inf``.
+in optimizer updates. Non-finite telemetry scores ``+inf`` (p = 1/(n+1)).
 """
 
 from __future__ import annotations
@@ -50,9 +41,11 @@ import numpy as np
 import polars as pl
 
 from analysis.baselines import BASELINES
+from analysis.conformal import ConformalCalibrator
 from analysis.errors import InsufficientDataError
 from analysis.metastate import KalmanMonitor, MonitorBase
-from analysis.stats import auroc, bootstrap_ci, clopper_pearson, iqr, not_testable, number
+from analysis.metastate.base import window_max
+from analysis.stats import not_testable
 
 MONITORS = ("kalman", "gru")
 
@@ -72,6 +65,7 @@ class EarlyWarningConfig:
     early_blocks: int = 10
     horizon_frac: float = 0.1
     detectors: tuple[str, ...] = field(default_factory=lambda: default_detectors())
+    with_echo: bool = True
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -119,6 +113,26 @@ def _onset_index(steps: np.ndarray, onset: int | None) -> int:
     return int(np.searchsorted(steps, onset, side="left"))
 
 
+ECHO_COLUMNS = ("lr", "update_norm", "param_norm")
+
+
+def detector_variants(features: list[str], cfg: EarlyWarningConfig) -> list[tuple[str, str, list[str]]]:
+    """``(detector label, detector name, feature columns)`` of every detector to evaluate.
+
+    The monitors run twice: without the intervention-echo columns (:data:`ECHO_COLUMNS`: they move
+    with the perturbation itself, so a monitor that reads them "detects" the kick) under their own
+    name, and with them as ``<name>+echo``. The baselines see the features without the echo columns.
+    """
+    base = [c for c in features if c not in ECHO_COLUMNS]
+    echo = list(features) if any(c in ECHO_COLUMNS for c in features) else None
+    out = []
+    for name in cfg.detectors:
+        out.append((name, name, base))
+        if name in MONITORS and echo is not None and cfg.with_echo:
+            out.append((f"{name}+echo", name, echo))
+    return out
+
+
 def evaluate_group(
     runs: pl.DataFrame,
     arrays: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
@@ -127,21 +141,26 @@ def evaluate_group(
     progress: Callable[[str], None] | None = None,
     save_dir: Path | None = None,
     external_train: list[np.ndarray] | None = None,
+    block: int = 1,
 ) -> tuple[pl.DataFrame, pl.DataFrame, list[dict[str, Any]]]:
-    """Fit, calibrate and score every detector on every fold of one matched group.
+    """Fit, conformally calibrate and score every detector on every fold of one matched group.
 
-    ``runs`` holds the group's runs with ``seed, onset_step, unperturbed, collapsed,
-    collapse_step``; ``arrays[run_id] = (steps (T,), X (T, p), nonfinite (T,))``.
-    Returns (per test run x detector table, score traces, fold notes). With ``save_dir``
-    the fitted, calibrated monitors are saved there (``<monitor>_fold<i>.npz|.pt``). With
-    ``external_train`` (sequences from *other* envs: leave-one-env-out) every fold trains on
-    those instead of its own training seeds; calibration and test stay within this group.
+    ``runs`` holds the group's runs with ``seed, onset_step, duration_steps, unperturbed, collapsed,
+    collapse_kind, collapse_step``; ``arrays[run_id] = (steps (T,), X (T, p), nonfinite (T,))`` with the
+    columns ``features``; ``block`` is the block length in updates (the landmark is one block after the
+    perturbation window). Returns (per test run x detector table, score traces, fold notes). Each
+    fold fits on the training seeds' controls, calibrates a :class:`~analysis.conformal.ConformalCalibrator`
+    on the calibration seeds' controls (window maxima from onset) and scores the test seeds; every
+    score leaves as a conformal p-value. With ``save_dir`` the fitted monitors are saved there
+    (``<monitor>_fold<i>.npz|.pt``). With ``external_train`` (sequences from *other* envs:
+    leave-one-env-out) every fold trains on those instead of its own training seeds.
     """
     folds = seed_folds(runs["seed"].to_list(), cfg.max_folds)
     notes: list[dict[str, Any]] = []
     if not folds:
         return _empty_rows(), _empty_traces(), [{"status": "not testable: fewer than 3 seeds"}]
     info = {r["run_id"]: r for r in runs.iter_rows(named=True)}
+    variants = detector_variants(features, cfg)
     rows, traces = [], []
     for i, fold in enumerate(folds):
         def pick(seeds: list[int], controls_only: bool) -> list[str]:
@@ -152,60 +171,69 @@ def evaluate_group(
         train_ids = pick(fold["train"], True)
         calib_ids = pick(fold["calibration"], True)
         test_ids = pick(fold["test"], False)
-        train = [arrays[r][1] for r in train_ids] if external_train is None else list(external_train)
-        note = {"fold": i, **{k: v for k, v in fold.items()}, "n_train_runs": len(train),
-                "n_calibration_runs": len(calib_ids), "n_test_runs": len(test_ids)}
+        note = {"fold": i, **{k: v for k, v in fold.items()}, "n_train_runs": len(train_ids) if external_train is None
+                else len(external_train), "n_calibration_runs": len(calib_ids), "n_test_runs": len(test_ids)}
         if external_train is not None:
             note["train"] = "unperturbed runs of the other envs"
-        if not train or not calib_ids or not test_ids:
+        if not (train_ids or external_train) or not calib_ids or not test_ids:
             note["status"] = "skipped: no unperturbed training or calibration run, or no test run"
             notes.append(note)
             continue
         notes.append(note)
-        calib = [arrays[r][1] for r in calib_ids]
-        calib_starts = [_onset_index(arrays[r][0], info[r]["onset_step"]) for r in calib_ids]
-        for name in cfg.detectors:
-            det = make_detector(name, features, cfg)
-            if not getattr(det, "available", True):
+        for label, name, cols in variants:
+            idx = [features.index(c) for c in cols]
+            det = make_detector(name, cols, cfg)
+            if not getattr(det, "available", True) or not idx:
                 continue
             if progress:
-                progress(f"fold {i + 1}/{len(folds)}: {name}")
+                progress(f"fold {i + 1}/{len(folds)}: {label}")
+            train = [arrays[r][1][:, idx] for r in train_ids] if external_train is None else \
+                [x[:, idx] for x in external_train]
             try:
                 det.fit(train)
             except InsufficientDataError as exc:
-                note.setdefault("detector_errors", {})[name] = str(exc)
+                note.setdefault("detector_errors", {})[label] = str(exc)
                 continue
-            det.calibrate(calib, cfg.fpr, calib_starts)
-            info_fit: dict[str, Any] = {"threshold": det.threshold_, "calibration_runs": len(calib)}
+            cal_max = []
+            for r in calib_ids:
+                st, X, nf = arrays[r]
+                sc = det.score(X[:, idx])
+                sc[nf] = np.inf
+                cal_max.append(window_max(sc, st, info[r]["onset_step"], None))
+            conf = ConformalCalibrator(cfg.fpr).fit(cal_max)
+            det.threshold_ = conf.threshold_
+            info_fit: dict[str, Any] = {"threshold": conf.threshold_, **conf.summary(), "features": cols}
             if name == "kalman":
                 info_fit.update(n_latent=det.n_latent_, em_iterations=len(det.loglik_))
             if name == "gru":
                 info_fit.update(final_train_nll=det.train_loss_[-1])
-            note.setdefault("detectors", {})[name] = info_fit
+            note.setdefault("detectors", {})[label] = info_fit
             if save_dir is not None and name in MONITORS:
                 save_dir.mkdir(parents=True, exist_ok=True)
-                det.save(save_dir / f"{name}_fold{i}.{'npz' if name == 'kalman' else 'pt'}")
+                det.save(save_dir / f"{label}_fold{i}.{'npz' if name == 'kalman' else 'pt'}")
             for rid in test_ids:
                 steps, X, nonfinite = arrays[rid]
-                score = det.score(X)
+                score = det.score(X[:, idx])
                 score[nonfinite] = np.inf
-                r = info[rid]
-                rows.append(_run_row(rid, r, i, name, det.threshold_, steps, score, cfg.horizon_frac,
-                                     cfg.early_blocks))
-                traces.append(pl.DataFrame({"run_id": rid, "detector": name, "fold": i, "step": steps,
-                                            "score": score, "threshold": det.threshold_},
-                                           schema_overrides={"step": pl.Int64, "score": pl.Float64}))
+                pval = conf.p_value(score)
+                rows.append(_run_row(rid, info[rid], i, label, conf, steps, pval, cfg, block))
+                traces.append(pl.DataFrame({"run_id": rid, "detector": label, "fold": i, "step": steps,
+                                            "score": score, "threshold": conf.threshold_, "p_value": pval},
+                                           schema_overrides={"step": pl.Int64, "score": pl.Float64,
+                                                             "p_value": pl.Float64}))
     table = pl.DataFrame(rows, schema=_ROW_SCHEMA) if rows else _empty_rows()
     trace = pl.concat(traces, how="diagonal_relaxed") if traces else _empty_traces()
     return table, trace, notes
 
 
 _ROW_SCHEMA = {
-    "run_id": pl.String, "fold": pl.Int64, "detector": pl.String, "threshold": pl.Float64,
-    "perturbation": pl.String, "magnitude": pl.Float64, "unperturbed": pl.Boolean, "collapsed": pl.Boolean,
-    "collapse_step": pl.Int64, "onset_step": pl.Int64, "window_max": pl.Float64, "first_alarm_step": pl.Int64,
-    "alarm_before_collapse": pl.Boolean, "lead_updates": pl.Int64, "early_score": pl.Float64,
-    "horizon_max": pl.Float64,
+    "run_id": pl.String, "seed": pl.Int64, "fold": pl.Int64, "detector": pl.String, "threshold": pl.Float64,
+    "n_calibration": pl.Int64, "alpha_used": pl.Float64, "guaranteed_fpr_bound": pl.Float64,
+    "perturbation": pl.String, "magnitude": pl.Float64, "duration_steps": pl.Int64, "unperturbed": pl.Boolean,
+    "collapsed": pl.Boolean, "collapse_kind": pl.String, "collapse_step": pl.Int64, "onset_step": pl.Int64,
+    "landmark_step": pl.Int64, "first_alarm_step": pl.Int64, "alarm_before_collapse": pl.Boolean,
+    "lead_updates": pl.Int64, "detection_score": pl.Float64, "prediction_score": pl.Float64,
+    "window_score": pl.Float64, "early_score": pl.Float64,
 }
 
 
@@ -215,104 +243,57 @@ def _empty_rows() -> pl.DataFrame:
 
 def _empty_traces() -> pl.DataFrame:
     return pl.DataFrame(schema={"run_id": pl.String, "detector": pl.String, "fold": pl.Int64, "step": pl.Int64,
-                                "score": pl.Float64, "threshold": pl.Float64})
+                                "score": pl.Float64, "threshold": pl.Float64, "p_value": pl.Float64})
 
 
-def _run_row(rid: str, r: dict[str, Any], fold: int, name: str, thr: float, steps: np.ndarray,
-             score: np.ndarray, horizon_frac: float = 0.1, early_blocks: int = 10) -> dict[str, Any]:
-    onset = r["onset_step"] if r["onset_step"] is not None else 0
+def landmark(onset: int | None, duration: int | None, unperturbed: bool, block: int) -> int:
+    """The prediction landmark L: the end of the perturbation window plus one block (controls: onset + 1 block)."""
+    o = int(onset or 0)
+    d = 0 if unperturbed or duration is None else int(duration)
+    return o + d + max(1, int(block))
+
+
+def _neglog_min_p(pval: np.ndarray, mask: np.ndarray) -> float:
+    v = pval[mask]
+    v = v[~np.isnan(v)]
+    return float(-np.log10(v.min())) if v.size else float("nan")
+
+
+def _run_row(rid: str, r: dict[str, Any], fold: int, name: str, conf: ConformalCalibrator, steps: np.ndarray,
+             pval: np.ndarray, cfg: EarlyWarningConfig, block: int = 1) -> dict[str, Any]:
+    """One (test run, detector) row: alarms at ``p <= alpha_used``, run-level scores as ``-log10(min p)``.
+
+    * ``detection_score``: over ``[onset, collapse)`` (strictly before the offline date), capped at
+      ``onset + horizon_frac`` of the run, for collapsed runs; over ``[onset, onset + horizon]`` otherwise.
+    * ``prediction_score``: over ``[onset, L]`` with L = :func:`landmark`.
+    * ``window_score``: over ``[onset, collapse)`` or ``[onset, last update]``.
+    * a non-finite collapse is never "preceded" by the alarm at its own step (lead 0 is no warning).
+    """
+    onset = int(r["onset_step"] or 0)
     cstep = r["collapse_step"] if r["collapsed"] else None
     after = steps >= onset
-    stop = cstep if cstep is not None else (int(steps.max()) if steps.size else None)
-    m = after & (steps <= stop) if stop is not None else after
-    vals = score[m]
-    vals = vals[~np.isnan(vals)]
-    wmax = float(vals.max()) if vals.size else float("nan")
-    # horizon-matched window: [onset, min(collapse, onset + H)], H fixed in advance
-    H = horizon_frac * (int(steps.max()) + 1 if steps.size else 0)
-    hstop = min(cstep, onset + H) if cstep is not None else onset + H
-    hv = score[after & (steps <= hstop)]
-    hv = hv[~np.isnan(hv)]
-    hmax = float(hv.max()) if hv.size else float("nan")
-    with np.errstate(invalid="ignore"):
-        alarm = after & (score > thr)
+    H = cfg.horizon_frac * (int(steps.max()) + 1 if steps.size else 0)
+    before = steps < cstep if cstep is not None else np.ones(steps.size, dtype=bool)
+    det_mask = after & before & (steps <= onset + H)
+    L = landmark(r["onset_step"], r.get("duration_steps"), bool(r["unperturbed"]), block)
+    alarm = after & (pval <= conf.alpha_used_ + 1e-12)
     first = int(steps[np.argmax(alarm)]) if alarm.any() else None
-    before = cstep is not None and first is not None and first <= cstep
-    lead = (cstep - first) if before else None
-    # early score: mean over the first ``early_blocks`` blocks after onset (covariate for the Cox model)
-    idx = np.flatnonzero(after)[: max(1, early_blocks)]
-    early = score[idx]
+    preceded = cstep is not None and first is not None and first < cstep
+    idx = np.flatnonzero(after)[: max(1, cfg.early_blocks)]
+    early = pval[idx]
     early = early[np.isfinite(early)]
     return {
-        "run_id": rid, "fold": fold, "detector": name, "threshold": thr, "perturbation": r["perturbation"],
-        "magnitude": r["magnitude"], "unperturbed": r["unperturbed"], "collapsed": bool(r["collapsed"]),
-        "collapse_step": cstep, "onset_step": r["onset_step"], "window_max": wmax, "first_alarm_step": first,
-        "alarm_before_collapse": bool(before), "lead_updates": lead,
-        "early_score": float(early.mean()) if early.size else None, "horizon_max": hmax,
+        "run_id": rid, "seed": r["seed"], "fold": fold, "detector": name, "threshold": conf.threshold_,
+        "n_calibration": conf.n_, "alpha_used": conf.alpha_used_, "guaranteed_fpr_bound": conf.guaranteed_fpr_,
+        "perturbation": r["perturbation"], "magnitude": r["magnitude"], "duration_steps": r.get("duration_steps"),
+        "unperturbed": r["unperturbed"], "collapsed": bool(r["collapsed"]),
+        "collapse_kind": r.get("collapse_kind") or ("performance" if r["collapsed"] else "none"),
+        "collapse_step": cstep, "onset_step": r["onset_step"], "landmark_step": L, "first_alarm_step": first,
+        "alarm_before_collapse": bool(preceded), "lead_updates": (cstep - first) if preceded else None,
+        "detection_score": _neglog_min_p(pval, det_mask), "prediction_score": _neglog_min_p(pval, after & (steps <= L)),
+        "window_score": _neglog_min_p(pval, after & before),
+        "early_score": float(-np.log10(early).mean()) if early.size else None,
     }
-
-
-def metrics(rows: pl.DataFrame, cfg: EarlyWarningConfig) -> list[dict[str, Any]]:
-    """Summary metrics per detector (and per perturbation kind) from :func:`evaluate_group` rows."""
-    out = []
-    if rows.height == 0:
-        return out
-    kinds = sorted(set(rows.filter(~pl.col("unperturbed"))["perturbation"].to_list()))
-    for det in rows["detector"].unique(maintain_order=True).to_list():
-        d = rows.filter(pl.col("detector") == det)
-        for subset in ["all", *kinds]:
-            s = d if subset == "all" else d.filter(pl.col("unperturbed") | (pl.col("perturbation") == subset))
-            out.append({"detector": det, "subset": subset, **_metrics_of(s, cfg)})
-    return out
-
-
-def _metrics_of(d: pl.DataFrame, cfg: EarlyWarningConfig) -> dict[str, Any]:
-    pos = d.filter(pl.col("collapsed"))
-    neg = d.filter(~pl.col("collapsed"))
-    scores = np.array(d["window_max"].to_list(), dtype=float)
-    labels = np.array(d["collapsed"].to_list(), dtype=bool)
-    res: dict[str, Any] = {"n_test_runs": d.height, "n_collapsed": pos.height, "n_not_collapsed": neg.height}
-    a = auroc(scores[labels], scores[~labels])
-    ci = bootstrap_ci(lambda idx: auroc(scores[idx][labels[idx]], scores[idx][~labels[idx]]), d.height,
-                      cfg.n_boot, seed=cfg.seed, strata=labels.astype(int)) if a is not None else (None, None)
-    res["auroc"] = number(a, d.height, ci, n_pos=pos.height, n_neg=neg.height,
-                          window="[onset, collapse] or [onset, last update]")
-    hs = np.array(d["horizon_max"].to_list(), dtype=float)
-    a = auroc(hs[labels], hs[~labels])
-    ci = bootstrap_ci(lambda idx: auroc(hs[idx][labels[idx]], hs[idx][~labels[idx]]), d.height,
-                      cfg.n_boot, seed=cfg.seed, strata=labels.astype(int)) if a is not None else (None, None)
-    res["auroc_horizon"] = number(a, d.height, ci, n_pos=pos.height, n_neg=neg.height,
-                                  window="[onset, min(collapse, onset + 10% of the run)]")
-    # reference, not a detector: how well the perturbation's own magnitude (known to the experimenter)
-    # separates the same runs; a monitor that only matches this has learnt "how big was the kick"
-    mag = np.array(d["magnitude"].fill_null(1.0).to_list(), dtype=float)
-    mag = np.where(np.array(d["unperturbed"].to_list(), dtype=bool), 0.0, mag)
-    res["auroc_of_magnitude_reference"] = number(auroc(mag[labels], mag[~labels]), d.height, None)
-    leads = np.array([x for x in pos["lead_updates"].to_list() if x is not None], dtype=float)
-    if leads.size:
-        ci = bootstrap_ci(lambda idx: float(np.median(leads[idx])), leads.size, cfg.n_boot, seed=cfg.seed)
-        q1, q3 = iqr(leads)
-        res["median_lead_updates"] = number(float(np.median(leads)), int(leads.size), ci, iqr_low=q1, iqr_high=q3)
-    else:
-        res["median_lead_updates"] = number(None, 0, None)
-    delays = np.array([a - o for a, o, b in zip(pos["first_alarm_step"].to_list(), pos["onset_step"].to_list(),
-                                                 pos["alarm_before_collapse"].to_list(), strict=True)
-                       if b and a is not None and o is not None], dtype=float)
-    # how long after the perturbation began the (pre-collapse) alarm came: near 0 means the alarm is the kick itself
-    res["median_alarm_delay_from_onset"] = number(float(np.median(delays)) if delays.size else None, int(delays.size),
-                                                  iqr(delays) if delays.size else None, interval="IQR")
-    k = int(pos["alarm_before_collapse"].sum()) if pos.height else 0
-    res["frac_collapses_preceded"] = number(k / pos.height if pos.height else None, pos.height,
-                                            clopper_pearson(k, pos.height))
-    un = d.filter(pl.col("unperturbed"))
-    fp = int(un["first_alarm_step"].is_not_null().sum())
-    res["fpr_unperturbed"] = number(fp / un.height if un.height else None, un.height,
-                                    clopper_pearson(fp, un.height), target=cfg.fpr)
-    nc = d.filter(~pl.col("unperturbed") & ~pl.col("collapsed"))
-    na = int(nc["first_alarm_step"].is_not_null().sum())
-    res["alarm_rate_perturbed_not_collapsed"] = number(na / nc.height if nc.height else None, nc.height,
-                                                       clopper_pearson(na, nc.height))
-    return res
 
 
 def leave_one_env_out_status(runs: pl.DataFrame) -> dict[str, Any]:

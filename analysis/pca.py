@@ -1,20 +1,23 @@
-"""Low-dimensionality of the telemetry: PCA on standardised per-update features against a time-shuffled null.
+"""Low-dimensionality of the telemetry: PCA on standardised block features against a circular-shift null.
 
-For each (domain, algo) group and for all groups pooled, every update of every run is a
-row of the feature matrix (features as in :mod:`analysis.data`: forward-filled within
-runs, log-transformed where heavy-tailed; rows still missing a value, before the first
-report of a sparse column, are dropped). Columns are standardised (zero mean, unit
-variance over the group's rows) and fitted with :class:`sklearn.decomposition.PCA`.
-The pooled analysis standardises each group separately and keeps the features that
-every group has.
+For each (domain, algo) group, every *block* of every run is a row of the feature matrix
+(block means of the features of :mod:`analysis.data`: forward-filled within runs,
+log-transformed where heavy-tailed, collinear or algebraically redundant columns removed
+first; rows still missing a value are dropped). Columns are standardised (zero mean, unit
+variance over the group's rows) and fitted with :class:`sklearn.decomposition.PCA`. The
+pooled analysis standardises each group separately, keeps the features that every group
+has and weights every (domain, algo) group *equally* (the mean of their correlation
+matrices), so the group with the most rows does not dominate.
 
 Reported: the explained-variance ratio, the number of components for 90% of the
 variance (``n90``) and the participation ratio ``PR = (sum l)^2 / sum l^2`` of the
-eigenvalues ``l``. **Null:** each column is permuted independently *in time within each
-run* (so every run keeps each feature's marginal distribution but loses the temporal
-co-movement of features), re-standardised and refitted, ``n_null`` times. If the real
-``n90`` is well below the null's, the low dimension is structure, not an artefact of
-the number of features or their marginals.
+eigenvalues ``l``. **Null:** circular-shift surrogates: each column of each run is rotated
+in time by its own random offset (:func:`circular_shift`), which keeps every column's
+marginal distribution *and* its autocorrelation (apart from the one wrap-around point) but
+breaks the alignment between columns; re-standardised and refitted, ``n_null`` times. Shared
+slow trends beat a permutation null almost surely; they do not beat this one unless the
+columns co-move beyond what their own autocorrelation explains. (``null="permute"`` keeps
+the old within-run permutation for comparison.)
 
 The scaling path (:func:`streaming_pca`) computes the same PCA exactly from streamed
 moments (Chan et al. pairwise update of the covariance), in O(p^2) memory.
@@ -79,14 +82,39 @@ def time_shuffle(X: np.ndarray, run_index: np.ndarray, rng: np.random.Generator)
     return out
 
 
+def circular_shift(X: np.ndarray, run_index: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Rotate each column of ``X`` (shape ``(n, p)``) in time by its own random offset, within each run.
+
+    Rows of a run are taken in their order in ``X``; ``run_index`` (shape ``(n,)``) labels the run.
+    """
+    out = np.empty_like(X)
+    codes = np.unique(np.asarray(run_index), return_inverse=True)[1]
+    for c in np.unique(codes):
+        rows = np.flatnonzero(codes == c)
+        out[rows] = _shift_run(X[rows], rng)
+    return out
+
+
+def _shift_run(X: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One run's rows ``(T, p)`` with every column rolled by an independent uniform offset."""
+    T = X.shape[0]
+    if T < 2:
+        return X.copy()
+    shifts = rng.integers(0, T, size=X.shape[1])
+    idx = (np.arange(T)[:, None] - shifts[None, :]) % T
+    return np.take_along_axis(X, idx, axis=0)
+
+
 def null_distribution(
-    X: np.ndarray, run_index: np.ndarray, n_null: int = 20, seed: int = 0, level: float = 0.9
+    X: np.ndarray, run_index: np.ndarray, n_null: int = 20, seed: int = 0, level: float = 0.9,
+    null: str = "circular",
 ) -> list[PCAResult]:
-    """``n_null`` PCA summaries of time-shuffled copies of ``X`` (see :func:`time_shuffle`)."""
+    """``n_null`` PCA summaries of surrogate copies of ``X``: circular shifts (default) or permutations."""
     rng = np.random.default_rng(seed)
+    make = circular_shift if null == "circular" else time_shuffle
     out = []
     for _ in range(n_null):
-        Z = standardise(time_shuffle(X, run_index, rng))
+        Z = standardise(make(X, run_index, rng))
         cov = np.cov(Z, rowvar=False) if Z.shape[0] > 1 else np.eye(Z.shape[1])
         out.append(summarise(np.linalg.eigvalsh(np.atleast_2d(cov)), level))
     return out
@@ -140,11 +168,12 @@ def streaming_pca(chunks: Iterable[np.ndarray], p: int, level: float = 0.9) -> t
 
 
 class PCAAccumulator:
-    """Per-run streaming PCA of one subset of runs, with its time-shuffled null.
+    """Per-run streaming PCA of one subset of runs, with its surrogate null.
 
     :meth:`add_run` takes one run's complete feature rows ``X (T, p)``: it updates the exact
-    moments of the real data and, for each of ``n_null`` replicates, of a copy whose columns
-    are permuted independently in time (within this run; for runs longer than
+    moments of the real data and, for each of ``n_null`` replicates, of a surrogate copy: by
+    default each column circularly shifted by its own offset (:func:`circular_shift`); with
+    ``null="permute"`` a copy whose columns are permuted independently in time (within this run; for runs longer than
     ``null_rows_per_run`` a random subset of that many rows of the shuffle, which has the
     same distribution and keeps the null's cost bounded). Memory is O(n_null p^2), so a
     corpus of any size streams through run by run. While the rows seen stay under
@@ -153,9 +182,11 @@ class PCAAccumulator:
     """
 
     def __init__(
-        self, p: int, n_null: int = 20, seed: int = 0, keep_rows: int = 5_000_000, null_rows_per_run: int = 50_000
+        self, p: int, n_null: int = 20, seed: int = 0, keep_rows: int = 5_000_000, null_rows_per_run: int = 50_000,
+        null: str = "circular",
     ) -> None:
         self.p = p
+        self.null_kind = null
         self.null_rows_per_run = null_rows_per_run
         self.real = StreamingMoments(p)
         self.null = [StreamingMoments(p) for _ in range(n_null)]
@@ -177,6 +208,9 @@ class PCAAccumulator:
         T = X.shape[0]
         m = min(T, self.null_rows_per_run)
         for mom in self.null:
+            if self.null_kind == "circular":
+                mom.update(_shift_run(X, self.rng))
+                continue
             # m rows of a within-run time shuffle: each column's values drawn without replacement,
             # independently per column (m == T is a full permutation)
             mom.update(np.column_stack([X[self.rng.choice(T, size=m, replace=False), j] for j in range(self.p)]))

@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from analysis import coherence as coherence_mod
 from analysis import pca as pca_mod
+from analysis import questions
 from analysis.aggregates import iqm_table, performance_profiles
 from analysis.collapse import CollapseConfig, collapse_group, nonfinite_steps
 from analysis.data import (
@@ -38,10 +39,17 @@ from analysis.data import (
     iter_run_steps,
     load_events,
     load_runs,
+    redundant_columns,
     run_arrays,
     to_blocks,
 )
-from analysis.early_warning import EarlyWarningConfig, evaluate_group, leave_one_env_out_status, metrics
+from analysis.early_warning import (
+    ECHO_COLUMNS,
+    EarlyWarningConfig,
+    evaluate_group,
+    landmark,
+    leave_one_env_out_status,
+)
 from analysis.pca import PCAAccumulator
 from analysis.regularities import dissociation, precedence, stochasticity_buffer
 from analysis.stats import clopper_pearson, not_testable, number
@@ -85,6 +93,52 @@ def _early_coherence(steps: pl.DataFrame, onset: int | None, frac: float) -> flo
     return float(after) - float(before)  # type: ignore[arg-type]
 
 
+def _kick_size(steps: np.ndarray, X: np.ndarray, names: list[str], onset: int | None, L: int) -> np.ndarray:
+    """Peak excursion of update_norm, param_norm and the loss inside ``[onset, L]``, in pre-onset SDs; ``(3,)``."""
+    out = np.full(3, np.nan)
+    o = int(onset or 0)
+    pre, win = steps < o, (steps >= o) & (steps <= L)
+    for i, cols in enumerate((("update_norm",), ("param_norm",), ("train_loss", "loss"))):
+        c = next((c for c in cols if c in names), None)
+        if c is None or not win.any():
+            continue
+        x = X[:, names.index(c)]
+        base = x[pre & np.isfinite(x)]
+        w = x[win & np.isfinite(x)]
+        if base.size >= 2 and w.size:
+            sd = base.std() if base.std() > 0 else 1.0
+            out[i] = float(np.max(np.abs(w - base.mean())) / sd)
+    return out
+
+
+def _read_group(corpus: str | os.PathLike[str], g: pl.DataFrame, feats: list[str], cfg: AnalysisConfig,
+                early_coh: dict[str, float]) -> dict[str, Any]:
+    """Read one matched group run by run: performance, non-finite rows and block features (``feats``)."""
+    n_upd = int(g["n_updates"].max() or g["planned_updates"].max() or 1)
+    B = block_size(n_upd, cfg.features)
+    perf: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    nf_rows: dict[str, int] = {}
+    arrays: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    cols = list(dict.fromkeys([*feats, *NONFINITE_COLUMNS, "performance", "grad_coherence"]))
+    for row, steps in iter_run_steps(corpus, g, cols):
+        rid = row["run_id"]
+        fr = feature_frame(steps, feats)
+        bad = fr.filter(pl.col("nonfinite"))["step"]
+        if bad.len():
+            nf_rows[rid] = int(bad.min())
+        perf[rid] = (steps["step"].to_numpy(), steps["performance"].cast(pl.Float64).fill_null(np.nan).to_numpy())
+        c = _early_coherence(steps, row["onset_step"], cfg.early_frac)
+        if c is not None:
+            early_coh[rid] = c
+        arrays.update(run_arrays(to_blocks(fr, feats, B), feats))
+    return {"B": B, "perf": perf, "nf_rows": nf_rows, "arrays": arrays}
+
+
+def _subset(arrays: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], idx: list[int]
+            ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    return {r: (st, X[:, idx], nf) for r, (st, X, nf) in arrays.items()}
+
+
 def run_analysis(
     corpus: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -112,47 +166,51 @@ def run_analysis(
     loeo_rows: list[pl.DataFrame] = []
     loeo_notes: list[dict[str, Any]] = []
     pca_acc: dict[tuple[str, str], dict[str, Any]] = {}
+    feature_sets: dict[str, Any] = {}
     early_coh: dict[str, float] = {}
+    kick: dict[str, np.ndarray] = {}
     t_load = t_collapse = t_ew = 0.0
     for key_da, da_runs in group_runs(runs, ("domain", "algo")):
+        da_label = f"{key_da['domain']}/{key_da['algo']}"
         ts = time.perf_counter()
         features = feature_columns(corpus, da_runs, cfg.features)
-        t_load += time.perf_counter() - ts
-        acc = {"features": features, "blocks": {},
-               "all_runs": PCAAccumulator(len(features), cfg.n_null, cfg.seed, cfg.pca_in_memory_rows),
-               "unperturbed_runs": PCAAccumulator(len(features), cfg.n_null, cfg.seed + 1, cfg.pca_in_memory_rows)}
-        pca_acc[(key_da["domain"], key_da["algo"])] = acc
+        feats_all = [*features, *(["lr"] if "lr" not in features else [])]  # lr only for the +echo monitors
+        read = []
         for key, g in group_runs(da_runs):
+            say(f"{'/'.join(key.values())}: reading telemetry run by run ({g.height} runs)")
+            read.append((key, g, _read_group(corpus, g, feats_all, cfg, early_coh)))
+        t_load += time.perf_counter() - ts
+        # collinear / algebraically redundant columns, judged on the unperturbed runs' blocks (label-free)
+        ctrl_ids = set(da_runs.filter(pl.col("unperturbed"))["run_id"].to_list())
+        stack = [X for _, _, r in read for rid, (_, X, _) in r["arrays"].items() if rid in ctrl_ids] or \
+            [X for _, _, r in read for _, X, _ in r["arrays"].values()]
+        kept, removed = redundant_columns(np.vstack(stack) if stack else np.zeros((0, len(feats_all))), feats_all,
+                                          protect=("lr",)) if feats_all else ([], [])
+        pca_feats = [c for c in kept if c != "lr"]
+        feature_sets[da_label] = {"features": kept, "removed_redundant": removed,
+                                  "echo_columns": [c for c in ECHO_COLUMNS if c in kept],
+                                  "monitor_features_without_echo": [c for c in kept if c not in ECHO_COLUMNS],
+                                  "pca_features": pca_feats}
+        idx = [feats_all.index(c) for c in kept]
+        pidx = [feats_all.index(c) for c in pca_feats]
+        acc = {"features": pca_feats, "blocks": {},
+               "all_runs": PCAAccumulator(len(pca_feats), cfg.n_null, cfg.seed, cfg.pca_in_memory_rows),
+               "unperturbed_runs": PCAAccumulator(len(pca_feats), cfg.n_null, cfg.seed + 1, cfg.pca_in_memory_rows)}
+        pca_acc[(key_da["domain"], key_da["algo"])] = acc
+        for key, g, r in read:
             label = "/".join(key.values())
-            say(f"{label}: reading telemetry run by run ({g.height} runs)")
-            n_upd = int(g["n_updates"].max() or g["planned_updates"].max() or 1)
-            B = block_size(n_upd, cfg.features)
-            perf: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-            nf_rows: dict[str, int] = {}
-            arrays: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-            cols = list(dict.fromkeys([*features, *NONFINITE_COLUMNS, "performance", "grad_coherence"]))
-            ts = time.perf_counter()
-            for row, steps in iter_run_steps(corpus, g, cols):
-                rid = row["run_id"]
-                fr = feature_frame(steps, features)
-                bad = fr.filter(pl.col("nonfinite"))["step"]
-                if bad.len():
-                    nf_rows[rid] = int(bad.min())
-                perf[rid] = (steps["step"].to_numpy(), steps["performance"].cast(pl.Float64).fill_null(np.nan)
-                             .to_numpy())
-                c = _early_coherence(steps, row["onset_step"], cfg.early_frac)
-                if c is not None:
-                    early_coh[rid] = c
-                X = fr.select(features).drop_nulls().to_numpy().astype(float) if features else np.zeros((0, 0))
-                acc["all_runs"].add_run(X)
-                if row["unperturbed"]:
-                    acc["unperturbed_runs"].add_run(X)
-                arrays.update(run_arrays(to_blocks(fr, features, B), features))
-            acc["blocks"].update(arrays)
-            t_load += time.perf_counter() - ts
+            B, perf, arrays_all = r["B"], r["perf"], r["arrays"]
+            for rid, (st, X, _) in arrays_all.items():
+                Xp = X[:, pidx]
+                Xp = Xp[np.isfinite(Xp).all(axis=1)]
+                acc["all_runs"].add_run(Xp)
+                if rid in ctrl_ids:
+                    acc["unperturbed_runs"].add_run(Xp)
+                acc["blocks"][rid] = (st, X[:, pidx], arrays_all[rid][2])
+            arrays = _subset(arrays_all, idx)
 
             ts = time.perf_counter()
-            nonfinite = nonfinite_steps(events, g, nf_rows)
+            nonfinite = nonfinite_steps(events, g, r["nf_rows"])
             outcomes = collapse_group(g, perf, nonfinite, g["unperturbed"].to_numpy(), cfg.collapse)
             outcome_parts.append(outcomes)
             for drop in (0.25, 0.5, 0.75, 1.0):  # sensitivity of the outcome to the rule's two margins
@@ -165,24 +223,32 @@ def run_analysis(
             t_collapse += time.perf_counter() - ts
             notes_rule = [n for n in outcomes["note"].drop_nulls().unique().to_list() if n]
             group_notes.append({**key, "n_runs": g.height, "n_unperturbed": int(g["unperturbed"].sum()),
-                                "features": features, "block_updates": B, "collapse_rule_note": notes_rule})
+                                "features": kept, "block_updates": B, "collapse_rule_note": notes_rule})
 
             ts = time.perf_counter()
-            g_out = g.join(outcomes.select("run_id", "collapsed", "collapse_step"), on="run_id")
+            g_out = g.join(outcomes.select("run_id", "collapsed", "collapse_kind", "collapse_step"), on="run_id")
+            for row in g_out.iter_rows(named=True):
+                if row["run_id"] in arrays_all:
+                    st, X, _ = arrays_all[row["run_id"]]
+                    kick[row["run_id"]] = _kick_size(st, X, feats_all, row["onset_step"],
+                                                     landmark(row["onset_step"], row["duration_steps"],
+                                                              bool(row["unperturbed"]), B))
             safe = "_".join(v.replace("/", "-") for v in key.values())
-            rows, traces, notes = evaluate_group(g_out, arrays, features, cfg.early_warning,
+            rows, traces, notes = evaluate_group(g_out, arrays, kept, cfg.early_warning,
                                                  progress=lambda m, label=label: say(f"{label}: {m}"),
-                                                 save_dir=out / "monitors" / safe)
-            coh_parts.append(coherence_mod.aligned(arrays, features, g_out))
-            acc.setdefault("groups", []).append((key, g_out, arrays))
-            ew_rows.append(rows.with_columns(pl.lit(label).alias("group")))
+                                                 save_dir=out / "monitors" / safe, block=B)
+            coh_parts.append(coherence_mod.aligned(arrays_all, feats_all, g_out, domain=key["domain"]))
+            acc.setdefault("groups", []).append((key, g_out, arrays, B))
+            ew_rows.append(rows.with_columns(pl.lit(label).alias("group"),
+                                             pl.concat_str([pl.lit(label + "|seed="), pl.col("seed").cast(pl.String)])
+                                             .alias("cluster")))
             ew_traces.append(traces)
             fold_notes.append({"group": label, "folds": notes})
             t_ew += time.perf_counter() - ts
         # leave-one-env-out: train on the other envs' controls (same domain, algo, stochasticity)
         ts = time.perf_counter()
-        for key, g_out, arrays in acc.get("groups", []):
-            others = [(k2, g2, a2) for k2, g2, a2 in acc["groups"]
+        for key, g_out, arrays, B in acc.get("groups", []):
+            others = [(k2, g2, a2) for k2, g2, a2, _ in acc["groups"]
                       if k2["env"] != key["env"] and k2["stochasticity"] == key["stochasticity"]]
             if not others:
                 continue
@@ -190,10 +256,12 @@ def run_analysis(
                      for rid in g2.filter(pl.col("unperturbed") & ~pl.col("collapsed"))["run_id"].to_list()
                      if rid in a2]
             label = "/".join(key.values())
-            rows, _, notes = evaluate_group(g_out, arrays, features, cfg.early_warning,
+            rows, _, notes = evaluate_group(g_out, arrays, kept, cfg.early_warning,
                                             progress=lambda m, label=label: say(f"{label} (leave-one-env-out): {m}"),
-                                            external_train=train)
-            loeo_rows.append(rows.with_columns(pl.lit(label).alias("group")))
+                                            external_train=train, block=B)
+            loeo_rows.append(rows.with_columns(pl.lit(label).alias("group"),
+                                               pl.concat_str([pl.lit(label + "|seed="), pl.col("seed").cast(pl.String)])
+                                               .alias("cluster")))
             loeo_notes.append({"group": label, "trained_on_envs": sorted({k2["env"] for k2, _, _ in others}),
                                "folds": notes})
         t_ew += time.perf_counter() - ts
@@ -218,29 +286,30 @@ def run_analysis(
         _write(sens, out / "collapse_sensitivity.parquet")
 
     # ---------------------------------------------------------------- PCA
-    say("PCA and time-shuffled null")
+    say("PCA and circular-shift null")
     ts = time.perf_counter()
     pca_summary, pca_evr, pca_traj = _pca_all(pca_acc, cfg)
     timings["pca_s"] = time.perf_counter() - ts
     _write(pca_evr, out / "pca_explained.parquet")
     _write(pca_traj, out / "pca_trajectories.parquet")
 
-    # ---------------------------------------------------------------- early warning
+    # ---------------------------------------------------------------- early warning: the two questions
+    say("detection and prediction questions")
+    ts = time.perf_counter()
     ew_summary: dict[str, Any] = {}
     if ew.height:
-        m = metrics(ew, cfg.early_warning)
-        ew_summary = {"by_detector": {f"{x['detector']}|{x['subset']}": x for x in m}}
+        ew_summary = _questions(ew, kick, cfg)
         _write(ew, out / "early_warning_runs.parquet")
         _write(traces, out / "early_warning_scores.parquet")
-        _write(pl.DataFrame([_flat(x) for x in m]), out / "early_warning_metrics.parquet")
+        _write(pl.DataFrame([_flat({"detector": k, **v}) for k, v in ew_summary["detection"].items()]),
+               out / "early_warning_metrics.parquet")
     else:
         ew_summary = not_testable("no fold could be evaluated (need >= 3 seeds with unperturbed runs)")
+    timings["questions_s"] = time.perf_counter() - ts
     loeo = pl.concat(loeo_rows, how="diagonal_relaxed") if loeo_rows else pl.DataFrame()
     loeo_summary = leave_one_env_out_status(runs)
     if loeo.height:
-        lm = metrics(loeo, cfg.early_warning)
-        loeo_summary = {"status": "ok", "by_detector": {f"{x['detector']}|{x['subset']}": x for x in lm},
-                        "folds": loeo_notes}
+        loeo_summary = {"status": "ok", **_questions(loeo, kick, cfg), "folds": loeo_notes}
         _write(loeo, out / "early_warning_loeo_runs.parquet")
     elif loeo_summary.get("status") == "ok":
         loeo_summary = not_testable("no held-out env had calibration and test runs", folds=loeo_notes)
@@ -252,7 +321,7 @@ def run_analysis(
     if ew.height:
         k = ew.filter(pl.col("detector") == "kalman")
         surv_runs = surv_runs.join(
-            k.select("run_id", pl.col("early_score").alias("early_msd"), pl.col("window_max").alias("max_msd")),
+            k.select("run_id", pl.col("early_score").alias("early_msd"), pl.col("window_score").alias("max_msd")),
             on="run_id", how="left")
     coh = pl.DataFrame({"run_id": list(early_coh), "early_coherence": list(early_coh.values())},
                        schema={"run_id": pl.String, "early_coherence": pl.Float64})
@@ -278,7 +347,7 @@ def run_analysis(
     if coh_table.height:
         _write(coh_table, out / "coherence_aligned.parquet")
     coh_summary = coherence_mod.summarise(coh_table, cfg.n_boot, cfg.seed) if coh_table.height else not_testable(
-        "no collapsed run with coherence telemetry and matched controls")
+        "no configuration with both a collapsed and a non-collapsed perturbed run that has coherence telemetry")
 
     # ---------------------------------------------------------------- dose-response
     dose = _dose_response(full)
@@ -286,8 +355,9 @@ def run_analysis(
     _write(iqm_table(full, cfg.n_boot, cfg.seed), out / "final_performance_iqm.parquet")  # rliable-style
     _write(performance_profiles(full, n_boot=cfg.n_boot, seed=cfg.seed), out / "performance_profiles.parquet")
 
-    rule_fpr = full.filter(pl.col("unperturbed") & (pl.col("n_controls") > 0))
-    kf = int(rule_fpr["collapsed"].sum()) if rule_fpr.height else 0
+    held = full.filter(pl.col("unperturbed") & pl.col("rule_fold").is_not_null())
+    kf = int(held["collapsed"].sum()) if held.height else 0
+    kt = int(held["transient"].sum()) if held.height else 0
     timings["total_s"] = time.perf_counter() - t0
     summary = {
         "corpus": str(Path(corpus).resolve()),
@@ -296,18 +366,26 @@ def run_analysis(
         "excluded_runs": {"n": len({b["run_id"] for b in excluded}), "files": excluded,
                           "why": "manifest says ok, but a steps or events file is missing or damaged"},
         "groups": group_notes,
+        "features": feature_sets,
         "config": {"collapse": cfg.collapse.to_dict(), "features": vars(cfg.features),
                    "early_warning": cfg.early_warning.to_dict(), "n_null": cfg.n_null, "early_frac": cfg.early_frac},
         "collapse": {
             "dose_response": dose.to_dicts(),
             "sensitivity": sens.to_dicts() if sens.height else [],
-            "rule_false_collapse_rate_unperturbed": number(kf / rule_fpr.height if rule_fpr.height else None,
-                                                           rule_fpr.height, clopper_pearson(kf, rule_fpr.height),
-                                                           note="unperturbed runs judged leave-one-out"),
+            "rule_false_collapse_rate_unperturbed": number(
+                kf / held.height if held.height else None, held.height, clopper_pearson(kf, held.height),
+                n_calibration=int(held["n_controls"].min()) if held.height else 0, n_test=held.height,
+                note="held-out controls, each judged against the envelope of the other control seeds (cross-fitted)"),
+            "transient_rate_unperturbed": number(kt / held.height if held.height else None, held.height,
+                                                 clopper_pearson(kt, held.height)),
+            "n_transient_perturbed": int(full.filter(~pl.col("unperturbed"))["transient"].sum()),
+            "collapse_kinds": {k: int(v) for k, v in full["collapse_kind"].value_counts().iter_rows()
+                               if k is not None},
         },
         "pca": pca_summary,
         "coherence_before_collapse": coh_summary,
         "early_warning": {**ew_summary, "folds": fold_notes, "leave_one_env_out": loeo_summary,
+                          "feature_sets": feature_sets,
                           "leave_one_perturbation_kind_out": "= the per-kind subsets: detectors are fitted and "
                           "calibrated on unperturbed runs only"},
         "survival": {"logrank": lr, "cox": cox_res,
@@ -316,6 +394,7 @@ def run_analysis(
         "timings_s": timings,
         "environment": {"python": platform.python_version(), "polars": pl.__version__, "numpy": np.__version__},
     }
+    summary["figures"] = figure_index(summary, full, ew, coh_table)
     summary["headline"] = _headline(summary, cfg)
     summary = _clean(summary)
     with atomic_path(out / SUMMARY) as tmp:
@@ -323,11 +402,71 @@ def run_analysis(
     return summary
 
 
+def _questions(ew: pl.DataFrame, kick: dict[str, np.ndarray], cfg: AnalysisConfig) -> dict[str, Any]:
+    """Questions (a) and (b) for every detector, the references, and the report's per-detector view."""
+    ecfg = cfg.early_warning
+    rows = ew.with_columns(pl.col("cluster").alias("seed")) if "cluster" in ew.columns else ew
+    det: dict[str, Any] = {}
+    pred: dict[str, Any] = {}
+    refs_out: dict[str, Any] = {}
+    cache: dict[tuple[str, ...], dict[str, np.ndarray]] = {}
+    for name in rows["detector"].unique(maintain_order=True).to_list():
+        d = rows.filter(pl.col("detector") == name).sort("run_id")
+        det[name] = questions.detection(d, ecfg.fpr, ecfg.n_boot, ecfg.seed)
+        pset, n_early = questions.prediction_set(d)
+        ids = tuple(pset["run_id"].to_list())
+        if ids not in cache:
+            cache[ids] = questions.reference_scores(pset, kick)
+        refs = cache[ids]
+        pred[name] = {**questions.prediction(pset, refs, ecfg.n_boot, ecfg.seed),
+                      "n_collapsed_before_landmark": n_early}
+        if not refs_out:
+            refs_out = questions.reference_rows(pset, refs, ecfg.n_boot, ecfg.seed)
+    first = rows.filter(pl.col("detector") == rows["detector"][0])
+    det["perturbation_on"] = questions.perturbation_on_detection(first, ecfg.fpr)
+    by_detector = {f"{k}|all": {**v, "fpr_unperturbed": v["fpr_held_out_controls"]} for k, v in det.items()
+                   if k != "perturbation_on"}
+    return {"detection": det, "prediction": pred, "prediction_references": refs_out, "by_detector": by_detector,
+            "questions": {"a": questions.QUESTION_A, "b": questions.QUESTION_B}}
+
+
+#: The report's figures: which question each one answers (the report draws them; analysis states what they mean).
+FIGURE_QUESTIONS = {
+    "F1": ("f01_onset_telemetry", "descriptive: telemetry around perturbation onset (no test)"),
+    "F2": ("f02_dose_response", "dose-response: collapse probability per magnitude and kind"),
+    "F3": ("f03_kaplan_meier", "survival: time to collapse per configuration vs matched controls (log-rank)"),
+    "F4": ("f04_cox_forest", "survival: Cox hazard ratios on perturbed runs (dose within kind)"),
+    "F5": ("f05_pca_scree", "low dimension: PCA of block features vs circular-shift surrogates"),
+    "F6": ("f06_pca_trajectories", "descriptive: block trajectories in PC1-PC2"),
+    "F7": ("f07_msd_aligned", "(a) detection: MSD aligned on the offline collapse date and lead times"),
+    "F8": ("f08_early_warning", "(a) detection: AUROC and FPR on held-out controls; (b) is in summary.json "
+           "early_warning.prediction"),
+    "F9": ("f09_dissociation", "regularity 1: final performance vs stability, per domain and algorithm"),
+    "F10": ("f10_stochasticity", "regularity 2: collapse probability and hazard per stochasticity level"),
+    "F11": ("f11_coherence", "coherence precedence: collapsed vs perturbed-not-collapsed runs of the same "
+            "configuration, aligned on onset, per domain and estimator"),
+}
+
+
+def figure_index(summary: dict[str, Any], full: pl.DataFrame, ew: pl.DataFrame, coh: pl.DataFrame
+                 ) -> dict[str, Any]:
+    """For every report figure: its file stem, the question it answers and the number of runs behind it."""
+    n_all = full.height
+    n_test = ew["run_id"].n_unique() if ew.height else 0
+    n_pert = int((~full["unperturbed"]).sum())
+    n_pca = sum(e.get("all_runs", {}).get("n_runs", 0) for e in summary["pca"].values()
+                if isinstance(e, dict) and isinstance(e.get("all_runs"), dict))
+    n_runs = {"F1": n_all, "F2": n_all, "F3": n_all, "F4": summary["survival"]["cox"].get("n", 0), "F5": n_pca,
+              "F6": n_pca, "F7": n_test, "F8": n_test, "F9": n_all, "F10": n_pert,
+              "F11": coh["run_id"].n_unique() if coh.height else 0}
+    return {k: {"file": f, "question": q, "n_runs": int(n_runs[k])} for k, (f, q) in FIGURE_QUESTIONS.items()}
+
+
 def _card_section(corpus: str | os.PathLike[str], rows: list[dict[str, Any]], cfg: AnalysisConfig) -> None:
     """Complete the corpus dataset card with the collapse rule and the outcome counts."""
     from analysis import collapse as collapse_module
 
-    rule = (collapse_module.__doc__ or "").split("The rule", 1)[-1].split("Unperturbed runs are judged", 1)[0]
+    rule = (collapse_module.__doc__ or "").split("The rule", 1)[-1].split("Outputs per run", 1)[0]
     params = ", ".join(f"{k} = {v}" for k, v in cfg.collapse.to_dict().items())
     section = ["## Collapse rule (from `stabilitybench analyze`)", "", f"The rule{rule.rstrip()}", "",
                f"Parameters: {params}.", "", "### Outcomes", "", *summary_lines(rows)]
@@ -349,11 +488,14 @@ def _headline(summary: dict[str, Any], cfg: AnalysisConfig) -> dict[str, Any]:
                                               "null_participation_ratio")}
             for sub in ("all_runs", "unperturbed_runs") if "n_components_90" in entry.get(sub, {})}
         head["pca"][name]["n_features"] = entry["n_features"]
-    ew = summary["early_warning"].get("by_detector", {})
-    head["early_warning"] = {
-        k.split("|")[0]: {m: v[m] for m in ("auroc", "auroc_horizon", "median_lead_updates", "frac_collapses_preceded",
-                                            "fpr_unperturbed", "alarm_rate_perturbed_not_collapsed")}
-        for k, v in ew.items() if k.endswith("|all")}
+    det = summary["early_warning"].get("detection", {})
+    pred = summary["early_warning"].get("prediction", {})
+    head["detection"] = {k: {m: v.get(m) for m in ("n_collapsed", "n_controls", "auroc", "frac_collapses_preceded",
+                                                  "median_lead_updates", "fpr_held_out_controls", "nonfinite")}
+                         for k, v in det.items()}
+    head["prediction"] = {k: {m: v.get(m) for m in ("n_pos", "n_neg", "n_collapsed_before_landmark", "auroc",
+                                                   "auroc_stratified", "delta_auroc")} for k, v in pred.items()}
+    head["prediction_references"] = summary["early_warning"].get("prediction_references", {})
     cox_res = summary["survival"]["cox"]
     head["cox"] = {"status": cox_res.get("status"), "n": cox_res.get("n"), "n_events": cox_res.get("n_events"),
                    "hazard_ratios": {c["covariate"]: {k: c[k] for k in ("value", "ci_low", "ci_high", "p_value")}
@@ -362,22 +504,23 @@ def _headline(summary: dict[str, Any], cfg: AnalysisConfig) -> dict[str, Any]:
     head["regularities"] = summary["regularities"]
     head["coherence_before_collapse"] = summary["coherence_before_collapse"]
     caveats = []
-    for g in summary["early_warning"].get("folds", []):
-        n_cal = [f.get("n_calibration_runs", 0) for f in g.get("folds", []) if isinstance(f, dict) and "fold" in f]
-        if n_cal and min(n_cal) < 1 / cfg.early_warning.fpr:
-            caveats.append(f"{g['group']}: {min(n_cal)} unperturbed calibration run(s) per fold; a run-level FPR of "
-                           f"{cfg.early_warning.fpr:g} needs at least {int(np.ceil(1 / cfg.early_warning.fpr))}, so "
-                           "the thresholds are the calibration runs' maxima and the test FPR is the number to read")
-    for det, v in ew.items():
-        if not det.endswith("|all"):
+    for k, v in det.items():
+        claim = (v.get("fpr_held_out_controls") or {}).get("claim", "")
+        if claim.startswith("refused"):
+            caveats.append(f"{k}: FPR claim {claim}")
+    for k, v in pred.items():
+        st = (v.get("auroc_stratified") or {}).get("status", "")
+        if st:
+            caveats.append(f"{k}: prediction AUROC (stratified) {st}")
             continue
-        a, ref = v["auroc"]["value"], v["auroc_of_magnitude_reference"]["value"]
-        if a is not None and ref is not None and a <= ref:
-            caveats.append(f"{det.split('|')[0]}: AUROC {a:.2f} is no better than the perturbation magnitude "
-                           f"alone ({ref:.2f})")
+        for ref, d in (v.get("delta_auroc") or {}).items():
+            lo = d.get("ci_low")
+            if d.get("value") is not None and (lo is None or lo <= 0):
+                caveats.append(f"{k}: does not beat the {ref.replace('|', ' reference, ')} AUROC (delta "
+                               f"{d['value']:+.2f}, CI low {lo if lo is None else round(lo, 2)})")
     if str(cox_res.get("status", "")).startswith("monotone"):
         caveats.append("Cox PH: monotone likelihood (a covariate separates collapsing from non-collapsing runs); "
-                       "hazard ratios are not estimable")
+                       "only the ridge-penalised estimates (penalty stated) are given")
     head["caveats"] = caveats
     return head
 
@@ -539,8 +682,9 @@ def _q(x: np.ndarray) -> tuple[float, float]:
 
 def _pooled_entry(accs: list[dict[str, Any]], common: list[str], cfg: AnalysisConfig,
                   evr_rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Pooled PCA: each group standardised on its own, so the pooled covariance is the row-weighted
-    mean of the groups' correlation matrices on the shared features (and likewise per null replicate)."""
+    """Pooled PCA: each group standardised on its own and weighted *equally*: the pooled covariance is the
+    plain mean of the groups' correlation matrices on the shared features (and likewise per null replicate),
+    so the group with the most rows (PPO) does not dominate."""
     entry: dict[str, Any] = {"features": common, "n_features": len(common), "n_groups": len(accs)}
     for subset in ("all_runs", "unperturbed_runs"):
         parts = [a[subset] for a in accs if a[subset].n >= 3]
@@ -548,7 +692,7 @@ def _pooled_entry(accs: list[dict[str, Any]], common: list[str], cfg: AnalysisCo
             entry[subset] = not_testable("fewer than 3 complete rows")
             continue
         idx = [[a["features"].index(c) for c in common] for a in accs if a[subset].n >= 3]
-        w = np.array([p.n for p in parts], float)
+        w = np.ones(len(parts))  # every (domain, algo) group weighs the same
 
         def pooled(mats: list[np.ndarray], idx: list[list[int]] = idx, w: np.ndarray = w) -> np.ndarray:
             return sum(wi * m[np.ix_(ix, ix)] for wi, m, ix in zip(w, mats, idx, strict=True)) / w.sum()
@@ -556,6 +700,7 @@ def _pooled_entry(accs: list[dict[str, Any]], common: list[str], cfg: AnalysisCo
         real = pca_mod.summarise(np.linalg.eigvalsh(pooled([p.correlation() for p in parts])))
         null = [pca_mod.summarise(np.linalg.eigvalsh(pooled([p.correlation(p.null[r]) for p in parts])))
                 for r in range(cfg.n_null)]
-        entry[subset] = _pca_block(real, null, sum(p.runs for p in parts), int(w.sum()),
-                                   "pooled correlation matrices", cfg, evr_rows, "pooled", subset)
+        entry[subset] = _pca_block(real, null, sum(p.runs for p in parts), sum(p.n for p in parts),
+                                   "mean of the groups' correlation matrices, equal weights", cfg, evr_rows,
+                                   "pooled", subset)
     return entry

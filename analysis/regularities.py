@@ -2,10 +2,12 @@
 
 1. **Dissociation** (final performance is decoupled from stability): Spearman's rho between
    final performance and stability across *configurations* (perturbation x magnitude x
-   duration; seed means), for two stability measures: the collapse time (the survival
-   duration from onset, so a censored run counts with its censoring time, a lower bound)
-   and the max MSD of the Kalman monitor (out of sample, test folds). CI: bootstrap over
-   configurations; the run-level rho (bootstrap over runs) is reported too. Decoupling
+   duration; seed means), **per domain and algorithm** (final performance is a return in RL
+   and minus a validation loss in LM: quantities in different units are never correlated
+   together), for two stability measures: the survival time (from onset, so a censored run
+   counts with its censoring time, a lower bound) and the max MSD of the Kalman monitor
+   (out of sample, test folds, as ``-log10`` of its conformal p-value). CI: bootstrap over
+   configurations; the run-level rho (cluster bootstrap over seeds) is reported too. Decoupling
    predicts |rho| near 0; a CI that excludes 0 contradicts it.
 2. **Stochasticity buffer**: collapse probability per stochasticity level (Clopper-Pearson)
    and the Cox hazard ratio of the level. Not testable when the corpus has one level.
@@ -21,7 +23,7 @@ import numpy as np
 import polars as pl
 from scipy import stats as sps
 
-from analysis.stats import bootstrap_ci, clopper_pearson, iqr, not_testable, number
+from analysis.stats import bootstrap_ci, clopper_pearson, cluster_bootstrap_ci, iqr, not_testable, number
 from analysis.survival import group_label
 
 
@@ -34,31 +36,45 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> tuple[float | None, float | None]
 
 
 def dissociation(runs: pl.DataFrame, n_boot: int = 1000, seed: int = 0) -> list[dict[str, Any]]:
-    """Spearman(final performance, stability) per stability measure, config- and run-level.
+    """Spearman(final performance, stability) per (domain, algo) and stability measure, config- and run-level.
 
-    ``runs`` needs ``final_performance``, ``collapse_time`` and optionally ``max_msd``.
+    ``runs`` needs ``domain, algo, final_performance``, ``survival_time`` (or ``collapse_time``) and
+    optionally ``max_msd``.
     """
     r = runs.with_columns(
         pl.struct(["perturbation", "magnitude", "duration_steps"]).map_elements(
             lambda s: group_label(s["perturbation"], s["magnitude"], s["duration_steps"]), return_dtype=pl.String
         ).alias("config")
     )
+    if "survival_time" not in r.columns and "collapse_time" in r.columns:
+        r = r.with_columns(pl.col("collapse_time").alias("survival_time"))
+    keys = [k for k in ("domain", "algo") if k in r.columns]
+    groups = sorted(r.group_by(keys), key=lambda kv: str(kv[0])) if keys else [((), r)]
     out = []
-    for measure in ("collapse_time", "max_msd"):
-        if measure not in r.columns:
-            continue
-        cfg = r.group_by("config").agg(pl.col("final_performance").mean(), pl.col(measure).mean()).sort("config")
-        for level, frame in (("configuration", cfg), ("run", r)):
-            x = frame["final_performance"].to_numpy().astype(float)
-            y = frame[measure].to_numpy().astype(float)
-            rho, p = _spearman(x, y)
-            if rho is None:
-                out.append({"measure": measure, "level": level, **not_testable("fewer than 3 finite, varying pairs"),
-                            "n": int(frame.height)})
+    for key, rg in groups:
+        where = dict(zip(keys, (str(k) for k in key), strict=True))
+        for measure in ("survival_time", "max_msd"):
+            if measure not in rg.columns:
                 continue
-            ci = bootstrap_ci(lambda idx, x=x, y=y: _spearman(x[idx], y[idx])[0], x.size, n_boot, seed=seed)
-            out.append({"measure": measure, "level": level, **number(rho, int(x.size), ci, p_value=p),
-                        "decoupled": bool(ci[0] is not None and ci[0] <= 0 <= ci[1])})
+            cfg = rg.group_by("config").agg(pl.col("final_performance").mean(), pl.col(measure).mean()).sort("config")
+            for level, frame in (("configuration", cfg), ("run", rg)):
+                x = frame["final_performance"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+                y = frame[measure].cast(pl.Float64).fill_null(np.nan).to_numpy()
+                rho, p = _spearman(x, y)
+                if rho is None:
+                    out.append({**where, "measure": measure, "level": level,
+                                **not_testable("fewer than 3 finite, varying pairs"), "n": int(frame.height)})
+                    continue
+                def stat(idx: np.ndarray, x: np.ndarray = x, y: np.ndarray = y) -> float | None:
+                    return _spearman(x[idx], y[idx])[0]
+
+                if level == "run" and "seed" in frame.columns:  # runs that share a seed are not independent
+                    lo, hi, how = cluster_bootstrap_ci(stat, frame["seed"].to_numpy(), n_boot, seed=seed)
+                else:  # configurations are the units
+                    (lo, hi), how = bootstrap_ci(stat, x.size, n_boot, seed=seed), "percentile, over configurations"
+                out.append({**where, "measure": measure, "level": level,
+                            **number(rho, int(x.size), (lo, hi), p_value=p, interval=how),
+                            "decoupled": bool(lo is not None and lo <= 0 <= hi)})
     return out
 
 

@@ -18,23 +18,25 @@ from analysis.errors import AnalysisError
 
 #: file stem -> what one row is
 TABLES: dict[str, str] = {
-    "runs": "one run: the manifest plus collapsed, collapse_step, collapse_time, censored, final_performance",
-    "collapse_details": "one run: the outcome plus the rule's cause (performance | nonfinite) and notes",
+    "runs": ("one run: the manifest plus collapsed, collapse_kind, collapse_step (offline date), "
+             "collapse_confirmed_step, collapse_time (null when censored), survival_time, censored, transient, "
+             "final_performance"),
+    "collapse_details": "one run: the outcome plus the rule's control fold and notes",
     "collapse_sensitivity": "configuration x (drop, spread_k): collapsed counts under other rule settings",
     "dose_response": "configuration: collapse probability with a Clopper-Pearson CI, final performance",
     "final_performance_iqm": "configuration: IQM of the control-normalised final performance over runs and envs, "
                              "stratified-bootstrap 95% CI (rliable-style; analysis.aggregates)",
     "performance_profiles": "(configuration, tau): fraction of runs with control-normalised final performance "
                             "> tau, stratified-bootstrap 95% CI",
-    "pca_explained": "(group, subset, component): explained-variance ratio, real and time-shuffled null",
+        "pca_explained": "(group, subset, component): explained-variance ratio, real and circular-shift null",
     "pca_trajectories": "(group, run, block): the block's telemetry projected on PCs 1-3",
-    "early_warning_runs": "(test run, detector): threshold, window maxima, first alarm, lead time",
-    "early_warning_scores": "(test run, detector, block): smoothed score (MSD for the monitors) and threshold",
-    "early_warning_metrics": "(detector, subset): AUROC, lead time, FPR and the rest, with CIs (flattened)",
+    "early_warning_runs": "(test run, detector): conformal threshold, scores as -log10 p, first alarm, lead",
+    "early_warning_scores": "(test run, detector, block): smoothed score, threshold, conformal p-value",
+    "early_warning_metrics": "detector: question (a) detection metrics with CIs (flattened)",
     "early_warning_loeo_runs": "(test run, detector) of the leave-one-env-out evaluation (several envs only)",
-    "coherence_aligned": "(collapsed run, offset): gradient coherence around collapse vs matched controls",
-    "km": "(group, event time): Kaplan-Meier survival with a 95% CI",
-    "logrank": "comparison: log-rank chi2 and p-value",
+    "coherence_aligned": "(collapsed run, offset from onset): coherence vs the same configuration's non-collapsed runs",
+    "km": "(stratum: configuration, event time): Kaplan-Meier survival with a 95% CI",
+    "logrank": "comparison (configuration vs matched controls): log-rank chi2 and p-value",
     "cox": "covariate: Cox PH coefficient, hazard ratio with CI, p-value",
     "dissociation": "(stability measure, level): Spearman rho of final performance vs stability, CI, p",
 }

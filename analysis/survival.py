@@ -1,28 +1,31 @@
 """Survival analysis of collapse times (statsmodels): Kaplan-Meier, log-rank, Cox PH.
 
-The unit is a run; its duration is ``collapse_time`` (updates from perturbation onset to
-collapse, or to the last update when censored, see :mod:`analysis.collapse`) and its event
-indicator is ``collapsed``.
+The unit is a run; its duration is ``survival_time`` (updates from perturbation onset to the
+offline collapse date, or to the last update when censored, see :mod:`analysis.collapse`) and
+its event indicator is ``collapsed``. A *stratum* is a (domain, algo, env): collapse times of
+different tasks share no time scale.
 
-* **Kaplan-Meier** (``statsmodels.duration.SurvfuncRight``) per perturbation x magnitude,
-  with pointwise 95% CIs on the log(-log) scale from Greenwood's variance (the
-  "exponential Greenwood" interval, as in lifelines).
-* **Log-rank** (``survdiff``): one k-sample test across all perturbation x magnitude groups,
-  and each perturbed group against the unperturbed controls.
-* **Cox PH** (``PHReg``, Efron ties) with the covariates the corpus varies: ``log10
-  magnitude`` (per decade; raw magnitude when a kind allows magnitude <= 0), dummies of
-  ``dimension``, ``algo`` and ``stochasticity``, and two early covariates, standardised to
-  per-SD hazard ratios: ``early_msd`` (the Kalman monitor's MSD over the first blocks after
-  onset, out of sample) and ``early_coherence`` (mean gradient coherence over the first
-  ``early`` updates after onset minus the same-length window before). Covariates that are
-  constant (or collinear with the kept ones) are dropped and listed. Reported: hazard ratios
-  with CIs and p-values, Harrell's concordance, and a proportional-hazards check
-  (Pearson correlation of each covariate's Schoenfeld residuals with the rank of the event
-  time; a small p-value flags non-proportional hazards). With few events or a covariate
-  that separates collapsing from non-collapsing runs the partial likelihood has no finite
-  maximum ("monotone likelihood"); that is detected and reported, not hidden. When the corpus
-  spans several domains or envs the model is stratified by domain/env (a baseline hazard
-  each), since collapse times of different tasks share no time scale.
+* **Kaplan-Meier** (``statsmodels.duration.SurvfuncRight``) per stratum x configuration
+  (perturbation x magnitude x duration; ``none`` = the stratum's controls), with pointwise 95%
+  CIs on the log(-log) scale from Greenwood's variance (the "exponential Greenwood" interval,
+  as in lifelines).
+* **Log-rank** (``survdiff`` with ``strata``): each configuration against its *matched* controls
+  (same domain, algo and env; stratified by env when a configuration spans several), and one
+  k-sample test of all configurations of each (domain, algo), stratified by env.
+* **Cox PH** (``PHReg``, Efron ties) on **perturbed runs only**, stratified by domain/algo/env.
+  Covariates: the perturbation kind (dummies), the **dose within kind** (``log10 magnitude``
+  centred within each kind that has several magnitudes, one column per kind, so magnitudes in
+  different units never share a slope), the stochasticity level, and the early covariates
+  per SD: ``early_msd`` (the Kalman monitor's early score, out of sample) and
+  ``early_coherence`` (gradient coherence over the first updates after onset minus before).
+  **Identifiability** is checked before fitting: a covariate that does not vary within any
+  stratum holding an event, or that is collinear with the kept ones after within-stratum
+  centring, is dropped and listed. Events per covariate are reported. If the partial
+  likelihood is monotone (separation: no finite maximum) the unpenalised estimates are not
+  reported as such; a **ridge-penalised** fit is given instead, with its penalty stated
+  (statsmodels ``fit_regularized``: ``-loglik/n + alpha/2 ||beta||^2``, alpha = 0.1), without CIs.
+  Harrell's concordance (checked against lifelines' ``concordance_index`` in the tests) and a
+  proportional-hazards check (Schoenfeld residuals vs event-time rank) are reported.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from statsmodels.duration.survfunc import SurvfuncRight, survdiff
 from analysis.stats import not_testable, number
 
 Z975 = float(sps.norm.ppf(0.975))
+RIDGE_ALPHA = 0.1
+STRATUM = ("domain", "algo", "env")
 
 
 def group_label(perturbation: str, magnitude: float | None, duration: int | None = None) -> str:
@@ -76,104 +81,148 @@ def kaplan_meier(time: np.ndarray, event: np.ndarray) -> pl.DataFrame:
     return frame
 
 
+def durations(runs: pl.DataFrame) -> pl.Series:
+    """The survival duration column: ``survival_time`` (or ``collapse_time`` in tables without it)."""
+    return runs["survival_time"] if "survival_time" in runs.columns else runs["collapse_time"]
+
+
+def _stratum_label(runs: pl.DataFrame) -> list[str]:
+    keys = [k for k in STRATUM if k in runs.columns]
+    if not keys:
+        return ["all"] * runs.height
+    return runs.select(pl.concat_str([pl.col(k).cast(pl.String) for k in keys], separator="/")).to_series().to_list()
+
+
 def km_table(runs: pl.DataFrame) -> pl.DataFrame:
-    """KM curves of every perturbation x magnitude x duration group in ``runs`` (with outcome columns)."""
+    """KM curves of every stratum x configuration of ``runs`` (outcome columns); ``group`` = ``stratum: config``."""
     parts = []
-    for key, g in _groups(runs):
-        t = g["collapse_time"].to_numpy().astype(float)
+    for key, g in _groups(runs, by_stratum=True):
+        t = durations(g).to_numpy().astype(float)
         e = g["collapsed"].to_numpy().astype(float)
         if t.size == 0:
             continue
-        km = kaplan_meier(t, e).with_columns(pl.lit(key).alias("group"), pl.lit(g.height).alias("n_runs"))
+        km = kaplan_meier(t, e).with_columns(pl.lit(key).alias("group"), pl.lit(g.height).alias("n_runs"),
+                                             pl.lit(g["_stratum"][0]).alias("stratum"),
+                                             pl.lit(g["_group"][0]).alias("config"))
         parts.append(km)
     if not parts:
         return pl.DataFrame()
     return pl.concat(parts, how="diagonal_relaxed").select("group", "n_runs", pl.exclude("group", "n_runs"))
 
 
-def _groups(runs: pl.DataFrame) -> list[tuple[str, pl.DataFrame]]:
-    labelled = runs.with_columns(
+def _labelled(runs: pl.DataFrame) -> pl.DataFrame:
+    return runs.with_columns(
         pl.struct(["perturbation", "magnitude", "duration_steps"]).map_elements(
             lambda s: group_label(s["perturbation"], s["magnitude"], s["duration_steps"]), return_dtype=pl.String
-        ).alias("_group")
-    ).filter(pl.col("collapse_time").is_not_null())
-    return [(str(k[0]), g) for k, g in sorted(labelled.group_by(["_group"]), key=lambda kv: str(kv[0][0]))]
+        ).alias("_group"),
+        pl.Series("_stratum", _stratum_label(runs)),
+        durations(runs).alias("_time"),
+    ).filter(pl.col("_time").is_not_null())
 
 
-def logrank(runs: pl.DataFrame) -> list[dict[str, Any]]:
-    """k-sample log-rank test over all groups, and each perturbed group vs ``none``."""
-    groups = _groups(runs)
-    out: list[dict[str, Any]] = []
-    if len(groups) < 2:
-        return [{"comparison": "all groups", **not_testable("fewer than two groups")}]
-    t = np.concatenate([g["collapse_time"].to_numpy() for _, g in groups]).astype(float)
-    e = np.concatenate([g["collapsed"].to_numpy() for _, g in groups]).astype(float)
-    lab = np.concatenate([[k] * g.height for k, g in groups])
-    out.append(_survdiff_row("all groups", t, e, lab))
-    ctrl = dict(groups).get("none")
-    if ctrl is not None:
-        for k, g in groups:
-            if k == "none":
-                continue
-            both = pl.concat([ctrl, g])
-            out.append(_survdiff_row(f"{k} vs none", both["collapse_time"].to_numpy().astype(float),
-                                     both["collapsed"].to_numpy().astype(float),
-                                     np.array(["none"] * ctrl.height + [k] * g.height)))
+def _groups(runs: pl.DataFrame, by_stratum: bool = False) -> list[tuple[str, pl.DataFrame]]:
+    labelled = _labelled(runs)
+    keys = ["_stratum", "_group"] if by_stratum else ["_group"]
+    out = []
+    for k, g in sorted(labelled.group_by(keys), key=lambda kv: tuple(str(x) for x in kv[0])):
+        out.append((f"{k[0]}: {k[1]}" if by_stratum else str(k[0]), g))
     return out
 
 
-def _survdiff_row(name: str, t: np.ndarray, e: np.ndarray, lab: np.ndarray) -> dict[str, Any]:
+def logrank(runs: pl.DataFrame) -> list[dict[str, Any]]:
+    """Each configuration vs its matched controls (``survdiff`` stratified by env), and k-sample per (domain, algo)."""
+    lab = _labelled(runs)
+    if lab.height == 0 or lab["_group"].n_unique() < 2:
+        return [{"comparison": "all groups", **not_testable("fewer than two groups")}]
+    out: list[dict[str, Any]] = []
+    da = lab.with_columns(pl.concat_str([pl.col("domain"), pl.col("algo")], separator="/").alias("_da")) \
+        if {"domain", "algo"} <= set(lab.columns) else lab.with_columns(pl.lit("all").alias("_da"))
+    for (name,), g in sorted(da.group_by(["_da"]), key=lambda kv: str(kv[0])):
+        if g["_group"].n_unique() >= 2:
+            out.append(_survdiff_row(f"all groups ({name})" if da["_da"].n_unique() > 1 else "all groups", g))
+        ctrl = g.filter(pl.col("_group") == "none")
+        for (conf,), c in sorted(g.group_by(["_group"]), key=lambda kv: str(kv[0])):
+            if conf == "none":
+                continue
+            matched = ctrl.filter(pl.col("_stratum").is_in(c["_stratum"].unique().to_list()))
+            if matched.height == 0:
+                out.append({"comparison": f"{conf} vs matched none ({name})",
+                            **not_testable("no matched controls (same domain, algo, env)")})
+                continue
+            out.append(_survdiff_row(f"{conf} vs matched none" + (f" ({name})" if da["_da"].n_unique() > 1 else ""),
+                                     pl.concat([matched, c])))
+    return out
+
+
+def _survdiff_row(name: str, g: pl.DataFrame) -> dict[str, Any]:
+    t = g["_time"].to_numpy().astype(float)
+    e = g["collapsed"].to_numpy().astype(float)
+    lab = np.array(g["_group"].to_list())
+    strata_labels = g["_stratum"].to_list()
+    strata = np.unique(strata_labels, return_inverse=True)[1] if len(set(strata_labels)) > 1 else None
     n_events = int(e.sum())
+    base = {"comparison": name, "n": int(t.size), "n_events": n_events,
+            "strata": sorted(set(strata_labels)), "n_groups": len(set(lab.tolist()))}
     if n_events == 0:
-        return {"comparison": name, "chi2": None, "df": None, "p_value": None, "n": int(t.size),
-                "n_events": 0, "status": "not testable: no collapses"}
+        return {**base, "chi2": None, "df": None, "p_value": None, "status": "not testable: no collapses"}
     try:
-        chi2, p = survdiff(t, e, lab)
-    except np.linalg.LinAlgError:
-        return {"comparison": name, "chi2": None, "df": None, "p_value": None, "n": int(t.size),
-                "n_events": n_events, "status": "not testable: singular variance (too many groups for the events)"}
-    return {"comparison": name, "chi2": float(chi2), "df": len(set(lab.tolist())) - 1, "p_value": float(p),
-            "n": int(t.size), "n_events": n_events, "status": "ok"}
+        chi2, p = survdiff(t, e, lab, strata=strata)
+    except (np.linalg.LinAlgError, ValueError):
+        return {**base, "chi2": None, "df": None, "p_value": None,
+                "status": "not testable: singular variance (too many groups for the events)"}
+    return {**base, "chi2": float(chi2), "df": len(set(lab.tolist())) - 1, "p_value": float(p), "status": "ok"}
 
 
-def design_matrix(runs: pl.DataFrame) -> tuple[np.ndarray, list[str], list[str]]:
-    """Cox covariates from ``runs`` (outcomes + optional ``early_msd``/``early_coherence``).
+def design_matrix(runs: pl.DataFrame, strata: np.ndarray | None = None) -> tuple[np.ndarray, list[str], list[str]]:
+    """Cox covariates of perturbed ``runs`` (outcomes + optional ``early_msd``/``early_coherence``).
 
-    Returns ``X (n, q)``, the kept column names and the dropped ones (with the reason).
+    Kind dummies (first kind = reference), dose within kind, stochasticity dummies, early covariates
+    per SD. With ``strata`` (shape ``(n,)``) the identifiability checks use the within-stratum centred
+    columns and the events. Returns ``X (n, q)``, the kept names and the dropped ones (with the reason).
     """
     cols: dict[str, np.ndarray] = {}
+    kinds = runs["perturbation"].cast(pl.String).to_list()
+    levels = sorted(set(kinds))
     mag = runs["magnitude"].fill_null(1.0).to_numpy().astype(float)
-    if np.all(mag > 0):
-        cols["log10_magnitude"] = np.log10(mag)
-    else:
-        cols["magnitude"] = mag
-    for cat, ref in (("dimension", "none"), ("algo", None), ("stochasticity", "default")):
-        vals = runs[cat].cast(pl.String).to_list()
-        levels = sorted(set(vals))
-        base = ref if ref in levels else (levels[0] if levels else None)
-        for lv in levels:
-            if lv != base:
-                cols[f"{cat}={lv}"] = np.array([v == lv for v in vals], dtype=float)
-        if len(levels) <= 1:
-            cols[f"{cat} (one level)"] = np.zeros(len(vals))
+    for k in levels[1:]:
+        cols[f"kind={k}"] = np.array([x == k for x in kinds], dtype=float)
+    for k in levels:
+        m = np.array([x == k for x in kinds])
+        v = mag[m]
+        dose = np.log10(v) if np.all(v > 0) else v
+        unit = "log10 magnitude" if np.all(v > 0) else "magnitude"
+        col = np.zeros(runs.height)
+        col[m] = dose - dose.mean()
+        cols[f"dose[{k}] ({unit}, centred within kind)"] = col
+    vals = runs["stochasticity"].cast(pl.String).to_list() if "stochasticity" in runs.columns else []
+    sl = sorted(set(vals))
+    ref = "default" if "default" in sl else (sl[0] if sl else None)
+    for lv in sl:
+        if lv != ref:
+            cols[f"stochasticity={lv}"] = np.array([v == lv for v in vals], dtype=float)
     for name in ("early_msd", "early_coherence"):
         if name in runs.columns:
-            v = runs[name].to_numpy().astype(float)
+            v = runs[name].cast(pl.Float64).fill_null(np.nan).to_numpy()
             finite = v[np.isfinite(v)]
             sd = finite.std() if finite.size > 1 else 0.0
             cols[f"{name} (per SD)"] = (v - (finite.mean() if finite.size else 0.0)) / (sd if sd > 0 else 1.0)
+    e = runs["collapsed"].to_numpy().astype(bool) if "collapsed" in runs.columns else np.ones(runs.height, bool)
+    st = np.zeros(runs.height, int) if strata is None else np.asarray(strata)
+    informative = [s for s in np.unique(st) if e[st == s].any() and (st == s).sum() >= 2]
     kept, dropped, mats = [], [], []
     for name, v in cols.items():
         if not np.all(np.isfinite(v)):
             dropped.append(f"{name} (missing values)")
             continue
-        if np.ptp(v) == 0:
-            dropped.append(f"{name} (constant)")
+        if not any(np.ptp(v[st == s]) > 0 for s in informative):
+            dropped.append(f"{name} (constant within every stratum with an event: not identifiable)")
             continue
         trial = np.column_stack([*mats, v])
-        centred = trial - trial.mean(axis=0)
+        centred = trial.copy()
+        for s in np.unique(st):
+            centred[st == s] -= trial[st == s].mean(axis=0)
         if np.linalg.matrix_rank(centred) < trial.shape[1]:
-            dropped.append(f"{name} (collinear)")
+            dropped.append(f"{name} (collinear within strata: not identifiable)")
             continue
         mats.append(v)
         kept.append(name)
@@ -182,34 +231,34 @@ def design_matrix(runs: pl.DataFrame) -> tuple[np.ndarray, list[str], list[str]]
 
 
 def concordance(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float | None:
-    """Harrell's C: among comparable pairs (the earlier time is an event), share where higher risk fails first."""
+    """Harrell's C: among comparable pairs (the earlier time is an event; a censoring tied with an event counts as
+    later, as in lifelines), the share where the higher risk fails first."""
     t, e, r = (np.asarray(a, float) for a in (time, event, risk))
     num = den = 0.0
     for i in np.flatnonzero(e > 0):
-        later = t > t[i]
+        later = (t > t[i]) | ((t == t[i]) & (e == 0))  # a censoring at the same time outlived the event
         den += later.sum()
         num += (r[i] > r[later]).sum() + 0.5 * (r[i] == r[later]).sum()
     return float(num / den) if den > 0 else None
 
 
 def cox(runs: pl.DataFrame) -> dict[str, Any]:
-    """Cox PH fit on ``runs``; returns a summary dict with a ``coefficients`` list."""
-    runs = runs.filter(pl.col("collapse_time").is_not_null())
-    t = runs["collapse_time"].to_numpy().astype(float)
+    """Cox PH on the *perturbed* runs of ``runs``, stratified by domain/algo/env; a summary dict."""
+    if "unperturbed" in runs.columns:
+        runs = runs.filter(~pl.col("unperturbed"))
+    elif "dimension" in runs.columns:
+        runs = runs.filter(pl.col("dimension") != "none")
+    runs = runs.filter(durations(runs).is_not_null())
+    t = np.maximum(durations(runs).to_numpy().astype(float), 0.0)
     e = runs["collapsed"].to_numpy().astype(float)
-    X, names, dropped = design_matrix(runs)
-    base = {"n": runs.height, "n_events": int(e.sum()), "dropped_covariates": dropped}
+    labels = _stratum_label(runs)
+    strata = np.unique(labels, return_inverse=True)[1] if len(set(labels)) > 1 else None
+    X, names, dropped = design_matrix(runs, strata)
+    base: dict[str, Any] = {"n": runs.height, "n_events": int(e.sum()), "dropped_covariates": dropped,
+                            "population": "perturbed runs only", "strata": sorted(set(labels)),
+                            "events_per_covariate": (float(e.sum()) / len(names)) if names else None}
     if e.sum() < 2 or X.shape[1] == 0:
-        return {**base, **not_testable("fewer than 2 collapses or no varying covariate")}
-    t = np.maximum(t, 0.0)
-    strata = None
-    keys = [k for k in ("domain", "env") if k in runs.columns]
-    if keys:
-        labels = runs.select(pl.concat_str([pl.col(k).cast(pl.String) for k in keys], separator="/"))
-        labels = labels.to_series().to_list()
-        if len(set(labels)) > 1:  # separate baseline hazards per domain/env; algo etc. stay covariates
-            strata = np.unique(labels, return_inverse=True)[1]
-            base["strata"] = sorted(set(labels))
+        return {**base, **not_testable("fewer than 2 collapses or no identifiable covariate")}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = PHReg(t, X, status=e, ties="efron", strata=strata)
@@ -224,9 +273,9 @@ def cox(runs: pl.DataFrame) -> dict[str, Any]:
         np.any(~np.isfinite(params)) or np.any(~np.isfinite(bse)) or np.any(np.abs(params) > 8) or np.any(bse > 50)
     )
     ridge = None
-    if separated:  # a finite, shrunk point estimate for orientation only (no CI): L2-penalised partial likelihood
+    if separated:  # monotone likelihood: a finite, shrunk estimate with the penalty stated (no CI)
         try:
-            pen = model.fit_regularized(alpha=0.1, L1_wt=0.0)
+            pen = model.fit_regularized(alpha=RIDGE_ALPHA, L1_wt=0.0)
             ridge = {n: float(b) for n, b in zip(names, np.asarray(pen.params, float), strict=True)}
         except (np.linalg.LinAlgError, ValueError):
             ridge = None
@@ -237,37 +286,42 @@ def cox(runs: pl.DataFrame) -> dict[str, Any]:
             hr = np.exp(params[j])
             lo, hi = np.exp(params[j] - Z975 * bse[j]), np.exp(params[j] + Z975 * bse[j])
         coefs.append({"covariate": name, "coef": float(params[j]), "se": float(bse[j]), **number(hr, runs.height,
-                      (lo, hi), p_value=float(pvals[j]))})
-    # PH check: Schoenfeld residuals vs rank of event time
-    ph: list[dict[str, Any]] = []
-    if separated:
-        ph.append({"status": "not testable: no finite maximum-likelihood fit"})
-    try:
-        if separated:
-            raise ValueError("skipped")
-        sch = np.asarray(res.schoenfeld_residuals, float)
-        ev = e > 0
-        ranks = sps.rankdata(t[ev])
-        for j, name in enumerate(names):
-            r = sch[ev, j]
-            ok = np.isfinite(r)
-            if ok.sum() >= 3 and np.ptp(r[ok]) > 0 and np.ptp(ranks[ok]) > 0:
-                rho, p = sps.pearsonr(ranks[ok], r[ok])
-                ph.append({"covariate": name, "rho": float(rho), "p_value": float(p), "n_events": int(ok.sum())})
-            else:
-                ph.append({"covariate": name, "rho": None, "p_value": None, "n_events": int(ok.sum()),
-                           "status": "not testable: fewer than 3 informative events"})
-    except (ValueError, np.linalg.LinAlgError) as exc:
-        if not separated:
-            ph.append({"status": f"not testable: {exc}"})
+                      (lo, hi), p_value=float(pvals[j])), "estimable": not separated,
+                      "ridge_coef": ridge.get(name) if ridge else None})
+    ph = _ph_check(res, t, e, names) if not separated else [
+        {"status": "not testable: no finite maximum-likelihood fit"}]
     risk = X @ params
-    if not np.all(np.isfinite(risk)) and ridge is not None:
+    if (separated or not np.all(np.isfinite(risk))) and ridge is not None:
         risk = X @ np.array([ridge[n] for n in names])
     conc = concordance(t, e, risk) if np.all(np.isfinite(risk)) else None
-    out = {**base, "status": "ok" if not separated else
-           "monotone likelihood (separation): the unpenalised hazard ratios diverge and are not estimable",
-           "covariates": names, "coefficients": coefs, "concordance": conc,
-           "concordance_from": "ridge-penalised fit (alpha=0.1)" if separated else "maximum partial likelihood",
-           "ridge_coefficients_no_ci": ridge,
-           "ph_check": ph, "converged": converged, "warnings": sorted({str(w.message)[:120] for w in caught})}
-    return out
+    return {**base, "status": "ok" if not separated else
+            "monotone likelihood (separation): the unpenalised hazard ratios diverge and are not estimable; "
+            "see ridge_coefficients_no_ci (ridge_coef per covariate)",
+            "covariates": names, "coefficients": coefs, "concordance": conc,
+            "concordance_from": f"ridge-penalised fit (alpha={RIDGE_ALPHA})" if separated
+            else "maximum partial likelihood",
+            "ridge_coefficients_no_ci": ridge,
+            "penalty": (f"statsmodels PHReg.fit_regularized(alpha={RIDGE_ALPHA}, L1_wt=0): minimises "
+                        f"-loglik/n + {RIDGE_ALPHA}/2 * ||beta||^2") if separated else None,
+            "ph_check": ph, "converged": converged, "warnings": sorted({str(w.message)[:120] for w in caught})}
+
+
+def _ph_check(res: Any, t: np.ndarray, e: np.ndarray, names: list[str]) -> list[dict[str, Any]]:
+    """Schoenfeld residuals of each covariate vs the rank of the event time (Pearson)."""
+    ph: list[dict[str, Any]] = []
+    try:
+        sch = np.asarray(res.schoenfeld_residuals, float)
+    except (ValueError, np.linalg.LinAlgError) as exc:
+        return [{"status": f"not testable: {exc}"}]
+    ev = e > 0
+    ranks = sps.rankdata(t[ev])
+    for j, name in enumerate(names):
+        r = sch[ev, j]
+        ok = np.isfinite(r)
+        if ok.sum() >= 3 and np.ptp(r[ok]) > 0 and np.ptp(ranks[ok]) > 0:
+            rho, p = sps.pearsonr(ranks[ok], r[ok])
+            ph.append({"covariate": name, "rho": float(rho), "p_value": float(p), "n_events": int(ok.sum())})
+        else:
+            ph.append({"covariate": name, "rho": None, "p_value": None, "n_events": int(ok.sum()),
+                       "status": "not testable: fewer than 3 informative events"})
+    return ph

@@ -103,9 +103,10 @@ STEPS_CORE = [
         "grad_coherence",
         F64,
         "cosine",
-        "Mean pairwise cosine of the applied (post-clipping) gradients over the last K updates "
-        "(K = manifest coherence_window); null until K gradients exist. SAC/TD3: the critic's. "
-        "LM: mean pairwise cosine of the K microbatch gradients accumulated into this update (K = grad_accum)",
+        "Mean pairwise cosine of K gradients. Estimator by domain: RL (PPO/SAC/TD3) 'rolling', across K updates: "
+        "the applied (post-clipping) gradients of the last K updates (K = manifest coherence_window), null until K "
+        "gradients exist, SAC/TD3: the critic's. LM 'fixed-point', across microbatches at fixed parameters: the K "
+        "microbatch gradients accumulated into this update (K = grad_accum)",
     ),
     Column("update_norm", F64, "L2", "L2 norm of the parameter change made by this update (SAC/TD3: critic)"),
     Column("param_norm", F64, "L2", "Global L2 norm of the parameters after this update (SAC/TD3: critic)"),
@@ -196,10 +197,20 @@ MANIFEST_COLUMNS = [
 MANIFEST_SCHEMA = _schema("manifest", MANIFEST_COLUMNS)
 
 OUTCOME_COLUMNS = [
-    Column("collapsed", BOOL, "-", "Whether the collapse rule fired"),
-    Column("collapse_step", I64, "update", "Update index of collapse"),
-    Column("collapse_time", I64, "update", "Updates from perturbation onset to collapse"),
+    Column("collapsed", BOOL, "-", "Whether the collapse rule fired (performance below the control line until at "
+           "least W updates after the perturbation window ends, or non-finite telemetry)"),
+    Column("collapse_kind", STR, "-", "nonfinite | performance | none (analysis.collapse)"),
+    Column("collapse_step", I64, "update", "Offline date of the collapse (centred smoothing of performance; the "
+           "non-finite update for nonfinite collapses); null when censored"),
+    Column("collapse_confirmed_step", I64, "update", "Update at which the collapse became confirmed online (the "
+           "causal curve had stayed below the line for the whole confirmation window); null when censored"),
+    Column("collapse_time", I64, "update", "Updates from perturbation onset to the offline collapse date; null when "
+           "censored (see survival_time)"),
+    Column("survival_time", I64, "update", "Survival duration from perturbation onset: to the offline collapse date, "
+           "or to the last update when censored (pair with censored for survival models)"),
     Column("censored", BOOL, "-", "True if the run never collapsed (right-censored at its last step)"),
+    Column("transient", BOOL, "-", "Performance fell below the collapse line after onset for at least the minimum "
+           "confirmation length but recovered (not a collapse)"),
     Column("final_performance", F64, "task", "Performance at the end of the run"),
 ]
 RUNS_SCHEMA = _schema("runs", MANIFEST_COLUMNS + OUTCOME_COLUMNS)

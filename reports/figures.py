@@ -239,8 +239,14 @@ def fig_km(km: pl.DataFrame, configs: pl.DataFrame, kind: str, ax: Axes | None =
     todo = [(r["config"], pal[i], "-") for i, r in enumerate(groups.iter_rows(named=True))]
     todo.append(("none", CONTROL_COLOR, "--"))
     follow_up = follow_up or {}
+    key = "config" if "config" in km.columns else "group"  # km groups are "stratum: config" since analysis v2
+    mine = km.filter(pl.col(key).is_in(groups["config"].to_list()))
+    stratum = mine["stratum"][0] if "stratum" in km.columns and mine.height else None
     for cfg, color, ls in todo:
-        g = km.filter(pl.col("group") == cfg).sort("time")
+        g = km.filter(pl.col(key) == cfg)
+        if stratum is not None:  # one stratum (domain/algo/env) per panel: the kind's, and its matched controls
+            g = g.filter(pl.col("stratum") == stratum)
+        g = g.sort("time")
         if g.height == 0:
             continue
         t = g["time"].to_numpy().astype(float)
@@ -283,7 +289,7 @@ def build_km(data: ReportData) -> tuple[Figure, list[str]]:
         labelled = labelled.with_columns(pl.when(pl.col("perturbation") == "none").then(pl.lit("none"))
                                          .otherwise(pl.col("config")).alias("config"))
         for (cfg,), g in labelled.group_by(["config"]):
-            m = g["collapse_time"].max()
+            m = g["survival_time" if "survival_time" in g.columns else "collapse_time"].max()
             if cfg is not None and m is not None:
                 follow[str(cfg)] = float(m)  # type: ignore[arg-type]
     ncol = min(4, len(kinds))
@@ -560,7 +566,11 @@ def fig_roc(ew_runs: pl.DataFrame, by_detector: dict[str, Any], ax: Axes | None 
     for i, det in enumerate(dets):
         g = ew_runs.filter(pl.col("detector") == det)
         y = g["collapsed"].to_numpy().astype(bool)
-        s = np.array(g["window_max"].to_list(), dtype=float)
+        if "detection_score" in g.columns:  # question (a): collapses (performance) vs held-out controls
+            g = g.filter((pl.col("unperturbed") & ~pl.col("collapsed"))
+                         | (~pl.col("unperturbed") & (pl.col("collapse_kind") == "performance")))
+            y = g["collapsed"].to_numpy().astype(bool)
+        s = np.array(g["detection_score" if "detection_score" in g.columns else "window_max"].to_list(), dtype=float)
         s = np.where(np.isnan(s), -np.inf, s)
         if y.all() or not y.any():
             continue
@@ -579,9 +589,9 @@ def fig_roc(ew_runs: pl.DataFrame, by_detector: dict[str, Any], ax: Axes | None 
     ax.set_xlim(-0.02, 1.02)
     ax.set_ylim(-0.02, 1.02)
     ax.set_aspect("equal")
-    ax.set_xlabel("false-positive rate (non-collapsing runs)")
+    ax.set_xlabel("false-positive rate (held-out controls)")
     ax.set_ylabel("true-positive rate (collapsing runs)")
-    ax.set_title("ROC: window max from onset to collapse")
+    ax.set_title("(a) detection ROC: -log10 p before collapse")
     return ax
 
 
@@ -689,9 +699,10 @@ def build_dissociation(data: ReportData) -> tuple[Figure, list[str]]:
     r = r.with_columns(pl.when(pl.col("dimension") == "none").then(pl.lit("none")).otherwise(pl.col("config"))
                        .alias("config"))
     ew = data.table("early_warning_runs")
-    measures = ["collapse_time"]
+    measures = ["survival_time" if "survival_time" in r.columns else "collapse_time"]
     if ew is not None:
-        r = r.join(ew.filter(pl.col("detector") == "kalman").select("run_id", pl.col("window_max").alias("max_msd")),
+        msd = "window_score" if "window_score" in ew.columns else "window_max"
+        r = r.join(ew.filter(pl.col("detector") == "kalman").select("run_id", pl.col(msd).alias("max_msd")),
                    on="run_id", how="left")
         measures.append("max_msd")
     fig, axes = grid(1, len(measures), panel=(5.0, 3.9))

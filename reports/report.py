@@ -29,42 +29,74 @@ def _detectors(src: Source) -> list[str]:
     return [k for k in byd if k.endswith("|all")]
 
 
+def _status_or(src: Source, *path: str) -> list[Any]:
+    """``ci`` of a summary number, or its ``not testable`` status in words."""
+    st = src.get(*path, "status")
+    return [str(st)] if st else ci(src, *path)
+
+
 def monitor_table(src: Source) -> Table | None:
-    keys = _detectors(src)
-    if not keys:
+    """Question (a), detection: one row per detector (monitors, baselines, the perturbation-on reference)."""
+    det = src.get("early_warning", "detection") or {}
+    if not det:
         return None
     rows = []
-    for k in keys:
-        p = ("early_warning", "by_detector", k)
-        lead = src.num(*p, "median_lead_updates", "value", digits=0)
-        lead_cell: list[Any] = [lead]
-        if finite(lead.value):
-            lead_cell += [" (IQR ", src.num(*p, "median_lead_updates", "iqr_low", digits=0), "–",
-                          src.num(*p, "median_lead_updates", "iqr_high", digits=0), ")"]
-        lead_cell += [", n=", src.num(*p, "median_lead_updates", "n", digits=0)]
-        det = k.split("|")[0]
-        name = DETECTOR_LABELS.get(det, det) + (" ★" if det in MONITORS else "")
+    for d in det:
+        p = ("early_warning", "detection", d)
+        lead: list[Any] = [src.num(*p, "median_lead_updates", "value", digits=0)]
+        if finite(lead[0].value):
+            lead += [" [", src.num(*p, "median_lead_updates", "ci_low", digits=0), ", ",
+                     src.num(*p, "median_lead_updates", "ci_high", digits=0), "]"]
+        lead += [", n=", src.num(*p, "median_lead_updates", "n", digits=0)]
+        f = (*p, "fpr_held_out_controls")
         rows.append([
-            [name], ci(src, *p, "auroc"), ci(src, *p, "auroc_horizon"), [src.num(*p, "auroc_of_magnitude_reference",
-                                                                                 "value")],
-            lead_cell, [src.num(*p, "median_alarm_delay_from_onset", "value", digits=0)],
+            [DETECTOR_LABELS.get(d, d) + (" ★" if d.split("+")[0] in MONITORS else "")],
+            [src.num(*p, "n_collapsed", digits=0), " / ", src.num(*p, "n_controls", digits=0)],
+            _status_or(src, *p, "auroc"),
             [src.num(*p, "frac_collapses_preceded", "value", digits=0, kind="pct"), " of ",
              src.num(*p, "frac_collapses_preceded", "n", digits=0)],
-            [*ci(src, *p, "fpr_unperturbed"), " (n=", src.num(*p, "fpr_unperturbed", "n", digits=0), ")"],
-            [*ci(src, *p, "alarm_rate_perturbed_not_collapsed"), " (n=",
-             src.num(*p, "alarm_rate_perturbed_not_collapsed", "n", digits=0), ")"],
+            lead,
+            [*ci(src, *f), " (n_cal=", src.num(*f, "n_calibration", digits=0), ", n_test=",
+             src.num(*f, "n_test", digits=0), "; bound ", src.num(*f, "guaranteed_fpr_bound"), ")"],
+            [src.num(*p, "nonfinite", "value", digits=0, kind="pct"), " of ", src.num(*p, "nonfinite", "n", digits=0)],
         ])
-    k0 = ("early_warning", "by_detector", keys[0])
-    note = ["★ meta-state monitors (trained on unperturbed runs only). AUROC: window maximum of the score from "
-            "onset to collapse (or the last update); 'horizon' caps the window at onset + 10% of the run; "
-            "'magnitude alone' is the AUROC of the perturbation's own magnitude, a reference, not a detector. "
-            "Lead time and alarm delay in optimizer updates. Target FPR ",
-            src.num(*k0, "fpr_unperturbed", "target", digits=2), "; held-out seeds, "
-            "all perturbation kinds pooled."]
-    return Table("Meta-state monitor vs baselines (early warning)",
-                 ["detector", "AUROC [95% CI]", "AUROC, horizon", "AUROC of magnitude alone",
-                  "median lead, updates", "median alarm delay after onset", "collapses preceded by an alarm",
-                  "FPR, unperturbed", "alarm rate, perturbed not collapsed"], rows, note)
+    note = ["(a) Detection on held-out seeds. ★ meta-state monitors; '+echo' = with the intervention-echo columns "
+            "(lr, update_norm, param_norm). Positives: performance collapses; negatives: held-out controls. An alarm "
+            "counts only strictly before the offline collapse date; lead in optimizer updates from that date (CI: "
+            "bootstrap over seeds). FPR on held-out controls with its Clopper–Pearson CI and the conformal bound at "
+            "the level used; with fewer than 19 calibration runs no FPR claim is made. Non-finite collapses on their "
+            "own: the share with an alarm strictly before the non-finite step."]
+    return Table("(a) Detection: alarms before collapse vs false alarms on held-out controls",
+                 ["detector", "n collapsed / controls", "AUROC [95% CI]", "collapses preceded", "median lead, updates",
+                  "FPR, held-out controls", "non-finite preceded"], rows, note)
+
+
+def prediction_table(src: Source) -> Table | None:
+    """Question (b), prediction at the landmark: AUROC pooled and stratified, and Delta AUROC vs the references."""
+    pred = src.get("early_warning", "prediction") or {}
+    refs = src.get("early_warning", "prediction_references") or {}
+    if not pred:
+        return None
+    rows = []
+    for d in [*pred, *refs]:
+        p = ("early_warning", "prediction" if d in pred else "prediction_references", d)
+        deltas: list[Any] = []
+        for ref in ("config_only", "kick_size", "perturbation_on"):
+            q = (*p, "delta_auroc", f"{ref}|pooled")
+            if src.get(*q) is not None:
+                deltas += [f"{ref}: ", *_status_or(src, *q), "; "]
+        rows.append([
+            [DETECTOR_LABELS.get(d, d) + ("" if d in pred else " (reference)")],
+            [src.num(*p, "n_pos", digits=0), " / ", src.num(*p, "n_neg", digits=0)],
+            _status_or(src, *p, "auroc"), _status_or(src, *p, "auroc_stratified"), deltas or ["—"]])
+    note = ["(b) Prediction among perturbed runs still standing at the landmark L (end of the perturbation window + "
+            "1 block): scores over [onset, L] (as -log10 conformal p) against collapse after L. Stratified: only "
+            "pairs within one kind × magnitude × duration, so recognising the dose earns nothing. ΔAUROC (pooled) "
+            "against the cross-validated configuration-only model, the kick-size model and 'alarm = perturbation "
+            "active', with a cluster bootstrap over seeds."]
+    return Table("(b) Prediction at the landmark: does the monitor beat the configuration?",
+                 ["detector", "n collapse after L / survive", "AUROC [95% CI]", "AUROC, stratified",
+                  "ΔAUROC vs references [95% CI]"], rows, note)
 
 
 def collapse_table(src: Source) -> Table:
@@ -444,7 +476,8 @@ def build_report(results: str | os.PathLike[str], out: str | os.PathLike[str] = 
         save(fig, out / FIG_DIR, spec.stem)
         figs.append((spec, reasons))
     src = Source(data.summary)
-    tables = [t for t in (monitor_table(src), collapse_table(src), *survival_tables(src), regularities_table(src))
+    tables = [t for t in (monitor_table(src), prediction_table(src), collapse_table(src), *survival_tables(src),
+                          regularities_table(src))
               if t is not None]
     claims = claims_table(data)
     caveats = list(src.get("headline", "caveats") or [])

@@ -7,6 +7,7 @@ import polars as pl
 import pytest
 from scipy import stats as sps
 
+from analysis import questions
 from analysis.baselines import (
     CoherenceDrop,
     EWSDetector,
@@ -17,7 +18,8 @@ from analysis.baselines import (
     rolling_var_ac1,
     trailing_z,
 )
-from analysis.early_warning import EarlyWarningConfig, _metrics_of, _run_row
+from analysis.conformal import ConformalCalibrator
+from analysis.early_warning import EarlyWarningConfig, _run_row
 from analysis.stats import auroc, bootstrap_ci, clopper_pearson
 
 
@@ -78,39 +80,54 @@ def test_baselines_fire_on_their_signal() -> None:
     assert not GradNormZ(["loss"]).available
 
 
-def _row(rid: str, unperturbed: bool, collapsed: bool, cstep: int | None, score: np.ndarray, thr: float) -> dict:
+def _row(rid: str, unperturbed: bool, collapsed: bool, cstep: int | None, score: np.ndarray,
+         kind: str | None = None) -> dict:
     steps = np.arange(0, 1000, 10)
-    r = {"perturbation": "none" if unperturbed else "lr_spike", "magnitude": 1.0 if unperturbed else 10.0,
-         "unperturbed": unperturbed, "collapsed": collapsed, "collapse_step": cstep, "onset_step": 300}
-    return _run_row(rid, r, 0, "det", thr, steps, score)
+    r = {"seed": 0, "perturbation": "none" if unperturbed else "lr_spike", "magnitude": 1.0 if unperturbed else 10.0,
+         "duration_steps": 1 if unperturbed else 50, "unperturbed": unperturbed, "collapsed": collapsed,
+         "collapse_step": cstep, "onset_step": 300,
+         "collapse_kind": kind or ("performance" if collapsed else "none")}
+    conf = ConformalCalibrator(0.05).fit([1.0])  # one calibration run: alarms at p <= 1/2, i.e. score > 1
+    return _run_row(rid, r, 0, "det", conf, steps, conf.p_value(score), EarlyWarningConfig(), block=10)
 
 
-def test_run_rows_and_metrics_by_hand() -> None:
+def test_run_rows_and_detection_by_hand() -> None:
     base = np.zeros(100)
     early = base.copy()
-    early[40:] = 5.0  # alarm at step 400, collapse at 600: lead 200
+    early[35:] = 5.0  # alarm at step 350 (inside the 10% horizon, 99 updates from onset), collapse at 600: lead 250
     late = base.copy()
-    late[70:] = 5.0  # alarm only after the collapse at 600
+    late[60:] = 5.0  # alarm exactly at the collapse step 600: not a warning (strictly before only)
     fp = base.copy()
     fp[20] = 5.0  # before onset (300): not counted
     fp2 = base.copy()
     fp2[90] = 5.0  # after onset: a false alarm
+    nonf = base.copy()
+    nonf[50] = np.inf  # the non-finite step itself: lead 0, never a warning
     rows = [
-        _row("a", False, True, 600, early, 1.0),
-        _row("b", False, True, 600, late, 1.0),
-        _row("c", True, False, None, fp, 1.0),
-        _row("d", True, False, None, fp2, 1.0),
-        _row("e", False, False, None, base, 1.0),
+        _row("a", False, True, 600, early),
+        _row("b", False, True, 600, late),
+        _row("c", True, False, None, fp),
+        _row("d", True, False, None, fp2),
+        _row("e", False, False, None, base),
+        _row("f", False, True, 500, nonf, kind="nonfinite"),
     ]
     got = {r["run_id"]: r for r in rows}
-    assert got["a"]["first_alarm_step"] == 400 and got["a"]["lead_updates"] == 200 and got["a"]["alarm_before_collapse"]
-    assert got["b"]["first_alarm_step"] == 700 and got["b"]["lead_updates"] is None
-    assert got["b"]["window_max"] == 0.0  # the window stops at the collapse
+    assert got["a"]["first_alarm_step"] == 350 and got["a"]["lead_updates"] == 250 and got["a"]["alarm_before_collapse"]
+    assert got["b"]["first_alarm_step"] == 600 and got["b"]["lead_updates"] is None
+    assert not got["b"]["alarm_before_collapse"]
+    assert got["b"]["window_score"] == pytest.approx(0.0)  # -log10(p = 1): the window stops before the collapse
+    assert got["a"]["detection_score"] == pytest.approx(-np.log10(0.5))
     assert got["c"]["first_alarm_step"] is None
     assert got["d"]["first_alarm_step"] == 900
-    m = _metrics_of(pl.DataFrame(rows), EarlyWarningConfig(n_boot=100))
+    assert not got["f"]["alarm_before_collapse"] and got["f"]["first_alarm_step"] == 500
+    assert got["a"]["landmark_step"] == 300 + 50 + 10  # end of the window + one block
+    m = questions.detection(pl.DataFrame(rows), 0.05, n_boot=100)
     assert m["frac_collapses_preceded"]["value"] == 0.5 and m["frac_collapses_preceded"]["n"] == 2
-    assert m["median_lead_updates"]["value"] == 200 and m["median_lead_updates"]["n"] == 1
-    assert m["fpr_unperturbed"]["value"] == 0.5 and m["fpr_unperturbed"]["n"] == 2
-    # window maxima: a=5, b=0 vs c=0 (pre-onset spike excluded), d=5, e=0 -> (2 + 0.5*2 + 0 + 0.5*2 + 0.5*... )
-    assert m["auroc"]["value"] == pytest.approx(auroc([5.0, 0.0], [0.0, 5.0, 0.0]))
+    assert m["median_lead_updates"]["value"] == 250 and m["median_lead_updates"]["n"] == 1
+    fpr = m["fpr_held_out_controls"]
+    assert fpr["value"] == 0.5 and fpr["n_test"] == 2 and fpr["n_calibration"] == 1
+    assert fpr["claim"].startswith("refused") and fpr["runs_needed"]["calibration_controls_per_fold"] == 19
+    assert m["nonfinite"]["n"] == 1 and m["nonfinite"]["value"] == 0.0
+    # detection scores: a = -log10(1/2), b = 0 (its spike is at the collapse, outside its window) vs c = d = 0
+    pos = [got["a"]["detection_score"], got["b"]["detection_score"]]
+    assert m["auroc"]["value"] == pytest.approx(auroc(pos, [got["c"]["detection_score"], got["d"]["detection_score"]]))

@@ -32,7 +32,7 @@ def test_low_dimensional_structure_beats_the_time_shuffled_null() -> None:
     X, rid = low_dim_runs()
     _, real = pca.fit(X)
     assert real.n90 <= 2
-    null = pca.null_distribution(X, rid, n_null=5, seed=1)
+    null = pca.null_distribution(X, rid, n_null=5, seed=1, null="permute")
     # shuffling each column in time within runs destroys the shared trends: near-isotropic
     assert min(r.n90 for r in null) > real.n90
     assert min(r.pr for r in null) > real.pr + 1
@@ -78,8 +78,8 @@ def test_accumulator_streaming_equals_in_memory_and_bootstraps_over_runs() -> No
 
 def test_null_subsampling_matches_the_full_shuffle() -> None:
     X, rid = low_dim_runs(n_runs=3, T=3000)
-    sub = pca.PCAAccumulator(X.shape[1], n_null=10, seed=0, null_rows_per_run=600)
-    full = pca.PCAAccumulator(X.shape[1], n_null=10, seed=0)
+    sub = pca.PCAAccumulator(X.shape[1], n_null=10, seed=0, null_rows_per_run=600, null="permute")
+    full = pca.PCAAccumulator(X.shape[1], n_null=10, seed=0, null="permute")
     for r in np.unique(rid):
         sub.add_run(X[rid == r])
         full.add_run(X[rid == r])
@@ -89,3 +89,49 @@ def test_null_subsampling_matches_the_full_shuffle() -> None:
     pr_sub, pr_full = np.mean([n.pr for n in null_sub]), np.mean([n.pr for n in null_full])
     assert abs(pr_sub - pr_full) < 0.1 * pr_full
     assert pr_sub > real.pr + 1
+
+
+def ar1_runs(n_runs: int = 6, T: int = 400, p: int = 6, phi: float = 0.95, shared: float = 0.0, seed: int = 0):
+    """Columns that are AR(1) with coefficient ``phi``; ``shared`` > 0 adds one common AR(1) factor."""
+    rng = np.random.default_rng(seed)
+    X, rid = [], []
+    for r in range(n_runs):
+        e = rng.normal(size=(T, p + 1))
+        z = np.zeros((T, p + 1))
+        for t in range(1, T):
+            z[t] = phi * z[t - 1] + e[t]
+        X.append(z[:, :p] + shared * z[:, [p]])
+        rid += [r] * T
+    return np.vstack(X), np.array(rid)
+
+
+def test_circular_shift_keeps_each_column_and_its_autocorrelation() -> None:
+    X, rid = ar1_runs(n_runs=2, T=300)
+    Y = pca.circular_shift(X, rid, np.random.default_rng(0))
+    for r in (0, 1):
+        for j in range(X.shape[1]):
+            a, b = X[rid == r, j], Y[rid == r, j]
+            assert np.allclose(np.sort(a), np.sort(b))
+            shift = next(k for k in range(a.size) if np.allclose(np.roll(a, k), b))  # it is a rotation
+            assert 0 <= shift < a.size
+
+
+def test_circular_shift_null_of_independent_ar1_columns_matches_the_real_count() -> None:
+    """Independent, strongly autocorrelated columns: no cross-column structure, so the null equals the real count
+    (a permutation null would instead call their spurious sample correlations "structure")."""
+    X, rid = ar1_runs()
+    _, real = pca.fit(X)
+    null = pca.null_distribution(X, rid, n_null=20, seed=3)
+    assert int(np.median([r.n90 for r in null])) == real.n90
+    acc = pca.PCAAccumulator(X.shape[1], n_null=20, seed=3)
+    for r in np.unique(rid):
+        acc.add_run(X[rid == r])
+    res, _, null_acc, _ = acc.result()
+    assert int(np.median([r.n90 for r in null_acc])) == res.n90
+
+
+def test_shared_factor_beats_the_circular_shift_null() -> None:
+    X, rid = ar1_runs(shared=3.0)
+    _, real = pca.fit(X)
+    null = pca.null_distribution(X, rid, n_null=20, seed=3)
+    assert real.n90 < min(r.n90 for r in null)

@@ -94,11 +94,17 @@ def test_runs_table_conforms_and_outcomes_are_right(analysed) -> None:
     got = {r["run_id"]: r for r in runs.iter_rows(named=True)}
     for s in (0, 1, 2):
         assert got[f"lr_spike-100-{s}"]["collapsed"]
-        assert ONSET + 40 <= got[f"lr_spike-100-{s}"]["collapse_step"] <= ONSET + 60
+        # offline date (centred smoothing over 2% = 12 updates): within half a window of the drop at ONSET + 40
+        r = got[f"lr_spike-100-{s}"]
+        assert ONSET + 34 <= r["collapse_step"] <= ONSET + 46 and r["collapse_kind"] == "performance"
+        assert r["collapse_confirmed_step"] >= ONSET + DUR + 60  # stays below W = 60 updates past the window
         assert not got[f"none-1-{s}"]["collapsed"] and got[f"none-1-{s}"]["censored"]
         assert not got[f"lr_spike-1-{s}"]["collapsed"]
     nf = got["lr_spike-1000-0"]
     assert nf["collapsed"] and nf["collapse_step"] == 205 and nf["collapse_time"] == 205 - ONSET
+    assert nf["collapse_kind"] == "nonfinite" and nf["survival_time"] == 205 - ONSET
+    ctrl = got["none-1-0"]
+    assert ctrl["collapse_time"] is None and ctrl["survival_time"] == T - 1 - ONSET  # null when censored
 
 
 def test_summary_has_every_headline_number_with_n(analysed) -> None:
@@ -107,13 +113,31 @@ def test_summary_has_every_headline_number_with_n(analysed) -> None:
     assert on_disk["n_runs"] == 10
     pca = summary["pca"]["rl/ppo"]["all_runs"]
     assert pca["n_components_90"]["n"] == 10 and pca["null_n_components_90"]["value"] >= pca["n_components_90"]["value"]
-    ew = summary["early_warning"]["by_detector"]
-    for det in ("kalman", "gru", "grad_norm_z", "loss_spike", "ews_var_ac1", "pca_recon"):
-        m = ew[f"{det}|all"]
-        assert m["auroc"]["n"] == 10 and m["fpr_unperturbed"]["n"] == 3 and m["frac_collapses_preceded"]["n"] == 4
+    det = summary["early_warning"]["detection"]
+    for name in ("kalman", "kalman+echo", "gru", "gru+echo", "grad_norm_z", "loss_spike", "ews_var_ac1", "pca_recon"):
+        m = det[name]
+        # 3 performance collapses (x100) vs 3 held-out controls; the non-finite collapse on its own line
+        assert m["auroc"]["n"] == 6 and m["frac_collapses_preceded"]["n"] == 3 and m["nonfinite"]["n"] == 1
+        fpr = m["fpr_held_out_controls"]
+        assert fpr["n_test"] == 3 and fpr["n_calibration"] == 1 and fpr["claim"].startswith("refused")
+        assert fpr["guaranteed_fpr_bound"] == 0.5  # one calibration run: the attainable level is 1/2
+        assert m["median_lead_updates"]["measured_from"] == "offline collapse date"
+        pred = summary["early_warning"]["prediction"][name]
+        # 7 perturbed test runs: the non-finite one (update 205) collapsed before the landmark (180 + 30 + 1 block)
+        assert pred["n_pos"] + pred["n_neg"] + pred["n_collapsed_before_landmark"] == 7
+        assert pred["n_collapsed_before_landmark"] == 1 and "runs_needed" in pred
+        assert pred["auroc_stratified"]["status"].startswith("not testable: n too small")
     # the destructive spike is obvious to the monitor: every collapse is preceded by an alarm
-    assert ew["kalman|all"]["frac_collapses_preceded"]["value"] == 1.0
-    assert ew["kalman|all"]["auroc_horizon"]["value"] > 0.8
+    assert det["kalman"]["frac_collapses_preceded"]["value"] == 1.0
+    assert det["perturbation_on"]["auroc"]["value"] == 1.0  # detection vs controls is trivial for the kick itself
+    refs = summary["early_warning"]["prediction_references"]
+    assert set(refs) == {"config_only", "kick_size", "perturbation_on"}
+    assert refs["perturbation_on"]["auroc"]["value"] == 0.5
+    for k, fig in summary["figures"].items():
+        assert fig["question"] and fig["n_runs"] >= 0, k
+    assert summary["features"]["rl/ppo"]["echo_columns"] == ["lr", "update_norm", "param_norm"]
+    assert summary["collapse"]["rule_false_collapse_rate_unperturbed"]["n_test"] == 3
+    assert summary["survival"]["cox"]["population"] == "perturbed runs only"
     assert summary["regularities"]["stochasticity_buffer"]["status"].startswith("not testable")
     assert {r["config"] for r in summary["collapse"]["dose_response"]} >= {"none", "lr_spike x100 (30 upd)"}
     for name in ("km.parquet", "logrank.parquet", "early_warning_scores.parquet", "pca_trajectories.parquet",
@@ -231,9 +255,10 @@ def test_leave_one_env_out_with_two_envs(tmp_path: Path) -> None:
     assert loeo["status"] == "ok"
     assert {f["group"] for f in loeo["folds"]} == {"rl/ppo/Toy-v0/default", "rl/ppo/Other-v0/default"}
     assert all(f["trained_on_envs"] == ["Toy-v0"] or f["trained_on_envs"] == ["Other-v0"] for f in loeo["folds"])
-    m = loeo["by_detector"]["kalman|all"]
-    assert m["auroc"]["n"] == 19 and m["fpr_unperturbed"]["n"] == 6  # every run of both envs tested once
+    m = loeo["detection"]["kalman"]
+    # every run of both envs tested once: 6 performance collapses vs 6 held-out controls (+1 non-finite)
+    assert m["auroc"]["n"] == 12 and m["fpr_held_out_controls"]["n_test"] == 6 and m["nonfinite"]["n"] == 1
     assert summary["pca"]["rl/ppo"]["all_runs"]["n_runs"] == 19
-    assert summary["survival"]["cox"]["strata"] == ["rl/Other-v0", "rl/Toy-v0"]
+    assert summary["survival"]["cox"]["strata"] == ["rl/ppo/Other-v0", "rl/ppo/Toy-v0"]
     assert (tmp_path / "results" / "early_warning_loeo_runs.parquet").exists()
-    assert summary["early_warning"]["by_detector"]["kalman|all"]["auroc"]["n"] == 19
+    assert summary["early_warning"]["detection"]["kalman"]["auroc"]["n"] == 12

@@ -14,31 +14,37 @@ from lifelines.utils import concordance_index  # noqa: E402
 
 from analysis.survival import concordance, cox, design_matrix, kaplan_meier, logrank  # noqa: E402
 
+DOSE = "dose[lr_spike] (log10 magnitude, centred within kind)"
+DOSE2 = "dose[mass_shift] (log10 magnitude, centred within kind)"
 
-@pytest.fixture(scope="module")
-def runs() -> pl.DataFrame:
-    """Exponential times with log-hazard 0.8 log10(magnitude) - 0.6 [dimension == optimization]; random censoring."""
-    rng = np.random.default_rng(3)
-    n = 120
+
+def simulate(n: int, seed: int, beta: float = 0.8, kind_effect: float = -0.6) -> pl.DataFrame:
+    """Perturbed runs of two kinds; log-hazard = beta log10(magnitude) + kind_effect [mass_shift]; censoring."""
+    rng = np.random.default_rng(seed)
     x1 = rng.normal(size=n)
     x2 = rng.integers(0, 2, size=n)
-    t = rng.exponential(1.0 / np.exp(0.8 * x1 - 0.6 * x2)) * 1000
+    t = rng.exponential(1.0 / np.exp(beta * x1 + kind_effect * x2)) * 1000
     c = rng.exponential(1500, size=n)
     return pl.DataFrame({
         "run_id": [f"r{i}" for i in range(n)],
-        "perturbation": np.where(x2 == 1, "lr_spike", "none"),
+        "perturbation": np.where(x2 == 1, "mass_shift", "lr_spike"),
         "magnitude": 10.0**x1,
         "duration_steps": [100] * n,
-        "dimension": np.where(x2 == 1, "optimization", "none"),
-        "algo": ["ppo"] * n,
+        "dimension": np.where(x2 == 1, "environmental", "optimization"),
+        "domain": ["rl"] * n, "algo": ["ppo"] * n, "env": ["Toy-v0"] * n,
         "stochasticity": ["default"] * n,
-        "collapse_time": np.round(np.minimum(t, c)).astype(np.int64),
+        "survival_time": np.round(np.minimum(t, c)).astype(np.int64),
         "collapsed": t <= c,
     })
 
 
+@pytest.fixture(scope="module")
+def runs() -> pl.DataFrame:
+    return simulate(120, 3)
+
+
 def test_kaplan_meier_matches_lifelines(runs: pl.DataFrame) -> None:
-    t = runs["collapse_time"].to_numpy().astype(float)
+    t = runs["survival_time"].to_numpy().astype(float)
     e = runs["collapsed"].to_numpy().astype(float)
     ours = kaplan_meier(t, e)
     kmf = KaplanMeierFitter().fit(t, e)
@@ -53,69 +59,94 @@ def test_kaplan_meier_matches_lifelines(runs: pl.DataFrame) -> None:
     np.testing.assert_allclose(ours["ci_high"].to_numpy()[inner], hi[inner], atol=1e-6)
 
 
-def test_cox_matches_lifelines(runs: pl.DataFrame) -> None:
-    res = cox(runs)
-    assert res["status"] == "ok"
-    assert res["covariates"] == ["log10_magnitude", "dimension=optimization"]
-    assert "algo (one level) (constant)" in res["dropped_covariates"]
-    X, names, _ = design_matrix(runs)
+def _lifelines_fit(runs: pl.DataFrame, strata: list[str] | None = None) -> tuple[CoxPHFitter, list[str]]:
+    labels = runs["env"].to_list()
+    X, names, _ = design_matrix(runs, np.unique(labels, return_inverse=True)[1])
     df = pd.DataFrame(X, columns=names)
-    df["T"] = runs["collapse_time"].to_numpy().astype(float)
+    df["T"] = runs["survival_time"].to_numpy().astype(float)
     df["E"] = runs["collapsed"].to_numpy().astype(int)
-    cph = CoxPHFitter().fit(df, "T", "E")  # Efron ties, like ours
+    if strata:
+        df["env"] = labels
+    return CoxPHFitter().fit(df, "T", "E", strata=strata), names  # Efron ties, like ours
+
+
+def test_cox_recovers_a_known_log_hazard_ratio_within_its_ci_and_matches_lifelines() -> None:
+    runs = simulate(400, 11)
+    res = cox(runs)
+    assert res["status"] == "ok" and res["population"] == "perturbed runs only"
+    assert res["covariates"] == ["kind=mass_shift", DOSE, DOSE2]
+    assert res["events_per_covariate"] == pytest.approx(res["n_events"] / 3)
+    for c in res["coefficients"]:
+        if c["covariate"].startswith("dose"):  # true log-HR 0.8 per decade of magnitude, within each kind
+            assert c["ci_low"] <= np.exp(0.8) <= c["ci_high"]
+    cph, names = _lifelines_fit(runs)
     ours = np.array([c["coef"] for c in res["coefficients"]])
     np.testing.assert_allclose(ours, cph.params_[names].to_numpy(), atol=1e-4)
     np.testing.assert_allclose([c["se"] for c in res["coefficients"]], cph.standard_errors_[names].to_numpy(),
                                rtol=1e-3)
     assert res["concordance"] == pytest.approx(cph.concordance_index_, abs=1e-6)
-    # the simulated effects are recovered (true log-HRs 0.8 and -0.6)
-    assert ours[0] == pytest.approx(0.8, abs=0.3) and ours[1] == pytest.approx(-0.6, abs=0.4)
     assert all("p_value" in row for row in res["ph_check"])
 
 
+def test_cox_uses_perturbed_runs_only_and_drops_unidentifiable_covariates(runs: pl.DataFrame) -> None:
+    ctrl = runs.head(10).with_columns(pl.lit("none").alias("perturbation"), pl.lit("none").alias("dimension"),
+                                      pl.lit(False).alias("collapsed"), pl.lit(1.0).alias("magnitude"))
+    both = pl.concat([runs, ctrl]).with_columns((pl.col("perturbation") == "none").alias("unperturbed"))
+    res = cox(both)
+    assert res["n"] == runs.height
+    # one magnitude for a kind: its dose does not vary, so it is not identifiable and is listed
+    one = runs.with_columns(pl.when(pl.col("perturbation") == "mass_shift").then(10.0).otherwise(pl.col("magnitude"))
+                            .alias("magnitude"))
+    res = cox(one)
+    assert any(d.startswith("dose[mass_shift]") and "not identifiable" in d for d in res["dropped_covariates"])
+
+
 def test_concordance_matches_lifelines(runs: pl.DataFrame) -> None:
-    t = runs["collapse_time"].to_numpy().astype(float)
+    t = runs["survival_time"].to_numpy().astype(float)
     e = runs["collapsed"].to_numpy().astype(float)
     risk = np.log10(runs["magnitude"].to_numpy())
     # lifelines scores "higher predicted survival time = longer survival": pass -risk
     assert concordance(t, e, risk) == pytest.approx(concordance_index(t, -risk, e), abs=1e-9)
 
 
-def test_logrank_matches_lifelines(runs: pl.DataFrame) -> None:
+def test_logrank_against_matched_controls_matches_lifelines(runs: pl.DataFrame) -> None:
     runs = runs.with_columns(
-        pl.when(pl.col("perturbation") == "none").then(1.0).otherwise(100.0).alias("magnitude"))
+        pl.when(pl.col("perturbation") == "mass_shift").then(pl.lit("none")).otherwise(pl.col("perturbation"))
+        .alias("perturbation"),
+        pl.when(pl.col("perturbation") == "mass_shift").then(1.0).otherwise(100.0).alias("magnitude"))
     rows = {r["comparison"]: r for r in logrank(runs)}
-    t = runs["collapse_time"].to_numpy().astype(float)
+    t = runs["survival_time"].to_numpy().astype(float)
     e = runs["collapsed"].to_numpy().astype(int)
     g = runs["perturbation"].to_numpy()
     ref = multivariate_logrank_test(t, g, e)
     assert rows["all groups"]["chi2"] == pytest.approx(ref.test_statistic, rel=1e-6)
     pair = logrank_test(t[g == "none"], t[g != "none"], e[g == "none"], e[g != "none"])
-    assert rows["lr_spike x100 (100 upd) vs none"]["p_value"] == pytest.approx(pair.p_value, rel=1e-6)
+    assert rows["lr_spike x100 (100 upd) vs matched none"]["p_value"] == pytest.approx(pair.p_value, rel=1e-6)
+    # a second env's controls are matched within their own stratum
+    other = runs.with_columns(pl.lit("B-v0").alias("env"))
+    two = {r["comparison"]: r for r in logrank(pl.concat([runs, other]))}
+    assert two["lr_spike x100 (100 upd) vs matched none"]["strata"] == ["rl/ppo/B-v0", "rl/ppo/Toy-v0"]
 
 
-def test_separation_is_reported_not_hidden() -> None:
+def test_separation_is_reported_with_a_stated_penalty() -> None:
     n = 12
     runs = pl.DataFrame({
         "run_id": [f"r{i}" for i in range(n)], "perturbation": ["lr_spike"] * n,
         "magnitude": [1.0] * 6 + [100.0] * 6, "duration_steps": [10] * n, "dimension": ["optimization"] * n,
         "algo": ["ppo"] * n, "stochasticity": ["default"] * n,
-        "collapse_time": [1000] * 6 + [100, 120, 140, 160, 180, 200], "collapsed": [False] * 6 + [True] * 6,
+        "survival_time": [1000] * 6 + [100, 120, 140, 160, 180, 200], "collapsed": [False] * 6 + [True] * 6,
     })
     res = cox(runs)
-    assert res["status"].startswith("monotone likelihood")
-    assert res["ridge_coefficients_no_ci"]["log10_magnitude"] > 0
+    assert res["status"].startswith("monotone likelihood") and "alpha=0.1" in res["penalty"]
+    assert res["ridge_coefficients_no_ci"][DOSE] > 0
 
 
 def test_cox_stratifies_by_env_and_matches_lifelines_strata(runs: pl.DataFrame) -> None:
     env = np.where(np.arange(runs.height) % 2 == 0, "A-v0", "B-v0")
     # env B collapses 3x faster: a baseline-hazard difference the strata absorb
-    t = runs["collapse_time"].to_numpy() // np.where(env == "B-v0", 3, 1)
-    two = runs.with_columns(pl.Series("env", env), pl.lit("rl").alias("domain"), pl.Series("collapse_time", t))
+    t = runs["survival_time"].to_numpy() // np.where(env == "B-v0", 3, 1)
+    two = runs.with_columns(pl.Series("env", env), pl.Series("survival_time", t))
     res = cox(two)
-    assert res["strata"] == ["rl/A-v0", "rl/B-v0"]
-    X, names, _ = design_matrix(two)
-    df = pd.DataFrame(X, columns=names)
-    df["T"], df["E"], df["env"] = t.astype(float), two["collapsed"].to_numpy().astype(int), env
-    cph = CoxPHFitter().fit(df, "T", "E", strata=["env"])
+    assert res["strata"] == ["rl/ppo/A-v0", "rl/ppo/B-v0"]
+    cph, names = _lifelines_fit(two, strata=["env"])
     np.testing.assert_allclose([c["coef"] for c in res["coefficients"]], cph.params_[names].to_numpy(), atol=1e-4)

@@ -1,0 +1,112 @@
+"""The evaluation's statistics on synthetic data whose answer is known: conformal FPR, the two questions."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from analysis import questions
+from analysis.conformal import ConformalCalibrator, min_calibration_runs
+from analysis.stats import auroc, clopper_pearson, cluster_bootstrap_ci, stratified_auroc
+
+
+def test_auroc_is_roc_auc_score_with_infinities_and_ties() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        pos = rng.integers(0, 5, size=rng.integers(1, 30)).astype(float)
+        neg = rng.integers(0, 5, size=rng.integers(1, 30)).astype(float)
+        pos[rng.random(pos.size) < 0.1] = np.inf
+        neg[rng.random(neg.size) < 0.1] = -np.inf
+        neg[rng.random(neg.size) < 0.1] = np.inf
+        both = np.concatenate([pos, neg])
+        finite = np.where(np.isposinf(both), 1e9, np.where(np.isneginf(both), -1e9, both))
+        ref = roc_auc_score(np.r_[np.ones(pos.size), np.zeros(neg.size)], finite)
+        assert auroc(pos, neg) == pytest.approx(ref, abs=1e-12)
+    big = rng.normal(size=600), rng.normal(size=600) - 0.5  # the rank path (> 250k pairs)
+    ref = roc_auc_score(np.r_[np.ones(600), np.zeros(600)], np.concatenate(big))
+    assert auroc(*big) == pytest.approx(ref, abs=1e-12)
+    assert auroc([], [1.0]) is None
+
+
+def test_clopper_pearson_is_statsmodels_beta() -> None:
+    lo, hi = clopper_pearson(1, 19)
+    assert lo == pytest.approx(0.0013316, abs=1e-6) and hi == pytest.approx(0.2602807, abs=1e-6)
+    assert clopper_pearson(0, 0) == (None, None)
+
+
+def test_conformal_fpr_with_19_calibration_runs_on_200_exchangeable_controls() -> None:
+    """19 calibration runs make 5% reachable; on 200 exchangeable controls the empirical FPR is <= 5% within its CI,
+    and over many repetitions its mean is the guaranteed bound floor(0.05 * 20) / 20 = 0.05."""
+    assert min_calibration_runs(0.05) == 19
+    rng = np.random.default_rng(7)
+    rates = []
+    for rep in range(400):
+        cal = ConformalCalibrator(0.05).fit(rng.gumbel(size=19))
+        assert cal.claim_ok_ and cal.guaranteed_fpr_ == pytest.approx(0.05)
+        test = rng.gumbel(size=200)
+        k = int(cal.alarms(test).sum())
+        rates.append(k / 200)
+        if rep == 0:
+            lo, _ = clopper_pearson(k, 200)
+            assert lo <= 0.05
+    assert np.mean(rates) == pytest.approx(0.05, abs=0.01)
+
+
+def test_conformal_p_values_and_the_refused_claim_below_19_runs() -> None:
+    cal = ConformalCalibrator(0.05).fit([1.0, 2.0, 3.0, np.nan])
+    assert cal.n_ == 3 and not cal.claim_ok_
+    assert cal.alpha_used_ == pytest.approx(0.25) and cal.guaranteed_fpr_ == pytest.approx(0.25)
+    np.testing.assert_allclose(cal.p_value([0.5, 2.0, 3.5, np.inf]), [1.0, 0.75, 0.25, 0.25])
+    assert cal.threshold_ == 3.0 and list(cal.alarms([2.9, 3.1, np.nan])) == [False, True, False]
+
+
+def _rows(score_of: dict[str, float] | None = None, n_seeds: int = 12, seed: int = 0) -> pl.DataFrame:
+    """Perturbed test rows in 4 strata (2 kinds x 2 magnitudes); collapse probability rises with magnitude."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for s in range(n_seeds):
+        for kind in ("lr_spike", "mass_shift"):
+            for mag, p in ((10.0, 0.3), (100.0, 0.7)):
+                col = bool(rng.random() < p)
+                rows.append({"run_id": f"{kind}-{mag:g}-{s}", "seed": s, "perturbation": kind, "magnitude": mag,
+                             "duration_steps": 100, "unperturbed": False, "collapsed": col,
+                             "collapse_step": 900 if col else None, "landmark_step": 500,
+                             "prediction_score": 1.0})
+    return pl.DataFrame(rows)
+
+
+def test_a_detector_that_fires_at_every_onset_has_prediction_auroc_one_half() -> None:
+    pset, n_early = questions.prediction_set(_rows())
+    assert n_early == 0
+    refs = questions.reference_scores(pset, {})
+    res = questions.prediction(pset, refs, n_boot=200)
+    assert res["auroc"]["value"] == 0.5 and res["auroc_stratified"]["value"] == 0.5
+    assert res["delta_auroc"]["perturbation_on|pooled"]["value"] == 0.0
+    # a detector that only reads the dose wins the pooled AUROC but not the stratified one
+    dose = pset.with_columns(pl.col("magnitude").log10().alias("prediction_score"))
+    res = questions.prediction(dose, refs, n_boot=200)
+    assert res["auroc"]["value"] > 0.6 and res["auroc_stratified"]["value"] == 0.5
+    # the configuration-only reference learns the dose: the dose reader does not beat it
+    assert abs(res["delta_auroc"]["config_only|pooled"]["value"]) < 0.1
+
+
+def test_runs_collapsed_before_the_landmark_are_left_to_detection() -> None:
+    rows = _rows().with_columns(pl.when(pl.col("collapsed") & (pl.col("seed") == 0)).then(400)
+                                .otherwise(pl.col("collapse_step")).alias("collapse_step"))
+    pset, n_early = questions.prediction_set(rows)
+    assert n_early == int(rows.filter(pl.col("seed") == 0)["collapsed"].sum()) and pset.height == rows.height - n_early
+
+
+def test_stratified_auroc_and_the_cluster_bootstrap() -> None:
+    score = np.array([1, 0, 5, 4, 9, 9.0])
+    label = np.array([1, 0, 1, 0, 1, 0], bool)
+    a, pairs = stratified_auroc(score, label, np.array([0, 0, 1, 1, 2, 2]))
+    assert pairs == 3 and a == pytest.approx((1 + 1 + 0.5) / 3)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=60)
+    seeds = np.repeat(np.arange(20), 3)
+    lo, hi, how = cluster_bootstrap_ci(lambda i: float(x[i].mean()), seeds, 500)
+    assert how.startswith("BCa") and lo < x.mean() < hi
+    assert cluster_bootstrap_ci(lambda i: float(x[i].mean()), np.zeros(60), 100)[0] is None
