@@ -157,7 +157,7 @@ class Recorder:
         return {
             **self.partition, "run_id": self.run_id, "seed": self.seed,
             "dimension": "none" if p is None else p.dimension,
-            "magnitude": None if p is None or p.kind == "none" else p.magnitude,
+            "magnitude": 1.0 if p is None or p.kind == "none" else p.magnitude,  # 1.0: as the generators' controls
             "onset_step": onset, "duration_steps": None if onset is None else p.duration_steps,
             "stochasticity": "default", "total_steps": int(self.total_steps or samples),
             "n_updates": len(self.rows), "stop_reason": None if failed else stop_reason,
