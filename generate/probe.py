@@ -31,6 +31,7 @@ What it guarantees (each is tested in ``tests/test_probe.py``):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -44,6 +45,7 @@ from generate.telemetry import apply_perturbation
 #: ``on_row(step, stats)``: ``stats`` holds lr, grad_norm, grad_coherence, update_norm, param_norm,
 #: perturbation_active.
 RowCallback = Callable[[int, dict[str, Any]], None]
+_TINY = 1e-30
 
 
 class Probe:
@@ -119,6 +121,10 @@ class Probe:
         self.raise_nonfinite = nonfinite == "raise"
         self.record = record and (recorder is not None or on_row is not None)
         self.device = self.params[0].device
+        #: Read the gradient norm on the host before the step (on CPU: free, there is no device to wait
+        #: for; it lets a non-finite gradient stop the run before it is applied). Elsewhere the one
+        #: batched read after the step is the only one.
+        self.read_norm_early = self.device.type == "cpu"
         self.numel = sum(p.numel() for p in self.params)
         self.sketch = (SignSketch(self.numel, sketch_dim, seed=0, device=self.device)
                        if self.numel > exact_max_params else None)
@@ -247,15 +253,19 @@ class Probe:
             if not self.manual_grads:
                 self._learn_hooks()
         self._pending = {"lr": float(lr), "perturbation_active": active, "_norm": norm}
-        if self.device.type == "cpu" and self.raise_nonfinite and not bool(torch.isfinite(norm)):
-            self._pending.update(grad_norm=float(norm), grad_coherence=None, update_norm=None, param_norm=None)
+        host_norm = norm.item() if self.read_norm_early else None
+        if host_norm is not None and self.raise_nonfinite and not _finite(host_norm):
+            self._pending.update(grad_norm=host_norm, grad_coherence=None, update_norm=None, param_norm=None)
             stash, self._stash = self._stash, {}
             self._pending.update({k: float(v) for k, v in stash.items()})
             self._emit(step)
             raise NonFiniteTraining(step, "gradient")
         if self._own_coherence:
             vec = grad if self.sketch is None else self.sketch(grad)
-            self.coherence.push(vec, norm if self.sketch is None else torch.linalg.vector_norm(vec))
+            if self.sketch is not None:
+                self.coherence.push(vec, torch.linalg.vector_norm(vec))
+            else:
+                self.coherence.push(vec, norm if host_norm is None else max(host_norm, _TINY))
         self._snapshot_params()
 
     def _post_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
@@ -270,14 +280,17 @@ class Probe:
         if self.skip_stepped_grads and self._last is not None:
             self._stepped = self._last.grad
         norm = self._pending.pop("_norm")
-        update, param = self._param_norms()
+        pieces = self._param_norm_pieces()
         sum_sq = self.coherence.sum_sq()
         sum_sq = torch.zeros((), device=self.device) if sum_sq is None else sum_sq
         stash, self._stash = self._stash, {}
-        values = torch.stack([t.detach().float().to(self.device).reshape(())
-                              for t in (norm, sum_sq, update, param, *stash.values())]).tolist()
-        grad_norm, sum_sq, update_norm, param_norm = values[:4]
-        self._pending.update(zip(stash, values[4:], strict=True))
+        head = torch.stack([t.float() for t in (norm, sum_sq, *stash.values())])
+        values = torch.cat((head, pieces.float())).tolist()  # the one host read of this update
+        grad_norm, sum_sq = values[0], values[1]
+        self._pending.update(zip(stash, values[2 : 2 + len(stash)], strict=True))
+        pieces_host = values[2 + len(stash) :]
+        half = len(pieces_host) // 2
+        update_norm, param_norm = math.hypot(*pieces_host[:half]), math.hypot(*pieces_host[half:])
         grad_ok = _finite(grad_norm)
         if not grad_ok:
             self.coherence.drop_last()
@@ -313,16 +326,15 @@ class Probe:
         with torch.no_grad():
             torch._foreach_copy_(self._before, self.params)
 
-    def _param_norms(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(||params after - params before||, ||params after||) as 0-d tensors; the snapshot is consumed."""
+    def _param_norm_pieces(self) -> torch.Tensor:
+        """Norms whose first half combine (root of the sum of squares) to ||after - before|| and second
+        half to ||after||, shape ``(2m,)`` on the device; one foreach call, no host read. Consumes the snapshot."""
         with torch.no_grad():
             if self._flat is not None:
-                update = torch.linalg.vector_norm(self._before.sub_(self._flat))
-                return update, torch.linalg.vector_norm(self._flat)
+                return torch.stack((torch.linalg.vector_norm(self._before.sub_(self._flat)),
+                                    torch.linalg.vector_norm(self._flat)))
             torch._foreach_sub_(self._before, self.params)
-            update = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(self._before)))
-            param = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(self.params)))
-            return update, param
+            return torch.stack(torch._foreach_norm(self._before + self.params))
 
     def _emit(self, step: int) -> None:
         stats = self._pending

@@ -223,8 +223,13 @@ def test_contiguous_user_layout_is_read_through_one_view_else_foreach() -> None:
     assert rows[-1]["param_norm"] == pytest.approx(float(flat.norm()), rel=1e-6)
 
 
-def test_one_batched_host_read_per_update(monkeypatch: pytest.MonkeyPatch) -> None:
-    net, opt, _probe, rows = make_probe(NoPerturbation(1.0, 0, 0), nonfinite="record")
+@pytest.mark.parametrize("early", [False, True])
+def test_one_batched_host_read_per_update(monkeypatch: pytest.MonkeyPatch, early: bool) -> None:
+    """The accelerator path (early=False) reads the device once per update; on CPU the norm is also read
+    before the step (free there) so a non-finite gradient is never applied."""
+    net, opt, probe, rows = make_probe(NoPerturbation(1.0, 0, 0))
+    assert probe.read_norm_early  # the default on CPU
+    probe.read_norm_early = early
     x, y = torch.randn(8, 4), torch.randn(8, 2)
     train_step(net, opt, x, y)  # learn the gradient order
     calls: list[str] = []
@@ -236,8 +241,8 @@ def test_one_batched_host_read_per_update(monkeypatch: pytest.MonkeyPatch) -> No
     ((net(x) - y) ** 2).mean().backward()
     opt.step()
     monkeypatch.undo()
-    assert calls == ["tolist"]
-    assert len(rows) == 2
+    assert calls == (["item", "tolist"] if early else ["tolist"])
+    assert len(rows) == 2 and rows[-1]["grad_coherence"] is None and rows[-1]["update_norm"] > 0
 
 
 def test_probe_buffers_live_on_the_parameters_device_and_dtype() -> None:
