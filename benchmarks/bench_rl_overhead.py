@@ -1,6 +1,6 @@
 """Telemetry overhead: StabilityBench's RL generator against plain SB3, side by side.
 
-Both arms build the same env (``make_vec_env``, plus ``VecNormalize`` when the config
+All arms build the same env (``make_vec_env``, plus ``VecNormalize`` when the config
 asks for it) and the same SB3 model from the same resolved config and seed, and train
 for the same number of env steps on one thread. The telemetry arm is the real generator
 (``generate.rl.train.run``: callback, optimizer hooks, periodic representation probes,
@@ -9,6 +9,7 @@ is extra measurement work, not telemetry); the baseline is ``model.learn`` with 
 callback. Arms alternate (plain, telemetry, plain, ...) so drift in machine load hits
 both alike; we report medians of wall and process-CPU time and their ratios. The cost of
 the periodic dormant/effective-rank probes is reported on its own (``probe_seconds``).
+A third arm, ``api``, is plain SB3 plus the public ``StabilityCallback`` alone (what a user pays).
 
     python benchmarks/bench_rl_overhead.py --algo ppo --steps 40960 --repeats 5
     python benchmarks/bench_rl_overhead.py --algo sac --steps 3000 --hparams '{"learning_starts": 500}'
@@ -68,6 +69,28 @@ def plain(algo: str, env_id: str, steps: int, seed: int, hparams: dict) -> tuple
     return time.perf_counter() - t0, time.process_time() - c0, model.num_timesteps, 0.0
 
 
+def api(algo: str, env_id: str, steps: int, seed: int, hparams: dict) -> tuple[float, float, int, float]:
+    """Plain SB3 plus the public ``StabilityCallback`` (a Recorder without a corpus): what a user pays."""
+    from generate.adapters.sb3 import StabilityCallback
+    from generate.perturbations import TrainingClock, build
+    from generate.recorder import Recorder
+    from generate.rl.config import resolve
+    from generate.rl.envs import make_train_env
+    from generate.rl.train import _build_model
+
+    spec = spec_for(algo, env_id, steps, seed, hparams)
+    t0, c0 = time.perf_counter(), time.process_time()
+    cfg = resolve(algo, env_id, "default", dict(spec.hparams))
+    env = make_train_env(env_id, seed, cfg.n_envs, cfg.normalize, cfg.gamma, build("none", 1.0, 0, 1),
+                         TrainingClock())
+    model = _build_model(spec, cfg, env)
+    rec = Recorder(None, algo=algo, env=env_id, seed=seed)
+    model.learn(total_timesteps=steps, callback=StabilityCallback(rec))
+    rec.steps_table()
+    env.close()
+    return time.perf_counter() - t0, time.process_time() - c0, model.num_timesteps, 0.0
+
+
 def telemetry(algo: str, env_id: str, steps: int, seed: int, hparams: dict) -> tuple[float, float, int, float]:
     from generate.rl.train import run
 
@@ -94,15 +117,16 @@ def main() -> None:
 
     warm = min(args.steps, 2048 if args.algo == "ppo" else 600)  # imports, MuJoCo compile, allocator
     warm_hp = hparams if args.algo == "ppo" else {**hparams, "learning_starts": 100}
-    plain(args.algo, args.env, warm, args.seed, warm_hp)
-    telemetry(args.algo, args.env, warm, args.seed, warm_hp)
+    arms = {"plain": plain, "api": api, "telemetry": telemetry}
+    for fn in arms.values():
+        fn(args.algo, args.env, warm, args.seed, warm_hp)
 
-    wall: dict[str, list[float]] = {"plain": [], "telemetry": []}
-    cpu: dict[str, list[float]] = {"plain": [], "telemetry": []}
+    wall: dict[str, list[float]] = {arm: [] for arm in arms}
+    cpu: dict[str, list[float]] = {arm: [] for arm in arms}
     probe_s: list[float] = []
     samples = {}
-    for i in range(args.repeats):
-        for arm, fn in (("plain", plain), ("telemetry", telemetry)):
+    for i in range(args.repeats):  # interleaved: plain, api, telemetry, plain, api, telemetry, ...
+        for arm, fn in arms.items():
             w, c, n, p = fn(args.algo, args.env, args.steps, args.seed, hparams)
             wall[arm].append(w)
             cpu[arm].append(c)
@@ -117,6 +141,7 @@ def main() -> None:
     updates = cfg.planned_updates(args.steps)
     med = {arm: statistics.median(v) for arm, v in wall.items()}
     med_cpu = {arm: statistics.median(v) for arm, v in cpu.items()}
+    pair = {arm: [w / p for w, p in zip(wall[arm], wall["plain"], strict=True)] for arm in ("api", "telemetry")}
     result = {
         "benchmark": f"{args.algo}_overhead",
         "algo": args.algo,
@@ -130,21 +155,26 @@ def main() -> None:
         "median_wall_s": med,
         "median_cpu_s": med_cpu,
         "steps_per_s": {arm: samples[arm] / t for arm, t in med.items()},
-        "ratio_wall": med["telemetry"] / med["plain"],
-        "ratio_cpu": med_cpu["telemetry"] / med_cpu["plain"],
-        "overhead_us_per_update": 1e6 * (med["telemetry"] - med["plain"]) / max(updates, 1),
+        "pair_ratios_wall": pair,
+        "median_pair_ratio_wall": {arm: statistics.median(v) for arm, v in pair.items()},
+        "ratio_wall": {arm: med[arm] / med["plain"] for arm in ("api", "telemetry")},
+        "ratio_cpu": {arm: med_cpu[arm] / med_cpu["plain"] for arm in ("api", "telemetry")},
+        "overhead_us_per_update": {arm: 1e6 * (med[arm] - med["plain"]) / max(updates, 1)
+                                   for arm in ("api", "telemetry")},
         "probe_seconds_median": statistics.median(probe_s),
         "probe_share_of_telemetry_run": statistics.median(probe_s) / med["telemetry"],
+        "load_average": os.getloadavg(),
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
                     "python": platform.python_version(), "torch": torch.__version__},
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
-    sps = result["steps_per_s"]
-    print(f"\n| {args.algo.upper()} {args.env} | {samples['plain']:,} | {updates:,} | {sps['plain']:.0f} | "
-          f"{sps['telemetry']:.0f} | {result['ratio_wall']:.3f} | {result['ratio_cpu']:.3f} | "
-          f"{result['overhead_us_per_update']:.0f} µs | {100 * result['probe_share_of_telemetry_run']:.2f}% |")
+    for arm in ("api", "telemetry"):
+        pr = pair[arm]
+        print(f"| {args.algo.upper()} {args.env} | {arm} | {samples['plain']:,} | {updates:,} | {args.repeats} | "
+              f"{result['ratio_wall'][arm]:.3f} | {statistics.median(pr):.3f} [{min(pr):.3f}, {max(pr):.3f}] | "
+              f"{result['ratio_cpu'][arm]:.3f} | {result['overhead_us_per_update'][arm]:.0f} µs |")
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ LEGACY_VERSIONS = ("1.0",)
 DOMAINS = ("rl", "lm")
 DIMENSIONS = ("none", "optimization", "environmental", "parametric", "learning_signal")
 RUN_STATUSES = ("ok", "failed", "running")
-STOP_REASONS = ("completed", "nonfinite")
+STOP_REASONS = ("completed", "nonfinite", "interrupted")
 EVENT_KINDS = ("perturbation_on", "perturbation_off", "perturbation_applied", "nonfinite", "eval", "collapse")
 
 #: Hive partition keys of ``steps/``, in directory order.
@@ -180,7 +180,7 @@ MANIFEST_COLUMNS = [
     Column("total_steps", I64, "samples", "Planned env steps (RL) or tokens (LM)", nullable=False),
     Column("planned_updates", I64, "update", "Planned optimizer updates"),
     Column("n_updates", I64, "update", "Optimizer updates actually recorded"),
-    Column("stop_reason", STR, "-", "completed | nonfinite (null if failed)"),
+    Column("stop_reason", STR, "-", "completed | nonfinite | interrupted (null if failed)"),
     Column("status", STR, "-", "ok | failed | running", nullable=False),
     Column("error", STR, "-", "One-line error of a failed run"),
     Column("run_wall_time_s", F64, "s", "Wall time of the whole run (steps/events wall_time_s: seconds since start)"),

@@ -1,9 +1,9 @@
-"""LM-specific telemetry: microbatch gradient coherence, the update probe that uses it, logit probes.
+"""LM-specific telemetry: microbatch gradient coherence and logit probes.
 
-The shared per-update logic (LR factor, perturbation hooks and events, grad/update/param
-norms, non-finite checks) is :class:`generate.telemetry.UpdateProbe`; :class:`LMProbe`
-only changes where the gradient comes from (a flat gradient buffer, no per-backward
-copies) and what ``grad_coherence`` means for the LM.
+The per-update logic (LR factor, perturbation hooks and events, grad/update/param norms,
+non-finite checks) is the public :class:`generate.probe.Probe`; the GPT-2 loop hands it
+its flat gradient buffer and a :class:`MicrobatchCoherence`, which changes what
+``grad_coherence`` means for the LM.
 
 Microbatch coherence
 --------------------
@@ -25,8 +25,6 @@ import math
 from typing import Any
 
 import torch
-
-from generate.telemetry import UpdateProbe
 
 
 def attach_flat_grads_(params: list[torch.nn.Parameter]) -> torch.Tensor:
@@ -75,33 +73,19 @@ class MicrobatchCoherence:
             return None
         return (float(self._sum.dot(self._sum)) - k) / (k * (k - 1))
 
-    def update(self, grad: torch.Tensor, norm: float | None = None) -> float | None:
-        """The :class:`UpdateProbe` interface (it calls this once per update): the step's value."""
-        return self.value()
+    # -- the Probe's coherence interface (the probe calls these once per update) ---------------
+    def push(self, grad: torch.Tensor, norm: Any) -> None:
+        """Nothing to do: the loop folded the microbatches in already."""
 
+    def drop_last(self) -> None:
+        """Nothing to forget: the next update starts afresh."""
 
-class LMProbe(UpdateProbe):
-    """:class:`UpdateProbe` for the LM loop: flat gradient buffer, microbatch coherence.
+    def sum_sq(self) -> torch.Tensor:
+        return self._sum.dot(self._sum)
 
-    The loop calls ``probe.coherence.start()`` / ``.add(probe.flat_grad)`` around the
-    microbatches and :meth:`set_gradient` with the pre-clipping norm before
-    ``optimizer.step()``; the base class does the rest in its optimizer hooks.
-    """
-
-    def __init__(self, optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> None:
-        super().__init__(optimizer, *args, **kwargs)
-        for handle in self._grad_handles:  # the loop hands the gradient over: no per-backward copies
-            handle.remove()
-        self._grad_handles = []
-        self.flat_grad = attach_flat_grads_(self.params)
-        self.coherence = MicrobatchCoherence(self.flat.numel(), self.flat.device, self.flat.dtype)
-
-    def set_gradient(self, norm: float) -> None:
-        """The step's summed gradient is in ``flat_grad``; ``norm`` is its L2 norm before clipping."""
-        self._grad, self._raw_norm = self.flat_grad, norm
-
-    def zero_grad(self) -> None:
-        self.flat_grad.zero_()
+    def value_from(self, sum_sq: float) -> float | None:
+        k = self.count
+        return None if k < 2 else (sum_sq - k) / (k * (k - 1))
 
 
 def attention_logits(qkv: torch.Tensor, n_head: int) -> torch.Tensor:

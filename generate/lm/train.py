@@ -36,11 +36,12 @@ import torch.nn.functional as F
 from generate.errors import NonFiniteTraining, ProfileError
 from generate.lm.config import LMConfig, resolve
 from generate.lm.data import TokenData, fixed_batches, load_tokens, random_batch
-from generate.lm.telemetry import LMProbe, LogitProbe
+from generate.lm.telemetry import LogitProbe, MicrobatchCoherence, attach_flat_grads_
 from generate.perturbations import TrainingClock, UpdateContext, build
+from generate.probe import Probe
+from generate.recorder import Recorder
 from generate.registry import GeneratorResult
 from generate.spec import RunSpec
-from generate.telemetry import EventLog, StepRecorder
 
 #: ``module:parameter-prefix`` of the layer that layer_reset acts on: the first transformer block.
 TARGET_LAYER = "model:transformer.h.0."
@@ -140,23 +141,21 @@ def train(spec: RunSpec, *, telemetry: bool = True, evaluate_val: bool = True,
     val_batches = [(x.to(device), y.to(device))
                    for x, y in fixed_batches(data.val, cfg.eval_sequences, cfg.block_size, cfg.micro_batch)]
     eval_every, logit_every = cfg.eval_interval(planned), cfg.logit_interval(planned)
-    partition = {"domain": spec.domain, "algo": spec.algo, "env": spec.env, "perturbation": spec.perturbation}
-    recorder = StepRecorder(spec.run_id, partition)
-    t0 = time.perf_counter()
-    now: dict[str, Any] = {"samples_seen": 0}
-    events = EventLog(spec.run_id, lambda: {"samples_seen": now["samples_seen"],
-                                            "wall_time_s": time.perf_counter() - t0})
-
-    probe: LMProbe | None = None
-    logits_probe: LogitProbe | None = None
-    pending: dict[str, Any] = {}
+    recorder = Recorder(None, domain=spec.domain, algo=spec.algo, env=spec.env, seed=spec.seed, run_id=spec.run_id)
+    recorder.samples_seen = 0
+    recorder.set_perturbation(perturbation)
     performance: list[float | None] = [None]
+    t_step = [0.0]
 
     def record(step: int, stats: dict[str, Any]) -> None:
-        elapsed = time.perf_counter() - pending.pop("t_step")
-        recorder.append(step=step, wall_time_s=time.perf_counter() - t0, **stats, **pending,
-                        tokens_per_s=cfg.tokens_per_step / elapsed, performance=performance[0])
+        stats["loss"] = stats.get("train_loss")
+        recorder.append(step=step, **stats, tokens_per_s=cfg.tokens_per_step / (time.perf_counter() - t_step[0]),
+                        performance=performance[0])
 
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    probe: Probe | None = None
+    coherence: MicrobatchCoherence | None = None
+    logits_probe: LogitProbe | None = None
     if telemetry:
         named = dict(model.named_parameters())
         ctx = UpdateContext(
@@ -164,49 +163,53 @@ def train(spec: RunSpec, *, telemetry: bool = True, evaluate_val: bool = True,
             initial_state={"model": {n: p.detach().clone() for n, p in named.items()
                                      if n.startswith(TARGET_LAYER.partition(":")[2])}},
             generator=torch.Generator().manual_seed(spec.seed + 1_000_003), target_layer=TARGET_LAYER)
-        probe = LMProbe(optimizer, perturbation, clock, lambda: lr_at(clock.step, planned, cfg), record, events,
-                        update_context=ctx)
+        flat_grad = attach_flat_grads_(params)  # the loop's own gradient layout: one flat buffer
+        coherence = MicrobatchCoherence(flat_grad.numel(), flat_grad.device, flat_grad.dtype)
+        probe = Probe(optimizer, recorder, perturbation=perturbation, on_row=record, clock=clock,
+                      update_context=ctx, manual_grads=True, coherence=coherence)
         logits_probe = LogitProbe(model, cfg.n_head, cfg.logit_sequences)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
 
     stop_reason = "completed"
     k, mb = cfg.grad_accum, cfg.micro_batch
     try:
         for step in range(planned):
-            t_step = time.perf_counter()
+            t_step[0] = time.perf_counter()
+            # the learning rate, set in plain sight (nanoGPT); the probe only multiplies it by the
+            # perturbation's factor for the duration of optimizer.step() and records it
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, planned, cfg)
             x, y = random_batch(data.train, cfg.batch_size, cfg.block_size, batch_rng)
             x, y = perturbation.transform_batch(step, x, y, data.n_vocab, perturb_rng)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             sampled = probe is not None and step % logit_every == 0
-            if probe is not None:
-                probe.coherence.start()
+            if coherence is not None:
+                coherence.start()
             if sampled:
                 logits_probe.arm()
             loss_sum = torch.zeros((), device=device)
-            out_max = None
+            out_max = attn_max = None
             for i in range(k):
                 loss, logits = microbatch_loss(model, x[i * mb : (i + 1) * mb], y[i * mb : (i + 1) * mb], device)
                 (loss / k).backward()
                 loss_sum += loss.detach()
-                if probe is not None:
-                    probe.coherence.add(probe.flat_grad)
+                if coherence is not None:
+                    coherence.add(flat_grad)
                 if sampled and i == 0:
                     out_max = logits.detach().amax()
                     attn_max = logits_probe.disarm()
             norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-            now["samples_seen"] = (step + 1) * cfg.tokens_per_step
+            recorder.samples_seen = (step + 1) * cfg.tokens_per_step
             if probe is not None:
-                train_loss = float(loss_sum) / k
-                pending.update(t_step=t_step, samples_seen=now["samples_seen"], train_loss=train_loss,
-                               loss=train_loss, output_logit_max=None if out_max is None else float(out_max),
-                               attn_logit_max=attn_max if sampled else None)
-                probe.set_gradient(float(norm))
-                optimizer.step()  # the probe's hooks set the LR, apply the perturbation and record the row
-                probe.zero_grad()
+                probe.set_gradient(flat_grad, norm)
+                probe.stash(train_loss=loss_sum / k, **({} if out_max is None else {"output_logit_max": out_max}))
+                optimizer.step()  # the probe's hooks apply the perturbation and record the row
+                if sampled:
+                    recorder.update_last(attn_logit_max=attn_max)
+                flat_grad.zero_()
             else:
-                lr = lr_at(step, planned, cfg) * perturbation.lr_factor(step)
+                factor = perturbation.lr_factor(step)
                 for group in optimizer.param_groups:
-                    group["lr"] = lr
+                    group["lr"] *= factor
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 clock.step += 1
@@ -214,10 +217,10 @@ def train(spec: RunSpec, *, telemetry: bool = True, evaluate_val: bool = True,
                 val = evaluate(model, val_batches, device)
                 performance[0] = -val
                 recorder.update_last(val_loss=val, performance=-val)
-                events.add(step, "eval", value=val)
+                recorder.event(step, "eval", value=val)
     except NonFiniteTraining as exc:
         stop_reason = "nonfinite"
-        events.add(exc.step, "nonfinite", detail=exc.what)
+        recorder.event(exc.step, "nonfinite", detail=exc.what)
     finally:
         if probe is not None:
             probe.remove()
@@ -226,8 +229,8 @@ def train(spec: RunSpec, *, telemetry: bool = True, evaluate_val: bool = True,
 
     n_params = sum(p.numel() for p in params)
     return GeneratorResult(
-        steps=recorder.to_table(),
-        events=events.to_table(),
+        steps=recorder.steps_table(),
+        events=recorder.events_table(),
         planned_updates=planned,
         onset_step=onset_step,
         stop_reason=stop_reason,
@@ -237,6 +240,6 @@ def train(spec: RunSpec, *, telemetry: bool = True, evaluate_val: bool = True,
                 "tokenizer_vocab": data.n_vocab, "corpus_chars": data.corpus_chars,
                 "train_tokens": int(data.train.numel()), "val_tokens": int(data.val.numel()),
                 "tokens_per_step": cfg.tokens_per_step, "eval_every": eval_every, "logit_every": logit_every,
-                "wall_time_s": round(time.perf_counter() - t0, 3), **asdict(cfg)},
+                "wall_time_s": round(time.perf_counter() - recorder.t0, 3), **asdict(cfg)},
         tokenizer_hash=data.tokenizer_hash,
     )

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
@@ -40,124 +39,96 @@ from stable_baselines3 import PPO, SAC, TD3
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.noise import NormalActionNoise
 
+from generate.adapters.sb3 import StabilityCallback
 from generate.errors import NonFiniteTraining
 from generate.perturbations import Perturbation, TrainingClock, UpdateContext, build
+from generate.recorder import Recorder
 from generate.registry import GeneratorResult
 from generate.representation import HiddenFeatures, dormant_fraction, effective_rank
 from generate.rl.config import resolve
 from generate.rl.envs import evaluate, make_train_env, probe_observations
 from generate.spec import RunSpec
-from generate.telemetry import EventLog, StepRecorder, UpdateProbe, apply_perturbation, params_finite
-
-#: SB3 logger key -> steps column, for the once-per-train() values.
-TRAIN_STATS = {
-    "ppo": {"train/loss": "loss", "train/policy_gradient_loss": "policy_loss", "train/value_loss": "value_loss",
-            "train/approx_kl": "approx_kl", "train/clip_fraction": "clip_fraction"},
-    "sac": {"train/critic_loss": "value_loss", "train/actor_loss": "policy_loss", "train/ent_coef": "alpha"},
-    "td3": {"train/critic_loss": "value_loss", "train/actor_loss": "policy_loss"},
-}
+from generate.telemetry import apply_perturbation, params_finite
 
 
-class RLTelemetry(BaseCallback):
-    """Records one row per main optimizer update of an SB3 model (PPO, SAC or TD3)."""
+class RLTelemetry(StabilityCallback):
+    """The public :class:`StabilityCallback` plus the generator's extras.
+
+    Extras: the perturbation acting on parameters/optimizer state (PPO: inside the update,
+    SAC/TD3: between gradient steps), deterministic evaluation on a clean env, the periodic
+    dormant-fraction / effective-rank probes on a fixed observation batch, and SAC/TD3's
+    ``q_mean``. None of them draws from the global random streams (the eval env and the probe
+    batch have their own seeds), so the training run is the same as plain SB3's.
+    """
 
     def __init__(self, spec: RunSpec, cfg: Any, perturbation: Perturbation, clock: TrainingClock,
-                 recorder: StepRecorder, events: EventLog, probe_obs: np.ndarray, planned_updates: int) -> None:
-        super().__init__(verbose=0)
+                 recorder: Recorder, probe_obs: np.ndarray, planned_updates: int) -> None:
+        super().__init__(recorder, perturbation=perturbation, coherence_window=spec.coherence_window,
+                         perf_window=spec.perf_window)
+        self.clock = clock  # shared with the env-side perturbation wrappers
         self.spec, self.cfg = spec, cfg
-        self.perturbation, self.clock = perturbation, clock
-        self.recorder, self.events = recorder, events
         self.probe_obs = torch.as_tensor(probe_obs)
-        self.returns: deque[float] = deque(maxlen=spec.perf_window)
-        self.last_return: float | None = None
-        self.t0 = time.perf_counter()
-        self.probes: list[UpdateProbe] = []
         self.features: HiddenFeatures | None = None
         self.eval_every = cfg.eval_interval(spec.total_steps)
         self.probe_every = cfg.probe_interval(planned_updates)
         self.next_eval = self.eval_every
         self.ctx: UpdateContext | None = None
         self.eval_env = gymnasium.make(spec.env) if cfg.eval_episodes > 0 else None
-        self._harvested: Any = None
         self._q_pending: float | None = None
         self._q_hook: Any = None
         self.probe_seconds = 0.0  # cost of the periodic representation probes, reported separately
 
-    # -- SB3 callback API -------------------------------------------------------------
+    # -- StabilityCallback extension points -------------------------------------------------
+    def update_context(self, role: str) -> UpdateContext | None:
+        # PPO: perturb parameters between backward and step (safe: one optimizer). SAC/TD3 build
+        # the actor's graph before the critic step, so they perturb between gradient steps (_on_step).
+        return self.ctx if role == "main" and self.spec.algo == "ppo" else None
+
+    def extra_row(self, step: int) -> dict[str, Any]:
+        row: dict[str, Any] = {"q_mean": self._q_pending}
+        self._q_pending = None
+        if step % self.probe_every == 0:
+            row.update(self._representation())
+        return row
+
+    def on_actor_row(self, stats: dict[str, Any]) -> None:
+        self._q_pending = None  # the actor's critic forward is not Q(s, a_replay)
+
+    # -- SB3 callback API -------------------------------------------------------------------
     def _on_training_start(self) -> None:
-        self.t0 = time.perf_counter()
         model, algo = self.model, self.spec.algo
         modules = {"policy": model.policy} if algo == "ppo" else {"actor": model.actor, "critic": model.critic}
-        self.ctx = ctx = UpdateContext(
+        self.ctx = UpdateContext(
             optimizers=[o for o, _ in _optimizers(model, algo)],
             modules=modules,
             initial_state={k: copy.deepcopy(m.state_dict()) for k, m in modules.items()},
             generator=torch.Generator().manual_seed(self.spec.seed + 1_000_003),
             target_layer=_target_layer(algo),
         )
-
-        def scheduled() -> float:
-            return model.lr_schedule(model._current_progress_remaining)
-
-        for opt, role in _optimizers(model, algo):
-            on_update = {"main": self._record_update, "actor": self._record_actor, "lead": None}[role]
-            self.probes.append(UpdateProbe(
-                opt, self.perturbation, self.clock, scheduled, on_update, self.events,
-                main=role == "main", leads=role == "lead", coherence_window=self.spec.coherence_window,
-                # PPO: perturb parameters between backward and step (safe: one optimizer). SAC/TD3
-                # build the actor's graph before the critic step, so they perturb between
-                # gradient steps, from _on_step.
-                update_context=ctx if role == "main" and algo == "ppo" else None,
-            ))
+        super()._on_training_start()
         self.features = HiddenFeatures(_hidden_activations(model, algo))
         if algo != "ppo":
             self._q_hook = model.critic.register_forward_hook(self._capture_q)
 
     def _on_step(self) -> bool:
         if self.spec.algo != "ppo" and self.ctx is not None and self.clock.step > 0:
-            apply_perturbation(self.perturbation, self.clock.step, self.ctx, self.events)
-        for info in self.locals.get("infos", ()):
-            episode = info.get("episode")
-            if episode is not None:
-                self.last_return = float(episode["r"])
-                self.returns.append(self.last_return)
+            apply_perturbation(self.perturbation, self.clock.step, self.ctx, self.recorder)
+        super()._on_step()
         if self.eval_env is not None and self.model.num_timesteps >= self.next_eval:
             self.next_eval = (self.model.num_timesteps // self.eval_every + 1) * self.eval_every
             value = evaluate(self.model, self.eval_env, self.cfg.eval_episodes, seed=self.spec.seed + 10_000)
             self.recorder.update_last(eval_return=value)
-            self.events.add(max(len(self.recorder) - 1, 0), "eval", value=value)
+            self.recorder.event(max(len(self.recorder) - 1, 0), "eval", value=value)
         return True
 
-    def _on_rollout_start(self) -> None:
-        self._harvest_train_stats()
-
     def _on_training_end(self) -> None:
-        self._harvest_train_stats()
+        super()._on_training_end()
         self.close()
 
-    # -- internals ---------------------------------------------------------------------
-    def context(self) -> dict[str, Any]:
-        return {"samples_seen": int(self.model.num_timesteps), "wall_time_s": time.perf_counter() - self.t0}
-
-    def performance(self) -> float | None:
-        return sum(self.returns) / len(self.returns) if self.returns else None
-
+    # -- internals -----------------------------------------------------------------------------
     def _capture_q(self, module: torch.nn.Module, inputs: Any, output: Any) -> None:
         if self._q_pending is None:  # the first critic forward of a gradient step: Q(s, a) on the replay batch
             self._q_pending = float(torch.stack([q.detach().mean() for q in output]).mean())
-
-    def _record_update(self, step: int, stats: dict[str, Any]) -> None:
-        row = {"step": step, **self.context(), **stats, "performance": self.performance(),
-               "episode_return": self.last_return, "q_mean": self._q_pending}
-        self._q_pending = None
-        if step % self.probe_every == 0:
-            row.update(self._representation())
-        self.recorder.append(**row)
-
-    def _record_actor(self, step: int, stats: dict[str, Any]) -> None:
-        self.recorder.update_last(actor_grad_norm=stats["grad_norm"], actor_grad_coherence=stats["grad_coherence"],
-                                  actor_update_norm=stats["update_norm"])
-        self._q_pending = None  # the actor's critic forward is not Q(s, a_replay)
 
     def _representation(self) -> dict[str, float]:
         t0 = time.perf_counter()
@@ -171,21 +142,8 @@ class RLTelemetry(BaseCallback):
         self.probe_seconds += time.perf_counter() - t0
         return out
 
-    def _harvest_train_stats(self) -> None:
-        values = self.model.logger.name_to_value
-        n_updates = values.get("train/n_updates")
-        if n_updates is None or n_updates == self._harvested or not len(self.recorder):
-            return
-        self._harvested = n_updates
-        stats = {col: float(values[key]) for key, col in TRAIN_STATS[self.spec.algo].items() if key in values}
-        if "train/entropy_loss" in values:
-            stats["entropy"] = -float(values["train/entropy_loss"])
-        self.recorder.update_last(**stats)
-
     def close(self) -> None:
-        for probe in self.probes:
-            probe.remove()
-        self.probes = []
+        self.remove()
         if self.features is not None:
             self.features.remove()
             self.features = None
@@ -200,10 +158,9 @@ class RLTelemetry(BaseCallback):
 # ----------------------------------------------------------------- per-algorithm facts
 def _optimizers(model: Any, algo: str) -> list[tuple[torch.optim.Optimizer, str]]:
     """(optimizer, role) in the order SB3 steps them within one gradient step."""
-    if algo == "ppo":
-        return [(model.policy.optimizer, "main")]
-    lead = [(model.ent_coef_optimizer, "lead")] if getattr(model, "ent_coef_optimizer", None) is not None else []
-    return [*lead, (model.critic.optimizer, "main"), (model.actor.optimizer, "actor")]
+    from generate.adapters.sb3 import sb3_optimizers
+
+    return sb3_optimizers(model)
 
 
 def _target_layer(algo: str) -> str:
@@ -253,33 +210,30 @@ def run(spec: RunSpec, extra_callbacks: Sequence[BaseCallback] = ()) -> Generato
 
     env = make_train_env(spec.env, spec.seed, cfg.n_envs, cfg.normalize, cfg.gamma, perturbation, clock)
     model = _build_model(spec, cfg, env)
-    partition = {"domain": spec.domain, "algo": spec.algo, "env": spec.env, "perturbation": spec.perturbation}
-    recorder = StepRecorder(spec.run_id, partition)
-    events = EventLog(spec.run_id)
+    recorder = Recorder(None, domain=spec.domain, algo=spec.algo, env=spec.env, seed=spec.seed, run_id=spec.run_id)
     probe_obs = probe_observations(spec.env, cfg.probe_batch, seed=spec.seed + 20_000)
-    callback = RLTelemetry(spec, cfg, perturbation, clock, recorder, events, probe_obs, planned)
-    events.context = callback.context
+    callback = RLTelemetry(spec, cfg, perturbation, clock, recorder, probe_obs, planned)
 
     stop_reason = "completed"
     try:
         model.learn(total_timesteps=spec.total_steps, callback=CallbackList([callback, *extra_callbacks]))
     except NonFiniteTraining as exc:
         stop_reason = "nonfinite"
-        events.add(exc.step, "nonfinite", detail=exc.what)
+        recorder.event(exc.step, "nonfinite", detail=exc.what)
     except ValueError as exc:
         # A policy whose outputs overflowed fails inside torch.distributions during the
         # rollout ("... found invalid values"). That is a collapse, not a crash.
         if "invalid values" not in str(exc) and params_finite(model.policy.parameters()):
             raise
         stop_reason = "nonfinite"
-        events.add(max(len(recorder) - 1, 0), "nonfinite", detail="policy output")
+        recorder.event(max(len(recorder) - 1, 0), "nonfinite", detail="policy output")
     finally:
         callback.close()
         env.close()
 
     return GeneratorResult(
-        steps=recorder.to_table(),
-        events=events.to_table(),
+        steps=recorder.steps_table(),
+        events=recorder.events_table(),
         planned_updates=planned,
         onset_step=onset_step,
         stop_reason=stop_reason,

@@ -1,0 +1,373 @@
+"""The public optimizer probe: one telemetry row per optimizer update, from any torch training loop.
+
+:class:`Probe` attaches to a ``torch.optim.Optimizer`` through its public step hooks and to
+the parameters through post-accumulate-grad hooks; the training code is not changed. Per
+optimizer update it records ``lr``, ``grad_norm`` (before clipping), ``grad_coherence``,
+``update_norm``, ``param_norm`` and ``perturbation_active``.
+
+What it guarantees (each is tested in ``tests/test_probe.py``):
+
+* **Learning rates are the user's.** A perturbation *multiplies* the LR each param group already
+  has for the duration of one ``step()`` and restores it afterwards, so per-group LRs and any
+  ``torch.optim.lr_scheduler`` stay correct and a spike never compounds with a chained scheduler.
+* **``grad_norm`` is always before clipping.** Gradients are read when autograd finishes
+  accumulating them (the first backward learns which parameter's gradient arrives last; only
+  that parameter keeps a hook). A parameter without a gradient is skipped and counted
+  (:attr:`Probe.missing_grads`, and a ``grad_missing`` event when the count changes).
+* **Parameters are not re-seated.** If the parameters already form one contiguous block, they
+  are read through one flat view; otherwise with ``torch._foreach`` ops. The probe's own
+  buffers (a copy of the parameters for ``update_norm``, the coherence ring buffer) live on the
+  parameters' device and dtype.
+* **One host read per row.** The statistics stay on the device until one batched ``.tolist()``
+  after the step (on CPU the gradient norm is also read before the step, which costs nothing
+  there, so that a non-finite gradient is never applied).
+* **Bounded coherence memory.** Up to ``exact_max_params`` parameters the ring buffer holds the
+  gradients exactly (K x P); above, a :class:`~generate.coherence.SignSketch` to ``sketch_dim``
+  (<= 4096) dimensions (K x d).
+* **Invisible to training.** The probe draws no random numbers from the global streams (the
+  sketch's signs come from their own generator) and writes nothing the optimizer reads, so a
+  run with the probe gives bit-identical parameters to the same run without it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from generate.coherence import RollingCoherence, SignSketch
+from generate.errors import NonFiniteTraining
+from generate.perturbations import NoPerturbation, Perturbation, TrainingClock, UpdateContext
+from generate.telemetry import apply_perturbation
+
+#: ``on_row(step, stats)``: ``stats`` holds lr, grad_norm, grad_coherence, update_norm, param_norm,
+#: perturbation_active.
+RowCallback = Callable[[int, dict[str, Any]], None]
+_TINY = 1e-30
+
+
+class Probe:
+    """Per-update telemetry of one optimizer (module docstring).
+
+    Parameters
+    ----------
+    optimizer:
+        Any ``torch.optim.Optimizer``; its param groups define the parameters.
+    recorder:
+        A :class:`~generate.recorder.Recorder` that receives one row per update (``step``,
+        ``samples_seen``, ``wall_time_s`` are filled in by the recorder), or None with ``on_row``.
+    perturbation:
+        Optional controlled perturbation (``stabilitybench.perturbation(...)``); default none.
+        Its ``lr_factor`` multiplies every group's LR during the update; with ``update_context``
+        its ``before_update`` may change parameters or optimizer state just before the step.
+    on_row:
+        ``on_row(step, stats)`` instead of (or as well as) the recorder; adapters use it.
+    coherence_window:
+        K, the number of recent applied gradients whose mean pairwise cosine is ``grad_coherence``.
+    sketch_dim, exact_max_params:
+        Above ``exact_max_params`` parameters, coherence is computed in a ``sketch_dim``-dim sketch.
+    main, leads, clock:
+        Several optimizers of one algorithm (SAC/TD3's critic, actor and entropy coefficient)
+        share a :class:`TrainingClock`; the *main* probe advances it and defines ``step``, a
+        follower's update belongs to the main update just made, unless ``leads`` (it steps first).
+    manual_grads, coherence:
+        For loops that hand the gradient over themselves (:meth:`set_gradient`; no gradient hooks)
+        and bring their own coherence estimator (the GPT-2 loop's microbatch coherence).
+    skip_stepped_grads:
+        Ignore gradient accumulations into a gradient this optimizer already applied (SAC/TD3: the
+        actor's loss backpropagates through the critic, which would otherwise cost a wasted capture).
+    nonfinite:
+        ``"raise"``: after recording the row, raise :class:`~generate.errors.NonFiniteTraining` on a
+        non-finite gradient (before the step on CPU) or parameter. ``"record"``: only record.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        recorder: Any = None,
+        *,
+        perturbation: Perturbation | None = None,
+        on_row: RowCallback | None = None,
+        coherence_window: int = 8,
+        sketch_dim: int = 4096,
+        exact_max_params: int = 1 << 21,
+        main: bool = True,
+        leads: bool = False,
+        clock: TrainingClock | None = None,
+        update_context: UpdateContext | None = None,
+        skip_stepped_grads: bool = False,
+        nonfinite: str = "raise",
+        record: bool = True,
+        manual_grads: bool = False,
+        coherence: Any = None,
+    ) -> None:
+        if nonfinite not in ("raise", "record"):
+            raise ValueError(f"nonfinite must be 'raise' or 'record', got {nonfinite!r}")
+        self.optimizer = optimizer
+        self.params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+        if not self.params:
+            raise ValueError("the optimizer has no parameters that require gradients")
+        self.recorder = recorder
+        self.perturbation = perturbation or NoPerturbation(1.0, 0, 0)
+        if recorder is not None and perturbation is not None:
+            recorder.set_perturbation(perturbation)
+        self.on_row = on_row
+        self.clock = clock if clock is not None else TrainingClock()
+        self.main, self.leads = main, leads
+        self.update_context = update_context
+        self.skip_stepped_grads = skip_stepped_grads
+        self.raise_nonfinite = nonfinite == "raise"
+        self.record = record and (recorder is not None or on_row is not None)
+        self.device = self.params[0].device
+        #: Read the gradient norm on the host before the step (on CPU: free, there is no device to wait
+        #: for; it lets a non-finite gradient stop the run before it is applied). Elsewhere the one
+        #: batched read after the step is the only one.
+        self.read_norm_early = self.device.type == "cpu"
+        self.numel = sum(p.numel() for p in self.params)
+        self.sketch = (SignSketch(self.numel, sketch_dim, seed=0, device=self.device)
+                       if self.numel > exact_max_params else None)
+        self._own_coherence = coherence is None
+        self.coherence = coherence if coherence is not None else RollingCoherence(coherence_window)
+        self.manual_grads = manual_grads
+        self._stash: dict[str, torch.Tensor] = {}
+        #: Parameters without a gradient at the latest update (skipped in every gradient statistic).
+        self.missing_grads = 0
+        self._index = {id(p): i for i, p in enumerate(self.params)}
+        self._flat = contiguous_view(self.params)
+        self._before: Any = None
+        self._saved_lrs: list[Any] | None = None
+        self._was_active = False
+        self._pending: dict[str, Any] = {}
+        self._grad: torch.Tensor | None = None
+        self._norm: torch.Tensor | None = None
+        self._stepped: torch.Tensor | None = None
+        self._seen: list[int] = []
+        self._snap: dict[int, torch.Tensor] = {}
+        self._last: torch.nn.Parameter | None = None
+        self._handles = [optimizer.register_step_pre_hook(self._pre_step),
+                         optimizer.register_step_post_hook(self._post_step)]
+        self._grad_handles: list[Any] = []
+        if self.record and not manual_grads:
+            self._learn_hooks()
+
+    # -- public ---------------------------------------------------------------------------
+    @property
+    def step(self) -> int:
+        """The index of the update this probe's optimizer makes next (or made last, for a follower)."""
+        return self._current_step()
+
+    def remove(self) -> None:
+        """Detach every hook; the optimizer and parameters are left as they were."""
+        for handle in self._handles + self._grad_handles:
+            handle.remove()
+        self._handles, self._grad_handles = [], []
+
+    def set_gradient(self, grad: torch.Tensor, norm: torch.Tensor | float) -> None:
+        """Hand over this update's flat gradient (shape ``(P,)``) and its pre-clipping norm directly.
+
+        For loops that already hold a flat gradient (the GPT-2 generator, ``manual_grads=True``).
+        """
+        self._grad = grad
+        self._norm = torch.as_tensor(norm, device=self.device)
+
+    def stash(self, **tensors: torch.Tensor) -> None:
+        """Device scalars (e.g. the loss) to read in this update's one batched ``.tolist()``, as columns."""
+        self._stash.update(tensors)
+
+    # -- gradient capture -------------------------------------------------------------------
+    def _learn_hooks(self) -> None:
+        for handle in self._grad_handles:
+            handle.remove()
+        self._seen, self._snap, self._last = [], {}, None
+        self._grad_handles = [p.register_post_accumulate_grad_hook(self._learn) for p in self.params]
+
+    def _learn(self, param: torch.Tensor) -> None:
+        i = self._index[id(param)]
+        self._seen.append(i)
+        self._snap[i] = param.grad.detach().clone()  # first update only: every gradient as accumulated
+
+    def _capture(self, param: torch.Tensor) -> None:
+        if self.skip_stepped_grads and param.grad is self._stepped:
+            return  # accumulating into the gradient this optimizer already applied: not a new gradient
+        self._grad = self._flat_grad()
+        self._norm = torch.linalg.vector_norm(self._grad)
+
+    def _flat_grad(self) -> torch.Tensor:
+        grads = [p.grad for p in self.params]
+        missing = sum(g is None for g in grads)
+        if missing:
+            grads = [g for g in grads if g is not None]
+        self._set_missing(missing)
+        # always a copy: clipping rescales .grad in place after this hook and before the step
+        return torch.cat([g.reshape(-1) for g in grads]) if grads else torch.zeros(0, device=self.device)
+
+    def _finish_learning(self) -> torch.Tensor | None:
+        """At the first step after a backward: the pre-clip gradient from the snapshots; keep one hook."""
+        if not self._seen:
+            return None
+        grads = [self._snap[i].reshape(-1) for i in sorted(self._snap)]
+        self._set_missing(len(self.params) - len(self._snap))
+        self._last = self.params[self._seen[-1]]
+        for handle in self._grad_handles:
+            handle.remove()
+        self._grad_handles = [self._last.register_post_accumulate_grad_hook(self._capture)]
+        self._seen, self._snap = [], {}
+        return torch.cat(grads)
+
+    def _set_missing(self, count: int) -> None:
+        if count != self.missing_grads and self.recorder is not None:
+            self.recorder.event(self._current_step(), "grad_missing", detail="parameters without a gradient",
+                                value=float(count))
+        self.missing_grads = count
+
+    # -- optimizer hooks ----------------------------------------------------------------------
+    def _current_step(self) -> int:
+        if self.main or self.leads:
+            return self.clock.step
+        return max(self.clock.step - 1, 0)
+
+    def _pre_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        step = self._current_step()
+        active = self.perturbation.active(step)
+        factor = self.perturbation.lr_factor(step)
+        self._saved_lrs = None
+        if factor != 1.0:  # multiply the LR each group has now; restored after the step
+            self._saved_lrs = [group["lr"] for group in optimizer.param_groups]
+            for group in optimizer.param_groups:
+                group["lr"] = group["lr"] * factor
+        if self.main:
+            self._perturbation_edges(step, active)
+        if not self.record:
+            return
+        lr = optimizer.param_groups[0]["lr"]
+        grad, norm = self._grad, self._norm
+        self._grad = self._norm = None
+        if grad is None and self._grad_handles and self._last is None:
+            grad = self._finish_learning()
+            norm = None if grad is None else torch.linalg.vector_norm(grad)
+        if grad is None:  # no capture since the last step (the last parameter got no gradient): relearn
+            grad = self._flat_grad()
+            norm = torch.linalg.vector_norm(grad)
+            if not self.manual_grads:
+                self._learn_hooks()
+        self._pending = {"lr": float(lr), "perturbation_active": active, "_norm": norm}
+        host_norm = norm.item() if self.read_norm_early else None
+        if host_norm is not None and self.raise_nonfinite and not _finite(host_norm):
+            self._pending.update(grad_norm=host_norm, grad_coherence=None, update_norm=None, param_norm=None)
+            stash, self._stash = self._stash, {}
+            self._pending.update({k: float(v) for k, v in stash.items()})
+            self._emit(step)
+            raise NonFiniteTraining(step, "gradient")
+        if self._own_coherence:
+            vec = grad if self.sketch is None else self.sketch(grad)
+            if self.sketch is not None:
+                self.coherence.push(vec, torch.linalg.vector_norm(vec))
+            else:
+                self.coherence.push(vec, norm if host_norm is None else max(host_norm, _TINY))
+        self._snapshot_params()
+
+    def _post_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if self._saved_lrs is not None:
+            for group, lr in zip(optimizer.param_groups, self._saved_lrs, strict=True):
+                group["lr"] = lr
+            self._saved_lrs = None
+        if not self.record:
+            if self.main:
+                self.clock.step += 1
+            return
+        if self.skip_stepped_grads and self._last is not None:
+            self._stepped = self._last.grad
+        norm = self._pending.pop("_norm")
+        pieces = self._param_norm_pieces()
+        sum_sq = self.coherence.sum_sq()
+        sum_sq = torch.zeros((), device=self.device) if sum_sq is None else sum_sq
+        stash, self._stash = self._stash, {}
+        head = torch.stack([t.float() for t in (norm, sum_sq, *stash.values())])
+        values = torch.cat((head, pieces.float())).tolist()  # the one host read of this update
+        grad_norm, sum_sq = values[0], values[1]
+        self._pending.update(zip(stash, values[2 : 2 + len(stash)], strict=True))
+        pieces_host = values[2 + len(stash) :]
+        half = len(pieces_host) // 2
+        update_norm, param_norm = math.hypot(*pieces_host[:half]), math.hypot(*pieces_host[half:])
+        grad_ok = _finite(grad_norm)
+        if not grad_ok:
+            self.coherence.drop_last()
+        self._pending.update(
+            grad_norm=grad_norm,
+            grad_coherence=self.coherence.value_from(sum_sq) if grad_ok else None,
+            update_norm=update_norm if grad_ok else None,
+            param_norm=param_norm if grad_ok else None,
+        )
+        step = self._current_step()
+        self._emit(step)
+        if self.raise_nonfinite and not grad_ok:
+            raise NonFiniteTraining(step, "gradient")
+        if self.raise_nonfinite and not (_finite(param_norm) and _finite(update_norm)):
+            raise NonFiniteTraining(step, "parameters")
+
+    def _perturbation_edges(self, step: int, active: bool) -> None:
+        if active != self._was_active and self.recorder is not None:
+            kind = "perturbation_on" if active else "perturbation_off"
+            self.recorder.event(step, kind, detail=self.perturbation.kind, value=self.perturbation.magnitude)
+        self._was_active = active
+        if self.update_context is not None:
+            apply_perturbation(self.perturbation, step, self.update_context, self.recorder)
+
+    def _snapshot_params(self) -> None:
+        if self._flat is not None:
+            if self._before is None:
+                self._before = torch.empty_like(self._flat)
+            self._before.copy_(self._flat)
+            return
+        if self._before is None:
+            self._before = [torch.empty_like(p, memory_format=torch.contiguous_format) for p in self.params]
+        with torch.no_grad():
+            torch._foreach_copy_(self._before, self.params)
+
+    def _param_norm_pieces(self) -> torch.Tensor:
+        """Norms whose first half combine (root of the sum of squares) to ||after - before|| and second
+        half to ||after||, shape ``(2m,)`` on the device; one foreach call, no host read. Consumes the snapshot."""
+        with torch.no_grad():
+            if self._flat is not None:
+                return torch.stack((torch.linalg.vector_norm(self._before.sub_(self._flat)),
+                                    torch.linalg.vector_norm(self._flat)))
+            torch._foreach_sub_(self._before, self.params)
+            return torch.stack(torch._foreach_norm(self._before + self.params))
+
+    def _emit(self, step: int) -> None:
+        stats = self._pending
+        self._pending = {}
+        if self.on_row is not None:
+            self.on_row(step, stats)
+        elif self.recorder is not None and self.main:
+            self.recorder.append(step=step, **stats)
+        if self.main:
+            self.clock.step += 1
+
+
+def contiguous_view(tensors: list[torch.Tensor]) -> torch.Tensor | None:
+    """One flat view over ``tensors`` if they are laid out back to back in one storage, else None.
+
+    Lets the probe read a whole parameter (or gradient) vector without a copy when the user's
+    layout already allows it; it never changes that layout.
+    """
+    if not tensors:
+        return None
+    first = tensors[0]
+    storage = first.untyped_storage()
+    offset = first.storage_offset()
+    expected = offset
+    for t in tensors:
+        if (t.untyped_storage().data_ptr() != storage.data_ptr() or t.dtype != first.dtype
+                or t.storage_offset() != expected or not t.is_contiguous()):
+            return None
+        expected += t.numel()
+    flat = torch.empty(0, dtype=first.dtype, device=first.device)
+    flat.set_(storage, offset, (expected - offset,))
+    return flat
+
+
+def _finite(x: float) -> bool:
+    return x == x and x not in (float("inf"), float("-inf"))

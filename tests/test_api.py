@@ -1,0 +1,151 @@
+"""The public API end to end: README examples, corpus written by the Recorder, interrupts, adapters."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from data_schema import STEPS_SCHEMA, read_manifest, read_table
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_examples() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Instrument your own training", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+
+
+@pytest.fixture(scope="module")
+def readme_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cwd = tmp_path_factory.mktemp("readme")
+    examples = readme_examples()
+    assert len(examples) == 3
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        for code in examples:
+            exec(compile(code, "README.md", "exec"), {"__name__": "__readme__"})
+    finally:
+        os.chdir(old)
+    return cwd / "corpus"
+
+
+def test_readme_examples_write_a_corpus_that_plain_duckdb_reads(readme_corpus: Path) -> None:
+    manifest = read_manifest(readme_corpus).to_pylist()
+    by_algo = {r["algo"]: r for r in manifest}
+    assert set(by_algo) == {"mlp", "ppo", "gpt2"}
+    assert {r["status"] for r in manifest} == {"ok"} and {r["stop_reason"] for r in manifest} == {"completed"}
+    assert by_algo["mlp"]["n_updates"] == 200 and by_algo["mlp"]["perturbation"] == "lr_spike"
+    assert by_algo["ppo"]["n_updates"] == 4 * 10 * 4  # 4 rollouts x 10 epochs x 4 minibatches
+    assert by_algo["gpt2"]["n_updates"] == 12
+    glob = str(readme_corpus / "steps/**/*.parquet")
+    rows = duckdb.sql(f"select algo, count(*), count(grad_norm), count(grad_coherence), max(step) "
+                      f"from read_parquet('{glob}', hive_partitioning=true) group by algo order by algo").fetchall()
+    assert rows == [("gpt2", 12, 12, 12 - 7, 11), ("mlp", 200, 200, 200 - 7, 199), ("ppo", 160, 160, 160 - 7, 159)]
+    ppo = duckdb.sql(f"select count(episode_return), max(samples_seen) from read_parquet('{glob}') "
+                     f"where algo = 'ppo'").fetchall()[0]
+    assert ppo[0] > 100 and ppo[1] == 1024
+    gpt = duckdb.sql(f"select count(loss) from read_parquet('{glob}') where algo = 'gpt2'").fetchall()[0]
+    assert gpt[0] == 3  # logging_steps = 4 over 12 steps
+    # the spike: x10 on updates 100..109 on top of the cosine schedule, per group (group 0 recorded)
+    lrs = duckdb.sql(f"select step, lr from read_parquet('{glob}') where algo = 'mlp' order by step").fetchall()
+    import math
+    for step, lr in lrs:
+        cosine = 1e-3 * (1 + math.cos(math.pi * step / 200)) / 2
+        assert lr == pytest.approx(cosine * (10 if 100 <= step < 110 else 1), rel=1e-9)
+    events = duckdb.sql(f"select step, event from read_parquet('{readme_corpus}/events/*.parquet') "
+                        f"where event like 'perturbation%' order by step").fetchall()
+    assert events == [(100, "perturbation_on"), (110, "perturbation_off")]
+
+
+def test_api_runs_go_through_query_and_analyze(readme_corpus: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    query = subprocess.run([sys.executable, "-m", "stabilitybench", "query", "select count(*) from runs",
+                            "--corpus", str(readme_corpus)], capture_output=True, text=True, env=env)
+    assert query.returncode == 0, query.stderr
+    assert "3" in query.stdout
+    out = tmp_path / "results"
+    analyze = subprocess.run([sys.executable, "-m", "stabilitybench", "analyze", "--corpus", str(readme_corpus),
+                              "--out", str(out)], capture_output=True, text=True, env=env)
+    assert analyze.returncode == 0, analyze.stdout + analyze.stderr
+    runs = pq.read_table(out / "runs.parquet") if (out / "runs.parquet").exists() else None
+    runs = runs if runs is not None else pq.read_table(readme_corpus / "runs.parquet")
+    assert runs.num_rows == 3
+
+
+def test_keyboard_interrupt_leaves_a_valid_shorter_steps_file(tmp_path: Path) -> None:
+    from stabilitybench import Probe, Recorder
+
+    net = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    with pytest.raises(KeyboardInterrupt):
+        with Recorder(tmp_path / "c", "interrupted", algo="lin", env="toy") as rec:
+            Probe(opt, rec)
+            for step in range(100):
+                opt.zero_grad()
+                net(torch.randn(4, 3)).pow(2).mean().backward()
+                opt.step()
+                if step == 36:
+                    raise KeyboardInterrupt
+    row = read_manifest(tmp_path / "c").to_pylist()[0]
+    assert row["stop_reason"] == "interrupted" and row["n_updates"] == 37 and row["status"] == "ok"
+    steps = list((tmp_path / "c" / "steps").rglob("*.parquet"))
+    assert len(steps) == 1
+    table = read_table(steps[0], "steps")  # schema-valid
+    assert table.schema.remove_metadata().equals(STEPS_SCHEMA.remove_metadata())
+    assert table.column("step").to_pylist() == list(range(37))
+    meta = json.loads(pq.read_schema(steps[0]).metadata[b"stabilitybench.run"])
+    assert meta["run_id"] == row["run_id"]
+
+
+def test_recorder_rejects_an_unknown_domain_and_column(tmp_path: Path) -> None:
+    from stabilitybench import Recorder
+
+    with pytest.raises(ValueError, match="domain"):
+        Recorder(tmp_path, "x", domain="vision")
+    rec = Recorder(tmp_path, "x")
+    rec.append(no_such_column=1.0)
+    with pytest.raises(ValueError, match="no_such_column"):
+        rec.steps_table()
+
+
+def test_import_stabilitybench_does_not_import_torch() -> None:
+    code = ("import sys, stabilitybench; assert 'torch' not in sys.modules, 'torch imported'; "
+            "print(stabilitybench.__all__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    assert "Probe" in out.stdout and "StabilityTrainerCallback" in out.stdout
+
+
+@pytest.mark.parametrize("algo", ["a2c", "dqn", "sac", "td3"])
+def test_sb3_callback_records_any_algorithm(algo: str) -> None:
+    import stable_baselines3 as sb3
+
+    from stabilitybench import Recorder, StabilityCallback
+
+    env = "Pendulum-v1" if algo in ("sac", "td3") else "CartPole-v1"
+    kwargs = {"a2c": {"n_steps": 8}, "dqn": {"learning_starts": 100, "train_freq": 4},
+              "sac": {"learning_starts": 100}, "td3": {"learning_starts": 100, "policy_delay": 2}}[algo]
+    model = getattr(sb3, algo.upper())("MlpPolicy", env, seed=0, device="cpu", **kwargs)
+    rec = Recorder(None, algo=algo, env=env)
+    model.learn(300, callback=StabilityCallback(rec))
+    table = rec.steps_table().to_pylist()
+    assert len(table) > 10
+    assert all(r["grad_norm"] is not None and r["grad_norm"] >= 0 for r in table)
+    assert all(r["update_norm"] is not None for r in table)
+    if algo in ("sac", "td3"):
+        actor = [r["actor_grad_norm"] for r in table if r["actor_grad_norm"] is not None]
+        assert len(actor) == (len(table) if algo == "sac" else len(table) // 2)
+        assert any(r["value_loss"] is not None for r in table)
+    assert 0 < table[-1]["samples_seen"] <= model.num_timesteps
