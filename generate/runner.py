@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import errno
 import json
@@ -388,21 +389,45 @@ def _log_failure(corpus: Path, row: dict[str, Any]) -> None:
 
 @contextlib.contextmanager
 def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """While active, SIGINT and SIGTERM set ``stop`` (a second one raises KeyboardInterrupt)."""
+    """While active, SIGINT and SIGTERM set ``stop``; a second one raises KeyboardInterrupt in the main thread.
 
-    def handler(signum: int, frame: object) -> None:
+    The signals are *blocked* in the driver's threads and taken by a ``sigwait`` thread. A blocked
+    mask is inherited by every worker process the driver starts meanwhile, so a Ctrl-C sent to the
+    whole process group cannot interrupt a worker that is still starting up (before its initializer
+    ignores SIGINT and unblocks both signals: see :mod:`generate.backends.local_pool`).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    sigs = {signal.SIGINT, signal.SIGTERM}
+    closing = threading.Event()
+
+    def wait_for_signals() -> None:
+        while True:
+            signal.sigwait(sigs)
+            if closing.is_set():
+                return
+            if stop.is_set():
+                _thread.interrupt_main()
+            stop.set()
+
+    def handler(signum: int, frame: object) -> None:  # a thread started earlier (e.g. rich's) took the signal
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
 
-    old = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            old[sig] = signal.signal(sig, handler)
+    old_handlers = {sig: signal.signal(sig, handler) for sig in sigs}
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    waiter = threading.Thread(target=wait_for_signals, name="stop-on-signals", daemon=True)
+    waiter.start()
     try:
         yield
     finally:
-        for sig, previous in old.items():
+        closing.set()
+        signal.pthread_kill(waiter.ident, signal.SIGTERM)  # wakes the sigwait, which sees `closing`
+        waiter.join(timeout=5)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        for sig, previous in old_handlers.items():
             signal.signal(sig, previous)
 
 

@@ -42,6 +42,9 @@ def _worker_init(driver_pid: int) -> None:
     otherwise an orphaned run would go on training while a rerun trains it a second time.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # the driver starts workers with both signals blocked (see generate.runner._stop_on_signals): a pending
+    # Ctrl-C is now dropped, and a pending SIGTERM (the driver stopping it) takes effect
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
     def watchdog() -> None:
         while os.getppid() == driver_pid:
