@@ -27,7 +27,6 @@ from typing import Any
 import torch
 
 
-
 def attach_flat_grads_(params: list[torch.nn.Parameter]) -> torch.Tensor:
     """Give every parameter a ``.grad`` that is a view into one zeroed flat buffer; return the buffer.
 
