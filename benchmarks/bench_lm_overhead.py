@@ -3,7 +3,7 @@
 Both arms run :func:`generate.lm.train.train` on the same spec, seed and loaded tokens,
 with the same K-microbatch accumulation, clipping and AdamW, one thread, and no val
 evaluations (evaluation is measurement work that both arms would share). The telemetry
-arm adds the :class:`~generate.lm.telemetry.LMProbe` (flat parameter/gradient buffers,
+arm adds the public :class:`~generate.probe.Probe` (the loop's flat gradient buffer,
 microbatch coherence, grad/update/param norms, perturbation hooks), the logit probes
 (every ``logit_every`` updates) and the row buffers; the baseline is the plain loop
 (``telemetry=False``). Arms alternate so drift in machine load hits both alike; we report

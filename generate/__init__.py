@@ -1,5 +1,6 @@
 """Generators of the StabilityBench corpus.
 
-Profiles and their expansion (``matrix``), run specs, the runner, perturbations, telemetry probes,
-and the training loops: RL in :mod:`generate.rl`, GPT-2 in :mod:`generate.lm`.
+Profiles and their expansion (``matrix``), run specs, the runner, perturbations, the public probe
+API (:mod:`generate.probe`, :mod:`generate.recorder`, :mod:`generate.adapters`), and the training
+loops: RL in :mod:`generate.rl`, GPT-2 in :mod:`generate.lm`.
 """

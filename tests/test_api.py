@@ -129,10 +129,15 @@ def test_import_stabilitybench_does_not_import_torch() -> None:
 
 
 @pytest.mark.parametrize("algo", ["a2c", "dqn", "sac", "td3"])
-def test_sb3_callback_records_any_algorithm(algo: str) -> None:
+def test_sb3_callback_records_any_algorithm(algo: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import stable_baselines3 as sb3
 
+    from generate.probe import Probe
     from stabilitybench import Recorder, StabilityCallback
+
+    captures: list[int] = []
+    original = Probe._flat_grad
+    monkeypatch.setattr(Probe, "_flat_grad", lambda self: (captures.append(1), original(self))[1])
 
     env = "Pendulum-v1" if algo in ("sac", "td3") else "CartPole-v1"
     kwargs = {"a2c": {"n_steps": 8}, "dqn": {"learning_starts": 100, "train_freq": 4},
@@ -148,4 +153,7 @@ def test_sb3_callback_records_any_algorithm(algo: str) -> None:
         actor = [r["actor_grad_norm"] for r in table if r["actor_grad_norm"] is not None]
         assert len(actor) == (len(table) if algo == "sac" else len(table) // 2)
         assert any(r["value_loss"] is not None for r in table)
+        # one gradient capture per critic and per actor update: none wasted on the actor's backward
+        # through the critic (the first update of each reads its snapshots instead of a capture)
+        assert len(captures) == len(table) - 1 + len(actor) - 1
     assert 0 < table[-1]["samples_seen"] <= model.num_timesteps

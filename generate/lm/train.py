@@ -1,16 +1,18 @@
 """GPT-2 language modelling with full telemetry: a plain nanoGPT-style torch loop.
 
 Read top to bottom: resolve the frozen config, load the corpus and its cached BPE, build
-``GPT2LMHeadModel(GPT2Config(...))`` and AdamW, attach :class:`~generate.lm.telemetry.LMProbe`
-to the optimizer, then for each optimizer update:
+``GPT2LMHeadModel(GPT2Config(...))`` and AdamW, attach the public :class:`~generate.probe.Probe`
+to the optimizer (handing it the loop's flat gradient buffer and a microbatch coherence), then for
+each optimizer update:
 
 1. draw ``batch_size`` random windows of the training tokens (seeded data order), let the
    perturbation transform the batch (token corruption, label noise);
 2. K = ``grad_accum`` microbatches: forward (bf16 autocast + SDPA on CUDA, float32 on CPU),
    cross-entropy / K, backward; fold each microbatch gradient into the coherence;
-3. clip the global gradient norm, ``optimizer.step()`` (the probe's hooks set the LR =
-   warmup-cosine schedule x the perturbation's factor, let parametric kinds act, and
-   record the row), zero the flat gradient;
+3. clip the global gradient norm; the loop sets every group's LR to the warmup-cosine
+   schedule in plain sight (nanoGPT); ``optimizer.step()`` (the probe's hooks multiply the LR
+   by the perturbation's factor for that step only, let parametric kinds act, and record
+   the row); zero the flat gradient;
 4. every ``eval_every`` updates (and at the last) ``val_loss`` on the fixed val set.
 
 Columns (one ``steps`` row per optimizer update): ``train_loss`` = ``loss`` = mean

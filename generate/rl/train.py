@@ -1,8 +1,9 @@
 """PPO, SAC and TD3 on MuJoCo with full telemetry, via an SB3 callback and optimizer hooks.
 
 Read top to bottom: resolve the frozen config, build the envs and the SB3 model,
-attach :class:`RLTelemetry` (an ordinary ``BaseCallback``), call ``learn``, hand the
-buffered rows back. SB3's training loops are not copied or patched.
+attach :class:`RLTelemetry` (the public :class:`~generate.adapters.sb3.StabilityCallback`
+plus the generator's extras), call ``learn``, hand the buffered rows back. SB3's training
+loops are not copied or patched, and the run is bit-identical to plain SB3's.
 
 Timing of the numbers (one ``steps`` row per *main* optimizer update):
 
