@@ -329,7 +329,7 @@ def test_a_stop_signal_records_finished_runs_and_stops_the_workers(tmp_path: Pat
             proc.kill()
             proc.wait()
     assert proc.returncode == 130, err
-    assert "Traceback" not in err
+    assert "Traceback" not in err, err
     done = manifest_rows(corpus)
     line = [ln for ln in err.splitlines() if ln.startswith("interrupted:")]
     assert line == [f"interrupted: {len(done)} done, {len(specs) - len(done)} left; rerun to resume"]

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import multiprocessing as mp
 import os
+import shlex
 import signal
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import spawn
 from pathlib import Path
 from typing import Any
 
@@ -95,11 +99,17 @@ class LocalPool:
     def execute(self, specs: list[RunSpec], corpus: Path, record: Callable[[dict[str, Any]], None],
                 stop: threading.Event | None = None) -> None:
         """Run ``specs``; when ``stop`` is set, start nothing more, record what finished, stop the workers."""
-        from generate.runner import died_row
 
         stop = stop or threading.Event()
         pending = list(specs)
         ctx = mp.get_context("spawn")
+        with _workers_born_ignoring_sigint(ctx):
+            self._execute(ctx, pending, corpus, record, stop)
+
+    def _execute(self, ctx: Any, pending: list[RunSpec], corpus: Path, record: Callable[[dict[str, Any]], None],
+                 stop: threading.Event) -> None:
+        from generate.runner import died_row
+
         while pending and not stop.is_set():
             pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, max_tasks_per_child=1,
                                        initializer=_worker_init, initargs=(os.getpid(),))
@@ -122,6 +132,31 @@ class LocalPool:
                 if in_flight:  # stopped, or an error while recording: the runs still training are abandoned
                     _stop_workers(pool)
                 pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def _workers_born_ignoring_sigint(ctx: Any) -> Iterator[None]:
+    """Spawned workers start with SIGINT ignored, from their first instruction.
+
+    The terminal sends Ctrl-C to the whole process group, and a worker that is still starting up
+    (importing torch, pyarrow, ...) would die of it with a traceback before its initializer can
+    ignore it. A blocked signal mask is no help: the spawned interpreter starts with an empty mask.
+    An *ignored* disposition survives ``exec`` and Python keeps SIGINT ignored when it starts that way,
+    so the pool spawns its workers through a two-line ``/bin/sh`` wrapper that ignores SIGINT and
+    ``exec``s this interpreter. The driver itself still gets Ctrl-C (see ``generate.runner``).
+    """
+    fd, wrapper = tempfile.mkstemp(prefix="stabilitybench-worker-", suffix=".sh")
+    with os.fdopen(fd, "w") as f:
+        f.write(f"#!/bin/sh\ntrap '' INT\nexec {shlex.quote(sys.executable)} \"$@\"\n")
+    os.chmod(wrapper, 0o700)
+    previous = spawn.get_executable()
+    ctx.set_executable(wrapper)
+    try:
+        yield
+    finally:
+        ctx.set_executable(previous)
+        with contextlib.suppress(OSError):
+            os.unlink(wrapper)
 
 
 def _collect(in_flight: dict[Future[dict[str, Any]], RunSpec], futures: Iterable[Future[dict[str, Any]]],
