@@ -52,25 +52,10 @@ def spec_for(algo: str, env_id: str, steps: int, seed: int, hparams: dict):
                    hparams={**hparams, "eval_episodes": 0})
 
 
-def plain(algo: str, env_id: str, steps: int, seed: int, hparams: dict) -> tuple[float, float, int, float]:
-    from generate.perturbations import TrainingClock, build
-    from generate.rl.config import resolve
-    from generate.rl.envs import make_train_env
-    from generate.rl.train import _build_model
-
-    spec = spec_for(algo, env_id, steps, seed, hparams)
-    t0, c0 = time.perf_counter(), time.process_time()
-    cfg = resolve(algo, env_id, "default", dict(spec.hparams))
-    env = make_train_env(env_id, seed, cfg.n_envs, cfg.normalize, cfg.gamma, build("none", 1.0, 0, 1),
-                         TrainingClock())
-    model = _build_model(spec, cfg, env)
-    model.learn(total_timesteps=steps)
-    env.close()
-    return time.perf_counter() - t0, time.process_time() - c0, model.num_timesteps, 0.0
-
-
-def api(algo: str, env_id: str, steps: int, seed: int, hparams: dict) -> tuple[float, float, int, float]:
-    """Plain SB3 plus the public ``StabilityCallback`` (a Recorder without a corpus): what a user pays."""
+def _sb3_arm(algo: str, env_id: str, steps: int, seed: int, hparams: dict,
+             with_callback: bool) -> tuple[float, float, int, float]:
+    """Plain SB3 from the generator's resolved config; ``with_callback`` adds the public ``StabilityCallback``
+    (a Recorder without a corpus). The clock includes building the env and the model, as the generator's does."""
     from generate.adapters.sb3 import StabilityCallback
     from generate.perturbations import TrainingClock, build
     from generate.recorder import Recorder
@@ -84,11 +69,21 @@ def api(algo: str, env_id: str, steps: int, seed: int, hparams: dict) -> tuple[f
     env = make_train_env(env_id, seed, cfg.n_envs, cfg.normalize, cfg.gamma, build("none", 1.0, 0, 1),
                          TrainingClock())
     model = _build_model(spec, cfg, env)
-    rec = Recorder(None, algo=algo, env=env_id, seed=seed)
-    model.learn(total_timesteps=steps, callback=StabilityCallback(rec))
-    rec.steps_table()
+    rec = Recorder(None, algo=algo, env=env_id, seed=seed) if with_callback else None
+    model.learn(total_timesteps=steps, callback=StabilityCallback(rec) if rec is not None else None)
+    if rec is not None:
+        rec.steps_table()
     env.close()
     return time.perf_counter() - t0, time.process_time() - c0, model.num_timesteps, 0.0
+
+
+def plain(algo: str, env_id: str, steps: int, seed: int, hparams: dict) -> tuple[float, float, int, float]:
+    return _sb3_arm(algo, env_id, steps, seed, hparams, with_callback=False)
+
+
+def api(algo: str, env_id: str, steps: int, seed: int, hparams: dict) -> tuple[float, float, int, float]:
+    """Plain SB3 plus the public ``StabilityCallback`` (a Recorder without a corpus): what a user pays."""
+    return _sb3_arm(algo, env_id, steps, seed, hparams, with_callback=True)
 
 
 def telemetry(algo: str, env_id: str, steps: int, seed: int, hparams: dict) -> tuple[float, float, int, float]:
