@@ -18,6 +18,10 @@ A profile is data, never code::
 A block value may be a scalar or a list; every list is an axis and the block expands
 to the Cartesian product. The blocks are concatenated and duplicate specs dropped.
 Any unknown key or bad value raises :class:`ProfileError` naming the file and key.
+
+A block may name a calibrated dose instead of a magnitude (``dose = "ED50"`` or a list of
+ED20 | ED50 | ED80) when the profile includes a dose table (``doses = "doses/x.toml"``, relative
+to the profile; :mod:`generate.doses`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Collection
-from dataclasses import fields
+from dataclasses import fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -33,6 +37,7 @@ from typing import Any
 import tomllib
 
 from data_schema.schema import DOMAINS
+from generate.doses import dose_magnitude, load_dose_table
 from generate.errors import ProfileError, UnknownEnvError
 from generate.perturbations import REGISTRY, perturbation_class
 from generate.registry import GENERATORS, generator_for
@@ -41,7 +46,7 @@ from generate.spec import RunSpec
 #: Axis name -> expected Python type of one value.
 AXES: dict[str, type] = {f.name: f.type for f in fields(RunSpec)}  # type: ignore[misc]
 _AXIS_TYPES = {"str": str, "int": int, "float": float}
-TOP_LEVEL_KEYS = {"description", "defaults", "matrix"}
+TOP_LEVEL_KEYS = {"description", "defaults", "matrix", "doses"}
 
 
 def available_profiles() -> list[str]:
@@ -74,10 +79,11 @@ def load_profile(name_or_path: str) -> list[RunSpec]:
         raise ProfileError(f"{path}: not UTF-8 text (byte {exc.start}); TOML files are UTF-8") from None
     except OSError as exc:
         raise ProfileError(f"{path}: cannot read the profile ({exc.strerror or exc})") from None
-    return expand(data, where=str(path))
+    return expand(data, where=str(path), base_dir=path.parent)
 
 
-def expand(data: dict[str, Any], where: str = "<profile>") -> list[RunSpec]:
+def expand(data: dict[str, Any], where: str = "<profile>", base_dir: Path | None = None) -> list[RunSpec]:
+    """Expand a parsed profile into its specs. ``base_dir`` resolves a relative ``doses`` path."""
     for key in data:
         if key not in TOP_LEVEL_KEYS:
             raise ProfileError(f"{where}: unknown top-level key {key!r} (expected one of {sorted(TOP_LEVEL_KEYS)})")
@@ -89,11 +95,25 @@ def expand(data: dict[str, Any], where: str = "<profile>") -> list[RunSpec]:
     if not isinstance(blocks, list) or not blocks:
         raise ProfileError(f"{where}: needs at least one [[matrix]] block")
 
+    dose_table = None
+    if "doses" in data:
+        if not isinstance(data["doses"], str):
+            raise ProfileError(f"{where}: doses: must be the path of a dose table")
+        dose_table = load_dose_table(Path(base_dir or ".", data["doses"]))
+
     specs: dict[str, RunSpec] = {}
     for i, block in enumerate(blocks):
         label = f"{where}: matrix[{i}]"
         if not isinstance(block, dict):
             raise ProfileError(f"{label}: must be a table")
+        block = dict(block)
+        tags = block.pop("dose", None)
+        if tags is not None:
+            if dose_table is None:
+                raise ProfileError(f"{label}.dose: needs a top-level `doses = \"<dose table>\"`")
+            if "magnitude" in block:
+                raise ProfileError(f"{label}: give magnitude or dose, not both")
+            tags = tags if isinstance(tags, list) else [tags]
         _check_keys(block, label)
         merged = {**defaults, **block}
         for source, table in (("defaults", defaults), (f"matrix[{i}]", block)):
@@ -102,7 +122,14 @@ def expand(data: dict[str, Any], where: str = "<profile>") -> list[RunSpec]:
         if "hparams" in defaults and "hparams" in block:
             merged["hparams"] = {**defaults["hparams"], **block["hparams"]}
         for spec in _expand_block(merged, label):
-            specs.setdefault(spec.run_id, spec)
+            for tag in tags or [None]:
+                if tag is not None:
+                    assert dose_table is not None
+                    spec = replace(spec, magnitude=dose_magnitude(dose_table, spec, tag, label))
+                    reason = perturbation_class(spec.perturbation).check_magnitude(spec.magnitude)
+                    if reason:
+                        raise ProfileError(f"{label}.dose: {tag} = {spec.magnitude!r} {reason}")
+                specs.setdefault(spec.run_id, spec)
     return list(specs.values())
 
 

@@ -126,6 +126,48 @@ def verify(
         raise typer.Exit(1)
 
 
+@app.command()
+def calibrate(
+    design: Annotated[Path, typer.Argument(help="Design file (TOML): [defaults], [design], [[target]] "
+                                           "(stabilitybench/calibrate.py; example: calibration/ppo_swimmer.toml)")],
+    corpus: Annotated[Path, typer.Option("--corpus", "-c", help="Corpus directory the runs go to (resumable)")]
+        = Path("corpus_calibration"),
+    doses: Annotated[Path | None, typer.Option("--doses", help="Dose table to write (TOML profiles include); "
+                                               "default: <design>.doses.toml beside the design")] = None,
+    budget: Annotated[int | None, typer.Option("--budget", min=0, help="Most runs this invocation may start "
+                                               "(unset: until every target is done)")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", "-w", min=1, show_default=False,
+                                                help="Parallel runs (unset: every core)")] = None,
+    fit_only: Annotated[bool, typer.Option("--fit-only", help="Run nothing: fit and write the table from the "
+                                           "corpus as it is")] = False,
+) -> None:
+    """Find each target kind's ED20/ED50/ED80 by an adaptive dose-response design; write the dose table,
+    a markdown table and a figure beside it."""
+    from data_schema.io import atomic_path
+    from generate.cli import require_generators
+    from reports.dose_finding import fig_dose_finding
+    from reports.style import save
+    from stabilitybench import calibrate as cal
+
+    require_generators()
+    plan = cal.load_design(design)
+    table_path = doses or design.with_name(design.stem + ".doses.toml")
+    if not fit_only:
+        cal.calibrate(plan, corpus, budget=budget, workers=workers, say=lambda m: print(m, flush=True))
+    states = cal.current_states(plan, corpus)
+    rows = cal.fit_states(states)
+    cal.write_dose_table(rows, table_path, plan, str(corpus))
+    md = cal.table_markdown(rows)
+    md_path = table_path.with_suffix(".md")
+    with atomic_path(md_path) as tmp:
+        tmp.write_text(f"Dose table {table_path.name} (written by `stabilitybench calibrate`; "
+                       f"code {cal.code_version()})\n\n{md}\n", encoding="utf-8")
+    fig = fig_dose_finding(*cal.figure_frames(states))
+    figs = save(fig, table_path.parent, table_path.stem.replace(".", "_"))
+    print(md)
+    print(f"wrote {table_path}, {md_path}, {figs[0]}")
+
+
 def main() -> None:
     exit_on_user_error(app)
 

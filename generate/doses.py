@@ -1,0 +1,83 @@
+"""Dose tables: calibrated magnitudes (ED20 / ED50 / ED80) that profiles include by name.
+
+``stabilitybench calibrate`` writes a dose table (TOML, one ``[[dose]]`` per dose-response
+curve). A profile includes one with a top-level ``doses = "doses/ppo_swimmer.toml"`` (relative
+to the profile file) and then names a dose instead of a magnitude::
+
+    doses = "doses/ppo_swimmer.toml"
+    [[matrix]]
+    perturbation = "lr_spike"
+    duration_steps = 320
+    dose = ["ED50", "ED80"]     # instead of magnitude = [...]
+
+A block's runs are matched to the table's curves on every spec field but the magnitude and the
+seed (:data:`CURVE_FIELDS`: kind, env, duration, onset, total steps, hyperparameters, ...), so a
+dose calibrated for one setting is never silently used for another. The magnitude used is the
+table's value rounded to 3 significant digits. A curve without that ED (e.g. "no ED50 below
+m_max") is a :class:`ProfileError` naming the curve's status.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from generate.errors import ProfileError
+from generate.spec import RunSpec
+
+#: Spec fields that identify a dose-response curve: everything but the magnitude and the seed.
+CURVE_FIELDS = ("domain", "algo", "env", "perturbation", "onset_frac", "duration_steps", "stochasticity",
+                "total_steps", "coherence_window", "perf_window", "hparams")
+#: Dose names a profile may use, and the dose table key each reads.
+DOSE_TAGS = {"ED20": "ed20", "ED50": "ed50", "ED80": "ed80"}
+
+
+def curve_key(spec: RunSpec | dict[str, Any]) -> str:
+    """JSON of a spec's :data:`CURVE_FIELDS`: two runs on the same dose-response curve share it."""
+    d = spec.to_dict() if isinstance(spec, RunSpec) else dict(spec)
+    return json.dumps({k: _canonical(d.get(k)) for k in CURVE_FIELDS}, sort_keys=True)
+
+
+def _canonical(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _canonical(x) for k, x in sorted(v.items())}
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        return float(v)
+    return v
+
+
+def load_dose_table(path: str | Path) -> dict[str, dict[str, Any]]:
+    """``{curve_key: [[dose]] entry}`` of a dose table; a bad file raises :class:`ProfileError`."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ProfileError(f"{path}: no such dose table (written by `stabilitybench calibrate`)") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ProfileError(f"{path}: invalid dose table ({exc})") from None
+    out = {}
+    for i, entry in enumerate(data.get("dose", [])):
+        if not isinstance(entry, dict) or not isinstance(entry.get("spec"), dict) or "status" not in entry:
+            raise ProfileError(f"{path}: dose[{i}] needs a spec table and a status")
+        out[curve_key(entry["spec"])] = entry
+    return out
+
+
+def dose_magnitude(table: dict[str, dict[str, Any]], spec: RunSpec, tag: str, where: str) -> float:
+    """The magnitude named ``tag`` (ED20 | ED50 | ED80) for ``spec``'s curve, 3 significant digits."""
+    if tag not in DOSE_TAGS:
+        raise ProfileError(f"{where}.dose: {tag!r} is not one of {', '.join(DOSE_TAGS)}")
+    entry = table.get(curve_key(spec))
+    label = f"{spec.algo} {spec.env} {spec.perturbation} dur={spec.duration_steps} total_steps={spec.total_steps}"
+    if entry is None:
+        raise ProfileError(f"{where}.dose: the dose table has no curve for {label} with these settings "
+                           "(kind, duration, onset, steps and hparams must match the calibration)")
+    value = entry.get(DOSE_TAGS[tag])
+    if value is None:
+        raise ProfileError(f"{where}.dose: no {tag} for {label}: the calibration's status is {entry['status']!r}"
+                           + (f" (none below m_max = {entry['m_range'][1]:g})"
+                              if entry["status"] == "no_collapse" and "m_range" in entry else ""))
+    return float(f"{float(value):.3g}")
