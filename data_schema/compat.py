@@ -1,8 +1,9 @@
 """Reading corpora written with a legacy schema version (:data:`~data_schema.schema.LEGACY_VERSIONS`).
 
 1.0 -> 1.1 renamed columns (:data:`~data_schema.schema.RENAMED`) and made the steps files'
-partition columns dictionary-encoded. Every project reader goes through here, so a 1.0
-corpus reads (and resumes) as 1.1:
+partition columns dictionary-encoded; 1.1 -> 1.2 added a nullable steps column, which an
+older file reads as null. Every project reader goes through here, so a 1.0 or 1.1 corpus
+reads (and resumes) as the current version:
 
 * :func:`upgrade` maps a 1.0 table (pyarrow) onto the current names and types;
 * :func:`upgrade_frame` does the same for a polars LazyFrame, :func:`upgrade_select`
@@ -52,7 +53,22 @@ def upgrade(table: pa.Table, name: str) -> pa.Table:
         if not have.equals(want) and _same_strings(have, want):
             table = table.set_column(i, schema.field(idx).with_metadata(table.schema.field(i).metadata),
                                      table.column(i).cast(want))
-    return table
+    return _add_newer_columns(table, schema)
+
+
+def _add_newer_columns(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Nullable columns that a later minor version added, as nulls, in the schema's column order.
+
+    Only when every other column of the schema is present and nothing is unexpected: anything
+    else is left for :func:`data_schema.io.validate` to report.
+    """
+    have = set(table.column_names)
+    missing = [f for f in schema if f.name not in have]
+    if not missing or any(not f.nullable for f in missing) or any(schema.get_field_index(c) < 0 for c in have):
+        return table
+    arrays = [table.column(f.name) if f.name in have else pa.nulls(table.num_rows, type=f.type) for f in schema]
+    fields = [table.schema.field(f.name) if f.name in have else f for f in schema]
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=table.schema.metadata))
 
 
 def upgrade_schema(schema: pa.Schema, name: str) -> pa.Schema:

@@ -32,6 +32,7 @@ from data_schema.schema import (
     EVENTS_SCHEMA,
     MANIFEST_SCHEMA,
     PARTITION_COLUMNS,
+    RENAMED,
     RUNS_SCHEMA,
     SCHEMA_VERSION,
     STEPS_SCHEMA,
@@ -118,7 +119,10 @@ def scan_steps(corpus: str | os.PathLike[str], **filters: Any) -> pl.LazyFrame:
     groups = [[f for f in files if f not in legacy], [f for f in files if f in legacy]]
     frames = [_filtered(upgrade_frame(pl.scan_parquet(group, hive_partitioning=True), "steps"), filters)
               for group in groups if group]
-    return pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0]
+    lf = pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0]
+    have = set(lf.collect_schema().names())
+    declared = pl.from_arrow(STEPS_SCHEMA.empty_table()).schema  # a column newer than every file: null
+    return lf.with_columns(pl.lit(None, dtype=t).alias(c) for c, t in declared.items() if c not in have)
 
 
 def _filtered(lf: pl.LazyFrame, filters: dict[str, Any]) -> pl.LazyFrame:
@@ -170,7 +174,15 @@ def _view(con: duckdb.DuckDBPyConnection, name: str, source: str | None, schema:
     columns = [row[0] for row in con.execute(f"describe select * from {source}").fetchall()]
     table = schema.metadata[b"stabilitybench.table"].decode()
     select = "*" if upgraded else upgrade_select(columns, table)
+    have = set(columns) | set(RENAMED.get(table, {}).values())
+    newer = [f"cast(null as {_DUCKDB_TYPES[str(f.type)]}) as \"{f.name}\"" for f in schema
+             if f.name not in have and str(f.type) in _DUCKDB_TYPES]  # newer than every file: null
+    select = ", ".join([select, *newer])
     con.execute(f"create or replace view {name} as select {select} from {source}")
+
+
+#: DuckDB type of a declared column that no file has yet (nullable columns are plain types).
+_DUCKDB_TYPES = {"double": "DOUBLE", "int64": "BIGINT", "string": "VARCHAR", "bool": "BOOLEAN"}
 
 
 def _sql(path: Path) -> str:

@@ -23,7 +23,9 @@ Conventions
   :class:`Column` declared here once (``steps ⋈ runs`` and ``events ⋈ runs`` are natural joins).
 
 Versions: 1.1 renamed two columns that meant two things (:data:`RENAMED`) and made the
-steps files' partition columns dictionary-encoded; :mod:`data_schema.compat` reads 1.0 files.
+steps files' partition columns dictionary-encoded; 1.2 added the nullable steps column
+``grad_coherence_fixed`` (RL PPO's fixed-point minibatch coherence). :mod:`data_schema.compat`
+reads 1.0 and 1.1 files (a column newer than the file reads as null).
 """
 
 from __future__ import annotations
@@ -32,12 +34,12 @@ from dataclasses import dataclass, replace
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 #: The version a ``run_id`` hashes (``generate.spec``). 1.1 renamed columns but changed no run,
 #: so it stays "1.0" and corpora written with 1.0 keep their ids (and resume).
 RUN_ID_VERSION = "1.0"
 #: Schema versions whose files the readers still open (through :mod:`data_schema.compat`).
-LEGACY_VERSIONS = ("1.0",)
+LEGACY_VERSIONS = ("1.0", "1.1")
 
 DOMAINS = ("rl", "lm")
 DIMENSIONS = ("none", "optimization", "environmental", "parametric", "learning_signal")
@@ -107,6 +109,15 @@ STEPS_CORE = [
         "the applied (post-clipping) gradients of the last K updates (K = manifest coherence_window), null until K "
         "gradients exist, SAC/TD3: the critic's. LM 'fixed-point', across microbatches at fixed parameters: the K "
         "microbatch gradients accumulated into this update (K = grad_accum)",
+    ),
+    Column(
+        "grad_coherence_fixed",
+        F64,
+        "cosine",
+        "RL PPO 'fixed-point' estimator (the paper's): mean pairwise cosine of K minibatch gradients of PPO's loss "
+        "taken at the *same* parameters, without stepping (K = coherence_window minibatches drawn from the current "
+        "rollout by the probe's own RNG); every probe_every updates (the dormant/erank probe rows), null otherwise "
+        "and for SAC/TD3/LM (LM's grad_coherence is already fixed-point)",
     ),
     Column("update_norm", F64, "L2", "L2 norm of the parameter change made by this update (SAC/TD3: critic)"),
     Column("param_norm", F64, "L2", "Global L2 norm of the parameters after this update (SAC/TD3: critic)"),

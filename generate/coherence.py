@@ -133,3 +133,18 @@ class RollingCoherence:
         if self._count < self.window:
             return None
         return self.value_from(float(self._sum.dot(self._sum)))
+
+
+def mean_pairwise_cosine(grads: torch.Tensor) -> float | None:
+    """Mean pairwise cosine of the rows of ``grads`` (shape ``(K, P)``), by the same identity as
+    :class:`RollingCoherence`: ``(||sum_i u_i||^2 - K) / (K (K - 1))``. Zero rows carry no direction
+    and are left out; None when fewer than two rows are left or a value is not finite."""
+    g = grads.detach().double()
+    norms = torch.linalg.vector_norm(g, dim=1)
+    keep = norms > 0
+    if int(keep.sum()) < 2 or not bool(torch.isfinite(g).all()):
+        return None
+    u = g[keep] / norms[keep, None]
+    k = u.shape[0]
+    s = u.sum(dim=0)
+    return float((s.dot(s) - k) / (k * (k - 1)))

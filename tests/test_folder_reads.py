@@ -140,14 +140,25 @@ def test_readme_join_examples_run(corpus, monkeypatch):
         assert set(frame.loc[frame["algo"] == "ppo", "ent_coef"]) == {0.01}
 
 
-# ---------------------------------------------------------------------- 1.0 corpora still read
+# ---------------------------------------------------------------------- 1.0 and 1.1 corpora still read
+#: Nullable columns each minor version added (a file of an older version lacks them).
+ADDED_IN = {"1.2": {"steps": ["grad_coherence_fixed"]}}
+
+
+def _drop_newer(table: pa.Table, name: str, version: str) -> pa.Table:
+    for added, tables in ADDED_IN.items():
+        if added > version:
+            table = table.drop_columns([c for c in tables.get(name, []) if c in table.column_names])
+    return table
+
+
 def _downgrade(root: Path) -> None:
     """Rewrite a corpus the way schema 1.0 wrote it: old names, plain-string partition columns, version 1.0."""
     for path in [root / "manifest.parquet", *root.glob("steps/**/*.parquet"), *root.glob("events/*.parquet")]:
         if path.name.startswith("."):
             continue
         name = "manifest" if path.name == "manifest.parquet" else path.parts[len(root.parts)]
-        table = pq.read_table(path)
+        table = _drop_newer(pq.read_table(path), name, "1.0")
         back = {new: old for old, new in RENAMED[name].items()}
         table = table.rename_columns([back.get(c, c) for c in table.column_names])
         for i, f in enumerate(table.schema):
@@ -238,3 +249,41 @@ def test_upgrade_corpus_rewrites_legacy_files_once(legacy):
     meta = json.loads(pq.read_schema(path).metadata[RUN_METADATA_KEY])
     assert "run_wall_time_s" in meta and "wall_time_s" not in meta
     assert os.listdir(path.parent) == [path.name]  # no temp files left
+
+
+@pytest.fixture
+def v1_1(tmp_path):
+    """A corpus as schema 1.1 wrote it: no grad_coherence_fixed column, version 1.1 everywhere."""
+    root = tmp_path / "corpus"
+    build_corpus(root, litter=False)
+    for path in root.glob("steps/**/*.parquet"):
+        table = _drop_newer(pq.read_table(path), "steps", "1.1")
+        meta = {**(table.schema.metadata or {}), b"stabilitybench.schema_version": b"1.1"}
+        pq.write_table(table.replace_schema_metadata(meta), path)
+    rows = read_manifest(root).to_pylist()
+    for r in rows:
+        r["schema_version"] = "1.1"
+    write_manifest(root, rows)
+    return root
+
+
+def test_a_1_1_corpus_reads_with_the_new_column_as_null(v1_1):
+    from data_schema.verify import verify_corpus
+    from generate.runner import outputs_valid
+
+    root = v1_1
+    path = next(root.glob("steps/**/*.parquet"))
+    assert "grad_coherence_fixed" not in pq.read_schema(path).names
+    table = read_table(path, "steps")  # upgraded on read
+    assert table.column("grad_coherence_fixed").null_count == table.num_rows
+    steps = scan_steps(root).collect()
+    assert steps.height == N_STEPS and steps["grad_coherence_fixed"].null_count() == N_STEPS
+    con = connect(root)
+    assert con.execute("select count(grad_coherence_fixed), count(*) from steps").fetchall()[0] == (0, N_STEPS)
+    for row in read_manifest(root).to_pylist():
+        if row["perturbation"] != "none":  # resume still sees 1.1 runs as done
+            assert outputs_valid(root, row), row["run_id"]
+    problems = verify_corpus(root, deep=True).problems  # (the control has no events file in this corpus)
+    assert not [p for p in problems if "steps" in p.path.parts], problems
+    assert len(upgrade_corpus(root)) == len(list(root.glob("steps/**/*.parquet")))
+    assert "grad_coherence_fixed" in pq.read_schema(path).names

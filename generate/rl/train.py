@@ -23,6 +23,9 @@ Timing of the numbers (one ``steps`` row per *main* optimizer update):
   ``eval_episodes`` episodes on a clean env; the value sits on the latest row.
 * ``dormant_fraction`` / ``effective_rank``: every ``probe_every`` updates, on the
   policy's (actor's) hidden layers over a fixed batch of observations.
+* ``grad_coherence_fixed`` (PPO): on the same probe rows, the mean pairwise cosine of K minibatch
+  gradients at fixed parameters (:mod:`generate.rl.fixed_point`); ``grad_coherence`` is the rolling
+  estimator across K successive updates.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from generate.registry import GeneratorResult
 from generate.representation import HiddenFeatures, dormant_fraction, effective_rank
 from generate.rl.config import resolve
 from generate.rl.envs import evaluate, make_train_env, probe_observations
+from generate.rl.fixed_point import FixedPointCoherence
 from generate.spec import RunSpec
 from generate.telemetry import apply_perturbation, params_finite
 
@@ -78,6 +82,10 @@ class RLTelemetry(StabilityCallback):
         self._q_pending: float | None = None
         self._q_hook: Any = None
         self.probe_seconds = 0.0  # cost of the periodic representation probes, reported separately
+        self.fixed_coherence_seconds = 0.0  # of which the fixed-point coherence probe
+        # PPO: the paper's fixed-point minibatch coherence, on the probe rows (its own index stream)
+        self.fixed_coherence = FixedPointCoherence(spec.coherence_window, seed=spec.seed + 2_000_003) \
+            if spec.algo == "ppo" else None
 
     # -- StabilityCallback extension points -------------------------------------------------
     def update_context(self, role: str) -> UpdateContext | None:
@@ -90,6 +98,11 @@ class RLTelemetry(StabilityCallback):
         self._q_pending = None
         if step % self.probe_every == 0:
             row.update(self._representation())
+            if self.fixed_coherence is not None:
+                t0 = time.perf_counter()
+                row["grad_coherence_fixed"] = self.fixed_coherence(self.model)
+                self.fixed_coherence_seconds += time.perf_counter() - t0
+                self.probe_seconds += time.perf_counter() - t0
         return row
 
     def on_actor_row(self, stats: dict[str, Any]) -> None:
@@ -240,6 +253,7 @@ def run(spec: RunSpec, extra_callbacks: Sequence[BaseCallback] = ()) -> Generato
         stop_reason=stop_reason,
         knobs=cfg.knobs(),
         config={"algo": spec.algo, "policy": "MlpPolicy", "torch": torch.__version__,
-                "probe_seconds": round(callback.probe_seconds, 4), "eval_every": callback.eval_every,
-                "probe_every": callback.probe_every, **asdict(cfg)},
+                "probe_seconds": round(callback.probe_seconds, 4),
+                "fixed_coherence_seconds": round(callback.fixed_coherence_seconds, 4),
+                "eval_every": callback.eval_every, "probe_every": callback.probe_every, **asdict(cfg)},
     )
