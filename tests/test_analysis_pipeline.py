@@ -262,3 +262,18 @@ def test_leave_one_env_out_with_two_envs(tmp_path: Path) -> None:
     assert summary["survival"]["cox"]["strata"] == ["rl/ppo/Other-v0", "rl/ppo/Toy-v0"]
     assert (tmp_path / "results" / "early_warning_loeo_runs.parquet").exists()
     assert summary["early_warning"]["detection"]["kalman"]["auroc"]["n"] == 12
+
+
+def test_dose_finder_outcomes_equal_the_full_analysis(analysed) -> None:
+    """analysis.outcomes (what `stabilitybench calibrate` judges by) applies the analysis' own rule."""
+    from analysis.outcomes import collapse_outcomes
+
+    corpus, out, _ = analysed
+    cols = ["run_id", "collapsed", "collapse_kind", "collapse_step", "collapse_confirmed_step", "collapse_time",
+            "survival_time", "censored", "transient"]
+    fast = collapse_outcomes(corpus)
+    assert {"perturbation", "magnitude", "seed", "unperturbed"} <= set(fast.columns)
+    assert set(fast.filter(pl.col("collapsed"))["run_id"]) == {"lr_spike-100-0", "lr_spike-100-1",
+                                                                 "lr_spike-100-2", "lr_spike-1000-0"}
+    full = pl.from_arrow(read_table(out / "runs.parquet", "runs")).select(cols).sort("run_id")
+    assert fast.select(cols).sort("run_id").equals(full)
