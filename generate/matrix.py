@@ -21,7 +21,8 @@ Any unknown key or bad value raises :class:`ProfileError` naming the file and ke
 
 A block may name a calibrated dose instead of a magnitude (``dose = "ED50"`` or a list of
 ED20 | ED50 | ED80) when the profile includes a dose table (``doses = "doses/x.toml"``, relative
-to the profile; :mod:`generate.doses`).
+to the profile; :mod:`generate.doses`). ``dose_stochasticity = "default"`` applies the dose
+calibrated at that stochasticity level to the block's own levels (the stochasticity-buffer experiment).
 """
 
 from __future__ import annotations
@@ -108,6 +109,9 @@ def expand(data: dict[str, Any], where: str = "<profile>", base_dir: Path | None
             raise ProfileError(f"{label}: must be a table")
         block = dict(block)
         tags = block.pop("dose", None)
+        dose_level = block.pop("dose_stochasticity", None)  # look the dose up at this level (e.g. "default")
+        if dose_level is not None and (tags is None or not isinstance(dose_level, str)):
+            raise ProfileError(f"{label}.dose_stochasticity: needs a dose and must be a level name")
         if tags is not None:
             if dose_table is None:
                 raise ProfileError(f"{label}.dose: needs a top-level `doses = \"<dose table>\"`")
@@ -125,7 +129,8 @@ def expand(data: dict[str, Any], where: str = "<profile>", base_dir: Path | None
             for tag in tags or [None]:
                 if tag is not None:
                     assert dose_table is not None
-                    spec = replace(spec, magnitude=dose_magnitude(dose_table, spec, tag, label))
+                    at = spec if dose_level is None else replace(spec, stochasticity=dose_level)
+                    spec = replace(spec, magnitude=dose_magnitude(dose_table, at, tag, label))
                     reason = perturbation_class(spec.perturbation).check_magnitude(spec.magnitude)
                     if reason:
                         raise ProfileError(f"{label}.dose: {tag} = {spec.magnitude!r} {reason}")

@@ -148,6 +148,20 @@ dose = ["ED50", "ED80"]
     assert sorted({s.magnitude for s in specs}) == sorted({float(f"{ed50:.3g}"), float(f"{ed80:.3g}")})
     assert len(specs) == 4
 
+    # the stochasticity-buffer experiment: the default level's ED50 at every level
+    profile.write_text('doses = "doses/t.toml"\n' + head + """
+[[matrix]]
+seed = 0
+perturbation = "lr_spike"
+duration_steps = 8
+stochasticity = ["low", "default", "high"]
+dose = "ED50"
+dose_stochasticity = "default"
+""")
+    specs = load_profile(str(profile))
+    assert {s.stochasticity for s in specs} == {"low", "default", "high"}
+    assert {s.magnitude for s in specs} == {float(f"{ed50:.3g}")}
+
     # a dose that the calibration could not establish is a one-line error naming the status
     profile.write_text('doses = "doses/t.toml"\n' + head + """
 [[matrix]]
