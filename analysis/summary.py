@@ -375,6 +375,11 @@ def upgrade(doc: Mapping[str, Any]) -> dict[str, Any]:
             det, _, subset = str(key).partition("|")
             records.append({"detector": det, "subset": subset or "all", **metrics})
         ew["by_detector"] = records
+    for holder in (ew, new.get("headline")):  # version 1 wrote no bound for the perturbation-on reference
+        fpr = ((holder or {}).get("detection") or {}).get("perturbation_on", {}).get("fpr_held_out_controls")
+        if isinstance(fpr, dict):
+            fpr.setdefault("guaranteed_fpr_bound", None)
+            fpr.setdefault("alpha_used", None)
     for holder in (ew, new.get("headline")):  # the headline repeats these sections
         if not isinstance(holder, dict):
             continue

@@ -40,14 +40,13 @@ def monitor_table(src: Source) -> Table | None:
     for d in src.get("early_warning", "detection"):
         p = ("early_warning", "detection", d)
         nonfinite: list[Any] = ["—"]  # the perturbation-on reference has no non-finite line
-        if src.has(*p, "nonfinite"):
+        if src.has(*p, "nonfinite") and not src.get(*p, "nonfinite", "n"):
+            nonfinite = ["no non-finite collapse"]
+        elif src.has(*p, "nonfinite"):
             nonfinite = [src.num(*p, "nonfinite", "value", digits=0, kind="pct"), " of ",
                          src.num(*p, "nonfinite", "n", digits=0)]
-        lead: list[Any] = [src.num(*p, "median_lead_updates", "value", digits=0)]
-        if finite(lead[0].value):
-            lead += [" [", src.num(*p, "median_lead_updates", "ci_low", digits=0), ", ",
-                     src.num(*p, "median_lead_updates", "ci_high", digits=0), "]"]
-        lead += [", n=", src.num(*p, "median_lead_updates", "n", digits=0)]
+        lead: list[Any] = [*ci(src, *p, "median_lead_updates", digits=0), ", n=",
+                           src.num(*p, "median_lead_updates", "n", digits=0)]
         f = (*p, "fpr_held_out_controls")
         rows.append([
             [DETECTOR_LABELS.get(d, d) + (" ★" if d.split("+")[0] in MONITORS else "")],
