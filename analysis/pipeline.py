@@ -489,7 +489,7 @@ def run_analysis(
     say("regularities")
     diss = dissociation(surv.runs, cfg.n_boot, cfg.seed)
     buf = stochasticity_buffer(full, surv.cox)
-    prec = precedence(groups.ew_runs) if groups.ew_runs.height else [not_testable("no early-warning evaluation")]
+    prec = precedence(groups.ew_runs if groups.ew_runs.height else None)
     write_result(pl.DataFrame([flatten(x) for x in diss]), out, "dissociation")
     if groups.coherence.height:
         write_result(groups.coherence, out, "coherence_aligned")

@@ -92,8 +92,17 @@ def stochasticity_buffer(runs: pl.DataFrame, cox_summary: dict[str, Any]) -> dic
             "cox_status": Status.from_json(cox_summary).to_json()}
 
 
-def precedence(ew_rows: pl.DataFrame, detectors: tuple[str, ...] = ("kalman", "gru")) -> list[dict[str, Any]]:
-    """Lead-time distribution and the share of collapses whose alarm came first, per monitor."""
+#: The meta-state monitors whose precedence regularity 3 measures.
+MONITORS = ("kalman", "gru")
+
+
+def precedence(ew_rows: pl.DataFrame | None, detectors: tuple[str, ...] = MONITORS) -> list[dict[str, Any]]:
+    """Lead-time distribution and the share of collapses whose alarm came first, per monitor.
+
+    ``ew_rows`` None (no early-warning evaluation) gives a not-testable entry per monitor.
+    """
+    if ew_rows is None:
+        return [{"detector": det, **not_testable("no early-warning evaluation")} for det in detectors]
     out = []
     for det in detectors:
         d = ew_rows.filter((pl.col("detector") == det) & pl.col("collapsed"))

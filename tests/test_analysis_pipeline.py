@@ -167,7 +167,7 @@ def test_one_seed_degrades_with_a_message(tmp_path: Path) -> None:
     corpus = make_corpus(tmp_path / "corpus", seeds=(0,))
     cfg = replace(FAST, early_warning=replace(FAST.early_warning, detectors=("kalman",)))
     summary = run_analysis(corpus, tmp_path / "results", cfg, update_corpus=False)
-    assert summary["early_warning"]["status"] == "not_testable" and "fewer than" in summary["early_warning"]["reason"]
+    assert summary["early_warning"]["status"] == "not_testable" and "3 seeds" in summary["early_warning"]["reason"]
     assert not (corpus / "runs.parquet").exists()
     assert (tmp_path / "results" / "summary.json").exists()
 
