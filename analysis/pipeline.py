@@ -7,9 +7,10 @@ Stages, each a function with a typed (dataclass) output:
    stochasticity) telemetry blocks, feature selection, collapse outcomes and early-warning folds;
 3. :func:`analysis.pca_summary.pca_summary` -> :class:`~analysis.pca_summary.PCASummary`;
 4. :func:`early_warning_questions` -> :class:`EarlyWarningResult`: questions (a) and (b);
-5. :func:`survival_models` -> :class:`SurvivalResult`; then the regularities;
-6. the tables (:func:`analysis.results.write_result`) and ``summary.json``
-   (:func:`analysis.summary.write_summary`, the one writer).
+5. :func:`survival_models` -> :class:`SurvivalResult`;
+6. :func:`measure_regularities` -> :class:`RegularitiesResult`;
+7. the tables (:func:`analysis.results.write_result`, each under its declared schema) and
+   ``summary.json`` (:func:`analysis.summary.write_summary`, the one writer).
 
 Every headline number in ``summary.json`` is an :class:`~analysis.summary.Estimate`; an analysis the
 data cannot support carries a :class:`~analysis.summary.Status` (``{"status": "not_testable", "reason": ...}``).
@@ -57,7 +58,7 @@ from analysis.early_warning import (
     leave_one_env_out_status,
 )
 from analysis.pca import PCAAccumulator
-from analysis.pca_summary import PCAInput, pca_summary
+from analysis.pca_summary import PCAInput, PCASummary, pca_summary
 from analysis.regularities import dissociation, precedence, stochasticity_buffer
 from analysis.results import flatten, write_result
 from analysis.stats import clopper_pearson
@@ -427,6 +428,26 @@ def survival_models(full: pl.DataFrame, groups: GroupResults) -> SurvivalResult:
     return SurvivalResult(km_table(full), logrank(full), cox(surv_runs), surv_runs)
 
 
+@dataclass(frozen=True)
+class RegularitiesResult:
+    """Stage 6: the paper's regularities and the coherence question, as summary entries."""
+
+    dissociation: list[dict[str, Any]]
+    stochasticity_buffer: dict[str, Any]
+    precedence: list[dict[str, Any]]
+    coherence_before_collapse: dict[str, Any]
+
+
+def measure_regularities(full: pl.DataFrame, groups: GroupResults, surv: SurvivalResult, cfg: AnalysisConfig
+                         ) -> RegularitiesResult:
+    """Stage 6: decoupling of performance from stability, the stochasticity buffer, precedence, coherence."""
+    coherence = coherence_mod.summarise(groups.coherence, cfg.n_boot, cfg.seed) if groups.coherence.height else \
+        not_testable("no configuration with both a collapsed and a non-collapsed perturbed run that has coherence "
+                     "telemetry")
+    return RegularitiesResult(dissociation(surv.runs, cfg.n_boot, cfg.seed), stochasticity_buffer(full, surv.cox),
+                              precedence(groups.ew_runs if groups.ew_runs.height else None), coherence)
+
+
 def run_analysis(
     corpus: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -445,63 +466,27 @@ def run_analysis(
     loaded = load_corpus(corpus)
     groups = analyse_groups(corpus, loaded, cfg, out, say)
     timings = dict(groups.timings)
-
     full = loaded.runs.join(groups.outcomes, on="run_id", how="left")
-    runs_table = pa.Table.from_pylist(full.select([f.name for f in RUNS_SCHEMA]).to_dicts(), schema=RUNS_SCHEMA)
-    write_table(runs_table, out / RUNS, RUNS_SCHEMA)
-    if update_corpus:
-        write_table(runs_table, Path(corpus) / RUNS, RUNS_SCHEMA)
-        _card_section(corpus, full.to_dicts(), cfg)
-    write_result(groups.outcomes, out, "collapse_details")
-    sens = _sensitivity(groups.sensitivity) if groups.sensitivity.height else pl.DataFrame()
-    if sens.height:
-        write_result(sens, out, "collapse_sensitivity")
+    _write_runs(full, out, corpus if update_corpus else None, cfg)
 
     say("PCA and circular-shift null")
     ts = time.perf_counter()
     pca = pca_summary(groups.pca_inputs, cfg.n_null, cfg.n_boot, cfg.seed)
     timings["pca_s"] = time.perf_counter() - ts
-    write_result(pca.explained, out, "pca_explained")
-    write_result(pca.trajectories, out, "pca_trajectories")
-
     say("detection and prediction questions")
     ts = time.perf_counter()
     ew = early_warning_questions(groups, loaded.runs, cfg)
     timings["questions_s"] = time.perf_counter() - ts
-    if groups.ew_runs.height:
-        write_result(groups.ew_runs, out, "early_warning_runs")
-        write_result(groups.ew_scores, out, "early_warning_scores")
-        write_result(pl.DataFrame([flatten({"detector": k, **v}) for k, v in ew.summary["detection"].items()]),
-                     out, "early_warning_metrics")
-    if groups.loeo_runs.height:
-        write_result(groups.loeo_runs, out, "early_warning_loeo_runs")
-
     say("survival models")
     ts = time.perf_counter()
     surv = survival_models(full, groups)
     timings["survival_s"] = time.perf_counter() - ts
-    if surv.km.height:
-        write_result(surv.km, out, "km")
-    write_result(pl.DataFrame(surv.logrank), out, "logrank")
-    if surv.cox.get("coefficients"):
-        write_result(pl.DataFrame([flatten(c) for c in surv.cox["coefficients"]]), out, "cox")
-
     say("regularities")
-    diss = dissociation(surv.runs, cfg.n_boot, cfg.seed)
-    buf = stochasticity_buffer(full, surv.cox)
-    prec = precedence(groups.ew_runs if groups.ew_runs.height else None)
-    write_result(pl.DataFrame([flatten(x) for x in diss]), out, "dissociation")
-    if groups.coherence.height:
-        write_result(groups.coherence, out, "coherence_aligned")
-    coh_summary = coherence_mod.summarise(groups.coherence, cfg.n_boot, cfg.seed) if groups.coherence.height else \
-        not_testable("no configuration with both a collapsed and a non-collapsed perturbed run that has coherence "
-                     "telemetry")
-
+    reg = measure_regularities(full, groups, surv, cfg)
     dose = _dose_response(full)
-    write_result(dose, out, "dose_response")
-    write_result(iqm_table(full, cfg.n_boot, cfg.seed), out, "final_performance_iqm")  # rliable-style
-    write_result(performance_profiles(full, n_boot=cfg.n_boot, seed=cfg.seed), out, "performance_profiles")
+    sens = _sensitivity(groups.sensitivity) if groups.sensitivity.height else pl.DataFrame()
 
+    _write_tables(out, full, groups, sens, dose, pca, ew, surv, reg, cfg)
     timings["total_s"] = time.perf_counter() - t0
     summary = {
         "corpus": str(Path(corpus).resolve()),
@@ -515,20 +500,56 @@ def run_analysis(
                    "early_warning": cfg.early_warning.to_dict(), "n_null": cfg.n_null, "early_frac": cfg.early_frac},
         "collapse": _collapse_summary(full, dose, sens),
         "pca": pca.summary,
-        "coherence_before_collapse": coh_summary,
+        "coherence_before_collapse": reg.coherence_before_collapse,
         "early_warning": {**ew.summary, "folds": groups.fold_notes, "leave_one_env_out": ew.leave_one_env_out,
                           "feature_sets": groups.feature_sets,
                           "leave_one_perturbation_kind_out": "= the per-kind subsets: detectors are fitted and "
                           "calibrated on unperturbed runs only"},
         "survival": {"logrank": surv.logrank, "cox": surv.cox,
                      "km_groups": surv.km["group"].unique(maintain_order=True).to_list() if surv.km.height else []},
-        "regularities": {"dissociation": diss, "stochasticity_buffer": buf, "precedence": prec},
+        "regularities": {"dissociation": reg.dissociation, "stochasticity_buffer": reg.stochasticity_buffer,
+                         "precedence": reg.precedence},
         "timings_s": timings,
         "environment": {"python": platform.python_version(), "polars": pl.__version__, "numpy": np.__version__},
     }
     summary["figures"] = figure_index(summary, full, groups.ew_runs, groups.coherence)
     summary["headline"] = _headline(summary)
     return write_summary(summary, out)
+
+
+def _write_runs(full: pl.DataFrame, out: Path, corpus: str | os.PathLike[str] | None, cfg: AnalysisConfig) -> None:
+    """``runs.parquet`` (manifest + outcomes) into ``out`` and, unless ``corpus`` is None, into the corpus with
+    the dataset card's collapse section."""
+    runs_table = pa.Table.from_pylist(full.select([f.name for f in RUNS_SCHEMA]).to_dicts(), schema=RUNS_SCHEMA)
+    write_table(runs_table, out / RUNS, RUNS_SCHEMA)
+    if corpus is not None:
+        write_table(runs_table, Path(corpus) / RUNS, RUNS_SCHEMA)
+        _card_section(corpus, full.to_dicts(), cfg)
+
+
+def _write_tables(out: Path, full: pl.DataFrame, groups: GroupResults, sens: pl.DataFrame, dose: pl.DataFrame,
+                  pca: PCASummary, ew: EarlyWarningResult, surv: SurvivalResult, reg: RegularitiesResult,
+                  cfg: AnalysisConfig) -> None:
+    """Every results table (:data:`analysis.results.SCHEMAS`) a stage produced; an empty optional one is skipped."""
+    write_result(groups.outcomes, out, "collapse_details")
+    optional = {"collapse_sensitivity": sens, "early_warning_runs": groups.ew_runs,
+                "early_warning_scores": groups.ew_scores, "early_warning_loeo_runs": groups.loeo_runs,
+                "km": surv.km, "coherence_aligned": groups.coherence}
+    for name, frame in optional.items():
+        if frame.height:
+            write_result(frame, out, name)
+    if groups.ew_runs.height:
+        write_result(pl.DataFrame([flatten({"detector": k, **v}) for k, v in ew.summary["detection"].items()]),
+                     out, "early_warning_metrics")
+    if surv.cox.get("coefficients"):
+        write_result(pl.DataFrame([flatten(c) for c in surv.cox["coefficients"]]), out, "cox")
+    write_result(pca.explained, out, "pca_explained")
+    write_result(pca.trajectories, out, "pca_trajectories")
+    write_result(pl.DataFrame(surv.logrank), out, "logrank")
+    write_result(pl.DataFrame([flatten(x) for x in reg.dissociation]), out, "dissociation")
+    write_result(dose, out, "dose_response")
+    write_result(iqm_table(full, cfg.n_boot, cfg.seed), out, "final_performance_iqm")  # rliable-style
+    write_result(performance_profiles(full, n_boot=cfg.n_boot, seed=cfg.seed), out, "performance_profiles")
 
 
 def _collapse_summary(full: pl.DataFrame, dose: pl.DataFrame, sens: pl.DataFrame) -> dict[str, Any]:
