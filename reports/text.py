@@ -101,9 +101,7 @@ class Source:
 def render_html(parts: Sequence[Any]) -> str:
     out = []
     for p in parts:
-        if isinstance(p, Num) and not p.ptr:
-            out.append(html.escape(p.text))
-        elif isinstance(p, Num):
+        if isinstance(p, Num):  # every quoted number has its pointer (Source.num is strict)
             ptr = html.escape(p.ptr)
             out.append(f'<span class="num" data-ptr="{ptr}" data-kind="{p.kind}" data-digits="{p.digits}" '
                        f'title="summary.json {ptr}">{html.escape(p.text)}</span>')
