@@ -19,4 +19,8 @@ Modules
 * :mod:`analysis.survival`: Kaplan-Meier, log-rank, Cox PH (statsmodels).
 * :mod:`analysis.regularities`: dissociation, stochasticity buffer, precedence.
 * :mod:`analysis.stats`: intervals, AUROC and bootstrap helpers.
+* :mod:`analysis.pca_summary`: the low-dimensionality entries of summary.json (PCA vs surrogates).
+* :mod:`analysis.summary`: summary.json's value types (Estimate, Status, DetectorKey), its one
+  writer and its one typed reader.
+* :mod:`analysis.results`: the results tables' declared Arrow schemas, their writer and reader.
 """

@@ -26,6 +26,7 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
+from analysis.data import is_unperturbed
 from analysis.survival import group_label
 
 CONFIG_KEYS = ("domain", "algo", "stochasticity", "perturbation", "magnitude", "duration_steps")
@@ -39,9 +40,9 @@ _EMPTY = {"domain": pl.String, "algo": pl.String, "stochasticity": pl.String, "p
 def normalised_scores(runs: pl.DataFrame) -> pl.DataFrame:
     """``runs`` (one row per run: the keys above, ``final_performance``) plus ``control_median`` and ``score``.
 
-    A run is a control when its ``perturbation`` is ``none``.
+    A run is a control when it is unperturbed (:func:`analysis.data.is_unperturbed`).
     """
-    controls = (runs.filter((pl.col("perturbation") == "none") & pl.col("final_performance").is_not_null())
+    controls = (runs.filter(is_unperturbed(runs)).filter(pl.col("final_performance").is_not_null())
                 .group_by(list(MATCH_KEYS)).agg(pl.col("final_performance").median().alias("control_median")))
     out = runs.join(controls, on=list(MATCH_KEYS), how="left")
     m0 = pl.col("control_median")

@@ -23,6 +23,7 @@ def analyze(
 ) -> None:
     """Analyse the corpus: collapse, PCA, meta-state monitor vs baselines, survival, regularities -> results/."""
     from analysis.pipeline import run_analysis
+    from analysis.summary import Status
     from data_schema import require_corpus
     from data_schema.io import writable_dir
     from data_schema.lock import CorpusLock
@@ -42,9 +43,9 @@ def analyze(
                   "(listed in summary.json; `stabilitybench verify` names them, `generate` reruns them)")
     for row in summary["collapse"]["dose_response"]:
         out.print(f"  {row['env']:<16} {row['config']:<28} collapsed {row['n_collapsed']}/{row['n_runs']}")
-    ew = summary["early_warning"]
-    if "status" in ew:
-        out.print(f"early warning: {ew['status']}")
+    ew_status = Status.of(summary["early_warning"])
+    if ew_status is not None:
+        out.print(f"early warning: {ew_status}")
     pred = summary["headline"].get("prediction", {})
     for det, v in summary["headline"].get("detection", {}).items():
         a, fpr = (v.get("auroc") or {}).get("value"), (v.get("fpr_held_out_controls") or {}).get("value")

@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from analysis.stats import cluster_bootstrap_ci, not_testable, number
-from analysis.survival import group_label
+from analysis.stats import cluster_bootstrap_ci
+from analysis.summary import not_testable, number
+from analysis.survival import with_config_label
 
 #: The estimator behind ``grad_coherence`` per domain (see the schema description of the column).
 ESTIMATORS = {"rl": "rolling: across the last K updates",
@@ -52,10 +53,7 @@ def aligned(
     if "grad_coherence" not in features:
         return pl.DataFrame(schema=_SCHEMA)
     j = features.index("grad_coherence")
-    pert = runs.filter(~pl.col("unperturbed")).with_columns(
-        pl.struct(["perturbation", "magnitude", "duration_steps"]).map_elements(
-            lambda s: group_label(s["perturbation"], s["magnitude"], s["duration_steps"]), return_dtype=pl.String
-        ).alias("config"))
+    pert = with_config_label(runs.filter(~pl.col("unperturbed")))
     rows = []
     for (conf,), g in pert.group_by(["config"]):
         ref_ids = [r for r in g.filter(~pl.col("collapsed"))["run_id"].to_list() if r in arrays]
@@ -90,23 +88,27 @@ def aligned(
 
 
 def summarise(table: pl.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Per (domain, estimator): mean pre-collapse excess over collapsed runs, cluster bootstrap over seeds."""
+    """Per (domain, estimator): mean pre-collapse excess over collapsed runs, cluster bootstrap over seeds.
+
+    Returns ``{"by_estimator": [{"domain", "estimator", "pre_collapse_excess_coherence": estimate}, ...]}``,
+    or a not-testable entry.
+    """
     ok = table.filter(pl.col("excess").is_not_nan() & pl.col("excess").is_not_null())
     if ok.height == 0:
         return not_testable("no configuration with both a collapsed and a non-collapsed perturbed run that has "
                             "coherence telemetry (need >= 1 of each per configuration; ~8 seeds per configuration "
                             "at a dose near its ED50 for a CI)")
-    out: dict[str, Any] = {}
+    out: list[dict[str, Any]] = []
     for (dom, est), g in sorted(ok.group_by(["domain", "estimator"]), key=lambda kv: str(kv[0])):
         per_run = g.group_by("run_id").agg(pl.col("excess").mean(), pl.col("seed").first(),
                                            pl.col("config").first()).sort("run_id")
         x = per_run["excess"].to_numpy()
         lo, hi, how = cluster_bootstrap_ci(lambda idx, x=x: float(x[idx].mean()), per_run["seed"].to_numpy(), n_boot,
                                            seed=seed)
-        out[f"{dom}|{est}"] = {
+        out.append({
             "domain": dom, "estimator": est,
             "pre_collapse_excess_coherence": number(float(x.mean()), int(x.size), (lo, hi), interval=how,
                                                     n_configurations=per_run["config"].n_unique(),
                                                     note="collapsed minus perturbed-not-collapsed runs of the same "
-                                                         "configuration, aligned on onset, blocks before collapse")}
-    return out
+                                                         "configuration, aligned on onset, blocks before collapse")})
+    return {"by_estimator": out}

@@ -1,8 +1,29 @@
 """Collapse detection: when does a run's performance fall irreversibly below its matched controls?
 
-The rule (parameters in :class:`CollapseConfig`)
--------------------------------------------------
-For a run r in a *matched group* (same domain, algo, env and stochasticity level):
+The rule is :data:`RULE` (quoted under "The rule" below and, verbatim, in the dataset card);
+its parameters are :class:`CollapseConfig`.
+
+Outputs per run: ``collapsed``, ``collapse_kind``, ``collapse_step`` (offline date),
+``collapse_confirmed_step``, ``collapse_time`` (offline date - onset; null when censored),
+``survival_time`` (the survival duration: ``collapse_time``, or last update - onset when
+censored), ``censored``, ``transient``, ``final_performance`` (the mean raw performance over
+the last ``edge_frac`` of the run's recorded updates; a run stopped by non-finite values keeps
+its last finite performance).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from analysis.stats import causal_window, windowed_mean
+
+#: The collapse rule in words (Markdown); the one text the docs, the dataset card and ``help()`` quote.
+RULE = """For a run r in a *matched group* (same domain, algo, env and stochasticity level):
 
 1. **Smoothing.** ``performance`` is forward-filled (RL: it is the mean return of the last
    episodes and only changes when an episode ends; LM: it is sampled every N steps) and
@@ -52,25 +73,8 @@ against it. Controls and perturbed runs thus meet the same rule against the same
 statistics, and the held-out controls give the rule's false-collapse rate. With one control
 seed there is nothing to cross-fit: perturbed runs use that control and the control itself
 is not assessable.
-
-Outputs per run: ``collapsed``, ``collapse_kind``, ``collapse_step`` (offline date),
-``collapse_confirmed_step``, ``collapse_time`` (offline date - onset; null when censored),
-``survival_time`` (the survival duration: ``collapse_time``, or last update - onset when
-censored), ``censored``, ``transient``, ``final_performance`` (the mean raw performance over
-the last ``edge_frac`` of the run's recorded updates; a run stopped by non-finite values keeps
-its last finite performance).
 """
-
-from __future__ import annotations
-
-import warnings
-from dataclasses import asdict, dataclass
-from typing import Any
-
-import numpy as np
-import polars as pl
-
-from analysis.stats import causal_window, windowed_mean
+__doc__ = f"{__doc__}\n\nThe rule\n--------\n{RULE}"
 
 
 @dataclass(frozen=True)

@@ -126,8 +126,15 @@ def load_runs(corpus: str | os.PathLike[str], notes: list[str] | None = None,
 
 
 def is_unperturbed(runs: pl.DataFrame) -> pl.Series:
-    """Boolean mask of unperturbed control runs (``dimension == 'none'``)."""
-    return (runs["dimension"] == "none") | (runs["perturbation"] == "none")
+    """Boolean mask of the unperturbed control runs of ``runs``: the project's one definition of a control.
+
+    A run is unperturbed when its ``dimension`` or its ``perturbation`` is ``"none"`` (whichever
+    of the two columns ``runs`` has).
+    """
+    tests = [pl.col(c) == "none" for c in ("dimension", "perturbation") if c in runs.columns]
+    if not tests:
+        raise ValueError("is_unperturbed needs a 'dimension' or 'perturbation' column")
+    return runs.select(pl.any_horizontal(tests).fill_null(False).alias("unperturbed")).to_series()
 
 
 def load_events(corpus: str | os.PathLike[str]) -> pl.DataFrame:

@@ -45,7 +45,7 @@ from analysis.conformal import ConformalCalibrator
 from analysis.errors import InsufficientDataError
 from analysis.metastate import KalmanMonitor, MonitorBase
 from analysis.metastate.base import window_max
-from analysis.stats import not_testable
+from analysis.summary import Status, StatusKind, not_testable
 
 MONITORS = ("kalman", "gru")
 
@@ -158,7 +158,7 @@ def evaluate_group(
     folds = seed_folds(runs["seed"].to_list(), cfg.max_folds)
     notes: list[dict[str, Any]] = []
     if not folds:
-        return _empty_rows(), _empty_traces(), [{"status": "not testable: fewer than 3 seeds"}]
+        return _empty_rows(), _empty_traces(), [not_testable("fewer than 3 seeds")]
     info = {r["run_id"]: r for r in runs.iter_rows(named=True)}
     variants = detector_variants(features, cfg)
     rows, traces = [], []
@@ -176,7 +176,8 @@ def evaluate_group(
         if external_train is not None:
             note["train"] = "unperturbed runs of the other envs"
         if not (train_ids or external_train) or not calib_ids or not test_ids:
-            note["status"] = "skipped: no unperturbed training or calibration run, or no test run"
+            note.update(Status(StatusKind.SKIPPED, "no unperturbed training or calibration run, or no test run"
+                               ).to_json())
             notes.append(note)
             continue
         notes.append(note)
@@ -300,5 +301,5 @@ def leave_one_env_out_status(runs: pl.DataFrame) -> dict[str, Any]:
     """Leave-one-env-out needs >= 2 envs within a (domain, algo, stochasticity); otherwise not testable."""
     envs = runs.group_by(["domain", "algo", "stochasticity"]).agg(pl.col("env").n_unique().alias("n"))
     if envs.height and int(envs["n"].max()) >= 2:
-        return {"status": "ok"}
+        return Status(StatusKind.OK).to_json()
     return not_testable("one env per (domain, algo, stochasticity)")

@@ -3,8 +3,10 @@
 Every error a user can cause (no corpus, no finished runs, an unreadable results
 folder) derives from :class:`~data_schema.errors.StabilityBenchError`, so the CLI prints
 one line. Too little data for *one* analysis (a group without unperturbed runs, a split
-without calibration seeds) is not an error: it becomes a ``"status": "not testable: ..."``
-entry in ``summary.json`` and the rest of the analysis goes on.
+without calibration seeds) is not an error: it becomes an entry with a NOT_TESTABLE
+:class:`~analysis.summary.Status` in ``summary.json`` and the rest of the analysis goes on.
+summary.json's own errors (:class:`~analysis.summary.SummaryFieldError`, ...) live in
+:mod:`analysis.summary`.
 """
 
 from __future__ import annotations

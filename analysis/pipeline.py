@@ -1,16 +1,23 @@
 """``run_analysis``: the corpus in, ``results/`` out (Parquet tables + ``summary.json``).
 
-Stages, in order: load runs and events -> per matched group (domain, algo, env,
-stochasticity): telemetry features, collapse outcomes, block features, early-warning
-folds -> PCA per (domain, algo) and pooled -> survival -> regularities -> write.
+Stages, each a function with a typed (dataclass) output:
 
-Every headline number in ``summary.json`` is ``{"value", "n", "ci_low", "ci_high", ...}``;
-an analysis the data cannot support is ``{"status": "not testable: <why>"}``.
+1. :func:`load_corpus` -> :class:`LoadedCorpus`: finished runs and events;
+2. :func:`analyse_groups` -> :class:`GroupResults`: per matched group (domain, algo, env,
+   stochasticity) telemetry blocks, feature selection, collapse outcomes and early-warning folds;
+3. :func:`analysis.pca_summary.pca_summary` -> :class:`~analysis.pca_summary.PCASummary`;
+4. :func:`early_warning_questions` -> :class:`EarlyWarningResult`: questions (a) and (b);
+5. :func:`survival_models` -> :class:`SurvivalResult`;
+6. :func:`measure_regularities` -> :class:`RegularitiesResult`;
+7. the tables (:func:`analysis.results.write_result`, each under its declared schema) and
+   ``summary.json`` (:func:`analysis.summary.write_summary`, the one writer).
+
+Every headline number in ``summary.json`` is an :class:`~analysis.summary.Estimate`; an analysis the
+data cannot support carries a :class:`~analysis.summary.Status` (``{"status": "not_testable", "reason": ...}``).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
@@ -24,9 +31,9 @@ import polars as pl
 import pyarrow as pa
 
 from analysis import coherence as coherence_mod
-from analysis import pca as pca_mod
 from analysis import questions
 from analysis.aggregates import iqm_table, performance_profiles
+from analysis.collapse import RULE as COLLAPSE_RULE
 from analysis.collapse import CollapseConfig, collapse_group, nonfinite_steps
 from analysis.data import (
     NONFINITE_COLUMNS,
@@ -51,14 +58,14 @@ from analysis.early_warning import (
     leave_one_env_out_status,
 )
 from analysis.pca import PCAAccumulator
+from analysis.pca_summary import PCAInput, PCASummary, pca_summary
 from analysis.regularities import dissociation, precedence, stochasticity_buffer
-from analysis.stats import clopper_pearson, not_testable, number
-from analysis.survival import cox, group_label, km_table, logrank
+from analysis.results import flatten, write_result
+from analysis.stats import clopper_pearson
+from analysis.summary import DetectorKey, Status, StatusKind, not_testable, number, write_summary
+from analysis.survival import cox, km_table, logrank, with_config_label
 from data_schema import RUNS, RUNS_SCHEMA, write_table
 from data_schema.card import summary_lines, write_card
-from data_schema.io import atomic_path
-
-SUMMARY = "summary.json"
 
 
 @dataclass(frozen=True)
@@ -73,12 +80,6 @@ class AnalysisConfig:
     early_frac: float = 0.02
     n_boot: int = 1000
     seed: int = 0
-
-
-def _write(frame: pl.DataFrame, path: Path) -> None:
-    """Atomic zstd Parquet write of a results table (dot-prefixed temp file, then ``os.replace``)."""
-    with atomic_path(path) as tmp:
-        frame.write_parquet(tmp, compression="zstd")
 
 
 def _early_coherence(steps: pl.DataFrame, onset: int | None, frac: float) -> float | None:
@@ -111,8 +112,122 @@ def _kick_size(steps: np.ndarray, X: np.ndarray, names: list[str], onset: int | 
     return out
 
 
+@dataclass(frozen=True)
+class LoadedCorpus:
+    """Stage 1: the finished runs (with an ``unperturbed`` column), every event, and what was left out."""
+
+    runs: pl.DataFrame
+    events: pl.DataFrame
+    data_notes: list[str]
+    excluded: list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class GroupTelemetry:
+    """One matched group's telemetry, read run by run.
+
+    ``block``: block length in updates; ``performance``: run -> ``(steps (T,), performance (T,))``;
+    ``first_nonfinite``: run -> first update with a non-finite feature; ``blocks``: run ->
+    ``(block steps (n,), block features (n, F), non-finite flags (n,))`` over all read features.
+    """
+
+    block: int
+    performance: dict[str, tuple[np.ndarray, np.ndarray]]
+    first_nonfinite: dict[str, int]
+    blocks: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """The features of one (domain, algo) after removing redundant columns (judged on the controls' blocks)."""
+
+    read: list[str]  #: every column read (the candidates plus ``lr`` for the +echo monitors)
+    kept: list[str]  #: non-redundant columns, monitors' input
+    removed: list[dict[str, Any]]
+    pca: list[str]  #: ``kept`` without ``lr``
+
+    def summary(self) -> dict[str, Any]:
+        return {"features": self.kept, "removed_redundant": self.removed,
+                "echo_columns": [c for c in ECHO_COLUMNS if c in self.kept],
+                "monitor_features_without_echo": [c for c in self.kept if c not in ECHO_COLUMNS],
+                "pca_features": self.pca}
+
+
+@dataclass(frozen=True)
+class GroupResults:
+    """Stage 2: per matched group (domain, algo, env, stochasticity), outcomes and early-warning folds.
+
+    Tables: ``outcomes`` (one row per run), ``sensitivity`` (run x rule setting), ``ew_runs`` /
+    ``ew_scores`` (test run x detector [x block]), ``loeo_runs`` (leave-one-env-out), ``coherence``
+    (aligned on onset). Per run: ``early_coherence`` and ``kick`` (3 kick sizes).
+    """
+
+    outcomes: pl.DataFrame
+    sensitivity: pl.DataFrame
+    ew_runs: pl.DataFrame
+    ew_scores: pl.DataFrame
+    loeo_runs: pl.DataFrame
+    coherence: pl.DataFrame
+    fold_notes: list[dict[str, Any]]
+    loeo_notes: list[dict[str, Any]]
+    group_notes: list[dict[str, Any]]
+    feature_sets: dict[str, dict[str, Any]]
+    pca_inputs: dict[tuple[str, str], PCAInput]
+    early_coherence: dict[str, float]
+    kick: dict[str, np.ndarray]
+    timings: dict[str, float]
+
+
+@dataclass
+class _Collector:
+    """Stage 2's accumulators, filled group by group and frozen into :class:`GroupResults`."""
+
+    outcomes: list[pl.DataFrame] = field(default_factory=list)
+    sensitivity: list[pl.DataFrame] = field(default_factory=list)
+    ew_runs: list[pl.DataFrame] = field(default_factory=list)
+    ew_scores: list[pl.DataFrame] = field(default_factory=list)
+    loeo_runs: list[pl.DataFrame] = field(default_factory=list)
+    coherence: list[pl.DataFrame] = field(default_factory=list)
+    fold_notes: list[dict[str, Any]] = field(default_factory=list)
+    loeo_notes: list[dict[str, Any]] = field(default_factory=list)
+    group_notes: list[dict[str, Any]] = field(default_factory=list)
+    feature_sets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pca_inputs: dict[tuple[str, str], PCAInput] = field(default_factory=dict)
+    early_coherence: dict[str, float] = field(default_factory=dict)
+    kick: dict[str, np.ndarray] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=lambda: {"load_s": 0.0, "collapse_s": 0.0,
+                                                               "early_warning_s": 0.0})
+
+    def frozen(self) -> GroupResults:
+        def cat(parts: list[pl.DataFrame]) -> pl.DataFrame:
+            return pl.concat(parts, how="diagonal_relaxed") if parts else pl.DataFrame()
+
+        return GroupResults(cat(self.outcomes), cat(self.sensitivity), cat(self.ew_runs), cat(self.ew_scores),
+                            cat(self.loeo_runs), cat(self.coherence), self.fold_notes, self.loeo_notes,
+                            self.group_notes, self.feature_sets, self.pca_inputs, self.early_coherence, self.kick,
+                            self.timings)
+
+
+@dataclass(frozen=True)
+class EarlyWarningResult:
+    """Stage 4: questions (a) and (b) for every detector, and the leave-one-env-out evaluation."""
+
+    summary: dict[str, Any]  #: detection, prediction, references and by_detector; or a not-testable status
+    leave_one_env_out: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SurvivalResult:
+    """Stage 5: Kaplan-Meier table, log-rank rows and the Cox model; ``runs`` carries the Cox covariates."""
+
+    km: pl.DataFrame
+    logrank: list[dict[str, Any]]
+    cox: dict[str, Any]
+    runs: pl.DataFrame
+
+
 def _read_group(corpus: str | os.PathLike[str], g: pl.DataFrame, feats: list[str], cfg: AnalysisConfig,
-                early_coh: dict[str, float]) -> dict[str, Any]:
+                early_coh: dict[str, float]) -> GroupTelemetry:
     """Read one matched group run by run: performance, non-finite rows and block features (``feats``)."""
     n_upd = int(g["n_updates"].max() or g["planned_updates"].max() or 1)
     B = block_size(n_upd, cfg.features)
@@ -131,12 +246,206 @@ def _read_group(corpus: str | os.PathLike[str], g: pl.DataFrame, feats: list[str
         if c is not None:
             early_coh[rid] = c
         arrays.update(run_arrays(to_blocks(fr, feats, B), feats))
-    return {"B": B, "perf": perf, "nf_rows": nf_rows, "arrays": arrays}
+    return GroupTelemetry(B, perf, nf_rows, arrays)
 
 
 def _subset(arrays: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], idx: list[int]
             ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     return {r: (st, X[:, idx], nf) for r, (st, X, nf) in arrays.items()}
+
+
+def _label(key: dict[str, str]) -> str:
+    """``"rl/ppo/HalfCheetah-v5/default"``: a matched group's label."""
+    return "/".join(key.values())
+
+
+def _with_cluster(rows: pl.DataFrame, label: str) -> pl.DataFrame:
+    """Early-warning rows tagged with their group and their bootstrap cluster (group and seed)."""
+    return rows.with_columns(pl.lit(label).alias("group"),
+                             pl.concat_str([pl.lit(label + "|seed="), pl.col("seed").cast(pl.String)]).alias("cluster"))
+
+
+# =========================================================================== stages
+def load_corpus(corpus: str | os.PathLike[str]) -> LoadedCorpus:
+    """Stage 1: finished runs (excluding those whose files are damaged) and every event."""
+    data_notes: list[str] = []
+    excluded: list[dict[str, str]] = []
+    runs = load_runs(corpus, data_notes, excluded)
+    runs = runs.with_columns(is_unperturbed(runs).alias("unperturbed"))
+    return LoadedCorpus(runs, load_events(corpus), data_notes, excluded)
+
+
+def select_features(runs: pl.DataFrame, read: list[tuple[Any, pl.DataFrame, GroupTelemetry]], feats_all: list[str]
+                    ) -> FeatureSet:
+    """Drop collinear / algebraically redundant columns of ``feats_all`` (the columns read), judged on the
+    unperturbed runs' blocks (label-free)."""
+    ctrl_ids = set(runs.filter(pl.col("unperturbed"))["run_id"].to_list())
+    stack = [X for _, _, r in read for rid, (_, X, _) in r.blocks.items() if rid in ctrl_ids] or \
+        [X for _, _, r in read for _, X, _ in r.blocks.values()]
+    kept, removed = redundant_columns(np.vstack(stack) if stack else np.zeros((0, len(feats_all))), feats_all,
+                                      protect=("lr",)) if feats_all else ([], [])
+    return FeatureSet(feats_all, kept, removed, [c for c in kept if c != "lr"])
+
+
+def collapse_outcomes(g: pl.DataFrame, tel: GroupTelemetry, events: pl.DataFrame, cfg: AnalysisConfig
+                      ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """One group's outcomes under the rule, and the collapsed flag under each (drop, spread_k) of its margins."""
+    nonfinite = nonfinite_steps(events, g, tel.first_nonfinite)
+    unperturbed = g["unperturbed"].to_numpy()
+    outcomes = collapse_group(g, tel.performance, nonfinite, unperturbed, cfg.collapse)
+    sens = []
+    for drop in (0.25, 0.5, 0.75, 1.0):  # sensitivity of the outcome to the rule's two margins
+        for k in (1.0, 2.0, 3.0):
+            alt = collapse_group(g, tel.performance, nonfinite, unperturbed,
+                                 replace(cfg.collapse, drop=drop, spread_k=k))
+            sens.append(g.select("run_id", "perturbation", "magnitude", "duration_steps")
+                        .join(alt.select("run_id", "collapsed"), on="run_id")
+                        .with_columns(pl.lit(drop).alias("drop"), pl.lit(k).alias("spread_k")))
+    return outcomes, pl.concat(sens, how="diagonal_relaxed")
+
+
+def _analyse_domain_algo(corpus: str | os.PathLike[str], key_da: dict[str, str], da_runs: pl.DataFrame,
+                         events: pl.DataFrame, cfg: AnalysisConfig, out: Path, say: Callable[[str], None],
+                         acc: _Collector) -> None:
+    """Stage 2 for one (domain, algo): read, select features, then per matched group collapse and early warning."""
+    ts = time.perf_counter()
+    candidates = feature_columns(corpus, da_runs, cfg.features)
+    feats_read = [*candidates, *(["lr"] if "lr" not in candidates else [])]  # lr only for the +echo monitors
+    read = []
+    for key, g in group_runs(da_runs):
+        say(f"{_label(key)}: reading telemetry run by run ({g.height} runs)")
+        read.append((key, g, _read_group(corpus, g, feats_read, cfg, acc.early_coherence)))
+    acc.timings["load_s"] += time.perf_counter() - ts
+    fs = select_features(da_runs, read, feats_read)
+    acc.feature_sets[f"{key_da['domain']}/{key_da['algo']}"] = fs.summary()
+    idx = [fs.read.index(c) for c in fs.kept]
+    pidx = [fs.read.index(c) for c in fs.pca]
+    ctrl_ids = set(da_runs.filter(pl.col("unperturbed"))["run_id"].to_list())
+    pca_in = PCAInput(fs.pca, PCAAccumulator(len(fs.pca), cfg.n_null, cfg.seed, cfg.pca_in_memory_rows),
+                      PCAAccumulator(len(fs.pca), cfg.n_null, cfg.seed + 1, cfg.pca_in_memory_rows))
+    acc.pca_inputs[(key_da["domain"], key_da["algo"])] = pca_in
+    evaluated: list[tuple[dict[str, str], pl.DataFrame, dict[str, Any], int]] = []
+    for key, g, tel in read:
+        label = _label(key)
+        for rid, (st, X, nf) in tel.blocks.items():
+            Xp = X[:, pidx]
+            Xp = Xp[np.isfinite(Xp).all(axis=1)]
+            pca_in.all_runs.add_run(Xp)
+            if rid in ctrl_ids:
+                pca_in.unperturbed_runs.add_run(Xp)
+            pca_in.blocks[rid] = (st, X[:, pidx], nf)
+        arrays = _subset(tel.blocks, idx)
+
+        ts = time.perf_counter()
+        outcomes, sens = collapse_outcomes(g, tel, events, cfg)
+        acc.outcomes.append(outcomes)
+        acc.sensitivity.append(sens)
+        acc.timings["collapse_s"] += time.perf_counter() - ts
+        notes_rule = [n for n in outcomes["note"].drop_nulls().unique().to_list() if n]
+        acc.group_notes.append({**key, "n_runs": g.height, "n_unperturbed": int(g["unperturbed"].sum()),
+                                "features": fs.kept, "block_updates": tel.block, "collapse_rule_note": notes_rule})
+
+        ts = time.perf_counter()
+        g_out = g.join(outcomes.select("run_id", "collapsed", "collapse_kind", "collapse_step"), on="run_id")
+        for row in g_out.iter_rows(named=True):
+            if row["run_id"] in tel.blocks:
+                st, X, _ = tel.blocks[row["run_id"]]
+                acc.kick[row["run_id"]] = _kick_size(st, X, fs.read, row["onset_step"],
+                                                     landmark(row["onset_step"], row["duration_steps"],
+                                                              bool(row["unperturbed"]), tel.block))
+        safe = "_".join(v.replace("/", "-") for v in key.values())
+        rows, traces, notes = evaluate_group(g_out, arrays, fs.kept, cfg.early_warning,
+                                             progress=lambda m, label=label: say(f"{label}: {m}"),
+                                             save_dir=out / "monitors" / safe, block=tel.block)
+        acc.coherence.append(coherence_mod.aligned(tel.blocks, fs.read, g_out, domain=key["domain"]))
+        evaluated.append((key, g_out, arrays, tel.block))
+        acc.ew_runs.append(_with_cluster(rows, label))
+        acc.ew_scores.append(traces)
+        acc.fold_notes.append({"group": label, "folds": notes})
+        acc.timings["early_warning_s"] += time.perf_counter() - ts
+    ts = time.perf_counter()
+    _leave_one_env_out(evaluated, fs.kept, cfg, say, acc)
+    acc.timings["early_warning_s"] += time.perf_counter() - ts
+
+
+def _leave_one_env_out(evaluated: list[tuple[dict[str, str], pl.DataFrame, dict[str, Any], int]], kept: list[str],
+                       cfg: AnalysisConfig, say: Callable[[str], None], acc: _Collector) -> None:
+    """Each group's test seeds scored by monitors trained on the other envs' controls (same stochasticity)."""
+    for key, g_out, arrays, B in evaluated:
+        others = [(k2, g2, a2) for k2, g2, a2, _ in evaluated
+                  if k2["env"] != key["env"] and k2["stochasticity"] == key["stochasticity"]]
+        if not others:
+            continue
+        train = [a2[rid][1] for _, g2, a2 in others
+                 for rid in g2.filter(pl.col("unperturbed") & ~pl.col("collapsed"))["run_id"].to_list()
+                 if rid in a2]
+        label = _label(key)
+        rows, _, notes = evaluate_group(g_out, arrays, kept, cfg.early_warning,
+                                        progress=lambda m, label=label: say(f"{label} (leave-one-env-out): {m}"),
+                                        external_train=train, block=B)
+        acc.loeo_runs.append(_with_cluster(rows, label))
+        acc.loeo_notes.append({"group": label, "trained_on_envs": sorted({k2["env"] for k2, _, _ in others}),
+                               "folds": notes})
+
+
+def analyse_groups(corpus: str | os.PathLike[str], loaded: LoadedCorpus, cfg: AnalysisConfig, out: Path,
+                   say: Callable[[str], None]) -> GroupResults:
+    """Stage 2: every (domain, algo), every matched group: features, outcomes, early-warning folds."""
+    acc = _Collector()
+    for key_da, da_runs in group_runs(loaded.runs, ("domain", "algo")):
+        _analyse_domain_algo(corpus, key_da, da_runs, loaded.events, cfg, out, say, acc)
+    return acc.frozen()
+
+
+def early_warning_questions(groups: GroupResults, runs: pl.DataFrame, cfg: AnalysisConfig) -> EarlyWarningResult:
+    """Stage 4: questions (a) detection and (b) prediction on the held-out folds, and leave-one-env-out."""
+    if groups.ew_runs.height:
+        ew_summary = _questions(groups.ew_runs, groups.kick, cfg)
+    else:
+        ew_summary = not_testable("no fold could be evaluated (need >= 3 seeds with unperturbed runs)")
+    loeo = leave_one_env_out_status(runs)
+    if groups.loeo_runs.height:
+        loeo = {**Status(StatusKind.OK).to_json(), **_questions(groups.loeo_runs, groups.kick, cfg),
+                "folds": groups.loeo_notes}
+    elif Status.from_json(loeo).ok:
+        loeo = not_testable("no held-out env had calibration and test runs", folds=groups.loeo_notes)
+    return EarlyWarningResult(ew_summary, loeo)
+
+
+def survival_models(full: pl.DataFrame, groups: GroupResults) -> SurvivalResult:
+    """Stage 5: Kaplan-Meier, log-rank and Cox (with the early MSD and early coherence as covariates)."""
+    surv_runs = full
+    ew = groups.ew_runs
+    if ew.height:
+        k = ew.filter(pl.col("detector") == "kalman")
+        surv_runs = surv_runs.join(
+            k.select("run_id", pl.col("early_score").alias("early_msd"), pl.col("window_score").alias("max_msd")),
+            on="run_id", how="left")
+    early = groups.early_coherence
+    coh = pl.DataFrame({"run_id": list(early), "early_coherence": list(early.values())},
+                       schema={"run_id": pl.String, "early_coherence": pl.Float64})
+    surv_runs = surv_runs.join(coh, on="run_id", how="left")
+    return SurvivalResult(km_table(full), logrank(full), cox(surv_runs), surv_runs)
+
+
+@dataclass(frozen=True)
+class RegularitiesResult:
+    """Stage 6: the paper's regularities and the coherence question, as summary entries."""
+
+    dissociation: list[dict[str, Any]]
+    stochasticity_buffer: dict[str, Any]
+    precedence: list[dict[str, Any]]
+    coherence_before_collapse: dict[str, Any]
+
+
+def measure_regularities(full: pl.DataFrame, groups: GroupResults, surv: SurvivalResult, cfg: AnalysisConfig
+                         ) -> RegularitiesResult:
+    """Stage 6: decoupling of performance from stability, the stochasticity buffer, precedence, coherence."""
+    coherence = coherence_mod.summarise(groups.coherence, cfg.n_boot, cfg.seed) if groups.coherence.height else \
+        not_testable("no configuration with both a collapsed and a non-collapsed perturbed run that has coherence "
+                     "telemetry")
+    return RegularitiesResult(dissociation(surv.runs, cfg.n_boot, cfg.seed), stochasticity_buffer(full, surv.cox),
+                              precedence(groups.ew_runs if groups.ew_runs.height else None), coherence)
 
 
 def run_analysis(
@@ -146,260 +455,120 @@ def run_analysis(
     update_corpus: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Analyse ``corpus`` and write ``out/`` (tables + ``summary.json``); returns the summary dict."""
+    """Analyse ``corpus`` and write ``out/`` (tables + ``summary.json``); returns the summary as written."""
     cfg = cfg or AnalysisConfig()
     say = progress or (lambda _msg: None)
     t0 = time.perf_counter()
-    timings: dict[str, float] = {}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
     say("loading runs")
-    data_notes: list[str] = []
-    excluded: list[dict[str, str]] = []
-    runs = load_runs(corpus, data_notes, excluded)
-    runs = runs.with_columns(is_unperturbed(runs).alias("unperturbed"))
-    events = load_events(corpus)
+    loaded = load_corpus(corpus)
+    groups = analyse_groups(corpus, loaded, cfg, out, say)
+    timings = dict(groups.timings)
+    full = loaded.runs.join(groups.outcomes, on="run_id", how="left")
+    _write_runs(full, out, corpus if update_corpus else None, cfg)
 
-    outcome_parts, ew_rows, ew_traces, fold_notes, group_notes, coh_parts = [], [], [], [], [], []
-    sens_parts: list[pl.DataFrame] = []
-    loeo_rows: list[pl.DataFrame] = []
-    loeo_notes: list[dict[str, Any]] = []
-    pca_acc: dict[tuple[str, str], dict[str, Any]] = {}
-    feature_sets: dict[str, Any] = {}
-    early_coh: dict[str, float] = {}
-    kick: dict[str, np.ndarray] = {}
-    t_load = t_collapse = t_ew = 0.0
-    for key_da, da_runs in group_runs(runs, ("domain", "algo")):
-        da_label = f"{key_da['domain']}/{key_da['algo']}"
-        ts = time.perf_counter()
-        features = feature_columns(corpus, da_runs, cfg.features)
-        feats_all = [*features, *(["lr"] if "lr" not in features else [])]  # lr only for the +echo monitors
-        read = []
-        for key, g in group_runs(da_runs):
-            say(f"{'/'.join(key.values())}: reading telemetry run by run ({g.height} runs)")
-            read.append((key, g, _read_group(corpus, g, feats_all, cfg, early_coh)))
-        t_load += time.perf_counter() - ts
-        # collinear / algebraically redundant columns, judged on the unperturbed runs' blocks (label-free)
-        ctrl_ids = set(da_runs.filter(pl.col("unperturbed"))["run_id"].to_list())
-        stack = [X for _, _, r in read for rid, (_, X, _) in r["arrays"].items() if rid in ctrl_ids] or \
-            [X for _, _, r in read for _, X, _ in r["arrays"].values()]
-        kept, removed = redundant_columns(np.vstack(stack) if stack else np.zeros((0, len(feats_all))), feats_all,
-                                          protect=("lr",)) if feats_all else ([], [])
-        pca_feats = [c for c in kept if c != "lr"]
-        feature_sets[da_label] = {"features": kept, "removed_redundant": removed,
-                                  "echo_columns": [c for c in ECHO_COLUMNS if c in kept],
-                                  "monitor_features_without_echo": [c for c in kept if c not in ECHO_COLUMNS],
-                                  "pca_features": pca_feats}
-        idx = [feats_all.index(c) for c in kept]
-        pidx = [feats_all.index(c) for c in pca_feats]
-        acc = {"features": pca_feats, "blocks": {},
-               "all_runs": PCAAccumulator(len(pca_feats), cfg.n_null, cfg.seed, cfg.pca_in_memory_rows),
-               "unperturbed_runs": PCAAccumulator(len(pca_feats), cfg.n_null, cfg.seed + 1, cfg.pca_in_memory_rows)}
-        pca_acc[(key_da["domain"], key_da["algo"])] = acc
-        for key, g, r in read:
-            label = "/".join(key.values())
-            B, perf, arrays_all = r["B"], r["perf"], r["arrays"]
-            for rid, (st, X, _) in arrays_all.items():
-                Xp = X[:, pidx]
-                Xp = Xp[np.isfinite(Xp).all(axis=1)]
-                acc["all_runs"].add_run(Xp)
-                if rid in ctrl_ids:
-                    acc["unperturbed_runs"].add_run(Xp)
-                acc["blocks"][rid] = (st, X[:, pidx], arrays_all[rid][2])
-            arrays = _subset(arrays_all, idx)
-
-            ts = time.perf_counter()
-            nonfinite = nonfinite_steps(events, g, r["nf_rows"])
-            outcomes = collapse_group(g, perf, nonfinite, g["unperturbed"].to_numpy(), cfg.collapse)
-            outcome_parts.append(outcomes)
-            for drop in (0.25, 0.5, 0.75, 1.0):  # sensitivity of the outcome to the rule's two margins
-                for k in (1.0, 2.0, 3.0):
-                    alt = collapse_group(g, perf, nonfinite, g["unperturbed"].to_numpy(),
-                                         replace(cfg.collapse, drop=drop, spread_k=k))
-                    sens_parts.append(g.select("run_id", "perturbation", "magnitude", "duration_steps")
-                                      .join(alt.select("run_id", "collapsed"), on="run_id")
-                                      .with_columns(pl.lit(drop).alias("drop"), pl.lit(k).alias("spread_k")))
-            t_collapse += time.perf_counter() - ts
-            notes_rule = [n for n in outcomes["note"].drop_nulls().unique().to_list() if n]
-            group_notes.append({**key, "n_runs": g.height, "n_unperturbed": int(g["unperturbed"].sum()),
-                                "features": kept, "block_updates": B, "collapse_rule_note": notes_rule})
-
-            ts = time.perf_counter()
-            g_out = g.join(outcomes.select("run_id", "collapsed", "collapse_kind", "collapse_step"), on="run_id")
-            for row in g_out.iter_rows(named=True):
-                if row["run_id"] in arrays_all:
-                    st, X, _ = arrays_all[row["run_id"]]
-                    kick[row["run_id"]] = _kick_size(st, X, feats_all, row["onset_step"],
-                                                     landmark(row["onset_step"], row["duration_steps"],
-                                                              bool(row["unperturbed"]), B))
-            safe = "_".join(v.replace("/", "-") for v in key.values())
-            rows, traces, notes = evaluate_group(g_out, arrays, kept, cfg.early_warning,
-                                                 progress=lambda m, label=label: say(f"{label}: {m}"),
-                                                 save_dir=out / "monitors" / safe, block=B)
-            coh_parts.append(coherence_mod.aligned(arrays_all, feats_all, g_out, domain=key["domain"]))
-            acc.setdefault("groups", []).append((key, g_out, arrays, B))
-            ew_rows.append(rows.with_columns(pl.lit(label).alias("group"),
-                                             pl.concat_str([pl.lit(label + "|seed="), pl.col("seed").cast(pl.String)])
-                                             .alias("cluster")))
-            ew_traces.append(traces)
-            fold_notes.append({"group": label, "folds": notes})
-            t_ew += time.perf_counter() - ts
-        # leave-one-env-out: train on the other envs' controls (same domain, algo, stochasticity)
-        ts = time.perf_counter()
-        for key, g_out, arrays, B in acc.get("groups", []):
-            others = [(k2, g2, a2) for k2, g2, a2, _ in acc["groups"]
-                      if k2["env"] != key["env"] and k2["stochasticity"] == key["stochasticity"]]
-            if not others:
-                continue
-            train = [a2[rid][1] for _, g2, a2 in others
-                     for rid in g2.filter(pl.col("unperturbed") & ~pl.col("collapsed"))["run_id"].to_list()
-                     if rid in a2]
-            label = "/".join(key.values())
-            rows, _, notes = evaluate_group(g_out, arrays, kept, cfg.early_warning,
-                                            progress=lambda m, label=label: say(f"{label} (leave-one-env-out): {m}"),
-                                            external_train=train, block=B)
-            loeo_rows.append(rows.with_columns(pl.lit(label).alias("group"),
-                                               pl.concat_str([pl.lit(label + "|seed="), pl.col("seed").cast(pl.String)])
-                                               .alias("cluster")))
-            loeo_notes.append({"group": label, "trained_on_envs": sorted({k2["env"] for k2, _, _ in others}),
-                               "folds": notes})
-        t_ew += time.perf_counter() - ts
-    timings.update(load_s=t_load, collapse_s=t_collapse, early_warning_s=t_ew)
-
-    outcomes = pl.concat(outcome_parts, how="diagonal_relaxed")
-    ew = pl.concat(ew_rows, how="diagonal_relaxed") if ew_rows else pl.DataFrame()
-    traces = pl.concat(ew_traces, how="diagonal_relaxed") if ew_traces else pl.DataFrame()
-
-    # ---------------------------------------------------------------- runs table
-    full = runs.join(outcomes, on="run_id", how="left")
-    runs_table = pa.Table.from_pylist(
-        full.select([f.name for f in RUNS_SCHEMA]).to_dicts(), schema=RUNS_SCHEMA
-    )
-    write_table(runs_table, out / RUNS, RUNS_SCHEMA)
-    if update_corpus:
-        write_table(runs_table, Path(corpus) / RUNS, RUNS_SCHEMA)
-        _card_section(corpus, full.to_dicts(), cfg)
-    _write(outcomes, out / "collapse_details.parquet")
-    sens = _sensitivity(pl.concat(sens_parts, how="diagonal_relaxed")) if sens_parts else pl.DataFrame()
-    if sens.height:
-        _write(sens, out / "collapse_sensitivity.parquet")
-
-    # ---------------------------------------------------------------- PCA
     say("PCA and circular-shift null")
     ts = time.perf_counter()
-    pca_summary, pca_evr, pca_traj = _pca_all(pca_acc, cfg)
+    pca = pca_summary(groups.pca_inputs, cfg.n_null, cfg.n_boot, cfg.seed)
     timings["pca_s"] = time.perf_counter() - ts
-    _write(pca_evr, out / "pca_explained.parquet")
-    _write(pca_traj, out / "pca_trajectories.parquet")
-
-    # ---------------------------------------------------------------- early warning: the two questions
     say("detection and prediction questions")
     ts = time.perf_counter()
-    ew_summary: dict[str, Any] = {}
-    if ew.height:
-        ew_summary = _questions(ew, kick, cfg)
-        _write(ew, out / "early_warning_runs.parquet")
-        _write(traces, out / "early_warning_scores.parquet")
-        _write(pl.DataFrame([_flat({"detector": k, **v}) for k, v in ew_summary["detection"].items()]),
-               out / "early_warning_metrics.parquet")
-    else:
-        ew_summary = not_testable("no fold could be evaluated (need >= 3 seeds with unperturbed runs)")
+    ew = early_warning_questions(groups, loaded.runs, cfg)
     timings["questions_s"] = time.perf_counter() - ts
-    loeo = pl.concat(loeo_rows, how="diagonal_relaxed") if loeo_rows else pl.DataFrame()
-    loeo_summary = leave_one_env_out_status(runs)
-    if loeo.height:
-        loeo_summary = {"status": "ok", **_questions(loeo, kick, cfg), "folds": loeo_notes}
-        _write(loeo, out / "early_warning_loeo_runs.parquet")
-    elif loeo_summary.get("status") == "ok":
-        loeo_summary = not_testable("no held-out env had calibration and test runs", folds=loeo_notes)
-
-    # ---------------------------------------------------------------- survival
     say("survival models")
     ts = time.perf_counter()
-    surv_runs = full
-    if ew.height:
-        k = ew.filter(pl.col("detector") == "kalman")
-        surv_runs = surv_runs.join(
-            k.select("run_id", pl.col("early_score").alias("early_msd"), pl.col("window_score").alias("max_msd")),
-            on="run_id", how="left")
-    coh = pl.DataFrame({"run_id": list(early_coh), "early_coherence": list(early_coh.values())},
-                       schema={"run_id": pl.String, "early_coherence": pl.Float64})
-    surv_runs = surv_runs.join(coh, on="run_id", how="left")
-    km = km_table(full)
-    lr = logrank(full)
-    cox_res = cox(surv_runs)
+    surv = survival_models(full, groups)
     timings["survival_s"] = time.perf_counter() - ts
-    if km.height:
-        _write(km, out / "km.parquet")
-    _write(pl.DataFrame(lr), out / "logrank.parquet")
-    if cox_res.get("coefficients"):
-        _write(pl.DataFrame([_flat(c) for c in cox_res["coefficients"]]), out / "cox.parquet")
-
-    # ---------------------------------------------------------------- regularities
     say("regularities")
-    diss = dissociation(surv_runs, cfg.n_boot, cfg.seed)
-    buf = stochasticity_buffer(full, cox_res)
-    prec = precedence(ew) if ew.height else [not_testable("no early-warning evaluation")]
-    _write(pl.DataFrame([_flat(x) for x in diss]), out / "dissociation.parquet")
-
-    coh_table = pl.concat(coh_parts, how="diagonal_relaxed") if coh_parts else pl.DataFrame()
-    if coh_table.height:
-        _write(coh_table, out / "coherence_aligned.parquet")
-    coh_summary = coherence_mod.summarise(coh_table, cfg.n_boot, cfg.seed) if coh_table.height else not_testable(
-        "no configuration with both a collapsed and a non-collapsed perturbed run that has coherence telemetry")
-
-    # ---------------------------------------------------------------- dose-response
+    reg = measure_regularities(full, groups, surv, cfg)
     dose = _dose_response(full)
-    _write(dose, out / "dose_response.parquet")
-    _write(iqm_table(full, cfg.n_boot, cfg.seed), out / "final_performance_iqm.parquet")  # rliable-style
-    _write(performance_profiles(full, n_boot=cfg.n_boot, seed=cfg.seed), out / "performance_profiles.parquet")
+    sens = _sensitivity(groups.sensitivity) if groups.sensitivity.height else pl.DataFrame()
 
-    held = full.filter(pl.col("unperturbed") & pl.col("rule_fold").is_not_null())
-    kf = int(held["collapsed"].sum()) if held.height else 0
-    kt = int(held["transient"].sum()) if held.height else 0
+    _write_tables(out, full, groups, sens, dose, pca, ew, surv, reg, cfg)
     timings["total_s"] = time.perf_counter() - t0
     summary = {
         "corpus": str(Path(corpus).resolve()),
-        "n_runs": runs.height,
-        "data_notes": data_notes,
-        "excluded_runs": {"n": len({b["run_id"] for b in excluded}), "files": excluded,
+        "n_runs": loaded.runs.height,
+        "data_notes": loaded.data_notes,
+        "excluded_runs": {"n": len({b["run_id"] for b in loaded.excluded}), "files": loaded.excluded,
                           "why": "manifest says ok, but a steps or events file is missing or damaged"},
-        "groups": group_notes,
-        "features": feature_sets,
+        "groups": groups.group_notes,
+        "features": groups.feature_sets,
         "config": {"collapse": cfg.collapse.to_dict(), "features": vars(cfg.features),
                    "early_warning": cfg.early_warning.to_dict(), "n_null": cfg.n_null, "early_frac": cfg.early_frac},
-        "collapse": {
-            "dose_response": dose.to_dicts(),
-            "sensitivity": sens.to_dicts() if sens.height else [],
-            "rule_false_collapse_rate_unperturbed": number(
-                kf / held.height if held.height else None, held.height, clopper_pearson(kf, held.height),
-                n_calibration=int(held["n_controls"].min()) if held.height else 0, n_test=held.height,
-                note="held-out controls, each judged against the envelope of the other control seeds (cross-fitted)"),
-            "transient_rate_unperturbed": number(kt / held.height if held.height else None, held.height,
-                                                 clopper_pearson(kt, held.height)),
-            "n_transient_perturbed": int(full.filter(~pl.col("unperturbed"))["transient"].sum()),
-            "collapse_kinds": {k: int(v) for k, v in full["collapse_kind"].value_counts().iter_rows()
-                               if k is not None},
-        },
-        "pca": pca_summary,
-        "coherence_before_collapse": coh_summary,
-        "early_warning": {**ew_summary, "folds": fold_notes, "leave_one_env_out": loeo_summary,
-                          "feature_sets": feature_sets,
+        "collapse": _collapse_summary(full, dose, sens),
+        "pca": pca.summary,
+        "coherence_before_collapse": reg.coherence_before_collapse,
+        "early_warning": {**ew.summary, "folds": groups.fold_notes, "leave_one_env_out": ew.leave_one_env_out,
+                          "feature_sets": groups.feature_sets,
                           "leave_one_perturbation_kind_out": "= the per-kind subsets: detectors are fitted and "
                           "calibrated on unperturbed runs only"},
-        "survival": {"logrank": lr, "cox": cox_res,
-                     "km_groups": km["group"].unique(maintain_order=True).to_list() if km.height else []},
-        "regularities": {"dissociation": diss, "stochasticity_buffer": buf, "precedence": prec},
+        "survival": {"logrank": surv.logrank, "cox": surv.cox,
+                     "km_groups": surv.km["group"].unique(maintain_order=True).to_list() if surv.km.height else []},
+        "regularities": {"dissociation": reg.dissociation, "stochasticity_buffer": reg.stochasticity_buffer,
+                         "precedence": reg.precedence},
         "timings_s": timings,
         "environment": {"python": platform.python_version(), "polars": pl.__version__, "numpy": np.__version__},
     }
-    summary["figures"] = figure_index(summary, full, ew, coh_table)
-    summary["headline"] = _headline(summary, cfg)
-    summary = _clean(summary)
-    with atomic_path(out / SUMMARY) as tmp:
-        tmp.write_text(json.dumps(summary, indent=2, default=_json_default, allow_nan=False))
-    return summary
+    summary["figures"] = figure_index(summary, full, groups.ew_runs, groups.coherence)
+    summary["headline"] = _headline(summary)
+    return write_summary(summary, out)
+
+
+def _write_runs(full: pl.DataFrame, out: Path, corpus: str | os.PathLike[str] | None, cfg: AnalysisConfig) -> None:
+    """``runs.parquet`` (manifest + outcomes) into ``out`` and, unless ``corpus`` is None, into the corpus with
+    the dataset card's collapse section."""
+    runs_table = pa.Table.from_pylist(full.select([f.name for f in RUNS_SCHEMA]).to_dicts(), schema=RUNS_SCHEMA)
+    write_table(runs_table, out / RUNS, RUNS_SCHEMA)
+    if corpus is not None:
+        write_table(runs_table, Path(corpus) / RUNS, RUNS_SCHEMA)
+        _card_section(corpus, full.to_dicts(), cfg)
+
+
+def _write_tables(out: Path, full: pl.DataFrame, groups: GroupResults, sens: pl.DataFrame, dose: pl.DataFrame,
+                  pca: PCASummary, ew: EarlyWarningResult, surv: SurvivalResult, reg: RegularitiesResult,
+                  cfg: AnalysisConfig) -> None:
+    """Every results table (:data:`analysis.results.SCHEMAS`) a stage produced; an empty optional one is skipped."""
+    write_result(groups.outcomes, out, "collapse_details")
+    optional = {"collapse_sensitivity": sens, "early_warning_runs": groups.ew_runs,
+                "early_warning_scores": groups.ew_scores, "early_warning_loeo_runs": groups.loeo_runs,
+                "km": surv.km, "coherence_aligned": groups.coherence}
+    for name, frame in optional.items():
+        if frame.height:
+            write_result(frame, out, name)
+    if groups.ew_runs.height:
+        write_result(pl.DataFrame([flatten({"detector": k, **v}) for k, v in ew.summary["detection"].items()]),
+                     out, "early_warning_metrics")
+    if surv.cox.get("coefficients"):
+        write_result(pl.DataFrame([flatten(c) for c in surv.cox["coefficients"]]), out, "cox")
+    write_result(pca.explained, out, "pca_explained")
+    write_result(pca.trajectories, out, "pca_trajectories")
+    write_result(pl.DataFrame(surv.logrank), out, "logrank")
+    write_result(pl.DataFrame([flatten(x) for x in reg.dissociation]), out, "dissociation")
+    write_result(dose, out, "dose_response")
+    write_result(iqm_table(full, cfg.n_boot, cfg.seed), out, "final_performance_iqm")  # rliable-style
+    write_result(performance_profiles(full, n_boot=cfg.n_boot, seed=cfg.seed), out, "performance_profiles")
+
+
+def _collapse_summary(full: pl.DataFrame, dose: pl.DataFrame, sens: pl.DataFrame) -> dict[str, Any]:
+    """summary.json ``collapse``: dose-response rows, the rule's sensitivity and its false-collapse rate."""
+    held = full.filter(pl.col("unperturbed") & pl.col("rule_fold").is_not_null())
+    kf = int(held["collapsed"].sum()) if held.height else 0
+    kt = int(held["transient"].sum()) if held.height else 0
+    return {
+        "dose_response": dose.to_dicts(),
+        "sensitivity": sens.to_dicts() if sens.height else [],
+        "rule_false_collapse_rate_unperturbed": number(
+            kf / held.height if held.height else None, held.height, clopper_pearson(kf, held.height),
+            n_calibration=int(held["n_controls"].min()) if held.height else 0, n_test=held.height,
+            note="held-out controls, each judged against the envelope of the other control seeds (cross-fitted)"),
+        "transient_rate_unperturbed": number(kt / held.height if held.height else None, held.height,
+                                             clopper_pearson(kt, held.height)),
+        "n_transient_perturbed": int(full.filter(~pl.col("unperturbed"))["transient"].sum()),
+        "collapse_kinds": {k: int(v) for k, v in full["collapse_kind"].value_counts().iter_rows() if k is not None},
+    }
 
 
 def _questions(ew: pl.DataFrame, kick: dict[str, np.ndarray], cfg: AnalysisConfig) -> dict[str, Any]:
@@ -424,8 +593,8 @@ def _questions(ew: pl.DataFrame, kick: dict[str, np.ndarray], cfg: AnalysisConfi
             refs_out = questions.reference_rows(pset, refs, ecfg.n_boot, ecfg.seed)
     first = rows.filter(pl.col("detector") == rows["detector"][0])
     det["perturbation_on"] = questions.perturbation_on_detection(first, ecfg.fpr)
-    by_detector = {f"{k}|all": {**v, "fpr_unperturbed": v["fpr_held_out_controls"]} for k, v in det.items()
-                   if k != "perturbation_on"}
+    by_detector = [{**DetectorKey(k)._asdict(), **v, "fpr_unperturbed": v["fpr_held_out_controls"]}
+                   for k, v in det.items() if k != "perturbation_on"]
     return {"detection": det, "prediction": pred, "prediction_references": refs_out, "by_detector": by_detector,
             "questions": {"a": questions.QUESTION_A, "b": questions.QUESTION_B}}
 
@@ -463,17 +632,15 @@ def figure_index(summary: dict[str, Any], full: pl.DataFrame, ew: pl.DataFrame, 
 
 
 def _card_section(corpus: str | os.PathLike[str], rows: list[dict[str, Any]], cfg: AnalysisConfig) -> None:
-    """Complete the corpus dataset card with the collapse rule and the outcome counts."""
-    from analysis import collapse as collapse_module
-
-    rule = (collapse_module.__doc__ or "").split("The rule", 1)[-1].split("Outputs per run", 1)[0]
+    """Complete the corpus dataset card with the collapse rule (:data:`analysis.collapse.RULE`) and the outcomes."""
     params = ", ".join(f"{k} = {v}" for k, v in cfg.collapse.to_dict().items())
-    section = ["## Collapse rule (from `stabilitybench analyze`)", "", f"The rule{rule.rstrip()}", "",
-               f"Parameters: {params}.", "", "### Outcomes", "", *summary_lines(rows)]
+    section = ["## Collapse rule (from `stabilitybench analyze`)", "", "Parameters are those of "
+               "`analysis.collapse.CollapseConfig`.", "", COLLAPSE_RULE.rstrip(), "", f"Parameters: {params}.", "",
+               "### Outcomes", "", *summary_lines(rows)]
     write_card(corpus, analysis_section="\n".join(section))
 
 
-def _headline(summary: dict[str, Any], cfg: AnalysisConfig) -> dict[str, Any]:
+def _headline(summary: dict[str, Any]) -> dict[str, Any]:
     """The numbers a closing note quotes, gathered in one place, plus data-driven caveats."""
     head: dict[str, Any] = {}
     head["collapse"] = {
@@ -497,7 +664,7 @@ def _headline(summary: dict[str, Any], cfg: AnalysisConfig) -> dict[str, Any]:
                                                    "auroc_stratified", "delta_auroc")} for k, v in pred.items()}
     head["prediction_references"] = summary["early_warning"].get("prediction_references", {})
     cox_res = summary["survival"]["cox"]
-    head["cox"] = {"status": cox_res.get("status"), "n": cox_res.get("n"), "n_events": cox_res.get("n_events"),
+    head["cox"] = {**Status.from_json(cox_res).to_json(), "n": cox_res.get("n"), "n_events": cox_res.get("n_events"),
                    "hazard_ratios": {c["covariate"]: {k: c[k] for k in ("value", "ci_low", "ci_high", "p_value")}
                                      for c in cox_res.get("coefficients", [])},
                    "concordance": cox_res.get("concordance")}
@@ -505,86 +672,37 @@ def _headline(summary: dict[str, Any], cfg: AnalysisConfig) -> dict[str, Any]:
     head["coherence_before_collapse"] = summary["coherence_before_collapse"]
     caveats = []
     for k, v in det.items():
-        claim = (v.get("fpr_held_out_controls") or {}).get("claim", "")
-        if claim.startswith("refused"):
+        claim = Status.from_json(v["fpr_held_out_controls"]["claim"])
+        if claim.kind is StatusKind.REFUSED:
             caveats.append(f"{k}: FPR claim {claim}")
     for k, v in pred.items():
-        st = (v.get("auroc_stratified") or {}).get("status", "")
-        if st:
+        st = Status.of(v["auroc_stratified"])
+        if st is not None:
             caveats.append(f"{k}: prediction AUROC (stratified) {st}")
             continue
-        for ref, d in (v.get("delta_auroc") or {}).items():
-            lo = d.get("ci_low")
-            if d.get("value") is not None and (lo is None or lo <= 0):
-                caveats.append(f"{k}: does not beat the {ref.replace('|', ' reference, ')} AUROC (delta "
-                               f"{d['value']:+.2f}, CI low {lo if lo is None else round(lo, 2)})")
-    if str(cox_res.get("status", "")).startswith("monotone"):
+        for ref, kinds in v["delta_auroc"].items():
+            for kind, d in kinds.items():
+                lo = d.get("ci_low")
+                if d.get("value") is not None and (lo is None or lo <= 0):
+                    caveats.append(f"{k}: does not beat the {ref} reference, {kind} AUROC (delta "
+                                   f"{d['value']:+.2f}, CI low {lo if lo is None else round(lo, 2)})")
+    if Status.from_json(cox_res).kind is StatusKind.SEPARATED:
         caveats.append("Cox PH: monotone likelihood (a covariate separates collapsing from non-collapsing runs); "
                        "only the ridge-penalised estimates (penalty stated) are given")
     head["caveats"] = caveats
     return head
 
 
-def _clean(o: Any) -> Any:
-    """Recursively make ``o`` JSON-safe: non-finite floats become None, numpy scalars Python."""
-    if isinstance(o, dict):
-        return {str(k): _clean(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_clean(v) for v in o]
-    if isinstance(o, (float, np.floating)):
-        return float(o) if np.isfinite(o) else None
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.bool_):
-        return bool(o)
-    return o
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o) if np.isfinite(o) else None
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Flatten nested dicts (``a.b``) for a one-row-per-item Parquet table; lists become JSON."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        name = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{name}."))
-        elif isinstance(v, list):
-            out[name] = json.dumps(v, default=_json_default)
-        elif isinstance(v, float) and not np.isfinite(v):
-            out[name] = None
-        else:
-            out[name] = v
-    return out
-
-
 def _sensitivity(frame: pl.DataFrame) -> pl.DataFrame:
     """Collapsed counts per configuration under each (drop, spread_k) of the rule."""
-    labelled = frame.with_columns(
-        pl.struct(["perturbation", "magnitude", "duration_steps"]).map_elements(
-            lambda s: group_label(s["perturbation"], s["magnitude"], s["duration_steps"]), return_dtype=pl.String
-        ).alias("config")
-    )
-    return (labelled.group_by(["config", "drop", "spread_k"])
+    return (with_config_label(frame).group_by(["config", "drop", "spread_k"])
             .agg(pl.len().alias("n_runs"), pl.col("collapsed").sum().alias("n_collapsed"))
             .sort(["drop", "spread_k", "config"]))
 
 
 def _dose_response(full: pl.DataFrame) -> pl.DataFrame:
     rows = []
-    labelled = full.with_columns(
-        pl.struct(["perturbation", "magnitude", "duration_steps"]).map_elements(
-            lambda s: group_label(s["perturbation"], s["magnitude"], s["duration_steps"]), return_dtype=pl.String
-        ).alias("config")
-    )
+    labelled = with_config_label(full)
     for (dom, algo, env, sto, conf), g in sorted(
         labelled.group_by(["domain", "algo", "env", "stochasticity", "config"]), key=lambda kv: str(kv[0])
     ):
@@ -602,105 +720,3 @@ def _dose_response(full: pl.DataFrame) -> pl.DataFrame:
             "final_performance_sd": g["final_performance"].std() if g.height > 1 else None,
         })
     return pl.DataFrame(rows)
-
-
-def _pca_all(acc: dict[tuple[str, str], dict[str, Any]], cfg: AnalysisConfig
-             ) -> tuple[dict[str, Any], pl.DataFrame, pl.DataFrame]:
-    """PCA summaries per (domain, algo) and pooled, explained-variance rows and block trajectories."""
-    summary: dict[str, Any] = {}
-    evr_rows: list[dict[str, Any]] = []
-    traj_parts = []
-    for (dom, algo), a in sorted(acc.items()):
-        name = f"{dom}/{algo}"
-        feats = a["features"]
-        if len(feats) < 2 or a["all_runs"].n < 3:
-            summary[name] = not_testable("fewer than 2 features or 3 complete rows", features=feats)
-            continue
-        entry: dict[str, Any] = {"features": feats, "n_features": len(feats)}
-        for subset in ("all_runs", "unperturbed_runs"):
-            entry[subset] = _pca_entry(a[subset], subset, name, cfg, evr_rows)
-        summary[name] = entry
-        # projected trajectories: block means standardised with the all-runs moments, onto the first 3 PCs
-        _, vec, _, _ = a["all_runs"].result()
-        mu, sd = a["all_runs"].standardiser()
-        for rid, (steps, X, _) in a["blocks"].items():
-            Z = ((X - mu) / sd) @ vec[:, : min(3, vec.shape[1])]
-            keep = np.isfinite(Z).all(axis=1)
-            traj_parts.append(pl.DataFrame({"group": name, "run_id": rid, "step": steps[keep],
-                                            **{f"pc{j + 1}": Z[keep, j] for j in range(Z.shape[1])}}))
-    keys = [k for k in sorted(acc) if len(acc[k]["features"]) >= 2 and acc[k]["all_runs"].n >= 3]
-    if len(keys) == 1:
-        summary["pooled"] = {"status": f"same as {keys[0][0]}/{keys[0][1]}: the corpus has one (domain, algo) group"}
-    elif len(keys) >= 2:
-        common = sorted(set.intersection(*[set(acc[k]["features"]) for k in keys]))
-        if len(common) < 2:
-            summary["pooled"] = not_testable("fewer than 2 features shared by every (domain, algo) group")
-        else:
-            summary["pooled"] = _pooled_entry([acc[k] for k in keys], common, cfg, evr_rows)
-    else:
-        summary["pooled"] = not_testable("no (domain, algo) group with enough data")
-    evr = pl.DataFrame(evr_rows) if evr_rows else pl.DataFrame()
-    traj = pl.concat(traj_parts, how="diagonal_relaxed") if traj_parts else pl.DataFrame()
-    return summary, evr, traj
-
-
-def _pca_block(real: pca_mod.PCAResult, null: list[pca_mod.PCAResult], n_runs: int, n_rows: int, method: str,
-               cfg: AnalysisConfig, evr_rows: list[dict[str, Any]], name: str, subset: str,
-               boot: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
-    n90_null = np.array([r.n90 for r in null], float)
-    pr_null = np.array([r.pr for r in null], float)
-    for j, v in enumerate(real.evr):
-        evr_rows.append({"group": name, "subset": subset, "component": j + 1, "explained_variance_ratio": float(v),
-                         "null_explained_variance_ratio": float(np.mean([r.evr[j] for r in null]))})
-    return {
-        "n_rows": n_rows, "n_runs": n_runs, "method": method,
-        "n_components_90": number(real.n90, n_runs, _q(boot[0]) if boot is not None else None,
-                                  interval="bootstrap over runs" if boot is not None else None),
-        "participation_ratio": number(real.pr, n_runs, _q(boot[1]) if boot is not None else None,
-                                      interval="bootstrap over runs" if boot is not None else None),
-        "null_n_components_90": number(float(n90_null.mean()), cfg.n_null,
-                                       (float(np.quantile(n90_null, 0.025)), float(np.quantile(n90_null, 0.975)))),
-        "null_participation_ratio": number(float(pr_null.mean()), cfg.n_null,
-                                           (float(np.quantile(pr_null, 0.025)), float(np.quantile(pr_null, 0.975)))),
-        "explained_variance_ratio": real.evr.tolist(),
-        "p_value_n90_le_null": float((1 + (n90_null <= real.n90).sum()) / (1 + n90_null.size)),
-    }
-
-
-def _pca_entry(a: pca_mod.PCAAccumulator, subset: str, name: str, cfg: AnalysisConfig,
-               evr_rows: list[dict[str, Any]]) -> dict[str, Any]:
-    if a.n < 3 or a.runs == 0:
-        return not_testable("fewer than 3 complete rows")
-    real, _, null, method = a.result()
-    boot = a.bootstrap(cfg.n_boot, cfg.seed) if a.runs >= 2 else None
-    return _pca_block(real, null, a.runs, a.n, method, cfg, evr_rows, name, subset, boot)
-
-
-def _q(x: np.ndarray) -> tuple[float, float]:
-    return float(np.quantile(x, 0.025)), float(np.quantile(x, 0.975))
-
-
-def _pooled_entry(accs: list[dict[str, Any]], common: list[str], cfg: AnalysisConfig,
-                  evr_rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Pooled PCA: each group standardised on its own and weighted *equally*: the pooled covariance is the
-    plain mean of the groups' correlation matrices on the shared features (and likewise per null replicate),
-    so the group with the most rows (PPO) does not dominate."""
-    entry: dict[str, Any] = {"features": common, "n_features": len(common), "n_groups": len(accs)}
-    for subset in ("all_runs", "unperturbed_runs"):
-        parts = [a[subset] for a in accs if a[subset].n >= 3]
-        if not parts:
-            entry[subset] = not_testable("fewer than 3 complete rows")
-            continue
-        idx = [[a["features"].index(c) for c in common] for a in accs if a[subset].n >= 3]
-        w = np.ones(len(parts))  # every (domain, algo) group weighs the same
-
-        def pooled(mats: list[np.ndarray], idx: list[list[int]] = idx, w: np.ndarray = w) -> np.ndarray:
-            return sum(wi * m[np.ix_(ix, ix)] for wi, m, ix in zip(w, mats, idx, strict=True)) / w.sum()
-
-        real = pca_mod.summarise(np.linalg.eigvalsh(pooled([p.correlation() for p in parts])))
-        null = [pca_mod.summarise(np.linalg.eigvalsh(pooled([p.correlation(p.null[r]) for p in parts])))
-                for r in range(cfg.n_null)]
-        entry[subset] = _pca_block(real, null, sum(p.runs for p in parts), sum(p.n for p in parts),
-                                   "mean of the groups' correlation matrices, equal weights", cfg, evr_rows,
-                                   "pooled", subset)
-    return entry

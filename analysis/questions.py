@@ -39,7 +39,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from analysis.conformal import min_calibration_runs
-from analysis.stats import auroc, clopper_pearson, cluster_bootstrap_ci, iqr, not_testable, number, stratified_auroc
+from analysis.stats import auroc, clopper_pearson, cluster_bootstrap_ci, iqr, stratified_auroc
+from analysis.summary import Status, StatusKind, not_testable, number
 
 REFERENCES = ("config_only", "kick_size", "perturbation_on")
 QUESTION_A = "(a) detection: alarms strictly before the offline collapse date vs FPR on held-out controls"
@@ -62,11 +63,13 @@ def _fpr_entry(ctrl: pl.DataFrame, target: float) -> dict[str, Any]:
                    n_calibration=min(n_cal) if n_cal else 0, n_calibration_per_fold=n_cal, n_test=n_test,
                    guaranteed_fpr_bound=bound, alpha_used=float(ctrl["alpha_used"].max()) if n_test else None)
     if not n_cal or min(n_cal) < need:
-        entry["claim"] = (f"refused: {min(n_cal) if n_cal else 0} calibration run(s) per fold < {need} needed for "
-                          f"an FPR claim at {target:g}; the empirical rate is at the attainable level alpha_used")
+        entry["claim"] = Status(StatusKind.REFUSED, f"{min(n_cal) if n_cal else 0} calibration run(s) per fold < "
+                                f"{need} needed for an FPR claim at {target:g}; the empirical rate is at the "
+                                "attainable level alpha_used").to_json()
         entry["runs_needed"] = {"calibration_controls_per_fold": need}
     else:
-        entry["claim"] = f"ok: conformal FPR <= {bound:g} guaranteed for exchangeable controls"
+        entry["claim"] = Status(StatusKind.OK, f"conformal FPR <= {bound:g} guaranteed for exchangeable controls"
+                                ).to_json()
     return entry
 
 
@@ -195,7 +198,7 @@ def prediction(rows: pl.DataFrame, refs: dict[str, np.ndarray], n_boot: int = 10
     _, pairs = stratified_auroc(score, y, strata)
     out["auroc_stratified"] = (_auroc_with_ci(score, y, seeds, n_boot, seed, strata) | {"n_pairs": pairs}
                                if pairs else not_testable("n too small: no stratum holds both outcomes"))
-    delta: dict[str, Any] = {}
+    delta: dict[str, dict[str, Any]] = {}  # reference -> "pooled" | "stratified" -> estimate
     for name, ref in refs.items():
         for kind, st in (("pooled", None), ("stratified", strata)):
             def stat(idx: np.ndarray, ref: np.ndarray = ref, st: np.ndarray | None = st) -> float | None:
@@ -208,10 +211,10 @@ def prediction(rows: pl.DataFrame, refs: dict[str, np.ndarray], n_boot: int = 10
 
             d = stat(np.arange(y.size))
             if d is None:
-                delta[f"{name}|{kind}"] = not_testable("n too small: no pair of runs to compare")
+                delta.setdefault(name, {})[kind] = not_testable("n too small: no pair of runs to compare")
                 continue
             lo, hi, how = cluster_bootstrap_ci(stat, seeds, n_boot, seed=seed)
-            delta[f"{name}|{kind}"] = number(d, int(y.size), (lo, hi), interval=how)
+            delta.setdefault(name, {})[kind] = number(d, int(y.size), (lo, hi), interval=how)
     out["delta_auroc"] = delta
     return out
 
@@ -255,4 +258,6 @@ def perturbation_on_detection(runs: pl.DataFrame, target_fpr: float) -> dict[str
                                           iqr_high=q3, measured_from="offline collapse date"),
             "fpr_held_out_controls": number(0.0 if ctrl.height else None, ctrl.height,
                                             clopper_pearson(0, ctrl.height), n_calibration=0, n_test=ctrl.height,
-                                            target=target_fpr, claim="no calibration: never alarms on a control")}
+                                            target=target_fpr, guaranteed_fpr_bound=None, alpha_used=None,
+                                            claim=Status(StatusKind.NOT_APPLICABLE,
+                                                         "never alarms on a control").to_json())}

@@ -23,8 +23,10 @@ import numpy as np
 import polars as pl
 from scipy import stats as sps
 
-from analysis.stats import bootstrap_ci, clopper_pearson, cluster_bootstrap_ci, iqr, not_testable, number
-from analysis.survival import group_label
+from analysis.data import is_unperturbed
+from analysis.stats import bootstrap_ci, clopper_pearson, cluster_bootstrap_ci, iqr
+from analysis.summary import Status, not_testable, number
+from analysis.survival import with_config_label
 
 
 def _spearman(x: np.ndarray, y: np.ndarray) -> tuple[float | None, float | None]:
@@ -41,11 +43,7 @@ def dissociation(runs: pl.DataFrame, n_boot: int = 1000, seed: int = 0) -> list[
     ``runs`` needs ``domain, algo, final_performance``, ``survival_time`` (or ``collapse_time``) and
     optionally ``max_msd``.
     """
-    r = runs.with_columns(
-        pl.struct(["perturbation", "magnitude", "duration_steps"]).map_elements(
-            lambda s: group_label(s["perturbation"], s["magnitude"], s["duration_steps"]), return_dtype=pl.String
-        ).alias("config")
-    )
+    r = with_config_label(runs)
     if "survival_time" not in r.columns and "collapse_time" in r.columns:
         r = r.with_columns(pl.col("collapse_time").alias("survival_time"))
     keys = [k for k in ("domain", "algo") if k in r.columns]
@@ -84,18 +82,27 @@ def stochasticity_buffer(runs: pl.DataFrame, cox_summary: dict[str, Any]) -> dic
     if len(levels) < 2:
         return not_testable(f"one stochasticity level in the corpus ({', '.join(levels)})", levels=levels)
     per = []
-    pert = runs.filter(pl.col("dimension") != "none")
+    pert = runs.filter(~is_unperturbed(runs))
     for lv in levels:
         g = pert.filter(pl.col("stochasticity") == lv)
         k = int(g["collapsed"].sum())
         per.append({"level": lv, **number(k / g.height if g.height else None, g.height, clopper_pearson(k, g.height))})
     hrs = [c for c in cox_summary.get("coefficients", []) if str(c["covariate"]).startswith("stochasticity=")]
     return {"status": "ok", "collapse_probability": per, "cox_hazard_ratios": hrs,
-            "cox_status": cox_summary.get("status")}
+            "cox_status": Status.from_json(cox_summary).to_json()}
 
 
-def precedence(ew_rows: pl.DataFrame, detectors: tuple[str, ...] = ("kalman", "gru")) -> list[dict[str, Any]]:
-    """Lead-time distribution and the share of collapses whose alarm came first, per monitor."""
+#: The meta-state monitors whose precedence regularity 3 measures.
+MONITORS = ("kalman", "gru")
+
+
+def precedence(ew_rows: pl.DataFrame | None, detectors: tuple[str, ...] = MONITORS) -> list[dict[str, Any]]:
+    """Lead-time distribution and the share of collapses whose alarm came first, per monitor.
+
+    ``ew_rows`` None (no early-warning evaluation) gives a not-testable entry per monitor.
+    """
+    if ew_rows is None:
+        return [{"detector": det, **not_testable("no early-warning evaluation")} for det in detectors]
     out = []
     for det in detectors:
         d = ew_rows.filter((pl.col("detector") == det) & pl.col("collapsed"))

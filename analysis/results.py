@@ -1,67 +1,296 @@
-"""Reading ``results/`` back: the contract between ``analysis`` (which writes it) and ``reports``.
+"""``results/`` declared like the corpus: one Arrow schema, with units and descriptions, per table.
 
-``reports`` draws from these tables and from ``summary.json`` and recomputes nothing.
-:data:`TABLES` lists every table :func:`analysis.pipeline.run_analysis` may write (a table
-whose analysis was not testable on a corpus is absent; ``summary.json`` says why).
+:data:`SCHEMAS` declares every table that :func:`analysis.pipeline.run_analysis` may write (a
+table whose analysis was not testable on a corpus is absent; ``summary.json`` says why).
+:func:`write_result` is how analysis writes one: the frame is cast to its declared schema (a
+declared column the frame lacks is written as nulls, an undeclared one is an error), so the
+Parquet files carry their units and descriptions like the corpus does. :func:`load_table` reads
+one back for ``reports``; ``summary.json`` has its own module, :mod:`analysis.summary`.
+
+Tables that flatten a summary entry (``early_warning_metrics``, ``cox``, ``dissociation``) name a
+nested field ``a.b`` (:func:`flatten`); a list-valued field is a JSON string.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from analysis.errors import AnalysisError
+from analysis.summary import ResultsCorruptError, ResultsNotFoundError, to_json
+from data_schema.io import atomic_path
+from data_schema.schema import MANIFEST_COLUMNS, OUTCOME_COLUMNS, RUNS_SCHEMA, STEP, Column
 
-#: file stem -> what one row is
-TABLES: dict[str, str] = {
+__all__ = ["SCHEMAS", "TABLES", "ResultsCorruptError", "ResultsNotFoundError", "flatten", "load_table",
+           "write_result"]
+
+STR, I64, F64, BOOL = pa.string(), pa.int64(), pa.float64(), pa.bool_()
+#: Version of the results tables' layout (in each file's schema metadata).
+RESULTS_VERSION = "2"
+
+# ------------------------------------------------------------------ columns shared by several tables
+_CORPUS = {c.name: c for c in (*MANIFEST_COLUMNS, *OUTCOME_COLUMNS, STEP)}
+_SHARED = {c.name: c for c in (
+    Column("config", STR, "-", "Configuration label: kind xmagnitude (duration upd), or none "
+           "(analysis.survival.group_label)"),
+    Column("group", STR, "-", "Matched group domain/algo/env/stochasticity (PCA: domain/algo, or pooled)"),
+    Column("n_runs", I64, "runs", "Runs behind the row"),
+    Column("n", I64, "runs", "Units behind the estimate"),
+    Column("value", F64, "-", "Point estimate"),
+    Column("ci_low", F64, "-", "Lower end of the two-sided 95% CI (null without one)"),
+    Column("ci_high", F64, "-", "Upper end of the two-sided 95% CI (null without one)"),
+    Column("p_value", F64, "-", "Two-sided p-value"),
+    Column("interval", STR, "-", "How the CI was computed"),
+    Column("status", STR, "-", "ok, or why the row has no estimate (analysis.summary.StatusKind)"),
+    Column("reason", STR, "-", "Why the row has that status, in words (null when ok)"),
+    Column("detector", STR, "-", "Monitor (kalman, gru; +echo with the intervention-echo columns), baseline or "
+           "reference (perturbation_on)"),
+    Column("fold", I64, "-", "Seed-rotation fold of the early-warning evaluation"),
+    Column("stratum", STR, "-", "Survival stratum domain/algo/env"),
+    Column("estimator", STR, "-", "Gradient-coherence estimator: fixed_point (LM, RL probe) or rolling"),
+)}
+
+
+def _col(name: str, type_: pa.DataType | None = None, unit: str | None = None, description: str | None = None
+         ) -> Column:
+    """A column: its own declaration, or the shared / corpus one of that name (fields given here win)."""
+    base = _SHARED.get(name) or _CORPUS.get(name)
+    if base is None and (type_ is None or unit is None or description is None):
+        raise ValueError(f"results column {name!r} needs a type, unit and description")
+    return Column(name, type_ or base.type, unit if unit is not None else base.unit,  # type: ignore[union-attr]
+                  description or base.description)  # type: ignore[union-attr]
+
+
+def _table(name: str, what: str, columns: list[Column]) -> pa.Schema:
+    names = [c.name for c in columns]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate columns in results/{name}")
+    return pa.schema([c.field() for c in columns], metadata={
+        b"stabilitybench.table": f"results/{name}".encode(),
+        b"stabilitybench.results_version": RESULTS_VERSION.encode(), b"description": what.encode()})
+
+
+def _estimate(prefix: str, what: str, unit: str = "-", extra: tuple[Column, ...] = ()) -> list[Column]:
+    """The flattened columns of one summary estimate ``prefix.value|n|ci_low|ci_high`` (+ ``extra``)."""
+    return [Column(f"{prefix}.value", F64, unit, what), Column(f"{prefix}.n", I64, "runs", f"n of {prefix}"),
+            Column(f"{prefix}.ci_low", F64, unit, f"95% CI low of {prefix}"),
+            Column(f"{prefix}.ci_high", F64, unit, f"95% CI high of {prefix}"),
+            *[Column(f"{prefix}.{c.name}", c.type, c.unit, c.description) for c in extra]]
+
+
+_DOSE_KEYS = [_col(c) for c in ("domain", "algo", "stochasticity", "perturbation", "magnitude", "duration_steps",
+                                 "config")]
+_NOTE = Column("note", STR, "-", "What the estimate means")
+_STATUS = (Column("status", STR, "-", "Status of the entry (analysis.summary.StatusKind)"),
+           Column("reason", STR, "-", "Why, in words"))
+
+#: file stem -> (what one row is, the declared schema)
+_DECLARED: dict[str, tuple[str, list[Column] | pa.Schema]] = {
     "runs": ("one run: the manifest plus collapsed, collapse_kind, collapse_step (offline date), "
              "collapse_confirmed_step, collapse_time (null when censored), survival_time, censored, transient, "
-             "final_performance"),
-    "collapse_details": "one run: the outcome plus the rule's control fold and notes",
-    "collapse_sensitivity": "configuration x (drop, spread_k): collapsed counts under other rule settings",
-    "dose_response": "configuration: collapse probability with a Clopper-Pearson CI, final performance",
-    "final_performance_iqm": "configuration: IQM of the control-normalised final performance over runs and envs, "
-                             "stratified-bootstrap 95% CI (rliable-style; analysis.aggregates)",
-    "performance_profiles": "(configuration, tau): fraction of runs with control-normalised final performance "
-                            "> tau, stratified-bootstrap 95% CI",
-        "pca_explained": "(group, subset, component): explained-variance ratio, real and circular-shift null",
-    "pca_trajectories": "(group, run, block): the block's telemetry projected on PCs 1-3",
-    "early_warning_runs": "(test run, detector): conformal threshold, scores as -log10 p, first alarm, lead",
-    "early_warning_scores": "(test run, detector, block): smoothed score, threshold, conformal p-value",
-    "early_warning_metrics": "detector: question (a) detection metrics with CIs (flattened)",
-    "early_warning_loeo_runs": "(test run, detector) of the leave-one-env-out evaluation (several envs only)",
-    "coherence_aligned": "(collapsed run, offset from onset): coherence vs the same configuration's non-collapsed runs",
-    "km": "(stratum: configuration, event time): Kaplan-Meier survival with a 95% CI",
-    "logrank": "comparison (configuration vs matched controls): log-rank chi2 and p-value",
-    "cox": "covariate: Cox PH coefficient, hazard ratio with CI, p-value",
-    "dissociation": "(stability measure, level): Spearman rho of final performance vs stability, CI, p",
+             "final_performance", RUNS_SCHEMA),
+    "collapse_details": ("one run: the outcome plus the rule's control fold and notes", [
+        _col("run_id"), *[_col(c.name) for c in OUTCOME_COLUMNS],
+        Column("note", STR, "-", "Why the rule could not assess the run fully (null when it could)"),
+        Column("n_controls", I64, "runs", "Control runs in the envelope the run was judged against"),
+        Column("control_gain", F64, "task", "Learning gain G of those controls (last minus first edge_frac)"),
+        Column("rule_fold", I64, "-", "Cross-fitting fold of the run (null when the group could not be cross-fitted)"),
+    ]),
+    "collapse_sensitivity": ("configuration x (drop, spread_k): collapsed counts under other rule settings", [
+        _col("config"), Column("drop", F64, "-", "Gain margin of the rule: fraction of the controls' learning gain"),
+        Column("spread_k", F64, "seed SD", "Spread margin of the rule, in control seed SDs"), _col("n_runs"),
+        Column("n_collapsed", I64, "runs", "Runs collapsed under this setting"),
+    ]),
+    "dose_response": ("configuration: collapse probability with a Clopper-Pearson CI, final performance", [
+        _col("domain"), _col("algo"), _col("env"), _col("stochasticity"), _col("config"), _col("perturbation"),
+        _col("dimension"), _col("magnitude"), _col("duration_steps"), _col("n_runs"),
+        Column("n_collapsed", I64, "runs", "Runs that collapsed"),
+        Column("collapse_probability", F64, "-", "n_collapsed / n_runs"),
+        _col("ci_low", None, "-", "Clopper-Pearson 95% CI low of the collapse probability"),
+        _col("ci_high", None, "-", "Clopper-Pearson 95% CI high of the collapse probability"),
+        Column("median_collapse_time", F64, "update", "Median collapse_time of the collapsed runs"),
+        Column("final_performance_mean", F64, "task", "Mean final performance over the runs"),
+        Column("final_performance_sd", F64, "task", "SD of the final performance (null for one run)"),
+    ]),
+    "final_performance_iqm": ("configuration: IQM of the control-normalised final performance over runs and envs, "
+                              "stratified-bootstrap 95% CI (rliable-style; analysis.aggregates)", [
+        *_DOSE_KEYS, _col("n_runs"), Column("n_envs", I64, "envs", "Envs pooled (bootstrap strata)"),
+        Column("iqm", F64, "control median", "Interquartile mean of the normalised final performance (1 = the "
+               "median of the matched controls)"),
+        _col("ci_low", None, "control median", "Stratified-bootstrap 95% CI low of the IQM"),
+        _col("ci_high", None, "control median", "Stratified-bootstrap 95% CI high of the IQM"),
+        Column("median", F64, "control median", "Median normalised final performance"),
+        Column("mean", F64, "control median", "Mean normalised final performance"),
+    ]),
+    "performance_profiles": ("(configuration, tau): fraction of runs with control-normalised final performance "
+                             "> tau, stratified-bootstrap 95% CI", [
+        *_DOSE_KEYS, Column("tau", F64, "control median", "Threshold on the normalised final performance"),
+        Column("fraction", F64, "-", "Share of runs above tau"),
+        _col("ci_low", None, "-", "Stratified-bootstrap 95% CI low of the share"),
+        _col("ci_high", None, "-", "Stratified-bootstrap 95% CI high of the share"), _col("n_runs"),
+    ]),
+    "pca_explained": ("(group, subset, component): explained-variance ratio, real and circular-shift null", [
+        _col("group"), Column("subset", STR, "-", "all_runs | unperturbed_runs"),
+        Column("component", I64, "-", "Principal component, 1-based"),
+        Column("explained_variance_ratio", F64, "-", "Share of the standardised variance on this component"),
+        Column("null_explained_variance_ratio", F64, "-", "The same, mean over circular-shift surrogates"),
+    ]),
+    "pca_trajectories": ("(group, run, block): the block's telemetry projected on PCs 1-3", [
+        _col("group"), _col("run_id"), _col("step", None, "update", "Last update of the block"),
+        *[Column(f"pc{j}", F64, "SD", f"Projection on principal component {j} (standardised units)")
+          for j in (1, 2, 3)],
+    ]),
+    "early_warning_runs": ("(test run, detector): conformal threshold, scores as -log10 p, first alarm, lead", [
+        _col("run_id"), _col("seed"), _col("fold"), _col("detector"),
+        Column("threshold", F64, "score", "Conformal alarm threshold on the detector's score"),
+        Column("n_calibration", I64, "runs", "Calibration controls of the fold"),
+        Column("alpha_used", F64, "-", "Attainable conformal level used"),
+        Column("guaranteed_fpr_bound", F64, "-", "Conformal FPR bound for exchangeable controls"),
+        _col("perturbation"), _col("magnitude"), _col("duration_steps"),
+        Column("unperturbed", BOOL, "-", "The run is an unperturbed control (analysis.data.is_unperturbed)"),
+        _col("collapsed"), _col("collapse_kind"), _col("collapse_step"), _col("onset_step"),
+        Column("landmark_step", I64, "update", "Landmark L: end of the perturbation window plus one block"),
+        Column("first_alarm_step", I64, "update", "First alarm from onset on (null: none)"),
+        Column("alarm_before_collapse", BOOL, "-", "An alarm came strictly before the offline collapse date"),
+        Column("lead_updates", I64, "update", "Collapse date minus first alarm (null unless alarm_before_collapse)"),
+        Column("detection_score", F64, "-log10 p", "Max score from onset to collapse (or run end)"),
+        Column("prediction_score", F64, "-log10 p", "Max score over [onset, L]"),
+        Column("window_score", F64, "-log10 p", "Max score after onset (before collapse)"),
+        Column("early_score", F64, "-log10 p", "Mean score over the early window after onset"),
+        _col("group"), Column("cluster", STR, "-", "Bootstrap cluster: group and seed"),
+    ]),
+    "early_warning_scores": ("(test run, detector, block): smoothed score, threshold, conformal p-value", [
+        _col("run_id"), _col("detector"), _col("fold"), _col("step", None, "update", "Last update of the block"),
+        Column("score", F64, "score", "Smoothed detector score (MSD in nats per feature for the monitors)"),
+        Column("threshold", F64, "score", "Conformal alarm threshold"),
+        Column("p_value", F64, "-", "Conformal p-value of the score"),
+    ]),
+    "early_warning_metrics": ("detector: question (a) detection metrics with CIs (flattened)", [
+        _col("detector"), Column("question", STR, "-", "The question the row answers"),
+        Column("n_runs", I64, "runs", "Test runs: performance collapses plus held-out controls"),
+        Column("n_collapsed", I64, "runs", "Perturbed test runs with a performance collapse"),
+        Column("n_controls", I64, "runs", "Held-out unperturbed controls that did not collapse"),
+        *_estimate("auroc", "AUROC of the detection score, collapses vs controls", extra=(
+            Column("n_pos", I64, "runs", "Collapses"), Column("n_neg", I64, "runs", "Controls"),
+            Column("interval", STR, "-", "How the CI was computed"), _NOTE, *_STATUS)),
+        *_estimate("frac_collapses_preceded", "Share of collapses with an alarm strictly before"),
+        *_estimate("median_lead_updates", "Median lead of the alarm before collapse", "update", extra=(
+            Column("iqr_low", F64, "update", "25th percentile of the leads"),
+            Column("iqr_high", F64, "update", "75th percentile of the leads"),
+            Column("interval", STR, "-", "How the CI was computed"),
+            Column("measured_from", STR, "-", "What the lead is measured from"))),
+        *_estimate("fpr_held_out_controls", "False-positive rate on held-out controls", extra=(
+            Column("target", F64, "-", "Target FPR"), Column("n_calibration", I64, "runs", "Fewest calibration "
+                                                              "controls in a fold"),
+            Column("n_calibration_per_fold", STR, "runs", "Calibration controls per fold (JSON list)"),
+            Column("n_test", I64, "runs", "Held-out controls tested"),
+            Column("guaranteed_fpr_bound", F64, "-", "Conformal FPR bound"),
+            Column("alpha_used", F64, "-", "Attainable conformal level"),
+            Column("claim.status", STR, "-", "ok | refused | not_applicable: whether an FPR claim is made"),
+            Column("claim.reason", STR, "-", "Why"),
+            Column("runs_needed.calibration_controls_per_fold", I64, "runs", "Calibration controls needed per fold "
+                   "for a claim (when refused)"))),
+        *_estimate("nonfinite", "Share of non-finite collapses with an alarm strictly before the non-finite step",
+                   extra=(Column("what", STR, "-", "What the share means"),)),
+    ]),
+    "early_warning_loeo_runs": ("(test run, detector) of the leave-one-env-out evaluation (several envs only)", []),
+    "coherence_aligned": ("(collapsed run, offset from onset): coherence vs the same configuration's non-collapsed "
+                          "runs", [
+        _col("domain"), _col("estimator"), _col("config"), _col("run_id"), _col("seed"),
+        Column("offset_blocks", I64, "block", "Blocks since the onset block"),
+        Column("offset_updates", I64, "update", "Updates since onset"),
+        Column("coherence", F64, "cosine", "Gradient coherence of the collapsed run (block mean)"),
+        Column("control_coherence", F64, "cosine", "Mean of the configuration's perturbed, non-collapsed runs at "
+               "that offset"),
+        Column("excess", F64, "cosine", "coherence - control_coherence"),
+        Column("n_reference_runs", I64, "runs", "Runs behind control_coherence"),
+    ]),
+    "km": ("(stratum: configuration, event time): Kaplan-Meier survival with a 95% CI", [
+        Column("group", STR, "-", "stratum: configuration"), _col("n_runs"),
+        Column("time", F64, "update", "Event time, updates since onset"),
+        Column("survival", F64, "-", "Kaplan-Meier probability of no collapse yet"),
+        _col("ci_low", None, "-", "95% CI low (exponential Greenwood)"),
+        _col("ci_high", None, "-", "95% CI high (exponential Greenwood)"),
+        Column("n_risk", F64, "runs", "Runs at risk"), Column("n_events", F64, "runs", "Collapses at this time"),
+        _col("stratum"), _col("config"),
+    ]),
+    "logrank": ("comparison (configuration vs matched controls): log-rank chi2 and p-value", [
+        Column("comparison", STR, "-", "What is compared"), _col("n"),
+        Column("n_events", I64, "runs", "Collapses"), Column("strata", pa.list_(STR), "-", "Strata of the test"),
+        Column("n_groups", I64, "-", "Groups compared"), Column("chi2", F64, "-", "Log-rank chi-squared"),
+        Column("df", I64, "-", "Degrees of freedom"), _col("p_value"), _col("status"), _col("reason"),
+    ]),
+    "cox": ("covariate: Cox PH coefficient, hazard ratio with CI, p-value", [
+        Column("covariate", STR, "-", "Covariate (dose within kind; early covariates per SD)"),
+        Column("coef", F64, "log HR", "Coefficient"), Column("se", F64, "log HR", "Standard error"),
+        _col("value", None, "HR", "Hazard ratio"), _col("n"), _col("ci_low", None, "HR", "95% CI low of the HR"),
+        _col("ci_high", None, "HR", "95% CI high of the HR"), _col("p_value"),
+        Column("estimable", BOOL, "-", "False under monotone likelihood (separation)"),
+        Column("ridge_coef", F64, "log HR", "Ridge-penalised coefficient (separation only; no CI)"),
+    ]),
+    "dissociation": ("(stability measure, level): Spearman rho of final performance vs stability, CI, p", [
+        _col("domain"), _col("algo"), Column("measure", STR, "-", "Stability measure: survival_time or max_msd"),
+        Column("level", STR, "-", "configuration | run"), _col("value", None, "-", "Spearman rho"), _col("n"),
+        _col("ci_low"), _col("ci_high"), _col("p_value"), _col("interval"),
+        Column("decoupled", BOOL, "-", "The CI includes 0"), _col("status"), _col("reason"),
+    ]),
 }
+_DECLARED["early_warning_loeo_runs"] = (_DECLARED["early_warning_loeo_runs"][0],
+                                        _DECLARED["early_warning_runs"][1])
+
+#: file stem -> its Arrow schema (units and descriptions in each field's metadata)
+SCHEMAS: dict[str, pa.Schema] = {
+    name: cols if isinstance(cols, pa.Schema) else _table(name, what, cols) for name, (what, cols) in _DECLARED.items()
+}
+#: file stem -> what one row is
+TABLES: dict[str, str] = {name: what for name, (what, _) in _DECLARED.items()}
 
 
-class ResultsNotFoundError(AnalysisError):
-    """The results folder (or its summary.json) does not exist: run ``stabilitybench analyze`` first."""
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A summary entry as one table row: nested fields ``a.b``, lists as JSON, values JSON-safe."""
+    out: dict[str, Any] = {}
+    for k, v in to_json(d).items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{name}."))
+        elif isinstance(v, list):
+            out[name] = json.dumps(v)
+        else:
+            out[name] = v
+    return out
 
 
-class ResultsCorruptError(AnalysisError):
-    """summary.json or a results table exists but cannot be read: rerun ``stabilitybench analyze``."""
+def conform(frame: pl.DataFrame, name: str) -> pa.Table:
+    """``frame`` as an Arrow table of ``results/<name>``'s declared schema (absent columns are null)."""
+    schema = SCHEMAS[name]
+    unknown = [c for c in frame.columns if c not in schema.names]
+    if unknown:
+        raise AnalysisError(f"results/{name}: column(s) {', '.join(unknown)} are not declared in "
+                            "analysis.results.SCHEMAS; declare them (unit, description)")
+    table = frame.to_arrow()
+    arrays = []
+    for f in schema:
+        if f.name in table.column_names:
+            arrays.append(table.column(f.name).cast(f.type))
+        else:
+            arrays.append(pa.nulls(table.num_rows, f.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def load_summary(results: str | os.PathLike[str]) -> dict[str, Any]:
-    """``summary.json`` of a results folder."""
-    path = Path(results, "summary.json")
-    if not path.exists():
-        raise ResultsNotFoundError(f"{path.parent}: no summary.json here (run `stabilitybench analyze` first)")
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
-        raise ResultsCorruptError(f"{path}: not valid JSON ({exc}); rerun `stabilitybench analyze`") from None
-    if not isinstance(summary, dict):
-        raise ResultsCorruptError(f"{path}: not an analysis summary (a JSON object); rerun `stabilitybench analyze`")
-    return summary
+def write_result(frame: pl.DataFrame, out: str | os.PathLike[str], name: str) -> Path:
+    """Write ``frame`` as ``out/<name>.parquet`` under its declared schema (zstd, atomic); returns the path."""
+    path = Path(out, f"{name}.parquet")
+    table = conform(frame, name)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+    return path
 
 
 def load_table(results: str | os.PathLike[str], name: str) -> pl.DataFrame | None:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 from scipy import stats as sps
 from statsmodels.stats.proportion import proportion_confint
+
+# summary.json's value types are defined in analysis.summary; re-exported for older imports
+from analysis.summary import not_testable, number  # noqa: F401
 
 
 def windowed_mean(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -170,29 +172,3 @@ def iqr(x: Sequence[float] | np.ndarray) -> tuple[float | None, float | None]:
         return None, None
     q1, q3 = np.quantile(a, [0.25, 0.75])
     return float(q1), float(q3)
-
-
-def number(value: Any, n: int | None = None, ci: tuple[Any, Any] | None = None, **extra: Any) -> dict[str, Any]:
-    """A headline number for ``summary.json``: ``{"value", "n", "ci_low", "ci_high", ...}``."""
-    out: dict[str, Any] = {"value": _plain(value), "n": n}
-    lo, hi = ci if ci is not None else (None, None)
-    out["ci_low"], out["ci_high"] = _plain(lo), _plain(hi)
-    out.update({k: _plain(v) for k, v in extra.items()})
-    return out
-
-
-def not_testable(reason: str, **extra: Any) -> dict[str, Any]:
-    """The summary entry of an analysis that the data cannot support."""
-    return {"status": f"not testable: {reason}", **{k: _plain(v) for k, v in extra.items()}}
-
-
-def _plain(v: Any) -> Any:
-    """JSON-safe scalar: numpy types to Python, non-finite floats to None."""
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (np.floating, float)):
-        f = float(v)
-        return f if np.isfinite(f) else None
-    if isinstance(v, np.bool_):
-        return bool(v)
-    return v

@@ -39,7 +39,8 @@ from scipy import stats as sps
 from statsmodels.duration.hazard_regression import PHReg
 from statsmodels.duration.survfunc import SurvfuncRight, survdiff
 
-from analysis.stats import not_testable, number
+from analysis.data import is_unperturbed
+from analysis.summary import Status, StatusKind, not_testable, number
 
 Z975 = float(sps.norm.ppf(0.975))
 RIDGE_ALPHA = 0.1
@@ -53,6 +54,17 @@ def group_label(perturbation: str, magnitude: float | None, duration: int | None
     mag = "" if magnitude is None else f" x{magnitude:g}"
     dur = "" if duration is None else f" ({duration} upd)"
     return f"{perturbation}{mag}{dur}"
+
+
+def config_label() -> pl.Expr:
+    """:func:`group_label` of each row's ``perturbation, magnitude, duration_steps`` as a polars expression."""
+    return pl.struct(["perturbation", "magnitude", "duration_steps"]).map_elements(
+        lambda s: group_label(s["perturbation"], s["magnitude"], s["duration_steps"]), return_dtype=pl.String)
+
+
+def with_config_label(frame: pl.DataFrame, name: str = "config") -> pl.DataFrame:
+    """``frame`` plus its configuration label (:func:`group_label`) as column ``name``."""
+    return frame.with_columns(config_label().alias(name))
 
 
 def kaplan_meier(time: np.ndarray, event: np.ndarray) -> pl.DataFrame:
@@ -112,9 +124,7 @@ def km_table(runs: pl.DataFrame) -> pl.DataFrame:
 
 def _labelled(runs: pl.DataFrame) -> pl.DataFrame:
     return runs.with_columns(
-        pl.struct(["perturbation", "magnitude", "duration_steps"]).map_elements(
-            lambda s: group_label(s["perturbation"], s["magnitude"], s["duration_steps"]), return_dtype=pl.String
-        ).alias("_group"),
+        config_label().alias("_group"),
         pl.Series("_stratum", _stratum_label(runs)),
         durations(runs).alias("_time"),
     ).filter(pl.col("_time").is_not_null())
@@ -164,13 +174,14 @@ def _survdiff_row(name: str, g: pl.DataFrame) -> dict[str, Any]:
     base = {"comparison": name, "n": int(t.size), "n_events": n_events,
             "strata": sorted(set(strata_labels)), "n_groups": len(set(lab.tolist()))}
     if n_events == 0:
-        return {**base, "chi2": None, "df": None, "p_value": None, "status": "not testable: no collapses"}
+        return {**base, "chi2": None, "df": None, "p_value": None, **not_testable("no collapses")}
     try:
         chi2, p = survdiff(t, e, lab, strata=strata)
     except (np.linalg.LinAlgError, ValueError):
         return {**base, "chi2": None, "df": None, "p_value": None,
-                "status": "not testable: singular variance (too many groups for the events)"}
-    return {**base, "chi2": float(chi2), "df": len(set(lab.tolist())) - 1, "p_value": float(p), "status": "ok"}
+                **not_testable("singular variance (too many groups for the events)")}
+    return {**base, "chi2": float(chi2), "df": len(set(lab.tolist())) - 1, "p_value": float(p),
+            **Status(StatusKind.OK).to_json()}
 
 
 def design_matrix(runs: pl.DataFrame, strata: np.ndarray | None = None) -> tuple[np.ndarray, list[str], list[str]]:
@@ -244,10 +255,7 @@ def concordance(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float 
 
 def cox(runs: pl.DataFrame) -> dict[str, Any]:
     """Cox PH on the *perturbed* runs of ``runs``, stratified by domain/algo/env; a summary dict."""
-    if "unperturbed" in runs.columns:
-        runs = runs.filter(~pl.col("unperturbed"))
-    elif "dimension" in runs.columns:
-        runs = runs.filter(pl.col("dimension") != "none")
+    runs = runs.filter(~is_unperturbed(runs))
     runs = runs.filter(durations(runs).is_not_null())
     t = np.maximum(durations(runs).to_numpy().astype(float), 0.0)
     e = runs["collapsed"].to_numpy().astype(float)
@@ -289,14 +297,14 @@ def cox(runs: pl.DataFrame) -> dict[str, Any]:
                       (lo, hi), p_value=float(pvals[j])), "estimable": not separated,
                       "ridge_coef": ridge.get(name) if ridge else None})
     ph = _ph_check(res, t, e, names) if not separated else [
-        {"status": "not testable: no finite maximum-likelihood fit"}]
+        not_testable("no finite maximum-likelihood fit")]
     risk = X @ params
     if (separated or not np.all(np.isfinite(risk))) and ridge is not None:
         risk = X @ np.array([ridge[n] for n in names])
     conc = concordance(t, e, risk) if np.all(np.isfinite(risk)) else None
-    return {**base, "status": "ok" if not separated else
-            "monotone likelihood (separation): the unpenalised hazard ratios diverge and are not estimable; "
-            "see ridge_coefficients_no_ci (ridge_coef per covariate)",
+    status = Status(StatusKind.SEPARATED, "the unpenalised hazard ratios diverge and are not estimable; see "
+                    "ridge_coefficients_no_ci (ridge_coef per covariate)") if separated else Status(StatusKind.OK)
+    return {**base, **status.to_json(),
             "covariates": names, "coefficients": coefs, "concordance": conc,
             "concordance_from": f"ridge-penalised fit (alpha={RIDGE_ALPHA})" if separated
             else "maximum partial likelihood",
@@ -312,7 +320,7 @@ def _ph_check(res: Any, t: np.ndarray, e: np.ndarray, names: list[str]) -> list[
     try:
         sch = np.asarray(res.schoenfeld_residuals, float)
     except (ValueError, np.linalg.LinAlgError) as exc:
-        return [{"status": f"not testable: {exc}"}]
+        return [not_testable(str(exc))]
     ev = e > 0
     ranks = sps.rankdata(t[ev])
     for j, name in enumerate(names):
@@ -323,5 +331,5 @@ def _ph_check(res: Any, t: np.ndarray, e: np.ndarray, names: list[str]) -> list[
             ph.append({"covariate": name, "rho": float(rho), "p_value": float(p), "n_events": int(ok.sum())})
         else:
             ph.append({"covariate": name, "rho": None, "p_value": None, "n_events": int(ok.sum()),
-                       "status": "not testable: fewer than 3 informative events"})
+                       **not_testable("fewer than 3 informative events")})
     return ph

@@ -19,11 +19,15 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from analysis.results import ResultsNotFoundError, load_summary, load_table
+from analysis.data import is_unperturbed
+from analysis.results import load_table
+from analysis.summary import ResultsNotFoundError, StatusKind, Summary, read_summary
+from analysis.survival import group_label
+from data_schema import DIMENSIONS as ALL_DIMENSIONS
 from reports.errors import ResultsMissingError
 
-#: Dimensions in the order the paper lists them.
-DIMENSIONS = ("optimization", "environmental", "parametric", "learning_signal")
+#: The perturbation dimensions, in the order the paper (and data_schema.DIMENSIONS) lists them.
+DIMENSIONS = tuple(d for d in ALL_DIMENSIONS if d != "none")
 #: F1 window around onset, as fractions of the run's updates.
 F1_WINDOW = (-0.1, 0.5)
 #: Points per run kept for F1 (display thinning only).
@@ -33,10 +37,10 @@ F1_SIGNALS = ("performance", "grad_norm", "grad_coherence")
 
 @dataclass
 class ReportData:
-    """A results folder read once: ``summary`` (summary.json) and the tables, loaded lazily."""
+    """A results folder read once: ``summary`` (summary.json, typed) and the tables, loaded lazily."""
 
     results: Path
-    summary: dict[str, Any]
+    summary: Summary
     corpus: Path | None = None
     _tables: dict[str, pl.DataFrame | None] = field(default_factory=dict, repr=False)
 
@@ -48,15 +52,9 @@ class ReportData:
         return self._tables[name]
 
     def status(self, *keys: str) -> str | None:
-        """The ``not testable: ...`` status at ``summary[k1][k2]...``, or None when that entry is testable."""
-        node: Any = self.summary
-        for k in keys:
-            if not isinstance(node, dict) or k not in node:
-                return None
-            node = node[k]
-        if isinstance(node, dict) and str(node.get("status", "")).startswith("not testable"):
-            return str(node["status"])
-        return None
+        """The text of the NOT_TESTABLE status of the entry at ``keys`` (which must exist), or None."""
+        st = self.summary.status(*keys)
+        return st.text if st is not None and st.kind is StatusKind.NOT_TESTABLE else None
 
 
 def load(results: str | os.PathLike[str], corpus: str | os.PathLike[str] | None = None) -> ReportData:
@@ -69,16 +67,17 @@ def load(results: str | os.PathLike[str], corpus: str | os.PathLike[str] | None 
     if not path.is_dir():
         raise ResultsMissingError(f"{path}: no such results folder (run `stabilitybench analyze --out {path}` first)")
     try:
-        summary = load_summary(path)
+        summary = read_summary(path)
     except ResultsNotFoundError as exc:
         raise ResultsMissingError(str(exc)) from None
-    c = Path(corpus) if corpus is not None else (Path(summary["corpus"]) if summary.get("corpus") else None)
+    c = Path(corpus) if corpus is not None else (Path(summary.corpus) if summary.corpus else None)
     return ReportData(path, summary, c)
 
 
 # --------------------------------------------------------------------------- F1 telemetry
 def _label(kind: str, magnitude: float | None) -> str:
-    return "control" if kind == "none" else f"{kind} ×{magnitude:g}"
+    """F1's legend label: ``"control"``, or the configuration label without the duration."""
+    return "control" if kind == "none" else group_label(kind, magnitude)
 
 
 def onset_selection(runs: pl.DataFrame) -> pl.DataFrame:
@@ -86,20 +85,21 @@ def onset_selection(runs: pl.DataFrame) -> pl.DataFrame:
     at one stochasticity level (``default`` when present, else the most common).
 
     Adds ``label`` (``"lr_spike ×100"`` or ``"control"``) and ``onset`` (the onset update;
-    for controls the update at the same onset fraction).
+    for controls the update at the same onset fraction; a run with neither is left out).
     """
     r = runs.with_columns(
         pl.when(pl.col("onset_step").is_not_null()).then(pl.col("onset_step"))
-        .otherwise((pl.col("onset_frac").fill_null(0.3) * pl.col("n_updates")).round().cast(pl.Int64))
+        .otherwise((pl.col("onset_frac") * pl.col("n_updates")).round().cast(pl.Int64))
         .alias("onset"),
         pl.col("n_updates").fill_null(pl.col("planned_updates")).alias("n_upd"),
-    ).filter(pl.col("n_upd").is_not_null() & (pl.col("n_upd") > 0))
+        is_unperturbed(runs).alias("_control"),
+    ).filter(pl.col("n_upd").is_not_null() & (pl.col("n_upd") > 0) & pl.col("onset").is_not_null())
     levels = r["stochasticity"].value_counts(sort=True)["stochasticity"].to_list()
     level = "default" if "default" in levels else (levels[0] if levels else None)
     if level is not None:  # one stochasticity level, so seeds of different levels are not pooled
         r = r.filter(pl.col("stochasticity") == level)
-    ctrl = r.filter(pl.col("dimension") == "none")
-    pert = r.filter(pl.col("dimension") != "none")
+    ctrl = r.filter(pl.col("_control")).drop("_control")
+    pert = r.filter(~pl.col("_control")).drop("_control")
     if pert.height:
         top = (pert.group_by(["domain", "algo", "perturbation"])
                .agg(pl.col("magnitude").max().alias("_m")))

@@ -9,7 +9,7 @@ lists them in report order with their file stems under ``<out>/figures/``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from analysis.summary import DetectorKey, Status, StatusKind
 from reports.aggregates import build_aggregates
 from reports.data import DIMENSIONS, F1_WINDOW, ReportData, finite, onset_telemetry
 from reports.style import CONTROL_COLOR, PALETTE, SEQUENTIAL, grid, new_axes, outside_legend, too_little_data
@@ -315,14 +316,17 @@ def build_km(data: ReportData) -> tuple[Figure, list[str]]:
 
 
 # =========================================================================== F4
-def fig_cox_forest(coefficients: Sequence[dict[str, Any]], status: str | None = None,
+def fig_cox_forest(coefficients: Sequence[dict[str, Any]], status: Status | None = None,
                    ax: Axes | None = None) -> Axes:
-    """F4: Cox hazard ratios with 95% CIs (log scale). Rows without a finite CI are marked "not estimable"."""
+    """F4: Cox hazard ratios with 95% CIs (log scale). Rows without a finite CI are marked "not estimable".
+
+    ``status``: the fit's status; anything but OK greys the estimates out (orientation only).
+    """
     ax = new_axes(ax, (6.0, 0.5 + 0.45 * max(1, len(coefficients))))
     rows = list(coefficients)[::-1]
-    ok_fit = status in (None, "ok") or not str(status).startswith(("monotone", "not testable"))
+    ok_fit = status is None or status.ok
     for i, c in enumerate(rows):
-        v, lo, hi, p = c.get("value"), c.get("ci_low"), c.get("ci_high"), c.get("p_value")
+        v, lo, hi, p = c["value"], c["ci_low"], c["ci_high"], c["p_value"]
         # a zero-width or astronomically wide interval is a diverged fit, not an estimate
         estimable = (finite(v) and finite(lo) and finite(hi) and 0 < lo < hi and 1e-6 < v < 1e6
                      and hi / lo < 1e8)
@@ -347,16 +351,16 @@ def fig_cox_forest(coefficients: Sequence[dict[str, Any]], status: str | None = 
 
 
 def build_cox(data: ReportData) -> tuple[Figure, list[str]]:
-    cox = data.summary.get("survival", {}).get("cox", {})
-    coefs = cox.get("coefficients") or []
-    status = cox.get("status")
+    cox = data.summary.get("survival", "cox")
+    status = Status.from_json(cox)
+    coefs = cox["coefficients"] if status.kind in (StatusKind.OK, StatusKind.SEPARATED) else []
     fig, axes = grid(1, 1, panel=(7.5, 0.9 + 0.5 * max(1, len(coefs))))
     if not coefs:
-        why = str(status or "no Cox model in the results")
+        why = status.text if not status.ok else "the Cox model has no covariate"
         too_little_data(axes[0], why, "F4 · Cox hazard ratios")
         return fig, [why]
     fig_cox_forest(coefs, status, ax=axes[0])
-    fig.suptitle(f"F4 · Cox proportional hazards (n={cox.get('n')}, {cox.get('n_events')} collapses)",
+    fig.suptitle(f"F4 · Cox proportional hazards (n={cox['n']}, {cox['n_events']} collapses)",
                  fontsize=11, fontweight="bold")
     return fig, []
 
@@ -384,18 +388,18 @@ def fig_pca_scree(evr: pl.DataFrame, group: str, entry: dict[str, Any] | None = 
     if g.height:
         ax.set_xticks(range(1, int(g["component"].max()) + 1))
     ax.set_title(group)
-    if entry and isinstance(entry.get("all_runs"), dict) and "n_components_90" in entry["all_runs"]:
+    if entry and Status.of(entry["all_runs"]) is None:
         a = entry["all_runs"]
         n90, n90_null = a["n_components_90"]["value"], a["null_n_components_90"]["value"]
         pr, pr_null = a["participation_ratio"]["value"], a["null_participation_ratio"]["value"]
-        nr = a.get("n_runs")
-        ax.set_title(f"{group} ({entry.get('n_features')} features, {nr} run{'' if nr == 1 else 's'})\n"
+        nr = a["n_runs"]
+        ax.set_title(f"{group} ({entry['n_features']} features, {nr} run{'' if nr == 1 else 's'})\n"
                      f"90% variance: {n90:g} PCs (null {n90_null:g}) · PR {pr:.2f} (null {pr_null:.2f})", fontsize=8.5)
     return ax
 
 
 def _pca_groups(data: ReportData) -> list[str]:
-    return [k for k, v in data.summary.get("pca", {}).items() if isinstance(v, dict) and "all_runs" in v]
+    return [k for k, v in data.summary.get("pca").items() if Status.of(v) is None]
 
 
 def build_pca_scree(data: ReportData) -> tuple[Figure, list[str]]:
@@ -403,13 +407,14 @@ def build_pca_scree(data: ReportData) -> tuple[Figure, list[str]]:
     groups = _pca_groups(data)
     if evr is None or not groups:
         fig, axes = grid(1, 1, panel=(6.0, 2.6))
-        why = "; ".join(f"{k}: {v.get('status')}" for k, v in data.summary.get("pca", {}).items()) or "no PCA"
+        why = "; ".join(f"{k}: {Status.from_json(v)}" for k, v in data.summary.get("pca").items()
+                        if Status.of(v) is not None) or "no PCA"
         too_little_data(axes[0], why, "F5 · PCA scree")
         return fig, [why]
     ncol = min(3, len(groups))
     fig, axes = grid(-(-len(groups) // ncol), ncol, panel=(4.3, 3.3))
     for ax, grp in zip(axes, groups, strict=False):
-        fig_pca_scree(evr, grp, data.summary["pca"][grp], ax=ax)
+        fig_pca_scree(evr, grp, data.summary.get("pca", grp), ax=ax)
     for ax in axes[len(groups):]:
         ax.set_axis_off()
     outside_legend(axes[ncol - 1])
@@ -555,11 +560,12 @@ def build_msd(data: ReportData) -> tuple[Figure, list[str]]:
 
 
 # =========================================================================== F8
-def fig_roc(ew_runs: pl.DataFrame, by_detector: dict[str, Any], ax: Axes | None = None) -> Axes:
+def fig_roc(ew_runs: pl.DataFrame, by_detector: Mapping[DetectorKey, Mapping[str, Any]], ax: Axes | None = None
+            ) -> Axes:
     """F8 panel: empirical ROC of each detector's window maximum (collapsed vs not), AUROC from summary.json.
 
-    The curve is the display of the per-run scores in ``early_warning_runs``; the AUROC and
-    its CI in the legend are ``summary['early_warning']['by_detector'][det + '|all']``.
+    The curve is the display of the per-run scores in ``early_warning_runs``; the AUROC and its
+    CI in the legend are ``auroc`` of each detector's ``(detector, "all")`` record in ``by_detector``.
     """
     ax = new_axes(ax, (4.6, 4.2))
     dets = list(dict.fromkeys(ew_runs["detector"].to_list()))
@@ -577,9 +583,9 @@ def fig_roc(ew_runs: pl.DataFrame, by_detector: dict[str, Any], ax: Axes | None 
         thr = np.unique(s)[::-1]
         tpr = [0.0, *[(s[y] >= t).mean() for t in thr]]
         fpr = [0.0, *[(s[~y] >= t).mean() for t in thr]]
-        a = by_detector.get(f"{det}|all", {}).get("auroc", {})
+        a = by_detector[DetectorKey(det)]["auroc"]
         lab = DETECTOR_LABELS.get(det, det)
-        if finite(a.get("value")):
+        if Status.of(a) is None and finite(a["value"]):
             ci = f" [{a['ci_low']:.2f}, {a['ci_high']:.2f}]" if finite(a.get("ci_low")) else ""
             lab += f"  AUROC {a['value']:.2f}{ci}"
         lw, z = (2.2, 3) if det in MONITORS else (1.2, 2)
@@ -595,23 +601,20 @@ def fig_roc(ew_runs: pl.DataFrame, by_detector: dict[str, Any], ax: Axes | None 
     return ax
 
 
-def fig_alarm_rates(by_detector: dict[str, Any], ax: Axes | None = None) -> Axes:
-    """F8 panel: FPR on unperturbed runs and alarm rate on perturbed runs that never collapsed (CIs, summary.json)."""
+def fig_alarm_rates(by_detector: Mapping[DetectorKey, Mapping[str, Any]], ax: Axes | None = None) -> Axes:
+    """F8 panel: FPR on held-out unperturbed runs per detector, with its CI and the target (summary.json)."""
     ax = new_axes(ax)
-    rows = [(k.split("|")[0], v) for k, v in by_detector.items() if k.endswith("|all")]
+    rows = [(k.detector, v) for k, v in by_detector.items() if k.subset == "all"]
     target = None
     for i, (_det, v) in enumerate(rows):
-        for off, key, col, lab in ((-0.15, "fpr_unperturbed", PALETTE[3], "FPR, unperturbed runs"),
-                                   (0.15, "alarm_rate_perturbed_not_collapsed", PALETTE[0],
-                                    "alarm rate, perturbed runs that never collapsed")):
-            m = v.get(key, {})
-            if not finite(m.get("value")):
-                continue
-            lo, hi = m.get("ci_low"), m.get("ci_high")
-            err = [[m["value"] - lo], [hi - m["value"]]] if finite(lo) and finite(hi) else None
-            ax.errorbar([m["value"]], [i + off], xerr=err, fmt="o", color=col, ms=5, capsize=2.5,
-                        label=lab if i == 0 else None)
-            target = m.get("target", target)
+        m = v["fpr_unperturbed"]
+        target = m["target"]
+        if not finite(m["value"]):
+            continue
+        lo, hi = m["ci_low"], m["ci_high"]
+        err = [[m["value"] - lo], [hi - m["value"]]] if finite(lo) and finite(hi) else None
+        ax.errorbar([m["value"]], [i], xerr=err, fmt="o", color=PALETTE[3], ms=5, capsize=2.5,
+                    label="FPR, held-out unperturbed runs" if i == 0 else None)
     if finite(target):
         ax.axvline(target, color="k", ls="--", lw=0.9, label=f"target FPR {target:g}")
     ax.set_yticks(range(len(rows)), [DETECTOR_LABELS.get(d, d) for d, _ in rows])
@@ -630,7 +633,7 @@ def build_roc(data: ReportData) -> tuple[Figure, list[str]]:
         return fig, [why]
     ew = data.table("early_warning_runs")
     assert ew is not None
-    byd = data.summary["early_warning"].get("by_detector", {})
+    byd = {key: data.summary.get(*path) for key, path in data.summary.by_detector().items()}
     fig, (a0, al, a1, a2) = grid(2, 2, panel=(5.4, 4.4))
     fig_roc(ew, byd, ax=a0)
     al.set_axis_off()
@@ -675,18 +678,18 @@ def fig_dissociation(runs: pl.DataFrame, measure: str, rho: Sequence[dict[str, A
     ax.set_ylabel("final performance")
     lines = []
     for r in rho:
-        if finite(r.get("value")):
+        if Status.of(r) is None and finite(r["value"]):
             ci = f" [{r['ci_low']:.2f}, {r['ci_high']:.2f}]" if finite(r.get("ci_low")) else ""
             lines.append(f"ρ {r['level']} = {r['value']:.2f}{ci}, n={r['n']}")
         else:
-            lines.append(f"ρ {r['level']}: {r.get('status', 'n/a')}")
+            lines.append(f"ρ {r['level']}: {Status.from_json(r)}")
     ax.set_title("\n".join(lines) if lines else measure, fontsize=8.5, fontweight="normal", loc="left")
     return ax
 
 
 def build_dissociation(data: ReportData) -> tuple[Figure, list[str]]:
     runs, dose = data.table("runs"), data.table("dose_response")
-    diss = data.summary.get("regularities", {}).get("dissociation", [])
+    diss = data.summary.get("regularities", "dissociation")
     if runs is None or dose is None:
         fig, axes = grid(1, 1, panel=(6.0, 2.6))
         why = "no runs table"
@@ -709,9 +712,9 @@ def build_dissociation(data: ReportData) -> tuple[Figure, list[str]]:
     reasons = []
     hue = "config" if r["config"].n_unique() <= 20 else "perturbation"  # too many configurations for a legend
     for ax, m in zip(axes, measures, strict=True):
-        rows = [x for x in diss if x.get("measure") == m]
+        rows = [x for x in diss if x["measure"] == m]
         fig_dissociation(r, m, rows, ax=ax, hue=hue)
-        reasons += [f"{m} ({x['level']}): {x['status']}" for x in rows if "status" in x]
+        reasons += [f"{m} ({x['level']}): {Status.from_json(x)}" for x in rows if Status.of(x) is not None]
     if len(measures) == 1:
         reasons.append("max MSD: " + (data.status("early_warning") or "no early-warning evaluation"))
     outside_legend(axes[-1], title="configuration" if hue == "config" else "perturbation kind",
@@ -725,7 +728,7 @@ def build_dissociation(data: ReportData) -> tuple[Figure, list[str]]:
 def fig_stochasticity(buffer: dict[str, Any], ax: Axes | None = None) -> Axes:
     """F10 panel: collapse probability of perturbed runs per stochasticity level (CI), and Cox HRs of the level."""
     ax = new_axes(ax)
-    per = buffer.get("collapse_probability", [])
+    per = buffer["collapse_probability"]
     for i, r in enumerate(per):
         if not finite(r.get("value")):
             continue
@@ -738,13 +741,14 @@ def fig_stochasticity(buffer: dict[str, Any], ax: Axes | None = None) -> Axes:
     ax.set_ylim(-0.04, 1.04)
     ax.set_xlabel("stochasticity level")
     ax.set_ylabel("collapse probability, perturbed runs\n(95% Clopper–Pearson CI)")
-    hrs = [h for h in buffer.get("cox_hazard_ratios", []) if finite(h.get("value"))]
+    hrs = [h for h in buffer["cox_hazard_ratios"] if finite(h["value"])]
     if hrs:
         txt = "\n".join(f"HR {h['covariate'].split('=', 1)[-1]} vs reference: {h['value']:.2f}"
                         + (f" [{h['ci_low']:.2f}, {h['ci_high']:.2f}]" if finite(h.get("ci_high")) else "")
                         for h in hrs)
-        if str(buffer.get("cox_status", "ok")) != "ok":
-            txt += f"\n(Cox: {str(buffer['cox_status']).split(':')[0]}; orientation only)"
+        cox_status = Status.from_json(buffer["cox_status"])
+        if not cox_status.ok:
+            txt += f"\n(Cox: {cox_status.kind.label}; orientation only)"
         ax.text(0.02, 0.98, txt, transform=ax.transAxes, va="top", fontsize=7.5,
                 bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "0.8"})
     return ax
@@ -774,11 +778,12 @@ def fig_stochasticity_dose(dose: pl.DataFrame, ax: Axes | None = None) -> Axes:
 
 
 def build_stochasticity(data: ReportData) -> tuple[Figure, list[str]]:
-    buf = data.summary.get("regularities", {}).get("stochasticity_buffer", {})
+    buf = data.summary.get("regularities", "stochasticity_buffer")
+    status = Status.from_json(buf)
     dose = data.table("dose_response")
-    if str(buf.get("status", "")) != "ok" or dose is None:
+    if not status.ok or dose is None:
         fig, axes = grid(1, 1, panel=(6.0, 2.6))
-        why = str(buf.get("status") or "no stochasticity-buffer analysis")
+        why = status.text if not status.ok else "no dose-response table"
         too_little_data(axes[0], why, "F10 · stochasticity buffer")
         return fig, [why]
     fig, axes = grid(1, 2, panel=(4.6, 3.6))
@@ -828,7 +833,7 @@ def build_coherence(data: ReportData) -> tuple[Figure, list[str]]:
         too_little_data(axes[0], why, "F11 · gradient coherence before collapse")
         return fig, [why]
     fig, axes = grid(1, 2, panel=(4.8, 3.5))
-    sizes = {g.get("block_updates") for g in data.summary.get("groups", [])}
+    sizes = {g["block_updates"] for g in data.summary.get("groups")}
     b = sizes.pop() if len(sizes) == 1 else None
     fig_coherence_aligned(coh, ax=axes[0], block_updates=b)
     axes[0].set_title("coherence around collapse")

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from analysis.summary import Status, Summary
 from reports.data import finite
 
 Fragment = "str | Num"
@@ -67,42 +68,40 @@ def resolve(doc: Any, ptr: str) -> Any:
 
 
 class Source:
-    """Read numbers out of summary.json as :class:`Num` (``get`` returns None when a path is absent)."""
+    """Numbers out of the typed summary (:class:`analysis.summary.Summary`) as :class:`Num`.
 
-    def __init__(self, summary: dict[str, Any]) -> None:
+    Strict: :meth:`get` and :meth:`num` raise :class:`~analysis.summary.SummaryFieldError` for an
+    absent field, so a renamed summary key stops the report instead of printing "n/a" (a field
+    that is present but null still shows as "n/a"). :meth:`optional` is for fields absent by design.
+    """
+
+    def __init__(self, summary: Summary) -> None:
         self.summary = summary
 
     def get(self, *path: str | int) -> Any:
-        node: Any = self.summary
-        for k in path:
-            try:
-                node = node[k]
-            except (KeyError, IndexError, TypeError):
-                return None
-        return node
+        return self.summary.get(*path)
 
     def has(self, *path: str | int) -> bool:
-        node: Any = self.summary
-        for k in path:
-            try:
-                node = node[k]
-            except (KeyError, IndexError, TypeError):
-                return False
-        return True
+        return self.summary.has(*path)
+
+    def optional(self, *path: str | int) -> Any:
+        return self.summary.optional(*path)
+
+    def status(self, *path: str | int) -> Status | None:
+        """The status of the entry at ``path`` (which must exist), or None when it has none."""
+        return self.summary.status(*path)
 
     def num(self, *path: str | int, digits: int = 2, kind: str = "f") -> Num:
-        """The number at ``path``; an absent path gives a Num with an empty pointer, shown as plain ``n/a``."""
-        ptr = "".join(f"/{escape_ptr(str(k))}" for k in path) if self.has(*path) else ""
-        return Num(ptr, self.get(*path), digits, kind)
+        """The number at ``path`` (which must exist) with its JSON pointer."""
+        value = self.get(*path)
+        return Num("".join(f"/{escape_ptr(str(k))}" for k in path), value, digits, kind)
 
 
 # --------------------------------------------------------------------------- rendering
 def render_html(parts: Sequence[Any]) -> str:
     out = []
     for p in parts:
-        if isinstance(p, Num) and not p.ptr:
-            out.append(html.escape(p.text))
-        elif isinstance(p, Num):
+        if isinstance(p, Num):  # every quoted number has its pointer (Source.num is strict)
             ptr = html.escape(p.ptr)
             out.append(f'<span class="num" data-ptr="{ptr}" data-kind="{p.kind}" data-digits="{p.digits}" '
                        f'title="summary.json {ptr}">{html.escape(p.text)}</span>')

@@ -33,8 +33,13 @@ def results_tables() -> str:
     schemas: dict[str, pa.Schema] = getattr(results, "SCHEMAS", {})
     lines = ["| file | one row is |", "|---|---|"]
     lines += [f"| `results/{name}.parquet` | {_cell(what)} |" for name, what in results.TABLES.items()]
-    lines += ["", "`results/summary.json` holds every headline number with its n and CI."]
+    lines += ["", "`results/summary.json` holds every headline number with its n and CI (`analysis.summary`: "
+              "estimates, statuses with a kind and a reason, per-detector records keyed by (detector, subset))."]
     for name, schema in schemas.items():
+        table = (schema.metadata or {}).get(b"stabilitybench.table", b"").decode()
+        if table and not table.startswith("results/"):  # a corpus table (runs): documented with the corpus
+            lines += ["", f"#### results/{name}", "", f"The corpus `{table}` schema (see the dataset card)."]
+            continue
         lines += ["", f"#### results/{name}", "", "| column | type | unit | description |", "|---|---|---|---|"]
         lines += [f"| `{f.name}` | {f.type} | {_cell(_meta(f, b'unit'))} | {_cell(_meta(f, b'description'))} |"
                   for f in schema]

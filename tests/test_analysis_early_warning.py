@@ -126,7 +126,7 @@ def test_run_rows_and_detection_by_hand() -> None:
     assert m["median_lead_updates"]["value"] == 250 and m["median_lead_updates"]["n"] == 1
     fpr = m["fpr_held_out_controls"]
     assert fpr["value"] == 0.5 and fpr["n_test"] == 2 and fpr["n_calibration"] == 1
-    assert fpr["claim"].startswith("refused") and fpr["runs_needed"]["calibration_controls_per_fold"] == 19
+    assert fpr["claim"]["status"] == "refused" and fpr["runs_needed"]["calibration_controls_per_fold"] == 19
     assert m["nonfinite"]["n"] == 1 and m["nonfinite"]["value"] == 0.0
     # detection scores: a = -log10(1/2), b = 0 (its spike is at the collapse, outside its window) vs c = d = 0
     pos = [got["a"]["detection_score"], got["b"]["detection_score"]]

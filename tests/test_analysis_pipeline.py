@@ -11,10 +11,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from analysis.early_warning import EarlyWarningConfig, seed_folds
 from analysis.pipeline import AnalysisConfig, run_analysis
+from analysis.summary import DetectorKey, from_document
 from data_schema import EVENTS_SCHEMA, STEPS_SCHEMA, events_path, read_table, steps_path, write_manifest, write_table
 
 T, ONSET, DUR = 600, 180, 30
@@ -119,14 +121,15 @@ def test_summary_has_every_headline_number_with_n(analysed) -> None:
         # 3 performance collapses (x100) vs 3 held-out controls; the non-finite collapse on its own line
         assert m["auroc"]["n"] == 6 and m["frac_collapses_preceded"]["n"] == 3 and m["nonfinite"]["n"] == 1
         fpr = m["fpr_held_out_controls"]
-        assert fpr["n_test"] == 3 and fpr["n_calibration"] == 1 and fpr["claim"].startswith("refused")
+        assert fpr["n_test"] == 3 and fpr["n_calibration"] == 1 and fpr["claim"]["status"] == "refused"
         assert fpr["guaranteed_fpr_bound"] == 0.5  # one calibration run: the attainable level is 1/2
         assert m["median_lead_updates"]["measured_from"] == "offline collapse date"
         pred = summary["early_warning"]["prediction"][name]
         # 7 perturbed test runs: the non-finite one (update 205) collapsed before the landmark (180 + 30 + 1 block)
         assert pred["n_pos"] + pred["n_neg"] + pred["n_collapsed_before_landmark"] == 7
         assert pred["n_collapsed_before_landmark"] == 1 and "runs_needed" in pred
-        assert pred["auroc_stratified"]["status"].startswith("not testable: n too small")
+        assert pred["auroc_stratified"]["status"] == "not_testable"
+        assert pred["auroc_stratified"]["reason"].startswith("n too small")
     # the destructive spike is obvious to the monitor: every collapse is preceded by an alarm
     assert det["kalman"]["frac_collapses_preceded"]["value"] == 1.0
     assert det["perturbation_on"]["auroc"]["value"] == 1.0  # detection vs controls is trivial for the kick itself
@@ -138,7 +141,10 @@ def test_summary_has_every_headline_number_with_n(analysed) -> None:
     assert summary["features"]["rl/ppo"]["echo_columns"] == ["lr", "update_norm", "param_norm"]
     assert summary["collapse"]["rule_false_collapse_rate_unperturbed"]["n_test"] == 3
     assert summary["survival"]["cox"]["population"] == "perturbed runs only"
-    assert summary["regularities"]["stochasticity_buffer"]["status"].startswith("not testable")
+    assert summary["regularities"]["stochasticity_buffer"]["status"] == "not_testable"
+    assert on_disk["summary_version"] == 2
+    by_detector = from_document(on_disk).by_detector()  # keyed by (detector, subset), one record each
+    assert set(by_detector) == {DetectorKey(d, "all") for d in det if d != "perturbation_on"}
     assert {r["config"] for r in summary["collapse"]["dose_response"]} >= {"none", "lr_spike x100 (30 upd)"}
     for name in ("km.parquet", "logrank.parquet", "early_warning_scores.parquet", "pca_trajectories.parquet",
                  "dose_response.parquet", "dissociation.parquet"):
@@ -161,7 +167,7 @@ def test_one_seed_degrades_with_a_message(tmp_path: Path) -> None:
     corpus = make_corpus(tmp_path / "corpus", seeds=(0,))
     cfg = replace(FAST, early_warning=replace(FAST.early_warning, detectors=("kalman",)))
     summary = run_analysis(corpus, tmp_path / "results", cfg, update_corpus=False)
-    assert summary["early_warning"]["status"].startswith("not testable")
+    assert summary["early_warning"]["status"] == "not_testable" and "3 seeds" in summary["early_warning"]["reason"]
     assert not (corpus / "runs.parquet").exists()
     assert (tmp_path / "results" / "summary.json").exists()
 
@@ -236,15 +242,22 @@ def test_manifest_from_an_older_schema_reads_with_a_note(tmp_path: Path) -> None
 
 
 def test_results_contract_lists_every_table(analysed, tmp_path: Path) -> None:
-    from analysis.results import TABLES, ResultsNotFoundError, load_summary, load_table
+    from analysis.results import SCHEMAS, TABLES, load_table
+    from analysis.summary import ResultsNotFoundError, read_summary
 
     _, out, summary = analysed
     written = {p.stem for p in out.glob("*.parquet")}
     assert written <= set(TABLES), written - set(TABLES)
-    assert load_summary(out)["n_runs"] == summary["n_runs"]
+    for name in written:  # every table is written under its declared schema, units and descriptions included
+        schema = pq.read_schema(out / f"{name}.parquet")
+        assert schema.names == SCHEMAS[name].names, name
+        for field in schema:
+            meta = field.metadata or {}
+            assert meta.get(b"unit") and meta.get(b"description"), (name, field.name)
+    assert read_summary(out).n_runs == summary["n_runs"]
     assert load_table(out, "runs").height == 10
     with pytest.raises(ResultsNotFoundError):
-        load_summary(tmp_path / "nothing")
+        read_summary(tmp_path / "nothing")
 
 
 def test_leave_one_env_out_with_two_envs(tmp_path: Path) -> None:

@@ -423,6 +423,9 @@ def test_report_on_corrupt_results(tmp_path: Path) -> None:
     (results / "summary.json").write_bytes(b"\xff\xfe{}")
     assert_user_error(cli("report", "--results", str(results), "--out", str(tmp_path / "out"), cwd=tmp_path),
                       "summary.json")
+    (results / "summary.json").write_text('{"corpus": "x", "n_runs": 1}')  # valid JSON, not a summary
+    assert_user_error(cli("report", "--results", str(results), "--out", str(tmp_path / "out"), cwd=tmp_path),
+                      "summary.json", "missing top-level field")
     table = results / "dose_response.parquet"
     pq.write_table(pa.table({"config": [f"c{i}" for i in range(200)], "n_runs": list(range(200))}), table)
     truncate(table)

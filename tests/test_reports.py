@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from analysis.summary import Status
 from reports.figures import FIGURES
 from reports.text import fmt, parse, resolve
 
@@ -118,14 +119,15 @@ def test_caption_and_table_numbers_equal_summary(smoke_report) -> None:
 def test_not_testable_analyses_say_so_instead_of_plotting(smoke_report) -> None:
     out, _, summary = smoke_report
     page = (out / "index.html").read_text()
-    ew = summary["early_warning"]["status"]  # 4 runs, one seed: no early-warning fold
-    assert ew.startswith("not testable")
+    ew = summary["early_warning"]  # 4 runs, one seed: no early-warning fold
+    assert ew["status"] == "not_testable"
     for fid in ("F7", "F8"):
         block = html.unescape(page.split(f'<figure id="{fid}">')[1].split("</figure>")[0])
-        assert "too little data" in block and ew.removeprefix("not testable: ") in block
-    stoch = summary["regularities"]["stochasticity_buffer"]["status"]
+        assert "too little data" in block and ew["reason"] in block
+    stoch = summary["regularities"]["stochasticity_buffer"]
+    assert stoch["status"] == "not_testable"
     f10 = html.unescape(page.split('<figure id="F10">')[1].split("</figure>")[0])
-    assert "too little data" in f10 and stoch.removeprefix("not testable: ") in f10
+    assert "too little data" in f10 and stoch["reason"] in f10
 
 
 def test_caveats_and_markdown_twin(smoke_report) -> None:
@@ -134,7 +136,7 @@ def test_caveats_and_markdown_twin(smoke_report) -> None:
     assert "Read this first: caveats" in page and "Read this first: caveats" in md
     for c in summary["headline"]["caveats"]:
         assert c in md
-    assert summary["early_warning"]["status"] in md
+    assert Status.from_json(summary["early_warning"]).text in md
     for spec in FIGURES:
         assert f"### {spec.id} · {spec.title}" in md
 

@@ -8,7 +8,9 @@ collapse performance and move the telemetry, most often at the 'default' level.
 from __future__ import annotations
 
 import html
+import json
 import re
+import shutil
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -19,6 +21,7 @@ from test_reports import Spans, check_numbers
 
 from analysis.early_warning import EarlyWarningConfig
 from analysis.pipeline import AnalysisConfig, run_analysis
+from analysis.summary import SummaryFieldError
 from data_schema import EVENTS_SCHEMA, STEPS_SCHEMA, events_path, steps_path, write_manifest, write_table
 from reports.data import load
 from reports.figures import FIGURES, fig_dose_response, fig_km
@@ -109,11 +112,47 @@ def test_numbers_equal_summary_and_the_monitor_sentence(report) -> None:
     m = re.search(r"The Kalman monitor warned a median of (\d+) updates before collapse \(IQR (\d+)–(\d+), n=(\d+)\)",
                   text)
     assert m, "the monitor's lead-time sentence is missing"
-    lead = summary["early_warning"]["by_detector"]["kalman|all"]["median_lead_updates"]
+    kalman = next(r for r in summary["early_warning"]["by_detector"]
+                  if (r["detector"], r["subset"]) == ("kalman", "all"))
+    lead = kalman["median_lead_updates"]
     assert [float(x) for x in m.groups()] == pytest.approx(
         [round(lead["value"]), round(lead["iqr_low"]), round(lead["iqr_high"]), lead["n"]], abs=0.51)
     for c in summary["headline"]["caveats"]:
         assert html.escape(c) in index.read_text()
+
+
+@pytest.mark.parametrize(("path", "renamed"), [
+    (("early_warning", "detection", "kalman", "auroc"), "auroc_value"),
+    (("pca", "rl/ppo", "all_runs", "n_components_90"), "n_components90"),
+    (("regularities", "stochasticity_buffer", "collapse_probability"), "p_collapse"),
+    (("collapse", "rule_false_collapse_rate_unperturbed"), "false_collapse_rate"),
+])
+def test_a_renamed_summary_field_fails_the_report_loudly(report, tmp_path: Path, path: tuple[str, ...],
+                                                          renamed: str) -> None:
+    """The report reads summary.json only through analysis.summary: a renamed key is an error, never "n/a"."""
+    _, results, _ = report
+    edited = tmp_path / "results"
+    shutil.copytree(results, edited)
+    doc = json.loads((edited / "summary.json").read_text())
+    node = doc
+    for key in path[:-1]:
+        node = node[key]
+    node[renamed] = node.pop(path[-1])
+    (edited / "summary.json").write_text(json.dumps(doc))
+    with pytest.raises(SummaryFieldError, match=re.escape("/".join(path))) as err:
+        build_report(edited, tmp_path / "out")
+    assert "rerun `stabilitybench analyze`" in str(err.value)
+
+
+def test_a_renamed_top_level_field_fails_on_read(report, tmp_path: Path) -> None:
+    _, results, _ = report
+    edited = tmp_path / "results"
+    shutil.copytree(results, edited)
+    doc = json.loads((edited / "summary.json").read_text())
+    doc["early_warnings"] = doc.pop("early_warning")
+    (edited / "summary.json").write_text(json.dumps(doc))
+    with pytest.raises(SummaryFieldError, match=r"missing top-level field\(s\) early_warning"):
+        load(edited)
 
 
 def test_panel_functions_draw_into_a_given_axes(report) -> None:
