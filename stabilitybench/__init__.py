@@ -24,6 +24,7 @@ _LAZY = {
     "Intervention": "generate.intervention",
     "OnlineMonitor": "analysis.online",
     "MonitorFile": "analysis.monitor_file",
+    "fit_monitor": "analysis.monitor_file",
     "load_monitor": "stabilitybench.live",
 }
 
