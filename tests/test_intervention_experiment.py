@@ -71,3 +71,18 @@ def test_a_generated_run_acts_on_its_monitor_file(tmp_path: Path) -> None:
     first = int(events.filter(pl.col("event") == "lr_backoff")["step"].min())
     factor = dict(spec.hparams)["intervention_factor"]
     assert np.allclose(lr[first:first + 4], lr[0] * factor) and np.allclose(lr[:11], lr[0])
+
+
+def test_intervention_figure_draws_the_table() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from reports.intervention import fig_intervention
+
+    rows = [_run(f"p{s}{a}", s, k, a, collapsed=(a is None and k != "none"), perf=1.0)
+            for s in range(3) for k in ("none", "lr_spike") for a in (None, "rollback", "lr_backoff")]
+    table = intervention_table(pl.DataFrame(rows), n_boot=50)
+    ax = fig_intervention(table)
+    heights = [round(p.get_height(), 3) for p in ax.patches]
+    assert len(heights) == 2 * 3 and heights.count(1.0) == 1  # lr_spike without an action: all collapsed
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["control", "lr_spike"]
