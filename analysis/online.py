@@ -83,12 +83,15 @@ class _GRUStep:
 class OnlineMonitor:
     """Live MSD and alarms of one run from a :class:`~analysis.monitor_file.MonitorFile` (module docstring).
 
-    ``monitor``: a MonitorFile or the path of one. After each completed block: ``last_step_``,
-    ``last_msd_``, ``n_blocks_``; ``history_`` keeps ``(step, msd, alarm)`` per block (one tuple per B
-    updates; ``keep_history=False`` for O(1) memory).
+    ``monitor``: a MonitorFile or the path of one. ``check_columns``: at the first block that ends at or
+    after the warm-up, raise :class:`~analysis.errors.MonitorFileError` (one line) if a feature column has
+    not been reported by any row yet (the run does not have the monitor's columns). After each completed
+    block: ``last_step_``, ``last_msd_``, ``n_blocks_``; ``history_`` keeps ``(step, msd, alarm)`` per
+    block (one tuple per B updates; ``keep_history=False`` for O(1) memory).
     """
 
-    def __init__(self, monitor: MonitorFile | str | os.PathLike[str], keep_history: bool = True) -> None:
+    def __init__(self, monitor: MonitorFile | str | os.PathLike[str], keep_history: bool = True,
+                 check_columns: bool = True) -> None:
         self.file = monitor if isinstance(monitor, MonitorFile) else MonitorFile.load(monitor)
         f = self.file
         self.features = list(f.features)
@@ -96,6 +99,7 @@ class OnlineMonitor:
         self.threshold = float(f.threshold)
         self.warmup_updates = int(f.warmup_updates)
         self.keep_history = keep_history
+        self._check_pending = check_columns
         det = f.detector
         self._mean, self._scale = np.asarray(det.mean_, float), np.asarray(det.scale_, float)
         self._model = _KalmanStep(det) if f.kind == "kalman" else _GRUStep(det)
@@ -176,6 +180,9 @@ class OnlineMonitor:
         if self._nonfinite:
             msd = math.inf
         step = self._block_step
+        if self._check_pending and step >= self.warmup_updates:
+            self._check_pending = False
+            self.check_columns()  # by the end of the warm-up every feature must have been reported
         alarm = bool(msd > self.threshold) and step >= self.warmup_updates
         self.n_blocks_ += 1
         self.last_step_, self.last_msd_ = step, msd

@@ -135,10 +135,14 @@ def test_refuses_a_run_with_other_columns(monitor_file: MonitorFile, tmp_path) -
     with pytest.raises(MonitorFileError, match="entropy"):
         MonitorFile.load(path, columns=run.columns)
     online = OnlineMonitor(path)
-    for row in run.head(10).iter_rows(named=True):
+    rows = list(run.iter_rows(named=True))
+    for row in rows[:20]:  # the warm-up (20 updates): no check yet
         online.update(row)
     with pytest.raises(MonitorFileError, match="entropy"):
         online.check_columns()
+    with pytest.raises(MonitorFileError, match="entropy"):  # the first block after the warm-up refuses the run
+        for row in rows[20:24]:
+            online.update(row)
     with pytest.raises(MonitorFileError, match="not a readable"):
         MonitorFile.load(tmp_path / "missing.monitor.npz")
 
