@@ -23,6 +23,7 @@ performance lowers the band for every run of the group (report the controls' cos
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import numpy as np
@@ -117,3 +118,22 @@ def intervention_table(runs: pl.DataFrame, events: pl.DataFrame | None = None, n
             "controls": pert == "none",
         })
     return pl.DataFrame(rows, infer_schema_length=None) if rows else pl.DataFrame()
+
+
+def intervention_from_corpus(corpus: str | os.PathLike[str], n_boot: int = 2000, seed: int = 0) -> pl.DataFrame:
+    """:func:`intervention_table` of an analysed corpus (``runs.parquet`` outcomes + the events files).
+
+    Raises :class:`~analysis.errors.NoRunsError` if ``stabilitybench analyze`` has not written the outcomes.
+    """
+    from pathlib import Path
+
+    from analysis.data import load_events
+    from analysis.errors import NoRunsError
+    from data_schema import require_corpus
+    from data_schema.corpus import RUNS
+
+    path = Path(require_corpus(corpus), RUNS)
+    if not path.exists():
+        raise NoRunsError(f"{corpus}: no {RUNS} (run `stabilitybench analyze --corpus {corpus}` first)")
+    runs = pl.read_parquet(path).filter(pl.col("status") == "ok")
+    return intervention_table(runs, load_events(corpus), n_boot=n_boot, seed=seed)
