@@ -86,3 +86,13 @@ def test_intervention_figure_draws_the_table() -> None:
     heights = [round(p.get_height(), 3) for p in ax.patches]
     assert len(heights) == 2 * 3 and heights.count(1.0) == 1  # lr_spike without an action: all collapsed
     assert [t.get_text() for t in ax.get_xticklabels()] == ["control", "lr_spike"]
+
+
+def test_reference_scores_with_no_run_standing_at_its_landmark() -> None:
+    """A tiny intervention corpus whose every perturbed run collapsed before its landmark used to crash analyze."""
+    from analysis.questions import reference_scores
+
+    empty = pl.DataFrame(schema={"run_id": pl.String, "label": pl.Boolean, "seed": pl.Int64,
+                                 "perturbation": pl.String, "magnitude": pl.Float64, "duration_steps": pl.Int64})
+    out = reference_scores(empty, {})
+    assert {k: v.size for k, v in out.items()} == {"config_only": 0, "kick_size": 0, "perturbation_on": 0}
