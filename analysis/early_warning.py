@@ -45,6 +45,7 @@ from analysis.conformal import ConformalCalibrator
 from analysis.errors import InsufficientDataError
 from analysis.metastate import KalmanMonitor, MonitorBase
 from analysis.metastate.base import window_max
+from analysis.monitor_file import SUFFIX, MonitorFile, provenance_of
 from analysis.summary import Status, StatusKind, not_testable
 
 MONITORS = ("kalman", "gru")
@@ -151,8 +152,10 @@ def evaluate_group(
     perturbation window). Returns (per test run x detector table, score traces, fold notes). Each
     fold fits on the training seeds' controls, calibrates a :class:`~analysis.conformal.ConformalCalibrator`
     on the calibration seeds' controls (window maxima from onset) and scores the test seeds; every
-    score leaves as a conformal p-value. With ``save_dir`` the fitted monitors are saved there
-    (``<monitor>_fold<i>.npz|.pt``). With ``external_train`` (sequences from *other* envs:
+    score leaves as a conformal p-value. With ``save_dir`` the fitted monitors are saved there as
+    self-contained :class:`~analysis.monitor_file.MonitorFile` s (``<monitor>_fold<i>.monitor.npz``:
+    features, transforms, block size, warm-up = the calibration window's start, conformal threshold,
+    provenance). With ``external_train`` (sequences from *other* envs:
     leave-one-env-out) every fold trains on those instead of its own training seeds.
     """
     folds = seed_folds(runs["seed"].to_list(), cfg.max_folds)
@@ -210,8 +213,10 @@ def evaluate_group(
                 info_fit.update(final_train_nll=det.train_loss_[-1])
             note.setdefault("detectors", {})[label] = info_fit
             if save_dir is not None and name in MONITORS:
-                save_dir.mkdir(parents=True, exist_ok=True)
-                det.save(save_dir / f"{label}_fold{i}.{'npz' if name == 'kalman' else 'pt'}")
+                warmup = min((int(info[r]["onset_step"] or 0) for r in calib_ids), default=0)
+                MonitorFile(det, cols, block, warmup, conf.threshold_, conf.alpha, conf.alpha_used_, conf.n_,
+                            provenance=provenance_of(info.values(), train_ids if external_train is None else [],
+                                                     calib_ids)).save(save_dir / f"{label}_fold{i}{SUFFIX}")
             for rid in test_ids:
                 steps, X, nonfinite = arrays[rid]
                 score = det.score(X[:, idx])

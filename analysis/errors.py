@@ -28,3 +28,7 @@ class InsufficientDataError(AnalysisError):
 
 class NotFittedError(AnalysisError):
     """``score``/``save`` was called on an estimator before ``fit``."""
+
+
+class MonitorFileError(AnalysisError):
+    """A monitor file cannot be read, or does not fit the run it is asked to score (e.g. missing columns)."""

@@ -167,7 +167,8 @@ def reference_scores(frame: pl.DataFrame, kick: dict[str, np.ndarray]) -> dict[s
     """Scores of the three references for the runs of ``frame`` (a :func:`prediction_set`)."""
     y = np.array(frame["label"].to_list(), bool)
     seeds = np.array(frame["seed"].to_list())
-    K = np.array([kick.get(r, np.full(3, np.nan)) for r in frame["run_id"].to_list()], float).reshape(frame.height, -1)
+    K = np.array([kick.get(r, np.full(3, np.nan)) for r in frame["run_id"].to_list()], float)
+    K = K.reshape(frame.height, -1) if frame.height else np.zeros((0, 3))  # no run standing at its landmark
     return {"config_only": cv_scores(config_matrix(frame), y, seeds),
             "kick_size": cv_scores(K, y, seeds) if K.size else np.full(y.size, np.nan),
             "perturbation_on": np.ones(y.size)}

@@ -146,6 +146,9 @@ class Probe:
         self._seen: list[int] = []
         self._snap: dict[int, torch.Tensor] = {}
         self._last: torch.nn.Parameter | None = None
+        #: Extra LR multiplier, applied like a perturbation's (for one ``step()`` at a time; the user's LRs
+        #: are restored after it): an :class:`~generate.intervention.Intervention`'s LR back-off sets it.
+        self.lr_scale = 1.0
         self._handles = [optimizer.register_step_pre_hook(self._pre_step),
                          optimizer.register_step_post_hook(self._post_step)]
         self._grad_handles: list[Any] = []
@@ -231,7 +234,7 @@ class Probe:
     def _pre_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         step = self._current_step()
         active = self.perturbation.active(step)
-        factor = self.perturbation.lr_factor(step)
+        factor = self.perturbation.lr_factor(step) * self.lr_scale
         self._saved_lrs = None
         if factor != 1.0:  # multiply the LR each group has now; restored after the step
             self._saved_lrs = [group["lr"] for group in optimizer.param_groups]

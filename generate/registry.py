@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow as pa
 
 from generate.errors import ProfileError
+from generate.intervention import INTERVENTION_HPARAMS
 from generate.lm import config as lm_config
 from generate.rl import config as rl_config
 from generate.spec import RunSpec
@@ -41,6 +42,8 @@ class Generator:
     stochasticity: tuple[str, ...]
     entry: str
     resolver: Callable[[str, str, str, dict[str, Any]], Any]
+    #: hparams the generator itself reads (not the algorithm config): name -> type
+    extra_hparams: tuple[tuple[str, type], ...] = ()
 
     def config(self, spec: RunSpec) -> Any:
         """The algorithm config of ``spec`` (see the domain's config module for the resolution order)."""
@@ -49,17 +52,19 @@ class Generator:
                 f"unknown stochasticity level {spec.stochasticity!r} for {self.algo} "
                 f"(available: {', '.join(self.stochasticity)})"
             )
-        return self.resolver(self.algo, spec.env, spec.stochasticity, dict(spec.hparams))
+        extra = dict(self.extra_hparams)
+        return self.resolver(self.algo, spec.env, spec.stochasticity,
+                             {k: v for k, v in spec.hparams if k not in extra})
 
     def gpus(self, spec: RunSpec) -> int:
         """GPUs one run of ``spec`` should be given by a scheduler (0 or 1; RL runs are CPU-only)."""
         return int(bool(getattr(self.config(spec), "wants_gpu", False)))
 
     def hparam_names(self) -> list[str]:
-        return [f.name for f in fields(self.config_cls)]
+        return [f.name for f in fields(self.config_cls)] + [k for k, _ in self.extra_hparams]
 
     def hparam_type(self, name: str) -> type:
-        return {f.name: f.type for f in fields(self.config_cls)}[name]
+        return {**{f.name: f.type for f in fields(self.config_cls)}, **dict(self.extra_hparams)}[name]
 
     def load(self) -> Callable[[RunSpec], GeneratorResult]:
         module, func = self.entry.split(":")
@@ -68,7 +73,7 @@ class Generator:
 
 GENERATORS: dict[tuple[str, str], Generator] = {
     ("rl", algo): Generator("rl", algo, rl_config.CONFIGS[algo][0], rl_config.STOCHASTICITY_LEVELS,
-                            "generate.rl.train:run", rl_config.resolve)
+                            "generate.rl.train:run", rl_config.resolve, INTERVENTION_HPARAMS)
     for algo in ("ppo", "sac", "td3")
 }
 GENERATORS[("lm", "gpt2")] = Generator("lm", "gpt2", lm_config.LMConfig, lm_config.STOCHASTICITY_LEVELS,

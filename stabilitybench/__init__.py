@@ -7,6 +7,7 @@ transformers; only the name you use does)::
     from stabilitybench import StabilityCallback                     # stable-baselines3
     from stabilitybench import StabilityTrainerCallback              # transformers.Trainer
     from stabilitybench import perturbation                          # a controlled perturbation
+    from stabilitybench import load_monitor, Intervention            # live early warning and actions
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ _LAZY = {
     "StabilityCallback": "generate.adapters.sb3",
     "StabilityTrainerCallback": "generate.adapters.hf",
     "NonFiniteTraining": "generate.errors",
+    "Intervention": "generate.intervention",
+    "OnlineMonitor": "analysis.online",
+    "MonitorFile": "analysis.monitor_file",
+    "fit_monitor": "analysis.monitor_file",
+    "load_monitor": "stabilitybench.live",
 }
 
 __all__ = [*_LAZY, "perturbation"]

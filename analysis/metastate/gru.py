@@ -118,6 +118,27 @@ class GRUMonitor(MonitorBase):
         return {"hidden": self.hidden, "window": self.window, "epochs": self.epochs, "lr": self.lr,
                 "weight_decay": self.weight_decay, "smooth": self.smooth, "seed": self.seed}
 
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Standardisation, threshold and weights as plain arrays (for :mod:`analysis.monitor_file`)."""
+        self._check_fitted()
+        out = {"mean_": np.asarray(self.mean_, dtype=float), "scale_": np.asarray(self.scale_, dtype=float),
+               "threshold_": np.asarray(self.threshold_, dtype=float)}
+        out.update({f"net.{k}": v.detach().cpu().numpy() for k, v in self.net_.state_dict().items()})
+        return out
+
+    @classmethod
+    def from_arrays(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> GRUMonitor:
+        """Inverse of :meth:`to_arrays` (with :meth:`get_params`)."""
+        m = cls(**params)
+        m.mean_, m.scale_ = np.asarray(arrays["mean_"], float), np.asarray(arrays["scale_"], float)
+        m.threshold_ = float(arrays["threshold_"])
+        m.n_features_ = int(m.mean_.size)
+        m.net_ = _Net(m.n_features_, m.hidden)
+        m.net_.load_state_dict({k[4:]: torch.from_numpy(np.array(v)) for k, v in arrays.items()
+                                if k.startswith("net.")})
+        m.net_.eval()
+        return m
+
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write settings, standardisation, threshold and weights with ``torch.save``."""
         self._check_fitted()

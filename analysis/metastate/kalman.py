@@ -202,6 +202,23 @@ class KalmanMonitor(MonitorBase):
         return {"n_latent": self.n_latent, "n_iter": self.n_iter, "tol": self.tol, "smooth": self.smooth,
                 "seed": self.seed}
 
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The fitted parameters as plain arrays (for :mod:`analysis.monitor_file`)."""
+        self._check_fitted()
+        return {k: np.asarray(getattr(self, k), dtype=float) for k in self._PARAMS}
+
+    @classmethod
+    def from_arrays(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> KalmanMonitor:
+        """Inverse of :meth:`to_arrays` (with :meth:`get_params`)."""
+        m = cls(**params)
+        for k in cls._PARAMS:
+            v = np.asarray(arrays[k], dtype=float)
+            setattr(m, k, float(v) if v.ndim == 0 else v)
+        m.n_latent_ = m.A_.shape[0]
+        m.n_features_ = m.C_.shape[0]
+        m._steady_state()
+        return m
+
 
 # ---------------------------------------------------------------------------------- EM
 def _covariances(

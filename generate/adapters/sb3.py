@@ -53,11 +53,13 @@ class StabilityCallback(BaseCallback):
     """Records one row per main optimizer update of any SB3 model into ``recorder`` (module doc).
 
     ``perturbation``: optional (``stabilitybench.perturbation(...)``); ``coherence_window``: K.
-    ``close_recorder``: close (write) the recorder when training ends.
+    ``close_recorder``: close (write) the recorder when training ends. ``intervention``: an
+    :class:`~generate.intervention.Intervention` to attach to the main optimizer (its rollback restores
+    the policy and every optimizer; its ``stop`` ends ``learn`` at the next environment step).
     """
 
     def __init__(self, recorder: Any, *, perturbation: Perturbation | None = None, coherence_window: int = 8,
-                 perf_window: int = 5, close_recorder: bool = False) -> None:
+                 perf_window: int = 5, close_recorder: bool = False, intervention: Any = None) -> None:
         super().__init__(verbose=0)
         self.recorder = recorder
         self.perturbation = perturbation
@@ -68,6 +70,7 @@ class StabilityCallback(BaseCallback):
         self.probes: list[Probe] = []
         self.close_recorder = close_recorder
         self._harvested: Any = None
+        self.intervention = intervention
         if perturbation is not None:
             recorder.set_perturbation(perturbation)
 
@@ -96,8 +99,15 @@ class StabilityCallback(BaseCallback):
                 clock=self.clock, update_context=self.update_context(role), record=on_row is not None,
                 skip_stepped_grads=off_policy and role == "main",
             ))
+        if self.intervention is not None:
+            opts = sb3_optimizers(self.model)
+            main = next(opt for opt, role in opts if role == "main")
+            state = {"policy": self.model.policy, **{f"optimizer_{role}": opt for opt, role in opts}}
+            self.intervention.attach(main, self.probes, state)
 
     def _on_step(self) -> bool:
+        if self.intervention is not None and self.intervention.stopped:
+            return False
         self.recorder.samples_seen = self.num_timesteps
         for info in self.locals.get("infos", ()):
             episode = info.get("episode")
@@ -111,6 +121,8 @@ class StabilityCallback(BaseCallback):
 
     def _on_training_end(self) -> None:
         self._harvest_train_stats()
+        if self.intervention is not None:
+            self.intervention.finish()
         self.remove()
         if self.close_recorder:
             self.recorder.close()

@@ -45,6 +45,7 @@ from stable_baselines3.common.noise import NormalActionNoise
 
 from generate.adapters.sb3 import StabilityCallback
 from generate.errors import NonFiniteTraining
+from generate.intervention import from_hparams, split_hparams
 from generate.perturbations import Perturbation, TrainingClock, UpdateContext, build
 from generate.recorder import Recorder
 from generate.registry import GeneratorResult
@@ -127,13 +128,13 @@ class RLTelemetry(StabilityCallback):
     def _on_step(self) -> bool:
         if self.spec.algo != "ppo" and self.ctx is not None and self.clock.step > 0:
             apply_perturbation(self.perturbation, self.clock.step, self.ctx, self.recorder)
-        super()._on_step()
+        keep_going = super()._on_step()  # False after an intervention's ``stop``
         if self.eval_env is not None and self.model.num_timesteps >= self.next_eval:
             self.next_eval = (self.model.num_timesteps // self.eval_every + 1) * self.eval_every
             value = evaluate(self.model, self.eval_env, self.cfg.eval_episodes, seed=self.spec.seed + 10_000)
             self.recorder.update_last(eval_return=value)
             self.recorder.event(max(len(self.recorder) - 1, 0), "eval", value=value)
-        return True
+        return keep_going
 
     def _on_training_end(self) -> None:
         super()._on_training_end()
@@ -216,7 +217,8 @@ def run(spec: RunSpec, extra_callbacks: Sequence[BaseCallback] = ()) -> Generato
     ``extra_callbacks`` run after the telemetry callback (tests use them to observe
     the optimizers independently).
     """
-    cfg = resolve(spec.algo, spec.env, spec.stochasticity, dict(spec.hparams))
+    hparams, live = split_hparams(dict(spec.hparams))  # issue 17: an optional live monitor + action
+    cfg = resolve(spec.algo, spec.env, spec.stochasticity, hparams)
     planned = cfg.planned_updates(spec.total_steps)
     onset_step = round(spec.onset_frac * planned)
     perturbation = build(spec.perturbation, spec.magnitude, onset_step, spec.duration_steps, seed=spec.seed)
@@ -227,6 +229,7 @@ def run(spec: RunSpec, extra_callbacks: Sequence[BaseCallback] = ()) -> Generato
     recorder = Recorder(None, domain=spec.domain, algo=spec.algo, env=spec.env, seed=spec.seed, run_id=spec.run_id)
     probe_obs = probe_observations(spec.env, cfg.probe_batch, seed=spec.seed + 20_000)
     callback = RLTelemetry(spec, cfg, perturbation, clock, recorder, probe_obs, planned)
+    callback.intervention = from_hparams(live, recorder)  # issue 17 (None: no intervention)
 
     stop_reason = "completed"
     try:

@@ -1,0 +1,32 @@
+"""Live early warning: a saved monitor file scoring your own run as it trains, and actions on its alarms.
+
+This is where the two halves meet (``generate`` records and acts, ``analysis`` fits and scores; neither
+imports the other)::
+
+    from stabilitybench import Intervention, Recorder, StabilityCallback, load_monitor
+
+    monitor = load_monitor("results/monitors/rl_ppo_HalfCheetah-v5_default/kalman_fold0.monitor.npz")
+    with Recorder("corpus", "my-ppo", algo="ppo", env="HalfCheetah-v5", seed=0) as rec:
+        guard = Intervention(monitor.online(), rec, actions=["lr_backoff"], lr_factor=0.1, lr_duration=200)
+        model.learn(100_000, callback=StabilityCallback(rec, intervention=guard))
+
+See the README section "Live early warning".
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any
+
+
+def load_monitor(path: str | os.PathLike[str], columns: Iterable[str] | None = None) -> Any:
+    """Read a monitor file (:class:`analysis.monitor_file.MonitorFile`); with ``columns``, check them."""
+    from analysis.monitor_file import MonitorFile
+
+    return MonitorFile.load(path, columns)
+
+
+def online_monitor(path: str | os.PathLike[str]) -> Any:
+    """A fresh :class:`analysis.online.OnlineMonitor` from a monitor file (the generators' default loader)."""
+    return load_monitor(path).online()
