@@ -12,6 +12,7 @@ import tomllib
 from generate.doses import curve_key
 from generate.errors import ProfileError
 from generate.matrix import load_profile
+from generate.spec import RunSpec
 from stabilitybench.calibrate import CurveState, fit_states, load_design, run_stages, table_markdown, write_dose_table
 
 DESIGN = """
@@ -196,3 +197,34 @@ def test_bad_design_is_one_line(tmp_path: Path, text: str, match: str) -> None:
     p.write_text(head + text)
     with pytest.raises(ProfileError, match=match):
         load_design(p)
+
+
+def test_curve_states_match_runs_by_their_recorded_spec(tmp_path: Path) -> None:
+    """The corpus path: runs are matched to curves through the manifest's config_json (a JSON round trip)."""
+    import json
+
+    import polars as pl
+
+    from generate.runner import base_row
+    from stabilitybench.calibrate import curve_states, next_specs
+
+    design = _design(tmp_path)
+    lr, wn = design.targets
+    specs = [*design.controls, lr.spec(10.0, 0), lr.spec(10.0, 1), lr.spec(100.0, 0), wn.spec(0.5, 0),
+             lr.spec(100.0, 1)]
+    other = RunSpec.from_dict({**lr.template.to_dict(), "duration_steps": 9, "magnitude": 10.0, "seed": 0})
+    specs.append(other)  # same kind, other duration: another curve
+    rows = [base_row(s) for s in specs]
+    assert json.loads(rows[0]["config_json"])["spec"]["hparams"] == dict(design.controls[0].hparams)
+    manifest = pl.DataFrame(rows[:-2] + rows[-1:]).with_columns(pl.lit("ok").alias("status"))
+    manifest = pl.concat([manifest, pl.DataFrame([rows[-2]]).with_columns(pl.lit("running").alias("status"))],
+                         how="diagonal_relaxed")  # lr x100 seed 1 is still running: no outcome, but its seed is taken
+    collapsed = {lr.spec(100.0, 0).run_id: True}
+    outcomes = pl.DataFrame({"run_id": [r["run_id"] for r in rows[:-2] + rows[-1:]],
+                             "collapsed": [collapsed.get(r["run_id"], False) for r in rows[:-2] + rows[-1:]]})
+    st_lr, st_wn = curve_states(design, outcomes, manifest)
+    assert sorted(zip(st_lr.magnitude, st_lr.collapsed, strict=True)) == [(10.0, False), (10.0, False), (100.0, True)]
+    assert st_lr.seeds[100.0] == {0, 1}
+    assert (st_wn.magnitude, st_wn.collapsed) == ([0.5], [False])
+    new = next_specs(design, [st_lr, st_wn], stage=1)
+    assert not {s.run_id for s in new} & {r["run_id"] for r in rows}  # never a run the corpus already has
