@@ -21,6 +21,12 @@ from generate.spec import RunSpec
 #: BENCHMARKS.md. Used only without corpus data; GPT-2 ``small`` belongs on a GPU and is not covered.
 REFERENCE_STEPS_PER_S: dict[str, float] = {"ppo": 2400.0, "sac": 100.0, "td3": 120.0, "gpt2": 10_000.0}
 
+#: Per (algo, env) where the env's cost differs much from HalfCheetah's. PPO Swimmer-v5 with full telemetry:
+#: median 100 s per 50k-step run (34 runs of calibration/ppo_swimmer.toml, two at a time, 2026-12-03) on a day
+#: when one plain PPO run (measure_pre.py) took 126 s per 100k steps = 3.3x the reference; scaled to the
+#: reference day: 50k / (100 s / 3.3) = 1,650 steps/s. Runs slowed by other jobs (> 200 s) left out.
+REFERENCE_ENV_STEPS_PER_S: dict[tuple[str, str], float] = {("ppo", "Swimmer-v5"): 1650.0}
+
 #: Plain SB3 PPO (defaults, HalfCheetah-v5, one thread, no callback) on the same VM and day as
 #: ``REFERENCE_STEPS_PER_S`` (BENCHMARKS.md, RL telemetry overhead, plain arm).
 REFERENCE_PLAIN_PPO_STEPS_PER_S = 2635.0
@@ -82,6 +88,8 @@ def estimate(specs: list[RunSpec], manifest_rows: Iterable[dict[str, Any]] = ())
             sps, src = measured[(s.algo, s.env)], "corpus (same algo and env)"
         elif s.algo in by_algo:
             sps, src = statistics.median(by_algo[s.algo]), "corpus (same algo, other envs)"
+        elif (s.algo, s.env) in REFERENCE_ENV_STEPS_PER_S:
+            sps, src = REFERENCE_ENV_STEPS_PER_S[(s.algo, s.env)], "reference VM (BENCHMARKS.md)"
         else:
             sps, src = REFERENCE_STEPS_PER_S.get(s.algo, 100.0), "reference VM (BENCHMARKS.md)"
         per_run.append(s.total_steps / sps)
