@@ -14,7 +14,8 @@ A block's runs are matched to the table's curves on every spec field but the mag
 seed (:data:`CURVE_FIELDS`: kind, env, duration, onset, total steps, hyperparameters, ...), so a
 dose calibrated for one setting is never silently used for another. The magnitude used is the
 table's value rounded to 3 significant digits. A curve without that ED (e.g. "no ED50 below
-m_max") is a :class:`ProfileError` naming the curve's status.
+m_max"), or whose ED lies outside the magnitudes the calibration tried (an extrapolation of the
+fit), is a :class:`ProfileError` naming the reason.
 """
 
 from __future__ import annotations
@@ -80,4 +81,8 @@ def dose_magnitude(table: dict[str, dict[str, Any]], spec: RunSpec, tag: str, wh
         raise ProfileError(f"{where}.dose: no {tag} for {label}: the calibration's status is {entry['status']!r}"
                            + (f" (none below m_max = {entry['m_range'][1]:g})"
                               if entry["status"] == "no_collapse" and "m_range" in entry else ""))
+    lo, hi = entry.get("m_min"), entry.get("m_max")
+    if lo is not None and hi is not None and not lo <= float(value) <= hi:
+        raise ProfileError(f"{where}.dose: {tag} of {label} = {float(value):.3g} lies outside the magnitudes the "
+                           f"calibration tried ({lo:g}..{hi:g}): an extrapolation, not a calibrated dose")
     return float(f"{float(value):.3g}")

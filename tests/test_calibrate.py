@@ -163,6 +163,20 @@ dose_stochasticity = "default"
     assert {s.stochasticity for s in specs} == {"low", "default", "high"}
     assert {s.magnitude for s in specs} == {float(f"{ed50:.3g}")}
 
+    # an ED outside the magnitudes tried is an extrapolation, refused
+    text = table.read_text()
+    table.write_text(text.replace("m_max = 1000.0", "m_max = 20.0", 1))
+    profile.write_text('doses = "doses/t.toml"\n' + head + """
+[[matrix]]
+seed = 0
+perturbation = "lr_spike"
+duration_steps = 8
+dose = "ED50"
+""")
+    with pytest.raises(ProfileError, match="extrapolation"):
+        load_profile(str(profile))
+    table.write_text(text)
+
     # a dose that the calibration could not establish is a one-line error naming the status
     profile.write_text('doses = "doses/t.toml"\n' + head + """
 [[matrix]]

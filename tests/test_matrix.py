@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from generate.costs import estimate
+from generate.doses import load_dose_table
 from generate.errors import ProfileError
-from generate.matrix import available_profiles, expand, load_profile, parse_only, select
+from generate.matrix import available_profiles, expand, load_profile, parse_only, profile_path, select
 from generate.spec import RunSpec
 
 # ---------------------------------------------------------------------------- built-ins
@@ -50,36 +52,46 @@ PPO_DIMENSION_KINDS = {"lr_spike": "optimization", "mass_shift": "environmental"
 
 
 def test_quick_profile_contents(quick: list[RunSpec]) -> None:
-    assert {(s.domain, s.env) for s in quick} == {("rl", "HalfCheetah-v5"), ("lm", "pydoc-topics")}
+    """Powered for one question: PPO Swimmer, 30 controls, each dimension's kind at its calibrated dose, 8 seeds."""
+    assert {(s.domain, s.env) for s in quick} == {("rl", "Swimmer-v5"), ("lm", "pydoc-topics")}
     assert {s.onset_frac for s in quick} == {0.3}
     ppo = [s for s in quick if s.algo == "ppo"]
-    assert {s.total_steps for s in ppo} == {100_000}
-    assert {s.seed for s in ppo} == {0, 1, 2}
-
+    assert {s.total_steps for s in ppo} == {50_000}
     controls = [s for s in ppo if s.perturbation == "none"]
-    assert sorted(s.seed for s in controls) == [0, 1, 2]
-    # one kind per stability dimension, two magnitudes, three seeds each
+    assert sorted(s.seed for s in controls) == list(range(30))
+    assert {s.perturbation for s in ppo} == {"none", *PPO_DIMENSION_KINDS}
     for kind in PPO_DIMENSION_KINDS:
-        dose = [s for s in ppo if s.perturbation == kind and not (kind == "lr_spike" and s.duration_steps == 10)]
-        assert len({s.magnitude for s in dose}) == 2, kind
-        assert Counter(s.magnitude for s in dose) == {m: 3 for m in {s.magnitude for s in dose}}, kind
-
-    # the paper's own first experiment: LR x10 for 10 updates at 30% of training
-    paper = [s for s in ppo if s.perturbation == "lr_spike" and s.duration_steps == 10]
-    assert sorted(s.seed for s in paper) == [0, 1, 2]
-    assert {(s.magnitude, s.onset_frac) for s in paper} == {(10.0, 0.3)}
-
-    # the SAC/TD3 slice: a control and one kind per dimension at its top magnitude
-    for algo in ("sac", "td3"):
-        kinds = {s.perturbation for s in quick if s.algo == algo}
-        assert kinds == {"none", *PPO_DIMENSION_KINDS}, algo
-        assert {s.total_steps for s in quick if s.algo == algo} == {15_000}
+        doses = Counter(s.magnitude for s in ppo if s.perturbation == kind)
+        assert doses and all(n == 8 for n in doses.values()), (kind, doses)
+    # the calibrated doses come from the committed dose table, not from numbers typed into the profile
+    table = load_dose_table(profile_path("quick").parent / "doses" / "ppo_swimmer.toml")
+    lr = next(e for e in table.values() if e["spec"]["perturbation"] == "lr_spike")
+    assert {s.magnitude for s in ppo if s.perturbation == "lr_spike"} == {float(f"{lr['ed50']:.3g}"),
+                                                                          float(f"{lr['ed80']:.3g}")}
     # the GPT-2 slice: a control, an LR-spike sweep and label noise, 3 seeds each
     lm = [s for s in quick if s.domain == "lm"]
     assert Counter((s.perturbation, s.magnitude) for s in lm) == {
         ("none", 1.0): 3, ("lr_spike", 10.0): 3, ("lr_spike", 100.0): 3, ("lr_spike", 1000.0): 3,
         ("label_noise", 0.5): 3, ("label_noise", 1.0): 3}
-    assert len(quick) == 3 + 4 * 2 * 3 + 3 + 2 * 5 + 18
+    assert estimate(quick).pre <= 90  # the issue's budget, priced from the reference throughputs
+
+
+@pytest.mark.parametrize("name, budget", [("standard", 270), ("stochasticity", 180), ("coverage", 90)])
+def test_new_profiles_load_within_budget(name: str, budget: float) -> None:
+    specs = load_profile(name)
+    assert estimate(specs).pre <= budget
+    if name == "standard":
+        assert sum(s.perturbation == "none" for s in specs if s.domain == "rl") >= 100
+        assert {s.env for s in specs if s.domain == "rl"} == {"Swimmer-v5", "HalfCheetah-v5"}
+    if name == "stochasticity":
+        by_level = Counter(s.stochasticity for s in specs)
+        assert set(by_level) == {"low", "default", "high"} and len(set(by_level.values())) == 1
+        # one dose per kind, the default level's, at every level
+        kinds = {s.perturbation for s in specs}
+        assert all(len({s.magnitude for s in specs if s.perturbation == k}) == 1 for k in kinds)
+    if name == "coverage":  # where quick's SAC/TD3 slice went: a control and one kind per dimension
+        for algo in ("sac", "td3"):
+            assert {s.perturbation for s in specs if s.algo == algo} == {"none", *PPO_DIMENSION_KINDS}
 
 
 def test_paper_profile_keeps_the_paper_setting() -> None:
