@@ -190,10 +190,10 @@ def test_dry_run_lists_the_quick_profile(tmp_path: Path) -> None:
 
 
 def test_dry_run_with_only(tmp_path: Path) -> None:
-    res = cli("generate", "--dry-run", "--profile", "quick", "--only", "magnitude=10|100,seed=0",
+    res = cli("generate", "--dry-run", "--profile", "quick", "--only", "magnitude=10|100|1000,seed=0",
               "--out", str(tmp_path / "c"), cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    n = len(select(load_profile("quick"), parse_only("magnitude=10|100,seed=0")))
+    n = len(select(load_profile("quick"), parse_only("magnitude=10|100|1000,seed=0")))
     assert n >= 3
     assert f"{n} runs, 0 done, {n} to run" in res.stdout
 

@@ -21,6 +21,11 @@ def quick() -> list[RunSpec]:
     return load_profile("quick")
 
 
+@pytest.fixture(scope="module")
+def coverage() -> list[RunSpec]:
+    return load_profile("coverage")
+
+
 def test_available_profiles() -> None:
     assert {"smoke", "quick", "paper"} <= set(available_profiles())
 
@@ -254,23 +259,23 @@ def test_parse_only() -> None:
     assert parse_only(" seed = 0 , seed=1 ") == {"seed": {"0", "1"}}  # repeated keys accumulate
 
 
-def test_select_algo_and_magnitudes(quick: list[RunSpec]) -> None:
-    chosen = select(quick, parse_only("algo=ppo,magnitude=10|100"))
-    expected = [s for s in quick if s.algo == "ppo" and s.magnitude in (10.0, 100.0)]
+def test_select_algo_and_magnitudes(coverage: list[RunSpec]) -> None:
+    chosen = select(coverage, parse_only("algo=sac|td3,magnitude=10|100"))
+    expected = [s for s in coverage if s.algo in ("sac", "td3") and s.magnitude in (10.0, 100.0)]
     assert chosen == expected
-    assert len(chosen) == 12  # lr_spike x10 (320 and 10 updates), x100, mass_shift x10: 3 seeds each
+    assert len(chosen) == 4  # lr_spike x100 and mass_shift x10, for SAC and for TD3
     assert {s.magnitude for s in chosen} == {10.0, 100.0}
 
 
 @pytest.mark.parametrize("text", ["magnitude=10", "magnitude=10.0", "magnitude=1e1", "magnitude= 10.00 "])
-def test_select_numbers_compare_numerically(quick: list[RunSpec], text: str) -> None:
-    chosen = select(quick, parse_only(text))
-    assert len(chosen) == sum(s.magnitude == 10.0 for s in quick) == 14
+def test_select_numbers_compare_numerically(coverage: list[RunSpec], text: str) -> None:
+    chosen = select(coverage, parse_only(text))
+    assert len(chosen) == sum(s.magnitude == 10.0 for s in coverage) == 5
     assert all(s.magnitude == 10.0 for s in chosen)
 
 
-def test_select_combines_filters(quick: list[RunSpec]) -> None:
-    chosen = select(quick, parse_only("perturbation=lr_spike,seed=2,duration_steps=10"))
+def test_select_combines_filters(quick: list[RunSpec], coverage: list[RunSpec]) -> None:
+    chosen = select(coverage, parse_only("perturbation=lr_spike,seed=2,duration_steps=10"))
     assert len(chosen) == 1
     (spec,) = chosen
     assert (spec.seed, spec.magnitude, spec.duration_steps) == (2, 10.0, 10)
