@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import polars as pl
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from reports.style import PALETTE, grid, too_little_data
 
@@ -36,8 +37,11 @@ def fig_dose_finding(points: pl.DataFrame, curves: pl.DataFrame, eds: pl.DataFra
             ax.axvline(ed["ed50"], color=PALETTE[2], ls="--", lw=1, label="ED50")
             lo = ed["ci_low"] if ed["ci_low"] is not None else pts["magnitude"].min()
             hi = ed["ci_high"] if ed["ci_high"] is not None else pts["magnitude"].max()
-            ax.axvspan(lo, hi, color=PALETTE[2], alpha=0.12, label="ED50 95% CI")
+            bounded = ed["ci_low"] is not None and ed["ci_high"] is not None
+            ax.axvspan(lo, hi, color=PALETTE[2], alpha=0.12,
+                       label="ED50 95% CI" if bounded else "ED50 95% CI (unbounded)")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_ylim(-0.05, 1.05)
         ax.set_xlabel("magnitude")
         ax.set_ylabel("collapse fraction")
