@@ -24,7 +24,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_schema.schema import RENAMED, SCHEMA_VERSION, SCHEMAS
+from data_schema.schema import ADDED_COLUMNS, RENAMED, SCHEMA_VERSION, SCHEMAS
 
 VERSION_KEY = b"stabilitybench.schema_version"
 
@@ -41,6 +41,7 @@ def upgrade(table: pa.Table, name: str) -> pa.Table:
     Only renames and lossless casts (string <-> dictionary-encoded string); anything else is
     left for :func:`data_schema.io.validate` to report.
     """
+    version = (table.schema.metadata or {}).get(VERSION_KEY)  # before any step that may drop the metadata
     renames = RENAMED[name]
     if any(c in renames for c in table.column_names):
         table = table.rename_columns([renames.get(c, c) for c in table.column_names])
@@ -53,22 +54,34 @@ def upgrade(table: pa.Table, name: str) -> pa.Table:
         if not have.equals(want) and _same_strings(have, want):
             table = table.set_column(i, schema.field(idx).with_metadata(table.schema.field(i).metadata),
                                      table.column(i).cast(want))
-    return _add_newer_columns(table, schema)
+    return _add_newer_columns(table, schema, name, version)
 
 
-def _add_newer_columns(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """Nullable columns that a later minor version added, as nulls, in the schema's column order.
+def _add_newer_columns(table: pa.Table, schema: pa.Schema, name: str, raw: bytes | None) -> pa.Table:
+    """The columns that versions after the file's added (:data:`ADDED_COLUMNS`), as nulls, in schema order.
 
-    Only when every other column of the schema is present and nothing is unexpected: anything
-    else is left for :func:`data_schema.io.validate` to report.
+    Only for a file that records an older version; any other missing column is left for
+    :func:`data_schema.io.validate` to report, so a damaged file is never read as one with nulls.
     """
-    have = set(table.column_names)
-    missing = [f for f in schema if f.name not in have]
-    if not missing or any(not f.nullable for f in missing) or any(schema.get_field_index(c) < 0 for c in have):
+    if not raw:
         return table
-    arrays = [table.column(f.name) if f.name in have else pa.nulls(table.num_rows, type=f.type) for f in schema]
-    fields = [table.schema.field(f.name) if f.name in have else f for f in schema]
-    return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=table.schema.metadata))
+    have = _version(raw.decode())
+    added = {c for v, tables in ADDED_COLUMNS.items() if _version(v) > have for c in tables.get(name, ())}
+    missing = [c for c in added if c not in table.column_names and schema.get_field_index(c) >= 0]
+    if not missing:
+        return table
+    for c in missing:
+        table = table.append_column(schema.field(c), pa.nulls(table.num_rows, type=schema.field(c).type))
+    order = [f.name for f in schema if f.name in table.column_names]
+    order += [c for c in table.column_names if c not in order]
+    return table.select(order)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split("."))
+    except ValueError:
+        return (0,)
 
 
 def upgrade_schema(schema: pa.Schema, name: str) -> pa.Schema:

@@ -38,6 +38,8 @@ SCHEMA_VERSION = "1.2"
 #: The version a ``run_id`` hashes (``generate.spec``). 1.1 renamed columns but changed no run,
 #: so it stays "1.0" and corpora written with 1.0 keep their ids (and resume).
 RUN_ID_VERSION = "1.0"
+#: Nullable columns each minor version added, per table: a file of an older version reads them as null.
+ADDED_COLUMNS: dict[str, dict[str, tuple[str, ...]]] = {"1.2": {"steps": ("grad_coherence_fixed",)}}
 #: Schema versions whose files the readers still open (through :mod:`data_schema.compat`).
 LEGACY_VERSIONS = ("1.0", "1.1")
 

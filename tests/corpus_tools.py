@@ -21,7 +21,7 @@ DIGEST_COLUMNS = {"steps_bytes", "steps_blake2b", "events_bytes", "events_blake2
 
 def _config_without_clock(text: str) -> dict[str, Any]:
     config = json.loads(text)
-    for key in ("probe_seconds", "wall_time_s"):  # RL: seconds in the probes; LM: the run's wall time
+    for key in ("probe_seconds", "fixed_coherence_seconds", "wall_time_s"):  # RL: seconds in the probes; LM: wall time
         config.get("algo_config", {}).pop(key, None)
     return config
 
