@@ -48,7 +48,6 @@ import tomllib
 from analysis.dose_response import DoseResponseModel, next_doses
 from analysis.outcomes import collapse_outcomes
 from data_schema import read_manifest
-from data_schema.errors import StabilityBenchError
 from data_schema.io import atomic_path
 from generate.costs import estimate
 from generate.doses import curve_key
@@ -285,10 +284,6 @@ def ed_text(s: dict[str, Any], tag: str, m_max: float) -> str:
 
 def _num(v: float | None) -> str:
     return "unbounded" if v is None else f"{v:.3g}"
-
-
-class CalibrationError(StabilityBenchError):
-    """A calibration that cannot proceed (one line)."""
 
 
 def calibrate(
