@@ -36,10 +36,8 @@ import functools
 import io
 import json
 import os
-import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +46,7 @@ import polars as pl
 
 from analysis.errors import MonitorFileError
 from analysis.metastate.base import MonitorBase
+from data_schema.version import code_version
 
 FORMAT = "stabilitybench-monitor"
 FORMAT_VERSION = 1
@@ -77,19 +76,8 @@ def apply_transform(name: str, x: np.ndarray) -> np.ndarray:
 
 @functools.lru_cache(maxsize=1)
 def analysis_code_version() -> str:
-    """``git:<sha>[+dirty]`` of the checkout holding this package, else ``pkg:<version>``."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-        return f"git:{sha[:12]}{'+dirty' if dirty else ''}"
-    except (OSError, subprocess.SubprocessError):
-        try:
-            return f"pkg:{metadata.version('stabilitybench')}"
-        except metadata.PackageNotFoundError:
-            return "unknown"
+    """``git:<sha>[+dirty]`` of the checkout holding this package, else ``pkg:<version>`` (cached once)."""
+    return code_version()
 
 
 def _detector_kind(det: MonitorBase) -> str:
