@@ -18,7 +18,11 @@ pooled and **stratified by kind x magnitude x duration** (only within-stratum pa
 score that recognises the dose gets 0.5), against three references scored on the same runs:
 
 * ``config_only``: a cross-validated (leave-one-seed-out) logistic model of kind, log magnitude
-  per kind and log duration;
+  per kind and log duration. Any function of the configuration is constant within a cell, so its
+  stratified AUROC is 0.5 by definition; its leave-one-out scores vary within a cell only through the
+  held-out run's own label (a positive leaves its cell's training prevalence lower), which gives a
+  stratified AUROC far *below* 0.5 and would inflate every Delta AUROC against it. Stratified
+  comparisons therefore use the cell mean of its scores (:func:`cell_constant`);
 * ``kick_size``: the same model on the peak ``update_norm``, ``param_norm`` and loss excursion
   inside ``[onset, L]`` (pre-onset z-scores);
 * ``perturbation_on``: the trivial detector "alarm = perturbation active" (1 for every perturbed run).
@@ -174,6 +178,28 @@ def reference_scores(frame: pl.DataFrame, kick: dict[str, np.ndarray]) -> dict[s
             "perturbation_on": np.ones(y.size)}
 
 
+CELL_CONSTANT = frozenset({"config_only"})  # references that are functions of the configuration alone
+
+
+def cell_constant(score: np.ndarray, strata: np.ndarray) -> np.ndarray:
+    """``score`` replaced by its mean within each stratum (NaN-aware), shape ``(n,)``.
+
+    For a configuration-only score this removes the leave-one-out anti-correlation with the label and
+    leaves what such a score can know: one value per cell (stratified AUROC exactly 0.5).
+    """
+    score, strata = np.asarray(score, float), np.asarray(strata)
+    out = np.full(score.size, np.nan)
+    for s in np.unique(strata):
+        m = strata == s
+        if np.isfinite(score[m]).any():
+            out[m] = float(np.nanmean(score[m]))
+    return out
+
+
+def _for_strata(name: str, ref: np.ndarray, strata: np.ndarray) -> np.ndarray:
+    return cell_constant(ref, strata) if name in CELL_CONSTANT else ref
+
+
 def runs_needed(n_pos: int, n_neg: int) -> str:
     """A plain statement of how many runs a stratified AUROC needs."""
     return (f"have {n_pos} collapsing and {n_neg} surviving perturbed runs at the landmark; a stratified AUROC needs "
@@ -202,7 +228,9 @@ def prediction(rows: pl.DataFrame, refs: dict[str, np.ndarray], n_boot: int = 10
     delta: dict[str, dict[str, Any]] = {}  # reference -> "pooled" | "stratified" -> estimate
     for name, ref in refs.items():
         for kind, st in (("pooled", None), ("stratified", strata)):
-            def stat(idx: np.ndarray, ref: np.ndarray = ref, st: np.ndarray | None = st) -> float | None:
+            ref_k = ref if st is None else _for_strata(name, ref, st)
+
+            def stat(idx: np.ndarray, ref: np.ndarray = ref_k, st: np.ndarray | None = st) -> float | None:
                 if st is None:
                     a, b = auroc(score[idx][y[idx]], score[idx][~y[idx]]), auroc(ref[idx][y[idx]], ref[idx][~y[idx]])
                 else:
@@ -234,8 +262,9 @@ def reference_rows(rows: pl.DataFrame, refs: dict[str, np.ndarray], n_boot: int 
             entry["auroc"] = not_testable("n too small: one outcome only")
         else:
             entry["auroc"] = _auroc_with_ci(sc, y, seeds, n_boot, seed)
-            pairs = stratified_auroc(sc, y, strata)[1]
-            entry["auroc_stratified"] = _auroc_with_ci(sc, y, seeds, n_boot, seed, strata) if pairs else \
+            sc_st = _for_strata(name, sc, strata)
+            pairs = stratified_auroc(sc_st, y, strata)[1]
+            entry["auroc_stratified"] = _auroc_with_ci(sc_st, y, seeds, n_boot, seed, strata) if pairs else \
                 not_testable("n too small: no stratum holds both outcomes")
         out[name] = entry
     return out

@@ -92,6 +92,24 @@ def test_a_detector_that_fires_at_every_onset_has_prediction_auroc_one_half() ->
     assert abs(res["delta_auroc"]["config_only"]["pooled"]["value"]) < 0.1
 
 
+def test_the_configuration_only_reference_is_one_half_within_a_cell() -> None:
+    """Its leave-one-seed-out scores anti-correlate with the label inside a cell; the cell mean does not."""
+    pset, _ = questions.prediction_set(_rows(n_seeds=16, seed=3))
+    refs = questions.reference_scores(pset, {})
+    y = np.array(pset["label"].to_list(), bool)
+    strata = questions._stratum(pset)
+    raw, _ = stratified_auroc(refs["config_only"], y, strata)
+    assert raw < 0.4  # the flaw: a positive held out leaves its cell's training prevalence lower
+    ref = questions.reference_rows(pset, refs, n_boot=100)["config_only"]
+    assert ref["auroc_stratified"]["value"] == 0.5 and ref["auroc"]["value"] > 0.55
+    # a score of pure noise neither beats nor loses to it within cells, on average over noise draws
+    deltas = []
+    for k in range(20):
+        noise = pset.with_columns(pl.Series("prediction_score", np.random.default_rng(k).normal(size=pset.height)))
+        deltas.append(questions.prediction(noise, refs, n_boot=30)["delta_auroc"]["config_only"]["stratified"]["value"])
+    assert abs(float(np.mean(deltas))) < 0.06
+
+
 def test_runs_collapsed_before_the_landmark_are_left_to_detection() -> None:
     rows = _rows().with_columns(pl.when(pl.col("collapsed") & (pl.col("seed") == 0)).then(400)
                                 .otherwise(pl.col("collapse_step")).alias("collapse_step"))
