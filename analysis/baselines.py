@@ -22,6 +22,7 @@ A detector whose column is absent reports ``available = False`` and is left out.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -29,8 +30,12 @@ from numpy.lib.stride_tricks import sliding_window_view
 from analysis.metastate.base import MonitorBase
 
 
-def trailing_z(x: np.ndarray, window: int) -> np.ndarray:
-    """``(x_t - mean(x_{t-w..t-1})) / sd(x_{t-w..t-1})``, shape ``(T,)``; NaN for the first ``window`` steps."""
+def trailing_z(x: np.ndarray, window: int, floor: float | None = None) -> np.ndarray:
+    """``(x_t - mean(x_{t-w..t-1})) / max(sd(x_{t-w..t-1}), floor)``, shape ``(T,)``; NaN for the first ``window`` steps.
+
+    ``floor`` (default: 1e-3 of the whole series' SD, which looks ahead) keeps a flat window from
+    dividing by zero; the detectors pass a fixed floor in standardised units, so they stay causal.
+    """
     x = np.asarray(x, dtype=float)
     T = x.size
     out = np.full(T, np.nan)
@@ -39,7 +44,8 @@ def trailing_z(x: np.ndarray, window: int) -> np.ndarray:
     win = sliding_window_view(x[:-1], window)  # (T - window, window): rows end at t-1
     mu = np.nanmean(win, axis=1)
     sd = np.nanstd(win, axis=1)
-    floor = 1e-3 * max(float(np.nanstd(x)) if np.isfinite(x).any() else 1.0, 1e-12)
+    if floor is None:
+        floor = 1e-3 * max(float(np.nanstd(x)) if np.isfinite(x).any() else 1.0, 1e-12)
     with np.errstate(invalid="ignore"):
         out[window:] = (x[window:] - mu) / np.maximum(sd, floor)
     return out
@@ -81,8 +87,12 @@ def rolling_var_ac1(x: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]
     return var, ac1
 
 
+#: Floor of a trailing window's SD, in the units of the training controls' SD (the features are standardised).
+Z_FLOOR = 1e-3
+
+
 class _ColumnDetector(MonitorBase):
-    """Base of the single-column trailing-z detectors."""
+    """Base of the single-column trailing-z detectors (causal: saveable to a monitor file and run live)."""
 
     columns: tuple[str, ...] = ()
     sign: float = 1.0
@@ -102,7 +112,23 @@ class _ColumnDetector(MonitorBase):
 
     def _nll(self, Z: np.ndarray) -> np.ndarray:
         j = self.features.index(self.column)
-        return self.sign * trailing_z(Z[:, j], self.window)
+        return self.sign * trailing_z(Z[:, j], self.window, Z_FLOOR)
+
+    def get_params(self) -> dict[str, Any]:
+        return {"features": list(self.features), "window": self.window, "smooth": self.smooth}
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The fitted standardisation (for :mod:`analysis.monitor_file`); the detector has no other parameter."""
+        self._check_fitted()
+        return {"mean_": np.asarray(self.mean_, float), "scale_": np.asarray(self.scale_, float)}
+
+    @classmethod
+    def from_arrays(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> _ColumnDetector:
+        """Inverse of :meth:`to_arrays` (with :meth:`get_params`)."""
+        m = cls(**params)
+        m.mean_, m.scale_ = np.asarray(arrays["mean_"], float), np.asarray(arrays["scale_"], float)
+        m.n_features_ = m.mean_.size
+        return m
 
 
 class GradNormZ(_ColumnDetector):
@@ -175,6 +201,9 @@ class EWSDetector(MonitorBase):
         var, ac1 = rolling_var_ac1(x, self.window)
         return 0.5 * (rolling_kendall(var, self.trend) + rolling_kendall(ac1, self.trend))
 
+
+#: The baselines that a monitor file can hold and :class:`analysis.online.OnlineMonitor` can run live.
+SAVEABLE_BASELINES = ("grad_norm_z", "loss_spike", "coherence_drop")
 
 BASELINES = {
     "grad_norm_z": GradNormZ,

@@ -125,16 +125,34 @@ def load_runs(corpus: str | os.PathLike[str], notes: list[str] | None = None,
     return runs
 
 
+#: Where a run's live-monitor action is recorded (``generate.intervention``): its spec's hparams.
+INTERVENTION_PATH = "$.spec.hparams.intervention"
+
+
+def intervention_arm(runs: pl.DataFrame) -> pl.Series:
+    """Per run, the action(s) it took on a live monitor's alarm (``hparams.intervention``), else ``"none"``.
+
+    Read from the manifest's ``config_json``; all ``"none"`` when ``runs`` has no such column.
+    """
+    if "config_json" not in runs.columns:
+        return pl.Series("arm", ["none"] * runs.height, dtype=pl.String)
+    return runs.select(pl.col("config_json").str.json_path_match(INTERVENTION_PATH).fill_null("none")
+                       .alias("arm")).to_series()
+
+
 def is_unperturbed(runs: pl.DataFrame) -> pl.Series:
     """Boolean mask of the unperturbed control runs of ``runs``: the project's one definition of a control.
 
     A run is unperturbed when its ``dimension`` or its ``perturbation`` is ``"none"`` (whichever
-    of the two columns ``runs`` has).
+    of the two columns ``runs`` has) and it took no action on a live monitor's alarm
+    (:func:`intervention_arm`): a run whose LR was backed off or that was rolled back is not natural
+    training, so it defines neither the collapse rule's band nor a monitor's training data.
     """
     tests = [pl.col(c) == "none" for c in ("dimension", "perturbation") if c in runs.columns]
     if not tests:
         raise ValueError("is_unperturbed needs a 'dimension' or 'perturbation' column")
-    return runs.select(pl.any_horizontal(tests).fill_null(False).alias("unperturbed")).to_series()
+    none = runs.select(pl.any_horizontal(tests).fill_null(False).alias("unperturbed")).to_series()
+    return none & (intervention_arm(runs) == "none")
 
 
 def load_events(corpus: str | os.PathLike[str]) -> pl.DataFrame:

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from analysis.baselines import BASELINES
+from analysis.baselines import BASELINES, SAVEABLE_BASELINES
 from analysis.conformal import ConformalCalibrator
 from analysis.errors import InsufficientDataError
 from analysis.metastate import KalmanMonitor, MonitorBase
@@ -212,7 +212,7 @@ def evaluate_group(
             if name == "gru":
                 info_fit.update(final_train_nll=det.train_loss_[-1])
             note.setdefault("detectors", {})[label] = info_fit
-            if save_dir is not None and name in MONITORS:
+            if save_dir is not None and (name in MONITORS or name in SAVEABLE_BASELINES):
                 warmup = min((int(info[r]["onset_step"] or 0) for r in calib_ids), default=0)
                 MonitorFile(det, cols, block, warmup, conf.threshold_, conf.alpha, conf.alpha_used_, conf.n_,
                             provenance=provenance_of(info.values(), train_ids if external_train is None else [],

@@ -1,10 +1,11 @@
 """The intervention experiment: matched runs with and without an action on the live monitor's alarm.
 
 A run's *arm* is its ``hparams.intervention`` (``none`` when absent; see ``generate.intervention``),
-read from the manifest's ``config_json``. A **matched pair** is a run with an action and the run
+read from the manifest's ``config_json``, and its *monitor* the name of the monitor file that drove it
+(``kalman`` for ``.../kalman.monitor.npz``). A **matched pair** is a run with an action and the run
 without one that shares everything else: algo, env, stochasticity, perturbation, magnitude, duration,
 onset and seed (so the same perturbation hits the same seed; until the first action the two runs are
-the same run). Per (perturbation, magnitude, action) the table gives, over the pairs:
+the same run). Per (perturbation, magnitude, monitor, action) the table gives, over the pairs:
 
 * the collapse rate without and with the action, and the paired difference (with - without) with a
   percentile bootstrap CI over pairs;
@@ -15,9 +16,9 @@ Unperturbed controls get the same rows: there every alarm is a false alarm, and 
 performance difference is the cost of acting on it.
 
 Outcomes (``collapsed``, ``final_performance``) come from the analysis (``runs.parquet`` after
-``stabilitybench analyze``). Caveat: the collapse rule's reference band is built from the group's
-unperturbed runs, which includes controls *with* an action; a false-alarm action that lowers their
-performance lowers the band for every run of the group (report the controls' cost next to the effect).
+``stabilitybench analyze``), which judges every run, with or without an action, against the band of
+the group's *natural* controls only (:func:`analysis.data.is_unperturbed` excludes runs that acted),
+and leaves runs that acted out of every other analysis (monitors, PCA, survival, regularities).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from analysis.monitor_file import SUFFIX
 from analysis.stats import bootstrap_ci
 
 #: Columns that make two runs the same run but for the action.
@@ -46,11 +48,20 @@ def arm_of(config_json: str | None) -> tuple[str, str | None]:
     return str(hp.get("intervention") or "none"), hp.get("monitor")
 
 
+def monitor_name(path: str | None) -> str | None:
+    """``kalman`` for ``monitors/kalman.monitor.npz``: the monitor file's name without its suffix."""
+    if not path:
+        return None
+    name = os.path.basename(str(path))
+    return name[: -len(SUFFIX)] if name.endswith(SUFFIX) else name
+
+
 def with_arms(runs: pl.DataFrame) -> pl.DataFrame:
-    """``runs`` plus ``arm`` (the action(s) or ``none``) and ``monitor_file`` columns."""
+    """``runs`` plus ``arm`` (the action(s) or ``none``), ``monitor_file`` and ``monitor`` columns."""
     arms = [arm_of(c) for c in runs["config_json"].to_list()]
     return runs.with_columns(pl.Series("arm", [a for a, _ in arms], dtype=pl.String),
-                             pl.Series("monitor_file", [m for _, m in arms], dtype=pl.String))
+                             pl.Series("monitor_file", [m for _, m in arms], dtype=pl.String),
+                             pl.Series("monitor", [monitor_name(m) for _, m in arms], dtype=pl.String))
 
 
 def action_counts(events: pl.DataFrame) -> pl.DataFrame:
@@ -69,7 +80,7 @@ def matched_pairs(runs: pl.DataFrame) -> pl.DataFrame:
     keys = [k for k in PAIR_KEYS if k in r.columns]
     cols = ["run_id", "collapsed", "final_performance"]
     base = r.filter(pl.col("arm") == "none").select(*keys, *cols)
-    act = r.filter(pl.col("arm") != "none").select(*keys, "arm", "monitor_file", *cols)
+    act = r.filter(pl.col("arm") != "none").select(*keys, "arm", "monitor_file", "monitor", *cols)
     return act.join(base, on=keys, how="inner", suffix="_without", nulls_equal=True).rename(
         {"run_id": "run_id_with", "collapsed": "collapsed_with", "final_performance": "final_performance_with"})
 
@@ -85,7 +96,7 @@ def _paired(diff: np.ndarray, n_boot: int, seed: int) -> tuple[float | None, tup
 
 def intervention_table(runs: pl.DataFrame, events: pl.DataFrame | None = None, n_boot: int = 2000,
                        seed: int = 0) -> pl.DataFrame:
-    """The intervention table (module docstring): one row per (perturbation, magnitude, arm)."""
+    """The intervention table (module docstring): one row per (perturbation, magnitude, monitor, arm)."""
     pairs = matched_pairs(runs)
     if events is not None and events.height:
         counts = action_counts(events).rename({"run_id": "run_id_with"})
@@ -96,8 +107,8 @@ def intervention_table(runs: pl.DataFrame, events: pl.DataFrame | None = None, n
                                    pl.lit(None, dtype=pl.UInt32).alias("n_actions"),
                                    pl.lit(None, dtype=pl.Int64).alias("first_action_step"))
     rows: list[dict[str, Any]] = []
-    for (pert, mag, arm), g in sorted(pairs.group_by(["perturbation", "magnitude", "arm"]),
-                                      key=lambda kv: tuple(str(k) for k in kv[0])):
+    for (pert, mag, monitor, arm), g in sorted(pairs.group_by(["perturbation", "magnitude", "monitor", "arm"]),
+                                               key=lambda kv: tuple(str(k) for k in kv[0])):
         cw = g["collapsed_with"].cast(pl.Float64).to_numpy()
         cwo = g["collapsed_without"].cast(pl.Float64).to_numpy()
         pw = g["final_performance_with"].cast(pl.Float64).fill_null(np.nan).to_numpy()
@@ -106,7 +117,7 @@ def intervention_table(runs: pl.DataFrame, events: pl.DataFrame | None = None, n
         dp, dp_ci = _paired(pw - pwo, n_boot, seed)
         first = g["first_action_step"].drop_nulls()
         rows.append({
-            "perturbation": pert, "magnitude": mag, "arm": arm, "n_pairs": g.height,
+            "perturbation": pert, "magnitude": mag, "monitor": monitor, "arm": arm, "n_pairs": g.height,
             "collapse_rate_without": float(np.nanmean(cwo)), "collapse_rate_with": float(np.nanmean(cw)),
             "collapse_diff": dc, "collapse_diff_ci_low": dc_ci[0], "collapse_diff_ci_high": dc_ci[1],
             "final_perf_without": float(np.nanmean(pwo)) if np.isfinite(pwo).any() else None,
@@ -137,3 +148,25 @@ def intervention_from_corpus(corpus: str | os.PathLike[str], n_boot: int = 2000,
         raise NoRunsError(f"{corpus}: no {RUNS} (run `stabilitybench analyze --corpus {corpus}` first)")
     runs = pl.read_parquet(path).filter(pl.col("status") == "ok")
     return intervention_table(runs, load_events(corpus), n_boot=n_boot, seed=seed)
+
+
+def intervention_section(everything: pl.DataFrame, events: pl.DataFrame, n_boot: int = 2000, seed: int = 0
+                         ) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """``analyze``'s intervention stage: the table and its ``summary.json`` entry (not applicable without
+    runs that acted). ``everything``: every run with its outcome, those that acted included."""
+    from analysis.summary import Status, StatusKind
+
+    acted = everything.filter(pl.col("arm") != "none") if "arm" in everything.columns else everything.clear()
+    if acted.height == 0:
+        return pl.DataFrame(), Status(StatusKind.NOT_APPLICABLE, "no run acted on a live monitor's alarm "
+                                      "(the intervention profile makes them)").to_json()
+    table = intervention_table(everything, events, n_boot=n_boot, seed=seed)
+    entry: dict[str, Any] = {**Status(StatusKind.OK).to_json(),
+                             "question": "does acting on the live monitor's alarm change collapse and final "
+                                         "performance? matched pairs (same seed and perturbation) with vs without",
+                             "n_runs_acted": acted.height, "n_pairs": int(table["n_pairs"].sum()) if table.height else 0,
+                             "rows": table.to_dicts() if table.height else []}
+    if table.height == 0:
+        entry.update(Status(StatusKind.NOT_TESTABLE, "no run with an action has its no-action twin (same seed and "
+                            "perturbation) in the corpus").to_json())
+    return table, entry

@@ -12,7 +12,8 @@ File format: one ``.npz`` (no pickle) with a JSON ``meta`` entry and the model's
 weights as ``net.<name>`` float32 arrays), so a file written here loads in a fresh process with numpy
 alone (torch only for a GRU). ``meta`` holds:
 
-* ``kind`` (``kalman`` | ``gru``) and the detector's constructor ``params``;
+* ``kind`` (``kalman`` | ``gru`` | a causal baseline of :data:`analysis.baselines.SAVEABLE_BASELINES`,
+  e.g. ``loss_spike``) and the detector's constructor ``params``;
 * ``features`` (steps column names, in model order) and ``transforms`` (``identity`` | ``log1p``:
   ``sign(x) log1p(|x|)`` | ``log10``: ``log10(x)`` for ``x > 0``), applied as in
   :func:`analysis.data.feature_frame`: a non-finite value becomes missing, then the transform, then a
@@ -81,12 +82,18 @@ def analysis_code_version() -> str:
 
 
 def _detector_kind(det: MonitorBase) -> str:
+    from analysis.baselines import BASELINES, SAVEABLE_BASELINES
+
     name = type(det).__name__
     if name == "KalmanMonitor":
         return "kalman"
     if name == "GRUMonitor":
         return "gru"
-    raise MonitorFileError(f"{name}: only the meta-state monitors (KalmanMonitor, GRUMonitor) can be saved")
+    for kind in SAVEABLE_BASELINES:
+        if type(det) is BASELINES[kind]:
+            return kind
+    raise MonitorFileError(f"{name}: only the meta-state monitors (KalmanMonitor, GRUMonitor) and the causal "
+                           f"baselines ({', '.join(SAVEABLE_BASELINES)}) can be saved")
 
 
 @dataclass
@@ -169,7 +176,11 @@ class MonitorFile:
 
             det = GRUMonitor.from_arrays(meta["params"], arrays)
         else:
-            raise MonitorFileError(f"{path}: unknown monitor kind {meta['kind']!r}")
+            from analysis.baselines import BASELINES, SAVEABLE_BASELINES
+
+            if meta["kind"] not in SAVEABLE_BASELINES:
+                raise MonitorFileError(f"{path}: unknown monitor kind {meta['kind']!r}")
+            det = BASELINES[meta["kind"]].from_arrays(meta["params"], arrays)
         threshold = float(meta["threshold"])
         det.threshold_ = threshold
         mf = cls(det, list(meta["features"]), int(meta["block_updates"]), int(meta["warmup_updates"]), threshold,

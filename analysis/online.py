@@ -11,7 +11,8 @@
    goes to the model;
 3. the model advances one step: the Kalman monitor's steady-state predictor
    ``zhat <- F zhat + G (y - d)`` (k x k work), the GRU's hidden state (one GRU cell step);
-   ``nll = -log p(y | past) / p``;
+   ``nll = -log p(y | past) / p``; a causal baseline (e.g. ``loss_spike``) keeps its column's last
+   ``window`` standardised block values and scores the trailing z-score;
 4. MSD is the mean of the last ``smooth`` finite ``nll`` (``+inf`` if one of them is ``+inf``), and
    ``+inf`` for a block holding a non-finite row; an alarm is ``MSD > threshold`` on a block ending at
    or after ``warmup_updates``.
@@ -80,6 +81,25 @@ class _GRUStep:
         return nll
 
 
+class _TrailingZStep:
+    """One step of a trailing-z baseline (:func:`analysis.baselines.trailing_z` with its fixed floor)."""
+
+    def __init__(self, det: Any) -> None:
+        from analysis.baselines import Z_FLOOR
+
+        self.j, self.sign, self.floor = det.features.index(det.column), float(det.sign), Z_FLOOR
+        self.past: deque[float] = deque(maxlen=int(det.window))
+
+    def __call__(self, z: np.ndarray) -> float:
+        x = float(z[self.j])
+        nll = math.nan
+        if len(self.past) == self.past.maxlen:
+            w = np.fromiter(self.past, float, len(self.past))
+            nll = self.sign * (x - float(w.mean())) / max(float(w.std()), self.floor)
+        self.past.append(x)
+        return nll
+
+
 class OnlineMonitor:
     """Live MSD and alarms of one run from a :class:`~analysis.monitor_file.MonitorFile` (module docstring).
 
@@ -102,7 +122,8 @@ class OnlineMonitor:
         self._check_pending = check_columns
         det = f.detector
         self._mean, self._scale = np.asarray(det.mean_, float), np.asarray(det.scale_, float)
-        self._model = _KalmanStep(det) if f.kind == "kalman" else _GRUStep(det)
+        self._model = (_KalmanStep(det) if f.kind == "kalman" else _GRUStep(det) if f.kind == "gru"
+                       else _TrailingZStep(det))
         self._transforms = [f.transforms[c] for c in self.features]
         self._last = np.full(len(self.features), np.nan)  # forward-fill state
         self._seen = np.zeros(len(self.features), dtype=bool)

@@ -42,6 +42,7 @@ from analysis.data import (
     feature_columns,
     feature_frame,
     group_runs,
+    intervention_arm,
     is_unperturbed,
     iter_run_steps,
     load_events,
@@ -50,6 +51,7 @@ from analysis.data import (
     run_arrays,
     to_blocks,
 )
+from analysis.intervention import intervention_section
 from analysis.early_warning import (
     ECHO_COLUMNS,
     EarlyWarningConfig,
@@ -271,7 +273,7 @@ def load_corpus(corpus: str | os.PathLike[str]) -> LoadedCorpus:
     data_notes: list[str] = []
     excluded: list[dict[str, str]] = []
     runs = load_runs(corpus, data_notes, excluded)
-    runs = runs.with_columns(is_unperturbed(runs).alias("unperturbed"))
+    runs = runs.with_columns(is_unperturbed(runs).alias("unperturbed"), intervention_arm(runs).alias("arm"))
     return LoadedCorpus(runs, load_events(corpus), data_notes, excluded)
 
 
@@ -321,6 +323,9 @@ def _analyse_domain_algo(corpus: str | os.PathLike[str], key_da: dict[str, str],
     idx = [fs.read.index(c) for c in fs.kept]
     pidx = [fs.read.index(c) for c in fs.pca]
     ctrl_ids = set(da_runs.filter(pl.col("unperturbed"))["run_id"].to_list())
+    # runs that acted on a live monitor's alarm get an outcome under the rule (the intervention table's
+    # input) and nothing else: they are not natural training dynamics
+    acted = set(da_runs.filter(pl.col("arm") != "none")["run_id"].to_list())
     pca_in = PCAInput(fs.pca, PCAAccumulator(len(fs.pca), cfg.n_null, cfg.seed, cfg.pca_in_memory_rows),
                       PCAAccumulator(len(fs.pca), cfg.n_null, cfg.seed + 1, cfg.pca_in_memory_rows))
     acc.pca_inputs[(key_da["domain"], key_da["algo"])] = pca_in
@@ -328,25 +333,28 @@ def _analyse_domain_algo(corpus: str | os.PathLike[str], key_da: dict[str, str],
     for key, g, tel in read:
         label = _label(key)
         for rid, (st, X, nf) in tel.blocks.items():
+            if rid in acted:
+                continue
             Xp = X[:, pidx]
             Xp = Xp[np.isfinite(Xp).all(axis=1)]
             pca_in.all_runs.add_run(Xp)
             if rid in ctrl_ids:
                 pca_in.unperturbed_runs.add_run(Xp)
             pca_in.blocks[rid] = (st, X[:, pidx], nf)
-        arrays = _subset(tel.blocks, idx)
+        arrays = _subset({r: b for r, b in tel.blocks.items() if r not in acted}, idx)
 
         ts = time.perf_counter()
         outcomes, sens = collapse_outcomes(g, tel, events, cfg)
         acc.outcomes.append(outcomes)
-        acc.sensitivity.append(sens)
+        acc.sensitivity.append(sens.filter(~pl.col("run_id").is_in(list(acted))))
         acc.timings["collapse_s"] += time.perf_counter() - ts
         notes_rule = [n for n in outcomes["note"].drop_nulls().unique().to_list() if n]
         acc.group_notes.append({**key, "n_runs": g.height, "n_unperturbed": int(g["unperturbed"].sum()),
                                 "features": fs.kept, "block_updates": tel.block, "collapse_rule_note": notes_rule})
 
         ts = time.perf_counter()
-        g_out = g.join(outcomes.select("run_id", "collapsed", "collapse_kind", "collapse_step"), on="run_id")
+        g_out = g.join(outcomes.select("run_id", "collapsed", "collapse_kind", "collapse_step"), on="run_id"
+                       ).filter(pl.col("arm") == "none")
         for row in g_out.iter_rows(named=True):
             if row["run_id"] in tel.blocks:
                 st, X, _ = tel.blocks[row["run_id"]]
@@ -466,8 +474,12 @@ def run_analysis(
     loaded = load_corpus(corpus)
     groups = analyse_groups(corpus, loaded, cfg, out, say)
     timings = dict(groups.timings)
-    full = loaded.runs.join(groups.outcomes, on="run_id", how="left")
-    _write_runs(full, out, corpus if update_corpus else None, cfg)
+    everything = loaded.runs.join(groups.outcomes, on="run_id", how="left")
+    _write_runs(everything, out, corpus if update_corpus else None, cfg)
+    full = everything.filter(pl.col("arm") == "none")  # the science: natural runs only
+    intervention_rows, intervention = intervention_section(everything, loaded.events, cfg.n_boot, cfg.seed)
+    if intervention_rows.height:
+        write_result(intervention_rows, out, "intervention")
 
     say("PCA and circular-shift null")
     ts = time.perf_counter()
@@ -509,6 +521,7 @@ def run_analysis(
                      "km_groups": surv.km["group"].unique(maintain_order=True).to_list() if surv.km.height else []},
         "regularities": {"dissociation": reg.dissociation, "stochasticity_buffer": reg.stochasticity_buffer,
                          "precedence": reg.precedence},
+        "intervention": intervention,
         "timings_s": timings,
         "environment": {"python": platform.python_version(), "polars": pl.__version__, "numpy": np.__version__},
     }

@@ -47,7 +47,9 @@ DOMAINS = ("rl", "lm")
 DIMENSIONS = ("none", "optimization", "environmental", "parametric", "learning_signal")
 RUN_STATUSES = ("ok", "failed", "running")
 STOP_REASONS = ("completed", "nonfinite", "interrupted")
-EVENT_KINDS = ("perturbation_on", "perturbation_off", "perturbation_applied", "nonfinite", "eval", "collapse")
+EVENT_KINDS = ("perturbation_on", "perturbation_off", "perturbation_applied", "nonfinite", "eval", "collapse",
+               # a live monitor's alarm and the actions taken on it (generate.intervention)
+               "alarm", "checkpoint", "lr_backoff", "lr_backoff_end", "rollback", "stop")
 
 #: Hive partition keys of ``steps/``, in directory order.
 PARTITION_COLUMNS = ("domain", "algo", "env", "perturbation")
@@ -234,7 +236,9 @@ EVENTS_COLUMNS = [
     STEP,
     SAMPLES_SEEN,
     ELAPSED,
-    Column("event", STR, "-", "perturbation_on | perturbation_off | nonfinite | eval | collapse", nullable=False),
+    Column("event", STR, "-", "perturbation_on | perturbation_off | perturbation_applied | nonfinite | eval | "
+           "collapse; live monitoring: alarm | checkpoint | lr_backoff | lr_backoff_end | rollback | stop",
+           nullable=False),
     Column("detail", STR, "-", "Free text, e.g. which tensor was non-finite"),
     Column("value", F64, "-", "Event value, e.g. the perturbation magnitude"),
 ]

@@ -71,6 +71,10 @@ def generate(
         raise ProfileError(f"--only {only!r} matches no run of profile {escape(repr(profile))}")
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputPathError(f"--out {out_dir}: is a file, not a corpus directory")
+    missing = sorted({str(m) for s in specs if (m := dict(s.hparams).get("monitor")) and not Path(m).is_file()})
+    if missing:
+        raise ProfileError(f"monitor file(s) {', '.join(missing)} not found (relative to {Path.cwd()}): write them "
+                           "with `stabilitybench fit-monitor` (see the profile's description) before generating")
     backend = make_backend(backend_name, workers=workers or 0, address=address, cpus_per_run=cpus_per_run,
                            max_retries=max_retries)
     if dry_run:

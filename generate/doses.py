@@ -12,7 +12,10 @@ to the profile file) and then names a dose instead of a magnitude::
 
 A block's runs are matched to the table's curves on every spec field but the magnitude and the
 seed (:data:`CURVE_FIELDS`: kind, env, duration, onset, total steps, hyperparameters, ...), so a
-dose calibrated for one setting is never silently used for another. The magnitude used is the
+dose calibrated for one setting is never silently used for another. The hyperparameters of a live
+intervention (:data:`generate.intervention.INTERVENTION_HPARAMS`: an action on a monitor's alarm) are
+not part of the curve: a dose is a property of natural training, and the intervention experiment
+applies its actions at the natural ED50 (``calibrate`` fits natural runs only). The magnitude used is the
 table's value rounded to 3 significant digits. A curve without that ED (e.g. "no ED50 below
 m_max"), or whose ED lies outside the magnitudes the calibration tried (an extrapolation of the
 fit), is a :class:`ProfileError` naming the reason.
@@ -27,7 +30,10 @@ from typing import Any
 import tomllib
 
 from generate.errors import ProfileError
+from generate.intervention import INTERVENTION_HPARAMS
 from generate.spec import RunSpec
+
+_ACTION_KEYS = frozenset(name for name, _ in INTERVENTION_HPARAMS)
 
 #: Spec fields that identify a dose-response curve: everything but the magnitude and the seed.
 CURVE_FIELDS = ("domain", "algo", "env", "perturbation", "onset_frac", "duration_steps", "stochasticity",
@@ -37,9 +43,19 @@ DOSE_TAGS = {"ED20": "ed20", "ED50": "ed50", "ED80": "ed80"}
 
 
 def curve_key(spec: RunSpec | dict[str, Any]) -> str:
-    """JSON of a spec's :data:`CURVE_FIELDS`: two runs on the same dose-response curve share it."""
+    """JSON of a spec's :data:`CURVE_FIELDS` (intervention hparams left out): the runs of one dose-response
+    curve share it."""
     d = spec.to_dict() if isinstance(spec, RunSpec) else dict(spec)
+    hp = d.get("hparams")
+    if isinstance(hp, dict):
+        d["hparams"] = {k: v for k, v in hp.items() if k not in _ACTION_KEYS}
     return json.dumps({k: _canonical(d.get(k)) for k in CURVE_FIELDS}, sort_keys=True)
+
+
+def acts_on_alarms(spec: RunSpec | dict[str, Any]) -> bool:
+    """Whether a run acts on a live monitor's alarm (``hparams.intervention`` set): not natural training."""
+    d = spec.to_dict() if isinstance(spec, RunSpec) else dict(spec)
+    return bool((d.get("hparams") or {}).get("intervention"))
 
 
 def _canonical(v: Any) -> Any:

@@ -23,7 +23,10 @@ Actions (``actions=``; each writes an events row through the recorder, ``value``
   column shows the LR actually used); events ``lr_backoff`` (value: factor) and ``lr_backoff_end``;
 * ``rollback``: restore the newest checkpoint at least ``rollback_lag`` updates older than the alarm,
   model *and* optimizer state; event ``rollback`` (value: the checkpoint's update count). Implies
-  ``checkpoint``;
+  ``checkpoint``. With ``defer_restore`` the checkpoint is chosen at the alarm but loaded at the next
+  :meth:`Intervention.at_safe_point`: an off-policy SB3 ``train()`` step builds the actor's graph
+  before the critic's optimizer steps, so restoring parameters in place from a step hook would break
+  its backward pass (the SB3 callback sets it for SAC/TD3 and calls the safe point between env steps);
 * ``stop``: set :attr:`Intervention.stopped` (the SB3 callback then ends ``learn``; a torch loop
   checks it); event ``stop``.
 
@@ -77,7 +80,7 @@ class Intervention:
 
     def __init__(self, monitor: LiveMonitor, recorder: Any, *, actions: Iterable[str] = ("log",), keep: int = 3,
                  checkpoint_every: int = 100, lr_factor: float = 0.1, lr_duration: int = 200, rollback_lag: int = 0,
-                 cooldown: int | None = None) -> None:
+                 cooldown: int | None = None, defer_restore: bool = False) -> None:
         self.actions = tuple(actions)
         unknown = [a for a in self.actions if a not in ACTIONS]
         if unknown:
@@ -104,6 +107,8 @@ class Intervention:
         self._backoff_until: int | None = None
         self._quiet_until = -1
         self._handle: Any = None
+        self.defer_restore = defer_restore
+        self._pending: tuple[int, dict[str, Any]] | None = None
 
     @property
     def checkpointing(self) -> bool:
@@ -192,11 +197,22 @@ class Intervention:
             self._event(n_updates, "rollback", "no checkpoint old enough: not rolled back", None)
             return False
         s, st = ok[-1]
+        self.checkpoints_ = deque([c for c in self.checkpoints_ if c[0] <= s], maxlen=self.checkpoints_.maxlen)
+        self._pending = (s, st)
+        if not self.defer_restore:
+            self.at_safe_point()
+        return True
+
+    def at_safe_point(self) -> None:
+        """Load a rollback's chosen checkpoint now (no-op without one): between two training steps."""
+        if self._pending is None:
+            return
+        s, st = self._pending
+        self._pending = None
         for k, obj in self.state.items():
             obj.load_state_dict(copy.deepcopy(st[k]))
-        self.checkpoints_ = deque([c for c in self.checkpoints_ if c[0] <= s], maxlen=self.checkpoints_.maxlen)
-        self._event(n_updates, "rollback", f"restored the state after {s} updates", float(s))
-        return True
+        self._event(len(self.recorder.rows) if self.recorder is not None else s, "rollback",
+                    f"restored the state after {s} updates", float(s))
 
     def _event(self, step: int, kind: str, detail: str | None, value: float | None) -> None:
         if kind != "alarm" and kind != "checkpoint":

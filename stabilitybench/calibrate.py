@@ -25,6 +25,7 @@ The design file
     duration_steps = 320
     m_min = 2.0
     m_max = 1000.0
+    max_runs = 40           # optional: this target's own cap (more seeds where the curve is uncertain)
 
 Stage ``s`` asks :func:`analysis.dose_response.next_doses` where to look next. A target is done
 when it has used ``max_runs`` runs, when the design has nothing left to try (e.g. no collapse
@@ -50,7 +51,7 @@ from analysis.outcomes import collapse_outcomes
 from data_schema import read_manifest
 from data_schema.io import atomic_path
 from generate.costs import estimate
-from generate.doses import curve_key
+from generate.doses import acts_on_alarms, curve_key
 from generate.errors import ProfileError
 from generate.matrix import expand
 from generate.runner import run_matrix
@@ -59,6 +60,7 @@ from generate.version import code_version
 
 DESIGN_KEYS = {"controls", "first_doses", "doses_per_stage", "seeds_per_dose", "max_runs", "max_stages"}
 TARGET_KEYS = {"m_min", "m_max"}
+OPTIONAL_TARGET_KEYS = {"max_runs"}  # per target, overrides design.max_runs
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class Target:
     template: RunSpec
     m_min: float
     m_max: float
+    max_runs: int | None = None  # None: the design's
 
     @property
     def label(self) -> str:
@@ -126,13 +129,16 @@ def load_design(path: str | os.PathLike[str]) -> Design:
         m_min, m_max = t["m_min"], t["m_max"]
         if not (isinstance(m_min, int | float) and isinstance(m_max, int | float) and 0 < m_min < m_max):
             raise ProfileError(f"{label}: need 0 < m_min < m_max, got {m_min!r}, {m_max!r}")
-        block = {k: v for k, v in t.items() if k not in TARGET_KEYS}
+        block = {k: v for k, v in t.items() if k not in TARGET_KEYS | OPTIONAL_TARGET_KEYS}
+        max_runs = t.get("max_runs")
+        if max_runs is not None and (not isinstance(max_runs, int) or max_runs < 1):
+            raise ProfileError(f"{label}: max_runs must be a positive integer, got {max_runs!r}")
         if "magnitude" in block or "seed" in block:
             raise ProfileError(f"{label}: magnitude and seed are chosen by the design; remove them")
         if block.get("perturbation", "none") == "none":
             raise ProfileError(f"{label}: a target needs a perturbation kind")
         (template,) = expand({"defaults": defaults, "matrix": [{**block, "seed": 0, "magnitude": m_max}]}, label)
-        targets.append(Target(template, float(m_min), float(m_max)))
+        targets.append(Target(template, float(m_min), float(m_max), max_runs))
     if not targets:
         raise ProfileError(f"{where}: needs at least one [[target]]")
     extra = {k: int(settings[k]) for k in DESIGN_KEYS - {"controls"} if k in settings}
@@ -165,7 +171,7 @@ def curve_states(design: Design, outcomes: pl.DataFrame, manifest: pl.DataFrame)
     spec_of = {r["run_id"]: json.loads(r["config_json"])["spec"] for r in manifest.iter_rows(named=True)}
     for row in outcomes.iter_rows(named=True):
         spec = spec_of.get(row["run_id"])
-        state = keyed.get(curve_key(spec)) if spec else None
+        state = keyed.get(curve_key(spec)) if spec and not acts_on_alarms(spec) else None
         if state is None:
             continue
         m = float(spec["magnitude"])
@@ -184,7 +190,7 @@ def next_specs(design: Design, states: list[CurveState], stage: int) -> list[Run
     """The runs of the next stage (pure): new seeds at the doses :func:`next_doses` proposes."""
     specs = []
     for st in states:
-        room = design.max_runs - st.n
+        room = (st.target.max_runs or design.max_runs) - st.n
         if room <= 0 or stage >= design.max_stages:
             continue
         k = design.first_doses if st.n == 0 else design.doses_per_stage

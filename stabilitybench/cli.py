@@ -126,6 +126,33 @@ def verify(
         raise typer.Exit(1)
 
 
+@app.command("fit-monitor")
+def fit_monitor(
+    like: Annotated[Path, typer.Argument(help="A monitor file analyze wrote (results/monitors/<group>/"
+                                         "<detector>_fold<i>.monitor.npz): the recipe to refit")],
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="Monitor file to write")],
+    corpus: Annotated[Path, typer.Option("--corpus", "-c", help="Corpus directory")] = Path("corpus"),
+    results: Annotated[Path, typer.Option("--results", "-r", help="analyze's results directory (its runs "
+                                          "table says which controls collapsed)")] = Path("results"),
+    fpr: Annotated[float | None, typer.Option("--fpr", min=1e-6, max=0.5, show_default=False,
+                                              help="Target false-alarm rate (default: the template's)")] = None,
+    n_calibration: Annotated[int | None, typer.Option("--calibration", min=1, show_default=False,
+                                                      help="Calibration controls (default: the fewest that reach "
+                                                      "--fpr, 19 for 5%, if the group has enough)")] = None,
+) -> None:
+    """Refit one of analyze's fold monitors on every control of its group, with a calibration set sized for
+    the FPR claim, into a monitor file to attach to new runs."""
+    from analysis.deploy import refit_file
+    from data_schema import require_corpus
+
+    require_corpus(corpus)
+    mf = refit_file(like, corpus, results, out_path, fpr, n_calibration)
+    prov = mf.provenance
+    print(f"wrote {out_path}: {mf.kind} on {len(mf.features)} columns, block {mf.block_updates} updates, warm-up "
+          f"{mf.warmup_updates}; trained on {len(prov['train_run_ids'])} controls, calibrated on {mf.n_calibration} "
+          f"(target FPR {mf.target_fpr:g}, conformal level {mf.alpha_used:.3g}), threshold {mf.threshold:.4g}")
+
+
 @app.command()
 def calibrate(
     design: Annotated[Path, typer.Argument(help="Design file (TOML): [defaults], [design], [[target]] "

@@ -290,3 +290,74 @@ def test_dose_finder_outcomes_equal_the_full_analysis(analysed) -> None:
                                                                  "lr_spike-100-2", "lr_spike-1000-0"}
     full = pl.from_arrow(read_table(out / "runs.parquet", "runs")).select(cols).sort("run_id")
     assert fast.select(cols).sort("run_id").equals(full)
+
+
+def test_fit_monitor_refits_a_fold_monitor_on_every_control(analysed, tmp_path: Path) -> None:
+    """The deployable monitor: every non-collapsed control used once, train and calibration disjoint by seed."""
+    from analysis.deploy import refit_file, split_seeds
+    from analysis.errors import MonitorFileError
+    from analysis.monitor_file import MonitorFile
+
+    corpus, out, _ = analysed
+    like = next((out / "monitors").glob("*/kalman_fold0.monitor.npz"))
+    template = MonitorFile.load(like)
+    mf = refit_file(like, corpus, out, tmp_path / "k.monitor.npz", fpr=0.2)
+    again = MonitorFile.load(tmp_path / "k.monitor.npz")
+    runs = pl.read_parquet(out / "runs.parquet")
+    ctrl = set(runs.filter((pl.col("perturbation") == "none") & ~pl.col("collapsed"))["run_id"].to_list())
+    prov = again.provenance
+    assert set(prov["train_run_ids"]) | set(prov["calibration_run_ids"]) == ctrl
+    assert not set(prov["train_run_ids"]) & set(prov["calibration_run_ids"])
+    assert (again.kind, again.features, again.block_updates, again.warmup_updates) == \
+        (template.kind, template.features, template.block_updates, template.warmup_updates)
+    assert again.n_calibration == 1 and again.target_fpr == 0.2 and prov["refit_of"] == str(like)
+    assert mf.threshold == again.threshold and np.isfinite(again.threshold)
+    # the threshold is the conformal one over the calibration run's window maximum from the warm-up on
+    cal = runs.filter(pl.col("run_id") == prov["calibration_run_ids"][0]).row(0, named=True)
+    trace = again.score_run(pl.read_parquet(steps_path(corpus, cal)))
+    assert again.threshold == pytest.approx(trace.filter(pl.col("step") >= again.warmup_updates)["msd"].max())
+    assert split_seeds(list(range(30)), None, 0.05).calibration == list(range(11, 30))  # 19 for a 5% claim
+    with pytest.raises(MonitorFileError, match="need >= 2 to train"):
+        refit_file(like, corpus, out, tmp_path / "x.monitor.npz", n_calibration=2)
+
+
+def test_runs_that_acted_on_an_alarm_are_paired_not_analysed(tmp_path: Path) -> None:
+    """Intervention arms get an outcome against the *natural* controls and the paired table, nothing else."""
+    from analysis.data import is_unperturbed
+
+    corpus = make_corpus(tmp_path / "corpus")
+    rows = pl.from_arrow(pq.read_table(corpus / "manifest.parquet"))
+    hp = {"intervention": "rollback,lr_backoff", "monitor": "monitors/kalman.monitor.npz"}
+    acted = []
+    for s in (0, 1, 2):
+        for kind, mag in (("none", 1.0), ("lr_spike", 100.0)):
+            r = _run(corpus, s, kind, mag)
+            rid = r["run_id"] + "-acted"
+            src = pq.read_table(steps_path(corpus, r)).to_pylist()
+            r = {**r, "run_id": rid, "config_json": json.dumps({"spec": {"hparams": hp}})}
+            if kind == "lr_spike" and s < 2:  # the action saved two of the three spikes: performance recovers
+                for x in src:
+                    x["performance"] = x["performance"] + (300.0 if x["step"] >= ONSET + 40 else 0.0)
+            write_table(pa.Table.from_pylist([{**x, "run_id": rid} for x in src], schema=STEPS_SCHEMA),
+                        steps_path(corpus, r), STEPS_SCHEMA)
+            write_table(pa.Table.from_pylist([], schema=EVENTS_SCHEMA), events_path(corpus, rid), EVENTS_SCHEMA)
+            acted.append(r)
+    write_manifest(corpus, [*rows.to_dicts(), *acted])
+    manifest = pl.from_arrow(pq.read_table(corpus / "manifest.parquet"))
+    assert is_unperturbed(manifest).sum() == 3  # the acted controls are not controls
+    cfg = replace(FAST, early_warning=replace(FAST.early_warning, detectors=("kalman",), with_echo=False))
+    summary = run_analysis(corpus, tmp_path / "results", cfg, update_corpus=False)
+    out = tmp_path / "results"
+    runs = pl.read_parquet(out / "runs.parquet")
+    assert runs.height == manifest.height  # every run has its outcome, the acted ones included
+    ids = {r["run_id"] for r in acted}
+    assert not set(pl.read_parquet(out / "early_warning_runs.parquet")["run_id"].to_list()) & ids
+    assert summary["groups"][0]["n_unperturbed"] == 3 and summary["n_runs"] == manifest.height
+    entry = summary["intervention"]
+    assert entry["status"] == "ok" and entry["n_runs_acted"] == 6
+    table = {(r["perturbation"], r["magnitude"]): r for r in entry["rows"]}
+    spike = table[("lr_spike", 100.0)]
+    assert spike["monitor"] == "kalman" and spike["n_pairs"] == 3
+    assert spike["collapse_rate_without"] == 1.0 and spike["collapse_rate_with"] == pytest.approx(1 / 3)
+    assert table[("none", 1.0)]["collapse_rate_with"] == 0.0
+    assert pl.read_parquet(out / "intervention.parquet").height == len(entry["rows"])

@@ -124,6 +124,16 @@ def test_budget_caps_the_runs_started(tmp_path: Path) -> None:
     assert len(sim.outcome) == 23
 
 
+def test_a_target_can_have_its_own_run_cap(tmp_path: Path) -> None:
+    p = tmp_path / "design.toml"
+    p.write_text(DESIGN.format(seeds=2, max_runs=6, stages=6).replace('m_max = 1000.0', 'm_max = 1000.0\nmax_runs = 16'))
+    design = load_design(p)
+    sim = SimulatedCorpus(design, {"lr_spike": 40.0, "weight_noise": 0.2}, slope=2.5)
+    states = run_stages(design, sim.observe, sim.run, say=lambda _m: None)
+    n = {st.target.template.perturbation: st.n for st in states}
+    assert n == {"lr_spike": 16, "weight_noise": 6}
+
+
 def test_dose_table_round_trips_into_a_profile(tmp_path: Path) -> None:
     design = _design(tmp_path)
     sim = SimulatedCorpus(design, {"lr_spike": 40.0, "weight_noise": None}, slope=2.5)
@@ -204,6 +214,7 @@ dose = "ED50"
     ("[[target]]\nperturbation='lr_spike'\nm_min=5.0\nm_max=2.0\n", "m_min < m_max"),
     ("[[target]]\nperturbation='lr_spike'\nmagnitude=3.0\nm_min=1.0\nm_max=2.0\n", "chosen by the design"),
     ("[[target]\n", "invalid TOML"),
+    ("[[target]]\nperturbation='lr_spike'\nm_min=1.0\nm_max=2.0\nmax_runs=0\n", "max_runs must be"),
 ])
 def test_bad_design_is_one_line(tmp_path: Path, text: str, match: str) -> None:
     head = DESIGN.split("[design]")[0].replace("{{", "{").replace("}}", "}")

@@ -212,3 +212,16 @@ def test_dry_run_on_a_finished_corpus(smoke: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert f"{n} runs, {n} done, 0 to run" in res.stdout
     assert stamps(smoke) == before
+
+
+def test_generate_refuses_a_profile_whose_monitor_files_are_missing(tmp_path: Path) -> None:
+    res = cli("generate", "--profile", "intervention", "--out", str(tmp_path / "c"), "--dry-run", cwd=tmp_path)
+    assert_user_error(res, "monitors/ppo_swimmer/gru.monitor.npz", "fit-monitor")
+    assert not (tmp_path / "c").exists()
+
+
+def test_fit_monitor_on_a_missing_template_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "manifest.parquet").write_bytes(b"")
+    res = cli("fit-monitor", "nope.monitor.npz", "-o", "k.monitor.npz", "-c", "corpus", cwd=tmp_path)
+    assert_user_error(res, "nope.monitor.npz", "not a readable monitor file")

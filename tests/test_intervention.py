@@ -132,6 +132,34 @@ def test_sb3_callback_acts_and_stops() -> None:
     assert len(rec.rows) < 2_048 // 64 * 4
 
 
+def test_sac_rollback_restores_the_entropy_temperature() -> None:
+    """SAC: the rollback waits for a safe point (its train() step spans several optimizer steps) and restores
+    the bare log_ent_coef tensor with the networks."""
+    from stable_baselines3 import SAC
+
+    mon = ScriptedMonitor({40})
+    seen: list[tuple[float, float]] = []
+    with Recorder(None, "sac-guard", algo="sac", env="Pendulum-v1", seed=0) as rec:
+        model = SAC("MlpPolicy", "Pendulum-v1", seed=0, learning_starts=16, batch_size=16, buffer_size=500,
+                    policy_kwargs={"net_arch": [16]}, device="cpu")
+        guard = Intervention(mon, rec, actions=["log", "rollback"], checkpoint_every=8, rollback_lag=8,
+                             lr_duration=1000)
+        restore = guard.at_safe_point
+
+        def watched() -> None:
+            pending = guard._pending
+            restore()
+            if pending is not None:
+                seen.append((float(pending[1]["log_ent_coef"]["value"]), float(model.log_ent_coef.detach())))
+
+        guard.at_safe_point = watched
+        model.learn(80, callback=StabilityCallback(rec, intervention=guard))
+    assert guard.defer_restore and "log_ent_coef" in guard.state
+    assert [e["event"] for e in rec.events].count("rollback") == 1 and len(seen) == 1
+    want, got = seen[0]
+    assert got == want != 0.0  # the temperature is the checkpoint's (it is trained every update, so it had moved)
+
+
 # ---- a monitor file from public-API runs, applied online and in a fresh process ---------------------------
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
@@ -186,3 +214,10 @@ def test_fresh_process_refuses_a_run_without_the_columns(fitted: tuple[Path, Pat
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
     assert out.returncode == 2
     assert len(out.stderr.strip().splitlines()) == 1 and "grad_norm" in out.stderr
+
+
+def test_every_action_event_is_a_declared_event_kind() -> None:
+    from data_schema.schema import EVENT_KINDS
+    from generate.intervention import EVENTS
+
+    assert set(EVENTS) <= set(EVENT_KINDS)

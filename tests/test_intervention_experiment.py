@@ -57,10 +57,15 @@ def test_a_generated_run_acts_on_its_monitor_file(tmp_path: Path) -> None:
     path = MonitorFile(det, feats, 2, warmup_updates=10, threshold=-1e9).save(tmp_path / "m.monitor.npz")
     profile = Path(__file__).resolve().parents[1] / "generate" / "profiles" / "intervention.toml"
     specs = load_profile(profile)  # the experiment's profile parses and pairs its arms
-    arms = {dict(s.hparams).get("intervention", "none") for s in specs}
-    assert arms == {"none", "lr_backoff", "rollback,lr_backoff"} and len(specs) == 90
-    spec = next(s for s in specs if dict(s.hparams).get("intervention") == "lr_backoff")
-    hp = {**dict(spec.hparams), "monitor": str(path), "n_steps": 256, "batch_size": 64, "n_epochs": 2,
+    arms = {(dict(s.hparams).get("intervention", "none"), dict(s.hparams).get("monitor")) for s in specs}
+    assert {a for a, _ in arms} == {"none", "rollback,lr_backoff"} and len(specs) == 76
+    assert {m for _, m in arms} == {None, *(f"monitors/ppo_swimmer/{m}.monitor.npz" for m in ("kalman", "gru",
+                                                                                             "loss_spike"))}
+    twins = {(s.perturbation, s.magnitude, s.seed) for s in specs if not dict(s.hparams).get("intervention")}
+    assert all((s.perturbation, s.magnitude, s.seed) in twins for s in specs)  # every action arm has its pair
+    spec = next(s for s in specs if dict(s.hparams).get("intervention"))
+    hp = {**dict(spec.hparams), "intervention": "lr_backoff", "monitor": str(path), "n_steps": 256,
+          "batch_size": 64, "n_epochs": 2,
           "hidden": 32, "eval_episodes": 0, "intervention_duration": 4}
     spec = RunSpec.from_dict({**spec.to_dict(), "hparams": hp, "total_steps": 1024, "perturbation": "none",
                               "magnitude": 1.0, "duration_steps": 1})

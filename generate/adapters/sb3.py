@@ -102,12 +102,18 @@ class StabilityCallback(BaseCallback):
         if self.intervention is not None:
             opts = sb3_optimizers(self.model)
             main = next(opt for opt, role in opts if role == "main")
-            state = {"policy": self.model.policy, **{f"optimizer_{role}": opt for opt, role in opts}}
+            state: dict[str, Any] = {"policy": self.model.policy, **{f"optimizer_{role}": opt for opt, role in opts}}
+            log_ent_coef = getattr(self.model, "log_ent_coef", None)  # SAC's learned entropy temperature
+            if isinstance(log_ent_coef, torch.Tensor):
+                state["log_ent_coef"] = TensorState(log_ent_coef)
+            self.intervention.defer_restore = off_policy  # restore between env steps, not inside train()
             self.intervention.attach(main, self.probes, state)
 
     def _on_step(self) -> bool:
-        if self.intervention is not None and self.intervention.stopped:
-            return False
+        if self.intervention is not None:
+            self.intervention.at_safe_point()
+            if self.intervention.stopped:
+                return False
         self.recorder.samples_seen = self.num_timesteps
         for info in self.locals.get("infos", ()):
             episode = info.get("episode")
@@ -157,3 +163,18 @@ class StabilityCallback(BaseCallback):
         for probe in self.probes:
             probe.remove()
         self.probes = []
+
+
+class TensorState:
+    """A bare tensor (not a module) as a checkpointable object: SAC's ``log_ent_coef`` is one, and a
+    rollback that restored its optimizer's state but not its value would leave the temperature wrong."""
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.tensor = tensor
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"value": self.tensor.detach().clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            self.tensor.copy_(state["value"])
