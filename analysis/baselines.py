@@ -31,7 +31,8 @@ from analysis.metastate.base import MonitorBase
 
 
 def trailing_z(x: np.ndarray, window: int, floor: float | None = None) -> np.ndarray:
-    """``(x_t - mean(x_{t-w..t-1})) / max(sd(x_{t-w..t-1}), floor)``, shape ``(T,)``; NaN for the first ``window`` steps.
+    """``(x_t - mean(x_{t-w..t-1})) / max(sd(x_{t-w..t-1}), floor)``, shape ``(T,)``; NaN for the first
+    ``window`` steps.
 
     ``floor`` (default: 1e-3 of the whole series' SD, which looks ahead) keeps a flat window from
     dividing by zero; the detectors pass a fixed floor in standardised units, so they stay causal.

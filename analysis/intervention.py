@@ -164,7 +164,8 @@ def intervention_section(everything: pl.DataFrame, events: pl.DataFrame, n_boot:
     entry: dict[str, Any] = {**Status(StatusKind.OK).to_json(),
                              "question": "does acting on the live monitor's alarm change collapse and final "
                                          "performance? matched pairs (same seed and perturbation) with vs without",
-                             "n_runs_acted": acted.height, "n_pairs": int(table["n_pairs"].sum()) if table.height else 0,
+                             "n_runs_acted": acted.height,
+                             "n_pairs": int(table["n_pairs"].sum()) if table.height else 0,
                              "rows": table.to_dicts() if table.height else []}
     if table.height == 0:
         entry.update(Status(StatusKind.NOT_TESTABLE, "no run with an action has its no-action twin (same seed and "

@@ -51,7 +51,6 @@ from analysis.data import (
     run_arrays,
     to_blocks,
 )
-from analysis.intervention import intervention_section
 from analysis.early_warning import (
     ECHO_COLUMNS,
     EarlyWarningConfig,
@@ -59,6 +58,7 @@ from analysis.early_warning import (
     landmark,
     leave_one_env_out_status,
 )
+from analysis.intervention import intervention_section
 from analysis.pca import PCAAccumulator
 from analysis.pca_summary import PCAInput, PCASummary, pca_summary
 from analysis.regularities import dissociation, precedence, stochasticity_buffer

@@ -126,7 +126,8 @@ def test_budget_caps_the_runs_started(tmp_path: Path) -> None:
 
 def test_a_target_can_have_its_own_run_cap(tmp_path: Path) -> None:
     p = tmp_path / "design.toml"
-    p.write_text(DESIGN.format(seeds=2, max_runs=6, stages=6).replace('m_max = 1000.0', 'm_max = 1000.0\nmax_runs = 16'))
+    text = DESIGN.format(seeds=2, max_runs=6, stages=6)
+    p.write_text(text.replace("m_max = 1000.0", "m_max = 1000.0\nmax_runs = 16"))
     design = load_design(p)
     sim = SimulatedCorpus(design, {"lr_spike": 40.0, "weight_noise": 0.2}, slope=2.5)
     states = run_stages(design, sim.observe, sim.run, say=lambda _m: None)
