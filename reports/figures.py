@@ -1,4 +1,4 @@
-"""The report's figures F1-F11 (F12 is reports/aggregates.py): one panel function per plot, ``ax=None`` in, axes out.
+"""The report's figures F1-F11 (F12 is reports/aggregates.py, F13 reports/intervention.py): one panel function per plot, ``ax=None`` in, axes out.
 
 Each panel function draws precomputed results (tables written by ``analysis``) and returns
 its axes; it computes no statistic. ``build_*`` functions compose the panels of one figure
@@ -25,6 +25,7 @@ from matplotlib.ticker import MaxNLocator
 
 from analysis.summary import DetectorKey, Status, StatusKind
 from reports.aggregates import build_aggregates
+from reports.intervention import build_intervention
 from reports.data import DIMENSIONS, F1_WINDOW, ReportData, finite, onset_telemetry
 from reports.style import CONTROL_COLOR, PALETTE, SEQUENTIAL, grid, new_axes, outside_legend, too_little_data
 
@@ -868,4 +869,5 @@ FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec("F10", "f10_stochasticity", "Stochasticity buffer", build_stochasticity),
     FigureSpec("F11", "f11_coherence", "Gradient coherence before collapse", build_coherence),
     FigureSpec("F12", "f12_final_performance", "Final performance: IQM and performance profiles", build_aggregates),
+    FigureSpec("F13", "f13_intervention", "Intervention on the live monitor's alarm", build_intervention),
 )

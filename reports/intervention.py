@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
+from typing import Any
+
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 from reports.style import CONTROL_COLOR, PALETTE, new_axes, outside_legend, too_little_data
 
@@ -21,6 +24,9 @@ def fig_intervention(table: pl.DataFrame, ax: Axes | None = None) -> Axes:
         return too_little_data(ax, "no matched pairs (run the intervention profile, then analyze)",
                                "intervention: collapse rate")
     ax = new_axes(ax, (6.5, 3.6))
+    if "monitor" in table.columns:  # one bar per (monitor, action)
+        table = table.with_columns(pl.concat_str([pl.col("monitor").fill_null("?"), pl.col("arm")], separator=": ")
+                                   .alias("arm"))
     kinds = sorted(table["perturbation"].unique().to_list(), key=lambda k: (k != "none", k))
     arms = sorted(table["arm"].unique().to_list())
     width = 0.8 / (len(arms) + 1)
@@ -46,3 +52,19 @@ def fig_intervention(table: pl.DataFrame, ax: Axes | None = None) -> Axes:
     ax.set_title("with vs without acting on the alarm\n(text: pairs, 95% CI of the paired difference)")
     outside_legend(ax, "arm")
     return ax
+
+
+def build_intervention(data: Any) -> tuple[Figure, list[str]]:
+    """F13: :func:`fig_intervention` of ``results/intervention.parquet`` (or why there is none)."""
+    from reports.style import grid
+
+    table = data.table("intervention")
+    fig, axes = grid(1, 1, panel=(7.5, 3.8))
+    if table is None:
+        why = data.status("intervention") or "no run acted on a live monitor's alarm (the intervention profile)"
+        too_little_data(axes[0], why, "F13 · intervention")
+        return fig, [why]
+    fig_intervention(table, ax=axes[0])
+    fig.suptitle("F13 · acting on the live monitor's alarm: collapse rate with vs without (matched pairs)",
+                 fontsize=11, fontweight="bold")
+    return fig, []

@@ -82,19 +82,46 @@ def prediction_table(src: Source) -> Table | None:
         deltas: list[Any] = []
         for ref in REFERENCES:  # a reference row has no delta against itself
             if src.has(*p, "delta_auroc", ref):
-                deltas += [f"{ref}: ", *_status_or(src, *p, "delta_auroc", ref, "pooled"), "; "]
+                deltas += [f"{ref}: pooled ", *_status_or(src, *p, "delta_auroc", ref, "pooled"), ", stratified ",
+                           *_status_or(src, *p, "delta_auroc", ref, "stratified"), "; "]
         rows.append([
             [DETECTOR_LABELS.get(d, d) + ("" if d in pred else " (reference)")],
             [src.num(*p, "n_pos", digits=0), " / ", src.num(*p, "n_neg", digits=0)],
             _status_or(src, *p, "auroc"), _status_or(src, *p, "auroc_stratified"), deltas or ["—"]])
     note = ["(b) Prediction among perturbed runs still standing at the landmark L (end of the perturbation window + "
             "1 block): scores over [onset, L] (as -log10 conformal p) against collapse after L. Stratified: only "
-            "pairs within one kind × magnitude × duration, so recognising the dose earns nothing. ΔAUROC (pooled) "
-            "against the cross-validated configuration-only model, the kick-size model and 'alarm = perturbation "
-            "active', with a cluster bootstrap over seeds."]
+            "pairs within one kind × magnitude × duration, so recognising the dose earns nothing. ΔAUROC (pooled and "
+            "stratified) against the cross-validated configuration-only model (within a cell: its cell mean, 0.5 by "
+            "definition), the kick-size model and 'alarm = perturbation active', with a cluster bootstrap over seeds."]
     return Table("(b) Prediction at the landmark: does the monitor beat the configuration?",
                  ["detector", "n collapse after L / survive", "AUROC [95% CI]", "AUROC, stratified",
                   "ΔAUROC vs references [95% CI]"], rows, note)
+
+
+def intervention_table(src: Source) -> Table | None:
+    """The intervention experiment: matched pairs with vs without acting on the live monitor's alarm."""
+    if not src.has("intervention") or src.status("intervention") is not None:
+        return None
+    rows = []
+    for i, r in enumerate(src.get("intervention", "rows")):
+        p = ("intervention", "rows", i)
+        rows.append([
+            ["control" if r["perturbation"] == "none" else f"{r['perturbation']} ×{r['magnitude']:g}"],
+            [str(r.get("monitor") or "—"), ": ", r["arm"]], [src.num(*p, "n_pairs", digits=0)],
+            [src.num(*p, "collapse_rate_without", digits=0, kind="pct"), " → ",
+             src.num(*p, "collapse_rate_with", digits=0, kind="pct")],
+            [src.num(*p, "collapse_diff"), " [", src.num(*p, "collapse_diff_ci_low"), ", ",
+             src.num(*p, "collapse_diff_ci_high"), "]"],
+            [src.num(*p, "perf_diff", digits=1), " [", src.num(*p, "perf_diff_ci_low", digits=1), ", ",
+             src.num(*p, "perf_diff_ci_high", digits=1), "]"],
+            [src.num(*p, "runs_alarmed", digits=0), " / ", src.num(*p, "runs_acted", digits=0)],
+        ])
+    note = ["Runs that acted on a live monitor's alarm against their no-action twins (same seed, same perturbation), "
+            "judged by the collapse rule against the natural controls only. Controls: every alarm is a false alarm "
+            "and the paired performance difference is its cost. CIs: percentile bootstrap over pairs."]
+    return Table("Intervention: collapse and final performance with vs without acting on the alarm",
+                 ["perturbation", "monitor: action", "pairs", "collapse rate without → with",
+                  "Δ collapse [95% CI]", "Δ final performance [95% CI]", "runs alarmed / acted"], rows, note)
 
 
 def collapse_table(src: Source) -> Table:
@@ -365,6 +392,14 @@ def captions(data: ReportData) -> dict[str, list[Any]]:
                   "analysis/aggregates.py). Left: interquartile mean per configuration with a 95% stratified-bootstrap "
                   "CI (runs resampled within each env, as rliable does); right: performance profiles, the fraction "
                   "of runs above each threshold, with 95% CI bands."]
+    if src.has("intervention") and src.status("intervention") is None:
+        cap["F13"] = ["Collapse rate of matched pairs without (grey) and with acting on the live monitor's alarm, per "
+                      "perturbation and monitor (", src.num("intervention", "n_pairs", digits=0), " pairs; text: pairs "
+                      "and the 95% CI of the paired difference). Table 'Intervention' has final performance."]
+    else:
+        cap["F13"] = ["Intervention: " + (src.status("intervention").text if src.has("intervention") else
+                                          "not in this summary (analysed before the intervention stage existed)")
+                      + "."]
     return cap
 
 
@@ -504,7 +539,7 @@ def build_report(results: str | os.PathLike[str], out: str | os.PathLike[str] = 
         figs.append((spec, reasons))
     src = Source(data.summary)
     tables = [t for t in (monitor_table(src), prediction_table(src), collapse_table(src), *survival_tables(src),
-                          regularities_table(src))
+                          regularities_table(src), intervention_table(src))
               if t is not None]
     claims = claims_table(data)
     caveats = data.summary.caveats

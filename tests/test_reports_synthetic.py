@@ -31,9 +31,13 @@ T, ONSET, DUR = 400, 120, 20
 DIMENSION = {"none": "none", "lr_spike": "optimization", "reward_noise": "learning_signal"}
 
 
-def _run(corpus: Path, seed: int, kind: str, magnitude: float, sto: str) -> dict:
+ACTED = {"spec": {"hparams": {"intervention": "rollback,lr_backoff", "monitor": "monitors/kalman.monitor.npz"}}}
+
+
+def _run(corpus: Path, seed: int, kind: str, magnitude: float, sto: str, acted: bool = False) -> dict:
+    """One synthetic run; ``acted``: its twin that acted on a live monitor's alarm (seed 0's collapse averted)."""
     rng = np.random.default_rng([seed, int(magnitude), len(kind), len(sto)])
-    rid = f"{kind}-{magnitude:g}-{sto}-{seed}"
+    rid = f"{kind}-{magnitude:g}-{sto}-{seed}" + ("-acted" if acted else "")
     steps = np.arange(T)
     perf = np.linspace(-300, -100, T) + rng.normal(0, 5, T)
     grad = np.exp(0.3 * rng.normal(size=T)) * (1 + 0.5 * np.sin(steps / 40))
@@ -46,7 +50,7 @@ def _run(corpus: Path, seed: int, kind: str, magnitude: float, sto: str) -> dict
         grad[active] *= 20
         upd[active] *= 50
         coh[steps >= ONSET] -= 0.15
-        perf[steps >= ONSET + 30 + 5 * seed] -= 300
+        perf[steps >= ONSET + 30 + 5 * seed] -= 0 if acted and seed == 0 else 300
     loss = np.full(T, np.nan)
     loss[9::10] = (np.log(grad) + rng.normal(0, 0.1, T))[9::10]
     row = {
@@ -54,7 +58,7 @@ def _run(corpus: Path, seed: int, kind: str, magnitude: float, sto: str) -> dict
         "dimension": DIMENSION[kind], "magnitude": magnitude, "onset_frac": 0.3, "onset_step": ONSET,
         "duration_steps": DUR if kind != "none" else 1, "stochasticity": sto, "total_steps": T * 10,
         "planned_updates": T, "n_updates": T, "stop_reason": "completed", "status": "ok",
-        "code_version": "test", "schema_version": "1.0", "config_json": "{}",
+        "code_version": "test", "schema_version": "1.0", "config_json": json.dumps(ACTED) if acted else "{}",
     }
     table = pa.table({
         "run_id": [rid] * T, "step": steps, "samples_seen": steps * 10, "wall_time_s": steps * 0.01,
@@ -74,6 +78,8 @@ def make_corpus(root: Path) -> Path:
         for s in (0, 1, 2):
             rows.append(_run(root, s, "none", 1.0, sto))
             rows += [_run(root, s, kind, mag, sto) for kind in ("lr_spike", "reward_noise") for mag in (3.0, 100.0)]
+    rows += [_run(root, s, kind, mag, "default", acted=True) for s in (0, 1, 2)
+             for kind, mag in (("none", 1.0), ("lr_spike", 100.0))]
     write_manifest(root, rows)
     return root
 
