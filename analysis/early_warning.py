@@ -32,6 +32,7 @@ in optimizer updates. Non-finite telemetry scores ``+inf`` (p = 1/(n+1)).
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -68,6 +69,8 @@ class EarlyWarningConfig:
     detectors: tuple[str, ...] = field(default_factory=lambda: default_detectors())
     with_echo: bool = True
     seed: int = 0
+    n_jobs: int = 0  # folds in parallel processes (0: every core; 1: in this process); the GRU trains on one
+    # torch thread per process there, so its float32 scores may differ from a one-process run in the last bits
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -159,77 +162,108 @@ def evaluate_group(
     leave-one-env-out) every fold trains on those instead of its own training seeds.
     """
     folds = seed_folds(runs["seed"].to_list(), cfg.max_folds)
-    notes: list[dict[str, Any]] = []
     if not folds:
         return _empty_rows(), _empty_traces(), [not_testable("fewer than 3 seeds")]
     info = {r["run_id"]: r for r in runs.iter_rows(named=True)}
     variants = detector_variants(features, cfg)
-    rows, traces = [], []
-    for i, fold in enumerate(folds):
-        def pick(seeds: list[int], controls_only: bool) -> list[str]:
-            # training/calibration use unperturbed runs that did not themselves collapse (not "normal")
-            return [rid for rid, r in info.items() if r["seed"] in seeds and rid in arrays
-                    and (not controls_only or (r["unperturbed"] and not r["collapsed"]))]
+    jobs = [(i, fold, info, arrays, features, variants, cfg, save_dir, external_train, block)
+            for i, fold in enumerate(folds)]
+    n_jobs = min(len(jobs), cfg.n_jobs if cfg.n_jobs > 0 else (os.cpu_count() or 1))
+    if n_jobs > 1:  # folds are independent and seeded: the same results as one after the other
+        from joblib import Parallel, delayed
 
-        train_ids = pick(fold["train"], True)
-        calib_ids = pick(fold["calibration"], True)
-        test_ids = pick(fold["test"], False)
-        note = {"fold": i, **{k: v for k, v in fold.items()}, "n_train_runs": len(train_ids) if external_train is None
-                else len(external_train), "n_calibration_runs": len(calib_ids), "n_test_runs": len(test_ids)}
-        if external_train is not None:
-            note["train"] = "unperturbed runs of the other envs"
-        if not (train_ids or external_train) or not calib_ids or not test_ids:
-            note.update(Status(StatusKind.SKIPPED, "no unperturbed training or calibration run, or no test run"
-                               ).to_json())
-            notes.append(note)
-            continue
-        notes.append(note)
-        for label, name, cols in variants:
-            idx = [features.index(c) for c in cols]
-            det = make_detector(name, cols, cfg)
-            if not getattr(det, "available", True) or not idx:
-                continue
+        if progress:
+            progress(f"{len(jobs)} folds on {n_jobs} processes")
+        done = Parallel(n_jobs=n_jobs, backend="loky")(delayed(_evaluate_fold_in_worker)(*job) for job in jobs)
+    else:
+        done = []
+        for job in jobs:
             if progress:
-                progress(f"fold {i + 1}/{len(folds)}: {label}")
-            train = [arrays[r][1][:, idx] for r in train_ids] if external_train is None else \
-                [x[:, idx] for x in external_train]
-            try:
-                det.fit(train)
-            except InsufficientDataError as exc:
-                note.setdefault("detector_errors", {})[label] = str(exc)
-                continue
-            cal_max = []
-            for r in calib_ids:
-                st, X, nf = arrays[r]
-                sc = det.score(X[:, idx])
-                sc[nf] = np.inf
-                cal_max.append(window_max(sc, st, info[r]["onset_step"], None))
-            conf = ConformalCalibrator(cfg.fpr).fit(cal_max)
-            det.threshold_ = conf.threshold_
-            info_fit: dict[str, Any] = {"threshold": conf.threshold_, **conf.summary(), "features": cols}
-            if name == "kalman":
-                info_fit.update(n_latent=det.n_latent_, em_iterations=len(det.loglik_))
-            if name == "gru":
-                info_fit.update(final_train_nll=det.train_loss_[-1])
-            note.setdefault("detectors", {})[label] = info_fit
-            if save_dir is not None and (name in MONITORS or name in SAVEABLE_BASELINES):
-                warmup = min((int(info[r]["onset_step"] or 0) for r in calib_ids), default=0)
-                MonitorFile(det, cols, block, warmup, conf.threshold_, conf.alpha, conf.alpha_used_, conf.n_,
-                            provenance=provenance_of(info.values(), train_ids if external_train is None else [],
-                                                     calib_ids)).save(save_dir / f"{label}_fold{i}{SUFFIX}")
-            for rid in test_ids:
-                steps, X, nonfinite = arrays[rid]
-                score = det.score(X[:, idx])
-                score[nonfinite] = np.inf
-                pval = conf.p_value(score)
-                rows.append(_run_row(rid, info[rid], i, label, conf, steps, pval, cfg, block))
-                traces.append(pl.DataFrame({"run_id": rid, "detector": label, "fold": i, "step": steps,
-                                            "score": score, "threshold": conf.threshold_, "p_value": pval},
-                                           schema_overrides={"step": pl.Int64, "score": pl.Float64,
-                                                             "p_value": pl.Float64}))
+                progress(f"fold {job[0] + 1}/{len(folds)}")
+            done.append(_evaluate_fold(*job))
+    rows = [r for d in done for r in d[0]]
+    traces = [t for d in done for t in d[1]]
+    notes = [d[2] for d in done]
     table = pl.DataFrame(rows, schema=_ROW_SCHEMA) if rows else _empty_rows()
     trace = pl.concat(traces, how="diagonal_relaxed") if traces else _empty_traces()
     return table, trace, notes
+
+
+def _evaluate_fold_in_worker(*job: Any) -> tuple[list[dict[str, Any]], list[pl.DataFrame], dict[str, Any]]:
+    """:func:`_evaluate_fold` in a worker process: one torch thread (one process per fold already)."""
+    if importlib.util.find_spec("torch") is not None:  # the GRU; not in the core install
+        import torch
+
+        torch.set_num_threads(1)
+    return _evaluate_fold(*job)
+
+
+def _evaluate_fold(i: int, fold: dict[str, list[int]], info: dict[str, dict[str, Any]],
+                   arrays: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], features: list[str],
+                   variants: list[tuple[str, str, list[str]]], cfg: EarlyWarningConfig, save_dir: Path | None,
+                   external_train: list[np.ndarray] | None, block: int
+                   ) -> tuple[list[dict[str, Any]], list[pl.DataFrame], dict[str, Any]]:
+    """One fold of :func:`evaluate_group`: fit, calibrate and score every detector; (rows, traces, note)."""
+    def pick(seeds: list[int], controls_only: bool) -> list[str]:
+        # training/calibration use unperturbed runs that did not themselves collapse (not "normal")
+        return [rid for rid, r in info.items() if r["seed"] in seeds and rid in arrays
+                and (not controls_only or (r["unperturbed"] and not r["collapsed"]))]
+
+    rows: list[dict[str, Any]] = []
+    traces: list[pl.DataFrame] = []
+    train_ids = pick(fold["train"], True)
+    calib_ids = pick(fold["calibration"], True)
+    test_ids = pick(fold["test"], False)
+    note = {"fold": i, **{k: v for k, v in fold.items()}, "n_train_runs": len(train_ids) if external_train is None
+            else len(external_train), "n_calibration_runs": len(calib_ids), "n_test_runs": len(test_ids)}
+    if external_train is not None:
+        note["train"] = "unperturbed runs of the other envs"
+    if not (train_ids or external_train) or not calib_ids or not test_ids:
+        note.update(Status(StatusKind.SKIPPED, "no unperturbed training or calibration run, or no test run"
+                           ).to_json())
+        return rows, traces, note
+    for label, name, cols in variants:
+        idx = [features.index(c) for c in cols]
+        det = make_detector(name, cols, cfg)
+        if not getattr(det, "available", True) or not idx:
+            continue
+        train = [arrays[r][1][:, idx] for r in train_ids] if external_train is None else \
+            [x[:, idx] for x in external_train]
+        try:
+            det.fit(train)
+        except InsufficientDataError as exc:
+            note.setdefault("detector_errors", {})[label] = str(exc)
+            continue
+        cal_max = []
+        for r in calib_ids:
+            st, X, nf = arrays[r]
+            sc = det.score(X[:, idx])
+            sc[nf] = np.inf
+            cal_max.append(window_max(sc, st, info[r]["onset_step"], None))
+        conf = ConformalCalibrator(cfg.fpr).fit(cal_max)
+        det.threshold_ = conf.threshold_
+        info_fit: dict[str, Any] = {"threshold": conf.threshold_, **conf.summary(), "features": cols}
+        if name == "kalman":
+            info_fit.update(n_latent=det.n_latent_, em_iterations=len(det.loglik_))
+        if name == "gru":
+            info_fit.update(final_train_nll=det.train_loss_[-1])
+        note.setdefault("detectors", {})[label] = info_fit
+        if save_dir is not None and (name in MONITORS or name in SAVEABLE_BASELINES):
+            warmup = min((int(info[r]["onset_step"] or 0) for r in calib_ids), default=0)
+            MonitorFile(det, cols, block, warmup, conf.threshold_, conf.alpha, conf.alpha_used_, conf.n_,
+                        provenance=provenance_of(info.values(), train_ids if external_train is None else [],
+                                                 calib_ids)).save(save_dir / f"{label}_fold{i}{SUFFIX}")
+        for rid in test_ids:
+            steps, X, nonfinite = arrays[rid]
+            score = det.score(X[:, idx])
+            score[nonfinite] = np.inf
+            pval = conf.p_value(score)
+            rows.append(_run_row(rid, info[rid], i, label, conf, steps, pval, cfg, block))
+            traces.append(pl.DataFrame({"run_id": rid, "detector": label, "fold": i, "step": steps,
+                                        "score": score, "threshold": conf.threshold_, "p_value": pval},
+                                       schema_overrides={"step": pl.Int64, "score": pl.Float64,
+                                                         "p_value": pl.Float64}))
+    return rows, traces, note
 
 
 _ROW_SCHEMA = {

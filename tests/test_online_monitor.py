@@ -186,3 +186,26 @@ def test_evaluate_group_writes_self_contained_monitors(tmp_path) -> None:
     for rid in test_ids:
         want = traces.filter((pl.col("run_id") == rid) & (pl.col("fold") == 0))["score"].to_numpy()
         np.testing.assert_allclose(mf.score_run(frames[rid])["msd"].to_numpy(), want, rtol=1e-12, equal_nan=True)
+
+
+def test_folds_in_parallel_processes_give_the_sequential_results(tmp_path) -> None:
+    from dataclasses import replace
+
+    from analysis.early_warning import EarlyWarningConfig, evaluate_group
+
+    rows, arrays = [], {}
+    for seed in range(6):
+        for pert in ("none", "lr_spike"):
+            rid = f"{pert}-{seed}"
+            arrays[rid] = pipeline_blocks(synthetic_run(200 + 2 * seed + (pert != "none"),
+                                                        kick_at=None if pert == "none" else 120, run_id=rid))
+            rows.append({"run_id": rid, "seed": seed, "perturbation": pert, "magnitude": 10.0,
+                         "duration_steps": 10, "onset_step": 60, "unperturbed": pert == "none", "collapsed": False,
+                         "collapse_kind": None, "collapse_step": None})
+    runs = pl.DataFrame(rows)
+    cfg = EarlyWarningConfig(detectors=("kalman", "loss_spike"), kalman_iter=10, smooth=3, max_folds=3,
+                             with_echo=False, n_jobs=1)
+    one = evaluate_group(runs, arrays, FEATURES, cfg, block=B)
+    two = evaluate_group(runs, arrays, FEATURES, replace(cfg, n_jobs=2), block=B)
+    assert one[0].height == 2 * 12 and one[0].equals(two[0]) and one[1].equals(two[1])
+    assert [n["fold"] for n in two[2]] == [0, 1, 2]
