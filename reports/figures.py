@@ -25,8 +25,8 @@ from matplotlib.ticker import MaxNLocator
 
 from analysis.summary import DetectorKey, Status, StatusKind
 from reports.aggregates import build_aggregates
-from reports.intervention import build_intervention
 from reports.data import DIMENSIONS, F1_WINDOW, ReportData, finite, onset_telemetry
+from reports.intervention import build_intervention
 from reports.style import CONTROL_COLOR, PALETTE, SEQUENTIAL, grid, new_axes, outside_legend, too_little_data
 
 SIGNAL_LABELS = {

@@ -8,10 +8,10 @@ first: there every collapse of the action arm is a cost of false alarms.
 
 from __future__ import annotations
 
-import numpy as np
-import polars as pl
 from typing import Any
 
+import numpy as np
+import polars as pl
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
