@@ -1,4 +1,5 @@
-"""The report's figures F1-F11 (F12 is reports/aggregates.py, F13 reports/intervention.py): one panel function per plot, ``ax=None`` in, axes out.
+"""The report's figures F1-F11 (F12 is reports/aggregates.py, F13 reports/intervention.py): one panel function
+per plot, ``ax=None`` in, axes out.
 
 Each panel function draws precomputed results (tables written by ``analysis``) and returns
 its axes; it computes no statistic. ``build_*`` functions compose the panels of one figure
