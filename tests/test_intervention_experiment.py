@@ -58,7 +58,7 @@ def test_a_generated_run_acts_on_its_monitor_file(tmp_path: Path) -> None:
     profile = Path(__file__).resolve().parents[1] / "generate" / "profiles" / "intervention.toml"
     specs = load_profile(profile)  # the experiment's profile parses and pairs its arms
     arms = {(dict(s.hparams).get("intervention", "none"), dict(s.hparams).get("monitor")) for s in specs}
-    assert {a for a, _ in arms} == {"none", "rollback,lr_backoff"} and len(specs) == 76
+    assert {a for a, _ in arms} == {"none", "rollback,lr_backoff"} and len(specs) == 56
     assert {m for _, m in arms} == {None, *(f"monitors/ppo_swimmer/{m}.monitor.npz" for m in ("kalman", "gru",
                                                                                              "loss_spike"))}
     twins = {(s.perturbation, s.magnitude, s.seed) for s in specs if not dict(s.hparams).get("intervention")}
