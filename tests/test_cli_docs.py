@@ -50,7 +50,7 @@ def test_every_command_and_flag_is_in_the_readme_synopsis() -> None:
 def test_every_flag_the_readme_uses_exists() -> None:
     uses: list[tuple[str, str]] = []
     for line in README.splitlines():
-        for m in re.finditer(r"stabilitybench\s+([a-z]+)([^`#]*)", line):
+        for m in re.finditer(r"stabilitybench\s+([a-z][a-z-]*)([^`#]*)", line):
             uses += [(m.group(1), f) for f in FLAG.findall(m.group(2))]
         for m in re.finditer(r"`(generate|status|analyze|report|query|export)((?: [^`]*)?)`", line):
             uses += [(m.group(1), f) for f in FLAG.findall(m.group(2))]
