@@ -20,6 +20,10 @@ class SchemaError(StabilityBenchError):
     """A table or file does not match its declared schema; names the file and column."""
 
 
+class NewerSchemaError(SchemaError):
+    """A corpus file was written by a newer schema version than this code reads: upgrade, touch nothing."""
+
+
 class CorruptFileError(StabilityBenchError):
     """A file exists but cannot be read as Parquet."""
 

@@ -26,9 +26,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_schema.compat import upgrade_schema
+from data_schema.compat import VERSION_KEY, upgrade_schema
 from data_schema.corpus import events_path, steps_path
-from data_schema.schema import EVENTS_SCHEMA, STEPS_SCHEMA
+from data_schema.errors import NewerSchemaError
+from data_schema.schema import EVENTS_SCHEMA, SCHEMA_VERSION, STEPS_SCHEMA
 
 #: Manifest columns holding each file's (size, hash), by file kind.
 HASH_COLUMNS = {"steps": ("steps_bytes", "steps_blake2b"), "events": ("events_bytes", "events_blake2b")}
@@ -58,6 +59,25 @@ def file_digest(path: str | os.PathLike[str]) -> tuple[int, str]:
     return size, h.hexdigest()
 
 
+def require_known_version(path: Path, recorded: bytes | None) -> None:
+    """Raise :class:`NewerSchemaError` if ``path`` was written by a newer schema than :data:`SCHEMA_VERSION`.
+
+    Such a file is not damaged: this code cannot judge it. Calling it damaged would make ``generate``
+    rerun (overwrite) the run and ``analyze`` drop it, so every reader stops with one line instead.
+    """
+    if not recorded:
+        return
+    try:
+        found = tuple(int(x) for x in recorded.decode().split("."))
+        ours = tuple(int(x) for x in SCHEMA_VERSION.split("."))
+    except ValueError:
+        return  # not a version this code wrote; the column check below judges the file
+    if found > ours:
+        raise NewerSchemaError(f"{path}: written by corpus schema v{recorded.decode()}, newer than this code's "
+                               f"v{SCHEMA_VERSION}; upgrade stabilitybench to read or resume this corpus (nothing "
+                               "was changed)")
+
+
 def check_footer(path: Path, schema: pa.Schema) -> str | None:
     """None if ``path`` is a Parquet file whose footer has ``schema``'s columns and types, else why not."""
     try:
@@ -66,6 +86,7 @@ def check_footer(path: Path, schema: pa.Schema) -> str | None:
         return "missing"
     except (pa.ArrowException, OSError) as exc:
         return f"not a readable Parquet file ({_first_line(exc)})"
+    require_known_version(path, (found.metadata or {}).get(VERSION_KEY))
     table = (schema.metadata or {}).get(b"stabilitybench.table", b"").decode()
     if table:  # an older 1.x file: compare what it reads as (data_schema.compat)
         found = upgrade_schema(found, table)

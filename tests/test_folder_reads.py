@@ -287,3 +287,26 @@ def test_a_1_1_corpus_reads_with_the_new_column_as_null(v1_1):
     assert not [p for p in problems if "steps" in p.path.parts], problems
     assert len(upgrade_corpus(root)) == len(list(root.glob("steps/**/*.parquet")))
     assert "grad_coherence_fixed" in pq.read_schema(path).names
+
+
+def test_a_file_from_a_newer_schema_stops_every_reader_and_is_left_alone(tmp_path):
+    """Not "damaged": generate would rerun (overwrite) it and analyze drop it. One line, nothing changed."""
+    from data_schema.errors import NewerSchemaError
+    from data_schema.verify import verify_corpus
+    from generate.runner import outputs_valid
+
+    root = tmp_path / "corpus"
+    build_corpus(root, litter=False)
+    path = next(root.glob("steps/**/*.parquet"))
+    table = pq.read_table(path)
+    newer = table.append_column("a_column_from_the_future", pa.array([1.0] * table.num_rows))
+    major, minor = SCHEMA_VERSION.split(".")
+    meta = {**(table.schema.metadata or {}), b"stabilitybench.schema_version": f"{major}.{int(minor) + 1}".encode()}
+    pq.write_table(newer.replace_schema_metadata(meta), path)
+    before = path.read_bytes()
+    row = next(r for r in read_manifest(root).to_pylist() if r["run_id"] == path.stem)
+    with pytest.raises(NewerSchemaError, match=r"newer than this code's .* upgrade stabilitybench"):
+        outputs_valid(root, row)
+    with pytest.raises(NewerSchemaError):
+        verify_corpus(root)
+    assert path.read_bytes() == before
