@@ -258,7 +258,7 @@ def _evaluate_fold(i: int, fold: dict[str, list[int]], info: dict[str, dict[str,
             score = det.score(X[:, idx])
             score[nonfinite] = np.inf
             pval = conf.p_value(score)
-            rows.append(_run_row(rid, info[rid], i, label, conf, steps, pval, cfg, block))
+            rows.append(_run_row(rid, info[rid], i, label, conf, steps, pval, cfg, block, score))
             traces.append(pl.DataFrame({"run_id": rid, "detector": label, "fold": i, "step": steps,
                                         "score": score, "threshold": conf.threshold_, "p_value": pval},
                                        schema_overrides={"step": pl.Int64, "score": pl.Float64,
@@ -273,6 +273,7 @@ _ROW_SCHEMA = {
     "collapsed": pl.Boolean, "collapse_kind": pl.String, "collapse_step": pl.Int64, "onset_step": pl.Int64,
     "landmark_step": pl.Int64, "first_alarm_step": pl.Int64, "alarm_before_collapse": pl.Boolean,
     "lead_updates": pl.Int64, "detection_score": pl.Float64, "prediction_score": pl.Float64,
+    "prediction_excess": pl.Float64,
     "window_score": pl.Float64, "early_score": pl.Float64,
 }
 
@@ -299,13 +300,40 @@ def _neglog_min_p(pval: np.ndarray, mask: np.ndarray) -> float:
     return float(-np.log10(v.min())) if v.size else float("nan")
 
 
+def calibrated_excess(score: np.ndarray, conf: ConformalCalibrator) -> np.ndarray:
+    """``(score - threshold) / SD of the calibration window maxima``, shape of ``score`` (NaN without a threshold).
+
+    A continuous calibrated score: the conformal p-value has only ``n + 1`` levels, so every score above
+    all ``n`` calibration maxima gets the same ``p = 1/(n+1)`` and ranks tied with the others (with 6
+    calibration runs, nearly every perturbed run). This keeps their order and is in the fold's own
+    calibration units, so it pools across folds and groups as the p-value does.
+    """
+    cal = np.asarray(getattr(conf, "scores_", []), float)
+    cal = cal[np.isfinite(cal)]
+    thr = float(conf.threshold_)
+    if not np.isfinite(thr):
+        return np.full(np.shape(score), np.nan)
+    spread = float(cal.std()) if cal.size > 1 else 0.0
+    spread = spread if spread > 1e-12 else max(abs(thr), 1.0)
+    with np.errstate(invalid="ignore"):
+        return (np.asarray(score, float) - thr) / spread
+
+
+def _max_over(x: np.ndarray, mask: np.ndarray) -> float:
+    v = x[mask]
+    v = v[~np.isnan(v)]
+    return float(v.max()) if v.size else float("nan")
+
+
 def _run_row(rid: str, r: dict[str, Any], fold: int, name: str, conf: ConformalCalibrator, steps: np.ndarray,
-             pval: np.ndarray, cfg: EarlyWarningConfig, block: int = 1) -> dict[str, Any]:
+             pval: np.ndarray, cfg: EarlyWarningConfig, block: int = 1, score: np.ndarray | None = None
+             ) -> dict[str, Any]:
     """One (test run, detector) row: alarms at ``p <= alpha_used``, run-level scores as ``-log10(min p)``.
 
     * ``detection_score``: over ``[onset, collapse)`` (strictly before the offline date), capped at
       ``onset + horizon_frac`` of the run, for collapsed runs; over ``[onset, onset + horizon]`` otherwise.
-    * ``prediction_score``: over ``[onset, L]`` with L = :func:`landmark`.
+    * ``prediction_score``: over ``[onset, L]`` with L = :func:`landmark`; ``prediction_excess``: the
+      max :func:`calibrated_excess` over the same window (what question (b) ranks: no ties at the top).
     * ``window_score``: over ``[onset, collapse)`` or ``[onset, last update]``.
     * a non-finite collapse is never "preceded" by the alarm at its own step (lead 0 is no warning).
     """
@@ -332,6 +360,8 @@ def _run_row(rid: str, r: dict[str, Any], fold: int, name: str, conf: ConformalC
         "alarm_before_collapse": bool(preceded), "lead_updates": (cstep - first) if preceded else None,
         "detection_score": _neglog_min_p(pval, det_mask), "prediction_score": _neglog_min_p(pval, after & (steps <= L)),
         "window_score": _neglog_min_p(pval, after & before),
+        "prediction_excess": _max_over(calibrated_excess(score, conf), after & (steps <= L))
+        if score is not None else None,
         "early_score": float(-np.log10(early).mean()) if early.size else None,
     }
 

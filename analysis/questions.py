@@ -12,8 +12,9 @@ guarantee, and **no FPR claim** with fewer than 19 calibration runs. Non-finite 
 their own line: an alarm at the non-finite step is lead 0 and never a warning.
 
 (b) **Prediction.** Among *perturbed* test runs still standing at the landmark L (end of the
-perturbation window + 1 block), does ``prediction_score`` (over ``[onset, L]``) predict which
-collapse after L? Runs that collapsed at or before L are counted as detection, not here. AUROC
+perturbation window + 1 block), does the score over ``[onset, L]`` predict which collapse after
+L? The score ranked is ``prediction_excess`` ((score - threshold) in SDs of the fold's calibration
+maxima): the conformal p-value has only n + 1 levels and ties every run above all n calibration runs. Runs that collapsed at or before L are counted as detection, not here. AUROC
 pooled and **stratified by kind x magnitude x duration** (only within-stratum pairs count, so a
 score that recognises the dose gets 0.5), against three references scored on the same runs:
 
@@ -159,6 +160,14 @@ def cv_scores(X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> np.ndarray:
     return out
 
 
+def prediction_scores(rows: pl.DataFrame) -> np.ndarray:
+    """What (b) ranks: ``prediction_excess`` (continuous, calibrated) where the rows have it, else the p-based
+    ``prediction_score``; shape ``(n,)``. A non-finite run (+inf) ranks above every other."""
+    col = "prediction_excess" if "prediction_excess" in rows.columns and rows["prediction_excess"].null_count() < \
+        rows.height else "prediction_score"
+    return np.array(rows[col].to_list(), float)
+
+
 def prediction_set(rows: pl.DataFrame) -> tuple[pl.DataFrame, int]:
     """Perturbed rows still standing at their landmark (label: collapsed after L), and how many were not."""
     pert = rows.filter(~pl.col("unperturbed"))
@@ -211,7 +220,7 @@ def prediction(rows: pl.DataFrame, refs: dict[str, np.ndarray], n_boot: int = 10
                ) -> dict[str, Any]:
     """Question (b) for one detector's :func:`prediction_set` rows, against the reference scores (same order)."""
     y = np.array(rows["label"].to_list(), bool)
-    score = np.array(rows["prediction_score"].to_list(), float)
+    score = prediction_scores(rows)
     seeds = np.array(rows["seed"].to_list())
     strata = _stratum(rows)
     n_pos, n_neg = int(y.sum()), int((~y).sum())

@@ -183,6 +183,8 @@ _DECLARED: dict[str, tuple[str, list[Column] | pa.Schema]] = {
         Column("lead_updates", I64, "update", "Collapse date minus first alarm (null unless alarm_before_collapse)"),
         Column("detection_score", F64, "-log10 p", "Max score from onset to collapse (or run end)"),
         Column("prediction_score", F64, "-log10 p", "Max score over [onset, L]"),
+        Column("prediction_excess", F64, "calibration SD", "Max (score - threshold) / SD of the fold's calibration "
+               "window maxima over [onset, L]: what question (b) ranks (the p-value ties above every calibration run)"),
         Column("window_score", F64, "-log10 p", "Max score after onset (before collapse)"),
         Column("early_score", F64, "-log10 p", "Mean score over the early window after onset"),
         _col("group"), Column("cluster", STR, "-", "Bootstrap cluster: group and seed"),

@@ -128,3 +128,18 @@ def test_stratified_auroc_and_the_cluster_bootstrap() -> None:
     lo, hi, how = cluster_bootstrap_ci(lambda i: float(x[i].mean()), seeds, 500)
     assert how.startswith("BCa") and lo < x.mean() < hi
     assert cluster_bootstrap_ci(lambda i: float(x[i].mean()), np.zeros(60), 100)[0] is None
+
+
+def test_the_calibrated_excess_keeps_the_order_the_p_value_ties() -> None:
+    """With 6 calibration runs every score above them all gets p = 1/7; (b) must still rank them."""
+    from analysis.early_warning import calibrated_excess
+
+    cal = ConformalCalibrator(0.05).fit([1.0, 1.2, 0.8, 1.1, 0.9, 1.0])
+    scores = np.array([5.0, 6.0, 7.0, 0.5])
+    p = cal.p_value(scores)
+    assert np.allclose(p[:3], 1 / 7)  # the tie
+    ex = calibrated_excess(scores, cal)
+    assert ex[0] < ex[1] < ex[2] and ex[3] < 0 < ex[0]
+    assert ex[1] - ex[0] == pytest.approx(1 / np.std([1.0, 1.2, 0.8, 1.1, 0.9, 1.0]))
+    rows = pl.DataFrame({"prediction_score": -np.log10(p), "prediction_excess": ex})
+    assert list(questions.prediction_scores(rows)) == list(ex)
