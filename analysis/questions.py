@@ -14,8 +14,9 @@ their own line: an alarm at the non-finite step is lead 0 and never a warning.
 (b) **Prediction.** Among *perturbed* test runs still standing at the landmark L (end of the
 perturbation window + 1 block), does the score over ``[onset, L]`` predict which collapse after
 L? The score ranked is ``prediction_excess`` ((score - threshold) in SDs of the fold's calibration
-maxima): the conformal p-value has only n + 1 levels and ties every run above all n calibration runs. Runs that collapsed at or before L are counted as detection, not here. AUROC
-pooled and **stratified by kind x magnitude x duration** (only within-stratum pairs count, so a
+maxima): the conformal p-value has only n + 1 levels and ties every run above all n calibration
+runs. Runs that collapsed at or before L are counted as detection, not here. AUROC pooled and
+**stratified by kind x magnitude x duration** (only within-stratum pairs count, so a
 score that recognises the dose gets 0.5), against three references scored on the same runs:
 
 * ``config_only``: a cross-validated (leave-one-seed-out) logistic model of kind, log magnitude
