@@ -24,10 +24,10 @@ from typing import Any
 import polars as pl
 
 from analysis.conformal import min_calibration_runs
-from analysis.data import iter_run_steps
+from analysis.data import is_unperturbed, iter_run_steps
 from analysis.errors import MonitorFileError
 from analysis.metastate.base import MonitorBase
-from analysis.monitor_file import MonitorFile, fit_monitor, provenance_of
+from analysis.monitor_file import MonitorFile, detector_class, fit_monitor, provenance_of
 
 #: Fewest training runs a refit accepts (the Kalman EM and the GRU need several sequences).
 MIN_TRAIN_RUNS = 2
@@ -44,22 +44,12 @@ class Split:
 
 def fresh_detector(template: MonitorFile) -> MonitorBase:
     """An unfitted detector of the template's kind with its constructor parameters."""
-    params = dict(template.detector.get_params())
-    if template.kind == "kalman":
-        from analysis.metastate.kalman import KalmanMonitor
-
-        return KalmanMonitor(**params)
-    if template.kind == "gru":
-        from analysis.metastate.gru import GRUMonitor
-
-        return GRUMonitor(**params)
-    from analysis.baselines import BASELINES
-
-    return BASELINES[template.kind](**params)
+    return detector_class(template.kind)(**template.detector.get_params())
 
 
 def control_runs(runs: pl.DataFrame, group: str) -> pl.DataFrame:
-    """The group's unperturbed runs that did not collapse, from ``analyze``'s runs table."""
+    """The group's unperturbed runs (:func:`analysis.data.is_unperturbed`: runs that acted on an alarm are
+    not controls) that did not collapse, from ``analyze``'s runs table."""
     parts = group.split("/")
     if len(parts) != len(GROUP_KEYS):
         raise MonitorFileError(f"the template's group {group!r} is not domain/algo/env/stochasticity")
@@ -67,7 +57,7 @@ def control_runs(runs: pl.DataFrame, group: str) -> pl.DataFrame:
     missing = need - set(runs.columns)
     if missing:
         raise MonitorFileError(f"the runs table lacks {', '.join(sorted(missing))}: is it analyze's runs.parquet?")
-    cond = (pl.col("perturbation") == "none") & ~pl.col("collapsed").fill_null(True)
+    cond = pl.lit(is_unperturbed(runs)) & ~pl.col("collapsed").fill_null(True)
     for k, v in zip(GROUP_KEYS, parts, strict=True):
         cond &= pl.col(k).cast(pl.String) == v
     return runs.filter(cond).sort("seed")

@@ -96,6 +96,23 @@ def _detector_kind(det: MonitorBase) -> str:
                            f"baselines ({', '.join(SAVEABLE_BASELINES)}) can be saved")
 
 
+def detector_class(kind: str, where: str = "monitor file") -> type[MonitorBase]:
+    """The detector class a monitor file of ``kind`` holds (``kalman``, ``gru`` or a saveable baseline)."""
+    if kind == "kalman":
+        from analysis.metastate.kalman import KalmanMonitor
+
+        return KalmanMonitor
+    if kind == "gru":
+        from analysis.metastate.gru import GRUMonitor
+
+        return GRUMonitor
+    from analysis.baselines import BASELINES, SAVEABLE_BASELINES
+
+    if kind not in SAVEABLE_BASELINES:
+        raise MonitorFileError(f"{where}: unknown monitor kind {kind!r}")
+    return BASELINES[kind]
+
+
 @dataclass
 class MonitorFile:
     """A fitted, calibrated monitor and how to apply it (module docstring).
@@ -167,20 +184,7 @@ class MonitorFile:
             raise MonitorFileError(f"{path}: not a readable monitor file ({type(exc).__name__}: {exc})") from None
         if meta.get("format") != FORMAT or int(meta.get("format_version", 0)) > FORMAT_VERSION:
             raise MonitorFileError(f"{path}: not a {FORMAT} file of version <= {FORMAT_VERSION}")
-        if meta["kind"] == "kalman":
-            from analysis.metastate.kalman import KalmanMonitor
-
-            det: MonitorBase = KalmanMonitor.from_arrays(meta["params"], arrays)
-        elif meta["kind"] == "gru":
-            from analysis.metastate.gru import GRUMonitor
-
-            det = GRUMonitor.from_arrays(meta["params"], arrays)
-        else:
-            from analysis.baselines import BASELINES, SAVEABLE_BASELINES
-
-            if meta["kind"] not in SAVEABLE_BASELINES:
-                raise MonitorFileError(f"{path}: unknown monitor kind {meta['kind']!r}")
-            det = BASELINES[meta["kind"]].from_arrays(meta["params"], arrays)
+        det: MonitorBase = detector_class(meta["kind"], str(path)).from_arrays(meta["params"], arrays)
         threshold = float(meta["threshold"])
         det.threshold_ = threshold
         mf = cls(det, list(meta["features"]), int(meta["block_updates"]), int(meta["warmup_updates"]), threshold,

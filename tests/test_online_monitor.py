@@ -209,3 +209,16 @@ def test_folds_in_parallel_processes_give_the_sequential_results(tmp_path) -> No
     two = evaluate_group(runs, arrays, FEATURES, replace(cfg, n_jobs=2), block=B)
     assert one[0].height == 2 * 12 and one[0].equals(two[0]) and one[1].equals(two[1])
     assert [n["fold"] for n in two[2]] == [0, 1, 2]
+
+
+def test_a_deployed_monitor_never_trains_on_a_run_that_acted() -> None:
+    import json
+
+    from analysis.deploy import control_runs
+
+    acted = json.dumps({"spec": {"hparams": {"intervention": "rollback,lr_backoff", "monitor": "m.monitor.npz"}}})
+    runs = pl.DataFrame({"run_id": ["a", "b", "c", "d"], "seed": [0, 1, 2, 3],
+                         "perturbation": ["none", "none", "lr_spike", "none"], "collapsed": [False, False, False, True],
+                         "domain": "rl", "algo": "ppo", "env": "E", "stochasticity": "default",
+                         "config_json": ["{}", acted, "{}", "{}"]})
+    assert control_runs(runs, "rl/ppo/E/default")["run_id"].to_list() == ["a"]
