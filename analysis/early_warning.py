@@ -69,8 +69,9 @@ class EarlyWarningConfig:
     detectors: tuple[str, ...] = field(default_factory=lambda: default_detectors())
     with_echo: bool = True
     seed: int = 0
-    n_jobs: int = 0  # folds in parallel processes (0: every core; 1: in this process); the GRU trains on one
-    # torch thread per process there, so its float32 scores may differ from a one-process run in the last bits
+    n_jobs: int = 0  # (fold, detector) fits in parallel processes (0: every core; 1: in this process); the GRU
+    # trains on one torch thread per process there, so its float32 scores may differ from a one-process run in the
+    # last bits
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -166,27 +167,41 @@ def evaluate_group(
         return _empty_rows(), _empty_traces(), [not_testable("fewer than 3 seeds")]
     info = {r["run_id"]: r for r in runs.iter_rows(named=True)}
     variants = detector_variants(features, cfg)
-    jobs = [(i, fold, info, arrays, features, variants, cfg, save_dir, external_train, block)
-            for i, fold in enumerate(folds)]
-    n_jobs = min(len(jobs), cfg.n_jobs if cfg.n_jobs > 0 else (os.cpu_count() or 1))
-    if n_jobs > 1:  # folds are independent and seeded: the same results as one after the other
+    n_jobs = cfg.n_jobs if cfg.n_jobs > 0 else (os.cpu_count() or 1)
+    if n_jobs > 1:  # (fold, detector) pairs are independent and seeded: the same results as one after the other
         from joblib import Parallel, delayed
 
+        jobs = [(i, fold, info, arrays, features, [v], cfg, save_dir, external_train, block)
+                for i, fold in enumerate(folds) for v in variants]
         if progress:
-            progress(f"{len(jobs)} folds on {n_jobs} processes")
-        done = Parallel(n_jobs=n_jobs, backend="loky")(delayed(_evaluate_fold_in_worker)(*job) for job in jobs)
+            progress(f"{len(folds)} folds x {len(variants)} detectors on {min(n_jobs, len(jobs))} processes")
+        done = Parallel(n_jobs=min(n_jobs, len(jobs)), backend="loky")(
+            delayed(_evaluate_fold_in_worker)(*job) for job in jobs)
+        done = [_merge_fold([d for d, job in zip(done, jobs, strict=True) if job[0] == i]) for i in range(len(folds))]
     else:
         done = []
-        for job in jobs:
+        for i, fold in enumerate(folds):
             if progress:
-                progress(f"fold {job[0] + 1}/{len(folds)}")
-            done.append(_evaluate_fold(*job))
+                progress(f"fold {i + 1}/{len(folds)}")
+            done.append(_evaluate_fold(i, fold, info, arrays, features, variants, cfg, save_dir, external_train,
+                                       block))
     rows = [r for d in done for r in d[0]]
     traces = [t for d in done for t in d[1]]
     notes = [d[2] for d in done]
     table = pl.DataFrame(rows, schema=_ROW_SCHEMA) if rows else _empty_rows()
     trace = pl.concat(traces, how="diagonal_relaxed") if traces else _empty_traces()
     return table, trace, notes
+
+
+def _merge_fold(parts: list[tuple[list[dict[str, Any]], list[pl.DataFrame], dict[str, Any]]]
+                ) -> tuple[list[dict[str, Any]], list[pl.DataFrame], dict[str, Any]]:
+    """One fold's result from its per-detector parts (in detector order): rows, traces, one note."""
+    note = dict(parts[0][2])
+    for key in ("detectors", "detector_errors"):
+        merged = {k: v for p in parts for k, v in p[2].get(key, {}).items()}
+        if merged:
+            note[key] = merged
+    return [r for p in parts for r in p[0]], [t for p in parts for t in p[1]], note
 
 
 def _evaluate_fold_in_worker(*job: Any) -> tuple[list[dict[str, Any]], list[pl.DataFrame], dict[str, Any]]:

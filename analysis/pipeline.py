@@ -591,19 +591,20 @@ def _questions(ew: pl.DataFrame, kick: dict[str, np.ndarray], cfg: AnalysisConfi
     det: dict[str, Any] = {}
     pred: dict[str, Any] = {}
     refs_out: dict[str, Any] = {}
-    cache: dict[tuple[str, ...], dict[str, np.ndarray]] = {}
+    cache: dict[tuple[str, ...], tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = {}
     for name in rows["detector"].unique(maintain_order=True).to_list():
         d = rows.filter(pl.col("detector") == name).sort("run_id")
         det[name] = questions.detection(d, ecfg.fpr, ecfg.n_boot, ecfg.seed)
         pset, n_early = questions.prediction_set(d)
         ids = tuple(pset["run_id"].to_list())
         if ids not in cache:
-            cache[ids] = questions.reference_scores(pset, kick)
-        refs = cache[ids]
-        pred[name] = {**questions.prediction(pset, refs, ecfg.n_boot, ecfg.seed),
+            refs = questions.reference_scores(pset, kick)
+            cache[ids] = refs, questions.within_cell_scores(pset, kick, refs)
+        refs, within = cache[ids]
+        pred[name] = {**questions.prediction(pset, refs, ecfg.n_boot, ecfg.seed, within),
                       "n_collapsed_before_landmark": n_early}
         if not refs_out:
-            refs_out = questions.reference_rows(pset, refs, ecfg.n_boot, ecfg.seed)
+            refs_out = questions.reference_rows(pset, refs, ecfg.n_boot, ecfg.seed, within)
     first = rows.filter(pl.col("detector") == rows["detector"][0])
     det["perturbation_on"] = questions.perturbation_on_detection(first, ecfg.fpr)
     by_detector = [{**DetectorKey(k)._asdict(), **v, "fpr_unperturbed": v["fpr_held_out_controls"]}

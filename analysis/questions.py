@@ -26,7 +26,8 @@ score that recognises the dose gets 0.5), against three references scored on the
   stratified AUROC far *below* 0.5 and would inflate every Delta AUROC against it. Stratified
   comparisons therefore use the cell mean of its scores (:func:`cell_constant`);
 * ``kick_size``: the same model on the peak ``update_norm``, ``param_norm`` and loss excursion
-  inside ``[onset, L]`` (pre-onset z-scores);
+  inside ``[onset, L]`` (pre-onset z-scores). Fitted leave-one-seed-out it has the same flaw within a
+  cell, so the stratified comparisons refit it leave-one-*cell*-out (:func:`within_cell_scores`);
 * ``perturbation_on``: the trivial detector "alarm = perturbation active" (1 for every perturbed run).
 
 Delta AUROC against each, with a cluster bootstrap over seeds (``scipy.stats.bootstrap``, BCa).
@@ -54,8 +55,10 @@ QUESTION_B = "(b) prediction: at the landmark L, do scores over [onset, L] predi
 
 
 def _stratum(frame: pl.DataFrame) -> np.ndarray:
-    return np.array([f"{k}|{m}|{d}" for k, m, d in frame.select("perturbation", "magnitude", "duration_steps")
-                     .iter_rows()])
+    """Each row's kind x magnitude x duration cell as an integer code, shape ``(n,)`` (cheap to compare)."""
+    labels = [f"{k}|{m}|{d}" for k, m, d in frame.select("perturbation", "magnitude", "duration_steps").iter_rows()]
+    return np.unique(np.array(labels, dtype=str), return_inverse=True)[1].reshape(-1) if labels else \
+        np.zeros(0, dtype=np.int64)
 
 
 def _fpr_entry(ctrl: pl.DataFrame, target: float) -> dict[str, Any]:
@@ -191,6 +194,25 @@ def reference_scores(frame: pl.DataFrame, kick: dict[str, np.ndarray]) -> dict[s
 CELL_CONSTANT = frozenset({"config_only"})  # references that are functions of the configuration alone
 
 
+def within_cell_scores(frame: pl.DataFrame, kick: dict[str, np.ndarray], refs: dict[str, np.ndarray]
+                       ) -> dict[str, np.ndarray]:
+    """The references as the *stratified* comparisons use them, for the runs of ``frame`` (same order).
+
+    A model fitted leave-one-seed-out still sees the held-out run's cell, minus that run: a positive
+    held out leaves its cell's training prevalence lower, so within a cell its score anti-correlates with
+    the label. So ``config_only`` becomes its cell mean (:func:`cell_constant`), and ``kick_size`` is
+    refitted *leave-one-cell-out*: each cell is scored by the model of the other cells' runs, which
+    cannot know that cell's label balance and ranks its runs by their kick sizes alone.
+    """
+    strata = _stratum(frame)
+    out = {name: cell_constant(ref, strata) if name in CELL_CONSTANT else ref for name, ref in refs.items()}
+    if "kick_size" in refs and frame.height:
+        y = np.array(frame["label"].to_list(), bool)
+        K = np.array([kick.get(r, np.full(3, np.nan)) for r in frame["run_id"].to_list()], float)
+        out["kick_size"] = cv_scores(K.reshape(frame.height, -1), y, strata)
+    return out
+
+
 def cell_constant(score: np.ndarray, strata: np.ndarray) -> np.ndarray:
     """``score`` replaced by its mean within each stratum (NaN-aware), shape ``(n,)``.
 
@@ -217,13 +239,18 @@ def runs_needed(n_pos: int, n_neg: int) -> str:
             "per cell (~4 of each outcome) give a CI of about +-0.25, >= 20 seeds per cell about +-0.15")
 
 
-def prediction(rows: pl.DataFrame, refs: dict[str, np.ndarray], n_boot: int = 1000, seed: int = 0
-               ) -> dict[str, Any]:
-    """Question (b) for one detector's :func:`prediction_set` rows, against the reference scores (same order)."""
+def prediction(rows: pl.DataFrame, refs: dict[str, np.ndarray], n_boot: int = 1000, seed: int = 0,
+               within: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """Question (b) for one detector's :func:`prediction_set` rows, against the reference scores (same order).
+
+    ``within``: the references for the stratified comparisons (:func:`within_cell_scores`); without it,
+    ``config_only`` is replaced by its cell mean and the others are used as they are.
+    """
     y = np.array(rows["label"].to_list(), bool)
     score = prediction_scores(rows)
     seeds = np.array(rows["seed"].to_list())
     strata = _stratum(rows)
+    within = within if within is not None else {n: _for_strata(n, r, strata) for n, r in refs.items()}
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     out: dict[str, Any] = {"question": QUESTION_B, "n_runs": rows.height, "n_pos": n_pos, "n_neg": n_neg}
     out["runs_needed"] = runs_needed(n_pos, n_neg)
@@ -238,7 +265,7 @@ def prediction(rows: pl.DataFrame, refs: dict[str, np.ndarray], n_boot: int = 10
     delta: dict[str, dict[str, Any]] = {}  # reference -> "pooled" | "stratified" -> estimate
     for name, ref in refs.items():
         for kind, st in (("pooled", None), ("stratified", strata)):
-            ref_k = ref if st is None else _for_strata(name, ref, st)
+            ref_k = ref if st is None else within[name]
 
             def stat(idx: np.ndarray, ref: np.ndarray = ref_k, st: np.ndarray | None = st) -> float | None:
                 if st is None:
@@ -258,12 +285,14 @@ def prediction(rows: pl.DataFrame, refs: dict[str, np.ndarray], n_boot: int = 10
     return out
 
 
-def reference_rows(rows: pl.DataFrame, refs: dict[str, np.ndarray], n_boot: int = 1000, seed: int = 0
-                   ) -> dict[str, Any]:
-    """Question (b) for the references themselves (their own AUROC on the same runs)."""
+def reference_rows(rows: pl.DataFrame, refs: dict[str, np.ndarray], n_boot: int = 1000, seed: int = 0,
+                   within: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """Question (b) for the references themselves (their own AUROC on the same runs; ``within`` as in
+    :func:`prediction`)."""
     y = np.array(rows["label"].to_list(), bool)
     seeds = np.array(rows["seed"].to_list())
     strata = _stratum(rows)
+    within = within if within is not None else {n: _for_strata(n, r, strata) for n, r in refs.items()}
     out = {}
     for name, sc in refs.items():
         entry: dict[str, Any] = {"question": QUESTION_B, "n_runs": rows.height, "n_pos": int(y.sum()),
@@ -272,7 +301,7 @@ def reference_rows(rows: pl.DataFrame, refs: dict[str, np.ndarray], n_boot: int 
             entry["auroc"] = not_testable("n too small: one outcome only")
         else:
             entry["auroc"] = _auroc_with_ci(sc, y, seeds, n_boot, seed)
-            sc_st = _for_strata(name, sc, strata)
+            sc_st = within[name]
             pairs = stratified_auroc(sc_st, y, strata)[1]
             entry["auroc_stratified"] = _auroc_with_ci(sc_st, y, seeds, n_boot, seed, strata) if pairs else \
                 not_testable("n too small: no stratum holds both outcomes")

@@ -37,6 +37,20 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> tuple[float | None, float | None]
     return float(r.statistic), float(r.pvalue)
 
 
+def spearman_rho(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Spearman's rho of the finite pairs (None as in :func:`_spearman`), without the p-value.
+
+    The Pearson correlation of the mid-ranks, which is what ``scipy.stats.spearmanr`` computes, at a
+    fraction of its cost: it runs once per bootstrap replicate.
+    """
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
+        return None
+    rx, ry = sps.rankdata(x[ok]), sps.rankdata(y[ok])
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    return float(rx @ ry / np.sqrt((rx @ rx) * (ry @ ry)))
+
+
 def dissociation(runs: pl.DataFrame, n_boot: int = 1000, seed: int = 0) -> list[dict[str, Any]]:
     """Spearman(final performance, stability) per (domain, algo) and stability measure, config- and run-level.
 
@@ -64,7 +78,7 @@ def dissociation(runs: pl.DataFrame, n_boot: int = 1000, seed: int = 0) -> list[
                                 **not_testable("fewer than 3 finite, varying pairs"), "n": int(frame.height)})
                     continue
                 def stat(idx: np.ndarray, x: np.ndarray = x, y: np.ndarray = y) -> float | None:
-                    return _spearman(x[idx], y[idx])[0]
+                    return spearman_rho(x[idx], y[idx])
 
                 if level == "run" and "seed" in frame.columns:  # runs that share a seed are not independent
                     lo, hi, how = cluster_bootstrap_ci(stat, frame["seed"].to_numpy(), n_boot, seed=seed)

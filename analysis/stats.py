@@ -72,23 +72,38 @@ def auroc(pos: Sequence[float] | np.ndarray, neg: Sequence[float] | np.ndarray) 
     return float(u / (p.size * n.size))
 
 
+PAIRWISE_MAX = 4_000_000  # stratified_auroc compares every positive with every negative up to this many pairs
+
+
 def stratified_auroc(score: np.ndarray, label: np.ndarray, strata: np.ndarray) -> tuple[float | None, int]:
     """AUROC that compares positives with negatives of the *same* stratum only.
 
     ``sum_s AUC_s * n_pos_s * n_neg_s / sum_s n_pos_s * n_neg_s`` over the strata holding both classes, so a
     score that only encodes the stratum (e.g. the dose) gets exactly 0.5. Returns ``(auroc or None, number of
-    within-stratum pairs)``. Shapes: all ``(n,)``.
+    within-stratum pairs)``. Shapes: all ``(n,)``. The weighted sum equals (within-stratum pairs won + half
+    the tied ones) / within-stratum pairs, which is how it is counted (one positive x negative comparison
+    matrix, masked to equal strata: it runs inside bootstraps); NaN and +-inf as in :func:`auroc`.
     """
     score, label, strata = np.asarray(score, float), np.asarray(label, bool), np.asarray(strata)
-    num = den = 0.0
-    for s in np.unique(strata):
-        m = strata == s
-        pos, neg = score[m & label], score[m & ~label]
-        a = auroc(pos, neg)
-        if a is not None:
-            num += a * pos.size * neg.size
-            den += pos.size * neg.size
-    return (num / den if den else None), int(den)
+    score = np.where(np.isnan(score), -np.inf, score)
+    pos, neg = score[label], score[~label]
+    if pos.size * neg.size > PAIRWISE_MAX:  # large samples: one Mann-Whitney per stratum
+        num = den = 0.0
+        for s in np.unique(strata):
+            m = strata == s
+            a = auroc(score[m & label], score[m & ~label])
+            if a is not None:
+                w = np.count_nonzero(m & label) * np.count_nonzero(m & ~label)
+                num += a * w
+                den += w
+        return (num / den if den else None), int(den)
+    same = strata[label][:, None] == strata[~label][None, :]
+    den = int(np.count_nonzero(same))
+    if not den:
+        return None, 0
+    gt = np.count_nonzero(same & (pos[:, None] > neg[None, :]))
+    eq = np.count_nonzero(same & (pos[:, None] == neg[None, :]))
+    return float((gt + 0.5 * eq) / den), den
 
 
 def cluster_bootstrap_ci(
@@ -124,7 +139,9 @@ def cluster_bootstrap_ci(
         res = sps.bootstrap(data, f, method="BCa", **kw) if labels.size >= 3 else None
         if res is not None and np.isfinite(res.confidence_interval.low) and np.isfinite(res.confidence_interval.high):
             return float(res.confidence_interval.low), float(res.confidence_interval.high), "BCa, clusters = seeds"
-        res = sps.bootstrap(data, f, method="percentile", **{**kw, "rng": np.random.default_rng(seed)})
+        if res is None:
+            res = sps.bootstrap(data, f, method="percentile", **kw)
+    # the BCa call's replicates are the ones a percentile call with the same seed would draw: reuse them
     dist = np.asarray(res.bootstrap_distribution, float)
     dist = dist[np.isfinite(dist)]
     if dist.size < max(1, n_boot // 2):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import polars as pl
 import pytest
@@ -110,6 +112,31 @@ def test_the_configuration_only_reference_is_one_half_within_a_cell() -> None:
     assert abs(float(np.mean(deltas))) < 0.06
 
 
+def test_the_kick_size_reference_is_one_half_within_a_cell_when_the_kick_says_nothing_there() -> None:
+    """Kick sizes that track the dose across cells but are noise within them: fitted leave-one-seed-out the
+    reference anti-correlates with the label inside cells (< 0.5); refitted leave-one-cell-out it does not,
+    and a kick that does carry within-cell information still shows it."""
+    pset, _ = questions.prediction_set(_rows(n_seeds=16, seed=3))
+    y = np.array(pset["label"].to_list(), bool)
+    strata = questions._stratum(pset)
+    lmag = np.log10(np.array(pset["magnitude"].to_list(), float))
+    ids = pset["run_id"].to_list()
+    lo_seed, lo_cell = [], []
+    for k in range(10):
+        noise = np.random.default_rng(k).normal(size=(pset.height, 3)) * 0.05
+        kick = {r: lmag[i] + noise[i] for i, r in enumerate(ids)}
+        refs = questions.reference_scores(pset, kick)
+        lo_seed.append(stratified_auroc(refs["kick_size"], y, strata)[0])
+        lo_cell.append(stratified_auroc(questions.within_cell_scores(pset, kick, refs)["kick_size"], y, strata)[0])
+    assert np.mean(lo_seed) < 0.45 and abs(np.mean(lo_cell) - 0.5) < 0.06
+    informative = {r: np.r_[lmag[i] + 0.5 * y[i], 0.0, 0.0] for i, r in enumerate(ids)}
+    refs = questions.reference_scores(pset, informative)
+    within = questions.within_cell_scores(pset, informative, refs)
+    assert stratified_auroc(within["kick_size"], y, strata)[0] > 0.9
+    assert questions.reference_rows(pset, refs, n_boot=50, within=within)["kick_size"]["auroc_stratified"][
+        "value"] > 0.9
+
+
 def test_runs_collapsed_before_the_landmark_are_left_to_detection() -> None:
     rows = _rows().with_columns(pl.when(pl.col("collapsed") & (pl.col("seed") == 0)).then(400)
                                 .otherwise(pl.col("collapse_step")).alias("collapse_step"))
@@ -130,6 +157,69 @@ def test_stratified_auroc_and_the_cluster_bootstrap() -> None:
     assert cluster_bootstrap_ci(lambda i: float(x[i].mean()), np.zeros(60), 100)[0] is None
 
 
+@pytest.mark.parametrize("pairwise", [True, False])
+def test_stratified_auroc_is_the_pair_weighted_mean_of_per_stratum_roc_auc(pairwise: bool, monkeypatch) -> None:
+    """Both counting paths against sklearn per stratum, with ties, +inf (non-finite runs) and NaN scores."""
+    from sklearn.metrics import roc_auc_score
+
+    import analysis.stats as stats
+
+    if not pairwise:
+        monkeypatch.setattr(stats, "PAIRWISE_MAX", 0)
+    rng = np.random.default_rng(3)
+    n = 300
+    score = rng.integers(0, 6, n).astype(float)  # many ties
+    score[rng.choice(n, 8, replace=False)] = np.inf
+    score[rng.choice(n, 5, replace=False)] = np.nan
+    label = rng.random(n) < 0.4
+    strata = rng.integers(0, 7, n)
+    strata[strata == 6] = 5
+    label[strata == 0] = True  # one stratum with a single outcome: it holds no pair and must not count
+    num = den = 0.0
+    for s in np.unique(strata):
+        m = strata == s
+        if label[m].all() or not label[m].any():
+            continue
+        finite = np.where(np.isnan(score[m]), -np.inf, score[m])
+        finite = np.where(np.isinf(finite), np.sign(finite) * 1e9, finite)  # sklearn rejects inf; same order
+        w = int(label[m].sum() * (~label[m]).sum())
+        num += roc_auc_score(label[m], finite) * w
+        den += w
+    a, pairs = stats.stratified_auroc(score, label, strata)
+    assert pairs == den and a == pytest.approx(num / den, abs=1e-12)
+    assert stats.stratified_auroc(score, label, np.arange(n)) == (None, 0)
+
+
+def test_the_bootstrap_falls_back_to_the_percentiles_of_the_same_replicates() -> None:
+    """A statistic undefined on some replicates (one class drawn) has no BCa interval; the percentile interval
+    returned is that of an explicit percentile bootstrap with the same seed."""
+    import scipy.stats as sps
+
+    rng = np.random.default_rng(4)
+    score = rng.normal(size=24)
+    label = np.zeros(24, bool)
+    label[:3] = True  # 3 positives on 3 seeds: many replicates draw none
+    seeds = np.arange(24) // 2
+
+    def stat(idx):
+        return auroc(score[idx][label[idx]], score[idx][~label[idx]])
+
+    lo, hi, how = cluster_bootstrap_ci(stat, seeds, 400, seed=7)
+    assert how.startswith("percentile")
+    members = [np.flatnonzero(seeds == c) for c in np.unique(seeds)]
+
+    def f(sample):
+        v = stat(np.concatenate([members[int(i)] for i in sample]))
+        return np.nan if v is None else v
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy warns about the NaN replicates
+        ref = sps.bootstrap((np.arange(12),), f, method="percentile", vectorized=False, n_resamples=400,
+                            rng=np.random.default_rng(7)).bootstrap_distribution
+    ref = ref[np.isfinite(ref)]
+    assert (lo, hi) == pytest.approx(tuple(np.quantile(ref, [0.025, 0.975])))
+
+
 def test_the_calibrated_excess_keeps_the_order_the_p_value_ties() -> None:
     """With 6 calibration runs every score above them all gets p = 1/7; (b) must still rank them."""
     from analysis.early_warning import calibrated_excess
@@ -143,3 +233,17 @@ def test_the_calibrated_excess_keeps_the_order_the_p_value_ties() -> None:
     assert ex[1] - ex[0] == pytest.approx(1 / np.std([1.0, 1.2, 0.8, 1.1, 0.9, 1.0]))
     rows = pl.DataFrame({"prediction_score": -np.log10(p), "prediction_excess": ex})
     assert list(questions.prediction_scores(rows)) == list(ex)
+
+
+def test_the_bootstrap_spearman_is_scipys() -> None:
+    import scipy.stats as sps
+
+    from analysis.regularities import spearman_rho
+
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 8, 40).astype(float)  # ties
+    y = x + rng.normal(size=40)
+    y[3] = np.nan
+    ok = np.isfinite(y)
+    assert spearman_rho(x, y) == pytest.approx(sps.spearmanr(x[ok], y[ok]).statistic, abs=1e-12)
+    assert spearman_rho(np.ones(5), np.arange(5.0)) is None

@@ -209,6 +209,7 @@ def test_folds_in_parallel_processes_give_the_sequential_results(tmp_path) -> No
     two = evaluate_group(runs, arrays, FEATURES, replace(cfg, n_jobs=2), block=B)
     assert one[0].height == 2 * 12 and one[0].equals(two[0]) and one[1].equals(two[1])
     assert [n["fold"] for n in two[2]] == [0, 1, 2]
+    assert two[2] == one[2]  # each fold's note reassembled from its per-detector parts
 
 
 def test_a_deployed_monitor_never_trains_on_a_run_that_acted() -> None:

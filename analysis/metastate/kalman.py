@@ -221,6 +221,9 @@ class KalmanMonitor(MonitorBase):
 
 
 # ---------------------------------------------------------------------------------- EM
+_STEADY_TOL = 1e-11  # covariance change (absolute, standardised units) below which the recursion has converged
+
+
 def _covariances(
     T: int, A: np.ndarray, C: np.ndarray, Q: np.ndarray, R: np.ndarray, P0: np.ndarray
 ) -> tuple[np.ndarray, ...]:
@@ -229,32 +232,55 @@ def _covariances(
     Returns prior ``Pp (T,k,k)``, filtered ``Pf``, smoothed ``Ps``, gains ``K (T,k,p)``,
     smoother gains ``J (T-1,k,k)``, innovation log-dets ``(T,)`` and inverse innovation
     covariances ``(T,p,p)``. Shared by every sequence of an EM iteration.
+
+    Both recursions reach a steady state within a few dozen steps (the Riccati recursion of a
+    stable, observable model): once a step changes the covariance by less than ``_STEADY_TOL``,
+    the remaining steps are copies, so the cost is that of the transients, not of ``T``.
     """
     k, p = A.shape[0], C.shape[0]
     Rm = np.diag(R)
+    eye_p = np.eye(p)
     Pp = np.empty((T, k, k))
     Pf = np.empty((T, k, k))
     K = np.empty((T, k, p))
     logdet = np.empty(T)
     Sinv = np.empty((T, p, p))
     P = P0
+    steady = T  # first index from which Pp, Pf, K, Sinv and logdet are constant
     for t in range(T):
         Pp[t] = P
         S = C @ P @ C.T + Rm
         S = (S + S.T) / 2
         cf = linalg.cho_factor(S)
-        Sinv[t] = linalg.cho_solve(cf, np.eye(p))
+        Sinv[t] = linalg.cho_solve(cf, eye_p)
         logdet[t] = 2 * np.log(np.diag(cf[0])).sum()
         K[t] = P @ C.T @ Sinv[t]
         Pf[t] = P - K[t] @ C @ P
         Pf[t] = (Pf[t] + Pf[t].T) / 2
         P = A @ Pf[t] @ A.T + Q
+        if t > 0 and np.max(np.abs(Pp[t] - Pp[t - 1])) < _STEADY_TOL:
+            steady = t
+            for arr in (Pp, Pf, K, Sinv, logdet):
+                arr[t + 1:] = arr[t]
+            break
     Ps = np.empty((T, k, k))
     J = np.empty((max(T - 1, 0), k, k))
     Ps[-1] = Pf[-1]
-    for t in range(T - 2, -1, -1):
+    t = T - 2
+    if steady < T - 1:  # J is constant where Pf[t] and Pp[t+1] are; Ps converges going backwards
+        J_ss = Pf[steady] @ A.T @ np.linalg.inv(Pp[steady])
+        while t >= steady:
+            J[t] = J_ss
+            Ps[t] = Pf[t] + J_ss @ (Ps[t + 1] - Pp[t + 1]) @ J_ss.T
+            t -= 1
+            if np.max(np.abs(Ps[t + 1] - Ps[t + 2])) < _STEADY_TOL:
+                J[steady:t + 1] = J_ss
+                Ps[steady:t + 1] = Ps[t + 1]
+                t = steady - 1
+    while t >= 0:
         J[t] = Pf[t] @ A.T @ np.linalg.inv(Pp[t + 1])
         Ps[t] = Pf[t] + J[t] @ (Ps[t + 1] - Pp[t + 1]) @ J[t].T
+        t -= 1
     return Pp, Pf, Ps, K, J, logdet, Sinv
 
 
@@ -264,52 +290,52 @@ def _e_step(
 ) -> tuple[dict[str, Any], float]:
     """Kalman filter + RTS smoother on each sequence; returns summed sufficient statistics and log-likelihood.
 
-    The covariance recursions do not depend on the data, so they are computed once for the
-    longest sequence and shared; only the mean recursions run per sequence.
+    The covariance recursions do not depend on the data, so they are computed once per sequence
+    length and shared; the mean recursions run on all sequences of one length at once (a batch
+    ``(N, T, p)``), so the Python loop is over time steps, not over runs x time steps.
     """
     k = A.shape[0]
     p = C.shape[0]
-    Tmax = max(Y.shape[0] for Y in seqs)
-    _Pp, _Pf, Ps_all, Kg, J, logdet, Sinv = _covariances(Tmax, A, C, Q, R, P0)
     st: dict[str, Any] = {k_: 0.0 for k_ in ("Szz", "Szz_prev", "Szz_next", "Sz1z0", "Syz", "Sy", "Sz", "Syy")}
     st.update(n=0, n_trans=0, Ez0=[], Pz0=[])
     ll = 0.0
-    for Y in seqs:
-        T = Y.shape[0]
-        if T < Tmax:  # smoothed covariances depend on the sequence length
-            _, _, Ps, _, Js, _, _ = _covariances(T, A, C, Q, R, P0)
-        else:
-            Ps, Js = Ps_all, J
-        mp = np.empty((T, k))
-        mf = np.empty((T, k))
-        E = np.empty((T, p))
-        m = mu0
+    by_length: dict[int, list[int]] = {}
+    for i, Y in enumerate(seqs):
+        by_length.setdefault(Y.shape[0], []).append(i)
+    for T, members in sorted(by_length.items()):
+        _Pp, _Pf, Ps, Kg, Js, logdet, Sinv = _covariances(T, A, C, Q, R, P0)
+        Yb = np.stack([seqs[i] for i in members])  # (N, T, p)
+        N = Yb.shape[0]
+        mp = np.empty((N, T, k))
+        mf = np.empty((N, T, k))
+        E = np.empty((N, T, p))
+        m = np.broadcast_to(mu0, (N, k))
         for t in range(T):
-            mp[t] = m
-            e = Y[t] - C @ m - d
-            E[t] = e
-            mf[t] = m + Kg[t] @ e
-            m = A @ mf[t]
-        ll += float(-0.5 * (np.einsum("ti,tij,tj->", E, Sinv[:T], E) + logdet[:T].sum() + T * p * np.log(2 * np.pi)))
-        ms = np.empty((T, k))
-        ms[-1] = mf[-1]
+            mp[:, t] = m
+            e = Yb[:, t] - m @ C.T - d
+            E[:, t] = e
+            mf[:, t] = m + e @ Kg[t].T
+            m = mf[:, t] @ A.T
+        ll += float(-0.5 * (np.einsum("nti,tij,ntj->", E, Sinv, E) + N * logdet.sum() + N * T * p * np.log(2 * np.pi)))
+        ms = np.empty((N, T, k))
+        ms[:, -1] = mf[:, -1]
         for t in range(T - 2, -1, -1):
-            ms[t] = mf[t] + Js[t] @ (ms[t + 1] - mp[t + 1])
+            ms[:, t] = mf[:, t] + (ms[:, t + 1] - mp[:, t + 1]) @ Js[t].T
         # E[z_{t+1} z_t'] = Ps[t+1] J[t]' + ms[t+1] ms[t]'
-        cross = np.einsum("tij,tkj->ik", Ps[1:], Js[: T - 1]) + ms[1:].T @ ms[:-1]
-        Ezz_sum = Ps.sum(axis=0) + ms.T @ ms
+        cross = N * np.einsum("tij,tkj->ik", Ps[1:], Js[: T - 1]) + np.einsum("nti,ntj->ij", ms[:, 1:], ms[:, :-1])
+        Ezz_sum = N * Ps.sum(axis=0) + np.einsum("nti,ntj->ij", ms, ms)
         st["Szz"] = st["Szz"] + Ezz_sum
-        st["Szz_prev"] = st["Szz_prev"] + Ezz_sum - (Ps[-1] + np.outer(ms[-1], ms[-1]))
-        st["Szz_next"] = st["Szz_next"] + Ezz_sum - (Ps[0] + np.outer(ms[0], ms[0]))
+        st["Szz_prev"] = st["Szz_prev"] + Ezz_sum - (N * Ps[-1] + ms[:, -1].T @ ms[:, -1])
+        st["Szz_next"] = st["Szz_next"] + Ezz_sum - (N * Ps[0] + ms[:, 0].T @ ms[:, 0])
         st["Sz1z0"] = st["Sz1z0"] + cross
-        st["Syz"] = st["Syz"] + Y.T @ ms
-        st["Sy"] = st["Sy"] + Y.sum(axis=0)
-        st["Sz"] = st["Sz"] + ms.sum(axis=0)
-        st["Syy"] = st["Syy"] + np.einsum("ti,ti->i", Y, Y)
-        st["n"] += T
-        st["n_trans"] += T - 1
-        st["Ez0"].append(ms[0])
-        st["Pz0"].append(Ps[0])
+        st["Syz"] = st["Syz"] + np.einsum("nti,ntj->ij", Yb, ms)
+        st["Sy"] = st["Sy"] + Yb.sum(axis=(0, 1))
+        st["Sz"] = st["Sz"] + ms.sum(axis=(0, 1))
+        st["Syy"] = st["Syy"] + np.einsum("nti,nti->i", Yb, Yb)
+        st["n"] += N * T
+        st["n_trans"] += N * (T - 1)
+        st["Ez0"].extend(ms[:, 0])
+        st["Pz0"].extend([Ps[0]] * N)
     return st, float(ll)
 
 
