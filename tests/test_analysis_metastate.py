@@ -122,3 +122,51 @@ def test_calibration_threshold_and_rolling_mean_by_hand() -> None:
     assert calibration_threshold([np.nan], 0.05) == np.inf
     np.testing.assert_allclose(rolling_mean(np.array([1.0, 3.0, np.nan, 5.0]), 2), [1.0, 2.0, 3.0, 5.0])
     assert np.isposinf(rolling_mean(np.array([1.0, np.inf, 1.0, 1.0]), 2)[2])
+
+
+def _brute_force_e_step(seqs, A, C, d, Q, R, mu0, P0):
+    """Kalman filter + RTS smoother one sequence and one step at a time, every covariance recomputed."""
+    k, p = A.shape[0], C.shape[0]
+    tot = {"Szz": 0, "Sz1z0": 0, "Syz": 0, "Sz": 0, "ll": 0.0}
+    for Y in seqs:
+        T = Y.shape[0]
+        mp, Pp, mf, Pf = np.zeros((T, k)), np.zeros((T, k, k)), np.zeros((T, k)), np.zeros((T, k, k))
+        m, P = mu0, P0
+        for t in range(T):
+            mp[t], Pp[t] = m, P
+            S = C @ P @ C.T + np.diag(R)
+            e = Y[t] - C @ m - d
+            tot["ll"] += -0.5 * (e @ np.linalg.solve(S, e) + np.linalg.slogdet(S)[1] + p * np.log(2 * np.pi))
+            K = P @ C.T @ np.linalg.inv(S)
+            mf[t], Pf[t] = m + K @ e, P - K @ C @ P
+            m, P = A @ mf[t], A @ Pf[t] @ A.T + Q
+        ms, Ps = mf.copy(), Pf.copy()
+        cross = np.zeros((k, k))
+        for t in range(T - 2, -1, -1):
+            J = Pf[t] @ A.T @ np.linalg.inv(Pp[t + 1])
+            ms[t] = mf[t] + J @ (ms[t + 1] - mp[t + 1])
+            Ps[t] = Pf[t] + J @ (Ps[t + 1] - Pp[t + 1]) @ J.T
+            cross += Ps[t + 1] @ J.T + np.outer(ms[t + 1], ms[t])
+        tot["Szz"] = tot["Szz"] + Ps.sum(0) + ms.T @ ms
+        tot["Sz1z0"] = tot["Sz1z0"] + cross
+        tot["Syz"] = tot["Syz"] + Y.T @ ms
+        tot["Sz"] = tot["Sz"] + ms.sum(0)
+    return tot
+
+
+def test_the_batched_steady_state_e_step_equals_the_brute_force_one() -> None:
+    """The E-step shortcuts (covariances copied once steady; equal-length sequences filtered as one batch)
+    change nothing: sequences of three lengths, one shorter than the covariance transient."""
+    from analysis.metastate.kalman import _e_step
+
+    rng = np.random.default_rng(11)
+    k, p = 2, 5
+    A = np.array([[0.9, 0.2], [-0.1, 0.8]])
+    C = rng.normal(size=(p, k))
+    seqs = [rng.normal(size=(T, p)) for T in (120, 120, 4, 90, 120)]
+    args = (A, C, rng.normal(size=p) * 0.1, 0.3 * np.eye(k), np.full(p, 0.5), np.zeros(k), 2 * np.eye(k))
+    st, ll = _e_step(seqs, *args)
+    ref = _brute_force_e_step(seqs, *args)
+    assert ll == pytest.approx(ref["ll"], rel=1e-10)
+    for key in ("Szz", "Sz1z0", "Syz", "Sz"):
+        np.testing.assert_allclose(st[key], ref[key], rtol=1e-9, atol=1e-9)
