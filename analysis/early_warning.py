@@ -205,7 +205,7 @@ def _merge_fold(parts: list[tuple[list[dict[str, Any]], list[pl.DataFrame], dict
 
 
 def _evaluate_fold_in_worker(*job: Any) -> tuple[list[dict[str, Any]], list[pl.DataFrame], dict[str, Any]]:
-    """:func:`_evaluate_fold` in a worker process: one torch thread (one process per fold already)."""
+    """:func:`_evaluate_fold` in a worker process: one torch thread (the processes already share the cores)."""
     if importlib.util.find_spec("torch") is not None:  # the GRU; not in the core install
         import torch
 
