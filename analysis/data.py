@@ -127,6 +127,7 @@ def load_runs(corpus: str | os.PathLike[str], notes: list[str] | None = None,
 
 #: Where a run's live-monitor action is recorded (``generate.intervention``): its spec's hparams.
 INTERVENTION_PATH = "$.spec.hparams.intervention"
+MONITOR_PATH = "$.spec.hparams.monitor"
 
 
 def intervention_arm(runs: pl.DataFrame) -> pl.Series:
@@ -138,6 +139,14 @@ def intervention_arm(runs: pl.DataFrame) -> pl.Series:
         return pl.Series("arm", ["none"] * runs.height, dtype=pl.String)
     return runs.select(pl.col("config_json").str.json_path_match(INTERVENTION_PATH).fill_null("none")
                        .alias("arm")).to_series()
+
+
+def intervention_monitor(runs: pl.DataFrame) -> pl.Series:
+    """Per run, the monitor file whose alarms it acted on (``hparams.monitor``), else null (as
+    :func:`intervention_arm`)."""
+    if "config_json" not in runs.columns:
+        return pl.Series("monitor_file", [None] * runs.height, dtype=pl.String)
+    return runs.select(pl.col("config_json").str.json_path_match(MONITOR_PATH).alias("monitor_file")).to_series()
 
 
 def is_unperturbed(runs: pl.DataFrame) -> pl.Series:

@@ -23,29 +23,19 @@ and leaves runs that acted out of every other analysis (monitors, PCA, survival,
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 import numpy as np
 import polars as pl
 
+from analysis.data import intervention_arm, intervention_monitor
 from analysis.monitor_file import SUFFIX
 from analysis.stats import bootstrap_ci
 
 #: Columns that make two runs the same run but for the action.
 PAIR_KEYS = ("algo", "env", "stochasticity", "perturbation", "magnitude", "duration_steps", "onset_frac", "seed")
 ACTION_EVENTS = ("lr_backoff", "rollback", "stop")
-
-
-def arm_of(config_json: str | None) -> tuple[str, str | None]:
-    """``(actions, monitor file)`` of a run from its manifest ``config_json`` (``("none", None)`` if absent)."""
-    try:
-        spec = json.loads(config_json or "{}").get("spec", {})
-    except json.JSONDecodeError:
-        return "none", None
-    hp = spec.get("hparams") or {}
-    return str(hp.get("intervention") or "none"), hp.get("monitor")
 
 
 def monitor_name(path: str | None) -> str | None:
@@ -58,10 +48,9 @@ def monitor_name(path: str | None) -> str | None:
 
 def with_arms(runs: pl.DataFrame) -> pl.DataFrame:
     """``runs`` plus ``arm`` (the action(s) or ``none``), ``monitor_file`` and ``monitor`` columns."""
-    arms = [arm_of(c) for c in runs["config_json"].to_list()]
-    return runs.with_columns(pl.Series("arm", [a for a, _ in arms], dtype=pl.String),
-                             pl.Series("monitor_file", [m for _, m in arms], dtype=pl.String),
-                             pl.Series("monitor", [monitor_name(m) for _, m in arms], dtype=pl.String))
+    files = intervention_monitor(runs)
+    return runs.with_columns(intervention_arm(runs).alias("arm"), files.alias("monitor_file"),
+                             pl.Series("monitor", [monitor_name(m) for m in files.to_list()], dtype=pl.String))
 
 
 def action_counts(events: pl.DataFrame) -> pl.DataFrame:

@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from analysis.intervention import arm_of, intervention_table, matched_pairs
+from analysis.intervention import intervention_table, matched_pairs, with_arms
 from analysis.metastate import KalmanMonitor
 from analysis.monitor_file import MonitorFile
 
@@ -32,7 +32,10 @@ def test_intervention_table_by_hand() -> None:
     rows.append(_run("p9r", 9, "lr_spike", "rollback", False, 5.0))  # no partner: not a pair
     events = pl.DataFrame({"run_id": ["p0r", "p0r", "p1r", "c2r"], "step": [100, 101, 120, 50],
                            "event": ["alarm", "rollback", "alarm", "alarm"]})
-    assert arm_of(rows[1]["config_json"]) == ("rollback", "m.monitor.npz") and arm_of(None) == ("none", None)
+    odd = [{**rows[2], "config_json": None}, {**rows[3], "config_json": "not json"}]
+    arms = with_arms(pl.DataFrame([*rows[:2], *odd]))
+    assert arms.select("arm", "monitor_file", "monitor").rows() == [
+        ("none", None, None), ("rollback", "m.monitor.npz", "m"), ("none", None, None), ("none", None, None)]
     assert matched_pairs(pl.DataFrame(rows)).height == 8
     t = intervention_table(pl.DataFrame(rows), events, n_boot=200)
     spike = t.filter(pl.col("perturbation") == "lr_spike").row(0, named=True)
