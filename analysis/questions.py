@@ -180,12 +180,17 @@ def prediction_set(rows: pl.DataFrame) -> tuple[pl.DataFrame, int]:
     return keep.with_columns(pl.col("collapsed").alias("label")), early.height
 
 
+def _kick_matrix(frame: pl.DataFrame, kick: dict[str, np.ndarray]) -> np.ndarray:
+    """The runs' kick sizes (NaN where a run has none), shape ``(n, 3)``."""
+    K = np.array([kick.get(r, np.full(3, np.nan)) for r in frame["run_id"].to_list()], float)
+    return K.reshape(frame.height, -1) if frame.height else np.zeros((0, 3))  # no run standing at its landmark
+
+
 def reference_scores(frame: pl.DataFrame, kick: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Scores of the three references for the runs of ``frame`` (a :func:`prediction_set`)."""
     y = np.array(frame["label"].to_list(), bool)
     seeds = np.array(frame["seed"].to_list())
-    K = np.array([kick.get(r, np.full(3, np.nan)) for r in frame["run_id"].to_list()], float)
-    K = K.reshape(frame.height, -1) if frame.height else np.zeros((0, 3))  # no run standing at its landmark
+    K = _kick_matrix(frame, kick)
     return {"config_only": cv_scores(config_matrix(frame), y, seeds),
             "kick_size": cv_scores(K, y, seeds) if K.size else np.full(y.size, np.nan),
             "perturbation_on": np.ones(y.size)}
@@ -205,11 +210,9 @@ def within_cell_scores(frame: pl.DataFrame, kick: dict[str, np.ndarray], refs: d
     cannot know that cell's label balance and ranks its runs by their kick sizes alone.
     """
     strata = _stratum(frame)
-    out = {name: cell_constant(ref, strata) if name in CELL_CONSTANT else ref for name, ref in refs.items()}
+    out = _within_or_default(None, refs, strata)
     if "kick_size" in refs and frame.height:
-        y = np.array(frame["label"].to_list(), bool)
-        K = np.array([kick.get(r, np.full(3, np.nan)) for r in frame["run_id"].to_list()], float)
-        out["kick_size"] = cv_scores(K.reshape(frame.height, -1), y, strata)
+        out["kick_size"] = cv_scores(_kick_matrix(frame, kick), np.array(frame["label"].to_list(), bool), strata)
     return out
 
 
@@ -228,8 +231,12 @@ def cell_constant(score: np.ndarray, strata: np.ndarray) -> np.ndarray:
     return out
 
 
-def _for_strata(name: str, ref: np.ndarray, strata: np.ndarray) -> np.ndarray:
-    return cell_constant(ref, strata) if name in CELL_CONSTANT else ref
+def _within_or_default(within: dict[str, np.ndarray] | None, refs: dict[str, np.ndarray], strata: np.ndarray
+                       ) -> dict[str, np.ndarray]:
+    """``within`` if given, else ``refs`` with the cell-constant ones replaced by their cell means."""
+    if within is not None:
+        return within
+    return {name: cell_constant(ref, strata) if name in CELL_CONSTANT else ref for name, ref in refs.items()}
 
 
 def runs_needed(n_pos: int, n_neg: int) -> str:
@@ -250,7 +257,7 @@ def prediction(rows: pl.DataFrame, refs: dict[str, np.ndarray], n_boot: int = 10
     score = prediction_scores(rows)
     seeds = np.array(rows["seed"].to_list())
     strata = _stratum(rows)
-    within = within if within is not None else {n: _for_strata(n, r, strata) for n, r in refs.items()}
+    within = _within_or_default(within, refs, strata)
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     out: dict[str, Any] = {"question": QUESTION_B, "n_runs": rows.height, "n_pos": n_pos, "n_neg": n_neg}
     out["runs_needed"] = runs_needed(n_pos, n_neg)
@@ -292,7 +299,7 @@ def reference_rows(rows: pl.DataFrame, refs: dict[str, np.ndarray], n_boot: int 
     y = np.array(rows["label"].to_list(), bool)
     seeds = np.array(rows["seed"].to_list())
     strata = _stratum(rows)
-    within = within if within is not None else {n: _for_strata(n, r, strata) for n, r in refs.items()}
+    within = _within_or_default(within, refs, strata)
     out = {}
     for name, sc in refs.items():
         entry: dict[str, Any] = {"question": QUESTION_B, "n_runs": rows.height, "n_pos": int(y.sum()),

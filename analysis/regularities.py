@@ -29,9 +29,15 @@ from analysis.summary import Status, not_testable, number
 from analysis.survival import with_config_label
 
 
-def _spearman(x: np.ndarray, y: np.ndarray) -> tuple[float | None, float | None]:
+def _usable(x: np.ndarray, y: np.ndarray) -> np.ndarray | None:
+    """The finite pairs' mask, or None when fewer than 3 remain or either side is constant."""
     ok = np.isfinite(x) & np.isfinite(y)
-    if ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
+    return None if ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0 else ok
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> tuple[float | None, float | None]:
+    ok = _usable(x, y)
+    if ok is None:
         return None, None
     r = sps.spearmanr(x[ok], y[ok])
     return float(r.statistic), float(r.pvalue)
@@ -43,8 +49,8 @@ def spearman_rho(x: np.ndarray, y: np.ndarray) -> float | None:
     The Pearson correlation of the mid-ranks, which is what ``scipy.stats.spearmanr`` computes, at a
     fraction of its cost: it runs once per bootstrap replicate.
     """
-    ok = np.isfinite(x) & np.isfinite(y)
-    if ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
+    ok = _usable(x, y)
+    if ok is None:
         return None
     rx, ry = sps.rankdata(x[ok]), sps.rankdata(y[ok])
     rx, ry = rx - rx.mean(), ry - ry.mean()
