@@ -245,12 +245,15 @@ def detect(
     nonfinite_step: int | None,
     cfg: CollapseConfig,
     window_end: int | None = None,
+    env: Envelope | None = None,
 ) -> dict[str, Any]:
     """Outcome of one run.
 
     ``steps`` and ``perf`` (shape ``(T,)``) are the run's update indices (0..T-1) and raw
     performance (NaN where null); ``controls`` are the *smoothed* curves of its matched
     controls; ``window_end`` is the first update after the perturbation window (default: onset).
+    ``env``: the controls' :func:`envelope` on this run's grid, if the caller already has it
+    (it depends only on the controls and ``T``; :func:`collapse_group` shares one per fold).
     Returns the outcome columns (see the module docstring) plus ``note``, ``n_controls``, ``control_gain``.
     """
     T = int(steps.max()) + 1 if steps.size else 0
@@ -259,7 +262,7 @@ def detect(
         p[steps] = perf
     window = max(1, round(cfg.smooth_frac * T))
     s = smooth(p, window)
-    env = envelope(controls, T, cfg)
+    env = envelope(controls, T, cfg) if env is None else env
     start = int(onset) if onset is not None else 0
     hit = first_collapse(s, env.line, start, cfg, window_end) if T else None
     perf_date = confirmed = None
@@ -352,16 +355,22 @@ def collapse_group(
     folds = control_folds([sd for sd, _ in smoothed.values()], cfg.max_folds)
     k = max(folds.values()) + 1 if folds else 0
     rows = []
+    envelopes: dict[tuple[Any, ...], Envelope] = {}  # one per (fold, run length): the same for all its runs
     for rid, seed, onset, dur, is_ctrl in zip(ids, seeds, onsets, durs, control_mask, strict=True):
         st, pf = perf.get(rid, (np.zeros(0, dtype=np.int64), np.zeros(0)))
         if k:
             fold = folds.get(seed, seed % k)
             controls = [c for sd, c in smoothed.values() if folds[sd] != fold]
+            key: tuple[Any, ...] = (fold,)
         else:
             fold = None
             controls = [] if is_ctrl else [c for _, c in smoothed.values()]
+            key = (None, bool(is_ctrl))
+        T = int(st.max()) + 1 if st.size else 0
+        if (*key, T) not in envelopes:
+            envelopes[(*key, T)] = envelope(controls, T, cfg)
         wend = None if onset is None else int(onset) + (int(dur) if dur is not None and not is_ctrl else 0)
-        out = detect(st, pf, onset, controls, nonfinite.get(rid), cfg, wend)
+        out = detect(st, pf, onset, controls, nonfinite.get(rid), cfg, wend, env=envelopes[(*key, T)])
         if not k and smoothed:
             out["note"] = "; ".join(x for x in (out["note"], "one control seed: not cross-fitted") if x)
         rows.append({"run_id": rid, **out, "rule_fold": fold})

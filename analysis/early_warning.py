@@ -175,8 +175,14 @@ def evaluate_group(
                 for i, fold in enumerate(folds) for v in variants]
         if progress:
             progress(f"{len(folds)} folds x {len(variants)} detectors on {min(n_jobs, len(jobs))} processes")
-        done = Parallel(n_jobs=min(n_jobs, len(jobs)), backend="loky")(
-            delayed(_evaluate_fold_in_worker)(*job) for job in jobs)
+        # dispatched longest first (GRU fits, then Kalman fits, then the baselines), so that no process is left
+        # fitting a GRU alone at the end; the results go back to job order before they are merged
+        order = sorted(range(len(jobs)), key=lambda j: _FIT_COST_RANK.get(jobs[j][5][0][1], len(_FIT_COST_RANK)))
+        ran = Parallel(n_jobs=min(n_jobs, len(jobs)), backend="loky")(
+            delayed(_evaluate_fold_in_worker)(*jobs[j]) for j in order)
+        done = [None] * len(jobs)
+        for j, d in zip(order, ran, strict=True):
+            done[j] = d
         done = [_merge_fold([d for d, job in zip(done, jobs, strict=True) if job[0] == i]) for i in range(len(folds))]
     else:
         done = []
@@ -191,6 +197,10 @@ def evaluate_group(
     table = pl.DataFrame(rows, schema=_ROW_SCHEMA) if rows else _empty_rows()
     trace = pl.concat(traces, how="diagonal_relaxed") if traces else _empty_traces()
     return table, trace, notes
+
+
+#: Detectors by the cost of one fold's fit, most expensive first (the rest: cheap baselines).
+_FIT_COST_RANK = {"gru": 0, "kalman": 1}
 
 
 def _merge_fold(parts: list[tuple[list[dict[str, Any]], list[pl.DataFrame], dict[str, Any]]]
@@ -261,7 +271,7 @@ def _evaluate_fold(i: int, fold: dict[str, list[int]], info: dict[str, dict[str,
         if name == "kalman":
             info_fit.update(n_latent=det.n_latent_, em_iterations=len(det.loglik_))
         if name == "gru":
-            info_fit.update(final_train_nll=det.train_loss_[-1])
+            info_fit.update(final_train_nll=det.train_nll_)
         note.setdefault("detectors", {})[label] = info_fit
         if save_dir is not None and (name in MONITORS or name in SAVEABLE_BASELINES):
             warmup = min((int(info[r]["onset_step"] or 0) for r in calib_ids), default=0)

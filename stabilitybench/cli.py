@@ -155,7 +155,7 @@ def fit_monitor(
 
 @app.command()
 def calibrate(
-    design: Annotated[Path, typer.Argument(help="Design file (TOML): [defaults], [design], [[target]] "
+    design: Annotated[Path, typer.Argument(help="Design file (TOML): \\[defaults], \\[design], \\[\\[target]] "
                                            "(stabilitybench/calibrate.py; example: calibration/ppo_swimmer.toml)")],
     corpus: Annotated[Path, typer.Option("--corpus", "-c", help="Corpus directory the runs go to (resumable)")]
         = Path("corpus_calibration"),
