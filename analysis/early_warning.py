@@ -214,6 +214,36 @@ def _merge_fold(parts: list[tuple[list[dict[str, Any]], list[pl.DataFrame], dict
     return [r for p in parts for r in p[0]], [t for p in parts for t in p[1]], note
 
 
+def start_workers(cfg: EarlyWarningConfig) -> Callable[[], None]:
+    """Start the worker processes of :func:`evaluate_group` now, in the background; returns a ``wait()``.
+
+    Each worker's first job would otherwise import torch and the analysis package (seconds) while the
+    corpus is still being read; started first, that import overlaps the reading. The same loky executor
+    serves the later ``Parallel`` calls (same backend and process count). A no-op with one process.
+    """
+    n_jobs = cfg.n_jobs if cfg.n_jobs > 0 else (os.cpu_count() or 1)
+    if n_jobs <= 1:
+        return lambda: None
+    from joblib import Parallel, delayed
+
+    pending = Parallel(n_jobs=n_jobs, backend="loky", return_as="generator_unordered")(
+        delayed(_warm_worker)() for _ in range(n_jobs))
+
+    def wait() -> None:
+        for _ in pending:
+            pass
+
+    return wait
+
+
+def _warm_worker() -> None:
+    """Import what a fold's fit needs (torch for the GRU when installed)."""
+    import analysis.metastate  # noqa: F401
+
+    if importlib.util.find_spec("torch") is not None:
+        import analysis.metastate.gru  # noqa: F401
+
+
 def _evaluate_fold_in_worker(*job: Any) -> tuple[list[dict[str, Any]], list[pl.DataFrame], dict[str, Any]]:
     """:func:`_evaluate_fold` in a worker process: one torch thread (the processes already share the cores)."""
     if importlib.util.find_spec("torch") is not None:  # the GRU; not in the core install

@@ -57,6 +57,7 @@ from analysis.early_warning import (
     evaluate_group,
     landmark,
     leave_one_env_out_status,
+    start_workers,
 )
 from analysis.intervention import intervention_section
 from analysis.pca import PCAAccumulator
@@ -470,8 +471,10 @@ def run_analysis(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
+    workers_ready = start_workers(cfg.early_warning)  # their imports overlap the reading below
     say("loading runs")
     loaded = load_corpus(corpus)
+    workers_ready()
     groups = analyse_groups(corpus, loaded, cfg, out, say)
     timings = dict(groups.timings)
     everything = loaded.runs.join(groups.outcomes, on="run_id", how="left")
