@@ -238,7 +238,7 @@ def start_workers(cfg: EarlyWarningConfig) -> Callable[[], None]:
 
 def _warm_worker() -> None:
     """Import what a fold's fit needs (torch for the GRU when installed)."""
-    import analysis.metastate  # noqa: F401
+    import analysis.metastate
 
     if importlib.util.find_spec("torch") is not None:
         import analysis.metastate.gru  # noqa: F401

@@ -191,7 +191,7 @@ def test_evaluate_group_writes_self_contained_monitors(tmp_path) -> None:
 def test_folds_in_parallel_processes_give_the_sequential_results(tmp_path) -> None:
     from dataclasses import replace
 
-    from analysis.early_warning import EarlyWarningConfig, evaluate_group
+    from analysis.early_warning import EarlyWarningConfig, evaluate_group, start_workers
 
     rows, arrays = [], {}
     for seed in range(6):
@@ -205,7 +205,9 @@ def test_folds_in_parallel_processes_give_the_sequential_results(tmp_path) -> No
     runs = pl.DataFrame(rows)
     cfg = EarlyWarningConfig(detectors=("kalman", "loss_spike"), kalman_iter=10, smooth=3, max_folds=3,
                              with_echo=False, n_jobs=1)
+    start_workers(cfg)()  # one process: nothing to start
     one = evaluate_group(runs, arrays, FEATURES, cfg, block=B)
+    start_workers(replace(cfg, n_jobs=2))()  # warmed workers serve the jobs below (dispatched longest first)
     two = evaluate_group(runs, arrays, FEATURES, replace(cfg, n_jobs=2), block=B)
     assert one[0].height == 2 * 12 and one[0].equals(two[0]) and one[1].equals(two[1])
     assert [n["fold"] for n in two[2]] == [0, 1, 2]
