@@ -104,6 +104,11 @@ class Envelope:
     note: str = ""
 
 
+def n_updates(steps: np.ndarray) -> int:
+    """Length ``T`` of the update grid ``0..T-1`` that a run's recorded ``steps`` span (0 for none)."""
+    return int(steps.max()) + 1 if steps.size else 0
+
+
 def _ffill(x: np.ndarray) -> np.ndarray:
     """Forward-fill NaNs along a 1-D array (leading NaNs stay NaN)."""
     if x.size == 0:
@@ -256,7 +261,7 @@ def detect(
     (it depends only on the controls and ``T``; :func:`collapse_group` shares one per fold).
     Returns the outcome columns (see the module docstring) plus ``note``, ``n_controls``, ``control_gain``.
     """
-    T = int(steps.max()) + 1 if steps.size else 0
+    T = n_updates(steps)
     p = np.full(T, np.nan)
     if T:
         p[steps] = perf
@@ -348,29 +353,28 @@ def collapse_group(
     for rid, seed, is_ctrl in zip(ids, seeds, control_mask, strict=True):
         if is_ctrl and rid in perf and rid not in nonfinite:
             st, pf = perf[rid]
-            T = int(st.max()) + 1 if st.size else 0
+            T = n_updates(st)
             p = np.full(T, np.nan)
             p[st] = pf
             smoothed[rid] = (seed, smooth(p, max(1, round(cfg.smooth_frac * T))))
     folds = control_folds([sd for sd, _ in smoothed.values()], cfg.max_folds)
     k = max(folds.values()) + 1 if folds else 0
     rows = []
-    envelopes: dict[tuple[Any, ...], Envelope] = {}  # one per (fold, run length): the same for all its runs
+    envelopes: dict[tuple[int | bool, int], Envelope] = {}  # one per (fold, run length): the same for all its runs
     for rid, seed, onset, dur, is_ctrl in zip(ids, seeds, onsets, durs, control_mask, strict=True):
         st, pf = perf.get(rid, (np.zeros(0, dtype=np.int64), np.zeros(0)))
         if k:
             fold = folds.get(seed, seed % k)
             controls = [c for sd, c in smoothed.values() if folds[sd] != fold]
-            key: tuple[Any, ...] = (fold,)
         else:
             fold = None
             controls = [] if is_ctrl else [c for _, c in smoothed.values()]
-            key = (None, bool(is_ctrl))
-        T = int(st.max()) + 1 if st.size else 0
-        if (*key, T) not in envelopes:
-            envelopes[(*key, T)] = envelope(controls, T, cfg)
+        # the control set is fixed by the fold (uncross-fitted: by whether the run is a control itself)
+        key = (fold if k else bool(is_ctrl), n_updates(st))
+        if key not in envelopes:
+            envelopes[key] = envelope(controls, key[1], cfg)
         wend = None if onset is None else int(onset) + (int(dur) if dur is not None and not is_ctrl else 0)
-        out = detect(st, pf, onset, controls, nonfinite.get(rid), cfg, wend, env=envelopes[(*key, T)])
+        out = detect(st, pf, onset, controls, nonfinite.get(rid), cfg, wend, env=envelopes[key])
         if not k and smoothed:
             out["note"] = "; ".join(x for x in (out["note"], "one control seed: not cross-fitted") if x)
         rows.append({"run_id": rid, **out, "rule_fold": fold})

@@ -42,6 +42,7 @@ import numpy as np
 import polars as pl
 
 from analysis.baselines import BASELINES, SAVEABLE_BASELINES
+from analysis.collapse import n_updates
 from analysis.conformal import ConformalCalibrator
 from analysis.errors import InsufficientDataError
 from analysis.metastate import KalmanMonitor, MonitorBase
@@ -167,7 +168,7 @@ def evaluate_group(
         return _empty_rows(), _empty_traces(), [not_testable("fewer than 3 seeds")]
     info = {r["run_id"]: r for r in runs.iter_rows(named=True)}
     variants = detector_variants(features, cfg)
-    n_jobs = cfg.n_jobs if cfg.n_jobs > 0 else (os.cpu_count() or 1)
+    n_jobs = _processes(cfg)
     if n_jobs > 1:  # (fold, detector) pairs are independent and seeded: the same results as one after the other
         from joblib import Parallel, delayed
 
@@ -199,6 +200,11 @@ def evaluate_group(
     return table, trace, notes
 
 
+def _processes(cfg: EarlyWarningConfig) -> int:
+    """How many processes the (fold, detector) jobs run on: ``cfg.n_jobs``, or every core when it is 0."""
+    return cfg.n_jobs if cfg.n_jobs > 0 else (os.cpu_count() or 1)
+
+
 #: Detectors by the cost of one fold's fit, most expensive first (the rest: cheap baselines).
 _FIT_COST_RANK = {"gru": 0, "kalman": 1}
 
@@ -221,7 +227,7 @@ def start_workers(cfg: EarlyWarningConfig) -> Callable[[], None]:
     corpus is still being read; started first, that import overlaps the reading. The same loky executor
     serves the later ``Parallel`` calls (same backend and process count). A no-op with one process.
     """
-    n_jobs = cfg.n_jobs if cfg.n_jobs > 0 else (os.cpu_count() or 1)
+    n_jobs = _processes(cfg)
     if n_jobs <= 1:
         return lambda: None
     from joblib import Parallel, delayed
@@ -395,7 +401,7 @@ def _run_row(rid: str, r: dict[str, Any], fold: int, name: str, conf: ConformalC
     onset = int(r["onset_step"] or 0)
     cstep = r["collapse_step"] if r["collapsed"] else None
     after = steps >= onset
-    H = cfg.horizon_frac * (int(steps.max()) + 1 if steps.size else 0)
+    H = cfg.horizon_frac * n_updates(steps)
     before = steps < cstep if cstep is not None else np.ones(steps.size, dtype=bool)
     det_mask = after & before & (steps <= onset + H)
     L = landmark(r["onset_step"], r.get("duration_steps"), bool(r["unperturbed"]), block)

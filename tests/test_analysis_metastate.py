@@ -109,7 +109,6 @@ def test_gru_learns_the_system_and_round_trips(data, tmp_path: Path) -> None:
     np.testing.assert_allclose(GRUMonitor.load(path).nll(test), g.nll(test), equal_nan=True)
 
 
-
 def test_gru_minibatch_steps_are_seeded_and_fit_as_well_as_full_batch(data) -> None:
     train, test = data  # 3 runs x 400 steps: 33 windows of 64
     full = GRUMonitor(hidden=16, epochs=120, seed=0, batch_windows=64).fit(train)
@@ -121,6 +120,7 @@ def test_gru_minibatch_steps_are_seeded_and_fit_as_well_as_full_batch(data) -> N
     # train_nll_ is the fitted model on every window, not the last minibatch's loss
     assert mb.train_nll_ != mb.train_loss_[-1]
     assert abs(mb.train_nll_ - full.train_nll_) < 0.25 * abs(full.train_nll_ - full.train_loss_[0])
+
 
 def test_errors_before_fit_and_with_no_data() -> None:
     with pytest.raises(NotFittedError):
