@@ -6,7 +6,7 @@ SB      = $(VENV)/bin/stabilitybench
 STAMP   = $(VENV)/.installed
 WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: quick test faults lint bench clean-corpus
+.PHONY: quick test faults lint bench docs clean-corpus
 
 # torch first, pinned to the local CPU wheel: a bare `torch` requirement would pull a
 # multi-GB CUDA build. The project's torch range is satisfied by it, so pip adds nothing.
@@ -41,6 +41,10 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_rl_overhead.py --algo ppo --repeats 5
 	$(PY) benchmarks/bench_rl_overhead.py --algo sac --steps 3000 --hparams '{"learning_starts": 500}'
 	$(PY) benchmarks/bench_rl_overhead.py --algo td3 --steps 3000 --hparams '{"learning_starts": 500}'
+
+# the documentation site (docs/, mkdocs.yml) into site/; --strict: a broken link or a bad docstring fails the build
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 clean-corpus:
 	rm -rf corpus

@@ -24,18 +24,25 @@ def analyze(
     """Analyse the corpus: collapse, PCA, meta-state monitor vs baselines, survival, regularities -> results/."""
     from analysis.pipeline import run_analysis
     from analysis.summary import Status
-    from data_schema import require_corpus
     from data_schema.io import writable_dir
     from data_schema.lock import CorpusLock
+    from data_schema.progress import ProgressReporter
 
     t0 = time.perf_counter()
-    require_corpus(corpus)
+    require_runs(corpus)  # before anything is created: no lock file, no empty --out folder
     writable_dir(out_dir, "--out")
     # it writes runs.parquet and the dataset card into the corpus: one writer at a time
     lock = CorpusLock(corpus, "stabilitybench analyze") if update_corpus else contextlib.nullcontext()
-    with lock, console.status("analysing", spinner="dots") as status:
-        summary = run_analysis(corpus, out_dir, update_corpus=update_corpus,
-                               progress=lambda msg: status.update(f"[bold]analysing:[/] {msg}"))
+    # the stages' total is known once the runs are loaded (run_analysis calls stage(i, total, name))
+    bar = ProgressReporter("analyze", 0, "stages", console=console, tally=False)
+
+    def stage(done: int, total: int, name: str) -> None:  # a stage begins: the one before it is done
+        bar.set_total(total)
+        bar.advance(note=name)
+
+    with lock, bar:
+        summary = run_analysis(corpus, out_dir, update_corpus=update_corpus, progress=bar.note, stage=stage)
+        bar.advance(note="summary written")
     out.print(f"analysed {summary['n_runs']} runs in {time.perf_counter() - t0:.1f} s -> {out_dir}/summary.json")
     n_excluded = summary.get("excluded_runs", {}).get("n", 0)
     if n_excluded:
@@ -55,6 +62,21 @@ def analyze(
                   f"  (b) stratified AUROC {_fmt(b)}")
     for caveat in summary["headline"]["caveats"]:
         out.print(f"[yellow]caveat:[/] {caveat}", highlight=False)
+
+
+def require_runs(corpus: Path) -> None:
+    """Refuse, in one line and before anything is written, a folder that is not a corpus or has no finished run."""
+    from analysis.errors import NoRunsError
+    from data_schema import MANIFEST, read_manifest, require_corpus
+
+    require_corpus(corpus)
+    if not (corpus / MANIFEST).is_file():
+        raise NoRunsError(f"{corpus}: no {MANIFEST}, so not a corpus: pass --corpus with the folder `stabilitybench "
+                          "generate` wrote (e.g. generate --profile smoke --out corpus)")
+    statuses = read_manifest(corpus).column("status").to_pylist()
+    if "ok" not in statuses:
+        raise NoRunsError(f"{corpus}: no finished runs in {MANIFEST} ({len(statuses)} row(s), none with status ok): "
+                          "run `stabilitybench generate` first (`stabilitybench status` shows what failed)")
 
 
 def _fmt(x: float | None, digits: int = 2) -> str:

@@ -37,7 +37,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,8 +51,8 @@ from data_schema import (
     steps_path,
 )
 from data_schema.compat import upgrade_frame
-from data_schema.corpus import EVENTS_DIR
-from data_schema.integrity import check_run
+from data_schema.corpus import events_path
+from data_schema.verify import readable_runs
 
 #: Columns never used as telemetry features (see the module docstring).
 EXCLUDED = frozenset(
@@ -107,9 +106,8 @@ def load_runs(corpus: str | os.PathLike[str], notes: list[str] | None = None,
     require_corpus(corpus)
     manifest = pl.from_arrow(read_manifest(corpus, notes))
     runs = manifest.filter(pl.col("status") == "ok")
-    bad: list[dict[str, str]] = []
-    for row in runs.iter_rows(named=True):
-        bad += [{"run_id": p.run_id, "file": str(p.path), "reason": p.reason} for p in check_run(corpus, row)[0]]
+    readable = readable_runs(corpus, list(runs.iter_rows(named=True)))  # verify's cheap check, one owner
+    bad = [{"run_id": p.run_id, "file": str(p.path), "reason": p.reason} for p in readable.skipped]
     if bad:
         runs = runs.filter(~pl.col("run_id").is_in([b["run_id"] for b in bad]))
         n_bad = len({b["run_id"] for b in bad})
@@ -164,10 +162,21 @@ def is_unperturbed(runs: pl.DataFrame) -> pl.Series:
     return none & (intervention_arm(runs) == "none")
 
 
-def load_events(corpus: str | os.PathLike[str]) -> pl.DataFrame:
-    """Every events row (empty frame with the right columns if there are none)."""
+def load_events(corpus: str | os.PathLike[str], runs: pl.DataFrame | None = None,
+                notes: list[str] | None = None) -> pl.DataFrame:
+    """The events rows of ``runs`` (empty frame with the right columns if there are none).
+
+    ``runs``: runs whose files were already checked (:func:`load_runs`); default: every run that
+    ``verify`` accepts (:func:`data_schema.verify.readable_runs`), the others named in ``notes`` or
+    in a :class:`~data_schema.errors.SkippedRunsWarning`. No other file of ``events/`` is read.
+    """
     root = require_corpus(corpus)
-    files = sorted(Path(root, EVENTS_DIR).glob("*.parquet"))
+    if runs is None:
+        readable = readable_runs(root)
+        readable.report(notes)
+        files = readable.events_files()
+    else:
+        files = sorted(events_path(root, rid) for rid in runs["run_id"].to_list())
     cols = {"run_id": pl.String, "step": pl.Int64, "event": pl.String, "detail": pl.String}
     if not files:
         return pl.DataFrame(schema=cols)
@@ -187,16 +196,11 @@ def load_steps(
 ) -> pl.DataFrame:
     """Per-step rows of ``runs`` with ``run_id``, ``step`` and ``columns``, sorted by run and step.
 
-    One lazy scan: partition filters on the runs' domains/algos/envs (directory pruning),
-    ``run_id`` predicate and the column projection are pushed down into the reader.
+    One lazy scan of exactly the runs' own steps files (``runs`` come from :func:`load_runs`, so
+    their files were checked); the ``run_id`` predicate and the column projection are pushed down.
     """
     cols = ["run_id", "step", *[c for c in dict.fromkeys(columns) if c not in ("run_id", "step")]]
-    lf = scan_steps(
-        corpus,
-        domain=sorted(set(runs["domain"])),
-        algo=sorted(set(runs["algo"])),
-        env=sorted(set(runs["env"])),
-    )
+    lf = scan_steps(corpus, runs=runs)  # exactly these runs' files, never a partition folder's others
     have = set(lf.collect_schema().names())
     lf = lf.filter(pl.col("run_id").is_in(runs["run_id"].to_list())).select(
         [pl.col(c) if c in have else pl.lit(None, dtype=pl.Float64).alias(c) for c in cols])
@@ -229,8 +233,7 @@ def feature_columns(corpus: str | os.PathLike[str], runs: pl.DataFrame, cfg: Fea
     there on), and the count, mean and variance of the finite values, which are combined
     across runs exactly (Chan et al.) for the non-constant check.
     """
-    lf = scan_steps(corpus, domain=sorted(set(runs["domain"])), algo=sorted(set(runs["algo"])),
-                    env=sorted(set(runs["env"])))
+    lf = scan_steps(corpus, runs=runs)  # exactly these runs' files: a damaged file elsewhere is never opened
     lf = lf.filter(pl.col("run_id").is_in(runs["run_id"].to_list()))
     present = set(lf.collect_schema().names())
     candidates = [c for c in CANDIDATE_FEATURES if c in present]  # files from an older schema lack new columns

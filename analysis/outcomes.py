@@ -42,7 +42,7 @@ def collapse_outcomes(corpus: str | os.PathLike[str], cfg: CollapseConfig | None
     cfg = cfg or CollapseConfig()
     runs = load_runs(corpus, notes)
     runs = runs.with_columns(is_unperturbed(runs).alias("unperturbed"))
-    events = load_events(corpus)
+    events = load_events(corpus, runs)
     parts = []
     for _, g in group_runs(runs):
         perf: dict[str, tuple[np.ndarray, np.ndarray]] = {}

@@ -275,7 +275,7 @@ def load_corpus(corpus: str | os.PathLike[str]) -> LoadedCorpus:
     excluded: list[dict[str, str]] = []
     runs = load_runs(corpus, data_notes, excluded)
     runs = runs.with_columns(is_unperturbed(runs).alias("unperturbed"), intervention_arm(runs).alias("arm"))
-    return LoadedCorpus(runs, load_events(corpus), data_notes, excluded)
+    return LoadedCorpus(runs, load_events(corpus, runs), data_notes, excluded)
 
 
 def select_features(runs: pl.DataFrame, read: list[tuple[Any, pl.DataFrame, GroupTelemetry]], feats_all: list[str]
@@ -398,10 +398,15 @@ def _leave_one_env_out(evaluated: list[tuple[dict[str, str], pl.DataFrame, dict[
 
 
 def analyse_groups(corpus: str | os.PathLike[str], loaded: LoadedCorpus, cfg: AnalysisConfig, out: Path,
-                   say: Callable[[str], None]) -> GroupResults:
-    """Stage 2: every (domain, algo), every matched group: features, outcomes, early-warning folds."""
+                   say: Callable[[str], None], begin: Callable[[str], None] | None = None) -> GroupResults:
+    """Stage 2: every (domain, algo), every matched group: features, outcomes, early-warning folds.
+
+    ``begin(name)`` is called as each (domain, algo) starts (a stage of :func:`run_analysis`)."""
     acc = _Collector()
     for key_da, da_runs in group_runs(loaded.runs, ("domain", "algo")):
+        if begin is not None:
+            begin(f"{key_da['domain']}/{key_da['algo']}: collapse, features and early warning "
+                  f"({da_runs.height} runs)")
         _analyse_domain_algo(corpus, key_da, da_runs, loaded.events, cfg, out, say, acc)
     return acc.frozen()
 
@@ -463,8 +468,15 @@ def run_analysis(
     cfg: AnalysisConfig | None = None,
     update_corpus: bool = True,
     progress: Callable[[str], None] | None = None,
+    stage: Callable[[int, int, str], None] | None = None,
 ) -> dict[str, Any]:
-    """Analyse ``corpus`` and write ``out/`` (tables + ``summary.json``); returns the summary as written."""
+    """Analyse ``corpus`` and write ``out/`` (tables + ``summary.json``); returns the summary as written.
+
+    ``progress`` receives what is happening now (free text). ``stage(done, total, name)`` is called as
+    each top-level stage begins, once the runs are loaded: ``done`` of ``total`` stages are finished
+    (loading, one per domain/algo, PCA, questions, survival, regularities, writing; the last is done
+    when this returns). Without ``stage`` the stage names go to ``progress``.
+    """
     cfg = cfg or AnalysisConfig()
     say = progress or (lambda _msg: None)
     t0 = time.perf_counter()
@@ -475,7 +487,16 @@ def run_analysis(
     say("loading runs")
     loaded = load_corpus(corpus)
     workers_ready()
-    groups = analyse_groups(corpus, loaded, cfg, out, say)
+    counter = {"done": 0, "total": len(group_runs(loaded.runs, ("domain", "algo"))) + 6}
+
+    def begin(name: str) -> None:
+        counter["done"] += 1
+        if stage is not None:
+            stage(counter["done"], counter["total"], name)
+        else:
+            say(name)
+
+    groups = analyse_groups(corpus, loaded, cfg, out, say, begin)
     timings = dict(groups.timings)
     everything = loaded.runs.join(groups.outcomes, on="run_id", how="left")
     _write_runs(everything, out, corpus if update_corpus else None, cfg)
@@ -484,23 +505,24 @@ def run_analysis(
     if intervention_rows.height:
         write_result(intervention_rows, out, "intervention")
 
-    say("PCA and circular-shift null")
+    begin("PCA and circular-shift null")
     ts = time.perf_counter()
     pca = pca_summary(groups.pca_inputs, cfg.n_null, cfg.n_boot, cfg.seed)
     timings["pca_s"] = time.perf_counter() - ts
-    say("detection and prediction questions")
+    begin("detection and prediction questions")
     ts = time.perf_counter()
     ew = early_warning_questions(groups, loaded.runs, cfg)
     timings["questions_s"] = time.perf_counter() - ts
-    say("survival models")
+    begin("survival models")
     ts = time.perf_counter()
     surv = survival_models(full, groups)
     timings["survival_s"] = time.perf_counter() - ts
-    say("regularities")
+    begin("regularities")
     reg = measure_regularities(full, groups, surv, cfg)
     dose = _dose_response(full)
     sens = _sensitivity(groups.sensitivity) if groups.sensitivity.height else pl.DataFrame()
 
+    begin("writing tables and summary.json")
     _write_tables(out, full, groups, sens, dose, pca, ew, surv, reg, cfg)
     timings["total_s"] = time.perf_counter() - t0
     summary = {

@@ -53,11 +53,21 @@ def size_category(n_rows: int) -> str:
 
 
 def table_rows(corpus: str | os.PathLike[str]) -> dict[str, int]:
-    """Rows per table, from the Parquet footers (no data read); 0 for a table not written yet."""
+    """Rows per table, from the Parquet footers (no data read); 0 for a table not written yet.
+
+    A file whose footer cannot be read (damaged; ``stabilitybench verify`` names it) counts 0 rows.
+    """
     root = Path(corpus)
     files = {name: [p for p in root.glob(pattern) if not p.name.startswith(".")]
              for name, pattern in HF_CONFIGS.items()}
-    return {name: sum(pq.ParquetFile(p).metadata.num_rows for p in paths) for name, paths in files.items()}
+    return {name: sum(_footer_rows(p) for p in paths) for name, paths in files.items()}
+
+
+def _footer_rows(path: Path) -> int:
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except (pa.ArrowException, OSError):
+        return 0
 
 
 def hf_dtype(t: pa.DataType) -> str:

@@ -16,6 +16,7 @@ The loaders here are conveniences; the files read just as well with plain
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -101,28 +102,55 @@ def write_manifest(corpus: str | os.PathLike[str], rows: list[dict[str, Any]]) -
     return write_table(table, Path(corpus, MANIFEST), MANIFEST_SCHEMA)
 
 
-def scan_steps(corpus: str | os.PathLike[str], **filters: Any) -> pl.LazyFrame:
-    """A polars LazyFrame over every steps file, Hive-partitioned, in the current schema.
+def scan_steps(corpus: str | os.PathLike[str], *, runs: Iterable[dict[str, Any]] | pl.DataFrame | None = None,
+               notes: list[str] | None = None, **filters: Any) -> pl.LazyFrame:
+    """A polars LazyFrame over the steps files of the corpus's readable runs, Hive-partitioned, in the current schema.
 
     ``filters`` are equality filters (or a list/tuple for ``is_in``) on any column,
     e.g. ``scan_steps("corpus", algo="ppo", perturbation=["none", "lr_spike"])``.
-    Filters on partition columns prune whole directories; projections are pushed
+    Filters on partition columns and ``run_id`` prune whole files; projections are pushed
     down, so ``.select([...])`` reads only those columns. The partition columns come
     back as ``pl.String``. Files of a legacy schema version (the manifest's
     ``schema_version``) are scanned apart and their columns renamed.
+
+    Only the files of runs that ``verify`` accepts are read (:func:`data_schema.verify.readable_runs`):
+    a run whose steps or events file is missing or damaged is left out and named in one line,
+    appended to ``notes`` or issued as a :class:`~data_schema.errors.SkippedRunsWarning`; a file with
+    no ``ok`` manifest row is never read. ``runs`` (manifest rows or a frame of them) skips that
+    check and scans exactly those runs' files: for a caller that already checked them (``analyze``).
     """
+    from data_schema.verify import readable_runs
+
     root = require_corpus(corpus)
-    files = sorted(str(p) for p in Path(root, STEPS_DIR).rglob("*.parquet") if not p.name.startswith("."))
+    if runs is None:
+        rows = [r for r in read_manifest(root).to_pylist() if _may_match(r, filters)]
+        readable = readable_runs(root, rows)
+        readable.report(notes)
+        rows = readable.rows
+    else:
+        rows = list(runs.iter_rows(named=True)) if isinstance(runs, pl.DataFrame) else list(runs)
+    files = sorted({str(steps_path(root, r)): r for r in rows}.items())
     if not files:
         return _filtered(pl.from_arrow(STEPS_SCHEMA.empty_table()).lazy(), filters)
-    legacy = _legacy_files(root)
-    groups = [[f for f in files if f not in legacy], [f for f in files if f in legacy]]
+    legacy = [f for f, r in files if r.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION]
+    groups = [[f for f, r in files if r.get("schema_version", SCHEMA_VERSION) == SCHEMA_VERSION], legacy]
     frames = [_filtered(upgrade_frame(pl.scan_parquet(group, hive_partitioning=True), "steps"), filters)
               for group in groups if group]
     lf = pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0]
     have = set(lf.collect_schema().names())
     declared = pl.from_arrow(STEPS_SCHEMA.empty_table()).schema  # a column newer than every file: null
     return lf.with_columns(pl.lit(None, dtype=t).alias(c) for c, t in declared.items() if c not in have)
+
+
+def _may_match(row: dict[str, Any], filters: dict[str, Any]) -> bool:
+    """False when a manifest row's partition values or run_id rule out every row of its steps file."""
+    for name, value in filters.items():
+        if name not in (*PARTITION_COLUMNS, "run_id"):
+            continue
+        wanted = {str(v) for v in value} if isinstance(value, (list, tuple, set)) else {str(value)}
+        if str(row.get(name)) not in wanted:
+            return False
+    return True
 
 
 def _filtered(lf: pl.LazyFrame, filters: dict[str, Any]) -> pl.LazyFrame:
@@ -134,21 +162,21 @@ def _filtered(lf: pl.LazyFrame, filters: dict[str, Any]) -> pl.LazyFrame:
     return lf.with_columns(pl.col(c).cast(pl.String) for c in PARTITION_COLUMNS)
 
 
-def _legacy_files(root: Path) -> set[str]:
-    """Steps files of runs that the manifest records with another schema version."""
-    if not Path(root, MANIFEST).exists():
-        return set()
-    rows = read_manifest(root).select(["run_id", "schema_version", *PARTITION_COLUMNS]).to_pylist()
-    return {str(steps_path(root, r)) for r in rows if r["schema_version"] != SCHEMA_VERSION}
-
-
-def connect(corpus: str | os.PathLike[str], database: str = ":memory:") -> duckdb.DuckDBPyConnection:
+def connect(corpus: str | os.PathLike[str], database: str = ":memory:",
+            notes: list[str] | None = None) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with views ``runs``, ``manifest``, ``steps`` and ``events``.
 
     ``runs`` is ``runs.parquet`` when analysis has written it, else the manifest (so
-    outcome columns are null until then).
+    outcome columns are null until then). ``steps`` and ``events`` read only the files of
+    runs that ``verify`` accepts (:func:`data_schema.verify.readable_runs`); the runs left out
+    are named in one line, appended to ``notes`` or issued as a
+    :class:`~data_schema.errors.SkippedRunsWarning`.
     """
+    from data_schema.verify import readable_runs
+
     root = require_corpus(corpus).resolve()
+    readable = readable_runs(root)
+    readable.report(notes)
     con = duckdb.connect(database)
     manifest = root / MANIFEST
     runs = root / RUNS
@@ -157,11 +185,10 @@ def connect(corpus: str | os.PathLike[str], database: str = ":memory:") -> duckd
         _view(con, "runs", f"read_parquet('{_sql(runs)}')", RUNS_SCHEMA)
     else:
         _view(con, "runs", "manifest" if manifest.exists() else None, MANIFEST_SCHEMA, upgraded=True)
-    has_steps = any(Path(root, STEPS_DIR).rglob("*.parquet"))
-    steps_src = f"read_parquet('{_sql(root / STEPS_GLOB)}', hive_partitioning=true, union_by_name=true)"
-    _view(con, "steps", steps_src if has_steps else None, STEPS_SCHEMA)
-    has_events = any(Path(root, EVENTS_DIR).glob("*.parquet"))
-    _view(con, "events", f"read_parquet('{_sql(root / EVENTS_GLOB)}')" if has_events else None, EVENTS_SCHEMA)
+    steps, events = readable.steps_files(), readable.events_files()
+    steps_src = f"read_parquet({_sql_list(steps)}, hive_partitioning=true, union_by_name=true)"
+    _view(con, "steps", steps_src if steps else None, STEPS_SCHEMA)
+    _view(con, "events", f"read_parquet({_sql_list(events)}, union_by_name=true)" if events else None, EVENTS_SCHEMA)
     return con
 
 
@@ -187,3 +214,8 @@ _DUCKDB_TYPES = {"double": "DOUBLE", "int64": "BIGINT", "string": "VARCHAR", "bo
 
 def _sql(path: Path) -> str:
     return str(path).replace("'", "''")
+
+
+def _sql_list(paths: list[Path]) -> str:
+    """A DuckDB list literal of file paths: ``['a.parquet', 'b.parquet']``."""
+    return "[" + ", ".join(f"'{_sql(p)}'" for p in paths) + "]"

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import errno
 import sys
+import warnings
 from collections.abc import Callable
+from typing import Any
 
 
 class StabilityBenchError(Exception):
@@ -40,13 +42,31 @@ class DiskFullError(StabilityBenchError):
     """The disk filled up while writing the corpus; the corpus is consistent and a rerun resumes."""
 
 
+class SkippedRunsWarning(UserWarning):
+    """A reader left out runs whose files are missing or damaged (``stabilitybench verify`` names them).
+
+    Readers that take a ``notes`` list append the same line there instead of warning; the CLIs
+    print it as one ``warning:`` line.
+    """
+
+
 def exit_on_user_error(entry: Callable[[], object]) -> None:
     """Run a command-line entry point; a :class:`StabilityBenchError` becomes one line and exit status 2.
 
     The one place every CLI (``stabilitybench``, ``python -m generate|analysis|reports``)
     turns user errors into output. The message is escaped, so brackets in paths print as
-    they are instead of being read as rich markup.
+    they are instead of being read as rich markup. A :class:`SkippedRunsWarning` a reader
+    raises on the way prints as one ``warning:`` line (no source location).
     """
+    shown = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, SkippedRunsWarning):
+            _print_warning(str(message))
+        else:
+            shown(message, category, *args, **kwargs)
+
+    warnings.showwarning = show
     try:
         entry()
     except StabilityBenchError as exc:
@@ -63,6 +83,8 @@ def exit_on_user_error(entry: Callable[[], object]) -> None:
 
         Console(stderr=True).print("interrupted", highlight=False)
         sys.exit(130)
+    finally:
+        warnings.showwarning = shown
 
 
 def _print_error(message: str) -> None:
@@ -70,3 +92,10 @@ def _print_error(message: str) -> None:
     from rich.markup import escape
 
     Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def _print_warning(message: str) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True).print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)

@@ -11,21 +11,13 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
 from data_schema import StabilityBenchError, read_manifest, require_corpus
 from data_schema.card import write_card
 from data_schema.errors import OutputPathError
 from data_schema.integrity import Problem, check_run
+from data_schema.progress import ProgressReporter
 from generate.backends import make_backend
 from generate.costs import PRE_REFERENCE_SECONDS, estimate
 from generate.errors import Interrupted, ProfileError
@@ -38,15 +30,19 @@ out = Console(soft_wrap=True, highlight=False)
 
 #: The shipped profiles (generate/profiles/*.toml), listed in --profile's help.
 PROFILE_HELP = f"{' | '.join(available_profiles())}, or a path to your own .toml file"
-ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help=PROFILE_HELP)]
 CorpusOpt = Annotated[Path, typer.Option("--out", "--corpus", "-o", help="Corpus directory")]
 OnlyOpt = Annotated[
     str | None, typer.Option("--only", help="Filter by axis values, e.g. 'algo=ppo,magnitude=10|100'")
 ]
 
 
+#: The profile bare ``stabilitybench generate`` runs (after saying so: see :func:`announce_default_profile`).
+DEFAULT_PROFILE = "quick"
+
+
 def generate(
-    profile: ProfileOpt = "quick",
+    profile: Annotated[str | None, typer.Option("--profile", "-p", show_default=False, help=f"{PROFILE_HELP} "
+                                                f"(default: {DEFAULT_PROFILE}, announced before it starts)")] = None,
     out_dir: CorpusOpt = Path("corpus"),
     workers: Annotated[int | None, typer.Option(
         "--workers", "-w", min=1, show_default=False, help="Parallel runs on this machine: the local pool's "
@@ -66,6 +62,8 @@ def generate(
     With --address, --out must be a path that every node mounts at the same place.
     """
     require_generators()  # before the profile: checking its env ids imports gymnasium
+    chosen = profile is not None
+    profile = profile if profile is not None else DEFAULT_PROFILE
     specs = select(load_profile(profile), parse_only(only))
     if not specs:
         raise ProfileError(f"--only {only!r} matches no run of profile {escape(repr(profile))}")
@@ -75,6 +73,8 @@ def generate(
     if missing:
         raise ProfileError(f"monitor file(s) {', '.join(missing)} not found (relative to {Path.cwd()}): write them "
                            "with `stabilitybench fit-monitor` (see the profile's description) before generating")
+    if not chosen:
+        announce_default_profile(specs, out_dir, workers)
     backend = make_backend(backend_name, workers=workers or 0, address=address, cpus_per_run=cpus_per_run,
                            max_retries=max_retries)
     if dry_run:
@@ -86,13 +86,8 @@ def generate(
                       f"dur={s.duration_steps} seed={s.seed}")
         return
 
-    progress = Progress(
-        SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[tally]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-        console=console, transient=False,
-    )
-    tally: Counter[str] = Counter()
-    task: dict[str, Any] = {}
+    # a live bar in a terminal; one line per finished run (done/total, failures, ETA) in a log
+    progress: dict[str, ProgressReporter] = {}
 
     def on_start(p: Plan) -> None:
         for note in p.notes:
@@ -106,27 +101,26 @@ def generate(
             return
         console.print(f"profile {escape(repr(profile))}: {len(specs)} runs, {len(p.done)} already done, "
                       f"{len(p.todo)} to run on {escape(backend.describe())} -> {escape(str(out_dir))}/")
-        progress.start()
-        task["id"] = progress.add_task(f"generate {profile}", total=len(p.todo), tally="")
+        progress["bar"] = ProgressReporter(f"generate {profile}", len(p.todo), console=console).start()
 
     def on_result(row: dict[str, Any]) -> None:
-        tally[row["status"]] += 1
-        if row.get("stop_reason") == "nonfinite":
-            tally["nonfinite"] += 1
-        text = f"ok {tally['ok']}" + (f" [red]failed {tally['failed']}[/]" if tally["failed"] else "")
-        text += f" (non-finite {tally['nonfinite']})" if tally["nonfinite"] else ""
-        progress.update(task["id"], advance=1, tally=text)
+        bar = progress["bar"]
         if row["status"] == "failed":
-            progress.console.print(f"[red]failed[/] {row['run_id']}: {escape(str(row['error']))}")
+            bar.print(f"[red]failed[/] {row['run_id']}: {escape(str(row['error']))}")
+        bar.result(row)
+
+    def stop_progress() -> None:
+        if "bar" in progress:
+            progress.pop("bar").stop()
 
     try:
         report = run_matrix(specs, out_dir, on_start=on_start, on_result=on_result, backend=backend)
     except Interrupted as stop:
-        progress.stop()
+        stop_progress()
         console.print(str(stop))
         raise typer.Exit(130) from None
     finally:
-        progress.stop()
+        stop_progress()
     write_card(out_dir, definitions(), profile)
     if report.ran:
         console.print(f"ran {report.ran} run(s): {report.ok} ok, {report.failed} failed; "
@@ -136,6 +130,23 @@ def generate(
                       f"{escape(str(out_dir / LOG_DIR))}/<run_id>.log (and its output in <run_id>.out); "
                       "rerun the same command to retry them")
         raise typer.Exit(1)
+
+
+def announce_default_profile(specs: list[Any], out_dir: Path, workers: int | None) -> None:
+    """Say what bare ``generate`` (no --profile) is about to do, and how to choose, before anything starts.
+
+    It keeps going rather than asking, in a terminal or not: a prompt would stop scripts that happen to
+    have a terminal, and Ctrl-C is safe (finished runs are kept; rerunning resumes).
+    """
+    est = estimate(specs)  # reference throughputs: no corpus read before the runner plans
+    slots = workers or os.cpu_count() or 1
+    console.print(f"no --profile given: generating the default profile {DEFAULT_PROFILE!r}: {len(specs)} runs into "
+                  f"{escape(str(out_dir))}/ (runs already there are skipped), estimated {est.pre:,.0f} "
+                  f"plain-PPO-run equivalents, ~{est.cpu_hours:,.1f} CPU-hours, ~{est.makespan_hours(slots):,.1f} h "
+                  f"on {slots} worker(s) at the reference speed")
+    console.print(f"choose a profile with --profile {{{' | '.join(available_profiles())}}} or a .toml file; "
+                  "`stabilitybench status --profile NAME` estimates its cost, `--dry-run` lists its runs; "
+                  "Ctrl-C stops safely and a rerun resumes")
 
 
 #: What training needs beyond the core install (the [generate] extra).
@@ -155,10 +166,16 @@ def status(
     profile: Annotated[str | None, typer.Option("--profile", "-p", help=f"Compare against this profile: "
                                                 f"{PROFILE_HELP}")] = None,
     only: OnlyOpt = None,
-    cpus: Annotated[int, typer.Option("--cpus", help="Also estimate the wall time on a cluster of this many "
-                                      "CPUs (one run per CPU, longest first)")] = 0,
+    cpus: Annotated[int | None, typer.Option("--cpus", show_default=False, help="With --profile: also estimate "
+                                             "the wall time on a cluster of this many CPUs (>= 1; one run per CPU, "
+                                             "longest first)")] = None,
 ) -> None:
     """What is done, missing and failed (against a profile if given, else from the manifest)."""
+    if cpus is not None and cpus < 1:
+        raise StabilityBenchError(f"--cpus {cpus}: the cluster needs at least 1 CPU (e.g. --cpus 64)")
+    if cpus is not None and profile is None:
+        raise StabilityBenchError("--cpus estimates a profile's wall time: pass --profile too "
+                                  "(e.g. status --profile quick --cpus 64)")
     if profile is None:
         require_corpus(corpus)
         rows = read_manifest(corpus).to_pylist()

@@ -26,6 +26,41 @@ class NonFiniteTraining(Exception):
         self.what = what
 
 
+class TrainingDiverged(NonFiniteTraining):
+    """Raised by a :class:`~generate.probe.Probe` (``nonfinite="stop"``, the default) when the run went non-finite.
+
+    Raised only *after* the run is safely recorded: the non-finite update's row is kept, a
+    ``nonfinite`` event is added and the :class:`~generate.recorder.Recorder` is closed with
+    ``stop_reason = "nonfinite"`` and status ok (with a corpus: its files and manifest row are
+    written). A subclass of :class:`NonFiniteTraining`, so code that catches that keeps working.
+    """
+
+    def __init__(self, step: int, what: str, run_id: str | None = None, corpus: str | None = None) -> None:
+        super().__init__(step, what)
+        self.run_id = run_id
+        self.corpus = corpus
+        if run_id is not None:
+            where = f" in {corpus}" if corpus is not None else ""
+            self.args = (f"non-finite {what} at update {step}: run {run_id} recorded{where} "
+                         f"(stop_reason=nonfinite, status ok)",)
+
+
+class RunExistsError(StabilityBenchError):
+    """A :class:`~generate.recorder.Recorder` would write a run_id the corpus already holds.
+
+    Raised before training (when the run's identity is complete); pass ``overwrite=True`` to
+    replace the old run, or change ``run_name``/``config``/``seed``/the perturbation.
+    """
+
+
+class ProbeAttachedError(StabilityBenchError):
+    """A second :class:`~generate.probe.Probe` on an optimizer that already has a live one.
+
+    Two probes would each multiply and restore the learning rate, and the LR would drift for good.
+    Remove the first (``Probe.attached(optimizer).remove()``) or use ``with Probe(...)``.
+    """
+
+
 class CorpusError(StabilityBenchError):
     """The LM text corpus is missing, empty or unreadable (one line naming the path)."""
 

@@ -27,18 +27,31 @@ What it guarantees (each is tested in ``tests/test_probe.py``):
 * **Invisible to training.** The probe draws no random numbers from the global streams (the
   sketch's signs come from their own generator) and writes nothing the optimizer reads, so a
   run with the probe gives bit-identical parameters to the same run without it.
+* **Divergence is data.** A non-finite gradient or parameter is recorded (its row, a ``nonfinite``
+  event); by default (``nonfinite="stop"``) the recorder is then closed as ``stop_reason =
+  "nonfinite"``, status ok, and only then :class:`~generate.errors.TrainingDiverged` is raised;
+  ``"record"`` keeps training and recording.
+* **One probe per optimizer, and removal undoes it.** A second live Probe on the same optimizer is
+  refused (:class:`~generate.errors.ProbeAttachedError`): two would each multiply and restore the
+  LR and leave it wrong for good. :meth:`Probe.remove` (or leaving ``with Probe(...)``) detaches every
+  hook and restores any LR it had multiplied for an update that never finished.
+* **Cheap on small models.** On CPU, when the parameters share one dtype and are not one block,
+  the snapshot for ``update_norm`` is one flat buffer filled by ``torch.cat`` and both norms are
+  one reduction (the per-tensor ``_foreach`` kernels cost more than the work for a small model);
+  elsewhere the ``_foreach`` path above.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from generate.coherence import RollingCoherence, SignSketch
-from generate.errors import NonFiniteTraining
+from generate.errors import NonFiniteTraining, ProbeAttachedError, TrainingDiverged
 from generate.perturbations import NoPerturbation, Perturbation, TrainingClock, UpdateContext
 from generate.telemetry import apply_perturbation
 
@@ -46,6 +59,12 @@ from generate.telemetry import apply_perturbation
 #: perturbation_active.
 RowCallback = Callable[[int, dict[str, Any]], None]
 _TINY = 1e-30
+#: What a probe does when an update is non-finite (the ``nonfinite`` argument).
+NONFINITE_POLICIES = ("stop", "record", "raise")
+#: Up to this many parameters (on CPU) the update-norm snapshot is one flat buffer (2 x P values).
+_FLAT_SNAPSHOT_MAX = 1 << 21
+#: optimizer -> weak reference to its live Probe (neither is kept alive by this table).
+_LIVE: weakref.WeakKeyDictionary[torch.optim.Optimizer, weakref.ReferenceType[Probe]] = weakref.WeakKeyDictionary()
 
 
 class Probe:
@@ -79,8 +98,17 @@ class Probe:
         Ignore gradient accumulations into a gradient this optimizer already applied (SAC/TD3: the
         actor's loss backpropagates through the critic, which would otherwise cost a wasted capture).
     nonfinite:
-        ``"raise"``: after recording the row, raise :class:`~generate.errors.NonFiniteTraining` on a
-        non-finite gradient (before the step on CPU) or parameter. ``"record"``: only record.
+        What a non-finite gradient (caught before the step on CPU) or parameter does. In every case
+        the update's row is recorded and the recorder gets one ``nonfinite`` event
+        (:meth:`~generate.recorder.Recorder.mark_nonfinite`), so the run ends as
+        ``stop_reason = "nonfinite"``, status ok. ``"stop"`` (default): then close the recorder
+        (its files and manifest row are written, with a corpus) and raise
+        :class:`~generate.errors.TrainingDiverged`. ``"record"``: keep training and recording rows.
+        ``"raise"``: raise :class:`~generate.errors.NonFiniteTraining` without closing (the project's
+        generators, which own the recorder; a ``with Recorder`` block also records it as data).
+
+    A second Probe on an optimizer that has a live one raises :class:`~generate.errors.ProbeAttachedError`.
+    ``with Probe(optimizer, recorder) as probe:`` removes the probe on leaving the block.
     """
 
     def __init__(
@@ -98,27 +126,40 @@ class Probe:
         clock: TrainingClock | None = None,
         update_context: UpdateContext | None = None,
         skip_stepped_grads: bool = False,
-        nonfinite: str = "raise",
+        nonfinite: str = "stop",
         record: bool = True,
         manual_grads: bool = False,
         coherence: Any = None,
     ) -> None:
-        if nonfinite not in ("raise", "record"):
-            raise ValueError(f"nonfinite must be 'raise' or 'record', got {nonfinite!r}")
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"nonfinite must be one of {', '.join(map(repr, NONFINITE_POLICIES))}, got {nonfinite!r}")
         self.optimizer = optimizer
         self.params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
         if not self.params:
             raise ValueError("the optimizer has no parameters that require gradients")
+        live = Probe.attached(optimizer)
+        if live is not None:
+            raise ProbeAttachedError(
+                f"this {type(optimizer).__name__} already has a live Probe; remove it first "
+                "(`Probe.attached(optimizer).remove()`, or attach with `with Probe(...)`)")
         self.recorder = recorder
+        if recorder is not None:
+            if perturbation is None:
+                perturbation = getattr(recorder, "perturbation", None)  # Recorder(perturbation=...): apply it
+            elif hasattr(recorder, "set_perturbation"):
+                recorder.set_perturbation(perturbation)
+            if hasattr(recorder, "seal"):
+                recorder.seal()  # the run's identity is complete: a run_id the corpus holds is refused now
         self.perturbation = perturbation or NoPerturbation(1.0, 0, 0)
-        if recorder is not None and perturbation is not None:
-            recorder.set_perturbation(perturbation)
+        self.nonfinite = nonfinite
+        #: The first update that went non-finite (None while finite).
+        self.nonfinite_step: int | None = None
         self.on_row = on_row
         self.clock = clock if clock is not None else TrainingClock()
         self.main, self.leads = main, leads
         self.update_context = update_context
         self.skip_stepped_grads = skip_stepped_grads
-        self.raise_nonfinite = nonfinite == "raise"
+        self.raise_nonfinite = nonfinite != "record"
         self.record = record and (recorder is not None or on_row is not None)
         self.device = self.params[0].device
         #: Read the gradient norm on the host before the step (on CPU: free, there is no device to wait
@@ -136,6 +177,11 @@ class Probe:
         self.missing_grads = 0
         self._index = {id(p): i for i, p in enumerate(self.params)}
         self._flat = contiguous_view(self.params)
+        #: CPU, one dtype, not one block: a (2, P) buffer [before -> after - before, after] (module doc).
+        self._pair: torch.Tensor | None = None
+        if (self._flat is None and self.device.type == "cpu" and self.numel <= _FLAT_SNAPSHOT_MAX
+                and len({p.dtype for p in self.params}) == 1):
+            self._pair = torch.empty(2, self.numel, dtype=self.params[0].dtype)
         self._before: Any = None
         self._saved_lrs: list[Any] | None = None
         self._was_active = False
@@ -154,18 +200,41 @@ class Probe:
         self._grad_handles: list[Any] = []
         if self.record and not manual_grads:
             self._learn_hooks()
+        _LIVE[optimizer] = weakref.ref(self)
 
     # -- public ---------------------------------------------------------------------------
+    @staticmethod
+    def attached(optimizer: torch.optim.Optimizer) -> Probe | None:
+        """The live (not removed) Probe on ``optimizer``, or None."""
+        ref = _LIVE.get(optimizer)
+        probe = None if ref is None else ref()
+        return probe if probe is not None and probe._handles else None
+
     @property
     def step(self) -> int:
         """The index of the update this probe's optimizer makes next (or made last, for a follower)."""
         return self._current_step()
 
     def remove(self) -> None:
-        """Detach every hook; the optimizer and parameters are left as they were."""
+        """Detach every hook and undo what the probe changed; the optimizer and parameters are left as they were.
+
+        If an update was cut off between the probe's pre- and post-step hooks (an exception inside
+        ``optimizer.step()``), the learning rates it had multiplied for that update are restored.
+        Idempotent; afterwards another Probe may attach to the optimizer.
+        """
+        self._restore_lrs()
         for handle in self._handles + self._grad_handles:
             handle.remove()
         self._handles, self._grad_handles = [], []
+        ref = _LIVE.get(self.optimizer)
+        if ref is not None and ref() is self:
+            del _LIVE[self.optimizer]
+
+    def __enter__(self) -> Probe:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.remove()
 
     def set_gradient(self, grad: torch.Tensor, norm: torch.Tensor | float) -> None:
         """Hand over this update's flat gradient (shape ``(P,)``) and its pre-clipping norm directly.
@@ -231,11 +300,17 @@ class Probe:
             return self.clock.step
         return max(self.clock.step - 1, 0)
 
+    def _restore_lrs(self) -> None:
+        if self._saved_lrs is not None:
+            for group, lr in zip(self.optimizer.param_groups, self._saved_lrs, strict=True):
+                group["lr"] = lr
+            self._saved_lrs = None
+
     def _pre_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         step = self._current_step()
         active = self.perturbation.active(step)
         factor = self.perturbation.lr_factor(step) * self.lr_scale
-        self._saved_lrs = None
+        self._restore_lrs()  # an earlier update cut off inside step(): never compound its factor
         if factor != 1.0:  # multiply the LR each group has now; restored after the step
             self._saved_lrs = [group["lr"] for group in optimizer.param_groups]
             for group in optimizer.param_groups:
@@ -258,11 +333,12 @@ class Probe:
         self._pending = {"lr": float(lr), "perturbation_active": active, "_norm": norm}
         host_norm = norm.item() if self.read_norm_early else None
         if host_norm is not None and self.raise_nonfinite and not _finite(host_norm):
+            self._restore_lrs()  # the update is not applied: nothing of it may stay behind
             self._pending.update(grad_norm=host_norm, grad_coherence=None, update_norm=None, param_norm=None)
             stash, self._stash = self._stash, {}
             self._pending.update({k: float(v) for k, v in stash.items()})
             self._emit(step)
-            raise NonFiniteTraining(step, "gradient")
+            self._diverged(step, "gradient")
         if self._own_coherence:
             vec = grad if self.sketch is None else self.sketch(grad)
             if self.sketch is not None:
@@ -273,42 +349,64 @@ class Probe:
 
     def _post_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self._saved_lrs is not None:
-            for group, lr in zip(optimizer.param_groups, self._saved_lrs, strict=True):
-                group["lr"] = lr
-            self._saved_lrs = None
+            self._restore_lrs()
         if not self.record:
             if self.main:
                 self.clock.step += 1
             return
         if self.skip_stepped_grads and self._last is not None:
             self._stepped = self._last.grad
-        norm = self._pending.pop("_norm")
+        pending = self._pending
+        norm = pending.pop("_norm")
         pieces = self._param_norm_pieces()
         sum_sq = self.coherence.sum_sq()
-        sum_sq = torch.zeros((), device=self.device) if sum_sq is None else sum_sq
         stash, self._stash = self._stash, {}
-        head = torch.stack([t.float() for t in (norm, sum_sq, *stash.values())])
-        values = torch.cat((head, pieces.float())).tolist()  # the one host read of this update
+        if sum_sq is None:
+            sum_sq = torch.zeros((), dtype=pieces.dtype, device=self.device)
+        # the one host read of this update: [grad_norm, ||S||^2, *stash, *norm pieces], at least float32
+        dtype = torch.float64 if pieces.dtype == torch.float64 else torch.float32
+        values = torch.cat([t.reshape(1).to(dtype) for t in (norm, sum_sq, *stash.values())]
+                           + [pieces.to(dtype)]).tolist()
         grad_norm, sum_sq = values[0], values[1]
-        self._pending.update(zip(stash, values[2 : 2 + len(stash)], strict=True))
+        if stash:
+            pending.update(zip(stash, values[2 : 2 + len(stash)], strict=True))
         pieces_host = values[2 + len(stash) :]
-        half = len(pieces_host) // 2
-        update_norm, param_norm = math.hypot(*pieces_host[:half]), math.hypot(*pieces_host[half:])
+        if len(pieces_host) == 2:
+            update_norm, param_norm = pieces_host
+        else:
+            half = len(pieces_host) // 2
+            update_norm, param_norm = math.hypot(*pieces_host[:half]), math.hypot(*pieces_host[half:])
         grad_ok = _finite(grad_norm)
-        if not grad_ok:
+        if grad_ok:
+            pending["grad_norm"] = grad_norm
+            pending["grad_coherence"] = self.coherence.value_from(sum_sq)
+            pending["update_norm"] = update_norm
+            pending["param_norm"] = param_norm
+        else:
             self.coherence.drop_last()
-        self._pending.update(
-            grad_norm=grad_norm,
-            grad_coherence=self.coherence.value_from(sum_sq) if grad_ok else None,
-            update_norm=update_norm if grad_ok else None,
-            param_norm=param_norm if grad_ok else None,
-        )
+            pending.update(grad_norm=grad_norm, grad_coherence=None, update_norm=None, param_norm=None)
         step = self._current_step()
         self._emit(step)
-        if self.raise_nonfinite and not grad_ok:
-            raise NonFiniteTraining(step, "gradient")
-        if self.raise_nonfinite and not (_finite(param_norm) and _finite(update_norm)):
-            raise NonFiniteTraining(step, "parameters")
+        if not grad_ok:
+            self._diverged(step, "gradient")
+        elif not (_finite(param_norm) and _finite(update_norm)):
+            self._diverged(step, "parameters")
+
+    def _diverged(self, step: int, what: str) -> None:
+        """Update ``step`` was non-finite (its row is recorded): apply the ``nonfinite`` policy."""
+        if self.nonfinite_step is None:
+            self.nonfinite_step = step
+        rec = self.recorder
+        if rec is not None and hasattr(rec, "mark_nonfinite"):
+            rec.mark_nonfinite(step, what)
+        if self.nonfinite == "record":
+            return
+        if self.nonfinite == "raise" or rec is None or not hasattr(rec, "close"):
+            raise NonFiniteTraining(step, what) if self.nonfinite == "raise" else TrainingDiverged(step, what)
+        rec.close("nonfinite")  # the row, the event and (with a corpus) the files are safe before the raise
+        corpus = getattr(rec, "corpus", None)
+        raise TrainingDiverged(step, what, getattr(rec, "run_id", None) if corpus is not None else None,
+                               None if corpus is None else str(corpus))
 
     def _perturbation_edges(self, step: int, active: bool) -> None:
         if active != self._was_active and self.recorder is not None:
@@ -324,6 +422,10 @@ class Probe:
                 self._before = torch.empty_like(self._flat)
             self._before.copy_(self._flat)
             return
+        if self._pair is not None:
+            with torch.no_grad():
+                torch.cat([p.reshape(-1) for p in self.params], out=self._pair[0])
+            return
         if self._before is None:
             self._before = [torch.empty_like(p, memory_format=torch.contiguous_format) for p in self.params]
         with torch.no_grad():
@@ -336,6 +438,11 @@ class Probe:
             if self._flat is not None:
                 return torch.stack((torch.linalg.vector_norm(self._before.sub_(self._flat)),
                                     torch.linalg.vector_norm(self._flat)))
+            if self._pair is not None:
+                pair = self._pair
+                torch.cat([p.reshape(-1) for p in self.params], out=pair[1])
+                pair[0].sub_(pair[1])
+                return torch.linalg.vector_norm(pair, dim=1)  # (||before - after||, ||after||)
             torch._foreach_sub_(self._before, self.params)
             return torch.stack(torch._foreach_norm(self._before + self.params))
 

@@ -10,6 +10,23 @@ corpus then reads with ``stabilitybench query``/``analyze``/``report`` and with 
 ``KeyboardInterrupt``: the rows recorded so far are written (``stop_reason`` ``interrupted``
 or ``error``), so an interrupted run leaves a valid, shorter steps file. The project's own
 generators use a Recorder without a corpus (``corpus=None``) and hand its tables to the runner.
+
+**Divergence is data.** Once an update went non-finite (:meth:`Recorder.mark_nonfinite`, which the
+:class:`~generate.probe.Probe` calls; or a :class:`~generate.errors.NonFiniteTraining` leaving the
+``with`` block), the run ends as ``stop_reason = "nonfinite"`` with status ok and one ``nonfinite``
+event, whatever stopped the loop afterwards, exactly as a generated run that diverged.
+
+**run_ids cannot collide.** ``run_id`` hashes everything that distinguishes a run: the name, domain,
+algo, env, seed, config and the perturbation (kind, magnitude, onset, duration, its seed). When the
+identity is complete (at construction if ``perturbation=`` or ``run_id=`` is given, else when a Probe
+attaches, else at the first row), a run_id the corpus already holds (an ok manifest row or a steps
+file) is refused with :class:`~generate.errors.RunExistsError`, before training; ``overwrite=True``
+replaces the old run instead. A refused Recorder never writes.
+
+**Writing is one step.** ``close`` builds both tables first (a bad column raises before anything is
+written), writes the events and steps files under temporary names, and then, holding the corpus
+lock, renames both into place and upserts the manifest row; with ``overwrite=True`` a steps file of
+the old run in another partition is removed in the same step.
 """
 
 from __future__ import annotations
@@ -36,9 +53,12 @@ from data_schema import (
     write_manifest,
     write_table,
 )
+from data_schema.corpus import STEPS_DIR
 from data_schema.integrity import file_digest
+from data_schema.io import atomic_path
 from data_schema.lock import CorpusLock, CorpusLockedError
-from data_schema.schema import DOMAINS
+from data_schema.schema import DOMAINS, PARTITION_COLUMNS
+from generate.errors import NonFiniteTraining, RunExistsError
 
 
 class Recorder:
@@ -58,6 +78,13 @@ class Recorder:
         Planned samples (env steps or tokens), if known; else the final ``samples_seen``.
     run_id:
         Use this id instead of hashing (the generators pass their spec's ``run_id``).
+    perturbation:
+        The run's controlled perturbation (``stabilitybench.perturbation(...)``), if known now; a
+        :class:`~generate.probe.Probe` attached without one applies it. Passing it here lets the
+        run_id check happen at construction; otherwise the Probe hands its perturbation over.
+    overwrite:
+        Replace a run with the same run_id already in ``corpus`` (its steps, events and manifest
+        row) instead of refusing with :class:`~generate.errors.RunExistsError`.
     """
 
     def __init__(
@@ -72,6 +99,8 @@ class Recorder:
         config: dict[str, Any] | None = None,
         total_steps: int | None = None,
         run_id: str | None = None,
+        perturbation: Any = None,
+        overwrite: bool = False,
     ) -> None:
         if domain not in DOMAINS:
             raise ValueError(f"domain={domain!r} must be one of {', '.join(DOMAINS)}")
@@ -79,8 +108,16 @@ class Recorder:
         self.run_name, self.domain, self.algo, self.env, self.seed = run_name, domain, algo, env, int(seed)
         self.config = dict(config or {})
         self.total_steps = total_steps
-        self.perturbation: Any = None
-        self.run_id = run_id or _run_id(run_name, domain, algo, env, self.seed, self.config)
+        self.perturbation: Any = perturbation
+        self.overwrite = bool(overwrite)
+        self._fixed_id = run_id is not None
+        self.run_id = run_id or self._hash_id(perturbation)
+        #: The identity (run_id, partition) is final: set by :meth:`seal`.
+        self.sealed = False
+        #: The corpus already held this run_id and ``overwrite`` was off: this Recorder writes nothing.
+        self.refused = False
+        #: The first update that went non-finite (None while the run is finite).
+        self.nonfinite_step: int | None = None
         #: Samples (env steps or tokens) consumed so far; set it from the loop. Until it is set,
         #: rows count optimizer updates.
         self.samples_seen: int | None = None
@@ -90,15 +127,62 @@ class Recorder:
         self.started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.closed = False
         self.manifest_row: dict[str, Any] | None = None
+        if self.corpus is not None and (perturbation is not None or run_id is not None):
+            self.seal()  # the identity is complete now: refuse a run_id the corpus holds before training
 
     # -- buffering ----------------------------------------------------------------------------
+    def _hash_id(self, perturbation: Any) -> str:
+        return _run_id(self.run_name, self.domain, self.algo, self.env, self.seed, self.config, perturbation)
+
     @property
     def partition(self) -> dict[str, str]:
         kind = "none" if self.perturbation is None else self.perturbation.kind
         return {"domain": self.domain, "algo": self.algo, "env": self.env, "perturbation": kind}
 
     def set_perturbation(self, perturbation: Any) -> None:
+        """Set the run's perturbation (the Probe and the adapters hand theirs over); part of the identity.
+
+        Once the identity is sealed (a Probe attached, a row or event was recorded), a different
+        perturbation would change the run_id under rows already recorded: ``ValueError``.
+        """
+        if perturbation is None or perturbation == self.perturbation:
+            return
+        changes_id = not self._fixed_id and self._hash_id(perturbation) != self.run_id
+        if self.sealed and (self.rows or self.events or changes_id):
+            raise ValueError(f"run {self.run_id} ({self.run_name!r}) already has its identity "
+                             f"(perturbation {getattr(self.perturbation, 'kind', 'none')}); "
+                             "pass the perturbation when the Recorder or the Probe is made, once")
         self.perturbation = perturbation
+        if not self._fixed_id:
+            self.run_id = self._hash_id(perturbation)
+
+    def seal(self) -> None:
+        """Fix the run's identity and, with a corpus, refuse a run_id the corpus already holds.
+
+        Called at construction when ``perturbation=`` or ``run_id=`` is given, by a Probe when it
+        attaches, and at the first row or event; idempotent. Raises
+        :class:`~generate.errors.RunExistsError` (and the Recorder then never writes) unless
+        ``overwrite=True``.
+        """
+        if self.sealed:
+            return
+        self.sealed = True
+        if self.corpus is None:
+            return
+        existing = self._existing()
+        if existing and not self.overwrite:
+            self.refused = True
+            raise RunExistsError(
+                f"{self.corpus}: run {self.run_id} ({self.run_name!r}) is already in this corpus ({existing}); "
+                "pass overwrite=True to replace it, or change run_name, seed, config or the perturbation")
+
+    def mark_nonfinite(self, step: int, what: str) -> None:
+        """Update ``step`` went non-finite (``what``: gradient, parameters, loss): the run has diverged.
+
+        Adds one ``nonfinite`` event (the first time only) and makes the run end as
+        ``stop_reason = "nonfinite"``, status ok, however the loop stops afterwards.
+        """
+        self.event(step, "nonfinite", detail=what)
 
     def now(self) -> dict[str, Any]:
         """``samples_seen`` and ``wall_time_s`` of this moment."""
@@ -107,7 +191,11 @@ class Recorder:
 
     def append(self, **values: Any) -> None:
         """Add one ``steps`` row (schema column -> value); ``step``/``samples_seen``/``wall_time_s`` default."""
-        row = {"step": len(self.rows), **self.now(), **values}
+        if not self.sealed:
+            self.seal()
+        samples = self.samples_seen if self.samples_seen is not None else len(self.rows)
+        row = {"step": len(self.rows), "samples_seen": int(samples), "wall_time_s": time.perf_counter() - self.t0,
+               **values}
         self.rows.append(row)
 
     def update_last(self, **values: Any) -> None:
@@ -116,6 +204,13 @@ class Recorder:
             self.rows[-1].update(values)
 
     def event(self, step: int, kind: str, *, detail: str | None = None, value: float | None = None) -> None:
+        """Add one ``events`` row. A run has at most one ``nonfinite`` event: its first non-finite update."""
+        if not self.sealed:
+            self.seal()
+        if kind == "nonfinite":
+            if self.nonfinite_step is not None:
+                return
+            self.nonfinite_step = int(step)
         self.events.append({"run_id": self.run_id, "step": int(step), "event": kind, "detail": detail,
                             "value": value, **self.now()})
 
@@ -135,40 +230,78 @@ class Recorder:
 
     # -- writing --------------------------------------------------------------------------------
     def close(self, stop_reason: str = "completed", error: str | None = None) -> dict[str, Any] | None:
-        """Write events, steps and the manifest row (once; later calls do nothing). Returns the row."""
+        """Write events, steps and the manifest row (once; later calls do nothing). Returns the row.
+
+        A run that went non-finite is closed as ``stop_reason = "nonfinite"``, status ok, whatever
+        ``stop_reason`` the caller passes. A refused Recorder (:attr:`refused`) writes nothing.
+        """
         if self.closed:
             return self.manifest_row
         self.closed = True
-        if self.corpus is None:
+        if self.nonfinite_step is not None:
+            stop_reason, error = "nonfinite", None
+        if self.corpus is None or self.refused:
             return None
+        self.seal()
+        steps, events = self.steps_table(), self.events_table()  # a bad column raises before any write
         row = self._manifest_row(stop_reason, error)
-        events = write_table(self.events_table(), events_path(self.corpus, self.run_id), EVENTS_SCHEMA)
-        row["events_bytes"], row["events_blake2b"] = file_digest(events)
-        steps = write_table(self.steps_table(), steps_path(self.corpus, row), STEPS_SCHEMA,
-                            extra_metadata={RUN_METADATA_KEY: json.dumps(row).encode()})
-        row["steps_bytes"], row["steps_blake2b"] = file_digest(steps)  # as in generate.runner.run_one
+        self._publish(row, steps, events)
         self.manifest_row = row
-        self._add_to_manifest(row)
         return row
 
-    def _add_to_manifest(self, row: dict[str, Any], wait_s: float = 30.0) -> None:
-        """Upsert ``row`` under the corpus's writer lock (waiting up to ``wait_s`` for another writer).
+    def _publish(self, row: dict[str, Any], steps: pa.Table, events: pa.Table, wait_s: float = 30.0) -> None:
+        """Write both files under temporary names, then, under the corpus lock, rename them into place and
+        upsert the manifest row (waiting up to ``wait_s`` for another writer of the corpus).
 
-        If the lock stays held (a ``generate`` is running on this corpus), the files are already written
-        and carry the row in their metadata: warn instead of losing the run or racing the other writer.
+        If the lock stays held (a ``generate`` is running on this corpus), the files are still written
+        (they carry the row in their metadata) and a warning says the manifest was not updated.
         """
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                with CorpusLock(self.corpus, f"Recorder({self.run_name})"):
-                    rows = [r for r in read_manifest(self.corpus).to_pylist() if r["run_id"] != self.run_id]
-                    write_manifest(self.corpus, [*rows, row])
+        self.corpus.mkdir(parents=True, exist_ok=True)
+        lock = CorpusLock(self.corpus, f"Recorder({self.run_name})")
+        busy = _acquire(lock, wait_s)
+        try:
+            existing = self._existing() if busy is None else ""
+            if existing and not self.overwrite:  # written by another process since seal()
+                self.refused = True
+                raise RunExistsError(
+                    f"{self.corpus}: run {self.run_id} ({self.run_name!r}) was written by another process while "
+                    f"this one ran ({existing}); not overwritten (pass overwrite=True to replace it)")
+            spath, epath = steps_path(self.corpus, row), events_path(self.corpus, self.run_id)
+            with atomic_path(epath, fsync=True) as etmp, atomic_path(spath, fsync=True) as stmp:
+                write_table(events, etmp, EVENTS_SCHEMA)
+                row["events_bytes"], row["events_blake2b"] = file_digest(etmp)
+                write_table(steps, stmp, STEPS_SCHEMA, extra_metadata={RUN_METADATA_KEY: json.dumps(row).encode()})
+                row["steps_bytes"], row["steps_blake2b"] = file_digest(stmp)  # as in generate.runner.run_one
+            # both renamed into place on leaving the block; an old run's steps file elsewhere goes too
+            for old in self._steps_files():
+                if old != spath:
+                    old.unlink(missing_ok=True)
+            if busy is not None:
+                warnings.warn(f"run {self.run_id} written, but not added to the manifest: {busy}", stacklevel=4)
                 return
-            except CorpusLockedError as exc:
-                if time.monotonic() >= deadline:
-                    warnings.warn(f"run {self.run_id} written, but not added to the manifest: {exc}", stacklevel=3)
-                    return
-                time.sleep(0.5)
+            rows = [r for r in read_manifest(self.corpus).to_pylist() if r["run_id"] != self.run_id]
+            write_manifest(self.corpus, [*rows, row])
+        finally:
+            lock.release()
+
+    def _steps_files(self) -> list[Path]:
+        """Every steps file named after this run_id, in any partition."""
+        pattern = "/".join(["*"] * len(PARTITION_COLUMNS) + [f"{self.run_id}.parquet"])
+        return sorted(Path(self.corpus, STEPS_DIR).glob(pattern))
+
+    def _existing(self) -> str:
+        """What of this run_id the corpus holds ("" for nothing): an ok manifest row or a steps file."""
+        if self.corpus is None or not self.corpus.is_dir():
+            return ""
+        rows = [r for r in read_manifest(self.corpus).to_pylist() if r["run_id"] == self.run_id]
+        if any(r["status"] == "ok" for r in rows):
+            row = next(r for r in rows if r["status"] == "ok")
+            return f"an ok manifest row, stop_reason {row['stop_reason']}, {row['n_updates']} updates"
+        files = self._steps_files()
+        if files:
+            status = f", manifest status {rows[0]['status']}" if rows else ", no manifest row"
+            return f"steps file {files[0].relative_to(self.corpus)}{status}"
+        return ""
 
     def _manifest_row(self, stop_reason: str, error: str | None) -> dict[str, Any]:
         from generate.version import code_version
@@ -197,13 +330,43 @@ class Recorder:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is None:
             self.close()
+        elif issubclass(exc_type, NonFiniteTraining):  # divergence is data, not a failure
+            self.mark_nonfinite(exc.step, exc.what)
+            self.close("nonfinite")
         elif issubclass(exc_type, KeyboardInterrupt):
             self.close("interrupted", error="KeyboardInterrupt")
         else:
             self.close("error", error=f"{exc_type.__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}")
 
 
-def _run_id(run_name: str, domain: str, algo: str, env: str, seed: int, config: dict[str, Any]) -> str:
-    payload = json.dumps({"run_name": run_name, "domain": domain, "algo": algo, "env": env, "seed": seed,
-                          "config": config, "schema_version": SCHEMA_VERSION}, sort_keys=True, default=str)
+def _acquire(lock: CorpusLock, wait_s: float) -> CorpusLockedError | None:
+    """Take ``lock``, waiting up to ``wait_s`` for another writer; the last refusal if it stays held."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            lock.acquire()
+            return None
+        except CorpusLockedError as exc:
+            if time.monotonic() >= deadline:
+                return exc
+            time.sleep(0.5)
+
+
+def _run_id(run_name: str, domain: str, algo: str, env: str, seed: int, config: dict[str, Any],
+            perturbation: Any = None) -> str:
+    """A stable 16-hex-digit hash of everything that distinguishes a run.
+
+    An unperturbed run (no perturbation, or kind ``none``) hashes as it did before perturbations were
+    part of the identity, so its run_id is unchanged; a perturbed one adds kind, magnitude, onset,
+    duration and the perturbation's own seed.
+    """
+    ident: dict[str, Any] = {"run_name": run_name, "domain": domain, "algo": algo, "env": env, "seed": seed,
+                             "config": config, "schema_version": SCHEMA_VERSION}
+    kind = getattr(perturbation, "kind", "none")
+    if perturbation is not None and kind != "none":
+        ident["perturbation"] = {"kind": kind, "magnitude": float(perturbation.magnitude),
+                                 "onset_step": int(perturbation.onset_step),
+                                 "duration_steps": int(perturbation.duration_steps),
+                                 "seed": int(getattr(perturbation, "seed", 0))}
+    payload = json.dumps(ident, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -122,9 +122,22 @@ def _thin(frame: pl.DataFrame, cols: list[str], n_upd: int) -> pl.DataFrame:
 
 
 def _iter_steps(corpus: Path, sel: pl.DataFrame) -> Iterator[tuple[dict[str, Any], pl.DataFrame]]:
-    from analysis.data import iter_run_steps
+    """The selected runs' telemetry, read only from runs whose files ``verify`` accepts now.
 
-    yield from iter_run_steps(corpus, sel, list(F1_SIGNALS))
+    The corpus may have changed since ``analyze``: each selected run is checked against the
+    corpus's manifest (:func:`data_schema.verify.readable_runs`); a damaged run is left out of F1
+    and named in one :class:`~data_schema.errors.SkippedRunsWarning`, a run the manifest no longer
+    has is left out silently (F1 then says the corpus holds no telemetry for it).
+    """
+    from analysis.data import iter_run_steps
+    from data_schema import read_manifest
+    from data_schema.verify import readable_runs
+
+    wanted = set(sel["run_id"].to_list())
+    rows = [r for r in read_manifest(corpus).to_pylist() if r["run_id"] in wanted]
+    readable = readable_runs(corpus, rows)
+    readable.report(stacklevel=4)
+    yield from iter_run_steps(corpus, sel.filter(pl.col("run_id").is_in(readable.run_ids)), list(F1_SIGNALS))
 
 
 def onset_telemetry(data: ReportData) -> tuple[pl.DataFrame | None, dict[str, str]]:

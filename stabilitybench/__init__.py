@@ -6,6 +6,7 @@ transformers; only the name you use does)::
     from stabilitybench import Probe, Recorder                       # any torch loop
     from stabilitybench import StabilityCallback                     # stable-baselines3
     from stabilitybench import StabilityTrainerCallback              # transformers.Trainer
+    from stabilitybench import StabilityLightningCallback            # lightning.pytorch.Trainer
     from stabilitybench import perturbation                          # a controlled perturbation
     from stabilitybench import load_monitor, Intervention            # live early warning and actions
 """
@@ -20,6 +21,7 @@ _LAZY = {
     "Recorder": "generate.recorder",
     "StabilityCallback": "generate.adapters.sb3",
     "StabilityTrainerCallback": "generate.adapters.hf",
+    "StabilityLightningCallback": "generate.adapters.lightning",
     "NonFiniteTraining": "generate.errors",
     "Intervention": "generate.intervention",
     "OnlineMonitor": "analysis.online",

@@ -50,11 +50,12 @@ from analysis.dose_response import DoseResponseModel, next_doses
 from analysis.outcomes import collapse_outcomes
 from data_schema import read_manifest
 from data_schema.io import atomic_path
+from data_schema.progress import ProgressReporter
 from generate.costs import estimate
 from generate.doses import acts_on_alarms, curve_key
 from generate.errors import ProfileError
 from generate.matrix import expand
-from generate.runner import run_matrix
+from generate.runner import Plan, run_matrix
 from generate.spec import RunSpec
 from generate.version import code_version
 
@@ -299,11 +300,14 @@ def calibrate(
     workers: int | None = None,
     say: Callable[[str], None] = print,
     on_result: Callable[[dict[str, Any]], None] | None = None,
+    progress: Callable[[int], ProgressReporter] | None = None,
 ) -> list[DoseRow]:
     """Run the design's stages into ``corpus`` until every target is done or ``budget`` runs were started.
 
     Returns the fitted dose table. Controls run in the first stage. Each stage is planned from the
-    corpus' measured seconds per run (:func:`generate.costs.estimate`).
+    corpus' measured seconds per run (:func:`generate.costs.estimate`). ``progress(n)``, if given, makes
+    the :class:`~data_schema.progress.ProgressReporter` of a stage of ``n`` runs (the CLI's: a live bar
+    in a terminal, one line per finished run in a log).
     """
     corpus = Path(corpus)
 
@@ -317,7 +321,23 @@ def calibrate(
         slots = workers or os.cpu_count() or 1
         say(f"{len(specs)} runs, ~{est.cpu_hours * 60:.0f} CPU-min, ~{est.makespan_hours(slots) * 60:.0f} min on "
             f"{slots} worker(s) (seconds per run from: {', '.join(sorted(set(est.sources.values())))})")
-        report = run_matrix(specs, corpus, workers=workers, on_result=on_result)
+        bars: list[ProgressReporter] = []
+
+        def started(p: Plan) -> None:
+            if progress is not None and p.todo:
+                bars.append(progress(len(p.todo)).start())
+
+        def finished(row: dict[str, Any]) -> None:
+            for bar in bars:
+                bar.result(row)
+            if on_result is not None:
+                on_result(row)
+
+        try:
+            report = run_matrix(specs, corpus, workers=workers, on_start=started, on_result=finished)
+        finally:
+            for bar in bars:
+                bar.stop()
         if report.failed:
             say(f"{report.failed} run(s) failed this stage (see {corpus}/logs); they have no outcome")
         return report.ran

@@ -59,7 +59,8 @@ def query(
     sql: Annotated[str, typer.Argument(help="SQL over the views runs, manifest, steps, events")],
     corpus: Annotated[Path, typer.Option("--corpus", "-c", help="Corpus directory")] = Path("corpus"),
     fmt: Annotated[str, typer.Option("--format", "-f", help="table | csv | json")] = "table",
-    limit: Annotated[int, typer.Option("--limit", help="Rows to print in table format")] = 100,
+    limit: Annotated[int, typer.Option("--limit", help="Rows to print in table format (0: every row); csv and "
+                                       "json print every row")] = 100,
 ) -> None:
     """Run read-only DuckDB SQL over the corpus (SELECT, WITH, DESCRIBE, SHOW, EXPLAIN, PIVOT)."""
     import duckdb
@@ -69,6 +70,8 @@ def query(
 
     if fmt not in ("table", "csv", "json"):
         raise typer.BadParameter(f"--format {fmt!r}: use table, csv or json")
+    if limit < 0:
+        raise QueryError(f"--limit {limit}: rows to print must be >= 0 (0 prints every row)")
     relation = run_query(corpus, sql)
     try:
         frame = relation.pl() if relation is not None else pl.DataFrame()
@@ -79,7 +82,7 @@ def query(
     elif fmt == "json":
         sys.stdout.write(frame.write_json() + "\n")
     else:
-        with pl.Config(tbl_rows=limit, tbl_cols=-1, fmt_str_lengths=40, tbl_width_chars=200):
+        with pl.Config(tbl_rows=limit or -1, tbl_cols=-1, fmt_str_lengths=40, tbl_width_chars=200):
             print(frame)
 
 
@@ -120,8 +123,8 @@ def verify(
     kind = "deep (every page, joins)" if deep else "sizes, hashes, schema"
     bad_runs = len({p.run_id for p in report.problems})
     out.print(f"verified {report.runs} ok run(s), {report.files} data file(s) in {escape(str(corpus))}/ ({kind}): "
-              + (f"[red]{len(report.problems)} problem(s) in {bad_runs} run(s)[/]; `stabilitybench generate` with "
-                 "the corpus's profile reruns them" if report.problems else "all good"))
+              + (f"[red]{len(report.problems)} problem(s) in {bad_runs} run(s)[/]; {escape(report.advice())}"
+                 if report.problems else "all good"))
     if report.problems:
         raise typer.Exit(1)
 
@@ -131,7 +134,8 @@ def fit_monitor(
     like: Annotated[Path, typer.Argument(help="A monitor file analyze wrote (results/monitors/<group>/"
                                          "<detector>_fold<i>.monitor.npz): the recipe to refit")],
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Monitor file to write")],
-    corpus: Annotated[Path, typer.Option("--corpus", "-c", help="Corpus directory")] = Path("corpus"),
+    corpus: Annotated[Path | None, typer.Option("--corpus", "-c", show_default=False, help="The corpus analyze "
+                                                "read (default: ./corpus)")] = None,
     results: Annotated[Path, typer.Option("--results", "-r", help="analyze's results directory (its runs "
                                           "table says which controls collapsed)")] = Path("results"),
     fpr: Annotated[float | None, typer.Option("--fpr", min=1e-6, max=0.5, show_default=False,
@@ -143,14 +147,32 @@ def fit_monitor(
     """Refit one of analyze's fold monitors on every control of its group, with a calibration set sized for
     the FPR claim, into a monitor file to attach to new runs."""
     from analysis.deploy import refit_file
-    from data_schema import require_corpus
+    from data_schema.errors import CorpusNotFoundError
 
-    require_corpus(corpus)
+    if corpus is None:
+        corpus = Path("corpus")
+        if not corpus.is_dir():
+            raise CorpusNotFoundError(
+                f"fit-monitor refits on the corpus analyze read, and there is no ./corpus in {Path.cwd()}: "
+                "pass it with --corpus DIR" + _corpus_hint(results))
+    elif not corpus.is_dir():
+        raise CorpusNotFoundError(f"--corpus {corpus}: no such corpus directory" + _corpus_hint(results))
     mf = refit_file(like, corpus, results, out_path, fpr, n_calibration)
     prov = mf.provenance
     print(f"wrote {out_path}: {mf.kind} on {len(mf.features)} columns, block {mf.block_updates} updates, warm-up "
           f"{mf.warmup_updates}; trained on {len(prov['train_run_ids'])} controls, calibrated on {mf.n_calibration} "
           f"(target FPR {mf.target_fpr:g}, conformal level {mf.alpha_used:.3g}), threshold {mf.threshold:.4g}")
+
+
+def _corpus_hint(results: Path) -> str:
+    """`` (results/summary.json says analyze read /abs/corpus)`` when it says so, else nothing."""
+    import json
+
+    try:
+        recorded = json.loads((results / "summary.json").read_text(encoding="utf-8")).get("corpus")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return f" ({results}/summary.json says analyze read {recorded})" if isinstance(recorded, str) else ""
 
 
 @app.command()
@@ -180,7 +202,10 @@ def calibrate(
     plan = cal.load_design(design)
     table_path = doses or design.with_name(design.stem + ".doses.toml")
     if not fit_only:
-        cal.calibrate(plan, corpus, budget=budget, workers=workers, say=lambda m: print(m, flush=True))
+        from data_schema.progress import ProgressReporter
+
+        cal.calibrate(plan, corpus, budget=budget, workers=workers, say=lambda m: print(m, flush=True),
+                      progress=lambda n: ProgressReporter("calibrate stage", n))
     states = cal.current_states(plan, corpus)
     rows = cal.fit_states(states)
     cal.write_dose_table(rows, table_path, plan, str(corpus))

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from data_schema import StabilityBenchError, read_manifest, require_corpus, steps_path
 from data_schema.compat import upgrade
 from data_schema.schema import PARTITION_COLUMNS
+from data_schema.verify import readable_runs
 from generate.matrix import value_matches
 
 #: Steps columns that index a row rather than measure training: not exported as scalars.
@@ -47,8 +48,14 @@ def select_runs(rows: list[dict[str, Any]], filters: dict[str, set[str]]) -> lis
 
 def export_tensorboard(corpus: str | os.PathLike[str], out: str | os.PathLike[str],
                        filters: dict[str, set[str]] | None = None,
-                       progress: Callable[[int, int], None] | None = None) -> list[Path]:
-    """Write the selected runs of ``corpus`` under ``out``; returns the run folders written."""
+                       progress: Callable[[int, int], None] | None = None,
+                       notes: list[str] | None = None) -> list[Path]:
+    """Write the selected runs of ``corpus`` under ``out``; returns the run folders written.
+
+    Only runs whose files ``verify`` accepts are exported (:func:`data_schema.verify.readable_runs`);
+    the others are named in one line (appended to ``notes``, else a
+    :class:`~data_schema.errors.SkippedRunsWarning`). When no selected run is readable it refuses in one line.
+    """
     try:
         from tensorboard.compat.proto.event_pb2 import Event
         from tensorboard.compat.proto.summary_pb2 import Summary
@@ -58,9 +65,14 @@ def export_tensorboard(corpus: str | os.PathLike[str], out: str | os.PathLike[st
                                   "pip install 'stabilitybench[data]'") from None
 
     require_corpus(corpus)
-    runs = select_runs(read_manifest(corpus).to_pylist(), filters or {})
-    if not runs:
+    selected = select_runs(read_manifest(corpus).to_pylist(), filters or {})
+    if not selected:
         raise StabilityBenchError(f"{corpus}: no finished run matches the --only filter")
+    readable = readable_runs(corpus, selected)
+    runs = readable.rows
+    if not runs:
+        raise StabilityBenchError(f"{corpus}: nothing exported: {readable.warning()}")
+    readable.report(notes)
     out = Path(out)
     written = []
     for i, row in enumerate(runs):

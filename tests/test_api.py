@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -20,8 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def readme_examples() -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    section = text.split("## Instrument your own training", 1)[1].split("\n## ", 1)[0]
+    """The torch, SB3 and HF Trainer examples of the "Instrument your own training" guide (moved from the README)."""
+    text = (ROOT / "docs/guides/instrument.md").read_text()
+    section = text.split("\n## A plain torch loop", 1)[1].split("\n## PyTorch Lightning", 1)[0]
     return re.findall(r"```python\n(.*?)```", section, flags=re.S)
 
 
@@ -157,3 +159,37 @@ def test_sb3_callback_records_any_algorithm(algo: str, monkeypatch: pytest.Monke
         # through the critic (the first update of each reads its snapshots instead of a capture)
         assert len(captures) == len(table) - 1 + len(actor) - 1
     assert 0 < table[-1]["samples_seen"] <= model.num_timesteps
+
+
+@pytest.mark.parametrize("algo", ["a2c", "ppo"])
+def test_sb3_callback_records_the_loss_that_was_backpropagated(algo: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A2C logs no ``train/loss`` (only its parts): its ``loss`` column was null on every row. Each row that
+    carries a loss must hold the loss of the last ``backward()`` of that ``train()`` call (PPO: unchanged)."""
+    import stable_baselines3 as sb3
+
+    from stabilitybench import Recorder, StabilityCallback
+
+    backpropagated: list[float] = []
+    original = torch.Tensor.backward
+
+    def backward(self: torch.Tensor, *args: object, **kwargs: object) -> None:
+        backpropagated.append(float(self.detach()))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "backward", backward)
+    kwargs = {"a2c": {"n_steps": 8, "ent_coef": 0.01}, "ppo": {"n_steps": 64, "batch_size": 32, "n_epochs": 2}}[algo]
+    model = getattr(sb3, algo.upper())("MlpPolicy", "CartPole-v1", seed=0, device="cpu", **kwargs)
+    rec = Recorder(None, algo=algo, env="CartPole-v1")
+    model.learn({"a2c": 80, "ppo": 192}[algo], callback=StabilityCallback(rec))
+    rows = rec.steps_table().to_pylist()
+    per_train = {"a2c": 1, "ppo": 2 * 64 // 32}[algo]  # optimizer updates per train() call
+    assert len(rows) == len(backpropagated) == {"a2c": 10, "ppo": 3 * per_train}[algo]
+    losses = [r["loss"] for r in rows]
+    expected = [backpropagated[i] if (i + 1) % per_train == 0 else None for i in range(len(rows))]
+    assert [loss is None for loss in losses] == [e is None for e in expected]
+    for loss, want in zip(losses, expected, strict=True):
+        if want is not None:
+            assert math.isfinite(loss) and loss == pytest.approx(want, rel=1e-5, abs=1e-6)
+    if algo == "a2c":  # the parts are there too, and the entropy term matters (ent_coef > 0)
+        assert all(r["policy_loss"] is not None and r["value_loss"] is not None for r in rows)
+        assert any(abs(r["loss"] - r["policy_loss"] - 0.5 * r["value_loss"]) > 1e-6 for r in rows)

@@ -1,4 +1,5 @@
-"""The CLI and the README agree: every README flag exists, every flag is in the README, --version, help texts."""
+"""The CLI and its documentation agree: every flag the docs use exists, every flag is in the CLI reference's
+synopsis (docs/reference/cli.md), --version, help texts, and the generated results tables render."""
 
 from __future__ import annotations
 
@@ -15,6 +16,10 @@ from stabilitybench.docs import update
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
+#: The CLI reference page, whose first ```bash block is the synopsis of every command and flag.
+CLI_PAGE = (ROOT / "docs/reference/cli.md").read_text()
+#: Every page a user reads: the README and the documentation site's sources.
+DOC_TEXTS = [README, *(p.read_text() for p in sorted((ROOT / "docs").rglob("*.md")))]
 COMMANDS = typer.main.get_command(app).commands  # type: ignore[attr-defined]
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 
@@ -24,9 +29,8 @@ def _flags(command: str) -> set[str]:
 
 
 def _cli_block() -> dict[str, set[str]]:
-    """Flags per command in the README's CLI synopsis (a continuation line belongs to the command above)."""
-    section = README.split("\n## The CLI", 1)[1].split("\n## ", 1)[0]
-    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    """Flags per command in the CLI reference's synopsis (a continuation line belongs to the command above)."""
+    block = re.search(r"```bash\n(.*?)```", CLI_PAGE, re.S).group(1)
     found: dict[str, set[str]] = {}
     current = None
     for line in block.splitlines():
@@ -39,7 +43,7 @@ def _cli_block() -> dict[str, set[str]]:
     return found
 
 
-def test_every_command_and_flag_is_in_the_readme_synopsis() -> None:
+def test_every_command_and_flag_is_in_the_cli_reference_synopsis() -> None:
     block = _cli_block()
     assert "--version" in block  # `stabilitybench --version`
     assert set(COMMANDS) <= set(block), set(COMMANDS) - set(block)
@@ -47,9 +51,9 @@ def test_every_command_and_flag_is_in_the_readme_synopsis() -> None:
         assert _flags(name) - {"--help"} == block[name], name
 
 
-def test_every_flag_the_readme_uses_exists() -> None:
+def test_every_flag_the_docs_use_exists() -> None:
     uses: list[tuple[str, str]] = []
-    for line in README.splitlines():
+    for line in (line for text in DOC_TEXTS for line in text.splitlines()):
         for m in re.finditer(r"stabilitybench\s+([a-z][a-z-]*)([^`#]*)", line):
             uses += [(m.group(1), f) for f in FLAG.findall(m.group(2))]
         for m in re.finditer(r"`(generate|status|analyze|report|query|export)((?: [^`]*)?)`", line):
@@ -89,11 +93,15 @@ def test_workers_help_has_no_contradictory_default() -> None:
 
 def test_readme_order() -> None:
     headings = [h for h in re.findall(r"^## (.+)$", README, re.M)]
-    want = ["Two commands", "What you get", "Querying", "Analysing", "Run on a cluster"]
+    want = ["Two commands", "Generate", "Analyse", "Read the corpus", "Instrument", "Live", "Run on a cluster"]
     at = [next(i for i, h in enumerate(headings) if h.startswith(w)) for w in want]
     assert at == sorted(at) and at[0] == 0, headings
     assert README.index("# StabilityBench") < README.index("## Two commands")
 
 
-def test_readme_generated_blocks_are_current() -> None:
-    assert update(README) == README, "run `python -m stabilitybench.docs README.md`"
+def test_results_tables_page_renders_the_generated_block() -> None:
+    """docs/reference/results.md holds the results-tables block, filled from the declarations at build time."""
+    page = (ROOT / "docs/reference/results.md").read_text()
+    rendered = update(page)
+    assert "<!-- BEGIN results-tables -->" in page and rendered != page
+    assert "| `results/runs.parquet` |" in rendered and "#### results/dose_response" in rendered

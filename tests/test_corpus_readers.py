@@ -118,11 +118,11 @@ def build_corpus(root: Path, with_events: bool = True, litter: bool = True) -> C
         assert path.is_file()
         all_steps.extend(table.to_pylist())
         manifest.append(_manifest_row(meta, seed))
-        if with_events and meta["perturbation"] != "none":
+        if with_events:  # every run has an events file (a control's is empty), as generate writes them
             ev = [
                 {"run_id": meta["run_id"], "step": 1, "event": "perturbation_on", "value": meta["magnitude"]},
                 {"run_id": meta["run_id"], "step": 2, "event": "perturbation_off"},
-            ]
+            ] if meta["perturbation"] != "none" else []
             ev_table = pa.Table.from_pylist(ev, schema=EVENTS_SCHEMA)
             write_table(ev_table, events_path(root, meta["run_id"]), EVENTS_SCHEMA)
             events.extend(ev_table.to_pylist())
@@ -175,6 +175,7 @@ def test_layout_is_hive_partitioned(corpus):
             "steps/domain=rl/algo=ppo/env=HalfCheetah-v5/perturbation=none/run-ppo-none.parquet",
             "steps/domain=rl/algo=sac/env=Hopper-v5/perturbation=lr_spike/run-sac-spike.parquet",
             "steps/domain=rl/algo=ppo/env=HalfCheetah-v5/perturbation=lr_spike/run-ppo-spike.parquet",
+            "events/run-ppo-none.parquet",
             "events/run-sac-spike.parquet",
             "events/run-ppo-spike.parquet",
         ]
@@ -339,18 +340,21 @@ def test_connect_runs_parquet_preferred(tmp_path):
 
 
 def test_connect_without_events(tmp_path):
-    c = build_corpus(tmp_path, with_events=False)
+    """Runs whose events file is missing are runs verify rejects: their steps are left out too, and named."""
+    build_corpus(tmp_path, with_events=False)
     assert not (tmp_path / "events").exists()
-    con = connect(tmp_path)
+    notes: list[str] = []
+    con = connect(tmp_path, notes=notes)
     try:
         assert scalar(con, "select count(*) from events") == 0
         assert con.sql("select * from events").columns == EVENTS_SCHEMA.names
-        assert scalar(con, "select count(*) from steps") == len(c.steps)
-        # joins against the empty view still work
+        assert scalar(con, "select count(*) from steps") == 0
+        # joins against the empty views still work
         n = scalar(con, "select count(*) from runs left join events using (run_id)")
         assert n == len(RUNS)
     finally:
         con.close()
+    assert len(notes) == 1 and "skipped 3 run(s)" in notes[0] and all(r[0] in notes[0] for r in RUNS)
 
 
 def test_connect_empty_dir(tmp_path):
@@ -465,7 +469,7 @@ def test_steps_path_encodes_partition_values(tmp_path):
 
 
 def test_awkward_partition_values_read_back(tmp_path):
-    want = {}
+    want, manifest = {}, []
     for k, env in enumerate(AWKWARD):
         run_id = f"r{k}"
         row = {
@@ -481,7 +485,10 @@ def test_awkward_partition_values_read_back(tmp_path):
             "perturbation": "none",
         }
         write_table(pa.Table.from_pylist([row], schema=STEPS_SCHEMA), steps_path(tmp_path, row), STEPS_SCHEMA)
+        write_table(EVENTS_SCHEMA.empty_table(), events_path(tmp_path, run_id), EVENTS_SCHEMA)
+        manifest.append({**_manifest_row(_run_meta((run_id, "rl", "ppo", env, "none", "none", 1.0, 1, 0.0)), k)})
         want[run_id] = env
+    write_manifest(tmp_path, manifest)  # readers read the files of the manifest's ok runs
     pattern = f"{tmp_path}/steps/**/*.parquet"
     assert dict(scan_steps(tmp_path).select("run_id", "env").collect().iter_rows()) == want
     assert dict(pl.scan_parquet(pattern, hive_partitioning=True).select("run_id", "env").collect().iter_rows()) == want

@@ -20,7 +20,7 @@ from data_schema.compat import file_version, upgrade_corpus
 from data_schema.io import RUN_METADATA_KEY
 from data_schema.schema import PARTITION_COLUMNS, RENAMED, SCHEMA_VERSION
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parent.parent / "docs/guides/read-corpus.md"  # its joins moved there
 PARTITIONS = {r[0]: dict(zip(("domain", "algo", "env", "perturbation"), r[1:5], strict=True)) for r in RUNS}
 N_STEPS = sum(r[7] for r in RUNS)
 
@@ -114,9 +114,9 @@ def test_renamed_columns_are_gone_from_the_schemas():
 
 # ---------------------------------------------------------------------- the README's joins
 def _readme_examples(kind: str) -> list[str]:
-    """The fenced blocks of README's "Joining tables" section (``sql`` or ``python``)."""
+    """The fenced blocks of the "Joining tables" section of docs/guides/read-corpus.md (``sql`` or ``python``)."""
     text = README.read_text()
-    section = text.split("### Joining tables", 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
+    section = text.split("\n## Joining tables", 1)[1].split("\n## ", 1)[0]
     return re.findall(rf"```{kind}\n(.*?)```", section, flags=re.S)
 
 

@@ -12,7 +12,8 @@ the actor's and SAC's entropy-coefficient optimizer for SAC/TD3) and puts a
 ``actor_*`` columns of the same row). It also records ``episode_return`` and ``performance``
 (mean of the last ``perf_window`` episode returns, from SB3's ``Monitor`` infos),
 ``samples_seen`` (``model.num_timesteps``) and the losses SB3 logs once per ``train()`` call
-(on that call's last row). No ``RunSpec``, resolved config or planned update count is needed.
+(on that call's last row; A2C logs no total ``train/loss``, so its ``loss`` is recombined from the
+parts it logs, see :func:`a2c_loss`). No ``RunSpec``, resolved config or planned update count is needed.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections import deque
 from typing import Any
 
 import torch
+from stable_baselines3 import A2C
 from stable_baselines3.common.callbacks import BaseCallback
 
 from generate.perturbations import Perturbation, TrainingClock, UpdateContext
@@ -156,6 +158,10 @@ class StabilityCallback(BaseCallback):
         stats = {col: float(values[key]) for key, col in TRAIN_STATS.items() if key in values}
         if "train/entropy_loss" in values:
             stats["entropy"] = -float(values["train/entropy_loss"])
+        if "loss" not in stats:
+            loss = a2c_loss(self.model, values)
+            if loss is not None:
+                stats["loss"] = loss
         self.recorder.update_last(**stats)
 
     def remove(self) -> None:
@@ -163,6 +169,21 @@ class StabilityCallback(BaseCallback):
         for probe in self.probes:
             probe.remove()
         self.probes = []
+
+
+def a2c_loss(model: Any, values: dict[str, Any]) -> float | None:
+    """A2C's total loss from the parts it logs, or None when ``model`` is not A2C or a part is missing.
+
+    SB3's A2C logs ``train/policy_loss``, ``train/value_loss`` and ``train/entropy_loss`` but not
+    ``train/loss``; it minimises ``policy_loss + ent_coef * entropy_loss + vf_coef * value_loss``
+    (``stable_baselines3/a2c/a2c.py``) with one gradient step per ``train()`` call, so the logged parts
+    are that step's and this is the loss it backpropagated (to float32 rounding of the parts).
+    """
+    keys = ("train/policy_loss", "train/value_loss", "train/entropy_loss")
+    if not isinstance(model, A2C) or any(key not in values for key in keys):
+        return None
+    policy, value, entropy = (float(values[key]) for key in keys)
+    return policy + float(model.ent_coef) * entropy + float(model.vf_coef) * value
 
 
 class TensorState:

@@ -1,0 +1,73 @@
+"""MkDocs hooks: the pages that are generated from the code, so that the site cannot drift from it.
+
+* ``<!-- generated: schema TABLE -->`` in a page becomes the declared Arrow schema of ``TABLE``
+  (``steps``, ``manifest``, ``runs``, ``events``) from :mod:`data_schema.schema`: column, type, unit,
+  nullability and description, the same declaration the writer passes at write time.
+* ``<!-- BEGIN name --> ... <!-- END name -->`` blocks are re-rendered by :func:`stabilitybench.docs.update`
+  (the ``results/`` tables from :mod:`analysis.results`), whatever the source page holds between them.
+* ``<!-- generated: schema-version -->`` becomes the corpus schema version.
+* Three Markdown files that live beside the code they describe are added to the site as pages:
+  ``BENCHMARKS.md``, ``analysis/README.md`` and ``generate/lm/README.md`` (see :data:`INCLUDED`).
+
+Registered in ``mkdocs.yml`` under ``hooks:``; ``make docs`` runs ``mkdocs build --strict``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Site page -> repository file it is rendered from (the file stays where it is, next to its code).
+INCLUDED = {
+    "reference/benchmarks.md": "BENCHMARKS.md",
+    "reference/methods.md": "analysis/README.md",
+    "reference/lm.md": "generate/lm/README.md",
+}
+
+SCHEMA_MARK = re.compile(r"<!-- generated: schema (\w+) -->")
+VERSION_MARK = "<!-- generated: schema-version -->"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def schema_table(table: str) -> str:
+    """Markdown table of one corpus table's declared columns (name, type, unit, nullable, description)."""
+    from data_schema.schema import SCHEMAS, describe
+
+    if table not in SCHEMAS:
+        raise ValueError(f"docs: unknown corpus table {table!r} in a schema marker (one of {', '.join(SCHEMAS)})")
+    lines = ["| column | type | unit | nullable | description |", "|---|---|---|---|---|"]
+    for r in describe(table):
+        cells = [f"`{r['name']}`", r["type"], r["unit"], r["nullable"], r["description"]]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def render(markdown: str) -> str:
+    """``markdown`` with every generated marker and block filled from the code."""
+    from data_schema.schema import SCHEMA_VERSION
+    from stabilitybench.docs import BLOCKS, update
+
+    markdown = SCHEMA_MARK.sub(lambda m: schema_table(m.group(1)), markdown)
+    markdown = markdown.replace(VERSION_MARK, SCHEMA_VERSION)
+    if any(f"<!-- BEGIN {name} -->" in markdown for name in BLOCKS):
+        markdown = update(markdown)
+    return markdown
+
+
+def on_files(files: Any, config: Any) -> Any:
+    """Add the repository Markdown files of :data:`INCLUDED` to the site."""
+    from mkdocs.structure.files import File
+
+    for uri, source in INCLUDED.items():
+        files.append(File.generated(config, uri, abs_src_path=str(ROOT / source)))
+    return files
+
+
+def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
+    return render(markdown)
