@@ -138,20 +138,33 @@ def upgrade_corpus(corpus: str | os.PathLike[str]) -> list[Path]:
     """Rewrite every legacy file of ``corpus`` in the current schema (atomically); returns what it rewrote.
 
     The manifest row kept in a steps file's metadata is renamed too. Current files are untouched,
-    so running it twice rewrites nothing the second time.
+    so running it twice rewrites nothing the second time. Only the files of runs that ``verify``
+    accepts are rewritten (:func:`data_schema.verify.readable_runs`); the others are left as they
+    are and named in one :class:`~data_schema.errors.SkippedRunsWarning`. A damaged ``runs.parquet``
+    is a one-line :class:`~data_schema.errors.CorruptFileError`.
     """
-    from data_schema.corpus import EVENTS_DIR, MANIFEST, RUNS, STEPS_DIR
+    from data_schema.corpus import MANIFEST, RUNS
+    from data_schema.errors import CorruptFileError
     from data_schema.io import RUN_METADATA_KEY, write_table
+    from data_schema.verify import readable_runs
 
     root = Path(corpus)
+    readable = readable_runs(root)
+    readable.report()
     jobs = [(root / MANIFEST, "manifest"), (root / RUNS, "runs")]
-    jobs += [(p, "steps") for p in sorted((root / STEPS_DIR).rglob("*.parquet"))]
-    jobs += [(p, "events") for p in sorted((root / EVENTS_DIR).glob("*.parquet"))]
+    jobs += [(p, "steps") for p in readable.steps_files()]
+    jobs += [(p, "events") for p in readable.events_files()]
     done = []
     for path, name in jobs:
-        if path.name.startswith(".") or not path.exists() or file_version(path) == SCHEMA_VERSION:
+        if path.name.startswith(".") or not path.exists():
             continue
-        table = pq.read_table(path)
+        try:
+            if file_version(path) == SCHEMA_VERSION:
+                continue
+            table = pq.read_table(path)
+        except (pa.ArrowException, OSError) as exc:
+            raise CorruptFileError(f"{path}: not a readable Parquet file ({str(exc).strip().splitlines()[0]}); "
+                                   "nothing was rewritten after it") from None
         meta = dict(table.schema.metadata or {})
         extra = {}
         if RUN_METADATA_KEY in meta:

@@ -334,6 +334,7 @@ class Probe:
         host_norm = norm.item() if self.read_norm_early else None
         if host_norm is not None and self.raise_nonfinite and not _finite(host_norm):
             self._restore_lrs()  # the update is not applied: nothing of it may stay behind
+            del self._pending["_norm"]  # (it leaked into the row, which then failed the schema)
             self._pending.update(grad_norm=host_norm, grad_coherence=None, update_norm=None, param_norm=None)
             stash, self._stash = self._stash, {}
             self._pending.update({k: float(v) for k, v in stash.items()})

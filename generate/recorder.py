@@ -55,7 +55,7 @@ from data_schema import (
 )
 from data_schema.corpus import STEPS_DIR
 from data_schema.integrity import file_digest
-from data_schema.io import atomic_path
+from data_schema.io import atomic_path, conform
 from data_schema.lock import CorpusLock, CorpusLockedError
 from data_schema.schema import DOMAINS, PARTITION_COLUMNS
 from generate.errors import NonFiniteTraining, RunExistsError
@@ -243,8 +243,10 @@ class Recorder:
         if self.corpus is None or self.refused:
             return None
         self.seal()
-        steps, events = self.steps_table(), self.events_table()  # a bad column raises before any write
         row = self._manifest_row(stop_reason, error)
+        # a bad column or a null in a required one raises here, naming the file, before anything is written
+        steps = conform(self.steps_table(), STEPS_SCHEMA, where=str(steps_path(self.corpus, row)))
+        events = conform(self.events_table(), EVENTS_SCHEMA, where=str(events_path(self.corpus, self.run_id)))
         self._publish(row, steps, events)
         self.manifest_row = row
         return row

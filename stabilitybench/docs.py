@@ -1,8 +1,9 @@
-"""README sections generated from the code: ``python -m stabilitybench.docs [README.md]`` rewrites them in place.
+"""Documentation blocks generated from the code.
 
-Each generated block sits between ``<!-- BEGIN name -->`` and ``<!-- END name -->`` in the
-README; a test checks that the README holds exactly what :func:`blocks` renders, so the
-documentation cannot drift from the declarations it is made from.
+Each generated block sits between ``<!-- BEGIN name -->`` and ``<!-- END name -->`` in a page of the
+documentation site (``docs/reference/results.md``); the site's build hook (``docs/hooks.py``) fills it
+with what :func:`blocks` renders, so the documentation cannot drift from the declarations it is made
+from. ``python -m stabilitybench.docs PAGE.md`` also rewrites the blocks of a page in place.
 
 * ``results-tables``: the ``results/`` tables that ``analyze`` writes, from
   :data:`analysis.results.TABLES` and, for each table that declares one, its Arrow schema
@@ -59,7 +60,7 @@ def update(text: str) -> str:
     for name, body in blocks().items():
         pattern = re.compile(rf"(<!-- BEGIN {name} -->\n).*?(<!-- END {name} -->)", re.S)
         if not pattern.search(text):
-            raise ValueError(f"README has no <!-- BEGIN {name} --> ... <!-- END {name} --> block")
+            raise ValueError(f"the page has no <!-- BEGIN {name} --> ... <!-- END {name} --> block")
         text = pattern.sub(lambda m, body=body: m.group(1) + body + "\n" + m.group(2), text)
     return text
 
@@ -67,7 +68,7 @@ def update(text: str) -> str:
 def main(argv: list[str]) -> None:
     from data_schema.io import atomic_path
 
-    path = Path(argv[0] if argv else "README.md")
+    path = Path(argv[0] if argv else "docs/reference/results.md")
     new = update(path.read_text())
     with atomic_path(path) as tmp:
         tmp.write_text(new)

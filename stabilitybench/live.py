@@ -10,7 +10,7 @@ imports the other)::
         guard = Intervention(monitor.online(), rec, actions=["lr_backoff"], lr_factor=0.1, lr_duration=200)
         model.learn(100_000, callback=StabilityCallback(rec, intervention=guard))
 
-See the README section "Live early warning".
+See the guide "Live early warning" (docs/guides/live.md).
 """
 
 from __future__ import annotations

@@ -225,3 +225,63 @@ def test_fit_monitor_on_a_missing_template_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "corpus" / "manifest.parquet").write_bytes(b"")
     res = cli("fit-monitor", "nope.monitor.npz", "-o", "k.monitor.npz", "-c", "corpus", cwd=tmp_path)
     assert_user_error(res, "nope.monitor.npz", "not a readable monitor file")
+
+
+# ------------------------------------------------------------- issue 30: CLI edge cases
+@pytest.mark.slow
+def test_query_limit_must_not_be_negative_and_zero_prints_every_row(local_smoke: Path, tmp_path: Path) -> None:
+    """Was: ``query --limit -5`` printed every row, silently."""
+    assert_user_error(cli("query", "select step from steps", "--corpus", str(local_smoke), "--limit", "-5",
+                          cwd=tmp_path), "--limit -5", ">= 0")
+    [(n,)] = duckdb.sql(f"select count(*) from read_parquet('{local_smoke}/steps/**/*.parquet')").fetchall()
+    assert n > 12  # more rows than the limit below, so the elision is visible
+    res = cli("query", "select step from steps", "--corpus", str(local_smoke), "--limit", "0", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "…" not in res.stdout and f"shape: ({n}, 1)" in res.stdout
+    assert len([ln for ln in res.stdout.splitlines() if re.fullmatch(r"│ \d+\s*│", ln)]) == n
+    res = cli("query", "select step from steps", "--corpus", str(local_smoke), "--limit", "4", cwd=tmp_path)
+    assert res.returncode == 0 and "…" in res.stdout
+
+
+def test_status_cpus_zero_is_refused(tmp_path: Path) -> None:
+    """Was: ``status --cpus 0`` was accepted (and printed no estimate)."""
+    assert_user_error(cli("status", "--profile", "smoke", "--cpus", "0", "--corpus", str(tmp_path / "c"),
+                          cwd=tmp_path), "--cpus 0", "at least 1")
+    res = cli("status", "--profile", "smoke", "--cpus", "8", "--corpus", str(tmp_path / "c"), cwd=tmp_path)
+    assert res.returncode == 0 and "on 8 CPUs" in res.stdout
+
+
+def test_analyze_on_an_empty_folder_creates_nothing(tmp_path: Path) -> None:
+    """Was: a traceback-free error, but only after it had left a ``.lock`` and an empty output folder."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    line = assert_user_error(cli("analyze", "--corpus", str(empty), "--out", str(tmp_path / "res"), cwd=tmp_path),
+                             str(empty), "manifest.parquet")
+    assert "--corpus" in line
+    assert list(empty.iterdir()) == []
+    assert not (tmp_path / "res").exists()
+
+
+def test_fit_monitor_without_corpus_says_what_to_pass(tmp_path: Path) -> None:
+    """Was: ``fit-monitor x.npz`` in a folder without ./corpus said only "corpus: no corpus here"."""
+    res = cli("fit-monitor", "x.monitor.npz", "-o", "k.monitor.npz", cwd=tmp_path)
+    line = assert_user_error(res, "--corpus", "./corpus", str(tmp_path))
+    assert "no corpus here" not in line
+    assert not (tmp_path / "k.monitor.npz").exists()
+
+
+def test_bare_generate_says_what_it_is_about_to_do(tmp_path: Path) -> None:
+    """Was: bare ``generate`` silently started the 88-run quick profile into ./corpus."""
+    from generate.costs import estimate
+
+    res = cli("generate", "--dry-run", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    quick = load_profile("quick")
+    notice = res.stderr
+    assert "no --profile given" in notice and "'quick'" in notice
+    assert f"{len(quick)} runs into corpus/" in notice
+    assert f"{estimate(quick).pre:,.0f} plain-PPO-run equivalents" in notice
+    assert "--profile {" in notice and "smoke" in notice and "standard" in notice
+    # the explicit form stays quiet
+    res = cli("generate", "--dry-run", "--profile", "quick", cwd=tmp_path)
+    assert res.returncode == 0 and "no --profile given" not in res.stderr

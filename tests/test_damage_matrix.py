@@ -29,6 +29,7 @@ from corpus_tools import flip_byte_in_page, truncate
 
 from analysis.data import FeatureConfig, feature_columns, load_events, load_runs, load_steps
 from data_schema import connect, events_path, read_manifest, scan_steps, steps_path, write_manifest
+from data_schema.compat import upgrade_corpus
 from data_schema.errors import SkippedRunsWarning, exit_on_user_error
 from data_schema.verify import readable_runs
 from stabilitybench.cli import app
@@ -145,7 +146,7 @@ def test_query_reads_only_the_readable_runs(case: dict[str, Any]) -> None:
 def test_export_tensorboard_skips_the_damaged_run(case: dict[str, Any]) -> None:
     pytest.importorskip("tensorboard")
     tb = case["tmp"] / "tb"
-    code, out, err = invoke("export", "--tensorboard", str(tb), "--corpus", str(case["corpus"]))
+    code, _, err = invoke("export", "--tensorboard", str(tb), "--corpus", str(case["corpus"]))
     assert code == 0, err
     exported = {p.name.rsplit("-", 1)[-1] for p in tb.glob("*/*/*") if p.is_dir()}
     assert exported == others(case)
@@ -171,7 +172,7 @@ REPORT_CASES = [("truncate", "steps"), ("footer", "steps"), ("delete", "events")
 def test_report_on_a_corpus_damaged_after_analyze(case: dict[str, Any], clean_results: Path) -> None:
     """F1 reads raw telemetry from the corpus: the damaged run is left out of it, named in one warning."""
     out_dir = case["tmp"] / "report"
-    code, out, err = invoke("report", "--results", str(clean_results), "--out", str(out_dir),
+    code, _, err = invoke("report", "--results", str(clean_results), "--out", str(out_dir),
                             "--corpus", str(case["corpus"]))
     assert code == 0, err
     assert (out_dir / "index.html").is_file()
@@ -199,6 +200,8 @@ def test_data_schema_readers_skip_the_damaged_run(case: dict[str, Any]) -> None:
     assert len(notes) == 1 and victim in notes[0]
     readable = readable_runs(corpus)
     assert set(readable.run_ids) == others(case) and {p.run_id for p in readable.skipped} == {victim}
+    with pytest.warns(SkippedRunsWarning, match=victim):  # `python -m data_schema upgrade`: a current corpus
+        assert upgrade_corpus(corpus) == []
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS, indirect=True)

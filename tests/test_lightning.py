@@ -294,3 +294,20 @@ def test_16_mixed_records_the_unscaled_pre_clip_norm_and_skips_overflowed_steps(
     applied = [u for u, n in enumerate(model.pre_clip_norms) if torch.isfinite(torch.tensor(n))]
     want = [float(model.losses[2 * u] / 2 + model.losses[2 * u + 1] / 2) for u in applied]
     assert [r["loss"] for r in rows] == pytest.approx(want, rel=1e-5)
+
+
+def test_a_diverging_lightning_run_is_data(tmp_path: Path) -> None:
+    """A x1e6 LR spike blows the run up: the probe records the non-finite update, closes the run as
+    ``stop_reason=nonfinite`` (status ok, files written, verify clean) and only then stops ``fit``."""
+    from generate.errors import TrainingDiverged
+    from stabilitybench import Recorder, StabilityLightningCallback, perturbation
+
+    rec = Recorder(tmp_path / "c", "diverge", algo="mlp", env="toy")
+    callback = StabilityLightningCallback(rec, perturbation=perturbation("lr_spike", 1e6, 3, 5))
+    with pytest.raises(TrainingDiverged, match="stop_reason=nonfinite"):
+        fit([callback], max_steps=20, module_kw={"momentum": 0.0})
+    row = read_manifest(tmp_path / "c").to_pylist()[0]
+    assert (row["status"], row["stop_reason"]) == ("ok", "nonfinite") and 3 < row["n_updates"] < 20
+    assert verify_corpus(tmp_path / "c", deep=True).problems == []
+    assert [e["event"] for e in rec.events] == ["perturbation_on", "nonfinite"]
+    assert callback.probe is None  # detached: the optimizer is the user's again

@@ -73,7 +73,9 @@ class StabilityLightningCallback(pl.Callback):
         Which of ``trainer.optimizers`` to probe (manual optimization may have several; automatic
         optimization has one).
     nonfinite:
-        Passed to the :class:`~generate.probe.Probe` when given (default: the probe's).
+        Passed to the :class:`~generate.probe.Probe` when given. The probe's default, ``"stop"``: a
+        non-finite update is recorded, the run is closed as ``stop_reason = "nonfinite"`` (status ok)
+        and :class:`~generate.errors.TrainingDiverged` then ends ``fit``; ``"record"`` keeps training.
     """
 
     def __init__(self, recorder: Any, *, perturbation: Perturbation | None = None, coherence_window: int = 8,

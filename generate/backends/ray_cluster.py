@@ -12,7 +12,7 @@
   run whose files landed but whose row did not).
 
 Workers write to the ``--out`` path themselves, so on a multi-node cluster it must be
-a filesystem every node mounts at the same path (README: "Run on a cluster").
+a filesystem every node mounts at the same path (docs/guides/cluster.md).
 """
 
 from __future__ import annotations
