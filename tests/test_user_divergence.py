@@ -32,19 +32,19 @@ from generate.perturbations import LRSpike
 from generate.probe import Probe
 from generate.recorder import Recorder
 
-ROOT = Path(__file__).resolve().parents[1]
+CODE = Path(sys.modules[Recorder.__module__].__file__).resolve().parents[1]  # the code under test (subprocesses too)
 LR = 0.05
 ONSET = 12
 
 
-def loop(rec: Recorder, steps: int, *, spike: float | None = None, nonfinite: str = "stop",
+def loop(rec: Recorder, steps: int, *, spike: float | None = None, nonfinite: str | None = None,
          on_step=None) -> Probe:
     """The README's plain torch loop on a small MLP: SGD, clipping, one row per update."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
     opt = torch.optim.SGD(model.parameters(), lr=LR)
     pert = None if spike is None else LRSpike(spike, ONSET, 10)
-    probe = Probe(opt, rec, perturbation=pert, nonfinite=nonfinite)
+    probe = Probe(opt, rec, perturbation=pert, **({} if nonfinite is None else {"nonfinite": nonfinite}))
     gen = torch.Generator().manual_seed(1)
     for step in range(steps):
         x = torch.randn(16, 8, generator=gen)
@@ -62,7 +62,7 @@ def loop(rec: Recorder, steps: int, *, spike: float | None = None, nonfinite: st
 
 def verify_cli(corpus: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "stabilitybench", "verify", "--corpus", str(corpus), "--deep"],
-                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(CODE)}, timeout=300)
 
 
 def events_of(corpus: Path, run_id: str) -> list[dict]:
@@ -246,7 +246,7 @@ def test_stabilitybench_cli_prints_the_refusal_in_one_line(tmp_path: Path) -> No
             "def main():\n    with Recorder(sys.argv[1], 'x', algo='a', env='e', run_id='fixed') as rec:\n"
             "        rec.append(lr=0.1, perturbation_active=False)\n"
             "exit_on_user_error(main)\n")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(CODE)}
     first = subprocess.run([sys.executable, "-c", code, str(corpus)], capture_output=True, text=True, env=env)
     assert first.returncode == 0, first.stderr
     second = subprocess.run([sys.executable, "-c", code, str(corpus)], capture_output=True, text=True, env=env)
