@@ -319,3 +319,21 @@ def test_verify_an_empty_corpus_is_all_good(tmp_path: Path) -> None:
     write_manifest(tmp_path, [])
     code, out, _ = invoke("verify", "--corpus", str(tmp_path))
     assert code == 0 and "verified 0 ok run(s), 0 data file(s)" in out and "all good" in out, out
+
+
+def test_a_run_checked_once_is_checked_again_after_any_write(local_smoke: Path, tmp_path: Path) -> None:
+    """readable_runs caches accepted runs per process (a notebook scans often); damage after that still shows."""
+    import time
+
+    from data_schema import verify
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(local_smoke, corpus)
+    time.sleep(verify._RACY_NS / 1e9 + 0.1)  # fresh files are never cached (the racy window)
+    rows = read_manifest(corpus).to_pylist()
+    assert set(readable_runs(corpus).run_ids) == {r["run_id"] for r in rows}
+    victim = next(r for r in rows if r["algo"] == "ppo" and r["perturbation"] == "none")
+    assert str(steps_path(corpus, victim).resolve()) in {k[0] for k in verify._ACCEPTED}
+    flip_byte_in_page(steps_path(corpus, victim))  # same size, same inode: only the stats' times change
+    with pytest.warns(SkippedRunsWarning, match=victim["run_id"]):
+        assert victim["run_id"] not in set(scan_steps(corpus).collect()["run_id"])

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from generate.coherence import RollingCoherence, SignSketch
-from generate.errors import NonFiniteTraining
+from generate.errors import NonFiniteTraining, ProbeAttachedError
 from generate.perturbations import LRSpike, NoPerturbation
 from generate.probe import Probe, contiguous_view
 
@@ -328,3 +328,98 @@ def test_remove_detaches_every_hook() -> None:
     probe.remove()
     train_step(net, opt, torch.randn(4, 4), torch.randn(4, 2))
     assert rows == []
+
+
+# ------------------------------------------------------------------ composition (issue 30)
+def applied_lrs(opt: torch.optim.Optimizer) -> list[float]:
+    """Group 0's LR as every update applies it: a pre-step hook registered after the probe's."""
+    seen: list[float] = []
+    opt.register_step_pre_hook(lambda o, a, k: seen.append(o.param_groups[0]["lr"]))
+    return seen
+
+
+def test_a_second_probe_on_one_optimizer_is_refused_and_the_lr_stays_the_users() -> None:
+    """A re-run notebook cell put a second Probe on the optimizer: with a x10 spike the LR went
+    0.01 -> 1 -> 10 -> 100 and stayed at 10 after the window. The second Probe is now refused."""
+    net, opt, probe, rows = make_probe(LRSpike(10.0, 2, 3))
+    for group in opt.param_groups:
+        group["lr"] = 0.01
+    with pytest.raises(ProbeAttachedError) as info:
+        Probe(opt, perturbation=LRSpike(10.0, 2, 3), on_row=lambda step, stats: None)
+    assert "\n" not in str(info.value) and "remove" in str(info.value)
+    assert Probe.attached(opt) is probe
+    seen = applied_lrs(opt)
+    x, y = torch.randn(4, 4), torch.randn(4, 2)
+    for _ in range(8):
+        train_step(net, opt, x, y)
+    assert seen == pytest.approx([0.01, 0.01, 0.1, 0.1, 0.1, 0.01, 0.01, 0.01], rel=1e-12)
+    assert opt.param_groups[0]["lr"] == 0.01
+    assert [r["lr"] for r in rows] == pytest.approx(seen, rel=1e-12)
+    probe.remove()
+    assert Probe.attached(opt) is None
+    again = Probe(opt, on_row=lambda step, stats: None)  # after remove() another may attach
+    assert Probe.attached(opt) is again
+    again.remove()
+
+
+def test_remove_restores_the_lrs_and_hooks_of_an_update_cut_off_inside_step() -> None:
+    net, opt, probe, _rows = make_probe(LRSpike(10.0, 0, 5))
+    user_lr = opt.param_groups[0]["lr"]
+    pre_hooks, post_hooks = dict(opt._optimizer_step_pre_hooks), dict(opt._optimizer_step_post_hooks)
+    x, y = torch.randn(4, 4), torch.randn(4, 2)
+    train_step(net, opt, x, y)
+
+    def closure() -> torch.Tensor:
+        raise RuntimeError("the user's closure failed")
+
+    with pytest.raises(RuntimeError):
+        opt.step(closure)  # the probe's pre-step hook multiplied the LR; its post-step hook never ran
+    assert opt.param_groups[0]["lr"] == pytest.approx(10 * user_lr)
+    seen = applied_lrs(opt)
+    train_step(net, opt, x, y)
+    assert seen == [pytest.approx(10 * user_lr)]  # the next update does not compound the factor
+    probe.remove()
+    assert opt.param_groups[0]["lr"] == user_lr
+    opt._optimizer_step_pre_hooks.popitem()  # applied_lrs' own hook
+    assert dict(opt._optimizer_step_pre_hooks) == {} and dict(opt._optimizer_step_post_hooks) == {}
+    assert pre_hooks and post_hooks  # (the probe had hooks to remove)
+    assert all(not p._post_accumulate_grad_hooks for p in net.parameters())
+
+    _net, opt, probe, _rows = make_probe(LRSpike(10.0, 0, 5))  # remove() right after a cut-off update
+    with pytest.raises(RuntimeError):
+        opt.step(closure)
+    probe.remove()
+    assert opt.param_groups[0]["lr"] == BASE_LR
+
+
+def test_probe_is_a_context_manager_that_detaches_on_exit() -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=BASE_LR)
+    rows: list[dict] = []
+    x, y = torch.randn(4, 4), torch.randn(4, 2)
+    with Probe(opt, perturbation=LRSpike(10.0, 1, 1), on_row=lambda s, st: rows.append(st)) as probe:
+        assert Probe.attached(opt) is probe
+        for _ in range(3):
+            train_step(net, opt, x, y)
+    assert len(rows) == 3 and [r["lr"] for r in rows] == pytest.approx([BASE_LR, 10 * BASE_LR, BASE_LR])
+    assert Probe.attached(opt) is None and opt.param_groups[0]["lr"] == BASE_LR
+    train_step(net, opt, x, y)
+    assert len(rows) == 3  # detached
+    with pytest.raises(KeyError), Probe(opt, on_row=lambda s, st: rows.append(st)):
+        raise KeyError("the loop failed")
+    assert Probe.attached(opt) is None  # detached on an exception too
+    assert not dict(opt._optimizer_step_pre_hooks) and not dict(opt._optimizer_step_post_hooks)
+
+
+def test_a_probe_whose_owner_was_lost_still_blocks_until_removed() -> None:
+    """The notebook case: the first probe's variable was overwritten, its hooks still fire."""
+    _net, opt, probe, _ = make_probe(NoPerturbation(1.0, 0, 0))
+    del probe
+    import gc
+
+    gc.collect()
+    with pytest.raises(ProbeAttachedError):
+        Probe(opt, on_row=lambda s, st: None)
+    Probe.attached(opt).remove()
+    Probe(opt, on_row=lambda s, st: None).remove()
