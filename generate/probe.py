@@ -101,13 +101,14 @@ class Probe:
         What a non-finite gradient (caught before the step on CPU) or parameter does. In every case
         the update's row is recorded and the recorder gets one ``nonfinite`` event
         (:meth:`~generate.recorder.Recorder.mark_nonfinite`), so the run ends as
-        ``stop_reason = "nonfinite"``, status ok. ``"stop"`` (default): then close the recorder
-        (its files and manifest row are written, with a corpus) and raise
+        ``stop_reason = "nonfinite"``, status ok. ``"stop"`` (default): then detach the probe, close the
+        recorder (its files and manifest row are written, with a corpus) and raise
         :class:`~generate.errors.TrainingDiverged`. ``"record"``: keep training and recording rows.
         ``"raise"``: raise :class:`~generate.errors.NonFiniteTraining` without closing (the project's
         generators, which own the recorder; a ``with Recorder`` block also records it as data).
 
-    A second Probe on an optimizer that has a live one raises :class:`~generate.errors.ProbeAttachedError`.
+    A second Probe on an optimizer that has a live one raises :class:`~generate.errors.ProbeAttachedError`
+    (a probe whose Recorder is closed, i.e. whose run is over, is removed instead).
     ``with Probe(optimizer, recorder) as probe:`` removes the probe on leaving the block.
     """
 
@@ -138,7 +139,9 @@ class Probe:
         if not self.params:
             raise ValueError("the optimizer has no parameters that require gradients")
         live = Probe.attached(optimizer)
-        if live is not None:
+        if live is not None and getattr(live.recorder, "closed", False):
+            live.remove()  # its run is over (its Recorder was closed, e.g. by an exception): nothing to compete with
+        elif live is not None:
             raise ProbeAttachedError(
                 f"this {type(optimizer).__name__} already has a live Probe; remove it first "
                 "(`Probe.attached(optimizer).remove()`, or attach with `with Probe(...)`)")
@@ -177,11 +180,21 @@ class Probe:
         self.missing_grads = 0
         self._index = {id(p): i for i, p in enumerate(self.params)}
         self._flat = contiguous_view(self.params)
-        #: CPU, one dtype, not one block: a (2, P) buffer [before -> after - before, after] (module doc).
+        one_kind = len({(p.dtype, p.device) for p in self.params}) == 1
+        #: CPU, one dtype, not one block: a (2, P) buffer [before -> before - after, after] filled through
+        #: per-parameter views of its rows (module doc); both norms are then one reduction.
         self._pair: torch.Tensor | None = None
-        if (self._flat is None and self.device.type == "cpu" and self.numel <= _FLAT_SNAPSHOT_MAX
-                and len({p.dtype for p in self.params}) == 1):
+        self._pair_views: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+        if self._flat is None and self.device.type == "cpu" and self.numel <= _FLAT_SNAPSHOT_MAX and one_kind:
             self._pair = torch.empty(2, self.numel, dtype=self.params[0].dtype)
+            self._pair_views = (_views(self._pair[0], self.params), _views(self._pair[1], self.params))
+        #: One dtype and device: the captured gradient is copied into this flat buffer through per-parameter
+        #: views (one foreach copy instead of a reshape per parameter and a cat). Reused every update.
+        self._gbuf: torch.Tensor | None = None
+        self._gviews: list[torch.Tensor] = []
+        if one_kind and not manual_grads:
+            self._gbuf = torch.empty(self.numel, dtype=self.params[0].dtype, device=self.device)
+            self._gviews = _views(self._gbuf, self.params)
         self._before: Any = None
         self._saved_lrs: list[Any] | None = None
         self._was_active = False
@@ -269,10 +282,15 @@ class Probe:
     def _flat_grad(self) -> torch.Tensor:
         grads = [p.grad for p in self.params]
         missing = sum(g is None for g in grads)
+        if missing != self.missing_grads:
+            self._set_missing(missing)
+        # always a copy: clipping rescales .grad in place after this hook and before the step
+        if not missing and self._gbuf is not None:
+            with torch.no_grad():
+                torch._foreach_copy_(self._gviews, grads)
+            return self._gbuf
         if missing:
             grads = [g for g in grads if g is not None]
-        self._set_missing(missing)
-        # always a copy: clipping rescales .grad in place after this hook and before the step
         return torch.cat([g.reshape(-1) for g in grads]) if grads else torch.zeros(0, device=self.device)
 
     def _finish_learning(self) -> torch.Tensor | None:
@@ -364,10 +382,13 @@ class Probe:
         stash, self._stash = self._stash, {}
         if sum_sq is None:
             sum_sq = torch.zeros((), dtype=pieces.dtype, device=self.device)
-        # the one host read of this update: [grad_norm, ||S||^2, *stash, *norm pieces], at least float32
-        dtype = torch.float64 if pieces.dtype == torch.float64 else torch.float32
-        values = torch.cat([t.reshape(1).to(dtype) for t in (norm, sum_sq, *stash.values())]
-                           + [pieces.to(dtype)]).tolist()
+        # the one host read of this update: [grad_norm, ||S||^2, *stash, *norm pieces], in at least float32
+        head = (norm, sum_sq, *stash.values())
+        dtype = pieces.dtype if pieces.dtype in (torch.float32, torch.float64) else torch.float32
+        if any(t.dtype != dtype for t in head) or pieces.dtype != dtype:
+            head = tuple(t.to(dtype) for t in head)
+            pieces = pieces.to(dtype)
+        values = torch.cat((torch.stack(head), pieces)).tolist()
         grad_norm, sum_sq = values[0], values[1]
         if stash:
             pending.update(zip(stash, values[2 : 2 + len(stash)], strict=True))
@@ -404,6 +425,7 @@ class Probe:
             return
         if self.nonfinite == "raise" or rec is None or not hasattr(rec, "close"):
             raise NonFiniteTraining(step, what) if self.nonfinite == "raise" else TrainingDiverged(step, what)
+        self.remove()  # the run is over: the optimizer is left as the user made it
         rec.close("nonfinite")  # the row, the event and (with a corpus) the files are safe before the raise
         corpus = getattr(rec, "corpus", None)
         raise TrainingDiverged(step, what, getattr(rec, "run_id", None) if corpus is not None else None,
@@ -425,7 +447,7 @@ class Probe:
             return
         if self._pair is not None:
             with torch.no_grad():
-                torch.cat([p.reshape(-1) for p in self.params], out=self._pair[0])
+                torch._foreach_copy_(self._pair_views[0], self.params)
             return
         if self._before is None:
             self._before = [torch.empty_like(p, memory_format=torch.contiguous_format) for p in self.params]
@@ -441,7 +463,7 @@ class Probe:
                                     torch.linalg.vector_norm(self._flat)))
             if self._pair is not None:
                 pair = self._pair
-                torch.cat([p.reshape(-1) for p in self.params], out=pair[1])
+                torch._foreach_copy_(self._pair_views[1], self.params)
                 pair[0].sub_(pair[1])
                 return torch.linalg.vector_norm(pair, dim=1)  # (||before - after||, ||after||)
             torch._foreach_sub_(self._before, self.params)
@@ -456,6 +478,15 @@ class Probe:
             self.recorder.append(step=step, **stats)
         if self.main:
             self.clock.step += 1
+
+
+def _views(flat: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Views of the 1-d ``flat``, back to back, shaped like each tensor of ``like``."""
+    out, offset = [], 0
+    for t in like:
+        out.append(flat[offset : offset + t.numel()].view(t.shape))
+        offset += t.numel()
+    return out
 
 
 def contiguous_view(tensors: list[torch.Tensor]) -> torch.Tensor | None:

@@ -423,3 +423,24 @@ def test_a_probe_whose_owner_was_lost_still_blocks_until_removed() -> None:
         Probe(opt, on_row=lambda s, st: None)
     Probe.attached(opt).remove()
     Probe(opt, on_row=lambda s, st: None).remove()
+
+
+def test_a_probe_whose_run_is_over_gives_way_to_the_next(tmp_path) -> None:
+    """A notebook cell that failed inside ``with Recorder(...)`` and is run again: the old run is closed,
+    so its probe is removed (its LR restored) instead of refusing the new one."""
+    from generate.recorder import Recorder
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=BASE_LR)
+    x, y = torch.randn(4, 4), torch.randn(4, 2)
+    with pytest.raises(ZeroDivisionError), Recorder(None, "cell") as rec:
+        Probe(opt, rec, perturbation=LRSpike(10.0, 0, 5), on_row=lambda s, st: None)
+        train_step(net, opt, x, y)
+        raise ZeroDivisionError("the loop failed")
+    assert rec.closed and Probe.attached(opt) is not None
+    second = Probe(opt, on_row=lambda s, st: None)
+    assert Probe.attached(opt) is second and opt.param_groups[0]["lr"] == BASE_LR
+    seen = applied_lrs(opt)
+    train_step(net, opt, x, y)
+    assert seen == [BASE_LR]  # the first probe's spike is gone with it
