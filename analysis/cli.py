@@ -47,7 +47,7 @@ def analyze(
     n_excluded = summary.get("excluded_runs", {}).get("n", 0)
     if n_excluded:
         out.print(f"[yellow]excluded {n_excluded} run(s)[/] whose steps or events file is missing or damaged "
-                  "(listed in summary.json; `stabilitybench verify` names them, `generate` reruns them)")
+                  "(listed in summary.json; `stabilitybench verify` names them and says how to redo each)")
     for row in summary["collapse"]["dose_response"]:
         out.print(f"  {row['env']:<16} {row['config']:<28} collapsed {row['n_collapsed']}/{row['n_runs']}")
     ew_status = Status.of(summary["early_warning"])

@@ -10,7 +10,8 @@ same batches, Adam, batch 64, ``--steps`` updates, one torch thread):
   Recorder's construction (its run_id check reads the manifest) and ``close()`` (the three files).
 
 Arms run interleaved (plain, probe, probe+recorder, plain, ...) for ``--repeats`` repeats. Reported per
-arm: the median wall time of the training loop, the median per-update overhead against ``plain``
+arm and clock (wall time, and the thread's CPU time, which other processes on a shared machine disturb
+less): the median time of the training loop, the median per-update overhead against ``plain``
 (``(arm - plain) / steps`` of each repeat, then the median), the median of the per-repeat ratios, and
 for ``probe+recorder`` the median seconds of construction + ``close()`` (the files).
 
@@ -85,13 +86,13 @@ def run_arm(arm: str, batches: list[tuple[Any, Any]], corpus: Path, tag: str) ->
     files_s += time.perf_counter() - t_files
     if rec is not None:
         probe = Probe(opt, rec)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.thread_time()
     for x, y in batches:
         opt.zero_grad()
         loss = loss_fn(model(x), y)
         loss.backward()
         opt.step()
-    loop_s = time.perf_counter() - t0
+    loop_s, cpu_s = time.perf_counter() - t0, time.thread_time() - c0
     rows = 0
     if probe is not None:
         probe.remove()
@@ -99,7 +100,7 @@ def run_arm(arm: str, batches: list[tuple[Any, Any]], corpus: Path, tag: str) ->
         t_files = time.perf_counter()
         rec.close()
         files_s += time.perf_counter() - t_files
-    return {"loop_s": loop_s, "files_s": files_s, "rows": rows}
+    return {"loop_s": loop_s, "cpu_s": cpu_s, "files_s": files_s, "rows": rows}
 
 
 def main() -> None:
@@ -128,32 +129,35 @@ def main() -> None:
         for rep in range(args.repeats):
             for arm in arms:
                 results[arm].append(run_arm(arm, batches, Path(tmp, "corpus"), str(rep)))
-    plain = [r["loop_s"] for r in results["plain"]]
     summary: dict[str, Any] = {"label": args.label, "code": str(Path(generate.probe.__file__).parent.parent),
                                "steps": args.steps, "batch": args.batch, "repeats": args.repeats,
                                "params": n_params, "threads": args.threads, "arms": {}}
     for arm in arms:
-        loops = [r["loop_s"] for r in results[arm]]
-        per_update = [(a - p) / args.steps * 1e3 for a, p in zip(loops, plain, strict=True)]
-        ratios = [a / p for a, p in zip(loops, plain, strict=True)]
-        summary["arms"][arm] = {
-            "loop_s_median": statistics.median(loops), "loop_s": loops,
-            "ms_per_update_median": statistics.median(per_update), "ms_per_update": per_update,
-            "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
-            "files_s_median": statistics.median(r["files_s"] for r in results[arm]),
-            "rows": results[arm][0]["rows"],
-        }
+        entry: dict[str, Any] = {"rows": results[arm][0]["rows"],
+                                 "files_s_median": statistics.median(r["files_s"] for r in results[arm])}
+        for clock in ("loop_s", "cpu_s"):
+            base = [r[clock] for r in results["plain"]]
+            times = [r[clock] for r in results[arm]]
+            per_update = [(a - p) / args.steps * 1e3 for a, p in zip(times, base, strict=True)]
+            ratios = [a / p for a, p in zip(times, base, strict=True)]
+            entry[clock] = {"median": statistics.median(times), "all": times,
+                            "ms_per_update_median": statistics.median(per_update), "ms_per_update": per_update,
+                            "ratio_median": statistics.median(ratios), "ratio_min": min(ratios),
+                            "ratio_max": max(ratios)}
+        summary["arms"][arm] = entry
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2))
     print(f"{args.label or 'run'}: {n_params:,}-parameter CNN, {args.steps} updates, batch {args.batch}, "
           f"{args.repeats} interleaved repeats, {args.threads} torch thread(s); code from {summary['code']}")
-    print("| arm | loop s (median) | overhead ms/update (median) | ratio, median [min, max] | files s/run |")
-    print("|---|---|---|---|---|")
+    print("| arm | clock | loop s (median) | overhead ms/update (median) | ratio, median [min, max] | files s/run |")
+    print("|---|---|---|---|---|---|")
     for arm in arms:
-        s = summary["arms"][arm]
-        files = f"{s['files_s_median']:.3f}" if arm == "probe+recorder" else ""
-        print(f"| {arm} | {s['loop_s_median']:.3f} | {s['ms_per_update_median']:.3f} | "
-              f"{s['ratio_median']:.3f} [{s['ratio_min']:.3f}, {s['ratio_max']:.3f}] | {files} |")
+        for clock, name in (("loop_s", "wall"), ("cpu_s", "CPU")):
+            c = summary["arms"][arm][clock]
+            show = arm == "probe+recorder" and clock == "loop_s"
+            files = f"{summary['arms'][arm]['files_s_median']:.3f}" if show else ""
+            print(f"| {arm} | {name} | {c['median']:.3f} | {c['ms_per_update_median']:.3f} | "
+                  f"{c['ratio_median']:.3f} [{c['ratio_min']:.3f}, {c['ratio_max']:.3f}] | {files} |")
 
 
 if __name__ == "__main__":

@@ -59,17 +59,24 @@ class VerifyReport:
         """
         if not self.problems:
             return ""
-        found = {self.origins.get(p.run_id, UNKNOWN) for p in self.problems}
-        parts = []
-        if GENERATED in found:
-            parts.append("`stabilitybench generate` with the corpus's profile reruns the generated runs")
-        if RECORDED in found:
-            parts.append("runs your own script wrote with stabilitybench.Recorder cannot be regenerated: delete "
-                         "their files named above and rerun that script for them (their manifest config_json "
-                         "names each run)")
-        if UNKNOWN in found:
-            parts.append("files of unknown origin: restore them from a copy or delete them")
-        return "; ".join(parts)
+        return rerun_advice({self.origins.get(p.run_id, UNKNOWN) for p in self.problems})
+
+
+def rerun_advice(origins: set[str]) -> str:
+    """What to do about damaged runs whose :func:`run_origin` values are ``origins``; empty for none.
+
+    The one wording of that advice, for ``verify``, ``status`` and ``analyze`` alike.
+    """
+    parts = []
+    if GENERATED in origins:
+        parts.append("`stabilitybench generate` with the corpus's profile reruns the generated runs")
+    if RECORDED in origins:
+        parts.append("runs your own script wrote with stabilitybench.Recorder cannot be regenerated: delete "
+                     "their files named above and rerun that script for them (their manifest config_json "
+                     "names each run)")
+    if UNKNOWN in origins:
+        parts.append("files of unknown origin: restore them from a copy or delete them")
+    return "; ".join(parts)
 
 
 def run_origin(row: dict[str, Any] | None) -> str:

@@ -18,6 +18,7 @@ from data_schema.card import write_card
 from data_schema.errors import OutputPathError
 from data_schema.integrity import Problem, check_run
 from data_schema.progress import ProgressReporter
+from data_schema.verify import rerun_advice, run_origin
 from generate.backends import make_backend
 from generate.costs import PRE_REFERENCE_SECONDS, estimate
 from generate.errors import Interrupted, ProfileError
@@ -185,7 +186,8 @@ def status(
         if damaged:
             summary += f"; [red]{len({p.run_id for p in damaged})} ok run(s) with damaged files[/]"
         out.print(f"{escape(str(corpus))}/: {len(rows)} runs in the manifest: {summary}")
-        _print_damaged(damaged, out, "rerun `generate` to redo them")
+        by_id = {r["run_id"]: r for r in rows}
+        _print_damaged(damaged, out, rerun_advice({run_origin(by_id.get(d.run_id)) for d in damaged}))
         _print_failed([r for r in rows if r["status"] == "failed"])
         if damaged:
             raise typer.Exit(1)

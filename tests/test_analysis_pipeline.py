@@ -191,7 +191,8 @@ def test_cli_analyze_end_to_end_and_user_error(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     bad = _cli("--corpus", str(empty), cwd=tmp_path)
-    assert bad.returncode == 2 and "no finished runs" in bad.stderr
+    assert bad.returncode == 2 and "no manifest.parquet, so not a corpus" in bad.stderr
+    assert list(empty.iterdir()) == [] and not (tmp_path / "results").exists()  # refused before writing anything
 
 
 def test_stabilitybench_mounts_analyze(tmp_path: Path) -> None:

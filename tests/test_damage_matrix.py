@@ -278,6 +278,9 @@ def test_verify_advice_fits_a_recorder_corpus(tmp_path: Path) -> None:
     flat = " ".join(out.split())
     assert code == 1 and "1 problem(s) in 1 run(s)" in flat, out
     assert "profile" not in flat and "Recorder" in flat and "rerun that script" in flat, out
+    code, out, _ = invoke("status", "--corpus", str(corpus))  # status gives the same advice (was: "rerun generate")
+    flat = " ".join(out.split())
+    assert code == 1 and "Recorder" in flat and "rerun that script" in flat and "stabilitybench generate" not in flat, out
     with pytest.warns(SkippedRunsWarning, match=rows[0]["run_id"]):  # and the readers go on without it
         assert set(scan_steps(corpus).collect()["run_id"]) == {rows[1]["run_id"]}
 
