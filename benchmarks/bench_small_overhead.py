@@ -13,7 +13,8 @@ Arms run interleaved (plain, probe, probe+recorder, plain, ...) for ``--repeats`
 arm and clock (wall time, and the thread's CPU time, which other processes on a shared machine disturb
 less): the median time of the training loop, the median per-update overhead against ``plain``
 (``(arm - plain) / steps`` of each repeat, then the median), the median of the per-repeat ratios, and
-for ``probe+recorder`` the median seconds of construction + ``close()`` (the files).
+for ``probe+recorder`` the median seconds of construction + ``close()`` (the files). Each repeat also
+times the probe's hooks directly (:func:`hook_time`): milliseconds per update inside them.
 
     python benchmarks/bench_small_overhead.py --steps 300 --repeats 7
     python benchmarks/bench_small_overhead.py --code /tmp/head_tree      # an older checkout's code
@@ -103,6 +104,34 @@ def run_arm(arm: str, batches: list[tuple[Any, Any]], corpus: Path, tag: str) ->
     return {"loop_s": loop_s, "cpu_s": cpu_s, "files_s": files_s, "rows": rows}
 
 
+def hook_time(batches: list[tuple[Any, Any]]) -> float:
+    """Milliseconds per update spent inside the probe's three hooks (gradient capture, pre- and post-step,
+    the recorder's row included), measured by wrapping them: the probe's own cost, free of the run-to-run
+    variation of the training step that dominates the ratios on a shared machine."""
+    from generate.probe import Probe
+
+    spent = [0.0]
+    originals = {name: getattr(Probe, name) for name in ("_capture", "_pre_step", "_post_step")}
+
+    def timed(fn: Any) -> Any:
+        def wrapper(self: Any, *args: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return fn(self, *args)
+            finally:
+                spent[0] += time.perf_counter() - t
+        return wrapper
+
+    for name, fn in originals.items():
+        setattr(Probe, name, timed(fn))
+    try:
+        run_arm("probe", batches, Path("."), "hooks")
+    finally:
+        for name, fn in originals.items():
+            setattr(Probe, name, fn)
+    return spent[0] / len(batches) * 1e3
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=300)
@@ -124,14 +153,18 @@ def main() -> None:
     batches = digits_batches(args.steps, args.batch)
     arms = ["plain", "probe", "probe+recorder"]
     results: dict[str, list[dict[str, float]]] = {a: [] for a in arms}
+    hooks: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         run_arm("probe+recorder", batches[:20], Path(tmp, "warm"), "warm")  # imports, allocator, first hooks
         for rep in range(args.repeats):
             for arm in arms:
                 results[arm].append(run_arm(arm, batches, Path(tmp, "corpus"), str(rep)))
+            hooks.append(hook_time(batches))
     summary: dict[str, Any] = {"label": args.label, "code": str(Path(generate.probe.__file__).parent.parent),
                                "steps": args.steps, "batch": args.batch, "repeats": args.repeats,
-                               "params": n_params, "threads": args.threads, "arms": {}}
+                               "params": n_params, "threads": args.threads, "arms": {},
+                               "hook_ms_per_update": {"median": statistics.median(hooks), "min": min(hooks),
+                                                      "all": hooks}}
     for arm in arms:
         entry: dict[str, Any] = {"rows": results[arm][0]["rows"],
                                  "files_s_median": statistics.median(r["files_s"] for r in results[arm])}
@@ -149,6 +182,8 @@ def main() -> None:
     args.out.write_text(json.dumps(summary, indent=2))
     print(f"{args.label or 'run'}: {n_params:,}-parameter CNN, {args.steps} updates, batch {args.batch}, "
           f"{args.repeats} interleaved repeats, {args.threads} torch thread(s); code from {summary['code']}")
+    print(f"in the probe's hooks: {statistics.median(hooks):.3f} ms/update median, {min(hooks):.3f} min "
+          f"({args.repeats} runs)")
     print("| arm | clock | loop s (median) | overhead ms/update (median) | ratio, median [min, max] | files s/run |")
     print("|---|---|---|---|---|---|")
     for arm in arms:

@@ -35,10 +35,14 @@ What it guarantees (each is tested in ``tests/test_probe.py``):
   refused (:class:`~generate.errors.ProbeAttachedError`): two would each multiply and restore the
   LR and leave it wrong for good. :meth:`Probe.remove` (or leaving ``with Probe(...)``) detaches every
   hook and restores any LR it had multiplied for an update that never finished.
-* **Cheap on small models.** On CPU, when the parameters share one dtype and are not one block,
-  the snapshot for ``update_norm`` is one flat buffer filled by ``torch.cat`` and both norms are
-  one reduction (the per-tensor ``_foreach`` kernels cost more than the work for a small model);
-  elsewhere the ``_foreach`` path above.
+* **Cheap on small models.** Where the cost is per torch call rather than per value (a small
+  model on CPU), an update makes twelve torch calls: the gradient is copied into a reused flat
+  buffer (one foreach copy) and normed; before the step the norm is read, the coherence ring is
+  updated (three in-place calls) and the parameters are copied into a flat snapshot row; after it
+  they are copied into a second row, and one reduction over [snapshot - after, after, coherence sum]
+  gives ``update_norm``, ``param_norm`` and the coherence in one host read. Elsewhere (accelerators,
+  mixed dtypes, the sketch) the ``_foreach`` path above. ``benchmarks/bench_small_overhead.py``
+  measures it.
 """
 
 from __future__ import annotations

@@ -444,3 +444,30 @@ def test_a_probe_whose_run_is_over_gives_way_to_the_next(tmp_path) -> None:
     seen = applied_lrs(opt)
     train_step(net, opt, x, y)
     assert seen == [BASE_LR]  # the first probe's spike is gone with it
+
+
+def test_the_small_model_fast_path_records_what_the_general_path_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CPU the probe copies into flat rows and reduces once (issue 30, item 8); the per-tensor foreach path
+    (accelerators, large models) must give the same row, update after update, with clipping and a spike."""
+    import generate.probe as probe_mod
+
+    def rows_of(fast: bool) -> list[dict]:
+        monkeypatch.setattr(probe_mod, "_FLAT_SNAPSHOT_MAX", 1 << 21 if fast else 0)
+        net, opt, probe, rows = make_probe(LRSpike(10.0, 4, 3), optimizer_cls=torch.optim.Adam, window=3)
+        assert probe._fast is fast and (probe._pair is not None) is fast
+        gen = torch.Generator().manual_seed(2)
+        for _ in range(12):
+            train_step(net, opt, torch.randn(8, 4, generator=gen), torch.randn(8, 2, generator=gen))
+        probe.remove()
+        return rows
+
+    fast, general = rows_of(True), rows_of(False)
+    assert len(fast) == len(general) == 12
+    for a, b in zip(fast, general, strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            if a[key] is None or isinstance(a[key], bool):
+                assert a[key] == b[key], key
+            else:
+                assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
+    assert sum(r["grad_coherence"] is not None for r in fast) == 12 - 2
