@@ -1,9 +1,9 @@
-"""``python -m analysis``: the ``analyze`` command on its own."""
+"""``python -m stabilitybench.analysis``: the ``analyze`` command on its own."""
 
 import typer
 
-from analysis.cli import analyze
-from data_schema.errors import exit_on_user_error
+from stabilitybench.analysis.cli import analyze
+from stabilitybench.data_schema.errors import exit_on_user_error
 
 
 def main() -> None:

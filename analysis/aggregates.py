@@ -26,8 +26,8 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
-from analysis.data import is_unperturbed
-from analysis.survival import group_label
+from stabilitybench.analysis.data import is_unperturbed
+from stabilitybench.analysis.survival import group_label
 
 CONFIG_KEYS = ("domain", "algo", "stochasticity", "perturbation", "magnitude", "duration_steps")
 MATCH_KEYS = ("domain", "algo", "env", "stochasticity")
@@ -40,7 +40,7 @@ _EMPTY = {"domain": pl.String, "algo": pl.String, "stochasticity": pl.String, "p
 def normalised_scores(runs: pl.DataFrame) -> pl.DataFrame:
     """``runs`` (one row per run: the keys above, ``final_performance``) plus ``control_median`` and ``score``.
 
-    A run is a control when it is unperturbed (:func:`analysis.data.is_unperturbed`).
+    A run is a control when it is unperturbed (:func:`stabilitybench.analysis.data.is_unperturbed`).
     """
     controls = (runs.filter(is_unperturbed(runs)).filter(pl.col("final_performance").is_not_null())
                 .group_by(list(MATCH_KEYS)).agg(pl.col("final_performance").median().alias("control_median")))

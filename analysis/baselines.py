@@ -3,7 +3,7 @@
 Each works on the same block-level feature matrices as the monitors (shape ``(T, p)``,
 columns named by ``features``), and its raw score is smoothed with the same causal
 rolling mean (``smooth`` blocks), so every detector is calibrated on the same runs to the
-same FPR by :meth:`~analysis.metastate.base.MonitorBase.calibrate`.
+same FPR by :meth:`~stabilitybench.analysis.metastate.base.MonitorBase.calibrate`.
 
 * :class:`GradNormZ`: trailing z-score of (log) ``grad_norm`` against its own last
   ``window`` blocks (no training needed).
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from analysis.metastate.base import MonitorBase
+from stabilitybench.analysis.metastate.base import MonitorBase
 
 
 def trailing_z(x: np.ndarray, window: int, floor: float | None = None) -> np.ndarray:
@@ -203,7 +203,7 @@ class EWSDetector(MonitorBase):
         return 0.5 * (rolling_kendall(var, self.trend) + rolling_kendall(ac1, self.trend))
 
 
-#: The baselines that a monitor file can hold and :class:`analysis.online.OnlineMonitor` can run live.
+#: The baselines that a monitor file can hold and :class:`stabilitybench.analysis.online.OnlineMonitor` can run live.
 SAVEABLE_BASELINES = ("grad_norm_z", "loss_spike", "coherence_drop")
 
 BASELINES = {

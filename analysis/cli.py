@@ -1,4 +1,4 @@
-"""``analyze`` command (mounted by the ``stabilitybench`` CLI; also ``python -m analysis``)."""
+"""``analyze`` command (mounted by the ``stabilitybench`` CLI; also ``python -m stabilitybench.analysis``)."""
 
 from __future__ import annotations
 
@@ -22,11 +22,11 @@ def analyze(
     ] = True,
 ) -> None:
     """Analyse the corpus: collapse, PCA, meta-state monitor vs baselines, survival, regularities -> results/."""
-    from analysis.pipeline import run_analysis
-    from analysis.summary import Status
-    from data_schema.io import writable_dir
-    from data_schema.lock import CorpusLock
-    from data_schema.progress import ProgressReporter
+    from stabilitybench.analysis.pipeline import run_analysis
+    from stabilitybench.analysis.summary import Status
+    from stabilitybench.data_schema.io import writable_dir
+    from stabilitybench.data_schema.lock import CorpusLock
+    from stabilitybench.data_schema.progress import ProgressReporter
 
     t0 = time.perf_counter()
     require_runs(corpus)  # before anything is created: no lock file, no empty --out folder
@@ -66,8 +66,8 @@ def analyze(
 
 def require_runs(corpus: Path) -> None:
     """Refuse, in one line and before anything is written, a folder that is not a corpus or has no finished run."""
-    from analysis.errors import NoRunsError
-    from data_schema import MANIFEST, read_manifest, require_corpus
+    from stabilitybench.analysis.errors import NoRunsError
+    from stabilitybench.data_schema import MANIFEST, read_manifest, require_corpus
 
     require_corpus(corpus)
     if not (corpus / MANIFEST).is_file():

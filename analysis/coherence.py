@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from analysis.stats import cluster_bootstrap_ci
-from analysis.summary import not_testable, number
-from analysis.survival import with_config_label
+from stabilitybench.analysis.stats import cluster_bootstrap_ci
+from stabilitybench.analysis.summary import not_testable, number
+from stabilitybench.analysis.survival import with_config_label
 
 #: The estimator behind ``grad_coherence`` per domain (see the schema description of the column).
 ESTIMATORS = {"rl": "rolling: across the last K updates",

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from analysis.stats import causal_window, windowed_mean
+from stabilitybench.analysis.stats import causal_window, windowed_mean
 
 #: The collapse rule in words (Markdown); the one text the docs, the dataset card and ``help()`` quote.
 RULE = """For a run r in a *matched group* (same domain, algo, env and stochasticity level):

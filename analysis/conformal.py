@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from analysis.errors import NotFittedError
+from stabilitybench.analysis.errors import NotFittedError
 
 
 def min_calibration_runs(alpha: float) -> int:

@@ -42,17 +42,17 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from analysis.errors import NoRunsError
-from data_schema import (
+from stabilitybench.analysis.errors import NoRunsError
+from stabilitybench.data_schema import (
     STEPS_SCHEMA,
     read_manifest,
     require_corpus,
     scan_steps,
     steps_path,
 )
-from data_schema.compat import upgrade_frame
-from data_schema.corpus import events_path
-from data_schema.verify import readable_runs
+from stabilitybench.data_schema.compat import upgrade_frame
+from stabilitybench.data_schema.corpus import events_path
+from stabilitybench.data_schema.verify import readable_runs
 
 #: Columns never used as telemetry features (see the module docstring).
 EXCLUDED = frozenset(
@@ -99,7 +99,7 @@ def load_runs(corpus: str | os.PathLike[str], notes: list[str] | None = None,
     A manifest written before nullable columns were added to the schema is read with those
     columns as null (``data_schema.conform``) and a note is appended to ``notes``; any other
     mismatch still raises :class:`~data_schema.SchemaError`. A run whose steps or events file
-    is missing or damaged (:func:`data_schema.integrity.check_run`) is left out, never turned
+    is missing or damaged (:func:`stabilitybench.data_schema.integrity.check_run`) is left out, never turned
     into an outcome: it is appended to ``excluded`` (run_id, file, reason) and to ``notes``.
     Raises :class:`NoRunsError` when no finished run is left.
     """
@@ -123,7 +123,7 @@ def load_runs(corpus: str | os.PathLike[str], notes: list[str] | None = None,
     return runs
 
 
-#: Where a run's live-monitor action is recorded (``generate.intervention``): its spec's hparams.
+#: Where a run's live-monitor action is recorded (``stabilitybench.generate.intervention``): its spec's hparams.
 INTERVENTION_PATH = "$.spec.hparams.intervention"
 MONITOR_PATH = "$.spec.hparams.monitor"
 
@@ -167,8 +167,8 @@ def load_events(corpus: str | os.PathLike[str], runs: pl.DataFrame | None = None
     """The events rows of ``runs`` (empty frame with the right columns if there are none).
 
     ``runs``: runs whose files were already checked (:func:`load_runs`); default: every run that
-    ``verify`` accepts (:func:`data_schema.verify.readable_runs`), the others named in ``notes`` or
-    in a :class:`~data_schema.errors.SkippedRunsWarning`. No other file of ``events/`` is read.
+    ``verify`` accepts (:func:`stabilitybench.data_schema.verify.readable_runs`), the others named in ``notes`` or
+    in a :class:`~stabilitybench.data_schema.errors.SkippedRunsWarning`. No other file of ``events/`` is read.
     """
     root = require_corpus(corpus)
     if runs is None:

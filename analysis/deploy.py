@@ -1,6 +1,6 @@
 """A monitor for deployment: one of ``analyze``'s fold monitors refitted on all of its group's controls.
 
-``analyze`` fits each monitor once per seed fold (:func:`analysis.early_warning.evaluate_group`), and a
+``analyze`` fits each monitor once per seed fold (:func:`stabilitybench.analysis.early_warning.evaluate_group`), and a
 fold calibrates on a fifth of the controls: with 30 controls that is 6 runs, a conformal level of 1/7
 and no 5% claim. To *use* a monitor on new runs you want every control used, and enough of them in the
 calibration set for the claim. :func:`refit_monitor` takes a fold monitor as the recipe (detector kind
@@ -8,7 +8,7 @@ and parameters, feature columns and transforms, block size, warm-up, group), spl
 unperturbed, non-collapsed runs by seed into a training set and a calibration set of
 ``n_calibration`` runs (default: the fewest that reach ``fpr``, 19 for 5%, when the group has enough),
 fits a fresh detector, calibrates its threshold conformally and writes a new
-:class:`~analysis.monitor_file.MonitorFile` whose provenance names every run it used::
+:class:`~stabilitybench.analysis.monitor_file.MonitorFile` whose provenance names every run it used::
 
     stabilitybench fit-monitor results/monitors/rl_ppo_Swimmer-v5_default/kalman_fold0.monitor.npz \\
         --corpus corpus --results results -o monitors/kalman.monitor.npz
@@ -23,11 +23,11 @@ from typing import Any
 
 import polars as pl
 
-from analysis.conformal import min_calibration_runs
-from analysis.data import is_unperturbed, iter_run_steps
-from analysis.errors import MonitorFileError
-from analysis.metastate.base import MonitorBase
-from analysis.monitor_file import MonitorFile, detector_class, fit_monitor, provenance_of
+from stabilitybench.analysis.conformal import min_calibration_runs
+from stabilitybench.analysis.data import is_unperturbed, iter_run_steps
+from stabilitybench.analysis.errors import MonitorFileError
+from stabilitybench.analysis.metastate.base import MonitorBase
+from stabilitybench.analysis.monitor_file import MonitorFile, detector_class, fit_monitor, provenance_of
 
 #: Fewest training runs a refit accepts (the Kalman EM and the GRU need several sequences).
 MIN_TRAIN_RUNS = 2

@@ -39,7 +39,7 @@ import numpy as np
 import statsmodels.api as sm
 from scipy import stats as sps
 
-from analysis.errors import InsufficientDataError, NotFittedError
+from stabilitybench.analysis.errors import InsufficientDataError, NotFittedError
 
 
 class DoseStatus(str, Enum):

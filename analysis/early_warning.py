@@ -8,7 +8,7 @@ a test run exactly once and the pooled test set is the whole group. With the qui
 corpus's 3 seeds that is train 1 / calibrate 1 / test 1, rotated three times. Every
 detector is fitted on the **unperturbed** runs of the training seeds only, and its alarm
 threshold is calibrated *conformally* on the **unperturbed** runs of the calibration seeds
-only (:class:`~analysis.conformal.ConformalCalibrator`: cross-fitted, since the seeds rotate);
+only (:class:`~stabilitybench.analysis.conformal.ConformalCalibrator`: cross-fitted, since the seeds rotate);
 an unperturbed run that itself collapsed is not "normal" telemetry and is left out of both.
 Nothing is fitted or tuned on perturbed runs, so the per-perturbation-kind rows are also the
 leave-one-perturbation-kind-out evaluation. **Leave-one-env-out** (several envs per domain,
@@ -23,7 +23,7 @@ maxima, and an alarm is ``p <= alpha`` (the target FPR, or ``1/(n+1)`` when fewe
 calibration runs make 5% unreachable; then no FPR claim is made). Run-level scores are
 ``-log10(min p)`` over a window (:func:`_run_row`), so runs scored by separately fitted models
 (folds, groups) are pooled on one calibrated scale. The two questions asked of these rows
-(detection, prediction at a landmark) are computed in :mod:`analysis.questions`.
+(detection, prediction at a landmark) are computed in :mod:`stabilitybench.analysis.questions`.
 
 Scores are per block; an alarm is dated at its block's last update, so lead times are
 in optimizer updates. Non-finite telemetry scores ``+inf`` (p = 1/(n+1)).
@@ -41,14 +41,14 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from analysis.baselines import BASELINES, SAVEABLE_BASELINES
-from analysis.collapse import n_updates
-from analysis.conformal import ConformalCalibrator
-from analysis.errors import InsufficientDataError
-from analysis.metastate import KalmanMonitor, MonitorBase
-from analysis.metastate.base import window_max
-from analysis.monitor_file import SUFFIX, MonitorFile, provenance_of
-from analysis.summary import Status, StatusKind, not_testable
+from stabilitybench.analysis.baselines import BASELINES, SAVEABLE_BASELINES
+from stabilitybench.analysis.collapse import n_updates
+from stabilitybench.analysis.conformal import ConformalCalibrator
+from stabilitybench.analysis.errors import InsufficientDataError
+from stabilitybench.analysis.metastate import KalmanMonitor, MonitorBase
+from stabilitybench.analysis.metastate.base import window_max
+from stabilitybench.analysis.monitor_file import SUFFIX, MonitorFile, provenance_of
+from stabilitybench.analysis.summary import Status, StatusKind, not_testable
 
 MONITORS = ("kalman", "gru")
 
@@ -104,7 +104,7 @@ def make_detector(name: str, features: list[str], cfg: EarlyWarningConfig) -> Mo
     if name == "kalman":
         return KalmanMonitor(n_latent="pca90", n_iter=cfg.kalman_iter, smooth=cfg.smooth, seed=cfg.seed)
     if name == "gru":
-        from analysis.metastate.gru import GRUMonitor
+        from stabilitybench.analysis.metastate.gru import GRUMonitor
 
         return GRUMonitor(hidden=cfg.gru_hidden, epochs=cfg.gru_epochs, smooth=cfg.smooth, seed=cfg.seed)
     cls = BASELINES[name]
@@ -158,7 +158,7 @@ def evaluate_group(
     fold fits on the training seeds' controls, calibrates a :class:`~analysis.conformal.ConformalCalibrator`
     on the calibration seeds' controls (window maxima from onset) and scores the test seeds; every
     score leaves as a conformal p-value. With ``save_dir`` the fitted monitors are saved there as
-    self-contained :class:`~analysis.monitor_file.MonitorFile` s (``<monitor>_fold<i>.monitor.npz``:
+    self-contained :class:`~stabilitybench.analysis.monitor_file.MonitorFile` s (``<monitor>_fold<i>.monitor.npz``:
     features, transforms, block size, warm-up = the calibration window's start, conformal threshold,
     provenance). With ``external_train`` (sequences from *other* envs:
     leave-one-env-out) every fold trains on those instead of its own training seeds.
@@ -244,10 +244,10 @@ def start_workers(cfg: EarlyWarningConfig) -> Callable[[], None]:
 
 def _warm_worker() -> None:
     """Import what a fold's fit needs (torch for the GRU when installed)."""
-    import analysis.metastate
+    import stabilitybench.analysis.metastate
 
     if importlib.util.find_spec("torch") is not None:
-        import analysis.metastate.gru  # noqa: F401
+        import stabilitybench.analysis.metastate.gru  # noqa: F401
 
 
 def _evaluate_fold_in_worker(*job: Any) -> tuple[list[dict[str, Any]], list[pl.DataFrame], dict[str, Any]]:

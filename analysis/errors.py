@@ -1,17 +1,17 @@
 """Exceptions of the analysis package.
 
 Every error a user can cause (no corpus, no finished runs, an unreadable results
-folder) derives from :class:`~data_schema.errors.StabilityBenchError`, so the CLI prints
+folder) derives from :class:`~stabilitybench.data_schema.errors.StabilityBenchError`, so the CLI prints
 one line. Too little data for *one* analysis (a group without unperturbed runs, a split
 without calibration seeds) is not an error: it becomes an entry with a NOT_TESTABLE
-:class:`~analysis.summary.Status` in ``summary.json`` and the rest of the analysis goes on.
-summary.json's own errors (:class:`~analysis.summary.SummaryFieldError`, ...) live in
-:mod:`analysis.summary`.
+:class:`~stabilitybench.analysis.summary.Status` in ``summary.json`` and the rest of the analysis goes on.
+summary.json's own errors (:class:`~stabilitybench.analysis.summary.SummaryFieldError`, ...) live in
+:mod:`stabilitybench.analysis.summary`.
 """
 
 from __future__ import annotations
 
-from data_schema.errors import StabilityBenchError
+from stabilitybench.data_schema.errors import StabilityBenchError
 
 
 class AnalysisError(StabilityBenchError):

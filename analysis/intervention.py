@@ -1,6 +1,6 @@
 """The intervention experiment: matched runs with and without an action on the live monitor's alarm.
 
-A run's *arm* is its ``hparams.intervention`` (``none`` when absent; see ``generate.intervention``),
+A run's *arm* is its ``hparams.intervention`` (``none`` when absent; see ``stabilitybench.generate.intervention``),
 read from the manifest's ``config_json``, and its *monitor* the name of the monitor file that drove it
 (``kalman`` for ``.../kalman.monitor.npz``). A **matched pair** is a run with an action and the run
 without one that shares everything else: algo, env, stochasticity, perturbation, magnitude, duration,
@@ -17,7 +17,7 @@ performance difference is the cost of acting on it.
 
 Outcomes (``collapsed``, ``final_performance``) come from the analysis (``runs.parquet`` after
 ``stabilitybench analyze``), which judges every run, with or without an action, against the band of
-the group's *natural* controls only (:func:`analysis.data.is_unperturbed` excludes runs that acted),
+the group's *natural* controls only (:func:`stabilitybench.analysis.data.is_unperturbed` excludes runs that acted),
 and leaves runs that acted out of every other analysis (monitors, PCA, survival, regularities).
 """
 
@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from analysis.data import intervention_arm, intervention_monitor
-from analysis.monitor_file import SUFFIX
-from analysis.stats import bootstrap_ci
+from stabilitybench.analysis.data import intervention_arm, intervention_monitor
+from stabilitybench.analysis.monitor_file import SUFFIX
+from stabilitybench.analysis.stats import bootstrap_ci
 
 #: Columns that make two runs the same run but for the action.
 PAIR_KEYS = ("algo", "env", "stochasticity", "perturbation", "magnitude", "duration_steps", "onset_frac", "seed")
@@ -127,10 +127,10 @@ def intervention_from_corpus(corpus: str | os.PathLike[str], n_boot: int = 2000,
     """
     from pathlib import Path
 
-    from analysis.data import load_events
-    from analysis.errors import NoRunsError
-    from data_schema import require_corpus
-    from data_schema.corpus import RUNS
+    from stabilitybench.analysis.data import load_events
+    from stabilitybench.analysis.errors import NoRunsError
+    from stabilitybench.data_schema import require_corpus
+    from stabilitybench.data_schema.corpus import RUNS
 
     path = Path(require_corpus(corpus), RUNS)
     if not path.exists():
@@ -143,7 +143,7 @@ def intervention_section(everything: pl.DataFrame, events: pl.DataFrame, n_boot:
                          ) -> tuple[pl.DataFrame, dict[str, Any]]:
     """``analyze``'s intervention stage: the table and its ``summary.json`` entry (not applicable without
     runs that acted). ``everything``: every run with its outcome, those that acted included."""
-    from analysis.summary import Status, StatusKind
+    from stabilitybench.analysis.summary import Status, StatusKind
 
     acted = everything.filter(pl.col("arm") != "none") if "arm" in everything.columns else everything.clear()
     if acted.height == 0:

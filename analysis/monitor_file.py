@@ -1,6 +1,6 @@
 """A self-contained monitor file: a fitted meta-state monitor plus everything needed to apply it.
 
-A bare :class:`~analysis.metastate.KalmanMonitor` knows its parameters but not which telemetry columns
+A bare :class:`~stabilitybench.analysis.metastate.KalmanMonitor` knows its parameters but not which telemetry columns
 it reads, how they were transformed, how many optimizer updates make one block, from which update on
 its threshold is calibrated, nor what it was fitted on. A :class:`MonitorFile` carries all of that::
 
@@ -12,15 +12,15 @@ File format: one ``.npz`` (no pickle) with a JSON ``meta`` entry and the model's
 weights as ``net.<name>`` float32 arrays), so a file written here loads in a fresh process with numpy
 alone (torch only for a GRU). ``meta`` holds:
 
-* ``kind`` (``kalman`` | ``gru`` | a causal baseline of :data:`analysis.baselines.SAVEABLE_BASELINES`,
+* ``kind`` (``kalman`` | ``gru`` | a causal baseline of :data:`stabilitybench.analysis.baselines.SAVEABLE_BASELINES`,
   e.g. ``loss_spike``) and the detector's constructor ``params``;
 * ``features`` (steps column names, in model order) and ``transforms`` (``identity`` | ``log1p``:
   ``sign(x) log1p(|x|)`` | ``log10``: ``log10(x)`` for ``x > 0``), applied as in
-  :func:`analysis.data.feature_frame`: a non-finite value becomes missing, then the transform, then a
+  :func:`stabilitybench.analysis.data.feature_frame`: a non-finite value becomes missing, then the transform, then a
   forward fill within the run; ``nonfinite_columns``: a non-finite raw value in any of them scores the
   block ``+inf``;
 * ``block_updates`` B: blocks are ``step // B`` and a block's features are their means
-  (:func:`analysis.data.to_blocks`), its score known at its last update;
+  (:func:`stabilitybench.analysis.data.to_blocks`), its score known at its last update;
 * ``warmup_updates``: no alarm on a block that ends before this update (the conformal threshold was
   calibrated on window maxima from there on, so earlier scores are not covered by it);
 * ``threshold``, ``target_fpr``, ``alpha_used``, ``n_calibration`` (:class:`~analysis.conformal.ConformalCalibrator`);
@@ -28,7 +28,7 @@ alone (torch only for a GRU). ``meta`` holds:
   of their steps files, and the code version of the analysis that fitted the monitor.
 
 :meth:`MonitorFile.check_columns` (and :meth:`score_run`) refuse a run that lacks a feature column
-with one line (:class:`~analysis.errors.MonitorFileError`).
+with one line (:class:`~stabilitybench.analysis.errors.MonitorFileError`).
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from analysis.errors import MonitorFileError
-from analysis.metastate.base import MonitorBase
-from data_schema.version import code_version
+from stabilitybench.analysis.errors import MonitorFileError
+from stabilitybench.analysis.metastate.base import MonitorBase
+from stabilitybench.data_schema.version import code_version
 
 FORMAT = "stabilitybench-monitor"
 FORMAT_VERSION = 1
@@ -56,8 +56,8 @@ TRANSFORMS = ("identity", "log1p", "log10")
 
 
 def transform_for(column: str) -> str:
-    """The transform :func:`analysis.data.feature_frame` applies to ``column`` today."""
-    from analysis.data import LOG_COLUMNS
+    """The transform :func:`stabilitybench.analysis.data.feature_frame` applies to ``column`` today."""
+    from stabilitybench.analysis.data import LOG_COLUMNS
 
     return "log1p" if column in LOG_COLUMNS else "log10" if column == "lr" else "identity"
 
@@ -82,7 +82,7 @@ def analysis_code_version() -> str:
 
 
 def _detector_kind(det: MonitorBase) -> str:
-    from analysis.baselines import BASELINES, SAVEABLE_BASELINES
+    from stabilitybench.analysis.baselines import BASELINES, SAVEABLE_BASELINES
 
     name = type(det).__name__
     if name == "KalmanMonitor":
@@ -99,14 +99,14 @@ def _detector_kind(det: MonitorBase) -> str:
 def detector_class(kind: str, where: str = "monitor file") -> type[MonitorBase]:
     """The detector class a monitor file of ``kind`` holds (``kalman``, ``gru`` or a saveable baseline)."""
     if kind == "kalman":
-        from analysis.metastate.kalman import KalmanMonitor
+        from stabilitybench.analysis.metastate.kalman import KalmanMonitor
 
         return KalmanMonitor
     if kind == "gru":
-        from analysis.metastate.gru import GRUMonitor
+        from stabilitybench.analysis.metastate.gru import GRUMonitor
 
         return GRUMonitor
-    from analysis.baselines import BASELINES, SAVEABLE_BASELINES
+    from stabilitybench.analysis.baselines import BASELINES, SAVEABLE_BASELINES
 
     if kind not in SAVEABLE_BASELINES:
         raise MonitorFileError(f"{where}: unknown monitor kind {kind!r}")
@@ -138,7 +138,7 @@ class MonitorFile:
         self.kind = _detector_kind(self.detector)
         self.transforms = {c: self.transforms.get(c) or transform_for(c) for c in self.features}
         if not self.nonfinite_columns:
-            from analysis.data import NONFINITE_COLUMNS
+            from stabilitybench.analysis.data import NONFINITE_COLUMNS
 
             self.nonfinite_columns = list(NONFINITE_COLUMNS)
         self.block_updates = max(1, int(self.block_updates))
@@ -255,8 +255,8 @@ class MonitorFile:
                             schema={"step": pl.Int64, "msd": pl.Float64, "alarm": pl.Boolean})
 
     def online(self) -> Any:
-        """A fresh :class:`~analysis.online.OnlineMonitor` for one run."""
-        from analysis.online import OnlineMonitor
+        """A fresh :class:`~stabilitybench.analysis.online.OnlineMonitor` for one run."""
+        from stabilitybench.analysis.online import OnlineMonitor
 
         return OnlineMonitor(self)
 
@@ -269,14 +269,14 @@ def fit_monitor(train: Sequence[pl.DataFrame], calibration: Sequence[pl.DataFram
                 warmup_updates: int = 0, provenance: dict[str, Any] | None = None) -> MonitorFile:
     """Fit and conformally calibrate a monitor file on your own unperturbed runs (one steps frame each).
 
-    The same recipe as ``analyze`` (:func:`analysis.early_warning.evaluate_group`): ``detector`` (default
-    :class:`~analysis.metastate.KalmanMonitor`) is fitted on the ``train`` runs' block features, its
+    The same recipe as ``analyze`` (:func:`stabilitybench.analysis.early_warning.evaluate_group`): ``detector`` (default
+    :class:`~stabilitybench.analysis.metastate.KalmanMonitor`) is fitted on the ``train`` runs' block features, its
     threshold is the conformal one at ``fpr`` over the ``calibration`` runs' window maxima from
     ``warmup_updates`` on (>= 19 calibration runs for a 5% claim; with fewer the level is ``1/(n+1)``).
     """
-    from analysis.conformal import ConformalCalibrator
-    from analysis.metastate import KalmanMonitor
-    from analysis.metastate.base import window_max
+    from stabilitybench.analysis.conformal import ConformalCalibrator
+    from stabilitybench.analysis.metastate import KalmanMonitor
+    from stabilitybench.analysis.metastate.base import window_max
 
     det = detector if detector is not None else KalmanMonitor()
     proto = MonitorFile(det, features, block_updates)

@@ -1,7 +1,7 @@
 """Online (live) scoring with a saved monitor: one telemetry row in, at most one MSD out.
 
 :class:`OnlineMonitor` reproduces, causally and in O(1) time and memory per update, exactly what
-:meth:`analysis.monitor_file.MonitorFile.score_run` computes offline on the finished run:
+:meth:`stabilitybench.analysis.monitor_file.MonitorFile.score_run` computes offline on the finished run:
 
 1. per row: a non-finite raw value in a ``nonfinite_columns`` column flags the row; each feature's
    value (``None`` or absent = not reported) is made missing if non-finite, transformed, and
@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from analysis.errors import MonitorFileError
-from analysis.monitor_file import MonitorFile
+from stabilitybench.analysis.errors import MonitorFileError
+from stabilitybench.analysis.monitor_file import MonitorFile
 
 
 class _KalmanStep:
@@ -82,10 +82,10 @@ class _GRUStep:
 
 
 class _TrailingZStep:
-    """One step of a trailing-z baseline (:func:`analysis.baselines.trailing_z` with its fixed floor)."""
+    """One step of a trailing-z baseline (:func:`stabilitybench.analysis.baselines.trailing_z` with its fixed floor)."""
 
     def __init__(self, det: Any) -> None:
-        from analysis.baselines import Z_FLOOR
+        from stabilitybench.analysis.baselines import Z_FLOOR
 
         self.j, self.sign, self.floor = det.features.index(det.column), float(det.sign), Z_FLOOR
         self.past: deque[float] = deque(maxlen=int(det.window))
@@ -214,7 +214,7 @@ class OnlineMonitor:
 
 
 def _window_mean(values: deque[float]) -> float:
-    """:func:`analysis.metastate.base.rolling_mean` at the newest entry: NaN ignored, +inf wins."""
+    """:func:`stabilitybench.analysis.metastate.base.rolling_mean` at the newest entry: NaN ignored, +inf wins."""
     total, n = 0.0, 0
     for v in values:
         if v == math.inf:
@@ -226,7 +226,7 @@ def _window_mean(values: deque[float]) -> float:
 
 
 def _transform(name: str, v: float) -> float | None:
-    """:func:`analysis.monitor_file.apply_transform` on one value; None for missing."""
+    """:func:`stabilitybench.analysis.monitor_file.apply_transform` on one value; None for missing."""
     if not math.isfinite(v):
         return None
     if name == "log1p":

@@ -2,9 +2,9 @@
 
 The dose finder (``stabilitybench calibrate``) needs, after each stage of runs, only the
 ``collapsed`` flag of every run under the *same* rule that ``stabilitybench analyze`` applies
-(:mod:`analysis.collapse`, cross-fitted over control seeds). Reading the performance column
+(:mod:`stabilitybench.analysis.collapse`, cross-fitted over control seeds). Reading the performance column
 and the non-finite flags of each run is enough for that; the features, PCA and monitors of
-:func:`analysis.pipeline.run_analysis` are not needed.
+:func:`stabilitybench.analysis.pipeline.run_analysis` are not needed.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import os
 import numpy as np
 import polars as pl
 
-from analysis.collapse import OUTCOME_SCHEMA, CollapseConfig, collapse_group, nonfinite_steps
-from analysis.data import (
+from stabilitybench.analysis.collapse import OUTCOME_SCHEMA, CollapseConfig, collapse_group, nonfinite_steps
+from stabilitybench.analysis.data import (
     NONFINITE_COLUMNS,
     feature_frame,
     group_runs,
@@ -33,11 +33,11 @@ RUN_COLUMNS = ("run_id", "domain", "algo", "env", "stochasticity", "perturbation
 def collapse_outcomes(corpus: str | os.PathLike[str], cfg: CollapseConfig | None = None,
                       notes: list[str] | None = None) -> pl.DataFrame:
     """One row per finished run of ``corpus``: :data:`RUN_COLUMNS` and the outcome columns of
-    :func:`analysis.collapse.collapse_group` (``collapsed``, ``collapse_kind``, ...).
+    :func:`stabilitybench.analysis.collapse.collapse_group` (``collapsed``, ``collapse_kind``, ...).
 
     Groups are the analysis' matched groups (domain, algo, env, stochasticity); a group without
     controls yields outcomes whose ``note`` says so (only non-finite collapses count there).
-    Damaged runs are left out as in :func:`analysis.data.load_runs` (and listed in ``notes``).
+    Damaged runs are left out as in :func:`stabilitybench.analysis.data.load_runs` (and listed in ``notes``).
     """
     cfg = cfg or CollapseConfig()
     runs = load_runs(corpus, notes)

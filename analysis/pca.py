@@ -1,7 +1,7 @@
 """Low-dimensionality of the telemetry: PCA on standardised block features against a circular-shift null.
 
 For each (domain, algo) group, every *block* of every run is a row of the feature matrix
-(block means of the features of :mod:`analysis.data`: forward-filled within runs,
+(block means of the features of :mod:`stabilitybench.analysis.data`: forward-filled within runs,
 log-transformed where heavy-tailed, collinear or algebraically redundant columns removed
 first; rows still missing a value are dropped). Columns are standardised (zero mean, unit
 variance over the group's rows) and fitted with :class:`sklearn.decomposition.PCA`. The

@@ -1,6 +1,6 @@
 """The low-dimensionality question for summary.json: PCA per (domain, algo) and pooled, against surrogates.
 
-:func:`pca_summary` turns the streaming accumulators that :func:`analysis.pipeline.run_analysis` fills
+:func:`pca_summary` turns the streaming accumulators that :func:`stabilitybench.analysis.pipeline.run_analysis` fills
 (one :class:`PCAInput` per (domain, algo)) into a :class:`PCASummary`: the summary entries (components
 for 90% variance and participation ratio with run-bootstrap CIs, each against the circular-shift
 null), the ``pca_explained`` rows and the ``pca_trajectories`` table.
@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from analysis import pca as pca_mod
-from analysis.pca import PCAAccumulator
-from analysis.summary import Status, StatusKind, not_testable, number
+from stabilitybench.analysis import pca as pca_mod
+from stabilitybench.analysis.pca import PCAAccumulator
+from stabilitybench.analysis.summary import Status, StatusKind, not_testable, number
 
 SUBSETS = ("all_runs", "unperturbed_runs")
 

@@ -5,14 +5,14 @@ Stages, each a function with a typed (dataclass) output:
 1. :func:`load_corpus` -> :class:`LoadedCorpus`: finished runs and events;
 2. :func:`analyse_groups` -> :class:`GroupResults`: per matched group (domain, algo, env,
    stochasticity) telemetry blocks, feature selection, collapse outcomes and early-warning folds;
-3. :func:`analysis.pca_summary.pca_summary` -> :class:`~analysis.pca_summary.PCASummary`;
+3. :func:`stabilitybench.analysis.pca_summary.pca_summary` -> :class:`~stabilitybench.analysis.pca_summary.PCASummary`;
 4. :func:`early_warning_questions` -> :class:`EarlyWarningResult`: questions (a) and (b);
 5. :func:`survival_models` -> :class:`SurvivalResult`;
 6. :func:`measure_regularities` -> :class:`RegularitiesResult`;
-7. the tables (:func:`analysis.results.write_result`, each under its declared schema) and
-   ``summary.json`` (:func:`analysis.summary.write_summary`, the one writer).
+7. the tables (:func:`stabilitybench.analysis.results.write_result`, each under its declared schema) and
+   ``summary.json`` (:func:`stabilitybench.analysis.summary.write_summary`, the one writer).
 
-Every headline number in ``summary.json`` is an :class:`~analysis.summary.Estimate`; an analysis the
+Every headline number in ``summary.json`` is an :class:`~stabilitybench.analysis.summary.Estimate`; an analysis the
 data cannot support carries a :class:`~analysis.summary.Status` (``{"status": "not_testable", "reason": ...}``).
 """
 
@@ -30,12 +30,12 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from analysis import coherence as coherence_mod
-from analysis import questions
-from analysis.aggregates import iqm_table, performance_profiles
-from analysis.collapse import RULE as COLLAPSE_RULE
-from analysis.collapse import CollapseConfig, collapse_group, nonfinite_steps
-from analysis.data import (
+from stabilitybench.analysis import coherence as coherence_mod
+from stabilitybench.analysis import questions
+from stabilitybench.analysis.aggregates import iqm_table, performance_profiles
+from stabilitybench.analysis.collapse import RULE as COLLAPSE_RULE
+from stabilitybench.analysis.collapse import CollapseConfig, collapse_group, nonfinite_steps
+from stabilitybench.analysis.data import (
     NONFINITE_COLUMNS,
     FeatureConfig,
     block_size,
@@ -51,7 +51,7 @@ from analysis.data import (
     run_arrays,
     to_blocks,
 )
-from analysis.early_warning import (
+from stabilitybench.analysis.early_warning import (
     ECHO_COLUMNS,
     EarlyWarningConfig,
     evaluate_group,
@@ -59,16 +59,16 @@ from analysis.early_warning import (
     leave_one_env_out_status,
     start_workers,
 )
-from analysis.intervention import intervention_section
-from analysis.pca import PCAAccumulator
-from analysis.pca_summary import PCAInput, PCASummary, pca_summary
-from analysis.regularities import dissociation, precedence, stochasticity_buffer
-from analysis.results import flatten, write_result
-from analysis.stats import clopper_pearson
-from analysis.summary import DetectorKey, Status, StatusKind, not_testable, number, write_summary
-from analysis.survival import cox, km_table, logrank, with_config_label
-from data_schema import RUNS, RUNS_SCHEMA, write_table
-from data_schema.card import summary_lines, write_card
+from stabilitybench.analysis.intervention import intervention_section
+from stabilitybench.analysis.pca import PCAAccumulator
+from stabilitybench.analysis.pca_summary import PCAInput, PCASummary, pca_summary
+from stabilitybench.analysis.regularities import dissociation, precedence, stochasticity_buffer
+from stabilitybench.analysis.results import flatten, write_result
+from stabilitybench.analysis.stats import clopper_pearson
+from stabilitybench.analysis.summary import DetectorKey, Status, StatusKind, not_testable, number, write_summary
+from stabilitybench.analysis.survival import cox, km_table, logrank, with_config_label
+from stabilitybench.data_schema import RUNS, RUNS_SCHEMA, write_table
+from stabilitybench.data_schema.card import summary_lines, write_card
 
 
 @dataclass(frozen=True)
@@ -674,7 +674,8 @@ def _card_section(corpus: str | os.PathLike[str], rows: list[dict[str, Any]], cf
     """Complete the corpus dataset card with the collapse rule (:data:`analysis.collapse.RULE`) and the outcomes."""
     params = ", ".join(f"{k} = {v}" for k, v in cfg.collapse.to_dict().items())
     section = ["## Collapse rule (from `stabilitybench analyze`)", "", "Parameters are those of "
-               "`analysis.collapse.CollapseConfig`.", "", COLLAPSE_RULE.rstrip(), "", f"Parameters: {params}.", "",
+               "`stabilitybench.analysis.collapse.CollapseConfig`.", "", COLLAPSE_RULE.rstrip(), "",
+               f"Parameters: {params}.", "",
                "### Outcomes", "", *summary_lines(rows)]
     write_card(corpus, analysis_section="\n".join(section))
 

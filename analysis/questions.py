@@ -1,6 +1,6 @@
 """The two questions asked of every detector (monitors, baselines and references), reported separately.
 
-Both read the per-(test run, detector) rows of :func:`analysis.early_warning.evaluate_group`, whose
+Both read the per-(test run, detector) rows of :func:`stabilitybench.analysis.early_warning.evaluate_group`, whose
 scores are already conformal p-values (pooled across folds and groups only as ``-log10 p``).
 
 (a) **Detection.** Positives: perturbed test runs with a *performance* collapse; negatives: the
@@ -45,9 +45,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from analysis.conformal import min_calibration_runs
-from analysis.stats import auroc, clopper_pearson, cluster_bootstrap_ci, iqr, stratified_auroc
-from analysis.summary import Status, StatusKind, not_testable, number
+from stabilitybench.analysis.conformal import min_calibration_runs
+from stabilitybench.analysis.stats import auroc, clopper_pearson, cluster_bootstrap_ci, iqr, stratified_auroc
+from stabilitybench.analysis.summary import Status, StatusKind, not_testable, number
 
 REFERENCES = ("config_only", "kick_size", "perturbation_on")
 QUESTION_A = "(a) detection: alarms strictly before the offline collapse date vs FPR on held-out controls"

@@ -23,10 +23,10 @@ import numpy as np
 import polars as pl
 from scipy import stats as sps
 
-from analysis.data import is_unperturbed
-from analysis.stats import bootstrap_ci, clopper_pearson, cluster_bootstrap_ci, iqr
-from analysis.summary import Status, not_testable, number
-from analysis.survival import with_config_label
+from stabilitybench.analysis.data import is_unperturbed
+from stabilitybench.analysis.stats import bootstrap_ci, clopper_pearson, cluster_bootstrap_ci, iqr
+from stabilitybench.analysis.summary import Status, not_testable, number
+from stabilitybench.analysis.survival import with_config_label
 
 
 def _usable(x: np.ndarray, y: np.ndarray) -> np.ndarray | None:

@@ -1,11 +1,11 @@
 """``results/`` declared like the corpus: one Arrow schema, with units and descriptions, per table.
 
-:data:`SCHEMAS` declares every table that :func:`analysis.pipeline.run_analysis` may write (a
+:data:`SCHEMAS` declares every table that :func:`stabilitybench.analysis.pipeline.run_analysis` may write (a
 table whose analysis was not testable on a corpus is absent; ``summary.json`` says why).
 :func:`write_result` is how analysis writes one: the frame is cast to its declared schema (a
 declared column the frame lacks is written as nulls, an undeclared one is an error), so the
 Parquet files carry their units and descriptions like the corpus does. :func:`load_table` reads
-one back for ``reports``; ``summary.json`` has its own module, :mod:`analysis.summary`.
+one back for ``reports``; ``summary.json`` has its own module, :mod:`stabilitybench.analysis.summary`.
 
 Tables that flatten a summary entry (``early_warning_metrics``, ``cox``, ``dissociation``) name a
 nested field ``a.b`` (:func:`flatten`); a list-valued field is a JSON string.
@@ -23,10 +23,10 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from analysis.errors import AnalysisError
-from analysis.summary import ResultsCorruptError, ResultsNotFoundError, to_json
-from data_schema.io import atomic_path
-from data_schema.schema import MANIFEST_COLUMNS, OUTCOME_COLUMNS, RUNS_SCHEMA, STEP, Column
+from stabilitybench.analysis.errors import AnalysisError
+from stabilitybench.analysis.summary import ResultsCorruptError, ResultsNotFoundError, to_json
+from stabilitybench.data_schema.io import atomic_path
+from stabilitybench.data_schema.schema import MANIFEST_COLUMNS, OUTCOME_COLUMNS, RUNS_SCHEMA, STEP, Column
 
 __all__ = ["SCHEMAS", "TABLES", "ResultsCorruptError", "ResultsNotFoundError", "flatten", "load_table",
            "write_result"]
@@ -39,7 +39,7 @@ RESULTS_VERSION = "2"
 _CORPUS = {c.name: c for c in (*MANIFEST_COLUMNS, *OUTCOME_COLUMNS, STEP)}
 _SHARED = {c.name: c for c in (
     Column("config", STR, "-", "Configuration label: kind xmagnitude (duration upd), or none "
-           "(analysis.survival.group_label)"),
+           "(stabilitybench.analysis.survival.group_label)"),
     Column("group", STR, "-", "Matched group domain/algo/env/stochasticity (PCA: domain/algo, or pooled)"),
     Column("n_runs", I64, "runs", "Runs behind the row"),
     Column("n", I64, "runs", "Units behind the estimate"),
@@ -48,7 +48,7 @@ _SHARED = {c.name: c for c in (
     Column("ci_high", F64, "-", "Upper end of the two-sided 95% CI (null without one)"),
     Column("p_value", F64, "-", "Two-sided p-value"),
     Column("interval", STR, "-", "How the CI was computed"),
-    Column("status", STR, "-", "ok, or why the row has no estimate (analysis.summary.StatusKind)"),
+    Column("status", STR, "-", "ok, or why the row has no estimate (stabilitybench.analysis.summary.StatusKind)"),
     Column("reason", STR, "-", "Why the row has that status, in words (null when ok)"),
     Column("detector", STR, "-", "Monitor (kalman, gru; +echo with the intervention-echo columns), baseline or "
            "reference (perturbation_on)"),
@@ -88,7 +88,7 @@ def _estimate(prefix: str, what: str, unit: str = "-", extra: tuple[Column, ...]
 _DOSE_KEYS = [_col(c) for c in ("domain", "algo", "stochasticity", "perturbation", "magnitude", "duration_steps",
                                  "config")]
 _NOTE = Column("note", STR, "-", "What the estimate means")
-_STATUS = (Column("status", STR, "-", "Status of the entry (analysis.summary.StatusKind)"),
+_STATUS = (Column("status", STR, "-", "Status of the entry (stabilitybench.analysis.summary.StatusKind)"),
            Column("reason", STR, "-", "Why, in words"))
 
 #: file stem -> (what one row is, the declared schema)
@@ -109,7 +109,7 @@ _DECLARED: dict[str, tuple[str, list[Column] | pa.Schema]] = {
         Column("n_collapsed", I64, "runs", "Runs collapsed under this setting"),
     ]),
     "intervention": ("(perturbation, magnitude, monitor, action): matched pairs with vs without acting on the live "
-                     "monitor's alarm (analysis.intervention)", [
+                     "monitor's alarm (stabilitybench.analysis.intervention)", [
         _col("perturbation"), _col("magnitude"),
         Column("monitor", STR, "-", "Monitor file that drove the action (its name without .monitor.npz)"),
         Column("arm", STR, "-", "Action(s) taken on an alarm (hparams.intervention)"),
@@ -141,7 +141,7 @@ _DECLARED: dict[str, tuple[str, list[Column] | pa.Schema]] = {
         Column("final_performance_sd", F64, "task", "SD of the final performance (null for one run)"),
     ]),
     "final_performance_iqm": ("configuration: IQM of the control-normalised final performance over runs and envs, "
-                              "stratified-bootstrap 95% CI (rliable-style; analysis.aggregates)", [
+                              "stratified-bootstrap 95% CI (rliable-style; stabilitybench.analysis.aggregates)", [
         *_DOSE_KEYS, _col("n_runs"), Column("n_envs", I64, "envs", "Envs pooled (bootstrap strata)"),
         Column("iqm", F64, "control median", "Interquartile mean of the normalised final performance (1 = the "
                "median of the matched controls)"),
@@ -175,7 +175,8 @@ _DECLARED: dict[str, tuple[str, list[Column] | pa.Schema]] = {
         Column("alpha_used", F64, "-", "Attainable conformal level used"),
         Column("guaranteed_fpr_bound", F64, "-", "Conformal FPR bound for exchangeable controls"),
         _col("perturbation"), _col("magnitude"), _col("duration_steps"),
-        Column("unperturbed", BOOL, "-", "The run is an unperturbed control (analysis.data.is_unperturbed)"),
+        Column("unperturbed", BOOL, "-", "The run is an unperturbed control "
+               "(stabilitybench.analysis.data.is_unperturbed)"),
         _col("collapsed"), _col("collapse_kind"), _col("collapse_step"), _col("onset_step"),
         Column("landmark_step", I64, "update", "Landmark L: end of the perturbation window plus one block"),
         Column("first_alarm_step", I64, "update", "First alarm from onset on (null: none)"),
@@ -296,7 +297,7 @@ def conform(frame: pl.DataFrame, name: str) -> pa.Table:
     unknown = [c for c in frame.columns if c not in schema.names]
     if unknown:
         raise AnalysisError(f"results/{name}: column(s) {', '.join(unknown)} are not declared in "
-                            "analysis.results.SCHEMAS; declare them (unit, description)")
+                            "stabilitybench.analysis.results.SCHEMAS; declare them (unit, description)")
     table = frame.to_arrow()
     arrays = []
     for f in schema:

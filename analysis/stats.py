@@ -16,8 +16,8 @@ import numpy as np
 from scipy import stats as sps
 from statsmodels.stats.proportion import proportion_confint
 
-# summary.json's value types are defined in analysis.summary; re-exported for older imports
-from analysis.summary import not_testable, number  # noqa: F401
+# summary.json's value types are defined in stabilitybench.analysis.summary; re-exported for older imports
+from stabilitybench.analysis.summary import not_testable, number  # noqa: F401
 
 
 def windowed_mean(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, valid: np.ndarray) -> np.ndarray:

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from analysis.errors import AnalysisError
+from stabilitybench.analysis.errors import AnalysisError
 
 #: File name of the summary inside a results folder.
 SUMMARY_FILE = "summary.json"
@@ -324,7 +324,7 @@ class Summary:
 
 def write_summary(summary: Mapping[str, Any], out: str | os.PathLike[str]) -> dict[str, Any]:
     """Write ``out/summary.json`` atomically (the only writer); returns the JSON-safe document written."""
-    from data_schema.io import atomic_path
+    from stabilitybench.data_schema.io import atomic_path
 
     doc = to_json({"summary_version": SUMMARY_VERSION, **summary})
     missing = [k for k in REQUIRED_FIELDS if k not in doc]

@@ -1,7 +1,7 @@
 """Survival analysis of collapse times (statsmodels): Kaplan-Meier, log-rank, Cox PH.
 
 The unit is a run; its duration is ``survival_time`` (updates from perturbation onset to the
-offline collapse date, or to the last update when censored, see :mod:`analysis.collapse`) and
+offline collapse date, or to the last update when censored, see :mod:`stabilitybench.analysis.collapse`) and
 its event indicator is ``collapsed``. A *stratum* is a (domain, algo, env): collapse times of
 different tasks share no time scale.
 
@@ -39,8 +39,8 @@ from scipy import stats as sps
 from statsmodels.duration.hazard_regression import PHReg
 from statsmodels.duration.survfunc import SurvfuncRight, survdiff
 
-from analysis.data import is_unperturbed
-from analysis.summary import Status, StatusKind, not_testable, number
+from stabilitybench.analysis.data import is_unperturbed
+from stabilitybench.analysis.summary import Status, StatusKind, not_testable, number
 
 Z975 = float(sps.norm.ppf(0.975))
 RIDGE_ALPHA = 0.1

@@ -10,9 +10,9 @@ Each size is then measured in a fresh child process, so the peak RSS
 
 * ``streaming``: the path that scales. Pass 1 reads one run file at a time (polars lazy
   scan, column projection), builds the features exactly as the analysis does
-  (:func:`analysis.data.feature_frame`: forward fill, log transform) and feeds the exact
-  streaming covariance (:func:`analysis.pca.streaming_pca`): ``load_s`` and ``pca_s``.
-  A :class:`~analysis.metastate.KalmanMonitor` is fitted on the block means (~500 blocks
+  (:func:`stabilitybench.analysis.data.feature_frame`: forward fill, log transform) and feeds the exact
+  streaming covariance (:func:`stabilitybench.analysis.pca.streaming_pca`): ``load_s`` and ``pca_s``.
+  A :class:`~stabilitybench.analysis.metastate.KalmanMonitor` is fitted on the block means (~500 blocks
   per run, as in the analysis) of the first 3 runs (``kalman_fit_s``). Pass 2 reads the files
   again and scores *every* row with the
   steady-state filter (``kalman_score_s``, excluding the re-read). Memory stays
@@ -20,7 +20,7 @@ Each size is then measured in a fresh child process, so the peak RSS
 * ``in_memory`` (sizes up to 10^7 by default): one lazy scan of the whole corpus
   collected at once plus an sklearn PCA of all rows: ``load_s``, ``pca_s`` and peak RSS
   (the naive approach, for comparison).
-* ``pipeline`` (up to 10^7 by default): the whole :func:`analysis.pipeline.run_analysis`,
+* ``pipeline`` (up to 10^7 by default): the whole :func:`stabilitybench.analysis.pipeline.run_analysis`,
   which reads run by run; the synthetic runs are all unperturbed with distinct seeds, so
   this is the cost of loading, PCA with its null, fitting and scoring every detector.
 
@@ -50,7 +50,7 @@ def write_corpus(root: Path, rows: int, rows_per_run: int, seed: int = 0) -> Non
     import pyarrow as pa
     from scipy import signal
 
-    from data_schema import STEPS_SCHEMA, steps_path, write_manifest, write_table
+    from stabilitybench.data_schema import STEPS_SCHEMA, steps_path, write_manifest, write_table
 
     if (root / "manifest.parquet").exists():
         return
@@ -95,9 +95,9 @@ def _peak_mb() -> float:
 def measure_streaming(root: Path) -> dict:
     import polars as pl
 
-    from analysis.data import feature_frame, to_blocks
-    from analysis.metastate import KalmanMonitor
-    from analysis.pca import streaming_pca
+    from stabilitybench.analysis.data import feature_frame, to_blocks
+    from stabilitybench.analysis.metastate import KalmanMonitor
+    from stabilitybench.analysis.pca import streaming_pca
 
     files = sorted(root.glob("steps/**/*.parquet"))
     cols = ["run_id", "step", *FEATURES]
@@ -142,9 +142,9 @@ def measure_streaming(root: Path) -> dict:
 
 
 def measure_in_memory(root: Path) -> dict:
-    from analysis.data import feature_frame
-    from analysis.pca import fit
-    from data_schema import scan_steps
+    from stabilitybench.analysis.data import feature_frame
+    from stabilitybench.analysis.pca import fit
+    from stabilitybench.data_schema import scan_steps
 
     t0 = time.perf_counter()
     steps = scan_steps(root).select(["run_id", "step", *FEATURES]).collect().sort(["run_id", "step"])
@@ -161,7 +161,7 @@ def measure_in_memory(root: Path) -> dict:
 def measure_pipeline(root: Path) -> dict:
     import tempfile
 
-    from analysis.pipeline import run_analysis
+    from stabilitybench.analysis.pipeline import run_analysis
 
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()

@@ -28,8 +28,8 @@ import torch
 def make_trainer(steps: int, out: str, callback: bool):
     from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
-    from generate.adapters.hf import StabilityTrainerCallback
-    from generate.recorder import Recorder
+    from stabilitybench.generate.adapters.hf import StabilityTrainerCallback
+    from stabilitybench.generate.recorder import Recorder
 
     torch.manual_seed(0)
     cfg = GPT2Config(vocab_size=2048, n_positions=128, n_embd=128, n_layer=4, n_head=4, bos_token_id=0,

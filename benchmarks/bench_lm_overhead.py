@@ -1,9 +1,9 @@
 """Telemetry overhead of the GPT-2 generator on CPU: the same loop with and without telemetry.
 
-Both arms run :func:`generate.lm.train.train` on the same spec, seed and loaded tokens,
+Both arms run :func:`stabilitybench.generate.lm.train.train` on the same spec, seed and loaded tokens,
 with the same K-microbatch accumulation, clipping and AdamW, one thread, and no val
 evaluations (evaluation is measurement work that both arms would share). The telemetry
-arm adds the public :class:`~generate.probe.Probe` (the loop's flat gradient buffer,
+arm adds the public :class:`~stabilitybench.generate.probe.Probe` (the loop's flat gradient buffer,
 microbatch coherence, grad/update/param norms, perturbation hooks), the logit probes
 (every ``logit_every`` updates) and the row buffers; the baseline is the plain loop
 (``telemetry=False``). Arms alternate so drift in machine load hits both alike; we report
@@ -46,10 +46,10 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
 
-    from generate.lm.config import resolve
-    from generate.lm.data import load_tokens
-    from generate.lm.train import train
-    from generate.spec import RunSpec
+    from stabilitybench.generate.lm.config import resolve
+    from stabilitybench.generate.lm.data import load_tokens
+    from stabilitybench.generate.lm.train import train
+    from stabilitybench.generate.spec import RunSpec
 
     hparams = json.loads(args.hparams)
     cfg = resolve("gpt2", "pydoc-topics", "default", hparams)

@@ -47,14 +47,14 @@ SB3_PPO, cpu_name = RL.SB3_PPO, RL.cpu_name
 
 def ppo_arm(env_id: str, steps: int, seed: int, monitor_file=None) -> tuple[float, float, pl.DataFrame]:
     """One PPO run with the public callback (and, with ``monitor_file``, a live monitor): wall, CPU, steps."""
-    from generate.adapters.sb3 import StabilityCallback
-    from generate.intervention import Intervention
-    from generate.perturbations import TrainingClock, build
-    from generate.recorder import Recorder
-    from generate.rl.config import resolve
-    from generate.rl.envs import make_train_env
-    from generate.rl.train import _build_model
-    from generate.spec import RunSpec
+    from stabilitybench.generate.adapters.sb3 import StabilityCallback
+    from stabilitybench.generate.intervention import Intervention
+    from stabilitybench.generate.perturbations import TrainingClock, build
+    from stabilitybench.generate.recorder import Recorder
+    from stabilitybench.generate.rl.config import resolve
+    from stabilitybench.generate.rl.envs import make_train_env
+    from stabilitybench.generate.rl.train import _build_model
+    from stabilitybench.generate.spec import RunSpec
 
     spec = RunSpec(domain="rl", algo="ppo", env=env_id, seed=seed, total_steps=steps,
                    hparams={**SB3_PPO, "eval_episodes": 0})
@@ -72,14 +72,14 @@ def ppo_arm(env_id: str, steps: int, seed: int, monitor_file=None) -> tuple[floa
 
 
 def fit_on(frame: pl.DataFrame, kind: str, block: int):
-    from analysis.data import CANDIDATE_FEATURES
     from stabilitybench import fit_monitor
+    from stabilitybench.analysis.data import CANDIDATE_FEATURES
 
     feats = [c for c in CANDIDATE_FEATURES if c in frame.columns and frame[c].drop_nulls().len() > 1
              and c not in ("lr", "update_norm", "param_norm")]
     det = None
     if kind == "gru":
-        from analysis.metastate.gru import GRUMonitor
+        from stabilitybench.analysis.metastate.gru import GRUMonitor
 
         det = GRUMonitor(hidden=32, epochs=30)
     return fit_monitor([frame], [frame], feats, block, detector=det)

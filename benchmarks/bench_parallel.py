@@ -31,9 +31,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_rl_overhead import SB3_PPO, cpu_name
 
-from generate.backends import LocalPool, RayCluster
-from generate.runner import run_matrix
-from generate.spec import RunSpec
+from stabilitybench.generate.backends import LocalPool, RayCluster
+from stabilitybench.generate.runner import run_matrix
+from stabilitybench.generate.spec import RunSpec
 
 
 def specs(n: int, steps: int) -> list[RunSpec]:

@@ -3,7 +3,7 @@
 All arms build the same env (``make_vec_env``, plus ``VecNormalize`` when the config
 asks for it) and the same SB3 model from the same resolved config and seed, and train
 for the same number of env steps on one thread. The telemetry arm is the real generator
-(``generate.rl.train.run``: callback, optimizer hooks, periodic representation probes,
+(``stabilitybench.generate.rl.train.run``: callback, optimizer hooks, periodic representation probes,
 row buffers, Arrow table) with evaluation switched off (``eval_episodes = 0``: evaluation
 is extra measurement work, not telemetry); the baseline is ``model.learn`` with no
 callback. Arms alternate (plain, telemetry, plain, ...) so drift in machine load hits
@@ -46,7 +46,7 @@ def cpu_name() -> str:
 
 
 def spec_for(algo: str, env_id: str, steps: int, seed: int, hparams: dict):
-    from generate.spec import RunSpec
+    from stabilitybench.generate.spec import RunSpec
 
     return RunSpec(domain="rl", algo=algo, env=env_id, seed=seed, perturbation="none", total_steps=steps,
                    hparams={**hparams, "eval_episodes": 0})
@@ -56,12 +56,12 @@ def _sb3_arm(algo: str, env_id: str, steps: int, seed: int, hparams: dict,
              with_callback: bool) -> tuple[float, float, int, float]:
     """Plain SB3 from the generator's resolved config; ``with_callback`` adds the public ``StabilityCallback``
     (a Recorder without a corpus). The clock includes building the env and the model, as the generator's does."""
-    from generate.adapters.sb3 import StabilityCallback
-    from generate.perturbations import TrainingClock, build
-    from generate.recorder import Recorder
-    from generate.rl.config import resolve
-    from generate.rl.envs import make_train_env
-    from generate.rl.train import _build_model
+    from stabilitybench.generate.adapters.sb3 import StabilityCallback
+    from stabilitybench.generate.perturbations import TrainingClock, build
+    from stabilitybench.generate.recorder import Recorder
+    from stabilitybench.generate.rl.config import resolve
+    from stabilitybench.generate.rl.envs import make_train_env
+    from stabilitybench.generate.rl.train import _build_model
 
     spec = spec_for(algo, env_id, steps, seed, hparams)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -87,7 +87,7 @@ def api(algo: str, env_id: str, steps: int, seed: int, hparams: dict) -> tuple[f
 
 
 def telemetry(algo: str, env_id: str, steps: int, seed: int, hparams: dict) -> tuple[float, float, int, float]:
-    from generate.rl.train import run
+    from stabilitybench.generate.rl.train import run
 
     spec = spec_for(algo, env_id, steps, seed, hparams)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -130,7 +130,7 @@ def main() -> None:
                 probe_s.append(p)
             print(f"repeat {i} {arm:<9} {w:7.2f} s wall {c:7.2f} s cpu {n / w:7.0f} steps/s", flush=True)
 
-    from generate.rl.config import resolve
+    from stabilitybench.generate.rl.config import resolve
 
     cfg = resolve(args.algo, args.env, "default", {**hparams})
     updates = cfg.planned_updates(args.steps)

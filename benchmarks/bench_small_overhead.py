@@ -71,8 +71,8 @@ def run_arm(arm: str, batches: list[tuple[Any, Any]], corpus: Path, tag: str) ->
     """One training run of ``arm``; returns loop seconds, files seconds (probe+recorder) and rows."""
     import torch
 
-    from generate.probe import Probe
-    from generate.recorder import Recorder
+    from stabilitybench.generate.probe import Probe
+    from stabilitybench.generate.recorder import Recorder
 
     model = make_cnn()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -108,7 +108,7 @@ def hook_time(batches: list[tuple[Any, Any]]) -> float:
     """Milliseconds per update spent inside the probe's three hooks (gradient capture, pre- and post-step,
     the recorder's row included), measured by wrapping them: the probe's own cost, free of the run-to-run
     variation of the training step that dominates the ratios on a shared machine."""
-    from generate.probe import Probe
+    from stabilitybench.generate.probe import Probe
 
     spent = [0.0]
     originals = {name: getattr(Probe, name) for name in ("_capture", "_pre_step", "_post_step")}
@@ -146,7 +146,7 @@ def main() -> None:
 
     import torch
 
-    import generate.probe
+    import stabilitybench.generate.probe
 
     torch.set_num_threads(args.threads)
     n_params = sum(p.numel() for p in make_cnn().parameters())
@@ -160,7 +160,8 @@ def main() -> None:
             for arm in arms:
                 results[arm].append(run_arm(arm, batches, Path(tmp, "corpus"), str(rep)))
             hooks.append(hook_time(batches))
-    summary: dict[str, Any] = {"label": args.label, "code": str(Path(generate.probe.__file__).parent.parent),
+    code_dir = str(Path(stabilitybench.generate.probe.__file__).parent.parent)
+    summary: dict[str, Any] = {"label": args.label, "code": code_dir,
                                "steps": args.steps, "batch": args.batch, "repeats": args.repeats,
                                "params": n_params, "threads": args.threads, "arms": {},
                                "hook_ms_per_update": {"median": statistics.median(hooks), "min": min(hooks),

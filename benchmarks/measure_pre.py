@@ -7,7 +7,7 @@ vary by more than 2x from day to day; run this side by side with the job whose c
     python benchmarks/measure_pre.py [--steps 100000] [--seed 0]
 
 Prints one JSON line: wall and process-CPU seconds, steps/s, and the ratio to the reference PRE
-(``generate.costs.PRE_REFERENCE_SECONDS``).
+(``stabilitybench.generate.costs.PRE_REFERENCE_SECONDS``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 
-from generate.costs import PRE_REFERENCE_SECONDS, PRE_STEPS
+from stabilitybench.generate.costs import PRE_REFERENCE_SECONDS, PRE_STEPS
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ Everything that reads or writes the corpus goes through here; nothing here impor
 ``generate``, ``analysis`` or ``reports``.
 """
 
-from data_schema.corpus import (
+from stabilitybench.data_schema.corpus import (
     MANIFEST,
     RUNS,
     connect,
@@ -15,8 +15,8 @@ from data_schema.corpus import (
     steps_path,
     write_manifest,
 )
-from data_schema.errors import CorpusNotFoundError, CorruptFileError, SchemaError, StabilityBenchError
-from data_schema.io import (
+from stabilitybench.data_schema.errors import CorpusNotFoundError, CorruptFileError, SchemaError, StabilityBenchError
+from stabilitybench.data_schema.io import (
     RUN_METADATA_KEY,
     atomic_path,
     conform,
@@ -26,7 +26,7 @@ from data_schema.io import (
     validate,
     write_table,
 )
-from data_schema.schema import (
+from stabilitybench.data_schema.schema import (
     DIMENSIONS,
     EVENTS_SCHEMA,
     MANIFEST_SCHEMA,

@@ -1,20 +1,20 @@
-"""``python -m data_schema [table ...]``: print the declared schema with units.
+"""``python -m stabilitybench.data_schema [table ...]``: print the declared schema with units.
 
-``python -m data_schema upgrade CORPUS``: rewrite a corpus's legacy-version files in the current schema.
+``python -m stabilitybench.data_schema upgrade CORPUS``: rewrite a corpus's legacy-version files in the current schema.
 """
 
 import sys
 
-from data_schema.schema import SCHEMA_VERSION, SCHEMAS, describe
+from stabilitybench.data_schema.schema import SCHEMA_VERSION, SCHEMAS, describe
 
 args = sys.argv[1:]
 if args[:1] == ["upgrade"]:
-    from data_schema.compat import upgrade_corpus
-    from data_schema.corpus import require_corpus
-    from data_schema.errors import exit_on_user_error
+    from stabilitybench.data_schema.compat import upgrade_corpus
+    from stabilitybench.data_schema.corpus import require_corpus
+    from stabilitybench.data_schema.errors import exit_on_user_error
 
     if len(args) != 2:
-        sys.exit("usage: python -m data_schema upgrade CORPUS")
+        sys.exit("usage: python -m stabilitybench.data_schema upgrade CORPUS")
     exit_on_user_error(lambda: print(f"rewrote {len(upgrade_corpus(require_corpus(args[1])))} file(s) of "
                                      f"{args[1]} in schema {SCHEMA_VERSION}"))
     sys.exit(0)

@@ -4,7 +4,7 @@
 schema with units, the perturbations, licences, citation); ``analyze`` adds the collapse
 rule and the outcome counts under its own heading. Both go through :func:`write_card`,
 which rebuilds the file from the manifest and keeps the analysis section if present.
-The schema tables are rendered from :mod:`data_schema.schema`, never retyped.
+The schema tables are rendered from :mod:`stabilitybench.data_schema.schema`, never retyped.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_schema.corpus import read_manifest
-from data_schema.io import atomic_path
-from data_schema.schema import SCHEMA_VERSION, SCHEMAS, describe
+from stabilitybench.data_schema.corpus import read_manifest
+from stabilitybench.data_schema.io import atomic_path
+from stabilitybench.data_schema.schema import SCHEMA_VERSION, SCHEMAS, describe
 
 CARD = "README.md"
 OUTCOME_NAMES = frozenset(SCHEMAS["runs"].names) - frozenset(SCHEMAS["manifest"].names)

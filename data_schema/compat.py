@@ -1,6 +1,6 @@
-"""Reading corpora written with a legacy schema version (:data:`~data_schema.schema.LEGACY_VERSIONS`).
+"""Reading corpora written with a legacy schema version (:data:`~stabilitybench.data_schema.schema.LEGACY_VERSIONS`).
 
-1.0 -> 1.1 renamed columns (:data:`~data_schema.schema.RENAMED`) and made the steps files'
+1.0 -> 1.1 renamed columns (:data:`~stabilitybench.data_schema.schema.RENAMED`) and made the steps files'
 partition columns dictionary-encoded; 1.1 -> 1.2 added a nullable steps column, which an
 older file reads as null. Every project reader goes through here, so a 1.0 or 1.1 corpus
 reads (and resumes) as the current version:
@@ -8,7 +8,7 @@ reads (and resumes) as the current version:
 * :func:`upgrade` maps a 1.0 table (pyarrow) onto the current names and types;
 * :func:`upgrade_frame` does the same for a polars LazyFrame, :func:`upgrade_select`
   builds the DuckDB projection for a view;
-* :func:`upgrade_corpus` (``python -m data_schema upgrade CORPUS``) rewrites a corpus's
+* :func:`upgrade_corpus` (``python -m stabilitybench.data_schema upgrade CORPUS``) rewrites a corpus's
   legacy files in place, atomically, so readers without project code (pandas or pyarrow
   folder reads) see one schema too.
 """
@@ -24,7 +24,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_schema.schema import ADDED_COLUMNS, RENAMED, SCHEMA_VERSION, SCHEMAS
+from stabilitybench.data_schema.schema import ADDED_COLUMNS, RENAMED, SCHEMA_VERSION, SCHEMAS
 
 VERSION_KEY = b"stabilitybench.schema_version"
 
@@ -39,7 +39,7 @@ def upgrade(table: pa.Table, name: str) -> pa.Table:
     """``table`` with legacy column names renamed and columns cast to the current schema's types.
 
     Only renames and lossless casts (string <-> dictionary-encoded string); anything else is
-    left for :func:`data_schema.io.validate` to report.
+    left for :func:`stabilitybench.data_schema.io.validate` to report.
     """
     version = (table.schema.metadata or {}).get(VERSION_KEY)  # before any step that may drop the metadata
     renames = RENAMED[name]
@@ -61,7 +61,7 @@ def _add_newer_columns(table: pa.Table, schema: pa.Schema, name: str, raw: bytes
     """The columns that versions after the file's added (:data:`ADDED_COLUMNS`), as nulls, in schema order.
 
     Only for a file that records an older version; any other missing column is left for
-    :func:`data_schema.io.validate` to report, so a damaged file is never read as one with nulls.
+    :func:`stabilitybench.data_schema.io.validate` to report, so a damaged file is never read as one with nulls.
     """
     if not raw:
         return table
@@ -139,14 +139,14 @@ def upgrade_corpus(corpus: str | os.PathLike[str]) -> list[Path]:
 
     The manifest row kept in a steps file's metadata is renamed too. Current files are untouched,
     so running it twice rewrites nothing the second time. Only the files of runs that ``verify``
-    accepts are rewritten (:func:`data_schema.verify.readable_runs`); the others are left as they
-    are and named in one :class:`~data_schema.errors.SkippedRunsWarning`. A damaged ``runs.parquet``
-    is a one-line :class:`~data_schema.errors.CorruptFileError`.
+    accepts are rewritten (:func:`stabilitybench.data_schema.verify.readable_runs`); the others are left as they
+    are and named in one :class:`~stabilitybench.data_schema.errors.SkippedRunsWarning`. A damaged ``runs.parquet``
+    is a one-line :class:`~stabilitybench.data_schema.errors.CorruptFileError`.
     """
-    from data_schema.corpus import MANIFEST, RUNS
-    from data_schema.errors import CorruptFileError
-    from data_schema.io import RUN_METADATA_KEY, write_table
-    from data_schema.verify import readable_runs
+    from stabilitybench.data_schema.corpus import MANIFEST, RUNS
+    from stabilitybench.data_schema.errors import CorruptFileError
+    from stabilitybench.data_schema.io import RUN_METADATA_KEY, write_table
+    from stabilitybench.data_schema.verify import readable_runs
 
     root = Path(corpus)
     readable = readable_runs(root)

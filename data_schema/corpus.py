@@ -26,10 +26,10 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_schema.compat import upgrade, upgrade_frame, upgrade_row, upgrade_select
-from data_schema.errors import CorpusNotFoundError, SchemaError
-from data_schema.io import conform, read_table, write_table
-from data_schema.schema import (
+from stabilitybench.data_schema.compat import upgrade, upgrade_frame, upgrade_row, upgrade_select
+from stabilitybench.data_schema.errors import CorpusNotFoundError, SchemaError
+from stabilitybench.data_schema.io import conform, read_table, write_table
+from stabilitybench.data_schema.schema import (
     EVENTS_SCHEMA,
     MANIFEST_SCHEMA,
     PARTITION_COLUMNS,
@@ -113,13 +113,13 @@ def scan_steps(corpus: str | os.PathLike[str], *, runs: Iterable[dict[str, Any]]
     back as ``pl.String``. Files of a legacy schema version (the manifest's
     ``schema_version``) are scanned apart and their columns renamed.
 
-    Only the files of runs that ``verify`` accepts are read (:func:`data_schema.verify.readable_runs`):
+    Only the files of runs that ``verify`` accepts are read (:func:`stabilitybench.data_schema.verify.readable_runs`):
     a run whose steps or events file is missing or damaged is left out and named in one line,
-    appended to ``notes`` or issued as a :class:`~data_schema.errors.SkippedRunsWarning`; a file with
+    appended to ``notes`` or issued as a :class:`~stabilitybench.data_schema.errors.SkippedRunsWarning`; a file with
     no ``ok`` manifest row is never read. ``runs`` (manifest rows or a frame of them) skips that
     check and scans exactly those runs' files: for a caller that already checked them (``analyze``).
     """
-    from data_schema.verify import readable_runs
+    from stabilitybench.data_schema.verify import readable_runs
 
     root = require_corpus(corpus)
     if runs is None:
@@ -168,11 +168,11 @@ def connect(corpus: str | os.PathLike[str], database: str = ":memory:",
 
     ``runs`` is ``runs.parquet`` when analysis has written it, else the manifest (so
     outcome columns are null until then). ``steps`` and ``events`` read only the files of
-    runs that ``verify`` accepts (:func:`data_schema.verify.readable_runs`); the runs left out
+    runs that ``verify`` accepts (:func:`stabilitybench.data_schema.verify.readable_runs`); the runs left out
     are named in one line, appended to ``notes`` or issued as a
-    :class:`~data_schema.errors.SkippedRunsWarning`.
+    :class:`~stabilitybench.data_schema.errors.SkippedRunsWarning`.
     """
-    from data_schema.verify import readable_runs
+    from stabilitybench.data_schema.verify import readable_runs
 
     root = require_corpus(corpus).resolve()
     readable = readable_runs(root)

@@ -53,7 +53,7 @@ class SkippedRunsWarning(UserWarning):
 def exit_on_user_error(entry: Callable[[], object]) -> None:
     """Run a command-line entry point; a :class:`StabilityBenchError` becomes one line and exit status 2.
 
-    The one place every CLI (``stabilitybench``, ``python -m generate|analysis|reports``)
+    The one place every CLI (``stabilitybench``, ``python -m stabilitybench.generate|analysis|reports``)
     turns user errors into output. The message is escaped, so brackets in paths print as
     they are instead of being read as rich markup. A :class:`SkippedRunsWarning` a reader
     raises on the way prints as one ``warning:`` line (no source location).

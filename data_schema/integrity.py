@@ -26,10 +26,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_schema.compat import VERSION_KEY, upgrade_schema
-from data_schema.corpus import events_path, steps_path
-from data_schema.errors import NewerSchemaError
-from data_schema.schema import EVENTS_SCHEMA, SCHEMA_VERSION, STEPS_SCHEMA
+from stabilitybench.data_schema.compat import VERSION_KEY, upgrade_schema
+from stabilitybench.data_schema.corpus import events_path, steps_path
+from stabilitybench.data_schema.errors import NewerSchemaError
+from stabilitybench.data_schema.schema import EVENTS_SCHEMA, SCHEMA_VERSION, STEPS_SCHEMA
 
 #: Manifest columns holding each file's (size, hash), by file kind.
 HASH_COLUMNS = {"steps": ("steps_bytes", "steps_blake2b"), "events": ("events_bytes", "events_blake2b")}
@@ -88,7 +88,7 @@ def check_footer(path: Path, schema: pa.Schema) -> str | None:
         return f"not a readable Parquet file ({_first_line(exc)})"
     require_known_version(path, (found.metadata or {}).get(VERSION_KEY))
     table = (schema.metadata or {}).get(b"stabilitybench.table", b"").decode()
-    if table:  # an older 1.x file: compare what it reads as (data_schema.compat)
+    if table:  # an older 1.x file: compare what it reads as (stabilitybench.data_schema.compat)
         found = upgrade_schema(found, table)
     if not found.remove_metadata().equals(schema.remove_metadata()):
         return "columns do not match schema v1"

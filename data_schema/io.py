@@ -21,9 +21,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_schema.compat import upgrade
-from data_schema.errors import CorruptFileError, OutputPathError, SchemaError
-from data_schema.schema import SCHEMA_VERSION, SCHEMAS
+from stabilitybench.data_schema.compat import upgrade
+from stabilitybench.data_schema.errors import CorruptFileError, OutputPathError, SchemaError
+from stabilitybench.data_schema.schema import SCHEMA_VERSION, SCHEMAS
 
 #: Key of the Parquet key-value metadata that carries a run's manifest row (JSON).
 RUN_METADATA_KEY = b"stabilitybench.run"
@@ -134,7 +134,7 @@ def remove_stale_temps(path: str | os.PathLike[str]) -> int:
 def remove_stale_temps_tree(root: str | os.PathLike[str]) -> list[Path]:
     """Delete every temporary file :func:`atomic_path` left anywhere under ``root``; returns them.
 
-    For a writer that holds the corpus lock (:mod:`data_schema.lock`): no other writer of
+    For a writer that holds the corpus lock (:mod:`stabilitybench.data_schema.lock`): no other writer of
     the corpus is alive, so every ``.<name>.<hex>.tmp`` file is a dead writer's leftover.
     """
     stale = [p for p in Path(root).rglob(".*.tmp") if p.is_file()] if Path(root).is_dir() else []
@@ -164,7 +164,7 @@ def writable_dir(path: str | os.PathLike[str], option: str) -> Path:
 def read_table(path: str | os.PathLike[str], table_name: str) -> pa.Table:
     """Read a corpus file and validate it against the named schema.
 
-    A file written with a legacy schema version is upgraded on read (:func:`data_schema.compat.upgrade`).
+    A file written with a legacy schema version is upgraded on read (:func:`stabilitybench.data_schema.compat.upgrade`).
     Raises :class:`CorruptFileError` if it is not readable Parquet and
     :class:`SchemaError` (naming file and column) if the columns do not match.
     """

@@ -20,7 +20,7 @@ import socket
 from pathlib import Path
 from types import TracebackType
 
-from data_schema.errors import OutputPathError, StabilityBenchError
+from stabilitybench.data_schema.errors import OutputPathError, StabilityBenchError
 
 LOCK_FILE = ".lock"
 

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import duckdb
 
-from data_schema.corpus import connect, require_corpus
-from data_schema.errors import StabilityBenchError
+from stabilitybench.data_schema.corpus import connect, require_corpus
+from stabilitybench.data_schema.errors import StabilityBenchError
 
 #: The statement types ``query`` runs as they are (PIVOT with an IN list, DESCRIBE, SHOW, ... parse as SELECT).
 READ_STATEMENTS = frozenset({duckdb.StatementType.SELECT})

@@ -2,7 +2,7 @@
 
 Every table the project writes (``steps``, ``manifest``, ``events``, ``runs``) is an
 Arrow schema built here. Each field carries metadata ``unit`` and ``description``;
-writers pass these schemas at write time and :mod:`data_schema.io` validates against
+writers pass these schemas at write time and :mod:`stabilitybench.data_schema.io` validates against
 them, so the Parquet files are self-describing for readers that never import this
 package (polars, DuckDB, pandas).
 
@@ -24,7 +24,7 @@ Conventions
 
 Versions: 1.1 renamed two columns that meant two things (:data:`RENAMED`) and made the
 steps files' partition columns dictionary-encoded; 1.2 added the nullable steps column
-``grad_coherence_fixed`` (RL PPO's fixed-point minibatch coherence). :mod:`data_schema.compat`
+``grad_coherence_fixed`` (RL PPO's fixed-point minibatch coherence). :mod:`stabilitybench.data_schema.compat`
 reads 1.0 and 1.1 files (a column newer than the file reads as null).
 """
 
@@ -35,12 +35,12 @@ from dataclasses import dataclass, replace
 import pyarrow as pa
 
 SCHEMA_VERSION = "1.2"
-#: The version a ``run_id`` hashes (``generate.spec``). 1.1 renamed columns but changed no run,
+#: The version a ``run_id`` hashes (``stabilitybench.generate.spec``). 1.1 renamed columns but changed no run,
 #: so it stays "1.0" and corpora written with 1.0 keep their ids (and resume).
 RUN_ID_VERSION = "1.0"
 #: Nullable columns each minor version added, per table: a file of an older version reads them as null.
 ADDED_COLUMNS: dict[str, dict[str, tuple[str, ...]]] = {"1.2": {"steps": ("grad_coherence_fixed",)}}
-#: Schema versions whose files the readers still open (through :mod:`data_schema.compat`).
+#: Schema versions whose files the readers still open (through :mod:`stabilitybench.data_schema.compat`).
 LEGACY_VERSIONS = ("1.0", "1.1")
 
 DOMAINS = ("rl", "lm")
@@ -48,7 +48,7 @@ DIMENSIONS = ("none", "optimization", "environmental", "parametric", "learning_s
 RUN_STATUSES = ("ok", "failed", "running")
 STOP_REASONS = ("completed", "nonfinite", "interrupted")
 EVENT_KINDS = ("perturbation_on", "perturbation_off", "perturbation_applied", "nonfinite", "eval", "collapse",
-               # a live monitor's alarm and the actions taken on it (generate.intervention)
+               # a live monitor's alarm and the actions taken on it (stabilitybench.generate.intervention)
                "alarm", "checkpoint", "lr_backoff", "lr_backoff_end", "rollback", "stop")
 
 #: Hive partition keys of ``steps/``, in directory order.
@@ -214,7 +214,7 @@ MANIFEST_SCHEMA = _schema("manifest", MANIFEST_COLUMNS)
 OUTCOME_COLUMNS = [
     Column("collapsed", BOOL, "-", "Whether the collapse rule fired (performance below the control line until at "
            "least W updates after the perturbation window ends, or non-finite telemetry)"),
-    Column("collapse_kind", STR, "-", "nonfinite | performance | none (analysis.collapse)"),
+    Column("collapse_kind", STR, "-", "nonfinite | performance | none (stabilitybench.analysis.collapse)"),
     Column("collapse_step", I64, "update", "Offline date of the collapse (centred smoothing of performance; the "
            "non-finite update for nonfinite collapses); null when censored"),
     Column("collapse_confirmed_step", I64, "update", "Update at which the collapse became confirmed online (the "

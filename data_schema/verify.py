@@ -2,7 +2,7 @@
 
 * Every ``ok`` run has exactly one steps file and one events file, whose sizes and hashes match
   the ones recorded at write time and whose footers match schema v1
-  (:func:`data_schema.integrity.check_run`); no data file lacks a manifest row.
+  (:func:`stabilitybench.data_schema.integrity.check_run`); no data file lacks a manifest row.
 * ``deep`` also reads every page with CRC verification and joins manifest, steps and events:
   the steps file holds only its run's ``run_id`` and partition values, its ``step`` column is
   0..n_updates-1 with none missing or repeated, and the events file holds only its run.
@@ -31,11 +31,19 @@ from typing import Any
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from data_schema.corpus import EVENTS_DIR, MANIFEST, STEPS_DIR, events_path, read_manifest, require_corpus, steps_path
-from data_schema.errors import CorpusNotFoundError, CorruptFileError, SchemaError, SkippedRunsWarning
-from data_schema.integrity import Problem, check_run
-from data_schema.io import run_metadata
-from data_schema.schema import PARTITION_COLUMNS
+from stabilitybench.data_schema.corpus import (
+    EVENTS_DIR,
+    MANIFEST,
+    STEPS_DIR,
+    events_path,
+    read_manifest,
+    require_corpus,
+    steps_path,
+)
+from stabilitybench.data_schema.errors import CorpusNotFoundError, CorruptFileError, SchemaError, SkippedRunsWarning
+from stabilitybench.data_schema.integrity import Problem, check_run
+from stabilitybench.data_schema.io import run_metadata
+from stabilitybench.data_schema.schema import PARTITION_COLUMNS
 
 #: How a run was written, from its manifest row's ``config_json`` (:func:`run_origin`).
 GENERATED, RECORDED, UNKNOWN = "generate", "recorder", "unknown"
@@ -195,7 +203,7 @@ class Readable:
 
 def readable_runs(corpus: str | os.PathLike[str], rows: list[dict[str, Any]] | None = None) -> Readable:
     """Which runs' files may be read: the ``ok`` rows of ``rows`` (default: the whole manifest) whose files
-    pass :func:`data_schema.integrity.check_run` (exist, size and hash as recorded, schema v1 footer).
+    pass :func:`stabilitybench.data_schema.integrity.check_run` (exist, size and hash as recorded, schema v1 footer).
 
     The one owner of "which files are readable" for every reader; files with no ``ok`` manifest row
     (a failed run's leftovers, a second file of one run_id, a planted file) are never read. A manifest

@@ -1,10 +1,10 @@
 """MkDocs hooks: the pages that are generated from the code, so that the site cannot drift from it.
 
 * ``<!-- generated: schema TABLE -->`` in a page becomes the declared Arrow schema of ``TABLE``
-  (``steps``, ``manifest``, ``runs``, ``events``) from :mod:`data_schema.schema`: column, type, unit,
+  (``steps``, ``manifest``, ``runs``, ``events``) from :mod:`stabilitybench.data_schema.schema`: column, type, unit,
   nullability and description, the same declaration the writer passes at write time.
 * ``<!-- BEGIN name --> ... <!-- END name -->`` blocks are re-rendered by :func:`stabilitybench.docs.update`
-  (the ``results/`` tables from :mod:`analysis.results`), whatever the source page holds between them.
+  (the ``results/`` tables from :mod:`stabilitybench.analysis.results`), whatever the source page holds between them.
 * ``<!-- generated: schema-version -->`` becomes the corpus schema version.
 * Three Markdown files that live beside the code they describe are added to the site as pages:
   ``BENCHMARKS.md``, ``analysis/README.md`` and ``generate/lm/README.md`` (see :data:`INCLUDED`).
@@ -37,7 +37,7 @@ def _cell(text: str) -> str:
 
 def schema_table(table: str) -> str:
     """Markdown table of one corpus table's declared columns (name, type, unit, nullable, description)."""
-    from data_schema.schema import SCHEMAS, describe
+    from stabilitybench.data_schema.schema import SCHEMAS, describe
 
     if table not in SCHEMAS:
         raise ValueError(f"docs: unknown corpus table {table!r} in a schema marker (one of {', '.join(SCHEMAS)})")
@@ -50,7 +50,7 @@ def schema_table(table: str) -> str:
 
 def render(markdown: str) -> str:
     """``markdown`` with every generated marker and block filled from the code."""
-    from data_schema.schema import SCHEMA_VERSION
+    from stabilitybench.data_schema.schema import SCHEMA_VERSION
     from stabilitybench.docs import BLOCKS, update
 
     markdown = SCHEMA_MARK.sub(lambda m: schema_table(m.group(1)), markdown)

@@ -2,5 +2,5 @@
 
 Profiles and their expansion (``matrix``), run specs, the runner, perturbations, the public probe
 API (:mod:`generate.probe`, :mod:`generate.recorder`, :mod:`generate.adapters`), and the training
-loops: RL in :mod:`generate.rl`, GPT-2 in :mod:`generate.lm`.
+loops: RL in :mod:`stabilitybench.generate.rl`, GPT-2 in :mod:`stabilitybench.generate.lm`.
 """

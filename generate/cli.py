@@ -1,4 +1,4 @@
-"""``generate`` and ``status`` commands (mounted by the ``stabilitybench`` CLI; also ``python -m generate``)."""
+"""``generate`` and ``status`` (mounted by the ``stabilitybench`` CLI; also ``python -m stabilitybench.generate``)."""
 
 from __future__ import annotations
 
@@ -13,18 +13,18 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from data_schema import StabilityBenchError, read_manifest, require_corpus
-from data_schema.card import write_card
-from data_schema.errors import OutputPathError
-from data_schema.integrity import Problem, check_run
-from data_schema.progress import ProgressReporter
-from data_schema.verify import rerun_advice, run_origin
-from generate.backends import make_backend
-from generate.costs import PRE_REFERENCE_SECONDS, estimate
-from generate.errors import Interrupted, ProfileError
-from generate.matrix import available_profiles, load_profile, parse_only, select
-from generate.perturbations import definitions
-from generate.runner import LOG_DIR, Plan, plan, run_matrix
+from stabilitybench.data_schema import StabilityBenchError, read_manifest, require_corpus
+from stabilitybench.data_schema.card import write_card
+from stabilitybench.data_schema.errors import OutputPathError
+from stabilitybench.data_schema.integrity import Problem, check_run
+from stabilitybench.data_schema.progress import ProgressReporter
+from stabilitybench.data_schema.verify import rerun_advice, run_origin
+from stabilitybench.generate.backends import make_backend
+from stabilitybench.generate.costs import PRE_REFERENCE_SECONDS, estimate
+from stabilitybench.generate.errors import Interrupted, ProfileError
+from stabilitybench.generate.matrix import available_profiles, load_profile, parse_only, select
+from stabilitybench.generate.perturbations import definitions
+from stabilitybench.generate.runner import LOG_DIR, Plan, plan, run_matrix
 
 console = Console(stderr=True, soft_wrap=True, highlight=False)
 out = Console(soft_wrap=True, highlight=False)

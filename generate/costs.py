@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from generate.spec import RunSpec
+from stabilitybench.generate.spec import RunSpec
 
 #: env steps (RL) or tokens (LM) per second on one core of the reference VM (AMD EPYC, 2 cores),
 #: measured 2026-11-25 with full telemetry; PPO with SB3's defaults, GPT-2 ``tiny``. See

@@ -13,7 +13,7 @@ to the profile file) and then names a dose instead of a magnitude::
 A block's runs are matched to the table's curves on every spec field but the magnitude and the
 seed (:data:`CURVE_FIELDS`: kind, env, duration, onset, total steps, hyperparameters, ...), so a
 dose calibrated for one setting is never silently used for another. The hyperparameters of a live
-intervention (:data:`generate.intervention.INTERVENTION_HPARAMS`: an action on a monitor's alarm) are
+intervention (:data:`stabilitybench.generate.intervention.INTERVENTION_HPARAMS`: an action on a monitor's alarm) are
 not part of the curve: a dose is a property of natural training, and the intervention experiment
 applies its actions at the natural ED50 (``calibrate`` fits natural runs only). The magnitude used is the
 table's value rounded to 3 significant digits. A curve without that ED (e.g. "no ED50 below
@@ -29,9 +29,9 @@ from typing import Any
 
 import tomllib
 
-from generate.errors import ProfileError
-from generate.intervention import INTERVENTION_HPARAMS
-from generate.spec import RunSpec
+from stabilitybench.generate.errors import ProfileError
+from stabilitybench.generate.intervention import INTERVENTION_HPARAMS
+from stabilitybench.generate.spec import RunSpec
 
 _ACTION_KEYS = frozenset(name for name, _ in INTERVENTION_HPARAMS)
 

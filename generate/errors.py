@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from data_schema.errors import StabilityBenchError
+from stabilitybench.data_schema.errors import StabilityBenchError
 
 
 class ProfileError(StabilityBenchError):
@@ -30,7 +30,7 @@ class TrainingDiverged(NonFiniteTraining):
     """Raised by a :class:`~generate.probe.Probe` (``nonfinite="stop"``, the default) when the run went non-finite.
 
     Raised only *after* the run is safely recorded: the non-finite update's row is kept, a
-    ``nonfinite`` event is added and the :class:`~generate.recorder.Recorder` is closed with
+    ``nonfinite`` event is added and the :class:`~stabilitybench.generate.recorder.Recorder` is closed with
     ``stop_reason = "nonfinite"`` and status ok (with a corpus: its files and manifest row are
     written). A subclass of :class:`NonFiniteTraining`, so code that catches that keeps working.
     """
@@ -46,7 +46,7 @@ class TrainingDiverged(NonFiniteTraining):
 
 
 class RunExistsError(StabilityBenchError):
-    """A :class:`~generate.recorder.Recorder` would write a run_id the corpus already holds.
+    """A :class:`~stabilitybench.generate.recorder.Recorder` would write a run_id the corpus already holds.
 
     Raised before training (when the run's identity is complete); pass ``overwrite=True`` to
     replace the old run, or change ``run_name``/``config``/``seed``/the perturbation.
@@ -54,7 +54,7 @@ class RunExistsError(StabilityBenchError):
 
 
 class ProbeAttachedError(StabilityBenchError):
-    """A second :class:`~generate.probe.Probe` on an optimizer that already has a live one.
+    """A second :class:`~stabilitybench.generate.probe.Probe` on an optimizer that already has a live one.
 
     Two probes would each multiply and restore the learning rate, and the LR would drift for good.
     Remove the first (``Probe.attached(optimizer).remove()``) or use ``with Probe(...)``.

@@ -1,8 +1,8 @@
 """Actions on a live monitor's alarm: log, checkpoint, LR back-off, rollback, stop.
 
-:class:`Intervention` watches the rows a :class:`~generate.recorder.Recorder` receives and feeds each
+:class:`Intervention` watches the rows a :class:`~stabilitybench.generate.recorder.Recorder` receives and feeds each
 to a *monitor*, any object with ``update(row) -> (score | None, alarm)`` (and optionally ``finish()``):
-:class:`analysis.online.OnlineMonitor` is the project's. This module does not import ``analysis``;
+:class:`stabilitybench.analysis.online.OnlineMonitor` is the project's. This module does not import ``analysis``;
 the monitor is handed in (``stabilitybench.load_monitor(path).online()`` builds one from a file).
 
 Timing. A row is final once the next one exists (the losses SB3 logs once per ``train()`` call, or a

@@ -21,7 +21,7 @@ Any unknown key or bad value raises :class:`ProfileError` naming the file and ke
 
 A block may name a calibrated dose instead of a magnitude (``dose = "ED50"`` or a list of
 ED20 | ED50 | ED80) when the profile includes a dose table (``doses = "doses/x.toml"``, relative
-to the profile; :mod:`generate.doses`). ``dose_stochasticity = "default"`` applies the dose
+to the profile; :mod:`stabilitybench.generate.doses`). ``dose_stochasticity = "default"`` applies the dose
 calibrated at that stochasticity level to the block's own levels (the stochasticity-buffer experiment).
 """
 
@@ -37,12 +37,12 @@ from typing import Any
 
 import tomllib
 
-from data_schema.schema import DOMAINS
-from generate.doses import dose_magnitude, load_dose_table
-from generate.errors import ProfileError, UnknownEnvError
-from generate.perturbations import REGISTRY, perturbation_class
-from generate.registry import GENERATORS, generator_for
-from generate.spec import RunSpec
+from stabilitybench.data_schema.schema import DOMAINS
+from stabilitybench.generate.doses import dose_magnitude, load_dose_table
+from stabilitybench.generate.errors import ProfileError, UnknownEnvError
+from stabilitybench.generate.perturbations import REGISTRY, perturbation_class
+from stabilitybench.generate.registry import GENERATORS, generator_for
+from stabilitybench.generate.spec import RunSpec
 
 #: Axis name -> expected Python type of one value.
 AXES: dict[str, type] = {f.name: f.type for f in fields(RunSpec)}  # type: ignore[misc]
@@ -51,7 +51,7 @@ TOP_LEVEL_KEYS = {"description", "defaults", "matrix", "doses"}
 
 
 def available_profiles() -> list[str]:
-    return sorted(p.name.removesuffix(".toml") for p in resources.files("generate.profiles").iterdir()
+    return sorted(p.name.removesuffix(".toml") for p in resources.files("stabilitybench.generate.profiles").iterdir()
                   if p.name.endswith(".toml"))
 
 
@@ -62,7 +62,7 @@ def profile_path(name_or_path: str) -> Path:
         if not path.is_file():
             raise ProfileError(f"{path}: profile file not found")
         return path
-    builtin = resources.files("generate.profiles") / f"{name_or_path}.toml"
+    builtin = resources.files("stabilitybench.generate.profiles") / f"{name_or_path}.toml"
     if not builtin.is_file():
         raise ProfileError(f"unknown profile {name_or_path!r} (available: {', '.join(available_profiles())}, "
                            "or a path to a .toml file)")
@@ -230,7 +230,7 @@ def _check_spec(spec: RunSpec, hparams: Any, label: str) -> None:
         raise ProfileError(f"{label}.hparams: {exc}") from None
     if spec.domain == "rl":
         try:
-            from generate.rl.envs import check_env_id
+            from stabilitybench.generate.rl.envs import check_env_id
 
             check_env_id(spec.env)
         except UnknownEnvError as exc:

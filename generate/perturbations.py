@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from generate.errors import ProfileError
+from stabilitybench.generate.errors import ProfileError
 
 
 class TrainingClock:

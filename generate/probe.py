@@ -22,17 +22,17 @@ What it guarantees (each is tested in ``tests/test_probe.py``):
   after the step (on CPU the gradient norm is also read before the step, which costs nothing
   there, so that a non-finite gradient is never applied).
 * **Bounded coherence memory.** Up to ``exact_max_params`` parameters the ring buffer holds the
-  gradients exactly (K x P); above, a :class:`~generate.coherence.SignSketch` to ``sketch_dim``
+  gradients exactly (K x P); above, a :class:`~stabilitybench.generate.coherence.SignSketch` to ``sketch_dim``
   (<= 4096) dimensions (K x d).
 * **Invisible to training.** The probe draws no random numbers from the global streams (the
   sketch's signs come from their own generator) and writes nothing the optimizer reads, so a
   run with the probe gives bit-identical parameters to the same run without it.
 * **Divergence is data.** A non-finite gradient or parameter is recorded (its row, a ``nonfinite``
   event); by default (``nonfinite="stop"``) the recorder is then closed as ``stop_reason =
-  "nonfinite"``, status ok, and only then :class:`~generate.errors.TrainingDiverged` is raised;
+  "nonfinite"``, status ok, and only then :class:`~stabilitybench.generate.errors.TrainingDiverged` is raised;
   ``"record"`` keeps training and recording.
 * **One probe per optimizer, and removal undoes it.** A second live Probe on the same optimizer is
-  refused (:class:`~generate.errors.ProbeAttachedError`): two would each multiply and restore the
+  refused (:class:`~stabilitybench.generate.errors.ProbeAttachedError`): two would each multiply and restore the
   LR and leave it wrong for good. :meth:`Probe.remove` (or leaving ``with Probe(...)``) detaches every
   hook and restores any LR it had multiplied for an update that never finished.
 * **Cheap on small models.** Where the cost is per torch call rather than per value (a small
@@ -54,10 +54,10 @@ from typing import Any
 
 import torch
 
-from generate.coherence import RollingCoherence, SignSketch
-from generate.errors import NonFiniteTraining, ProbeAttachedError, TrainingDiverged
-from generate.perturbations import NoPerturbation, Perturbation, TrainingClock, UpdateContext
-from generate.telemetry import apply_perturbation
+from stabilitybench.generate.coherence import RollingCoherence, SignSketch
+from stabilitybench.generate.errors import NonFiniteTraining, ProbeAttachedError, TrainingDiverged
+from stabilitybench.generate.perturbations import NoPerturbation, Perturbation, TrainingClock, UpdateContext
+from stabilitybench.generate.telemetry import apply_perturbation
 
 #: ``on_row(step, stats)``: ``stats`` holds lr, grad_norm, grad_coherence, update_norm, param_norm,
 #: perturbation_active.
@@ -79,7 +79,7 @@ class Probe:
     optimizer:
         Any ``torch.optim.Optimizer``; its param groups define the parameters.
     recorder:
-        A :class:`~generate.recorder.Recorder` that receives one row per update (``step``,
+        A :class:`~stabilitybench.generate.recorder.Recorder` that receives one row per update (``step``,
         ``samples_seen``, ``wall_time_s`` are filled in by the recorder), or None with ``on_row``.
     perturbation:
         Optional controlled perturbation (``stabilitybench.perturbation(...)``); default none.
@@ -104,11 +104,11 @@ class Probe:
     nonfinite:
         What a non-finite gradient (caught before the step on CPU) or parameter does. In every case
         the update's row is recorded and the recorder gets one ``nonfinite`` event
-        (:meth:`~generate.recorder.Recorder.mark_nonfinite`), so the run ends as
+        (:meth:`~stabilitybench.generate.recorder.Recorder.mark_nonfinite`), so the run ends as
         ``stop_reason = "nonfinite"``, status ok. ``"stop"`` (default): then detach the probe, close the
         recorder (its files and manifest row are written, with a corpus) and raise
-        :class:`~generate.errors.TrainingDiverged`. ``"record"``: keep training and recording rows.
-        ``"raise"``: raise :class:`~generate.errors.NonFiniteTraining` without closing (the project's
+        :class:`~stabilitybench.generate.errors.TrainingDiverged`. ``"record"``: keep training and recording rows.
+        ``"raise"``: raise :class:`~stabilitybench.generate.errors.NonFiniteTraining` without closing (the project's
         generators, which own the recorder; a ``with Recorder`` block also records it as data).
 
     A second Probe on an optimizer that has a live one raises :class:`~generate.errors.ProbeAttachedError`
@@ -219,7 +219,7 @@ class Probe:
         self._snap: dict[int, torch.Tensor] = {}
         self._last: torch.nn.Parameter | None = None
         #: Extra LR multiplier, applied like a perturbation's (for one ``step()`` at a time; the user's LRs
-        #: are restored after it): an :class:`~generate.intervention.Intervention`'s LR back-off sets it.
+        #: are restored after it): an :class:`~stabilitybench.generate.intervention.Intervention`'s LR back-off sets it.
         self.lr_scale = 1.0
         self._handles = [optimizer.register_step_pre_hook(self._pre_step),
                          optimizer.register_step_post_hook(self._post_step)]
@@ -527,7 +527,7 @@ class _NoGrad:
 
 
 class _RowCoherence(RollingCoherence):
-    """:class:`~generate.coherence.RollingCoherence` whose running sum S is a row of the probe's buffer.
+    """:class:`~stabilitybench.generate.coherence.RollingCoherence` whose running sum S is a row of the probe's buffer.
 
     The ring buffer is allocated up front and :meth:`push` takes the host norm (CPU), so an update
     costs three in-place torch calls; ``||S||`` then comes out of the probe's one reduction.

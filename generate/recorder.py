@@ -20,7 +20,7 @@ event, whatever stopped the loop afterwards, exactly as a generated run that div
 algo, env, seed, config and the perturbation (kind, magnitude, onset, duration, its seed). When the
 identity is complete (at construction if ``perturbation=`` or ``run_id=`` is given, else when a Probe
 attaches, else at the first row), a run_id the corpus already holds (an ok manifest row or a steps
-file) is refused with :class:`~generate.errors.RunExistsError`, before training; ``overwrite=True``
+file) is refused with :class:`~stabilitybench.generate.errors.RunExistsError`, before training; ``overwrite=True``
 replaces the old run instead. A refused Recorder never writes.
 
 **Writing is one step.** ``close`` builds both tables first (a bad column raises before anything is
@@ -42,7 +42,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from data_schema import (
+from stabilitybench.data_schema import (
     EVENTS_SCHEMA,
     RUN_METADATA_KEY,
     SCHEMA_VERSION,
@@ -53,12 +53,12 @@ from data_schema import (
     write_manifest,
     write_table,
 )
-from data_schema.corpus import STEPS_DIR
-from data_schema.integrity import file_digest
-from data_schema.io import atomic_path, conform
-from data_schema.lock import CorpusLock, CorpusLockedError
-from data_schema.schema import DOMAINS, PARTITION_COLUMNS
-from generate.errors import NonFiniteTraining, RunExistsError
+from stabilitybench.data_schema.corpus import STEPS_DIR
+from stabilitybench.data_schema.integrity import file_digest
+from stabilitybench.data_schema.io import atomic_path, conform
+from stabilitybench.data_schema.lock import CorpusLock, CorpusLockedError
+from stabilitybench.data_schema.schema import DOMAINS, PARTITION_COLUMNS
+from stabilitybench.generate.errors import NonFiniteTraining, RunExistsError
 
 
 class Recorder:
@@ -80,11 +80,11 @@ class Recorder:
         Use this id instead of hashing (the generators pass their spec's ``run_id``).
     perturbation:
         The run's controlled perturbation (``stabilitybench.perturbation(...)``), if known now; a
-        :class:`~generate.probe.Probe` attached without one applies it. Passing it here lets the
+        :class:`~stabilitybench.generate.probe.Probe` attached without one applies it. Passing it here lets the
         run_id check happen at construction; otherwise the Probe hands its perturbation over.
     overwrite:
         Replace a run with the same run_id already in ``corpus`` (its steps, events and manifest
-        row) instead of refusing with :class:`~generate.errors.RunExistsError`.
+        row) instead of refusing with :class:`~stabilitybench.generate.errors.RunExistsError`.
     """
 
     def __init__(
@@ -161,7 +161,7 @@ class Recorder:
 
         Called at construction when ``perturbation=`` or ``run_id=`` is given, by a Probe when it
         attaches, and at the first row or event; idempotent. Raises
-        :class:`~generate.errors.RunExistsError` (and the Recorder then never writes) unless
+        :class:`~stabilitybench.generate.errors.RunExistsError` (and the Recorder then never writes) unless
         ``overwrite=True``.
         """
         if self.sealed:
@@ -222,7 +222,8 @@ class Recorder:
         constants = {"run_id": self.run_id, **self.partition}
         unknown = {k for r in self.rows for k in r} - set(STEPS_SCHEMA.names)
         if unknown:
-            raise ValueError(f"unknown steps column(s) {sorted(unknown)} (declared columns: data_schema.schema)")
+            raise ValueError(f"unknown steps column(s) {sorted(unknown)} "
+                             "(declared columns: stabilitybench.data_schema.schema)")
         return pa.Table.from_pylist([{**constants, **r} for r in self.rows], schema=STEPS_SCHEMA)
 
     def events_table(self) -> pa.Table:
@@ -306,7 +307,7 @@ class Recorder:
         return ""
 
     def _manifest_row(self, stop_reason: str, error: str | None) -> dict[str, Any]:
-        from generate.version import code_version
+        from stabilitybench.generate.version import code_version
 
         p = self.perturbation
         failed = stop_reason == "error"

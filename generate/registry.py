@@ -13,11 +13,11 @@ from typing import Any
 
 import pyarrow as pa
 
-from generate.errors import ProfileError
-from generate.intervention import INTERVENTION_HPARAMS
-from generate.lm import config as lm_config
-from generate.rl import config as rl_config
-from generate.spec import RunSpec
+from stabilitybench.generate.errors import ProfileError
+from stabilitybench.generate.intervention import INTERVENTION_HPARAMS
+from stabilitybench.generate.lm import config as lm_config
+from stabilitybench.generate.rl import config as rl_config
+from stabilitybench.generate.spec import RunSpec
 
 
 @dataclass(frozen=True)
@@ -73,11 +73,11 @@ class Generator:
 
 GENERATORS: dict[tuple[str, str], Generator] = {
     ("rl", algo): Generator("rl", algo, rl_config.CONFIGS[algo][0], rl_config.STOCHASTICITY_LEVELS,
-                            "generate.rl.train:run", rl_config.resolve, INTERVENTION_HPARAMS)
+                            "stabilitybench.generate.rl.train:run", rl_config.resolve, INTERVENTION_HPARAMS)
     for algo in ("ppo", "sac", "td3")
 }
 GENERATORS[("lm", "gpt2")] = Generator("lm", "gpt2", lm_config.LMConfig, lm_config.STOCHASTICITY_LEVELS,
-                                       "generate.lm.train:run", lm_config.resolve)
+                                       "stabilitybench.generate.lm.train:run", lm_config.resolve)
 
 
 def generator_for(domain: str, algo: str) -> Generator:

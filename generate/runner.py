@@ -7,7 +7,7 @@
   done when its steps and events files validate. A run whose files are complete but
   whose manifest row was lost (driver killed between the two writes) is recovered
   from the manifest row stored in its steps file's metadata.
-* :func:`run_matrix` hands the pending specs to a backend (:mod:`generate.backends`:
+* :func:`run_matrix` hands the pending specs to a backend (:mod:`stabilitybench.generate.backends`:
   a local process pool, or Ray) and rewrites ``manifest.parquet`` atomically after
   every finished run. The driver is the only writer of the manifest; workers write
   only their own run's files, so a retried or duplicated attempt cannot duplicate data.
@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from data_schema import (
+from stabilitybench.data_schema import (
     EVENTS_SCHEMA,
     MANIFEST,
     RUN_METADATA_KEY,
@@ -46,21 +46,21 @@ from data_schema import (
     write_manifest,
     write_table,
 )
-from data_schema.corpus import STEPS_DIR
-from data_schema.errors import DiskFullError
-from data_schema.integrity import Problem, check_run, file_digest
-from data_schema.io import remove_stale_temps_tree
-from data_schema.lock import CorpusLock
-from data_schema.schema import DIMENSIONS
-from generate.costs import longest_first
-from generate.errors import Interrupted
-from generate.perturbations import perturbation_class
-from generate.registry import generator_for
-from generate.spec import RunSpec
-from generate.version import code_version
+from stabilitybench.data_schema.corpus import STEPS_DIR
+from stabilitybench.data_schema.errors import DiskFullError
+from stabilitybench.data_schema.integrity import Problem, check_run, file_digest
+from stabilitybench.data_schema.io import remove_stale_temps_tree
+from stabilitybench.data_schema.lock import CorpusLock
+from stabilitybench.data_schema.schema import DIMENSIONS
+from stabilitybench.generate.costs import longest_first
+from stabilitybench.generate.errors import Interrupted
+from stabilitybench.generate.perturbations import perturbation_class
+from stabilitybench.generate.registry import generator_for
+from stabilitybench.generate.spec import RunSpec
+from stabilitybench.generate.version import code_version
 
 if TYPE_CHECKING:
-    from generate.backends import Backend
+    from stabilitybench.generate.backends import Backend
 
 LOG_DIR = "logs"
 
@@ -186,7 +186,7 @@ def plan(specs: Iterable[RunSpec], corpus: str | os.PathLike[str],
          rows: list[dict[str, Any]] | None = None) -> Plan:
     """Split ``specs`` into done and to-run against the corpus (``rows``: the manifest, read if None).
 
-    A run is done when its manifest row is ok and :func:`data_schema.integrity.check_run`
+    A run is done when its manifest row is ok and :func:`stabilitybench.data_schema.integrity.check_run`
     finds nothing wrong with its files (size and hash as recorded, schema v1, row count);
     a run with no row whose steps file carries a valid row in its metadata is recovered.
     """
@@ -293,12 +293,12 @@ def run_matrix(
     its progress bar with these). Which backend ran a run does not matter to :func:`plan`,
     so a matrix started on one backend can be finished on the other.
 
-    The driver holds the corpus lock (:class:`data_schema.lock.CorpusLock`) from planning to
+    The driver holds the corpus lock (:class:`stabilitybench.data_schema.lock.CorpusLock`) from planning to
     the last manifest write. SIGINT and SIGTERM stop it cleanly: no new run starts, every
     finished run is recorded, the workers are stopped, and :class:`Interrupted` is raised.
-    A full disk raises :class:`~data_schema.errors.DiskFullError` with the corpus consistent.
+    A full disk raises :class:`~stabilitybench.data_schema.errors.DiskFullError` with the corpus consistent.
     """
-    from generate.backends import LocalPool
+    from stabilitybench.generate.backends import LocalPool
 
     corpus = Path(corpus)
     t0 = time.perf_counter()
@@ -394,7 +394,7 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
     The signals are *blocked* in the driver's threads and taken by a ``sigwait`` thread. A blocked
     mask is inherited by every worker process the driver starts meanwhile, so a Ctrl-C sent to the
     whole process group cannot interrupt a worker that is still starting up (before its initializer
-    ignores SIGINT and unblocks both signals: see :mod:`generate.backends.local_pool`).
+    ignores SIGINT and unblocks both signals: see :mod:`stabilitybench.generate.backends.local_pool`).
     """
     if threading.current_thread() is not threading.main_thread():
         yield

@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from data_schema.schema import RUN_ID_VERSION
+from stabilitybench.data_schema.schema import RUN_ID_VERSION
 
 
 @dataclass(frozen=True)

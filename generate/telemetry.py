@@ -1,4 +1,4 @@
-"""Telemetry helpers shared by the generators (the probe itself is :mod:`generate.probe`)."""
+"""Telemetry helpers shared by the generators (the probe itself is :mod:`stabilitybench.generate.probe`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from generate.perturbations import Perturbation, UpdateContext
+from stabilitybench.generate.perturbations import Perturbation, UpdateContext
 
 
 def apply_perturbation(perturbation: Perturbation, step: int, ctx: UpdateContext, recorder: Any) -> None:

@@ -1,5 +1,5 @@
 """The code version recorded in every manifest row (owned by :mod:`data_schema.version`, shared with analysis)."""
 
-from data_schema.version import code_version
+from stabilitybench.data_schema.version import code_version
 
 __all__ = ["code_version"]

@@ -1,9 +1,9 @@
-"""``python -m reports``: the ``report`` command on its own."""
+"""``python -m stabilitybench.reports``: the ``report`` command on its own."""
 
 import typer
 
-from data_schema.errors import exit_on_user_error
-from reports.cli import report
+from stabilitybench.data_schema.errors import exit_on_user_error
+from stabilitybench.reports.cli import report
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """F12: final performance per configuration, rliable-style (IQM with stratified-bootstrap CIs, performance profiles).
 
 Draws the ``final_performance_iqm`` and ``performance_profiles`` tables that
-:mod:`analysis.aggregates` wrote; computes nothing.
+:mod:`stabilitybench.analysis.aggregates` wrote; computes nothing.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import polars as pl
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from reports.data import ReportData
-from reports.style import PALETTE, grid, new_axes, outside_legend, too_little_data
+from stabilitybench.reports.data import ReportData
+from stabilitybench.reports.style import PALETTE, grid, new_axes, outside_legend, too_little_data
 
 LABEL_KEYS = ("algo", "stochasticity", "perturbation", "magnitude", "duration_steps")
 

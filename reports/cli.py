@@ -1,4 +1,4 @@
-"""``report`` command (mounted by the ``stabilitybench`` CLI; also ``python -m reports``)."""
+"""``report`` command (mounted by the ``stabilitybench`` CLI; also ``python -m stabilitybench.reports``)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def report(
     embed: Annotated[bool, typer.Option("--embed/--no-embed", help="Inline the PNGs into index.html")] = False,
 ) -> None:
     """Draw figures F1-F12 and write index.html + index.md from the analysis results."""
-    from reports.report import build_report
+    from stabilitybench.reports.report import build_report
 
     t0 = time.perf_counter()
     with console.status("drawing", spinner="dots") as status:

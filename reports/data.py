@@ -1,9 +1,9 @@
-"""What a report draws from: ``results/`` (via :mod:`analysis.results`) and, for F1 only, the corpus.
+"""What a report draws from: ``results/`` (via :mod:`stabilitybench.analysis.results`) and, for F1 only, the corpus.
 
 Every number a caption or table quotes comes from ``summary.json``; the figures draw the
 results tables. The one exception is F1 (telemetry around the perturbation onset), which
 needs raw per-update telemetry that ``results/`` does not hold: it reads the runs'
-``performance``, ``grad_norm`` and ``grad_coherence`` through :func:`analysis.data.iter_run_steps`
+``performance``, ``grad_norm`` and ``grad_coherence`` through :func:`stabilitybench.analysis.data.iter_run_steps`
 and thins them to about :data:`F1_POINTS` points per run (means of consecutive updates, a
 display step only). Nothing in F1 is quoted as a number.
 """
@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from analysis.data import is_unperturbed
-from analysis.results import load_table
-from analysis.summary import ResultsNotFoundError, StatusKind, Summary, read_summary
-from analysis.survival import group_label
-from data_schema import DIMENSIONS as ALL_DIMENSIONS
-from reports.errors import ResultsMissingError
+from stabilitybench.analysis.data import is_unperturbed
+from stabilitybench.analysis.results import load_table
+from stabilitybench.analysis.summary import ResultsNotFoundError, StatusKind, Summary, read_summary
+from stabilitybench.analysis.survival import group_label
+from stabilitybench.data_schema import DIMENSIONS as ALL_DIMENSIONS
+from stabilitybench.reports.errors import ResultsMissingError
 
 #: The perturbation dimensions, in the order the paper (and data_schema.DIMENSIONS) lists them.
 DIMENSIONS = tuple(d for d in ALL_DIMENSIONS if d != "none")
@@ -45,7 +45,7 @@ class ReportData:
     _tables: dict[str, pl.DataFrame | None] = field(default_factory=dict, repr=False)
 
     def table(self, name: str) -> pl.DataFrame | None:
-        """A results table (see :data:`analysis.results.TABLES`), or None when analysis wrote none."""
+        """A results table (see :data:`stabilitybench.analysis.results.TABLES`), or None when analysis wrote none."""
         if name not in self._tables:
             frame = load_table(self.results, name)
             self._tables[name] = frame if frame is not None and frame.height else None
@@ -125,13 +125,13 @@ def _iter_steps(corpus: Path, sel: pl.DataFrame) -> Iterator[tuple[dict[str, Any
     """The selected runs' telemetry, read only from runs whose files ``verify`` accepts now.
 
     The corpus may have changed since ``analyze``: each selected run is checked against the
-    corpus's manifest (:func:`data_schema.verify.readable_runs`); a damaged run is left out of F1
-    and named in one :class:`~data_schema.errors.SkippedRunsWarning`, a run the manifest no longer
+    corpus's manifest (:func:`stabilitybench.data_schema.verify.readable_runs`); a damaged run is left out of F1
+    and named in one :class:`~stabilitybench.data_schema.errors.SkippedRunsWarning`, a run the manifest no longer
     has is left out silently (F1 then says the corpus holds no telemetry for it).
     """
-    from analysis.data import iter_run_steps
-    from data_schema import read_manifest
-    from data_schema.verify import readable_runs
+    from stabilitybench.analysis.data import iter_run_steps
+    from stabilitybench.data_schema import read_manifest
+    from stabilitybench.data_schema.verify import readable_runs
 
     wanted = set(sel["run_id"].to_list())
     rows = [r for r in read_manifest(corpus).to_pylist() if r["run_id"] in wanted]

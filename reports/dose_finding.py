@@ -9,7 +9,7 @@ import polars as pl
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
-from reports.style import PALETTE, grid, too_little_data
+from stabilitybench.reports.style import PALETTE, grid, too_little_data
 
 
 def fig_dose_finding(points: pl.DataFrame, curves: pl.DataFrame, eds: pl.DataFrame) -> Figure:

@@ -1,13 +1,13 @@
 """Exceptions of the reports package.
 
 Errors a user can cause (no results folder, an output path that is a file) derive from
-:class:`~data_schema.errors.StabilityBenchError`, so the CLI prints one line. A figure
+:class:`~stabilitybench.data_schema.errors.StabilityBenchError`, so the CLI prints one line. A figure
 whose analysis was not testable is not an error: it is drawn as a "too little data" panel.
 """
 
 from __future__ import annotations
 
-from data_schema.errors import StabilityBenchError
+from stabilitybench.data_schema.errors import StabilityBenchError
 
 
 class ReportError(StabilityBenchError):

@@ -3,7 +3,7 @@ per plot, ``ax=None`` in, axes out.
 
 Each panel function draws precomputed results (tables written by ``analysis``) and returns
 its axes; it computes no statistic. ``build_*`` functions compose the panels of one figure
-from a :class:`~reports.data.ReportData` and return ``(figure, reasons)``, where
+from a :class:`~stabilitybench.reports.data.ReportData` and return ``(figure, reasons)``, where
 ``reasons`` lists the "too little data" messages shown in place of panels. :data:`FIGURES`
 lists them in report order with their file stems under ``<out>/figures/``.
 """
@@ -24,11 +24,19 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from analysis.summary import DetectorKey, Status, StatusKind
-from reports.aggregates import build_aggregates
-from reports.data import DIMENSIONS, F1_WINDOW, ReportData, finite, onset_telemetry
-from reports.intervention import build_intervention
-from reports.style import CONTROL_COLOR, PALETTE, SEQUENTIAL, grid, new_axes, outside_legend, too_little_data
+from stabilitybench.analysis.summary import DetectorKey, Status, StatusKind
+from stabilitybench.reports.aggregates import build_aggregates
+from stabilitybench.reports.data import DIMENSIONS, F1_WINDOW, ReportData, finite, onset_telemetry
+from stabilitybench.reports.intervention import build_intervention
+from stabilitybench.reports.style import (
+    CONTROL_COLOR,
+    PALETTE,
+    SEQUENTIAL,
+    grid,
+    new_axes,
+    outside_legend,
+    too_little_data,
+)
 
 SIGNAL_LABELS = {
     "performance": "performance\n(return; −val loss for LM)",
@@ -79,7 +87,7 @@ def fig_onset_telemetry(frame: pl.DataFrame, signal: str, dimension: str, ax: Ax
     """F1 panel: one telemetry signal around onset for one dimension; median and IQR band across seeds.
 
     ``frame``: long rows ``run_id, algo, dimension, label, signal, x, value`` (see
-    :func:`reports.data.onset_telemetry`); controls (``label == 'control'``) are drawn in grey.
+    :func:`stabilitybench.reports.data.onset_telemetry`); controls (``label == 'control'``) are drawn in grey.
     """
     ax = new_axes(ax)
     d = frame.filter(pl.col("signal") == signal)

@@ -1,6 +1,6 @@
 """The intervention figure: collapse rate with and without acting on the live monitor's alarm, per kind.
 
-Draws :func:`analysis.intervention.intervention_table` as it is (no statistics here): per perturbation
+Draws :func:`stabilitybench.analysis.intervention.intervention_table` as it is (no statistics here): per perturbation
 kind, a grey bar for the runs without an action and one coloured bar per action arm, over the same
 matched pairs; the paired difference's CI is printed above each action bar. Controls (``none``) come
 first: there every collapse of the action arm is a cost of false alarms.
@@ -15,7 +15,7 @@ import polars as pl
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from reports.style import CONTROL_COLOR, PALETTE, new_axes, outside_legend, too_little_data
+from stabilitybench.reports.style import CONTROL_COLOR, PALETTE, new_axes, outside_legend, too_little_data
 
 
 def fig_intervention(table: pl.DataFrame, ax: Axes | None = None) -> Axes:
@@ -56,7 +56,7 @@ def fig_intervention(table: pl.DataFrame, ax: Axes | None = None) -> Axes:
 
 def build_intervention(data: Any) -> tuple[Figure, list[str]]:
     """F13: :func:`fig_intervention` of ``results/intervention.parquet`` (or why there is none)."""
-    from reports.style import grid
+    from stabilitybench.reports.style import grid
 
     table = data.table("intervention")
     fig, axes = grid(1, 1, panel=(7.5, 3.8))

@@ -1,7 +1,7 @@
 """``build_report``: results/ in, ``<out>/index.html`` + ``index.md`` + ``figures/*.png|svg`` out.
 
-Layout only: every number in a caption or table is a :class:`~reports.text.Num` read from
-summary.json; the figures draw the results tables (see :mod:`reports.figures`).
+Layout only: every number in a caption or table is a :class:`~stabilitybench.reports.text.Num` read from
+summary.json; the figures draw the results tables (see :mod:`stabilitybench.reports.figures`).
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from analysis.questions import REFERENCES
-from analysis.summary import Status, StatusKind
-from data_schema.io import atomic_path
-from reports.data import ReportData, finite, load
-from reports.errors import OutputPathError
-from reports.figures import DETECTOR_LABELS, FIGURES, MONITORS
-from reports.style import save
-from reports.text import Num, Source, Table, ci, render_html, render_md
+from stabilitybench.analysis.questions import REFERENCES
+from stabilitybench.analysis.summary import Status, StatusKind
+from stabilitybench.data_schema.io import atomic_path
+from stabilitybench.reports.data import ReportData, finite, load
+from stabilitybench.reports.errors import OutputPathError
+from stabilitybench.reports.figures import DETECTOR_LABELS, FIGURES, MONITORS
+from stabilitybench.reports.style import save
+from stabilitybench.reports.text import Num, Source, Table, ci, render_html, render_md
 
 FIG_DIR = "figures"
 
@@ -518,8 +518,8 @@ def build_report(results: str | os.PathLike[str], out: str | os.PathLike[str] = 
 
     ``embed=True`` inlines the PNGs into index.html (base64) so the page travels as one file;
     the SVG links still point to ``figures/``. Returns the path of index.html. Raises
-    :class:`~reports.errors.ResultsMissingError` when ``results`` has no summary.json and
-    :class:`~reports.errors.OutputPathError` when ``out`` cannot be a folder.
+    :class:`~stabilitybench.reports.errors.ResultsMissingError` when ``results`` has no summary.json and
+    :class:`~stabilitybench.reports.errors.OutputPathError` when ``out`` cannot be a folder.
     """
     say = progress or (lambda _m: None)
     data = load(results, corpus)

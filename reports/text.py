@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from analysis.summary import Status, Summary
-from reports.data import finite
+from stabilitybench.analysis.summary import Status, Summary
+from stabilitybench.reports.data import finite
 
 Fragment = "str | Num"
 
@@ -68,9 +68,9 @@ def resolve(doc: Any, ptr: str) -> Any:
 
 
 class Source:
-    """Numbers out of the typed summary (:class:`analysis.summary.Summary`) as :class:`Num`.
+    """Numbers out of the typed summary (:class:`stabilitybench.analysis.summary.Summary`) as :class:`Num`.
 
-    Strict: :meth:`get` and :meth:`num` raise :class:`~analysis.summary.SummaryFieldError` for an
+    Strict: :meth:`get` and :meth:`num` raise :class:`~stabilitybench.analysis.summary.SummaryFieldError` for an
     absent field, so a renamed summary key stops the report instead of printing "n/a" (a field
     that is present but null still shows as "n/a"). :meth:`optional` is for fields absent by design.
     """

@@ -14,26 +14,42 @@ transformers; only the name you use does)::
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name is imported on first use
+    from stabilitybench.analysis.monitor_file import MonitorFile, fit_monitor
+    from stabilitybench.analysis.online import OnlineMonitor
+    from stabilitybench.generate.adapters.hf import StabilityTrainerCallback
+    from stabilitybench.generate.adapters.lightning import StabilityLightningCallback
+    from stabilitybench.generate.adapters.sb3 import StabilityCallback
+    from stabilitybench.generate.errors import NonFiniteTraining, ProbeAttachedError, RunExistsError, TrainingDiverged
+    from stabilitybench.generate.intervention import Intervention
+    from stabilitybench.generate.probe import Probe
+    from stabilitybench.generate.recorder import Recorder
+    from stabilitybench.live import load_monitor
 
 _LAZY = {
-    "Probe": "generate.probe",
-    "Recorder": "generate.recorder",
-    "StabilityCallback": "generate.adapters.sb3",
-    "StabilityTrainerCallback": "generate.adapters.hf",
-    "StabilityLightningCallback": "generate.adapters.lightning",
-    "NonFiniteTraining": "generate.errors",
-    "TrainingDiverged": "generate.errors",
-    "RunExistsError": "generate.errors",
-    "ProbeAttachedError": "generate.errors",
-    "Intervention": "generate.intervention",
-    "OnlineMonitor": "analysis.online",
-    "MonitorFile": "analysis.monitor_file",
-    "fit_monitor": "analysis.monitor_file",
+    "Probe": "stabilitybench.generate.probe",
+    "Recorder": "stabilitybench.generate.recorder",
+    "StabilityCallback": "stabilitybench.generate.adapters.sb3",
+    "StabilityTrainerCallback": "stabilitybench.generate.adapters.hf",
+    "StabilityLightningCallback": "stabilitybench.generate.adapters.lightning",
+    "NonFiniteTraining": "stabilitybench.generate.errors",
+    "TrainingDiverged": "stabilitybench.generate.errors",
+    "RunExistsError": "stabilitybench.generate.errors",
+    "ProbeAttachedError": "stabilitybench.generate.errors",
+    "Intervention": "stabilitybench.generate.intervention",
+    "OnlineMonitor": "stabilitybench.analysis.online",
+    "MonitorFile": "stabilitybench.analysis.monitor_file",
+    "fit_monitor": "stabilitybench.analysis.monitor_file",
     "load_monitor": "stabilitybench.live",
 }
 
-__all__ = [*_LAZY, "perturbation"]
+__all__ = [  # = the names of _LAZY plus perturbation (tests/test_namespace.py checks it); a literal for type checkers
+    "Intervention", "MonitorFile", "NonFiniteTraining", "OnlineMonitor", "Probe", "ProbeAttachedError", "Recorder",
+    "RunExistsError", "StabilityCallback", "StabilityLightningCallback", "StabilityTrainerCallback", "TrainingDiverged",
+    "fit_monitor", "load_monitor", "perturbation",
+]
 
 
 def perturbation(kind: str, magnitude: float = 1.0, onset_step: int = 0, duration_steps: int = 1,
@@ -42,7 +58,7 @@ def perturbation(kind: str, magnitude: float = 1.0, onset_step: int = 0, duratio
 
     ``onset_step`` and ``duration_steps`` count optimizer updates; kinds and magnitudes: ``generate.perturbations``.
     """
-    from generate.perturbations import build
+    from stabilitybench.generate.perturbations import build
 
     return build(kind, magnitude, onset_step, duration_steps, seed=seed)
 
@@ -51,3 +67,7 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'stabilitybench' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -2,10 +2,10 @@
 
 ``stabilitybench calibrate DESIGN.toml`` runs an adaptive dose-response design on the ordinary
 runner and corpus (resumable: a rerun continues where the last one stopped), decides collapse
-with the analysis rule (:func:`analysis.outcomes.collapse_outcomes`), fits a logistic
-dose-response on log magnitude (:class:`analysis.dose_response.DoseResponseModel`) and writes
+with the analysis rule (:func:`stabilitybench.analysis.outcomes.collapse_outcomes`), fits a logistic
+dose-response on log magnitude (:class:`stabilitybench.analysis.dose_response.DoseResponseModel`) and writes
 ED20 / ED50 / ED80 with their CIs to a *dose table* (TOML) that profiles include
-(``doses = "..."`` and ``dose = "ED50"`` in :mod:`generate.matrix`).
+(``doses = "..."`` and ``dose = "ED50"`` in :mod:`stabilitybench.generate.matrix`).
 
 The design file
 ---------------
@@ -27,7 +27,7 @@ The design file
     m_max = 1000.0
     max_runs = 40           # optional: this target's own cap (more seeds where the curve is uncertain)
 
-Stage ``s`` asks :func:`analysis.dose_response.next_doses` where to look next. A target is done
+Stage ``s`` asks :func:`stabilitybench.analysis.dose_response.next_doses` where to look next. A target is done
 when it has used ``max_runs`` runs, when the design has nothing left to try (e.g. no collapse
 up to ``m_max``: "no ED50 below m_max", a finding) or after ``max_stages``. ``--budget`` caps the
 runs one invocation may start; the stage's cost is planned from the corpus' measured seconds.
@@ -46,18 +46,18 @@ from typing import Any
 import polars as pl
 import tomllib
 
-from analysis.dose_response import DoseResponseModel, next_doses
-from analysis.outcomes import collapse_outcomes
-from data_schema import read_manifest
-from data_schema.io import atomic_path
-from data_schema.progress import ProgressReporter
-from generate.costs import estimate
-from generate.doses import acts_on_alarms, curve_key
-from generate.errors import ProfileError
-from generate.matrix import expand
-from generate.runner import Plan, run_matrix
-from generate.spec import RunSpec
-from generate.version import code_version
+from stabilitybench.analysis.dose_response import DoseResponseModel, next_doses
+from stabilitybench.analysis.outcomes import collapse_outcomes
+from stabilitybench.data_schema import read_manifest
+from stabilitybench.data_schema.io import atomic_path
+from stabilitybench.data_schema.progress import ProgressReporter
+from stabilitybench.generate.costs import estimate
+from stabilitybench.generate.doses import acts_on_alarms, curve_key
+from stabilitybench.generate.errors import ProfileError
+from stabilitybench.generate.matrix import expand
+from stabilitybench.generate.runner import Plan, run_matrix
+from stabilitybench.generate.spec import RunSpec
+from stabilitybench.generate.version import code_version
 
 DESIGN_KEYS = {"controls", "first_doses", "doses_per_stage", "seeds_per_dose", "max_runs", "max_stages"}
 TARGET_KEYS = {"m_min", "m_max"}
@@ -305,8 +305,8 @@ def calibrate(
     """Run the design's stages into ``corpus`` until every target is done or ``budget`` runs were started.
 
     Returns the fitted dose table. Controls run in the first stage. Each stage is planned from the
-    corpus' measured seconds per run (:func:`generate.costs.estimate`). ``progress(n)``, if given, makes
-    the :class:`~data_schema.progress.ProgressReporter` of a stage of ``n`` runs (the CLI's: a live bar
+    corpus' measured seconds per run (:func:`stabilitybench.generate.costs.estimate`). ``progress(n)``, if given, makes
+    the :class:`~stabilitybench.data_schema.progress.ProgressReporter` of a stage of ``n`` runs (the CLI's: a live bar
     in a terminal, one line per finished run in a log).
     """
     corpus = Path(corpus)

@@ -1,6 +1,6 @@
 """``stabilitybench``: generate, status, analyze, report, query and export.
 
-Errors a user can cause (:class:`~data_schema.errors.StabilityBenchError`) print as one
+Errors a user can cause (:class:`~stabilitybench.data_schema.errors.StabilityBenchError`) print as one
 line and exit with status 2; anything else is a bug and keeps its traceback.
 """
 
@@ -13,11 +13,11 @@ from typing import Annotated
 
 import typer
 
-from analysis.cli import analyze
-from data_schema import SCHEMA_VERSION
-from data_schema.errors import exit_on_user_error
-from generate.cli import generate, status
-from reports.cli import report
+from stabilitybench.analysis.cli import analyze
+from stabilitybench.data_schema import SCHEMA_VERSION
+from stabilitybench.data_schema.errors import exit_on_user_error
+from stabilitybench.generate.cli import generate, status
+from stabilitybench.reports.cli import report
 
 app = typer.Typer(
     name="stabilitybench",
@@ -66,7 +66,7 @@ def query(
     import duckdb
     import polars as pl
 
-    from data_schema.query import QueryError, run_query
+    from stabilitybench.data_schema.query import QueryError, run_query
 
     if fmt not in ("table", "csv", "json"):
         raise typer.BadParameter(f"--format {fmt!r}: use table, csv or json")
@@ -95,9 +95,9 @@ def export(
                                              "'algo=ppo,perturbation=lr_spike,magnitude=10|100'")] = None,
 ) -> None:
     """Export runs' telemetry (every numeric steps column) for TensorBoard."""
-    from data_schema import MANIFEST_SCHEMA
-    from generate.matrix import parse_only
+    from stabilitybench.data_schema import MANIFEST_SCHEMA
     from stabilitybench.export import export_tensorboard
+    from stabilitybench.generate.matrix import parse_only
 
     filters = parse_only(only, keys=MANIFEST_SCHEMA.names)
     written = export_tensorboard(corpus, tensorboard, filters)
@@ -114,7 +114,7 @@ def verify(
     from rich.console import Console
     from rich.markup import escape
 
-    from data_schema.verify import verify_corpus
+    from stabilitybench.data_schema.verify import verify_corpus
 
     report = verify_corpus(corpus, deep=deep)
     out = Console(soft_wrap=True, highlight=False)
@@ -146,8 +146,8 @@ def fit_monitor(
 ) -> None:
     """Refit one of analyze's fold monitors on every control of its group, with a calibration set sized for
     the FPR claim, into a monitor file to attach to new runs."""
-    from analysis.deploy import refit_file
-    from data_schema.errors import CorpusNotFoundError
+    from stabilitybench.analysis.deploy import refit_file
+    from stabilitybench.data_schema.errors import CorpusNotFoundError
 
     if corpus is None:
         corpus = Path("corpus")
@@ -192,17 +192,17 @@ def calibrate(
 ) -> None:
     """Find each target kind's ED20/ED50/ED80 by an adaptive dose-response design; write the dose table,
     a markdown table and a figure beside it."""
-    from data_schema.io import atomic_path
-    from generate.cli import require_generators
-    from reports.dose_finding import fig_dose_finding
-    from reports.style import save
     from stabilitybench import calibrate as cal
+    from stabilitybench.data_schema.io import atomic_path
+    from stabilitybench.generate.cli import require_generators
+    from stabilitybench.reports.dose_finding import fig_dose_finding
+    from stabilitybench.reports.style import save
 
     require_generators()
     plan = cal.load_design(design)
     table_path = doses or design.with_name(design.stem + ".doses.toml")
     if not fit_only:
-        from data_schema.progress import ProgressReporter
+        from stabilitybench.data_schema.progress import ProgressReporter
 
         cal.calibrate(plan, corpus, budget=budget, workers=workers, say=lambda m: print(m, flush=True),
                       progress=lambda n: ProgressReporter("calibrate stage", n))

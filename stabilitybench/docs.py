@@ -6,8 +6,8 @@ with what :func:`blocks` renders, so the documentation cannot drift from the dec
 from. ``python -m stabilitybench.docs PAGE.md`` also rewrites the blocks of a page in place.
 
 * ``results-tables``: the ``results/`` tables that ``analyze`` writes, from
-  :data:`analysis.results.TABLES` and, for each table that declares one, its Arrow schema
-  (``analysis.results.SCHEMAS``: column, type, unit, description).
+  :data:`stabilitybench.analysis.results.TABLES` and, for each table that declares one, its Arrow schema
+  (``stabilitybench.analysis.results.SCHEMAS``: column, type, unit, description).
 """
 
 from __future__ import annotations
@@ -29,12 +29,13 @@ def _cell(text: str) -> str:
 
 def results_tables() -> str:
     """Markdown for the ``results/`` tables: what one row is, then each declared schema's columns."""
-    from analysis import results
+    from stabilitybench.analysis import results
 
     schemas: dict[str, pa.Schema] = getattr(results, "SCHEMAS", {})
     lines = ["| file | one row is |", "|---|---|"]
     lines += [f"| `results/{name}.parquet` | {_cell(what)} |" for name, what in results.TABLES.items()]
-    lines += ["", "`results/summary.json` holds every headline number with its n and CI (`analysis.summary`: "
+    lines += ["", "`results/summary.json` holds every headline number with its n and CI "
+              "(`stabilitybench.analysis.summary`: "
               "estimates, statuses with a kind and a reason, per-detector records keyed by (detector, subset))."]
     for name, schema in schemas.items():
         table = (schema.metadata or {}).get(b"stabilitybench.table", b"").decode()
@@ -66,7 +67,7 @@ def update(text: str) -> str:
 
 
 def main(argv: list[str]) -> None:
-    from data_schema.io import atomic_path
+    from stabilitybench.data_schema.io import atomic_path
 
     path = Path(argv[0] if argv else "docs/reference/results.md")
     new = update(path.read_text())

@@ -25,11 +25,11 @@ from urllib.parse import quote
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_schema import StabilityBenchError, read_manifest, require_corpus, steps_path
-from data_schema.compat import upgrade
-from data_schema.schema import PARTITION_COLUMNS
-from data_schema.verify import readable_runs
-from generate.matrix import value_matches
+from stabilitybench.data_schema import StabilityBenchError, read_manifest, require_corpus, steps_path
+from stabilitybench.data_schema.compat import upgrade
+from stabilitybench.data_schema.schema import PARTITION_COLUMNS
+from stabilitybench.data_schema.verify import readable_runs
+from stabilitybench.generate.matrix import value_matches
 
 #: Steps columns that index a row rather than measure training: not exported as scalars.
 NOT_SCALARS = frozenset({"run_id", "step", "samples_seen", "wall_time_s", *PARTITION_COLUMNS})
@@ -52,7 +52,7 @@ def export_tensorboard(corpus: str | os.PathLike[str], out: str | os.PathLike[st
                        notes: list[str] | None = None) -> list[Path]:
     """Write the selected runs of ``corpus`` under ``out``; returns the run folders written.
 
-    Only runs whose files ``verify`` accepts are exported (:func:`data_schema.verify.readable_runs`);
+    Only runs whose files ``verify`` accepts are exported (:func:`stabilitybench.data_schema.verify.readable_runs`);
     the others are named in one line (appended to ``notes``, else a
     :class:`~data_schema.errors.SkippedRunsWarning`). When no selected run is readable it refuses in one line.
     """

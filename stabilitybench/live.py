@@ -21,8 +21,8 @@ from typing import Any
 
 
 def load_monitor(path: str | os.PathLike[str], columns: Iterable[str] | None = None) -> Any:
-    """Read a monitor file (:class:`analysis.monitor_file.MonitorFile`); with ``columns``, check them."""
-    from analysis.monitor_file import MonitorFile
+    """Read a monitor file (:class:`stabilitybench.analysis.monitor_file.MonitorFile`); with ``columns``, check them."""
+    from stabilitybench.analysis.monitor_file import MonitorFile
 
     return MonitorFile.load(path, columns)
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from generate.backends import LocalPool
-from generate.matrix import load_profile
-from generate.runner import run_matrix
+from stabilitybench.generate.backends import LocalPool
+from stabilitybench.generate.matrix import load_profile
+from stabilitybench.generate.runner import run_matrix
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from data_schema import events_path, read_manifest, steps_path
+from stabilitybench.data_schema import events_path, read_manifest, steps_path
 
 #: Columns that measure time (they differ between any two executions of the same run).
 CLOCK_COLUMNS = {"wall_time_s", "run_wall_time_s", "started_at", "tokens_per_s"}

@@ -1,4 +1,4 @@
-"""rliable-style aggregates of final performance (analysis.aggregates): hand-checkable cases."""
+"""rliable-style aggregates of final performance (stabilitybench.analysis.aggregates): hand-checkable cases."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 from scipy import stats
 
-from analysis.aggregates import iqm_table, normalised_scores, performance_profiles
+from stabilitybench.analysis.aggregates import iqm_table, normalised_scores, performance_profiles
 
 
 def _runs(rows: list[tuple[str, str, float, float]]) -> pl.DataFrame:

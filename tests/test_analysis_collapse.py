@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from analysis.collapse import CollapseConfig, collapse_group, detect, envelope, first_collapse, smooth
+from stabilitybench.analysis.collapse import CollapseConfig, collapse_group, detect, envelope, first_collapse, smooth
 
 CFG = CollapseConfig(smooth_frac=0.01, drop=0.5, spread_k=2.0, recovery_frac=0.1, min_confirm=0.25, edge_frac=0.05)
 T = 1000

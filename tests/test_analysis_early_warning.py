@@ -7,8 +7,8 @@ import polars as pl
 import pytest
 from scipy import stats as sps
 
-from analysis import questions
-from analysis.baselines import (
+from stabilitybench.analysis import questions
+from stabilitybench.analysis.baselines import (
     CoherenceDrop,
     EWSDetector,
     GradNormZ,
@@ -18,9 +18,9 @@ from analysis.baselines import (
     rolling_var_ac1,
     trailing_z,
 )
-from analysis.conformal import ConformalCalibrator
-from analysis.early_warning import EarlyWarningConfig, _run_row
-from analysis.stats import auroc, bootstrap_ci, clopper_pearson
+from stabilitybench.analysis.conformal import ConformalCalibrator
+from stabilitybench.analysis.early_warning import EarlyWarningConfig, _run_row
+from stabilitybench.analysis.stats import auroc, bootstrap_ci, clopper_pearson
 
 
 def test_auroc_by_hand() -> None:

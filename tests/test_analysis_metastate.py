@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import linalg
 
-from analysis.errors import InsufficientDataError, NotFittedError
-from analysis.metastate import GRUMonitor, KalmanMonitor, calibration_threshold, rolling_mean
+from stabilitybench.analysis.errors import InsufficientDataError, NotFittedError
+from stabilitybench.analysis.metastate import GRUMonitor, KalmanMonitor, calibration_threshold, rolling_mean
 
 K, P, NOISE = 3, 10, 0.2
 A_TRUE = np.diag([0.97, 0.9, 0.8])
@@ -170,7 +170,7 @@ def _brute_force_e_step(seqs, A, C, d, Q, R, mu0, P0):
 def test_the_batched_steady_state_e_step_equals_the_brute_force_one() -> None:
     """The E-step shortcuts (covariances copied once steady; equal-length sequences filtered as one batch)
     change nothing: sequences of three lengths, one shorter than the covariance transient."""
-    from analysis.metastate.kalman import _e_step
+    from stabilitybench.analysis.metastate.kalman import _e_step
 
     rng = np.random.default_rng(11)
     k, p = 2, 5

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.decomposition import PCA
 
-from analysis import pca
+from stabilitybench.analysis import pca
 
 
 def low_dim_runs(n_runs: int = 4, T: int = 500, p: int = 8, k: int = 2, noise: float = 0.1, seed: int = 0):

@@ -14,10 +14,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from analysis.early_warning import EarlyWarningConfig, seed_folds
-from analysis.pipeline import AnalysisConfig, run_analysis
-from analysis.summary import DetectorKey, from_document
-from data_schema import EVENTS_SCHEMA, STEPS_SCHEMA, events_path, read_table, steps_path, write_manifest, write_table
+from stabilitybench.analysis.early_warning import EarlyWarningConfig, seed_folds
+from stabilitybench.analysis.pipeline import AnalysisConfig, run_analysis
+from stabilitybench.analysis.summary import DetectorKey, from_document
+from stabilitybench.data_schema import (
+    EVENTS_SCHEMA,
+    STEPS_SCHEMA,
+    events_path,
+    read_table,
+    steps_path,
+    write_manifest,
+    write_table,
+)
 
 T, ONSET, DUR = 600, 180, 30
 
@@ -172,13 +180,13 @@ def test_one_seed_degrades_with_a_message(tmp_path: Path) -> None:
     assert (tmp_path / "results" / "summary.json").exists()
 
 
-def _cli(*args: str, cwd: Path, module: str = "analysis") -> subprocess.CompletedProcess[str]:
+def _cli(*args: str, cwd: Path, module: str = "stabilitybench.analysis") -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.slow
 def test_cli_analyze_end_to_end_and_user_error(tmp_path: Path) -> None:
-    """``python -m analysis`` (the same ``analyze`` function ``stabilitybench analyze`` mounts)."""
+    """``python -m stabilitybench.analysis`` (the same ``analyze`` function ``stabilitybench analyze`` mounts)."""
     corpus = make_corpus(tmp_path / "corpus")
     res = _cli("--corpus", str(corpus), "--out", str(tmp_path / "res"), cwd=tmp_path)
     assert res.returncode == 0, res.stderr
@@ -204,7 +212,7 @@ def test_stabilitybench_mounts_analyze(tmp_path: Path) -> None:
 
 
 def test_lazy_feature_selection_matches_the_in_memory_one(analysed) -> None:
-    from analysis.data import (
+    from stabilitybench.analysis.data import (
         CANDIDATE_FEATURES,
         FeatureConfig,
         feature_columns,
@@ -225,7 +233,7 @@ def test_manifest_from_an_older_schema_reads_with_a_note(tmp_path: Path) -> None
     """Nullable columns added to the schema after a corpus was written come back as null, with a note."""
     import pyarrow.parquet as pq
 
-    from analysis.data import load_runs
+    from stabilitybench.analysis.data import load_runs
 
     corpus = make_corpus(tmp_path / "corpus", seeds=(0,))
     path = corpus / "manifest.parquet"
@@ -236,15 +244,15 @@ def test_manifest_from_an_older_schema_reads_with_a_note(tmp_path: Path) -> None
     assert runs.height == 4 and runs["ent_coef"].null_count() == 4
     assert len(notes) == 1 and "ent_coef" in notes[0] and "coherence_window" in notes[0]
     pq.write_table(old.drop_columns(["seed"]), path)  # a required column is still an error
-    from data_schema import SchemaError
+    from stabilitybench.data_schema import SchemaError
 
     with pytest.raises(SchemaError, match="seed"):
         load_runs(corpus)
 
 
 def test_results_contract_lists_every_table(analysed, tmp_path: Path) -> None:
-    from analysis.results import SCHEMAS, TABLES, load_table
-    from analysis.summary import ResultsNotFoundError, read_summary
+    from stabilitybench.analysis.results import SCHEMAS, TABLES, load_table
+    from stabilitybench.analysis.summary import ResultsNotFoundError, read_summary
 
     _, out, summary = analysed
     written = {p.stem for p in out.glob("*.parquet")}
@@ -279,8 +287,8 @@ def test_leave_one_env_out_with_two_envs(tmp_path: Path) -> None:
 
 
 def test_dose_finder_outcomes_equal_the_full_analysis(analysed) -> None:
-    """analysis.outcomes (what `stabilitybench calibrate` judges by) applies the analysis' own rule."""
-    from analysis.outcomes import collapse_outcomes
+    """stabilitybench.analysis.outcomes (what `stabilitybench calibrate` judges by) applies the analysis' own rule."""
+    from stabilitybench.analysis.outcomes import collapse_outcomes
 
     corpus, out, _ = analysed
     cols = ["run_id", "collapsed", "collapse_kind", "collapse_step", "collapse_confirmed_step", "collapse_time",
@@ -295,9 +303,9 @@ def test_dose_finder_outcomes_equal_the_full_analysis(analysed) -> None:
 
 def test_fit_monitor_refits_a_fold_monitor_on_every_control(analysed, tmp_path: Path) -> None:
     """The deployable monitor: every non-collapsed control used once, train and calibration disjoint by seed."""
-    from analysis.deploy import refit_file, split_seeds
-    from analysis.errors import MonitorFileError
-    from analysis.monitor_file import MonitorFile
+    from stabilitybench.analysis.deploy import refit_file, split_seeds
+    from stabilitybench.analysis.errors import MonitorFileError
+    from stabilitybench.analysis.monitor_file import MonitorFile
 
     corpus, out, _ = analysed
     like = next((out / "monitors").glob("*/kalman_fold0.monitor.npz"))
@@ -324,7 +332,7 @@ def test_fit_monitor_refits_a_fold_monitor_on_every_control(analysed, tmp_path: 
 
 def test_runs_that_acted_on_an_alarm_are_paired_not_analysed(tmp_path: Path) -> None:
     """Intervention arms get an outcome against the *natural* controls and the paired table, nothing else."""
-    from analysis.data import is_unperturbed
+    from stabilitybench.analysis.data import is_unperturbed
 
     corpus = make_corpus(tmp_path / "corpus")
     rows = pl.from_arrow(pq.read_table(corpus / "manifest.parquet"))

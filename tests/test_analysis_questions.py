@@ -9,9 +9,9 @@ import polars as pl
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from analysis import questions
-from analysis.conformal import ConformalCalibrator, min_calibration_runs
-from analysis.stats import auroc, clopper_pearson, cluster_bootstrap_ci, stratified_auroc
+from stabilitybench.analysis import questions
+from stabilitybench.analysis.conformal import ConformalCalibrator, min_calibration_runs
+from stabilitybench.analysis.stats import auroc, clopper_pearson, cluster_bootstrap_ci, stratified_auroc
 
 
 def test_auroc_is_roc_auc_score_with_infinities_and_ties() -> None:
@@ -162,7 +162,7 @@ def test_stratified_auroc_is_the_pair_weighted_mean_of_per_stratum_roc_auc(pairw
     """Both counting paths against sklearn per stratum, with ties, +inf (non-finite runs) and NaN scores."""
     from sklearn.metrics import roc_auc_score
 
-    import analysis.stats as stats
+    import stabilitybench.analysis.stats as stats
 
     if not pairwise:
         monkeypatch.setattr(stats, "PAIRWISE_MAX", 0)
@@ -222,7 +222,7 @@ def test_the_bootstrap_falls_back_to_the_percentiles_of_the_same_replicates() ->
 
 def test_the_calibrated_excess_keeps_the_order_the_p_value_ties() -> None:
     """With 6 calibration runs every score above them all gets p = 1/7; (b) must still rank them."""
-    from analysis.early_warning import calibrated_excess
+    from stabilitybench.analysis.early_warning import calibrated_excess
 
     cal = ConformalCalibrator(0.05).fit([1.0, 1.2, 0.8, 1.1, 0.9, 1.0])
     scores = np.array([5.0, 6.0, 7.0, 0.5])
@@ -238,7 +238,7 @@ def test_the_calibrated_excess_keeps_the_order_the_p_value_ties() -> None:
 def test_the_bootstrap_spearman_is_scipys() -> None:
     import scipy.stats as sps
 
-    from analysis.regularities import spearman_rho
+    from stabilitybench.analysis.regularities import spearman_rho
 
     rng = np.random.default_rng(5)
     x = rng.integers(0, 8, 40).astype(float)  # ties

@@ -12,7 +12,7 @@ from lifelines import CoxPHFitter, KaplanMeierFitter  # noqa: E402
 from lifelines.statistics import logrank_test, multivariate_logrank_test  # noqa: E402
 from lifelines.utils import concordance_index  # noqa: E402
 
-from analysis.survival import concordance, cox, design_matrix, kaplan_meier, logrank  # noqa: E402
+from stabilitybench.analysis.survival import concordance, cox, design_matrix, kaplan_meier, logrank  # noqa: E402
 
 DOSE = "dose[lr_spike] (log10 magnitude, centred within kind)"
 DOSE2 = "dose[mass_shift] (log10 magnitude, centred within kind)"

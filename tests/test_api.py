@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from data_schema import STEPS_SCHEMA, read_manifest, read_table
+from stabilitybench.data_schema import STEPS_SCHEMA, read_manifest, read_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -134,8 +134,8 @@ def test_import_stabilitybench_does_not_import_torch() -> None:
 def test_sb3_callback_records_any_algorithm(algo: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import stable_baselines3 as sb3
 
-    from generate.probe import Probe
     from stabilitybench import Recorder, StabilityCallback
+    from stabilitybench.generate.probe import Probe
 
     captures: list[int] = []
     original = Probe._flat_grad

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import tomllib
 
-from generate.doses import curve_key
-from generate.errors import ProfileError
-from generate.matrix import load_profile
-from generate.spec import RunSpec
 from stabilitybench.calibrate import CurveState, fit_states, load_design, run_stages, table_markdown, write_dose_table
+from stabilitybench.generate.doses import curve_key
+from stabilitybench.generate.errors import ProfileError
+from stabilitybench.generate.matrix import load_profile
+from stabilitybench.generate.spec import RunSpec
 
 DESIGN = """
 [defaults]
@@ -231,8 +231,8 @@ def test_curve_states_match_runs_by_their_recorded_spec(tmp_path: Path) -> None:
 
     import polars as pl
 
-    from generate.runner import base_row
     from stabilitybench.calibrate import curve_states, next_specs
+    from stabilitybench.generate.runner import base_row
 
     design = _design(tmp_path)
     lr, wn = design.targets

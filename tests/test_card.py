@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data_schema import describe, write_manifest
-from data_schema.card import ANALYSIS_MARK, summary_lines, write_card
-from generate.perturbations import REGISTRY, definitions
-from generate.runner import base_row
-from generate.spec import RunSpec
+from stabilitybench.data_schema import describe, write_manifest
+from stabilitybench.data_schema.card import ANALYSIS_MARK, summary_lines, write_card
+from stabilitybench.generate.perturbations import REGISTRY, definitions
+from stabilitybench.generate.runner import base_row
+from stabilitybench.generate.spec import RunSpec
 
 
 def _corpus(tmp_path: Path) -> Path:
@@ -54,8 +54,8 @@ def test_card_header_is_a_hugging_face_dataset_card(tmp_path: Path) -> None:
     import yaml
     from test_corpus_readers import build_corpus
 
-    from data_schema import SCHEMAS
-    from data_schema.card import hf_dtype, size_category
+    from stabilitybench.data_schema import SCHEMAS
+    from stabilitybench.data_schema.card import hf_dtype, size_category
 
     corpus = tmp_path / "corpus"
     built = build_corpus(corpus, litter=False)

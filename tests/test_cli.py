@@ -11,7 +11,7 @@ import duckdb
 import polars as pl
 import pytest
 
-from generate.matrix import load_profile, parse_only, select
+from stabilitybench.generate.matrix import load_profile, parse_only, select
 
 
 def cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -131,7 +131,7 @@ def test_query_bad_sql_is_a_one_line_error(smoke: Path) -> None:
 
 
 def test_status_prints_the_profile_cost_in_pre(tmp_path: Path) -> None:
-    from generate.costs import estimate
+    from stabilitybench.generate.costs import estimate
 
     res = cli("status", "--corpus", str(tmp_path / "none"), "--profile", "quick", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
@@ -272,7 +272,7 @@ def test_fit_monitor_without_corpus_says_what_to_pass(tmp_path: Path) -> None:
 
 def test_bare_generate_says_what_it_is_about_to_do(tmp_path: Path) -> None:
     """Was: bare ``generate`` silently started the 88-run quick profile into ./corpus."""
-    from generate.costs import estimate
+    from stabilitybench.generate.costs import estimate
 
     res = cli("generate", "--dry-run", cwd=tmp_path)
     assert res.returncode == 0, res.stderr

@@ -10,9 +10,9 @@ import tomllib
 import typer.main
 from typer.testing import CliRunner
 
-from generate.matrix import available_profiles
 from stabilitybench.cli import app
 from stabilitybench.docs import update
+from stabilitybench.generate.matrix import available_profiles
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

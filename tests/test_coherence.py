@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from generate.coherence import RollingCoherence
+from stabilitybench.generate.coherence import RollingCoherence
 
 
 def brute_force(grads: list[np.ndarray]) -> float:

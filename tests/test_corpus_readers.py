@@ -14,7 +14,7 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from data_schema import (
+from stabilitybench.data_schema import (
     EVENTS_SCHEMA,
     MANIFEST_SCHEMA,
     RUNS_SCHEMA,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from generate.costs import REFERENCE_STEPS_PER_S, estimate, longest_first
-from generate.spec import RunSpec
+from stabilitybench.generate.costs import REFERENCE_STEPS_PER_S, estimate, longest_first
+from stabilitybench.generate.spec import RunSpec
 
 
 def spec(algo: str, steps: int, seed: int = 0) -> RunSpec:
@@ -47,7 +47,7 @@ def test_longest_first_orders_by_cost_and_keeps_ties_in_profile_order() -> None:
 
 
 def test_pre_is_cpu_time_over_one_plain_ppo_run_at_the_reference_speed() -> None:
-    from generate.costs import PRE_REFERENCE_SECONDS, PRE_STEPS, REFERENCE_PLAIN_PPO_STEPS_PER_S
+    from stabilitybench.generate.costs import PRE_REFERENCE_SECONDS, PRE_STEPS, REFERENCE_PLAIN_PPO_STEPS_PER_S
 
     assert PRE_REFERENCE_SECONDS == pytest.approx(PRE_STEPS / REFERENCE_PLAIN_PPO_STEPS_PER_S)
     # ten telemetry PPO runs of 100k steps cost 10 x (plain speed / telemetry speed) PRE

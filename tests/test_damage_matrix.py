@@ -4,7 +4,7 @@ One run of the smoke corpus (the PPO control, which shares its ``algo=ppo`` part
 LR-spike run) gets one kind of damage in its steps or its events file: truncated to half, one
 byte flipped in the Parquet footer, one byte flipped in a data page, or the file deleted. Then
 every command and every ``data_schema`` reader runs on the copy, in-process through the same
-wrapper as the console entry point (:func:`data_schema.errors.exit_on_user_error`), so a
+wrapper as the console entry point (:func:`stabilitybench.data_schema.errors.exit_on_user_error`), so a
 traceback fails the test. Each must either go on without the damaged run (exit 0, one
 ``warning:`` line naming it) or refuse in one line; ``verify`` and ``status`` name the file and exit 1.
 
@@ -27,12 +27,12 @@ import pyarrow.parquet as pq
 import pytest
 from corpus_tools import flip_byte_in_page, truncate
 
-from analysis.data import FeatureConfig, feature_columns, load_events, load_runs, load_steps
-from data_schema import connect, events_path, read_manifest, scan_steps, steps_path, write_manifest
-from data_schema.compat import upgrade_corpus
-from data_schema.errors import SkippedRunsWarning, exit_on_user_error
-from data_schema.verify import readable_runs
+from stabilitybench.analysis.data import FeatureConfig, feature_columns, load_events, load_runs, load_steps
 from stabilitybench.cli import app
+from stabilitybench.data_schema import connect, events_path, read_manifest, scan_steps, steps_path, write_manifest
+from stabilitybench.data_schema.compat import upgrade_corpus
+from stabilitybench.data_schema.errors import SkippedRunsWarning, exit_on_user_error
+from stabilitybench.data_schema.verify import readable_runs
 
 DAMAGES = ("truncate", "footer", "page", "delete")
 FILES = ("steps", "events")
@@ -200,7 +200,7 @@ def test_data_schema_readers_skip_the_damaged_run(case: dict[str, Any]) -> None:
     assert len(notes) == 1 and victim in notes[0]
     readable = readable_runs(corpus)
     assert set(readable.run_ids) == others(case) and {p.run_id for p in readable.skipped} == {victim}
-    with pytest.warns(SkippedRunsWarning, match=victim):  # `python -m data_schema upgrade`: a current corpus
+    with pytest.warns(SkippedRunsWarning, match=victim):  # `data_schema upgrade`: a current corpus
         assert upgrade_corpus(corpus) == []
 
 
@@ -280,7 +280,8 @@ def test_verify_advice_fits_a_recorder_corpus(tmp_path: Path) -> None:
     assert "profile" not in flat and "Recorder" in flat and "rerun that script" in flat, out
     code, out, _ = invoke("status", "--corpus", str(corpus))  # status gives the same advice (was: "rerun generate")
     flat = " ".join(out.split())
-    assert code == 1 and "Recorder" in flat and "rerun that script" in flat and "stabilitybench generate" not in flat, out
+    assert code == 1 and "Recorder" in flat and "rerun that script" in flat, out
+    assert "stabilitybench generate" not in flat, out
     with pytest.warns(SkippedRunsWarning, match=rows[0]["run_id"]):  # and the readers go on without it
         assert set(scan_steps(corpus).collect()["run_id"]) == {rows[1]["run_id"]}
 
@@ -328,7 +329,7 @@ def test_a_run_checked_once_is_checked_again_after_any_write(local_smoke: Path, 
     """readable_runs caches accepted runs per process (a notebook scans often); damage after that still shows."""
     import time
 
-    from data_schema import verify
+    from stabilitybench.data_schema import verify
 
     corpus = tmp_path / "corpus"
     shutil.copytree(local_smoke, corpus)

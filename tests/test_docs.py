@@ -140,8 +140,8 @@ def _text(html: Path) -> str:
 
 @pytest.mark.slow
 def test_site_builds_strictly_with_the_generated_pages(site: Path) -> None:
-    from analysis import results
-    from data_schema.schema import SCHEMA_VERSION, SCHEMAS
+    from stabilitybench.analysis import results
+    from stabilitybench.data_schema.schema import SCHEMA_VERSION, SCHEMAS
 
     schema = _text(site / "reference/schema/index.html")
     assert f"version {SCHEMA_VERSION}" in schema
@@ -165,8 +165,8 @@ def test_site_builds_strictly_with_the_generated_pages(site: Path) -> None:
 
 def test_hook_renders_the_schema_and_results_from_the_code() -> None:
     """The generated pages come from the declarations, not from a copy (works without mkdocs)."""
-    from analysis import results
-    from data_schema.schema import SCHEMA_VERSION, SCHEMAS, describe
+    from stabilitybench.analysis import results
+    from stabilitybench.data_schema.schema import SCHEMA_VERSION, SCHEMAS, describe
 
     page = (DOCS / "reference/schema.md").read_text(encoding="utf-8")
     rendered = HOOKS.render(page)

@@ -7,14 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from analysis.dose_response import (
+from stabilitybench.analysis.dose_response import (
     DoseResponseModel,
     DoseStatus,
     fieller_ratio_ci,
     log_grid,
     next_doses,
 )
-from analysis.errors import InsufficientDataError, NotFittedError
+from stabilitybench.analysis.errors import InsufficientDataError, NotFittedError
 
 
 def _simulate(rng: np.random.Generator, ed50: float, slope: float, doses: list[float], seeds: int):

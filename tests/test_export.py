@@ -10,8 +10,8 @@ import pytest
 from test_corpus_readers import build_corpus
 from typer.testing import CliRunner
 
-from data_schema import read_manifest
 from stabilitybench.cli import app
+from stabilitybench.data_schema import read_manifest
 from stabilitybench.export import run_name
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")

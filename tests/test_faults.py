@@ -13,7 +13,7 @@ The faults, drawn with a fixed seed (:data:`SEED`) on the smoke profile:
 * ``disk_full``: the corpus on a full tmpfs (skipped where a tmpfs cannot be mounted).
 
 Each trial starts from a copy of one reference corpus, injects one fault, reruns ``generate``
-and then checks with ``verify --deep`` (:func:`data_schema.verify.verify_corpus`, in-process).
+and then checks with ``verify --deep`` (:func:`stabilitybench.data_schema.verify.verify_corpus`, in-process).
 *Runs lost*: runs of the profile without a valid ok
 row and files; *runs doubled*: a duplicated manifest row or steps file, a worker that
 outlived its driver, or a run trained by both of two concurrent drivers; *rows lost*: steps
@@ -39,10 +39,10 @@ import pyarrow.parquet as pq
 import pytest
 from corpus_tools import can_mount_tmpfs, flip_byte, flip_byte_in_page, pids_writing_to, tmpfs, truncate
 
-from data_schema import MANIFEST, read_manifest, steps_path
-from data_schema.verify import verify_corpus
-from generate.matrix import load_profile
-from generate.runner import LOG_DIR
+from stabilitybench.data_schema import MANIFEST, read_manifest, steps_path
+from stabilitybench.data_schema.verify import verify_corpus
+from stabilitybench.generate.matrix import load_profile
+from stabilitybench.generate.runner import LOG_DIR
 
 pytestmark = pytest.mark.faults
 

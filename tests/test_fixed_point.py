@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from generate.coherence import mean_pairwise_cosine
-from generate.rl.fixed_point import FixedPointCoherence
+from stabilitybench.generate.coherence import mean_pairwise_cosine
+from stabilitybench.generate.rl.fixed_point import FixedPointCoherence
 
 
 def _brute(rows: torch.Tensor) -> float:
@@ -58,7 +58,7 @@ def test_fixed_point_equals_brute_force_on_a_small_model(trained_ppo) -> None:
     # the gradients are of PPO's loss at these parameters: a minibatch gradient recomputed by hand matches
     fc = FixedPointCoherence(k=2, seed=11)
     idx = np.random.default_rng(11).choice(128, size=32, replace=False)
-    from generate.rl.fixed_point import ppo_minibatch_loss
+    from stabilitybench.generate.rl.fixed_point import ppo_minibatch_loss
 
     loss = ppo_minibatch_loss(model, model.rollout_buffer._get_samples(idx))
     manual = torch.cat([x.reshape(-1) for x in torch.autograd.grad(loss, list(model.policy.parameters()))])
@@ -77,8 +77,8 @@ def test_needs_a_flattened_rollout() -> None:
 def test_generator_records_it_on_probe_rows_only(tmp_path) -> None:
     import polars as pl
 
-    from generate.runner import run_one
-    from generate.spec import RunSpec
+    from stabilitybench.generate.runner import run_one
+    from stabilitybench.generate.spec import RunSpec
 
     spec = RunSpec(domain="rl", algo="ppo", env="InvertedPendulum-v5", seed=0, total_steps=1024,
                    hparams=(("n_steps", 256), ("batch_size", 64), ("n_epochs", 2), ("hidden", 16),

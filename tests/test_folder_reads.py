@@ -15,10 +15,18 @@ import pyarrow.parquet as pq
 import pytest
 from test_corpus_readers import RUNS, build_corpus
 
-from data_schema import SCHEMAS, connect, read_manifest, read_table, scan_steps, steps_path, write_manifest
-from data_schema.compat import file_version, upgrade_corpus
-from data_schema.io import RUN_METADATA_KEY
-from data_schema.schema import PARTITION_COLUMNS, RENAMED, SCHEMA_VERSION
+from stabilitybench.data_schema import (
+    SCHEMAS,
+    connect,
+    read_manifest,
+    read_table,
+    scan_steps,
+    steps_path,
+    write_manifest,
+)
+from stabilitybench.data_schema.compat import file_version, upgrade_corpus
+from stabilitybench.data_schema.io import RUN_METADATA_KEY
+from stabilitybench.data_schema.schema import PARTITION_COLUMNS, RENAMED, SCHEMA_VERSION
 
 README = Path(__file__).resolve().parent.parent / "docs/guides/read-corpus.md"  # its joins moved there
 PARTITIONS = {r[0]: dict(zip(("domain", "algo", "env", "perturbation"), r[1:5], strict=True)) for r in RUNS}
@@ -209,7 +217,7 @@ def test_a_1_0_corpus_reads_with_the_new_names(legacy):
 
 
 def test_a_1_0_run_is_still_done_for_resume(legacy):
-    from generate.runner import outputs_valid
+    from stabilitybench.generate.runner import outputs_valid
 
     root, _ = legacy
     for row in read_manifest(root).to_pylist():
@@ -223,8 +231,8 @@ def test_a_mixed_corpus_reads(legacy):
     ppo = next(r[0] for r in RUNS if r[0] != sac)
     path = next(p for p in root.glob("steps/**/*.parquet") if p.stem == ppo)
     write_path = path  # rewrite one run as 1.1
-    from data_schema import write_table
-    from data_schema.compat import upgrade
+    from stabilitybench.data_schema import write_table
+    from stabilitybench.data_schema.compat import upgrade
 
     write_table(upgrade(pq.read_table(path), "steps"), write_path, SCHEMAS["steps"])
     rows = read_manifest(root).to_pylist()
@@ -268,8 +276,8 @@ def v1_1(tmp_path):
 
 
 def test_a_1_1_corpus_reads_with_the_new_column_as_null(v1_1):
-    from data_schema.verify import verify_corpus
-    from generate.runner import outputs_valid
+    from stabilitybench.data_schema.verify import verify_corpus
+    from stabilitybench.generate.runner import outputs_valid
 
     root = v1_1
     path = next(root.glob("steps/**/*.parquet"))
@@ -291,9 +299,9 @@ def test_a_1_1_corpus_reads_with_the_new_column_as_null(v1_1):
 
 def test_a_file_from_a_newer_schema_stops_every_reader_and_is_left_alone(tmp_path):
     """Not "damaged": generate would rerun (overwrite) it and analyze drop it. One line, nothing changed."""
-    from data_schema.errors import NewerSchemaError
-    from data_schema.verify import verify_corpus
-    from generate.runner import outputs_valid
+    from stabilitybench.data_schema.errors import NewerSchemaError
+    from stabilitybench.data_schema.verify import verify_corpus
+    from stabilitybench.generate.runner import outputs_valid
 
     root = tmp_path / "corpus"
     build_corpus(root, litter=False)

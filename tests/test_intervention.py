@@ -13,11 +13,11 @@ import polars as pl
 import pytest
 import torch
 
-from analysis.conformal import ConformalCalibrator
-from analysis.metastate import KalmanMonitor
-from analysis.monitor_file import MonitorFile
-from generate.intervention import Intervention
 from stabilitybench import Probe, Recorder, StabilityCallback, load_monitor, perturbation
+from stabilitybench.analysis.conformal import ConformalCalibrator
+from stabilitybench.analysis.metastate import KalmanMonitor
+from stabilitybench.analysis.monitor_file import MonitorFile
+from stabilitybench.generate.intervention import Intervention
 
 ROOT = Path(__file__).resolve().parents[1]
 FEATURES = ["loss", "grad_norm", "grad_coherence"]
@@ -208,7 +208,8 @@ def test_monitor_file_scores_a_public_api_run_in_a_fresh_process(fitted: tuple[P
 
 def test_fresh_process_refuses_a_run_without_the_columns(fitted: tuple[Path, Path], tmp_path: Path) -> None:
     _, mf_path = fitted
-    code = ("import sys\nfrom data_schema.errors import exit_on_user_error\nfrom stabilitybench import load_monitor\n"
+    code = ("import sys\nfrom stabilitybench.data_schema.errors import exit_on_user_error\n"
+            "from stabilitybench import load_monitor\n"
             "exit_on_user_error(lambda: load_monitor(sys.argv[1], columns=['step', 'loss']))\n")
     out = subprocess.run([sys.executable, "-c", code, str(mf_path)], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
@@ -217,7 +218,7 @@ def test_fresh_process_refuses_a_run_without_the_columns(fitted: tuple[Path, Pat
 
 
 def test_every_action_event_is_a_declared_event_kind() -> None:
-    from data_schema.schema import EVENT_KINDS
-    from generate.intervention import EVENTS
+    from stabilitybench.data_schema.schema import EVENT_KINDS
+    from stabilitybench.generate.intervention import EVENTS
 
     assert set(EVENTS) <= set(EVENT_KINDS)

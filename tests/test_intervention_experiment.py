@@ -9,9 +9,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from analysis.intervention import intervention_table, matched_pairs, with_arms
-from analysis.metastate import KalmanMonitor
-from analysis.monitor_file import MonitorFile
+from stabilitybench.analysis.intervention import intervention_table, matched_pairs, with_arms
+from stabilitybench.analysis.metastate import KalmanMonitor
+from stabilitybench.analysis.monitor_file import MonitorFile
 
 
 def _run(rid: str, seed: int, pert: str, arm: str | None, collapsed: bool, perf: float) -> dict:
@@ -50,9 +50,9 @@ def test_intervention_table_by_hand() -> None:
 
 def test_a_generated_run_acts_on_its_monitor_file(tmp_path: Path) -> None:
     """The runner's ``intervention`` hparam: a monitor file that alarms after warm-up backs off the LR."""
-    from generate.matrix import load_profile
-    from generate.rl.train import run
-    from generate.spec import RunSpec
+    from stabilitybench.generate.matrix import load_profile
+    from stabilitybench.generate.rl.train import run
+    from stabilitybench.generate.spec import RunSpec
 
     feats = ["grad_norm", "grad_coherence", "param_norm"]
     rng = np.random.default_rng(0)
@@ -85,7 +85,7 @@ def test_intervention_figure_draws_the_table() -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    from reports.intervention import fig_intervention
+    from stabilitybench.reports.intervention import fig_intervention
 
     rows = [_run(f"p{s}{a}", s, k, a, collapsed=(a is None and k != "none"), perf=1.0)
             for s in range(3) for k in ("none", "lr_spike") for a in (None, "rollback", "lr_backoff")]
@@ -98,7 +98,7 @@ def test_intervention_figure_draws_the_table() -> None:
 
 def test_reference_scores_with_no_run_standing_at_its_landmark() -> None:
     """A tiny intervention corpus whose every perturbed run collapsed before its landmark used to crash analyze."""
-    from analysis.questions import reference_scores
+    from stabilitybench.analysis.questions import reference_scores
 
     empty = pl.DataFrame(schema={"run_id": pl.String, "label": pl.Boolean, "seed": pl.Int64,
                                  "perturbation": pl.String, "magnitude": pl.Float64, "duration_steps": pl.Int64})

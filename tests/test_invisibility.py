@@ -15,8 +15,8 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 
-from generate.rl import train as rl_train
-from generate.spec import RunSpec
+from stabilitybench.generate.rl import train as rl_train
+from stabilitybench.generate.spec import RunSpec
 
 ENV, STEPS, N_STEPS = "InvertedPendulum-v5", 3072, 256
 

@@ -1,4 +1,4 @@
-"""Atomic writer, validation and readers of single corpus files (data_schema.io)."""
+"""Atomic writer, validation and readers of single corpus files (stabilitybench.data_schema.io)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import data_schema.io as ds_io
-from data_schema import (
+import stabilitybench.data_schema.io as ds_io
+from stabilitybench.data_schema import (
     EVENTS_SCHEMA,
     MANIFEST_SCHEMA,
     RUN_METADATA_KEY,
@@ -236,7 +236,7 @@ def test_write_table_rejects_and_writes_nothing(tmp_path, case):
 
 
 def test_schema_error_is_stabilitybench_error():
-    from data_schema import StabilityBenchError
+    from stabilitybench.data_schema import StabilityBenchError
 
     assert issubclass(SchemaError, StabilityBenchError)
     assert issubclass(CorruptFileError, StabilityBenchError)
@@ -321,7 +321,7 @@ _KILLED_WRITER = textwrap.dedent(
     import os, signal, sys
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from data_schema import STEPS_SCHEMA, write_table
+    from stabilitybench.data_schema import STEPS_SCHEMA, write_table
 
     dest, mode = sys.argv[1], sys.argv[2]
     real_write = pq.write_table

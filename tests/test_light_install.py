@@ -52,8 +52,8 @@ def test_reading_commands_import_no_training_stack(corpus: Path, args: list[str]
 
 
 def test_generate_without_the_extra_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    import generate.cli as gcli
-    from data_schema import StabilityBenchError
+    import stabilitybench.generate.cli as gcli
+    from stabilitybench.data_schema import StabilityBenchError
 
     monkeypatch.setattr(gcli, "GENERATOR_MODULES", ("torch", "no_such_module_xyz"))
     with pytest.raises(StabilityBenchError, match=r"generate needs no_such_module_xyz: pip install "

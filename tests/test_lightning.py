@@ -19,8 +19,8 @@ import torch
 
 pl = pytest.importorskip("lightning.pytorch")
 
-from data_schema import read_manifest, read_table  # noqa: E402
-from data_schema.verify import verify_corpus  # noqa: E402
+from stabilitybench.data_schema import read_manifest, read_table  # noqa: E402
+from stabilitybench.data_schema.verify import verify_corpus  # noqa: E402
 
 BASE_LR, BATCH = 0.05, 8
 
@@ -230,7 +230,7 @@ def test_without_lightning_the_import_error_names_the_extra(monkeypatch: pytest.
 
     import stabilitybench
 
-    monkeypatch.delitem(sys.modules, "generate.adapters.lightning", raising=False)
+    monkeypatch.delitem(sys.modules, "stabilitybench.generate.adapters.lightning", raising=False)
     for name in [m for m in sys.modules if m == "lightning" or m.startswith("lightning.")]:
         monkeypatch.setitem(sys.modules, name, None)
     monkeypatch.setitem(sys.modules, "lightning", None)
@@ -238,7 +238,7 @@ def test_without_lightning_the_import_error_names_the_extra(monkeypatch: pytest.
                                                   r"pip install 'stabilitybench\[lightning\]'$"):
         stabilitybench.StabilityLightningCallback  # noqa: B018
     monkeypatch.undo()
-    importlib.import_module("generate.adapters.lightning")
+    importlib.import_module("stabilitybench.generate.adapters.lightning")
 
 
 class Interrupted(Tiny):
@@ -299,8 +299,8 @@ def test_16_mixed_records_the_unscaled_pre_clip_norm_and_skips_overflowed_steps(
 def test_a_diverging_lightning_run_is_data(tmp_path: Path) -> None:
     """A x1e6 LR spike blows the run up: the probe records the non-finite update, closes the run as
     ``stop_reason=nonfinite`` (status ok, files written, verify clean) and only then stops ``fit``."""
-    from generate.errors import TrainingDiverged
     from stabilitybench import Recorder, StabilityLightningCallback, perturbation
+    from stabilitybench.generate.errors import TrainingDiverged
 
     rec = Recorder(tmp_path / "c", "diverge", algo="mlp", env="toy")
     callback = StabilityLightningCallback(rec, perturbation=perturbation("lr_spike", 1e6, 3, 5))

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import polars as pl
 
-from analysis.monitor_file import MonitorFile
-from data_schema import read_manifest, read_table
-from data_schema.corpus import events_path
+from stabilitybench.analysis.monitor_file import MonitorFile
+from stabilitybench.data_schema import read_manifest, read_table
+from stabilitybench.data_schema.corpus import events_path
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = ROOT / "docs/guides/live.md"

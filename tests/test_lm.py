@@ -14,18 +14,18 @@ import polars as pl
 import pytest
 import torch
 
-from data_schema import read_manifest, write_manifest
-from data_schema.errors import StabilityBenchError
-from data_schema.io import validate
-from generate.errors import CorpusError, ProfileError
-from generate.lm.config import LMConfig, resolve
-from generate.lm.data import load_text, load_tokens, split_text, tokenizer_for
-from generate.lm.telemetry import LogitProbe, MicrobatchCoherence, attach_flat_grads_, attention_logits
-from generate.lm.train import TARGET_LAYER, build_model, lr_at, train
-from generate.matrix import expand
-from generate.perturbations import UpdateContext, build
-from generate.runner import run_one
-from generate.spec import RunSpec
+from stabilitybench.data_schema import read_manifest, write_manifest
+from stabilitybench.data_schema.errors import StabilityBenchError
+from stabilitybench.data_schema.io import validate
+from stabilitybench.generate.errors import CorpusError, ProfileError
+from stabilitybench.generate.lm.config import LMConfig, resolve
+from stabilitybench.generate.lm.data import load_text, load_tokens, split_text, tokenizer_for
+from stabilitybench.generate.lm.telemetry import LogitProbe, MicrobatchCoherence, attach_flat_grads_, attention_logits
+from stabilitybench.generate.lm.train import TARGET_LAYER, build_model, lr_at, train
+from stabilitybench.generate.matrix import expand
+from stabilitybench.generate.perturbations import UpdateContext, build
+from stabilitybench.generate.runner import run_one
+from stabilitybench.generate.spec import RunSpec
 
 MICRO = {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 32, "batch_size": 8, "grad_accum": 4,
          "learning_rate": 3e-3, "eval_sequences": 8, "vocab_size": 512,
@@ -212,7 +212,7 @@ def test_parametric_kinds_act_once_inside_the_generator(tok_dir: str, control: p
 @pytest.mark.parametrize(("kind", "side"), [("token_corruption", 0), ("label_noise", 1)])
 def test_batch_kinds_change_what_the_generator_trains_on(tok_dir: str, kind: str, side: int,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    import generate.lm.train as lm_train
+    import stabilitybench.generate.lm.train as lm_train
 
     def recording(seen: list) -> object:
         def loss(model, inputs, targets, device):

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from generate.costs import estimate
-from generate.doses import load_dose_table
-from generate.errors import ProfileError
-from generate.matrix import available_profiles, expand, load_profile, parse_only, profile_path, select
-from generate.spec import RunSpec
+from stabilitybench.generate.costs import estimate
+from stabilitybench.generate.doses import load_dose_table
+from stabilitybench.generate.errors import ProfileError
+from stabilitybench.generate.matrix import available_profiles, expand, load_profile, parse_only, profile_path, select
+from stabilitybench.generate.spec import RunSpec
 
 # ---------------------------------------------------------------------------- built-ins
 

@@ -6,13 +6,13 @@ import numpy as np
 import polars as pl
 import pytest
 
-from analysis.baselines import BASELINES, SAVEABLE_BASELINES
-from analysis.conformal import ConformalCalibrator
-from analysis.data import feature_frame, run_arrays, to_blocks
-from analysis.errors import MonitorFileError
-from analysis.metastate import KalmanMonitor
-from analysis.monitor_file import MonitorFile
-from analysis.online import OnlineMonitor
+from stabilitybench.analysis.baselines import BASELINES, SAVEABLE_BASELINES
+from stabilitybench.analysis.conformal import ConformalCalibrator
+from stabilitybench.analysis.data import feature_frame, run_arrays, to_blocks
+from stabilitybench.analysis.errors import MonitorFileError
+from stabilitybench.analysis.metastate import KalmanMonitor
+from stabilitybench.analysis.monitor_file import MonitorFile
+from stabilitybench.analysis.online import OnlineMonitor
 
 FEATURES = ["loss", "grad_norm", "grad_coherence", "entropy"]
 B = 4
@@ -74,7 +74,7 @@ def test_online_scores_equal_offline(kind: str, monitor_file: MonitorFile, tmp_p
         mf = MonitorFile(det, FEATURES, B, warmup_updates=20, threshold=2.0)
     if kind == "gru":
         pytest.importorskip("torch")
-        from analysis.metastate.gru import GRUMonitor
+        from stabilitybench.analysis.metastate.gru import GRUMonitor
 
         train = [pipeline_blocks(synthetic_run(s))[1] for s in range(4)]
         det = GRUMonitor(hidden=8, epochs=15, window=16, smooth=3).fit(train)
@@ -156,7 +156,7 @@ def test_refuses_a_run_with_other_columns(monitor_file: MonitorFile, tmp_path) -
 
 def test_evaluate_group_writes_self_contained_monitors(tmp_path) -> None:
     """The files ``analyze`` writes score a raw run exactly as the evaluation scored its blocks."""
-    from analysis.early_warning import EarlyWarningConfig, evaluate_group
+    from stabilitybench.analysis.early_warning import EarlyWarningConfig, evaluate_group
 
     rows, frames = [], {}
     for seed in range(6):
@@ -191,7 +191,7 @@ def test_evaluate_group_writes_self_contained_monitors(tmp_path) -> None:
 def test_folds_in_parallel_processes_give_the_sequential_results(tmp_path) -> None:
     from dataclasses import replace
 
-    from analysis.early_warning import EarlyWarningConfig, evaluate_group, start_workers
+    from stabilitybench.analysis.early_warning import EarlyWarningConfig, evaluate_group, start_workers
 
     rows, arrays = [], {}
     for seed in range(6):
@@ -217,7 +217,7 @@ def test_folds_in_parallel_processes_give_the_sequential_results(tmp_path) -> No
 def test_a_deployed_monitor_never_trains_on_a_run_that_acted() -> None:
     import json
 
-    from analysis.deploy import control_runs
+    from stabilitybench.analysis.deploy import control_runs
 
     acted = json.dumps({"spec": {"hparams": {"intervention": "rollback,lr_backoff", "monitor": "m.monitor.npz"}}})
     runs = pl.DataFrame({"run_id": ["a", "b", "c", "d"], "seed": [0, 1, 2, 3],

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from generate.errors import ProfileError
-from generate.perturbations import REGISTRY, TrainingClock, UpdateContext, build, perturbation_class
-from generate.rl.envs import make_train_env
+from stabilitybench.generate.errors import ProfileError
+from stabilitybench.generate.perturbations import REGISTRY, TrainingClock, UpdateContext, build, perturbation_class
+from stabilitybench.generate.rl.envs import make_train_env
 
 DIMENSIONS = {
     "none": "none", "lr_spike": "optimization", "adam_reset": "optimization", "obs_noise": "environmental",

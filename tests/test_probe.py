@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from generate.coherence import RollingCoherence, SignSketch
-from generate.errors import NonFiniteTraining, ProbeAttachedError
-from generate.perturbations import LRSpike, NoPerturbation
-from generate.probe import Probe, contiguous_view
+from stabilitybench.generate.coherence import RollingCoherence, SignSketch
+from stabilitybench.generate.errors import NonFiniteTraining, ProbeAttachedError
+from stabilitybench.generate.perturbations import LRSpike, NoPerturbation
+from stabilitybench.generate.probe import Probe, contiguous_view
 
 BASE_LR = 0.05
 MAX_NORM = 0.5
@@ -428,7 +428,7 @@ def test_a_probe_whose_owner_was_lost_still_blocks_until_removed() -> None:
 def test_a_probe_whose_run_is_over_gives_way_to_the_next(tmp_path) -> None:
     """A notebook cell that failed inside ``with Recorder(...)`` and is run again: the old run is closed,
     so its probe is removed (its LR restored) instead of refusing the new one."""
-    from generate.recorder import Recorder
+    from stabilitybench.generate.recorder import Recorder
 
     torch.manual_seed(0)
     net = torch.nn.Linear(4, 2)
@@ -449,7 +449,7 @@ def test_a_probe_whose_run_is_over_gives_way_to_the_next(tmp_path) -> None:
 def test_the_small_model_fast_path_records_what_the_general_path_does(monkeypatch: pytest.MonkeyPatch) -> None:
     """On CPU the probe copies into flat rows and reduces once (issue 30, item 8); the per-tensor foreach path
     (accelerators, large models) must give the same row, update after update, with clipping and a spike."""
-    import generate.probe as probe_mod
+    import stabilitybench.generate.probe as probe_mod
 
     def rows_of(fast: bool) -> list[dict]:
         monkeypatch.setattr(probe_mod, "_FLAT_SNAPSHOT_MAX", 1 << 21 if fast else 0)

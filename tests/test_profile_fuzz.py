@@ -18,10 +18,10 @@ from typing import Any
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from generate.cli import generate
-from generate.errors import ProfileError
-from generate.matrix import AXES, load_profile
-from generate.spec import RunSpec
+from stabilitybench.generate.cli import generate
+from stabilitybench.generate.errors import ProfileError
+from stabilitybench.generate.matrix import AXES, load_profile
+from stabilitybench.generate.spec import RunSpec
 
 KNOWN = {
     "domain": ["rl", "lm"], "algo": ["ppo", "sac", "td3", "gpt2"], "env": ["HalfCheetah-v5", "Hopper-v5", "NoEnv-v0"],

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from data_schema.progress import INTERVAL_ENV, ProgressReporter, format_duration, output_is_terminal
+from stabilitybench.data_schema.progress import INTERVAL_ENV, ProgressReporter, format_duration, output_is_terminal
 
 LINE = re.compile(r"^(?P<label>[\w ]+): (?P<done>\d+)/(?P<total>\d+) (?P<unit>\w+) done"
                   r"(?: \(ok (?P<ok>\d+), failed (?P<failed>\d+)[^)]*\))?, elapsed \S+, ETA \S+")

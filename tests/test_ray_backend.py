@@ -19,12 +19,12 @@ import pytest
 import ray
 from corpus_tools import corpus_contents, data_files, pids_writing_to
 
-from data_schema import read_manifest, steps_path
-from generate.backends import LocalPool, RayCluster, make_backend
-from generate.errors import BackendError
-from generate.matrix import load_profile, parse_only, select
-from generate.runner import LOG_DIR, MatrixReport, base_row, run_matrix
-from generate.spec import RunSpec
+from stabilitybench.data_schema import read_manifest, steps_path
+from stabilitybench.generate.backends import LocalPool, RayCluster, make_backend
+from stabilitybench.generate.errors import BackendError
+from stabilitybench.generate.matrix import load_profile, parse_only, select
+from stabilitybench.generate.runner import LOG_DIR, MatrixReport, base_row, run_matrix
+from stabilitybench.generate.spec import RunSpec
 
 SMOKE = load_profile("smoke")
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from corpus_tools import corpus_contents, data_files
 
-from data_schema import read_manifest
-from generate.matrix import load_profile
+from stabilitybench.data_schema import read_manifest
+from stabilitybench.generate.matrix import load_profile
 
 RAY = str(Path(sys.executable).with_name("ray"))
 SMOKE_IDS = sorted(s.run_id for s in load_profile("smoke"))

@@ -26,16 +26,16 @@ from test_cli import assert_user_error, cli
 from test_runner import DRIVER, GOOD_A, GOOD_B, file_stamps, manifest_rows, steps_file, tiny
 from typer.testing import CliRunner
 
-from analysis.data import load_runs
-from data_schema import MANIFEST, events_path, read_manifest, write_manifest
-from data_schema.errors import DiskFullError
-from data_schema.integrity import HASH_COLUMNS
-from data_schema.lock import CorpusLock, CorpusLockedError
-from data_schema.query import QueryError, run_query
-from data_schema.verify import verify_corpus
-from generate.matrix import load_profile
-from generate.runner import LOG_DIR, plan, run_matrix
+from stabilitybench.analysis.data import load_runs
 from stabilitybench.cli import app
+from stabilitybench.data_schema import MANIFEST, events_path, read_manifest, write_manifest
+from stabilitybench.data_schema.errors import DiskFullError
+from stabilitybench.data_schema.integrity import HASH_COLUMNS
+from stabilitybench.data_schema.lock import CorpusLock, CorpusLockedError
+from stabilitybench.data_schema.query import QueryError, run_query
+from stabilitybench.data_schema.verify import verify_corpus
+from stabilitybench.generate.matrix import load_profile
+from stabilitybench.generate.runner import LOG_DIR, plan, run_matrix
 
 SPECS = [GOOD_A, GOOD_B]
 
@@ -210,7 +210,7 @@ def test_query_one_line_errors(corpus: Path) -> None:
 # ------------------------------------------------------------------- 4. the corpus lock
 HOLDER = """\
 import sys, time
-from data_schema.lock import CorpusLock
+from stabilitybench.data_schema.lock import CorpusLock
 with CorpusLock(sys.argv[1], "test holder"):
     print("locked", flush=True)
     time.sleep(600)
@@ -418,7 +418,7 @@ def test_analyze_out_on_a_read_only_filesystem(corpus: Path, tmp_path: Path) -> 
 
 def test_report_on_corrupt_results(tmp_path: Path) -> None:
     """Was: a traceback for a corrupt summary.json or a truncated results table."""
-    from analysis.results import ResultsCorruptError, load_table
+    from stabilitybench.analysis.results import ResultsCorruptError, load_table
 
     results = tmp_path / "results"
     results.mkdir()

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from analysis.summary import Status
-from reports.figures import FIGURES
-from reports.text import fmt, parse, resolve
+from stabilitybench.analysis.summary import Status
+from stabilitybench.reports.figures import FIGURES
+from stabilitybench.reports.text import fmt, parse, resolve
 
 BIN = Path(sys.executable).parent
 
@@ -155,8 +155,8 @@ def test_missing_results_is_a_one_line_error(tmp_path: Path, capsys, monkeypatch
 
 
 def test_output_path_that_is_a_file_is_an_error(tmp_path: Path, smoke_report) -> None:
-    from reports.errors import OutputPathError
-    from reports.report import build_report
+    from stabilitybench.reports.errors import OutputPathError
+    from stabilitybench.reports.report import build_report
 
     _, results, _ = smoke_report
     f = tmp_path / "file"

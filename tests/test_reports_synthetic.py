@@ -19,13 +19,13 @@ import pyarrow as pa
 import pytest
 from test_reports import Spans, check_numbers
 
-from analysis.early_warning import EarlyWarningConfig
-from analysis.pipeline import AnalysisConfig, run_analysis
-from analysis.summary import SummaryFieldError
-from data_schema import EVENTS_SCHEMA, STEPS_SCHEMA, events_path, steps_path, write_manifest, write_table
-from reports.data import load
-from reports.figures import FIGURES, fig_dose_response, fig_km
-from reports.report import build_report
+from stabilitybench.analysis.early_warning import EarlyWarningConfig
+from stabilitybench.analysis.pipeline import AnalysisConfig, run_analysis
+from stabilitybench.analysis.summary import SummaryFieldError
+from stabilitybench.data_schema import EVENTS_SCHEMA, STEPS_SCHEMA, events_path, steps_path, write_manifest, write_table
+from stabilitybench.reports.data import load
+from stabilitybench.reports.figures import FIGURES, fig_dose_response, fig_km
+from stabilitybench.reports.report import build_report
 
 T, ONSET, DUR = 400, 120, 20
 DIMENSION = {"none": "none", "lr_spike": "optimization", "reward_noise": "learning_signal"}

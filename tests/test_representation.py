@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from generate.representation import HiddenFeatures, dormant_fraction, effective_rank
+from stabilitybench.generate.representation import HiddenFeatures, dormant_fraction, effective_rank
 
 
 def test_effective_rank_of_known_spectra() -> None:

@@ -10,9 +10,9 @@ import pytest
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
-from data_schema import validate
-from generate.rl.train import run
-from generate.spec import RunSpec
+from stabilitybench.data_schema import validate
+from stabilitybench.generate.rl.train import run
+from stabilitybench.generate.spec import RunSpec
 
 # SB3's PPO defaults where the rl-zoo3 HalfCheetah values differ, small rollouts: 8 updates per rollout.
 HP = {"n_steps": 256, "batch_size": 64, "n_epochs": 2, "learning_rate": 3e-4, "normalize": False, "hidden": 64,

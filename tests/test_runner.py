@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data_schema import (
+from stabilitybench.data_schema import (
     MANIFEST,
     events_path,
     read_manifest,
@@ -28,8 +28,8 @@ from data_schema import (
     steps_path,
     write_manifest,
 )
-from generate.runner import LOG_DIR, MatrixReport, base_row, outputs_valid, plan, run_matrix, run_one
-from generate.spec import RunSpec
+from stabilitybench.generate.runner import LOG_DIR, MatrixReport, base_row, outputs_valid, plan, run_matrix, run_one
+from stabilitybench.generate.spec import RunSpec
 
 TINY = {"n_steps": 128, "batch_size": 64, "n_epochs": 1}  # 2 rollouts x 2 minibatches = 4 updates
 
@@ -180,7 +180,8 @@ def test_pool_worker_output_survives_the_skipped_teardown(base_corpus: tuple[Pat
                                                           tmp_path: Path) -> None:
     """Pool workers exit with ``os._exit``: what the run printed (MuJoCo writes to fd 2 from C) must still
     reach its log, byte for byte as in a process that exits normally."""
-    code = ("import sys; from generate.runner import run_in_worker; from generate.spec import RunSpec; "
+    code = ("import sys; from stabilitybench.generate.runner import run_in_worker; "
+            "from stabilitybench.generate.spec import RunSpec; "
             "import json; run_in_worker(RunSpec.from_dict(json.loads(sys.argv[1])), sys.argv[2])")
     other = tmp_path / "corpus"
     subprocess.run([sys.executable, "-c", code, json.dumps(GOOD_B.to_dict()), str(other)], check=True, timeout=300)
@@ -317,8 +318,8 @@ DRIVER = """\
 import json
 import sys
 
-from generate.runner import run_matrix
-from generate.spec import RunSpec
+from stabilitybench.generate.runner import run_matrix
+from stabilitybench.generate.spec import RunSpec
 
 if __name__ == "__main__":
     specs = [RunSpec.from_dict(d) for d in json.loads(sys.argv[2])]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from data_schema import (
+from stabilitybench.data_schema import (
     DIMENSIONS,
     EVENTS_SCHEMA,
     MANIFEST_SCHEMA,

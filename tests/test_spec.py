@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from data_schema.schema import RUN_ID_VERSION
-from generate.spec import RunSpec
+from stabilitybench.data_schema.schema import RUN_ID_VERSION
+from stabilitybench.generate.spec import RunSpec
 
 
 def make(**overrides: object) -> RunSpec:
@@ -115,7 +115,7 @@ def test_adding_or_removing_an_hparam_changes_the_id() -> None:
 
 
 def test_run_id_includes_the_schema_version(monkeypatch: pytest.MonkeyPatch) -> None:
-    import generate.spec as spec_mod
+    import stabilitybench.generate.spec as spec_mod
 
     before = make().run_id
     monkeypatch.setattr(spec_mod, "RUN_ID_VERSION", RUN_ID_VERSION + ".test")
@@ -123,7 +123,7 @@ def test_run_id_includes_the_schema_version(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 _CHILD = (
-    "from generate.spec import RunSpec\n"
+    "from stabilitybench.generate.spec import RunSpec\n"
     "s = RunSpec(domain='rl', algo='ppo', env='HalfCheetah-v5', seed=0, perturbation='lr_spike', magnitude=10,"
     " onset_frac=0.3, duration_steps=10, total_steps=100000,"
     " hparams={'batch_size': 64, 'n_steps': 2048})\n"
@@ -141,7 +141,7 @@ def test_run_id_is_stable_across_processes(hashseed: str) -> None:
 # Golden value. If this test fails, every existing corpus is orphaned: its run_ids no
 # longer match the specs, so `generate` would re-run everything and the manifest would
 # hold two generations of ids. Change it only together with a deliberate schema-version
-# bump (data_schema.schema.RUN_ID_VERSION), never as a side effect of a refactor.
+# bump (stabilitybench.data_schema.schema.RUN_ID_VERSION), never as a side effect of a refactor.
 GOLDEN_SPEC = RunSpec(domain="rl", algo="ppo", env="HalfCheetah-v5", seed=0)
 GOLDEN_ID = "519bba8a7b9c0aea"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis.summary import (
+from stabilitybench.analysis.summary import (
     REQUIRED_FIELDS,
     DetectorKey,
     Estimate,

@@ -25,12 +25,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from data_schema import SCHEMA_VERSION, read_manifest
-from data_schema.verify import verify_corpus
-from generate.errors import NonFiniteTraining, RunExistsError, TrainingDiverged
-from generate.perturbations import LRSpike
-from generate.probe import Probe
-from generate.recorder import Recorder
+from stabilitybench.data_schema import SCHEMA_VERSION, read_manifest
+from stabilitybench.data_schema.verify import verify_corpus
+from stabilitybench.generate.errors import NonFiniteTraining, RunExistsError, TrainingDiverged
+from stabilitybench.generate.perturbations import LRSpike
+from stabilitybench.generate.probe import Probe
+from stabilitybench.generate.recorder import Recorder
 
 CODE = Path(sys.modules[Recorder.__module__].__file__).resolve().parents[1]  # the code under test (subprocesses too)
 LR = 0.05
@@ -241,7 +241,7 @@ def test_an_existing_run_id_is_refused_before_training_and_the_corpus_is_untouch
 
 def test_stabilitybench_cli_prints_the_refusal_in_one_line(tmp_path: Path) -> None:
     corpus = tmp_path / "c"
-    code = ("import sys\nfrom data_schema.errors import exit_on_user_error\n"
+    code = ("import sys\nfrom stabilitybench.data_schema.errors import exit_on_user_error\n"
             "from stabilitybench import Recorder\n"
             "def main():\n    with Recorder(sys.argv[1], 'x', algo='a', env='e', run_id='fixed') as rec:\n"
             "        rec.append(lr=0.1, perturbation_active=False)\n"

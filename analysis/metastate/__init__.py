@@ -1,7 +1,7 @@
 """The Meta-State Monitor: models of unperturbed telemetry whose prediction error is the MSD.
 
-* :class:`~analysis.metastate.kalman.KalmanMonitor`: linear-Gaussian SSM (EM + Kalman filter);
-* :class:`~analysis.metastate.gru.GRUMonitor`: recurrent SSM (GRU with a Gaussian head).
+* :class:`~stabilitybench.analysis.metastate.kalman.KalmanMonitor`: linear-Gaussian SSM (EM + Kalman filter);
+* :class:`~stabilitybench.analysis.metastate.gru.GRUMonitor`: recurrent SSM (GRU with a Gaussian head).
 
 Both follow the scikit-learn/lifelines style: settings in the constructor, ``fit(sequences)
 -> self`` on unperturbed training runs, fitted attributes ending in ``_``, ``score(X)`` ->
@@ -10,14 +10,14 @@ per-step MSD, ``calibrate(...)`` -> alarm threshold at a target FPR, ``save``/``
 
 from typing import Any
 
-from analysis.metastate.base import MonitorBase, calibration_threshold, rolling_mean, window_max
-from analysis.metastate.kalman import KalmanMonitor
+from stabilitybench.analysis.metastate.base import MonitorBase, calibration_threshold, rolling_mean, window_max
+from stabilitybench.analysis.metastate.kalman import KalmanMonitor
 
 
 def __getattr__(name: str) -> Any:
     """Import the GRU (and torch) only when it is asked for."""
     if name == "GRUMonitor":
-        from analysis.metastate.gru import GRUMonitor
+        from stabilitybench.analysis.metastate.gru import GRUMonitor
 
         return GRUMonitor
     raise AttributeError(name)

@@ -1,7 +1,7 @@
 """Shared pieces of the meta-state monitors: standardisation, MSD smoothing, calibration.
 
 A monitor is fitted on a list of *sequences* (one per unperturbed training run), each an
-array of shape ``(T_i, p)`` of block-level telemetry features (:mod:`analysis.data`). It
+array of shape ``(T_i, p)`` of block-level telemetry features (:mod:`stabilitybench.analysis.data`). It
 standardises with the training mean/SD, imputes missing values (NaN, e.g. a sparse
 column before its first report) at the training mean (0 after standardisation), and
 scores a sequence with a per-step **negative log predictive density per feature**
@@ -22,8 +22,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from analysis.errors import InsufficientDataError, NotFittedError
-from analysis.stats import causal_window, windowed_mean
+from stabilitybench.analysis.errors import InsufficientDataError, NotFittedError
+from stabilitybench.analysis.stats import causal_window, windowed_mean
 
 
 def rolling_mean(x: np.ndarray, window: int) -> np.ndarray:

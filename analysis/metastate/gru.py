@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from analysis.metastate.base import MonitorBase
+from stabilitybench.analysis.metastate.base import MonitorBase
 
 LOG_2PI = float(np.log(2 * np.pi))
 
@@ -134,7 +134,7 @@ class GRUMonitor(MonitorBase):
                 "batch_windows": self.batch_windows}
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """Standardisation, threshold and weights as plain arrays (for :mod:`analysis.monitor_file`)."""
+        """Standardisation, threshold and weights as plain arrays (for :mod:`stabilitybench.analysis.monitor_file`)."""
         self._check_fitted()
         out = {"mean_": np.asarray(self.mean_, dtype=float), "scale_": np.asarray(self.scale_, dtype=float),
                "threshold_": np.asarray(self.threshold_, dtype=float)}

@@ -9,7 +9,7 @@ Model (standardised telemetry ``y_t``, shape ``(p,)``; latent meta-state ``z_t``
 Parameters are estimated by EM (Shumway & Stoffer 1982; Ghahramani & Hinton 1996) on
 several training sequences, starting from PCA (``C`` = leading loadings, ``A`` = least
 squares on the projected states). ``n_latent='pca90'`` takes ``k`` = the number of
-principal components for 90% of the training variance (:mod:`analysis.pca`).
+principal components for 90% of the training variance (:mod:`stabilitybench.analysis.pca`).
 
 Scoring uses the **steady-state** filter: the gain from the discrete algebraic Riccati
 equation, so the one-step predictor ``zhat_{t+1} = F zhat_t + G (y_t - d)`` with
@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from scipy import linalg, signal
 
-from analysis.metastate.base import MonitorBase
+from stabilitybench.analysis.metastate.base import MonitorBase
 
 
 class KalmanMonitor(MonitorBase):
@@ -59,7 +59,7 @@ class KalmanMonitor(MonitorBase):
     def _choose_k(self, Y: np.ndarray) -> int:
         p = Y.shape[1]
         if self.n_latent == "pca90":
-            from analysis.pca import n_components_for
+            from stabilitybench.analysis.pca import n_components_for
 
             k = n_components_for(Y, 0.9)
         else:
@@ -203,7 +203,7 @@ class KalmanMonitor(MonitorBase):
                 "seed": self.seed}
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """The fitted parameters as plain arrays (for :mod:`analysis.monitor_file`)."""
+        """The fitted parameters as plain arrays (for :mod:`stabilitybench.analysis.monitor_file`)."""
         self._check_fitted()
         return {k: np.asarray(getattr(self, k), dtype=float) for k in self._PARAMS}
 

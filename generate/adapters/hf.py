@@ -5,7 +5,7 @@
     with Recorder("corpus", "gpt2-tiny", domain="lm", algo="gpt2", env="my-text") as rec:
         Trainer(model=model, args=args, train_dataset=ds, callbacks=[StabilityTrainerCallback(rec)]).train()
 
-A :class:`~generate.probe.Probe` on the Trainer's torch optimizer (unwrapped from accelerate's
+A :class:`~stabilitybench.generate.probe.Probe` on the Trainer's torch optimizer (unwrapped from accelerate's
 wrapper) records one row per optimizer update: ``lr`` (what the Trainer's scheduler set),
 ``grad_norm`` before the Trainer's clipping, ``grad_coherence`` over the last K updates,
 ``update_norm``, ``param_norm``. ``samples_seen`` counts training samples (global step x
@@ -19,8 +19,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from generate.perturbations import Perturbation
-from generate.probe import Probe
+from stabilitybench.generate.perturbations import Perturbation
+from stabilitybench.generate.probe import Probe
 
 
 class StabilityTrainerCallback(TrainerCallback):

@@ -5,8 +5,8 @@
     with Recorder("corpus", "my-model", algo="mlp", env="my-data") as rec:
         Trainer(max_epochs=3, callbacks=[StabilityLightningCallback(rec)]).fit(model, loader)
 
-A :class:`~generate.probe.Probe` on the Trainer's torch optimizer records one row per optimizer
-update, with the same guarantees as the Hugging Face adapter (``generate.adapters.hf``):
+A :class:`~stabilitybench.generate.probe.Probe` on the Trainer's torch optimizer records one row per optimizer
+update, with the same guarantees as the Hugging Face adapter (``stabilitybench.generate.adapters.hf``):
 
 * **Invisible to training.** The final parameters and every loss are bit-identical with and
   without the callback (``tests/test_lightning.py``).
@@ -47,8 +47,8 @@ except ModuleNotFoundError as exc:  # one line that says what to install, not a 
     raise ModuleNotFoundError("StabilityLightningCallback needs PyTorch Lightning: pip install "
                               "'stabilitybench[lightning]'", name="lightning") from exc
 
-from generate.perturbations import Perturbation, TrainingClock
-from generate.probe import Probe
+from stabilitybench.generate.perturbations import Perturbation, TrainingClock
+from stabilitybench.generate.probe import Probe
 
 
 class StabilityLightningCallback(pl.Callback):
@@ -57,7 +57,7 @@ class StabilityLightningCallback(pl.Callback):
     Parameters
     ----------
     recorder:
-        A :class:`~generate.recorder.Recorder` (with a corpus, or ``None`` to only buffer).
+        A :class:`~stabilitybench.generate.recorder.Recorder` (with a corpus, or ``None`` to only buffer).
     perturbation:
         Optional controlled perturbation (``stabilitybench.perturbation(...)``); its window counts
         optimizer updates.
@@ -73,9 +73,9 @@ class StabilityLightningCallback(pl.Callback):
         Which of ``trainer.optimizers`` to probe (manual optimization may have several; automatic
         optimization has one).
     nonfinite:
-        Passed to the :class:`~generate.probe.Probe` when given. The probe's default, ``"stop"``: a
+        Passed to the :class:`~stabilitybench.generate.probe.Probe` when given. The probe's default, ``"stop"``: a
         non-finite update is recorded, the run is closed as ``stop_reason = "nonfinite"`` (status ok)
-        and :class:`~generate.errors.TrainingDiverged` then ends ``fit``; ``"record"`` keeps training.
+        and :class:`~stabilitybench.generate.errors.TrainingDiverged` then ends ``fit``; ``"record"`` keeps training.
     """
 
     def __init__(self, recorder: Any, *, perturbation: Perturbation | None = None, coherence_window: int = 8,

@@ -7,7 +7,7 @@ Attach it to ``learn`` and every optimizer update becomes a ``steps`` row::
 
 It finds the model's torch optimizers (``policy.optimizer`` for PPO/A2C/DQN; the critic's,
 the actor's and SAC's entropy-coefficient optimizer for SAC/TD3) and puts a
-:class:`~generate.probe.Probe` on each. The *main* optimizer's updates define ``step``
+:class:`~stabilitybench.generate.probe.Probe` on each. The *main* optimizer's updates define ``step``
 (PPO/A2C/DQN: the policy's; SAC/TD3: the critic's, with the actor's numbers in the
 ``actor_*`` columns of the same row). It also records ``episode_return`` and ``performance``
 (mean of the last ``perf_window`` episode returns, from SB3's ``Monitor`` infos),
@@ -26,8 +26,8 @@ import torch
 from stable_baselines3 import A2C
 from stable_baselines3.common.callbacks import BaseCallback
 
-from generate.perturbations import Perturbation, TrainingClock, UpdateContext
-from generate.probe import Probe
+from stabilitybench.generate.perturbations import Perturbation, TrainingClock, UpdateContext
+from stabilitybench.generate.probe import Probe
 
 #: SB3 logger key -> steps column, for the values logged once per train() call.
 TRAIN_STATS = {
@@ -56,7 +56,7 @@ class StabilityCallback(BaseCallback):
 
     ``perturbation``: optional (``stabilitybench.perturbation(...)``); ``coherence_window``: K.
     ``close_recorder``: close (write) the recorder when training ends. ``intervention``: an
-    :class:`~generate.intervention.Intervention` to attach to the main optimizer (its rollback restores
+    :class:`~stabilitybench.generate.intervention.Intervention` to attach to the main optimizer (its rollback restores
     the policy and every optimizer; its ``stop`` ends ``learn`` at the next environment step).
     """
 

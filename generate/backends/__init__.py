@@ -1,9 +1,9 @@
 """Where the runs of a matrix execute: a local process pool (default) or a Ray cluster.
 
 A backend only *schedules*: every run goes through the same
-:func:`generate.runner.run_in_worker` → :func:`generate.runner.run_one`, in a fresh
+:func:`stabilitybench.generate.runner.run_in_worker` → :func:`stabilitybench.generate.runner.run_one`, in a fresh
 process per run, and hands its manifest row to the driver's ``record`` callback as it
-finishes. The driver (:func:`generate.runner.run_matrix`) is the only manifest writer.
+finishes. The driver (:func:`stabilitybench.generate.runner.run_matrix`) is the only manifest writer.
 
 A backend is a context manager (connect / start workers on enter, release on exit)
 with ``describe()`` for the progress header and ``execute(specs, corpus, record)``.
@@ -16,10 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from generate.backends.local_pool import LocalPool
-from generate.backends.ray_cluster import RayCluster
-from generate.errors import BackendError
-from generate.spec import RunSpec
+from stabilitybench.generate.backends.local_pool import LocalPool
+from stabilitybench.generate.backends.ray_cluster import RayCluster
+from stabilitybench.generate.errors import BackendError
+from stabilitybench.generate.spec import RunSpec
 
 Record = Callable[[dict[str, Any]], None]
 

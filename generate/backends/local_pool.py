@@ -20,7 +20,7 @@ from multiprocessing import spawn
 from pathlib import Path
 from typing import Any
 
-from generate.spec import RunSpec
+from stabilitybench.generate.spec import RunSpec
 
 
 def _skip_interpreter_teardown() -> None:
@@ -41,7 +41,7 @@ def _worker_init(driver_pid: int) -> None:
     """Set up a pool worker: Ctrl-C is the driver's to handle, and the worker dies with its driver.
 
     The terminal sends SIGINT to the whole process group; the driver decides what stops (see
-    :func:`generate.runner.run_matrix`), so workers ignore it. A watchdog thread kills the
+    :func:`stabilitybench.generate.runner.run_matrix`), so workers ignore it. A watchdog thread kills the
     worker as soon as its parent is no longer the driver (the driver died, even by SIGKILL):
     otherwise an orphaned run would go on training while a rerun trains it a second time.
     """
@@ -67,7 +67,7 @@ def _run_in_pool(spec: RunSpec, corpus: str) -> dict[str, Any]:
     result is sent, and the result is sent before the worker exits, so skipping the teardown loses
     nothing. The handler is registered first, so it runs after every other exit handler (LIFO).
     """
-    from generate.runner import run_in_worker
+    from stabilitybench.generate.runner import run_in_worker
 
     atexit.register(_skip_interpreter_teardown)
     return run_in_worker(spec, corpus)
@@ -77,7 +77,7 @@ class LocalPool:
     """``workers`` runs at a time (default: every core), each in a fresh spawned process with one torch thread.
 
     ``max_tasks_per_child=1`` gives each run a clean interpreter (MuJoCo, torch and the
-    fd redirect of :func:`~generate.runner.run_in_worker` all hold process state). A
+    fd redirect of :func:`~stabilitybench.generate.runner.run_in_worker` all hold process state). A
     killed worker breaks the pool: its runs in flight are recorded as failed and the
     pool is rebuilt for the rest, so one OOM kill never stops the matrix.
     """
@@ -108,7 +108,7 @@ class LocalPool:
 
     def _execute(self, ctx: Any, pending: list[RunSpec], corpus: Path, record: Callable[[dict[str, Any]], None],
                  stop: threading.Event) -> None:
-        from generate.runner import died_row
+        from stabilitybench.generate.runner import died_row
 
         while pending and not stop.is_set():
             pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, max_tasks_per_child=1,
@@ -143,7 +143,7 @@ def _workers_born_ignoring_sigint(ctx: Any) -> Iterator[None]:
     ignore it. A blocked signal mask is no help: the spawned interpreter starts with an empty mask.
     An *ignored* disposition survives ``exec`` and Python keeps SIGINT ignored when it starts that way,
     so the pool spawns its workers through a two-line ``/bin/sh`` wrapper that ignores SIGINT and
-    ``exec``s this interpreter. The driver itself still gets Ctrl-C (see ``generate.runner``).
+    ``exec``s this interpreter. The driver itself still gets Ctrl-C (see ``stabilitybench.generate.runner``).
     """
     fd, wrapper = tempfile.mkstemp(prefix="stabilitybench-worker-", suffix=".sh")
     with os.fdopen(fd, "w") as f:
@@ -162,7 +162,7 @@ def _workers_born_ignoring_sigint(ctx: Any) -> Iterator[None]:
 def _collect(in_flight: dict[Future[dict[str, Any]], RunSpec], futures: Iterable[Future[dict[str, Any]]],
              record: Callable[[dict[str, Any]], None]) -> bool:
     """Record finished futures (removing them from ``in_flight``); True if one found the pool broken."""
-    from generate.runner import died_row
+    from stabilitybench.generate.runner import died_row
 
     dead = False
     for fut in futures:

@@ -8,7 +8,7 @@
   by Ray. That is safe because a run's files are written atomically and named by its
   ``run_id``, and the manifest row is written by the driver only when a result comes back.
 * The driver collects results with ``ray.wait`` and records each row as it arrives, so
-  a killed driver loses no finished run (and :func:`generate.runner.plan` recovers a
+  a killed driver loses no finished run (and :func:`stabilitybench.generate.runner.plan` recovers a
   run whose files landed but whose row did not).
 
 Workers write to the ``--out`` path themselves, so on a multi-node cluster it must be
@@ -25,9 +25,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from generate.errors import BackendError
-from generate.registry import gpus_for
-from generate.spec import RunSpec
+from stabilitybench.generate.errors import BackendError
+from stabilitybench.generate.registry import gpus_for
+from stabilitybench.generate.spec import RunSpec
 
 INSTALL_HINT = "pip install -e '.[ray]' (or pip install 'ray[default]>=2.52')"
 #: Object store of a local instance: results are small dicts, so don't reserve 30% of RAM in /dev/shm.
@@ -126,7 +126,7 @@ class RayCluster:
                 stop: threading.Event | None = None) -> None:
         """Submit every spec and record rows as they finish; once ``stop`` is set, record what finished, cancel
         the rest."""
-        from generate.runner import died_row, run_in_worker
+        from stabilitybench.generate.runner import died_row, run_in_worker
 
         ray = self._ray
         requests = [self.resources(spec) for spec in specs]  # resolves each run's config once

@@ -9,7 +9,7 @@ split into ``grad_accum`` microbatches (K, the coherence sample); the spec's
 ``total_steps`` counts *tokens*, so a run makes ``total_steps // (batch_size *
 block_size)`` optimizer updates.
 
-Corpus: ``env`` names a built-in corpus (:data:`generate.lm.data.BUILTIN_CORPORA`)
+Corpus: ``env`` names a built-in corpus (:data:`stabilitybench.generate.lm.data.BUILTIN_CORPORA`)
 unless ``hparams.corpus`` points at local text (a file, a folder of ``*.txt``, a
 ``.parquet`` file with a ``text`` column, ``file.parquet:column``) or an HF
 ``datasets`` name (``hf:<dataset>[:<config>]``, online only); ``env`` is then just the corpus label.
@@ -21,8 +21,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from generate.errors import CorpusError
-from generate.rl.config import check_fields
+from stabilitybench.generate.errors import CorpusError
+from stabilitybench.generate.rl.config import check_fields
 
 #: Named model sizes: GPT2Config fields plus the optimizer settings that go with them.
 SIZES: dict[str, dict[str, Any]] = {
@@ -123,9 +123,9 @@ def resolve(algo: str, env: str, stochasticity: str, hparams: dict[str, Any]) ->
     """The frozen config of a run: defaults < size ``hparams['model']`` < stochasticity level < hparams.
 
     Raises ValueError for bad values (the profile loader turns it into a ProfileError) and
-    :class:`~generate.errors.CorpusError` for a corpus that does not exist.
+    :class:`~stabilitybench.generate.errors.CorpusError` for a corpus that does not exist.
     """
-    from generate.lm.data import BUILTIN_CORPORA  # light: no torch / tokenizers at import
+    from stabilitybench.generate.lm.data import BUILTIN_CORPORA  # light: no torch / tokenizers at import
 
     model = hparams.get("model", "tiny")
     if model not in SIZES:

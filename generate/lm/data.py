@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from data_schema.io import atomic_path
-from generate.errors import CorpusError
+from stabilitybench.data_schema.io import atomic_path
+from stabilitybench.generate.errors import CorpusError
 
 
 def _pydoc_topics() -> str:

@@ -1,7 +1,7 @@
 """LM-specific telemetry: microbatch gradient coherence and logit probes.
 
 The per-update logic (LR factor, perturbation hooks and events, grad/update/param norms,
-non-finite checks) is the public :class:`generate.probe.Probe`; the GPT-2 loop hands it
+non-finite checks) is the public :class:`stabilitybench.generate.probe.Probe`; the GPT-2 loop hands it
 its flat gradient buffer and a :class:`MicrobatchCoherence`, which changes what
 ``grad_coherence`` means for the LM.
 

@@ -1,7 +1,7 @@
 """GPT-2 language modelling with full telemetry: a plain nanoGPT-style torch loop.
 
 Read top to bottom: resolve the frozen config, load the corpus and its cached BPE, build
-``GPT2LMHeadModel(GPT2Config(...))`` and AdamW, attach the public :class:`~generate.probe.Probe`
+``GPT2LMHeadModel(GPT2Config(...))`` and AdamW, attach the public :class:`~stabilitybench.generate.probe.Probe`
 to the optimizer (handing it the loop's flat gradient buffer and a microbatch coherence), then for
 each optimizer update:
 
@@ -35,15 +35,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from generate.errors import NonFiniteTraining, ProfileError
-from generate.lm.config import LMConfig, resolve
-from generate.lm.data import TokenData, fixed_batches, load_tokens, random_batch
-from generate.lm.telemetry import LogitProbe, MicrobatchCoherence, attach_flat_grads_
-from generate.perturbations import TrainingClock, UpdateContext, build
-from generate.probe import Probe
-from generate.recorder import Recorder
-from generate.registry import GeneratorResult
-from generate.spec import RunSpec
+from stabilitybench.generate.errors import NonFiniteTraining, ProfileError
+from stabilitybench.generate.lm.config import LMConfig, resolve
+from stabilitybench.generate.lm.data import TokenData, fixed_batches, load_tokens, random_batch
+from stabilitybench.generate.lm.telemetry import LogitProbe, MicrobatchCoherence, attach_flat_grads_
+from stabilitybench.generate.perturbations import TrainingClock, UpdateContext, build
+from stabilitybench.generate.probe import Probe
+from stabilitybench.generate.recorder import Recorder
+from stabilitybench.generate.registry import GeneratorResult
+from stabilitybench.generate.spec import RunSpec
 
 #: ``module:parameter-prefix`` of the layer that layer_reset acts on: the first transformer block.
 TARGET_LAYER = "model:transformer.h.0."

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from generate.errors import UnknownEnvError
-from generate.perturbations import Perturbation, TrainingClock
+from stabilitybench.generate.errors import UnknownEnvError
+from stabilitybench.generate.perturbations import Perturbation, TrainingClock
 
 
 def check_env_id(env_id: str) -> None:

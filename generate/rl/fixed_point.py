@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from gymnasium import spaces
 
-from generate.coherence import mean_pairwise_cosine
+from stabilitybench.generate.coherence import mean_pairwise_cosine
 
 
 def ppo_minibatch_loss(model: Any, batch: Any) -> torch.Tensor:

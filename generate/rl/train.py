@@ -1,7 +1,7 @@
 """PPO, SAC and TD3 on MuJoCo with full telemetry, via an SB3 callback and optimizer hooks.
 
 Read top to bottom: resolve the frozen config, build the envs and the SB3 model,
-attach :class:`RLTelemetry` (the public :class:`~generate.adapters.sb3.StabilityCallback`
+attach :class:`RLTelemetry` (the public :class:`~stabilitybench.generate.adapters.sb3.StabilityCallback`
 plus the generator's extras), call ``learn``, hand the buffered rows back. SB3's training
 loops are not copied or patched, and the run is bit-identical to plain SB3's.
 
@@ -24,7 +24,7 @@ Timing of the numbers (one ``steps`` row per *main* optimizer update):
 * ``dormant_fraction`` / ``effective_rank``: every ``probe_every`` updates, on the
   policy's (actor's) hidden layers over a fixed batch of observations.
 * ``grad_coherence_fixed`` (PPO): on the same probe rows, the mean pairwise cosine of K minibatch
-  gradients at fixed parameters (:mod:`generate.rl.fixed_point`); ``grad_coherence`` is the rolling
+  gradients at fixed parameters (:mod:`stabilitybench.generate.rl.fixed_point`); ``grad_coherence`` is the rolling
   estimator across K successive updates.
 """
 
@@ -43,18 +43,18 @@ from stable_baselines3 import PPO, SAC, TD3
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.noise import NormalActionNoise
 
-from generate.adapters.sb3 import StabilityCallback
-from generate.errors import NonFiniteTraining
-from generate.intervention import from_hparams, split_hparams
-from generate.perturbations import Perturbation, TrainingClock, UpdateContext, build
-from generate.recorder import Recorder
-from generate.registry import GeneratorResult
-from generate.representation import HiddenFeatures, dormant_fraction, effective_rank
-from generate.rl.config import resolve
-from generate.rl.envs import evaluate, make_train_env, probe_observations
-from generate.rl.fixed_point import FixedPointCoherence
-from generate.spec import RunSpec
-from generate.telemetry import apply_perturbation, params_finite
+from stabilitybench.generate.adapters.sb3 import StabilityCallback
+from stabilitybench.generate.errors import NonFiniteTraining
+from stabilitybench.generate.intervention import from_hparams, split_hparams
+from stabilitybench.generate.perturbations import Perturbation, TrainingClock, UpdateContext, build
+from stabilitybench.generate.recorder import Recorder
+from stabilitybench.generate.registry import GeneratorResult
+from stabilitybench.generate.representation import HiddenFeatures, dormant_fraction, effective_rank
+from stabilitybench.generate.rl.config import resolve
+from stabilitybench.generate.rl.envs import evaluate, make_train_env, probe_observations
+from stabilitybench.generate.rl.fixed_point import FixedPointCoherence
+from stabilitybench.generate.spec import RunSpec
+from stabilitybench.generate.telemetry import apply_perturbation, params_finite
 
 
 class RLTelemetry(StabilityCallback):
@@ -173,7 +173,7 @@ class RLTelemetry(StabilityCallback):
 # ----------------------------------------------------------------- per-algorithm facts
 def _optimizers(model: Any, algo: str) -> list[tuple[torch.optim.Optimizer, str]]:
     """(optimizer, role) in the order SB3 steps them within one gradient step."""
-    from generate.adapters.sb3 import sb3_optimizers
+    from stabilitybench.generate.adapters.sb3 import sb3_optimizers
 
     return sb3_optimizers(model)
 
