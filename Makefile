@@ -6,7 +6,7 @@ SB      = $(VENV)/bin/stabilitybench
 STAMP   = $(VENV)/.installed
 WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: quick test faults lint bench docs clean-corpus
+.PHONY: quick test test-all faults lint bench docs clean-corpus
 
 # torch first, pinned to the local CPU wheel: a bare `torch` requirement would pull a
 # multi-GB CUDA build. The project's torch range is satisfied by it, so pip adds nothing.
@@ -26,8 +26,14 @@ quick: $(STAMP)
 	$(SB) report --results results --out reports/out
 	@echo "corpus: $(CURDIR)/corpus   results: $(CURDIR)/results   report: $(CURDIR)/reports/out/index.html"
 
+# the everyday suite (<= 10 min on a quiet 2-core machine): every test but the slow ones and the fault injection
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not slow and not faults"
+
+# everything but the fault injection: `make test` plus the tests marked slow (Ray clusters, fresh-venv installs,
+# the docs site build); what CI runs (.ci/run)
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m "not faults"
 
 # the fault-injection suite (tests/test_faults.py): >= 50 faults on the smoke profile, closing table printed
 # and written to faults_table.md

@@ -26,11 +26,9 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
-from stabilitybench.analysis.data import is_unperturbed
-from stabilitybench.analysis.survival import group_label
+from stabilitybench.data_schema.keys import GROUP_KEYS, ConfigKey, control_mask
 
 CONFIG_KEYS = ("domain", "algo", "stochasticity", "perturbation", "magnitude", "duration_steps")
-MATCH_KEYS = ("domain", "algo", "env", "stochasticity")
 #: Thresholds of the performance profile (in control-normalised score).
 TAUS = tuple(np.round(np.linspace(0.0, 1.5, 31), 3))
 _EMPTY = {"domain": pl.String, "algo": pl.String, "stochasticity": pl.String, "perturbation": pl.String,
@@ -40,11 +38,12 @@ _EMPTY = {"domain": pl.String, "algo": pl.String, "stochasticity": pl.String, "p
 def normalised_scores(runs: pl.DataFrame) -> pl.DataFrame:
     """``runs`` (one row per run: the keys above, ``final_performance``) plus ``control_median`` and ``score``.
 
-    A run is a control when it is unperturbed (:func:`stabilitybench.analysis.data.is_unperturbed`).
+    A run is a control when :func:`stabilitybench.data_schema.keys.control_mask` says so; its matched controls
+    share its :data:`~stabilitybench.data_schema.keys.GROUP_KEYS`.
     """
-    controls = (runs.filter(is_unperturbed(runs)).filter(pl.col("final_performance").is_not_null())
-                .group_by(list(MATCH_KEYS)).agg(pl.col("final_performance").median().alias("control_median")))
-    out = runs.join(controls, on=list(MATCH_KEYS), how="left")
+    controls = (runs.filter(control_mask(runs)).filter(pl.col("final_performance").is_not_null())
+                .group_by(list(GROUP_KEYS)).agg(pl.col("final_performance").median().alias("control_median")))
+    out = runs.join(controls, on=list(GROUP_KEYS), how="left")
     m0 = pl.col("control_median")
     score = pl.when(m0.is_not_null() & (m0 != 0)).then(1 + (pl.col("final_performance") - m0) / m0.abs())
     return out.with_columns(score.alias("score"))
@@ -57,7 +56,7 @@ def _by_config(scored: pl.DataFrame) -> list[tuple[dict, list[np.ndarray]]]:
     for key, g in sorted(usable.group_by(list(CONFIG_KEYS)), key=lambda kv: tuple(str(k) for k in kv[0])):
         tasks = [t["score"].to_numpy() for _, t in sorted(g.group_by("env"), key=lambda kv: str(kv[0]))]
         keys = dict(zip(CONFIG_KEYS, key, strict=True))
-        keys["config"] = group_label(keys["perturbation"], keys["magnitude"], keys["duration_steps"])
+        keys["config"] = ConfigKey.of(keys).label()
         groups.append((keys, tasks))
     return groups
 

@@ -16,18 +16,23 @@ same FPR by :meth:`~stabilitybench.analysis.metastate.base.MonitorBase.calibrate
   the 90%-variance number of components, fitted on the training runs.
 * :class:`CoherenceDrop`: minus the trailing z-score of ``grad_coherence`` (a drop scores high).
 
-A detector whose column is absent reports ``available = False`` and is left out.
+A detector whose column is absent reports ``available = False`` and is left out. Each one also scores a
+run one block at a time (``_nll_stepper``, run by :meth:`~stabilitybench.analysis.metastate.base.MonitorBase.stepper`)
+with the numbers of its whole-run ``_nll``. :data:`SPECS` registers them
+(:mod:`stabilitybench.analysis.detectors`): a new baseline is a class here plus its line in :data:`SPECS`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections import deque
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from stabilitybench.analysis.metastate.base import MonitorBase
+from stabilitybench.analysis.metastate.base import DetectorSpec, MonitorBase
 
 
 def trailing_z(x: np.ndarray, window: int, floor: float | None = None) -> np.ndarray:
@@ -115,6 +120,22 @@ class _ColumnDetector(MonitorBase):
         j = self.features.index(self.column)
         return self.sign * trailing_z(Z[:, j], self.window, Z_FLOOR)
 
+    def _nll_stepper(self) -> Callable[[np.ndarray], float]:
+        """:func:`trailing_z` of the column at the newest block: its last ``window`` values are kept."""
+        j, sign, window = self.features.index(self.column), float(self.sign), int(self.window)
+        past: deque[float] = deque(maxlen=window)
+
+        def step(z: np.ndarray) -> float:
+            x = float(z[j])
+            nll = math.nan
+            if len(past) == window:
+                w = np.fromiter(past, float, window)
+                nll = sign * (x - float(np.nanmean(w))) / max(float(np.nanstd(w)), Z_FLOOR)
+            past.append(x)
+            return nll
+
+        return step
+
     def get_params(self) -> dict[str, Any]:
         return {"features": list(self.features), "window": self.window, "smooth": self.smooth}
 
@@ -181,6 +202,10 @@ class PCAReconstruction(MonitorBase):
         R = D - D @ self.components_.T @ self.components_
         return (R**2).mean(axis=1)
 
+    def _nll_stepper(self) -> Callable[[np.ndarray], float]:
+        """Row-wise already: :meth:`_nll` of the one block (no state)."""
+        return lambda z: float(self._nll(z[None, :])[0])
+
 
 class EWSDetector(MonitorBase):
     """Rolling variance + lag-1 autocorrelation of the leading PC, as Kendall-tau trends."""
@@ -202,14 +227,47 @@ class EWSDetector(MonitorBase):
         var, ac1 = rolling_var_ac1(x, self.window)
         return 0.5 * (rolling_kendall(var, self.trend) + rolling_kendall(ac1, self.trend))
 
+    def _nll_stepper(self) -> Callable[[np.ndarray], float]:
+        """:meth:`_nll` at the newest block from the last ``window`` projections and the last ``trend``
+        variances and autocorrelations (O(window + trend^2) per block, whatever the run's length)."""
+        window, trend = int(self.window), int(self.trend)
+        xs: deque[float] = deque(maxlen=window)
+        var: deque[float] = deque(maxlen=trend)
+        ac1: deque[float] = deque(maxlen=trend)
 
-#: The baselines that a monitor file can hold and :class:`stabilitybench.analysis.online.OnlineMonitor` can run live.
-SAVEABLE_BASELINES = ("grad_norm_z", "loss_spike", "coherence_drop")
+        def step(z: np.ndarray) -> float:
+            xs.append(float((z - self.center_) @ self.pc1_))
+            v = a = math.nan
+            if len(xs) == window:
+                v_, a_ = rolling_var_ac1(np.fromiter(xs, float, window), window)
+                v, a = float(v_[-1]), float(a_[-1])
+            var.append(v)
+            ac1.append(a)
+            if len(var) < trend:
+                return math.nan
+            tv = rolling_kendall(np.fromiter(var, float, trend), trend)[-1]
+            ta = rolling_kendall(np.fromiter(ac1, float, trend), trend)[-1]
+            return float(0.5 * (tv + ta))
 
-BASELINES = {
-    "grad_norm_z": GradNormZ,
-    "loss_spike": LossSpike,
-    "ews_var_ac1": EWSDetector,
-    "pca_recon": PCAReconstruction,
-    "coherence_drop": CoherenceDrop,
-}
+        return step
+
+
+def _windowed(cls: type[MonitorBase]) -> Callable[[list[str], Any], MonitorBase]:
+    """Builder of a baseline that takes ``(features, window, smooth)``: the evaluation's baseline window."""
+    def build(features: list[str], cfg: Any) -> MonitorBase:
+        return cls(features, window=cfg.baseline_window, smooth=cfg.smooth)
+
+    return build
+
+
+#: The baselines of the registry (:mod:`stabilitybench.analysis.detectors`), in evaluation order. A new baseline
+#: is a class above plus a line here (``saveable`` only for a causal one with ``to_arrays``/``from_arrays``).
+SPECS: tuple[DetectorSpec, ...] = (
+    DetectorSpec("grad_norm_z", "grad-norm z", "baseline", GradNormZ, _windowed(GradNormZ), saveable=True),
+    DetectorSpec("loss_spike", "loss spike z", "baseline", LossSpike, _windowed(LossSpike), saveable=True),
+    DetectorSpec("ews_var_ac1", "variance + AC1 trend", "baseline", EWSDetector, _windowed(EWSDetector)),
+    DetectorSpec("pca_recon", "PCA reconstruction", "baseline", PCAReconstruction,
+                 lambda features, cfg: PCAReconstruction(features, smooth=cfg.smooth)),
+    DetectorSpec("coherence_drop", "coherence drop", "baseline", CoherenceDrop, _windowed(CoherenceDrop),
+                 saveable=True),
+)

@@ -26,6 +26,7 @@ import polars as pl
 from stabilitybench.analysis.stats import cluster_bootstrap_ci
 from stabilitybench.analysis.summary import not_testable, number
 from stabilitybench.analysis.survival import with_config_label
+from stabilitybench.data_schema.keys import onset_step
 
 #: The estimator behind ``grad_coherence`` per domain (see the schema description of the column).
 ESTIMATORS = {"rl": "rolling: across the last K updates",
@@ -63,7 +64,7 @@ def aligned(
         grid = np.full((len(ref_ids), window + 1), np.nan)
         for i, rid in enumerate(ref_ids):
             steps, X, _ = arrays[rid]
-            b0 = int(np.searchsorted(steps, g.filter(pl.col("run_id") == rid)["onset_step"][0] or 0))
+            b0 = int(np.searchsorted(steps, onset_step(g.row(by_predicate=pl.col("run_id") == rid, named=True))))
             seg = X[b0: b0 + window + 1, j]
             grid[i, : seg.size] = seg
         with np.errstate(all="ignore"), warnings.catch_warnings():
@@ -73,7 +74,7 @@ def aligned(
             if r["run_id"] not in arrays:
                 continue
             steps, X, _ = arrays[r["run_id"]]
-            onset = int(r["onset_step"] or 0)
+            onset = onset_step(r)
             b0 = int(np.searchsorted(steps, onset))
             for o in range(window + 1):
                 b = b0 + o

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from stabilitybench.analysis.stats import causal_window, windowed_mean
+from stabilitybench.analysis.stats import causal_window, ffill, windowed_mean
+from stabilitybench.data_schema.keys import onset_step
 
 #: The collapse rule in words (Markdown); the one text the docs, the dataset card and ``help()`` quote.
 RULE = """For a run r in a *matched group* (same domain, algo, env and stochasticity level):
@@ -109,21 +110,12 @@ def n_updates(steps: np.ndarray) -> int:
     return int(steps.max()) + 1 if steps.size else 0
 
 
-def _ffill(x: np.ndarray) -> np.ndarray:
-    """Forward-fill NaNs along a 1-D array (leading NaNs stay NaN)."""
-    if x.size == 0:
-        return x.copy()
-    idx = np.where(np.isnan(x), -1, np.arange(x.size))
-    np.maximum.accumulate(idx, out=idx)
-    return np.where(idx >= 0, x[np.maximum(idx, 0)], np.nan)
-
-
 def smooth(perf: np.ndarray, window: int) -> np.ndarray:
     """Causal rolling mean of the forward-filled ``perf`` (shape ``(T,)``) over ``window`` updates.
 
     NaNs (before the first report) stay NaN; the window's mean uses the non-NaN values in it.
     """
-    x = _ffill(np.asarray(perf, dtype=float))
+    x = ffill(np.asarray(perf, dtype=float))
     return windowed_mean(x, *causal_window(x.size, window), valid=~np.isnan(x))
 
 
@@ -149,7 +141,7 @@ def envelope(controls: list[np.ndarray], length: int, cfg: CollapseConfig) -> En
         m = min(length, c.size)
         grid[i, :m] = c[:m]
         if c.size < length and c.size:
-            grid[i, m:] = _ffill(c)[-1]
+            grid[i, m:] = ffill(c)[-1]
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns (before the first report) stay NaN
         mu = np.nanmean(grid, axis=0)
@@ -179,7 +171,7 @@ def envelope(controls: list[np.ndarray], length: int, cfg: CollapseConfig) -> En
 
 def centred_smooth(perf: np.ndarray, window: int) -> np.ndarray:
     """Centred rolling mean of the forward-filled ``perf`` (shape ``(T,)``) over ``window`` updates (offline)."""
-    return _rolling_mean_nan(_ffill(np.asarray(perf, dtype=float)), window)
+    return _rolling_mean_nan(ffill(np.asarray(perf, dtype=float)), window)
 
 
 def _below(s: np.ndarray, line: np.ndarray) -> np.ndarray:
@@ -245,7 +237,7 @@ def offline_date(c: np.ndarray, line: np.ndarray, onset: int, crossing: int) -> 
 def detect(
     steps: np.ndarray,
     perf: np.ndarray,
-    onset: int | None,
+    onset: int,
     controls: list[np.ndarray],
     nonfinite_step: int | None,
     cfg: CollapseConfig,
@@ -256,7 +248,8 @@ def detect(
 
     ``steps`` and ``perf`` (shape ``(T,)``) are the run's update indices (0..T-1) and raw
     performance (NaN where null); ``controls`` are the *smoothed* curves of its matched
-    controls; ``window_end`` is the first update after the perturbation window (default: onset).
+    controls; ``onset``: the run's onset update (:func:`stabilitybench.data_schema.keys.onset_step`);
+    ``window_end`` is the first update after the perturbation window (default: onset).
     ``env``: the controls' :func:`envelope` on this run's grid, if the caller already has it
     (it depends only on the controls and ``T``; :func:`collapse_group` shares one per fold).
     Returns the outcome columns (see the module docstring) plus ``note``, ``n_controls``, ``control_gain``.
@@ -268,7 +261,7 @@ def detect(
     window = max(1, round(cfg.smooth_frac * T))
     s = smooth(p, window)
     env = envelope(controls, T, cfg) if env is None else env
-    start = int(onset) if onset is not None else 0
+    start = int(onset)
     hit = first_collapse(s, env.line, start, cfg, window_end) if T else None
     perf_date = confirmed = None
     if hit is not None:
@@ -279,7 +272,7 @@ def detect(
         kind, step = "performance", perf_date
     if nonfinite_step is not None and (step is None or nonfinite_step <= step):
         kind, step, confirmed = "nonfinite", int(nonfinite_step), int(nonfinite_step)
-    finite = _ffill(np.where(np.isfinite(p), p, np.nan))
+    finite = ffill(np.where(np.isfinite(p), p, np.nan))
     edge = max(1, round(cfg.edge_frac * T))
     tail = finite[-edge:] if T else finite
     final = float(np.nanmean(tail)) if T and np.isfinite(tail).any() else None
@@ -347,7 +340,7 @@ def collapse_group(
     """
     ids = runs["run_id"].to_list()
     seeds = [int(x) for x in runs["seed"].to_list()]
-    onsets = runs["onset_step"].to_list()
+    onsets = [onset_step(r) for r in runs.iter_rows(named=True)]
     durs = runs["duration_steps"].to_list() if "duration_steps" in runs.columns else [None] * len(ids)
     smoothed: dict[str, tuple[int, np.ndarray]] = {}
     for rid, seed, is_ctrl in zip(ids, seeds, control_mask, strict=True):
@@ -373,7 +366,7 @@ def collapse_group(
         key = (fold if k else bool(is_ctrl), n_updates(st))
         if key not in envelopes:
             envelopes[key] = envelope(controls, key[1], cfg)
-        wend = None if onset is None else int(onset) + (int(dur) if dur is not None and not is_ctrl else 0)
+        wend = onset + (int(dur) if dur is not None and not is_ctrl else 0)
         out = detect(st, pf, onset, controls, nonfinite.get(rid), cfg, wend, env=envelopes[key])
         if not k and smoothed:
             out["note"] = "; ".join(x for x in (out["note"], "one control seed: not cross-fitted") if x)

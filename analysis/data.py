@@ -52,6 +52,8 @@ from stabilitybench.data_schema import (
 )
 from stabilitybench.data_schema.compat import upgrade_frame
 from stabilitybench.data_schema.corpus import events_path
+from stabilitybench.data_schema.keys import GROUP_KEYS, control_mask
+from stabilitybench.data_schema.keys import intervention_arm as intervention_arm  # re-exported: analysis callers
 from stabilitybench.data_schema.verify import readable_runs
 
 #: Columns never used as telemetry features (see the module docstring).
@@ -69,8 +71,6 @@ LOG_COLUMNS = frozenset(
 )
 #: Columns whose non-finite value marks a diverged run.
 NONFINITE_COLUMNS = ("loss", "grad_norm", "update_norm", "param_norm", "train_loss", "val_loss", "performance")
-#: Keys that make runs comparable (matched unperturbed runs share them).
-GROUP_KEYS = ("domain", "algo", "env", "stochasticity")
 
 NUMERIC_STEP_COLUMNS = tuple(
     f.name for f in STEPS_SCHEMA if f.type in (STEPS_SCHEMA.field("lr").type, STEPS_SCHEMA.field("step").type)
@@ -123,20 +123,7 @@ def load_runs(corpus: str | os.PathLike[str], notes: list[str] | None = None,
     return runs
 
 
-#: Where a run's live-monitor action is recorded (``stabilitybench.generate.intervention``): its spec's hparams.
-INTERVENTION_PATH = "$.spec.hparams.intervention"
 MONITOR_PATH = "$.spec.hparams.monitor"
-
-
-def intervention_arm(runs: pl.DataFrame) -> pl.Series:
-    """Per run, the action(s) it took on a live monitor's alarm (``hparams.intervention``), else ``"none"``.
-
-    Read from the manifest's ``config_json``; all ``"none"`` when ``runs`` has no such column.
-    """
-    if "config_json" not in runs.columns:
-        return pl.Series("arm", ["none"] * runs.height, dtype=pl.String)
-    return runs.select(pl.col("config_json").str.json_path_match(INTERVENTION_PATH).fill_null("none")
-                       .alias("arm")).to_series()
 
 
 def intervention_monitor(runs: pl.DataFrame) -> pl.Series:
@@ -147,19 +134,9 @@ def intervention_monitor(runs: pl.DataFrame) -> pl.Series:
     return runs.select(pl.col("config_json").str.json_path_match(MONITOR_PATH).alias("monitor_file")).to_series()
 
 
-def is_unperturbed(runs: pl.DataFrame) -> pl.Series:
-    """Boolean mask of the unperturbed control runs of ``runs``: the project's one definition of a control.
-
-    A run is unperturbed when its ``dimension`` or its ``perturbation`` is ``"none"`` (whichever
-    of the two columns ``runs`` has) and it took no action on a live monitor's alarm
-    (:func:`intervention_arm`): a run whose LR was backed off or that was rolled back is not natural
-    training, so it defines neither the collapse rule's band nor a monitor's training data.
-    """
-    tests = [pl.col(c) == "none" for c in ("dimension", "perturbation") if c in runs.columns]
-    if not tests:
-        raise ValueError("is_unperturbed needs a 'dimension' or 'perturbation' column")
-    none = runs.select(pl.any_horizontal(tests).fill_null(False).alias("unperturbed")).to_series()
-    return none & (intervention_arm(runs) == "none")
+#: The project's one definition of a control run lives in :mod:`stabilitybench.data_schema.keys`
+#: (:func:`~stabilitybench.data_schema.keys.control_mask`); this is its historical name.
+is_unperturbed = control_mask
 
 
 def load_events(corpus: str | os.PathLike[str], runs: pl.DataFrame | None = None,

@@ -24,14 +24,15 @@ from typing import Any
 import polars as pl
 
 from stabilitybench.analysis.conformal import min_calibration_runs
-from stabilitybench.analysis.data import is_unperturbed, iter_run_steps
+from stabilitybench.analysis.data import iter_run_steps
+from stabilitybench.analysis.detectors import spec_for
 from stabilitybench.analysis.errors import MonitorFileError
 from stabilitybench.analysis.metastate.base import MonitorBase
-from stabilitybench.analysis.monitor_file import MonitorFile, detector_class, fit_monitor, provenance_of
+from stabilitybench.analysis.monitor_file import MonitorFile, fit_monitor, provenance_of
+from stabilitybench.data_schema.keys import GROUP_KEYS, control_mask
 
 #: Fewest training runs a refit accepts (the Kalman EM and the GRU need several sequences).
 MIN_TRAIN_RUNS = 2
-GROUP_KEYS = ("domain", "algo", "env", "stochasticity")
 
 
 @dataclass(frozen=True)
@@ -44,11 +45,11 @@ class Split:
 
 def fresh_detector(template: MonitorFile) -> MonitorBase:
     """An unfitted detector of the template's kind with its constructor parameters."""
-    return detector_class(template.kind)(**template.detector.get_params())
+    return spec_for(template.kind).cls(**template.detector.get_params())
 
 
 def control_runs(runs: pl.DataFrame, group: str) -> pl.DataFrame:
-    """The group's unperturbed runs (:func:`analysis.data.is_unperturbed`: runs that acted on an alarm are
+    """The group's control runs (:func:`stabilitybench.data_schema.keys.control_mask`: runs that acted on an alarm are
     not controls) that did not collapse, from ``analyze``'s runs table."""
     parts = group.split("/")
     if len(parts) != len(GROUP_KEYS):
@@ -57,7 +58,7 @@ def control_runs(runs: pl.DataFrame, group: str) -> pl.DataFrame:
     missing = need - set(runs.columns)
     if missing:
         raise MonitorFileError(f"the runs table lacks {', '.join(sorted(missing))}: is it analyze's runs.parquet?")
-    cond = pl.lit(is_unperturbed(runs)) & ~pl.col("collapsed").fill_null(True)
+    cond = pl.lit(control_mask(runs)) & ~pl.col("collapsed").fill_null(True)
     for k, v in zip(GROUP_KEYS, parts, strict=True):
         cond &= pl.col(k).cast(pl.String) == v
     return runs.filter(cond).sort("seed")

@@ -41,16 +41,15 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from stabilitybench.analysis.baselines import BASELINES, SAVEABLE_BASELINES
 from stabilitybench.analysis.collapse import n_updates
 from stabilitybench.analysis.conformal import ConformalCalibrator
+from stabilitybench.analysis.detectors import DETECTORS, default_names, spec_for
 from stabilitybench.analysis.errors import InsufficientDataError
-from stabilitybench.analysis.metastate import KalmanMonitor, MonitorBase
+from stabilitybench.analysis.metastate import MonitorBase
 from stabilitybench.analysis.metastate.base import window_max
 from stabilitybench.analysis.monitor_file import SUFFIX, MonitorFile, provenance_of
 from stabilitybench.analysis.summary import Status, StatusKind, not_testable
-
-MONITORS = ("kalman", "gru")
+from stabilitybench.data_schema.keys import onset_step, resolve_onset
 
 
 @dataclass(frozen=True)
@@ -79,9 +78,9 @@ class EarlyWarningConfig:
 
 
 def default_detectors() -> tuple[str, ...]:
-    """Every monitor and baseline; the GRU monitor only where torch is installed (not in the core install)."""
-    has_torch = importlib.util.find_spec("torch") is not None
-    return tuple(d for d in (*MONITORS, *BASELINES) if d != "gru" or has_torch)
+    """Every monitor and baseline of the registry (:mod:`stabilitybench.analysis.detectors`), in its order; the
+    GRU monitor only where torch is installed (not in the core install)."""
+    return default_names(importlib.util.find_spec("torch") is not None)
 
 
 def seed_folds(seeds: list[int], max_folds: int = 5) -> list[dict[str, list[int]]]:
@@ -100,17 +99,12 @@ def seed_folds(seeds: list[int], max_folds: int = 5) -> list[dict[str, list[int]
 
 
 def make_detector(name: str, features: list[str], cfg: EarlyWarningConfig) -> MonitorBase:
-    """A fresh, unfitted detector by name."""
-    if name == "kalman":
-        return KalmanMonitor(n_latent="pca90", n_iter=cfg.kalman_iter, smooth=cfg.smooth, seed=cfg.seed)
-    if name == "gru":
-        from stabilitybench.analysis.metastate.gru import GRUMonitor
-
-        return GRUMonitor(hidden=cfg.gru_hidden, epochs=cfg.gru_epochs, smooth=cfg.smooth, seed=cfg.seed)
-    cls = BASELINES[name]
-    if name == "pca_recon":
-        return cls(features, smooth=cfg.smooth)
-    return cls(features, window=cfg.baseline_window, smooth=cfg.smooth)
+    """A fresh, unfitted detector by name (its registry spec's ``build``); one line for an unknown name."""
+    spec = DETECTORS.get(name)
+    if spec is None or spec.build is None:
+        spec = spec_for(name)  # raises for an unknown name
+        raise InsufficientDataError(f"{name!r} is a {spec.family}: it is not built as a detector")
+    return spec.build(list(features), cfg)
 
 
 def _onset_index(steps: np.ndarray, onset: int | None) -> int:
@@ -125,16 +119,18 @@ ECHO_COLUMNS = ("lr", "update_norm", "param_norm")
 def detector_variants(features: list[str], cfg: EarlyWarningConfig) -> list[tuple[str, str, list[str]]]:
     """``(detector label, detector name, feature columns)`` of every detector to evaluate.
 
-    The monitors run twice: without the intervention-echo columns (:data:`ECHO_COLUMNS`: they move
-    with the perturbation itself, so a monitor that reads them "detects" the kick) under their own
-    name, and with them as ``<name>+echo``. The baselines see the features without the echo columns.
+    The monitors (the specs with ``echo``) run twice: without the intervention-echo columns
+    (:data:`ECHO_COLUMNS`: they move with the perturbation itself, so a monitor that reads them "detects"
+    the kick) under their own name, and with them as ``<name>+echo``. The baselines see the features
+    without the echo columns. An unknown name in ``cfg.detectors`` is refused with one line.
     """
     base = [c for c in features if c not in ECHO_COLUMNS]
     echo = list(features) if any(c in ECHO_COLUMNS for c in features) else None
     out = []
     for name in cfg.detectors:
+        spec = spec_for(name)
         out.append((name, name, base))
-        if name in MONITORS and echo is not None and cfg.with_echo:
+        if spec.echo and echo is not None and cfg.with_echo:
             out.append((f"{name}+echo", name, echo))
     return out
 
@@ -163,6 +159,8 @@ def evaluate_group(
     provenance). With ``external_train`` (sequences from *other* envs:
     leave-one-env-out) every fold trains on those instead of its own training seeds.
     """
+    for name in cfg.detectors:
+        spec_for(name)  # an unknown detector is refused (one line) before anything is fitted
     folds = seed_folds(runs["seed"].to_list(), cfg.max_folds)
     if not folds:
         return _empty_rows(), _empty_traces(), [not_testable("fewer than 3 seeds")]
@@ -178,7 +176,7 @@ def evaluate_group(
             progress(f"{len(folds)} folds x {len(variants)} detectors on {min(n_jobs, len(jobs))} processes")
         # dispatched longest first (GRU fits, then Kalman fits, then the baselines), so that no process is left
         # fitting a GRU alone at the end; the results go back to job order before they are merged
-        order = sorted(range(len(jobs)), key=lambda j: _FIT_COST_RANK.get(jobs[j][5][0][1], len(_FIT_COST_RANK)))
+        order = sorted(range(len(jobs)), key=lambda j: spec_for(jobs[j][5][0][1]).fit_order)
         ran = Parallel(n_jobs=min(n_jobs, len(jobs)), backend="loky")(
             delayed(_evaluate_fold_in_worker)(*jobs[j]) for j in order)
         done = [None] * len(jobs)
@@ -203,10 +201,6 @@ def evaluate_group(
 def _processes(cfg: EarlyWarningConfig) -> int:
     """How many processes the (fold, detector) jobs run on: ``cfg.n_jobs``, or every core when it is 0."""
     return cfg.n_jobs if cfg.n_jobs > 0 else (os.cpu_count() or 1)
-
-
-#: Detectors by the cost of one fold's fit, most expensive first (the rest: cheap baselines).
-_FIT_COST_RANK = {"gru": 0, "kalman": 1}
 
 
 def _merge_fold(parts: list[tuple[list[dict[str, Any]], list[pl.DataFrame], dict[str, Any]]]
@@ -300,17 +294,14 @@ def _evaluate_fold(i: int, fold: dict[str, list[int]], info: dict[str, dict[str,
             st, X, nf = arrays[r]
             sc = det.score(X[:, idx])
             sc[nf] = np.inf
-            cal_max.append(window_max(sc, st, info[r]["onset_step"], None))
+            cal_max.append(window_max(sc, st, onset_step(info[r]), None))
         conf = ConformalCalibrator(cfg.fpr).fit(cal_max)
         det.threshold_ = conf.threshold_
-        info_fit: dict[str, Any] = {"threshold": conf.threshold_, **conf.summary(), "features": cols}
-        if name == "kalman":
-            info_fit.update(n_latent=det.n_latent_, em_iterations=len(det.loglik_))
-        if name == "gru":
-            info_fit.update(final_train_nll=det.train_nll_)
+        info_fit: dict[str, Any] = {"threshold": conf.threshold_, **conf.summary(), "features": cols,
+                                    **det.fit_summary()}
         note.setdefault("detectors", {})[label] = info_fit
-        if save_dir is not None and (name in MONITORS or name in SAVEABLE_BASELINES):
-            warmup = min((int(info[r]["onset_step"] or 0) for r in calib_ids), default=0)
+        if save_dir is not None and spec_for(name).saveable:
+            warmup = min((onset_step(info[r]) for r in calib_ids), default=0)
             MonitorFile(det, cols, block, warmup, conf.threshold_, conf.alpha, conf.alpha_used_, conf.n_,
                         provenance=provenance_of(info.values(), train_ids if external_train is None else [],
                                                  calib_ids)).save(save_dir / f"{label}_fold{i}{SUFFIX}")
@@ -349,8 +340,11 @@ def _empty_traces() -> pl.DataFrame:
 
 
 def landmark(onset: int | None, duration: int | None, unperturbed: bool, block: int) -> int:
-    """The prediction landmark L: the end of the perturbation window plus one block (controls: onset + 1 block)."""
-    o = int(onset or 0)
+    """The prediction landmark L: the end of the perturbation window plus one block (controls: onset + 1 block).
+
+    ``onset``: a run's ``onset_step`` (null: :func:`stabilitybench.data_schema.keys.resolve_onset`).
+    """
+    o = resolve_onset(onset)
     d = 0 if unperturbed or duration is None else int(duration)
     return o + d + max(1, int(block))
 
@@ -398,13 +392,13 @@ def _run_row(rid: str, r: dict[str, Any], fold: int, name: str, conf: ConformalC
     * ``window_score``: over ``[onset, collapse)`` or ``[onset, last update]``.
     * a non-finite collapse is never "preceded" by the alarm at its own step (lead 0 is no warning).
     """
-    onset = int(r["onset_step"] or 0)
+    onset = onset_step(r)
     cstep = r["collapse_step"] if r["collapsed"] else None
     after = steps >= onset
     H = cfg.horizon_frac * n_updates(steps)
     before = steps < cstep if cstep is not None else np.ones(steps.size, dtype=bool)
     det_mask = after & before & (steps <= onset + H)
-    L = landmark(r["onset_step"], r.get("duration_steps"), bool(r["unperturbed"]), block)
+    L = landmark(onset, r.get("duration_steps"), bool(r["unperturbed"]), block)
     alarm = after & (pval <= conf.alpha_used_ + 1e-12)
     first = int(steps[np.argmax(alarm)]) if alarm.any() else None
     preceded = cstep is not None and first is not None and first < cstep

@@ -32,3 +32,10 @@ class NotFittedError(AnalysisError):
 
 class MonitorFileError(AnalysisError):
     """A monitor file cannot be read, or does not fit the run it is asked to score (e.g. missing columns)."""
+
+
+class UnknownDetectorError(AnalysisError, KeyError):
+    """A detector name that :data:`stabilitybench.analysis.detectors.DETECTORS` does not hold."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

@@ -32,6 +32,7 @@ import polars as pl
 from stabilitybench.analysis.data import intervention_arm, intervention_monitor
 from stabilitybench.analysis.monitor_file import SUFFIX
 from stabilitybench.analysis.stats import bootstrap_ci
+from stabilitybench.data_schema.keys import ConfigKey
 
 #: Columns that make two runs the same run but for the action.
 PAIR_KEYS = ("algo", "env", "stochasticity", "perturbation", "magnitude", "duration_steps", "onset_frac", "seed")
@@ -115,7 +116,7 @@ def intervention_table(runs: pl.DataFrame, events: pl.DataFrame | None = None, n
             "runs_alarmed": int((g["n_alarms"] > 0).sum()) if g["n_alarms"].null_count() < g.height else None,
             "runs_acted": int((g["n_actions"] > 0).sum()) if g["n_actions"].null_count() < g.height else None,
             "median_first_action_step": float(first.median()) if first.len() else None,
-            "controls": pert == "none",
+            "controls": ConfigKey(pert).is_control,
         })
     return pl.DataFrame(rows, infer_schema_length=None) if rows else pl.DataFrame()
 

@@ -12,8 +12,8 @@ File format: one ``.npz`` (no pickle) with a JSON ``meta`` entry and the model's
 weights as ``net.<name>`` float32 arrays), so a file written here loads in a fresh process with numpy
 alone (torch only for a GRU). ``meta`` holds:
 
-* ``kind`` (``kalman`` | ``gru`` | a causal baseline of :data:`stabilitybench.analysis.baselines.SAVEABLE_BASELINES`,
-  e.g. ``loss_spike``) and the detector's constructor ``params``;
+* ``kind`` (a saveable detector of the registry, :func:`stabilitybench.analysis.detectors.saveable_names`:
+  ``kalman``, ``gru`` or a causal baseline such as ``loss_spike``) and the detector's constructor ``params``;
 * ``features`` (steps column names, in model order) and ``transforms`` (``identity`` | ``log1p``:
   ``sign(x) log1p(|x|)`` | ``log10``: ``log10(x)`` for ``x > 0``), applied as in
   :func:`stabilitybench.analysis.data.feature_frame`: a non-finite value becomes missing, then the transform, then a
@@ -45,8 +45,13 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from stabilitybench.analysis.errors import MonitorFileError
+from stabilitybench.analysis.detectors import DETECTORS, saveable_names, spec_of
+from stabilitybench.analysis.errors import MonitorFileError, UnknownDetectorError
 from stabilitybench.analysis.metastate.base import MonitorBase
+from stabilitybench.analysis.online import OnlineMonitor
+from stabilitybench.analysis.stats import ffill
+from stabilitybench.analysis.summary import plain
+from stabilitybench.data_schema.keys import GROUP_KEYS
 from stabilitybench.data_schema.version import code_version
 
 FORMAT = "stabilitybench-monitor"
@@ -81,36 +86,24 @@ def analysis_code_version() -> str:
     return code_version()
 
 
-def _detector_kind(det: MonitorBase) -> str:
-    from stabilitybench.analysis.baselines import BASELINES, SAVEABLE_BASELINES
-
-    name = type(det).__name__
-    if name == "KalmanMonitor":
-        return "kalman"
-    if name == "GRUMonitor":
-        return "gru"
-    for kind in SAVEABLE_BASELINES:
-        if type(det) is BASELINES[kind]:
-            return kind
-    raise MonitorFileError(f"{name}: only the meta-state monitors (KalmanMonitor, GRUMonitor) and the causal "
-                           f"baselines ({', '.join(SAVEABLE_BASELINES)}) can be saved")
+def _saveable_kind(det: MonitorBase) -> str:
+    """The registry name of ``det``'s detector, if a monitor file can hold it (one line otherwise)."""
+    try:
+        spec = spec_of(det)
+    except UnknownDetectorError:
+        spec = None
+    if spec is None or not spec.saveable:
+        raise MonitorFileError(f"{type(det).__name__}: only the saveable detectors ({', '.join(saveable_names())}) "
+                               f"can be saved")
+    return spec.name
 
 
-def detector_class(kind: str, where: str = "monitor file") -> type[MonitorBase]:
-    """The detector class a monitor file of ``kind`` holds (``kalman``, ``gru`` or a saveable baseline)."""
-    if kind == "kalman":
-        from stabilitybench.analysis.metastate.kalman import KalmanMonitor
-
-        return KalmanMonitor
-    if kind == "gru":
-        from stabilitybench.analysis.metastate.gru import GRUMonitor
-
-        return GRUMonitor
-    from stabilitybench.analysis.baselines import BASELINES, SAVEABLE_BASELINES
-
-    if kind not in SAVEABLE_BASELINES:
-        raise MonitorFileError(f"{where}: unknown monitor kind {kind!r}")
-    return BASELINES[kind]
+def _saveable_class(kind: str, where: str) -> type[MonitorBase]:
+    """The detector class a monitor file of ``kind`` holds (a saveable detector of the registry)."""
+    spec = DETECTORS.get(kind)
+    if spec is None or not spec.saveable:
+        raise MonitorFileError(f"{where}: unknown monitor kind {kind!r} (known: {', '.join(saveable_names())})")
+    return spec.cls
 
 
 @dataclass
@@ -135,7 +128,7 @@ class MonitorFile:
     provenance: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.kind = _detector_kind(self.detector)
+        self.kind = _saveable_kind(self.detector)
         self.transforms = {c: self.transforms.get(c) or transform_for(c) for c in self.features}
         if not self.nonfinite_columns:
             from stabilitybench.analysis.data import NONFINITE_COLUMNS
@@ -157,7 +150,7 @@ class MonitorFile:
                 "params": self.detector.get_params(), "features": list(self.features),
                 "transforms": dict(self.transforms), "nonfinite_columns": list(self.nonfinite_columns),
                 "block_updates": self.block_updates, "warmup_updates": int(self.warmup_updates),
-                "smooth": self.smooth, "threshold": _json_float(self.threshold), "target_fpr": self.target_fpr,
+                "smooth": self.smooth, "threshold": plain(self.threshold), "target_fpr": self.target_fpr,
                 "alpha_used": self.alpha_used, "n_calibration": self.n_calibration,
                 "provenance": {"fitted_with_code": analysis_code_version(), **self.provenance}}
 
@@ -184,8 +177,9 @@ class MonitorFile:
             raise MonitorFileError(f"{path}: not a readable monitor file ({type(exc).__name__}: {exc})") from None
         if meta.get("format") != FORMAT or int(meta.get("format_version", 0)) > FORMAT_VERSION:
             raise MonitorFileError(f"{path}: not a {FORMAT} file of version <= {FORMAT_VERSION}")
-        det: MonitorBase = detector_class(meta["kind"], str(path)).from_arrays(meta["params"], arrays)
-        threshold = float(meta["threshold"])
+        det: MonitorBase = _saveable_class(meta["kind"], str(path)).from_arrays(meta["params"], arrays)
+        # null: no finite threshold (never alarms); files written before it was null hold the string "inf"
+        threshold = float("inf") if meta["threshold"] is None else float(meta["threshold"])
         det.threshold_ = threshold
         mf = cls(det, list(meta["features"]), int(meta["block_updates"]), int(meta["warmup_updates"]), threshold,
                  meta.get("target_fpr"), meta.get("alpha_used"), meta.get("n_calibration"), dict(meta["transforms"]),
@@ -223,7 +217,7 @@ class MonitorFile:
         cols = []
         for c in self.features:
             x = apply_transform(self.transforms[c], steps[c].cast(pl.Float64).fill_null(np.nan).to_numpy())
-            cols.append(_ffill(x))
+            cols.append(ffill(x))
         F = np.column_stack(cols) if cols else np.zeros((steps.height, 0))
         b = st // self.block_updates
         starts = np.flatnonzero(np.r_[True, b[1:] != b[:-1]])
@@ -254,11 +248,9 @@ class MonitorFile:
         return pl.DataFrame({"step": st, "msd": score, "alarm": self.alarms(st, score)},
                             schema={"step": pl.Int64, "msd": pl.Float64, "alarm": pl.Boolean})
 
-    def online(self) -> Any:
-        """A fresh :class:`~stabilitybench.analysis.online.OnlineMonitor` for one run."""
-        from stabilitybench.analysis.online import OnlineMonitor
-
-        return OnlineMonitor(self)
+    def online(self, keep_history: bool = True, check_columns: bool = True) -> OnlineMonitor:
+        """A fresh :class:`~stabilitybench.analysis.online.OnlineMonitor` for one run (its arguments as there)."""
+        return OnlineMonitor(self, keep_history=keep_history, check_columns=check_columns)
 
     def summary(self) -> dict[str, Any]:
         return self.meta()
@@ -303,23 +295,8 @@ def provenance_of(runs: Iterable[Mapping[str, Any]], train_ids: list[str], calib
     for r in sorted(used, key=lambda r: r["run_id"]):
         h.update(f"{r['run_id']}:{r.get('steps_blake2b') or ''};".encode())
     first = used[0] if used else {}
-    return {"group": "/".join(str(first.get(k)) for k in ("domain", "algo", "env", "stochasticity")) if used else None,
+    return {"group": "/".join(str(first.get(k)) for k in GROUP_KEYS) if used else None,
             "train_run_ids": list(train_ids), "calibration_run_ids": list(calib_ids),
             "corpus_code_versions": sorted({str(r.get("code_version")) for r in used}),
             "schema_versions": sorted({str(r.get("schema_version")) for r in used}),
             "fit_data_digest": h.hexdigest()}
-
-
-def _ffill(x: np.ndarray) -> np.ndarray:
-    """Forward-fill NaN along axis 0 of a 1-d array (leading NaN stay)."""
-    idx = np.where(~np.isnan(x), np.arange(x.size), 0)
-    np.maximum.accumulate(idx, out=idx)
-    out = x[idx]
-    if x.size and np.isnan(x[0]):
-        first = np.argmax(~np.isnan(x)) if (~np.isnan(x)).any() else x.size
-        out[:first] = np.nan
-    return out
-
-
-def _json_float(v: float) -> float | str:
-    return v if np.isfinite(v) else ("inf" if v > 0 else "-inf" if v < 0 else "nan")

@@ -9,13 +9,13 @@
 2. per block of B updates (``step // B``): running sums and counts of the filled features; when the
    block's last update arrives (``step % B == B - 1``), or a row of a later block does, the block mean
    goes to the model;
-3. the model advances one step: the Kalman monitor's steady-state predictor
-   ``zhat <- F zhat + G (y - d)`` (k x k work), the GRU's hidden state (one GRU cell step);
-   ``nll = -log p(y | past) / p``; a causal baseline (e.g. ``loss_spike``) keeps its column's last
-   ``window`` standardised block values and scores the trailing z-score;
-4. MSD is the mean of the last ``smooth`` finite ``nll`` (``+inf`` if one of them is ``+inf``), and
-   ``+inf`` for a block holding a non-finite row; an alarm is ``MSD > threshold`` on a block ending at
-   or after ``warmup_updates``.
+3. the detector's own :meth:`~stabilitybench.analysis.metastate.base.MonitorBase.stepper` scores the block
+   mean: it advances the model one step (the Kalman monitor's steady-state predictor
+   ``zhat <- F zhat + G (y - d)``, k x k work; the GRU's hidden state, one GRU cell step; a causal
+   baseline such as ``loss_spike`` keeps its column's last ``window`` standardised block values) and
+   returns the mean of the last ``smooth`` finite ``nll`` (``+inf`` if one of them is ``+inf``);
+4. the MSD is that score, or ``+inf`` for a block holding a non-finite row; an alarm is
+   ``MSD > threshold`` on a block ending at or after ``warmup_updates``.
 
 ``update(row)`` returns ``(msd, alarm)`` when it completes a block, else ``(None, False)``;
 :meth:`OnlineMonitor.finish` scores a trailing partial block (the offline score includes it).
@@ -28,91 +28,47 @@ from __future__ import annotations
 
 import math
 import os
-from collections import deque
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
 
 import numpy as np
 
 from stabilitybench.analysis.errors import MonitorFileError
-from stabilitybench.analysis.monitor_file import MonitorFile
+from stabilitybench.analysis.metastate.base import MonitorBase
 
 
-class _KalmanStep:
-    """One step of the steady-state Kalman predictor on a standardised block ``z (p,)``."""
+class Recipe(Protocol):
+    """What :class:`OnlineMonitor` reads of a monitor: the attributes of a
+    :class:`~stabilitybench.analysis.monitor_file.MonitorFile` (this module does not import that one, which
+    builds online monitors with :meth:`~stabilitybench.analysis.monitor_file.MonitorFile.online`)."""
 
-    def __init__(self, det: Any) -> None:
-        k = det.A_.shape[0]
-        self.F = det.A_ @ (np.eye(k) - det.K_ @ det.C_)
-        self.G = det.A_ @ det.K_
-        self.C, self.d, self.Sinv = det.C_, det.d_, det._S_inv
-        self.const = det._logdet + det.C_.shape[0] * np.log(2 * np.pi)
-        self.x = np.array(det.mu0_, dtype=float)
+    detector: MonitorBase
+    features: list[str]
+    block_updates: int
+    warmup_updates: int
+    threshold: float
+    transforms: dict[str, str]
+    nonfinite_columns: list[str]
 
-    def __call__(self, z: np.ndarray) -> float:
-        e = z - self.C @ self.x - self.d
-        nll = 0.5 * (float(e @ self.Sinv @ e) + self.const) / z.size
-        self.x = self.F @ self.x + self.G @ (z - self.d)
-        return nll
-
-
-class _GRUStep:
-    """One GRU step: score ``z`` against the prediction made from the past, then update the hidden state."""
-
-    def __init__(self, det: Any) -> None:
-        import torch
-
-        self.torch = torch
-        self.net = det.net_
-        self.h: Any = None
-        self.pred: tuple[np.ndarray, np.ndarray] | None = None
-
-    def __call__(self, z: np.ndarray) -> float:
-        torch = self.torch
-        nll = float("nan")
-        if self.pred is not None:
-            mu, logvar = self.pred
-            nll = float(np.mean(0.5 * (logvar + (z - mu) ** 2 / np.exp(logvar) + np.log(2 * np.pi))))
-        with torch.no_grad():
-            y = torch.tensor(z[None, None], dtype=torch.float32)
-            out, self.h = self.net.gru(y, self.h)
-            mu_t, logvar_t = self.net.head(out[0, 0]).chunk(2, dim=-1)
-        self.pred = (mu_t.numpy().astype(float), logvar_t.clamp(-8.0, 8.0).numpy().astype(float))
-        return nll
-
-
-class _TrailingZStep:
-    """One step of a trailing-z baseline (:func:`stabilitybench.analysis.baselines.trailing_z` with its fixed floor)."""
-
-    def __init__(self, det: Any) -> None:
-        from stabilitybench.analysis.baselines import Z_FLOOR
-
-        self.j, self.sign, self.floor = det.features.index(det.column), float(det.sign), Z_FLOOR
-        self.past: deque[float] = deque(maxlen=int(det.window))
-
-    def __call__(self, z: np.ndarray) -> float:
-        x = float(z[self.j])
-        nll = math.nan
-        if len(self.past) == self.past.maxlen:
-            w = np.fromiter(self.past, float, len(self.past))
-            nll = self.sign * (x - float(w.mean())) / max(float(w.std()), self.floor)
-        self.past.append(x)
-        return nll
+    def check_columns(self, columns: Iterable[str]) -> None: ...
 
 
 class OnlineMonitor:
     """Live MSD and alarms of one run from a :class:`~analysis.monitor_file.MonitorFile` (module docstring).
 
-    ``monitor``: a MonitorFile or the path of one. ``check_columns``: at the first block that ends at or
+    ``monitor``: a loaded :class:`~stabilitybench.analysis.monitor_file.MonitorFile` (from a path:
+    ``MonitorFile.load(path).online()``). ``check_columns``: at the first block that ends at or
     after the warm-up, raise :class:`~analysis.errors.MonitorFileError` (one line) if a feature column has
     not been reported by any row yet (the run does not have the monitor's columns). After each completed
     block: ``last_step_``, ``last_msd_``, ``n_blocks_``; ``history_`` keeps ``(step, msd, alarm)`` per
     block (one tuple per B updates; ``keep_history=False`` for O(1) memory).
     """
 
-    def __init__(self, monitor: MonitorFile | str | os.PathLike[str], keep_history: bool = True,
-                 check_columns: bool = True) -> None:
-        self.file = monitor if isinstance(monitor, MonitorFile) else MonitorFile.load(monitor)
+    def __init__(self, monitor: Recipe, keep_history: bool = True, check_columns: bool = True) -> None:
+        if isinstance(monitor, str | os.PathLike):
+            raise MonitorFileError(f"OnlineMonitor takes a loaded monitor file, not the path {os.fspath(monitor)!r}: "
+                                   f"use MonitorFile.load(path).online()")
+        self.file = monitor
         f = self.file
         self.features = list(f.features)
         self.B = f.block_updates
@@ -120,14 +76,10 @@ class OnlineMonitor:
         self.warmup_updates = int(f.warmup_updates)
         self.keep_history = keep_history
         self._check_pending = check_columns
-        det = f.detector
-        self._mean, self._scale = np.asarray(det.mean_, float), np.asarray(det.scale_, float)
-        self._model = (_KalmanStep(det) if f.kind == "kalman" else _GRUStep(det) if f.kind == "gru"
-                       else _TrailingZStep(det))
+        self._score = f.detector.stepper()
         self._transforms = [f.transforms[c] for c in self.features]
         self._last = np.full(len(self.features), np.nan)  # forward-fill state
         self._seen = np.zeros(len(self.features), dtype=bool)
-        self._recent: deque[float] = deque(maxlen=max(1, f.smooth))
         self._reset_block(None)
         self.n_blocks_ = 0
         self.last_step_: int | None = None
@@ -193,11 +145,7 @@ class OnlineMonitor:
     def _emit(self) -> tuple[float, bool]:
         with np.errstate(invalid="ignore", divide="ignore"):
             y = np.where(self._count > 0, self._sum / np.maximum(self._count, 1), np.nan)
-        z = (y - self._mean) / self._scale
-        z = np.where(np.isfinite(z), z, 0.0)
-        nll = self._model(z)
-        self._recent.append(nll)
-        msd = _window_mean(self._recent)
+        msd = self._score(y)  # the features never hold +-inf here (the transforms make them missing)
         if self._nonfinite:
             msd = math.inf
         step = self._block_step
@@ -211,18 +159,6 @@ class OnlineMonitor:
             self.history_.append((step, msd, alarm))
         self._reset_block(None)
         return msd, alarm
-
-
-def _window_mean(values: deque[float]) -> float:
-    """:func:`stabilitybench.analysis.metastate.base.rolling_mean` at the newest entry: NaN ignored, +inf wins."""
-    total, n = 0.0, 0
-    for v in values:
-        if v == math.inf:
-            return math.inf
-        if math.isfinite(v):
-            total += v
-            n += 1
-    return total / n if n else math.nan
 
 
 def _transform(name: str, v: float) -> float | None:

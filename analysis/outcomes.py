@@ -19,11 +19,11 @@ from stabilitybench.analysis.data import (
     NONFINITE_COLUMNS,
     feature_frame,
     group_runs,
-    is_unperturbed,
     iter_run_steps,
     load_events,
     load_runs,
 )
+from stabilitybench.data_schema.keys import control_mask
 
 #: Manifest columns carried next to each outcome.
 RUN_COLUMNS = ("run_id", "domain", "algo", "env", "stochasticity", "perturbation", "dimension", "magnitude",
@@ -41,7 +41,7 @@ def collapse_outcomes(corpus: str | os.PathLike[str], cfg: CollapseConfig | None
     """
     cfg = cfg or CollapseConfig()
     runs = load_runs(corpus, notes)
-    runs = runs.with_columns(is_unperturbed(runs).alias("unperturbed"))
+    runs = runs.with_columns(control_mask(runs).alias("unperturbed"))
     events = load_events(corpus, runs)
     parts = []
     for _, g in group_runs(runs):

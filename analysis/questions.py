@@ -46,10 +46,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from stabilitybench.analysis.conformal import min_calibration_runs
+from stabilitybench.analysis.detectors import reference_names
 from stabilitybench.analysis.stats import auroc, clopper_pearson, cluster_bootstrap_ci, iqr, stratified_auroc
 from stabilitybench.analysis.summary import Status, StatusKind, not_testable, number
 
-REFERENCES = ("config_only", "kick_size", "perturbation_on")
+REFERENCES = reference_names()  # the registry's references (stabilitybench.analysis.detectors), scored below
 QUESTION_A = "(a) detection: alarms strictly before the offline collapse date vs FPR on held-out controls"
 QUESTION_B = "(b) prediction: at the landmark L, do scores over [onset, L] predict collapse after L (perturbed runs)"
 
@@ -94,10 +95,43 @@ def _auroc_with_ci(score: np.ndarray, label: np.ndarray, seeds: np.ndarray, n_bo
     return number(a, int(score.size), (lo, hi), n_pos=int(label.sum()), n_neg=int((~label).sum()), interval=how)
 
 
-def detection(rows: pl.DataFrame, target_fpr: float, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Question (a) for one detector's rows (one per test run)."""
+def detection_cases(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Question (a)'s two classes among one detector's rows: ``(positives, negatives)``.
+
+    Positives: perturbed test runs with a *performance* collapse; negatives: held-out unperturbed runs that
+    did not collapse. The one definition that :func:`detection` and :func:`roc_points` share, so the curve
+    a report draws and the AUROC it prints are of the same runs.
+    """
     ctrl = rows.filter(pl.col("unperturbed") & ~pl.col("collapsed"))
     pos = rows.filter(~pl.col("unperturbed") & (pl.col("collapse_kind") == "performance"))
+    return pos, ctrl
+
+
+def roc_points(rows: pl.DataFrame) -> pl.DataFrame:
+    """The empirical ROC of one detector's ``detection_score`` over question (a)'s cases (:func:`detection_cases`).
+
+    One row per distinct score, highest first, after a leading ``(0, 0)``: ``threshold`` (null for the
+    leading point), ``fpr`` and ``tpr`` (share of negatives / positives scoring ``>= threshold``). A NaN
+    score counts as ``-inf``, as in :func:`~stabilitybench.analysis.stats.auroc`, so the trapezoidal area
+    under these points is the ``auroc`` of :func:`detection`. Empty when a class is empty.
+    """
+    pos, ctrl = detection_cases(rows)
+    schema = {"threshold": pl.Float64, "fpr": pl.Float64, "tpr": pl.Float64, "n_pos": pl.Int64, "n_neg": pl.Int64}
+    if not pos.height or not ctrl.height:
+        return pl.DataFrame(schema=schema)
+    sp = np.array(pos["detection_score"].to_list(), float)
+    sn = np.array(ctrl["detection_score"].to_list(), float)
+    sp, sn = np.where(np.isnan(sp), -np.inf, sp), np.where(np.isnan(sn), -np.inf, sn)
+    thr = np.unique(np.r_[sp, sn])[::-1]
+    return pl.DataFrame({"threshold": [None, *thr.tolist()],
+                         "fpr": [0.0, *[float((sn >= t).mean()) for t in thr]],
+                         "tpr": [0.0, *[float((sp >= t).mean()) for t in thr]],
+                         "n_pos": pos.height, "n_neg": ctrl.height}, schema=schema)
+
+
+def detection(rows: pl.DataFrame, target_fpr: float, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Question (a) for one detector's rows (one per test run)."""
+    pos, ctrl = detection_cases(rows)
     nonf = rows.filter(~pl.col("unperturbed") & (pl.col("collapse_kind") == "nonfinite"))
     out: dict[str, Any] = {"question": QUESTION_A, "n_runs": pos.height + ctrl.height,
                            "n_collapsed": pos.height, "n_controls": ctrl.height}

@@ -23,10 +23,11 @@ import numpy as np
 import polars as pl
 from scipy import stats as sps
 
-from stabilitybench.analysis.data import is_unperturbed
+from stabilitybench.analysis.detectors import monitor_names
 from stabilitybench.analysis.stats import bootstrap_ci, clopper_pearson, cluster_bootstrap_ci, iqr
 from stabilitybench.analysis.summary import Status, not_testable, number
 from stabilitybench.analysis.survival import with_config_label
+from stabilitybench.data_schema.keys import control_mask
 
 
 def _usable(x: np.ndarray, y: np.ndarray) -> np.ndarray | None:
@@ -102,7 +103,7 @@ def stochasticity_buffer(runs: pl.DataFrame, cox_summary: dict[str, Any]) -> dic
     if len(levels) < 2:
         return not_testable(f"one stochasticity level in the corpus ({', '.join(levels)})", levels=levels)
     per = []
-    pert = runs.filter(~is_unperturbed(runs))
+    pert = runs.filter(~control_mask(runs))
     for lv in levels:
         g = pert.filter(pl.col("stochasticity") == lv)
         k = int(g["collapsed"].sum())
@@ -112,15 +113,13 @@ def stochasticity_buffer(runs: pl.DataFrame, cox_summary: dict[str, Any]) -> dic
             "cox_status": Status.from_json(cox_summary).to_json()}
 
 
-#: The meta-state monitors whose precedence regularity 3 measures.
-MONITORS = ("kalman", "gru")
-
-
-def precedence(ew_rows: pl.DataFrame | None, detectors: tuple[str, ...] = MONITORS) -> list[dict[str, Any]]:
+def precedence(ew_rows: pl.DataFrame | None, detectors: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
     """Lead-time distribution and the share of collapses whose alarm came first, per monitor.
 
+    ``detectors``: default the meta-state monitors (:func:`stabilitybench.analysis.detectors.monitor_names`).
     ``ew_rows`` None (no early-warning evaluation) gives a not-testable entry per monitor.
     """
+    detectors = monitor_names() if detectors is None else detectors
     if ew_rows is None:
         return [{"detector": det, **not_testable("no early-warning evaluation")} for det in detectors]
     out = []

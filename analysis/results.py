@@ -236,6 +236,34 @@ _DECLARED: dict[str, tuple[str, list[Column] | pa.Schema]] = {
         Column("excess", F64, "cosine", "coherence - control_coherence"),
         Column("n_reference_runs", I64, "runs", "Runs behind control_coherence"),
     ]),
+    "early_warning_roc": ("(detector, score threshold): question (a)'s empirical ROC point (what F8 draws; its "
+                          "trapezoidal area is the detector's AUROC in summary.json)", [
+        _col("detector"), Column("threshold", F64, "-log10 p", "Alarm when detection_score >= threshold (null: the "
+                                 "leading (0, 0) point); NaN scores count as -inf"),
+        Column("fpr", F64, "-", "Share of held-out controls (question (a)'s negatives) at or above the threshold"),
+        Column("tpr", F64, "-", "Share of performance collapses (question (a)'s positives) at or above the threshold"),
+        Column("n_pos", I64, "runs", "Performance collapses"), Column("n_neg", I64, "runs", "Held-out controls"),
+    ]),
+    "onset_telemetry": ("(run, signal, thinned update): telemetry around the perturbation onset for the runs F1 "
+                        "shows (stabilitybench.analysis.onset): every control and the strongest magnitude of each "
+                        "kind, at one stochasticity level; natural runs only", [
+        _col("run_id"), _col("domain"), _col("algo"), _col("dimension"), _col("perturbation"), _col("magnitude"),
+        _col("duration_steps"), Column("unperturbed", BOOL, "-", "The run is an unperturbed control "
+                                       "(stabilitybench.data_schema.keys.control_mask)"),
+        Column("signal", STR, "-", "performance | grad_norm | grad_coherence (corpus) | msd (Kalman monitor score, "
+               "held-out folds)"),
+        Column("x", F64, "run fraction", "Updates since onset as a fraction of the run's updates"),
+        Column("value", F64, "signal", "Mean of the signal over the thinned updates (msd: the block score)"),
+    ]),
+    "dissociation_runs": ("run: what regularity 1 (decoupling) ranks, the runs F9 draws (natural runs only)", [
+        _col("run_id"), _col("domain"), _col("algo"), _col("env"), _col("stochasticity"), _col("seed"),
+        _col("perturbation"), _col("dimension"), _col("magnitude"), _col("duration_steps"),
+        Column("unperturbed", BOOL, "-", "The run is an unperturbed control "
+               "(stabilitybench.data_schema.keys.control_mask)"), _col("collapsed"), _col("final_performance"),
+        _col("survival_time"), _col("collapse_time"),
+        Column("max_msd", F64, "-log10 p", "Kalman monitor's max score after onset (window_score; null without "
+               "an early-warning evaluation)"), _col("config"),
+    ]),
     "km": ("(stratum: configuration, event time): Kaplan-Meier survival with a 95% CI", [
         Column("group", STR, "-", "stratum: configuration"), _col("n_runs"),
         Column("time", F64, "update", "Event time, updates since onset"),

@@ -20,6 +20,16 @@ from statsmodels.stats.proportion import proportion_confint
 from stabilitybench.analysis.summary import not_testable, number  # noqa: F401
 
 
+def ffill(x: np.ndarray) -> np.ndarray:
+    """Forward-fill NaNs along a 1-D array (leading NaNs stay NaN): a sparse column's value holds until the next
+    report. The project's one forward fill of a NumPy array (collapse curves, monitor files)."""
+    if x.size == 0:
+        return x.copy()
+    idx = np.where(np.isnan(x), -1, np.arange(x.size))
+    np.maximum.accumulate(idx, out=idx)
+    return np.where(idx >= 0, x[np.maximum(idx, 0)], np.nan)
+
+
 def windowed_mean(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """``out[i]`` = mean of ``x[lo[i]:hi[i]]`` over the entries where ``valid``; NaN where there are none.
 

@@ -40,8 +40,30 @@ SUMMARY_FILE = "summary.json"
 SUMMARY_VERSION = 2
 #: Top-level fields every summary has (a missing one is a :class:`SummaryFieldError` on read).
 REQUIRED_FIELDS = ("corpus", "n_runs", "data_notes", "excluded_runs", "groups", "features", "config", "collapse",
-                   "pca", "coherence_before_collapse", "early_warning", "survival", "regularities", "figures",
+                   "pca", "coherence_before_collapse", "early_warning", "survival", "regularities", "questions",
                    "headline")
+
+#: The questions the analysis answers, by id: what each measures. summary.json ``questions`` gives each its n_runs
+#: (:func:`stabilitybench.analysis.summary_doc.question_index`); each report figure names the id it draws.
+QUESTIONS: dict[str, str] = {
+    "onset_telemetry": "descriptive: telemetry around perturbation onset (no test)",
+    "dose_response": "dose-response: collapse probability per magnitude and kind",
+    "survival_km": "survival: time to collapse per configuration vs matched controls (log-rank)",
+    "survival_cox": "survival: Cox hazard ratios on perturbed runs (dose within kind)",
+    "pca_dimension": "low dimension: PCA of block features vs circular-shift surrogates",
+    "pca_trajectories": "descriptive: block trajectories in PC1-PC2",
+    "detection_msd": "(a) detection: MSD aligned on the offline collapse date and lead times",
+    "detection_roc": "(a) detection: AUROC and FPR on held-out controls; (b) is in summary.json "
+                     "early_warning.prediction",
+    "dissociation": "regularity 1: final performance vs stability, per domain and algorithm",
+    "stochasticity_buffer": "regularity 2: collapse probability and hazard per stochasticity level",
+    "coherence_before_collapse": "coherence precedence: collapsed vs perturbed-not-collapsed runs of the same "
+                                 "configuration, aligned on onset, per domain and estimator",
+    "final_performance": "descriptive: final performance normalised by the matched controls (IQM, performance "
+                         "profiles)",
+    "intervention": "intervention: collapse and final performance with vs without acting on the live monitor's "
+                    "alarm (matched pairs)",
+}
 
 
 class SummaryError(AnalysisError):

@@ -39,8 +39,8 @@ from scipy import stats as sps
 from statsmodels.duration.hazard_regression import PHReg
 from statsmodels.duration.survfunc import SurvfuncRight, survdiff
 
-from stabilitybench.analysis.data import is_unperturbed
 from stabilitybench.analysis.summary import Status, StatusKind, not_testable, number
+from stabilitybench.data_schema.keys import NO_PERTURBATION, ConfigKey, config_label_expr, control_mask
 
 Z975 = float(sps.norm.ppf(0.975))
 RIDGE_ALPHA = 0.1
@@ -48,23 +48,14 @@ STRATUM = ("domain", "algo", "env")
 
 
 def group_label(perturbation: str, magnitude: float | None, duration: int | None = None) -> str:
-    """``"lr_spike x10 (320 upd)"``-style label of a perturbation configuration."""
-    if perturbation == "none":
-        return "none"
-    mag = "" if magnitude is None else f" x{magnitude:g}"
-    dur = "" if duration is None else f" ({duration} upd)"
-    return f"{perturbation}{mag}{dur}"
-
-
-def config_label() -> pl.Expr:
-    """:func:`group_label` of each row's ``perturbation, magnitude, duration_steps`` as a polars expression."""
-    return pl.struct(["perturbation", "magnitude", "duration_steps"]).map_elements(
-        lambda s: group_label(s["perturbation"], s["magnitude"], s["duration_steps"]), return_dtype=pl.String)
+    """The configuration label, :meth:`stabilitybench.data_schema.keys.ConfigKey.label` (kept for old callers)."""
+    return ConfigKey(perturbation, magnitude, duration).label()
 
 
 def with_config_label(frame: pl.DataFrame, name: str = "config") -> pl.DataFrame:
-    """``frame`` plus its configuration label (:func:`group_label`) as column ``name``."""
-    return frame.with_columns(config_label().alias(name))
+    """``frame`` plus its configuration label (:meth:`~stabilitybench.data_schema.keys.ConfigKey.label`) as
+    column ``name``."""
+    return frame.with_columns(config_label_expr().alias(name))
 
 
 def kaplan_meier(time: np.ndarray, event: np.ndarray) -> pl.DataFrame:
@@ -124,7 +115,8 @@ def km_table(runs: pl.DataFrame) -> pl.DataFrame:
 
 def _labelled(runs: pl.DataFrame) -> pl.DataFrame:
     return runs.with_columns(
-        config_label().alias("_group"),
+        config_label_expr().alias("_group"),
+        control_mask(runs).alias("_control"),
         pl.Series("_stratum", _stratum_label(runs)),
         durations(runs).alias("_time"),
     ).filter(pl.col("_time").is_not_null())
@@ -150,9 +142,9 @@ def logrank(runs: pl.DataFrame) -> list[dict[str, Any]]:
     for (name,), g in sorted(da.group_by(["_da"]), key=lambda kv: str(kv[0])):
         if g["_group"].n_unique() >= 2:
             out.append(_survdiff_row(f"all groups ({name})" if da["_da"].n_unique() > 1 else "all groups", g))
-        ctrl = g.filter(pl.col("_group") == "none")
+        ctrl = g.filter(pl.col("_control"))
         for (conf,), c in sorted(g.group_by(["_group"]), key=lambda kv: str(kv[0])):
-            if conf == "none":
+            if conf == NO_PERTURBATION:
                 continue
             matched = ctrl.filter(pl.col("_stratum").is_in(c["_stratum"].unique().to_list()))
             if matched.height == 0:
@@ -255,7 +247,7 @@ def concordance(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float 
 
 def cox(runs: pl.DataFrame) -> dict[str, Any]:
     """Cox PH on the *perturbed* runs of ``runs``, stratified by domain/algo/env; a summary dict."""
-    runs = runs.filter(~is_unperturbed(runs))
+    runs = runs.filter(~control_mask(runs))
     runs = runs.filter(durations(runs).is_not_null())
     t = np.maximum(durations(runs).to_numpy().astype(float), 0.0)
     e = runs["collapsed"].to_numpy().astype(float)

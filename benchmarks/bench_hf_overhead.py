@@ -1,4 +1,4 @@
-"""Overhead of the Hugging Face ``Trainer`` adapter: the same Trainer with and without ``StabilityTrainerCallback``.
+"""Overhead of the Hugging Face ``Trainer`` adapter: the same Trainer with and without ``HFTrainerCallback``.
 
 The model is the project's ``tiny`` GPT-2 (4 layers x 4 heads x 128, vocab 2048, block 128), trained by a
 ``transformers.Trainer`` on fixed random token windows with batch 16 x 128 tokens, gradient accumulation
@@ -28,7 +28,7 @@ import torch
 def make_trainer(steps: int, out: str, callback: bool):
     from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
-    from stabilitybench.generate.adapters.hf import StabilityTrainerCallback
+    from stabilitybench.generate.adapters.hf import HFTrainerCallback
     from stabilitybench.generate.recorder import Recorder
 
     torch.manual_seed(0)
@@ -42,7 +42,7 @@ def make_trainer(steps: int, out: str, callback: bool):
                              save_strategy="no", use_cpu=True, disable_tqdm=True, dataloader_num_workers=0,
                              seed=0)
     rec = Recorder(None, domain="lm", algo="gpt2", env="random-tokens")
-    callbacks = [StabilityTrainerCallback(rec)] if callback else []
+    callbacks = [HFTrainerCallback(rec)] if callback else []
     return Trainer(model=model, args=args, train_dataset=data, callbacks=callbacks), rec
 
 

@@ -2,7 +2,7 @@
 
 Two arms, alternating (api, api+monitor, api, ...) so drift in machine load hits both alike:
 
-* ``api``: plain SB3 PPO with the public ``StabilityCallback`` (a Recorder without a corpus);
+* ``api``: plain SB3 PPO with the public ``SB3Callback`` (a Recorder without a corpus);
 * ``api+monitor``: the same plus an ``Intervention(OnlineMonitor, actions=["log"])``: every row goes
   through the online monitor (transform, forward fill, block sums; one Kalman or GRU step per block).
 
@@ -47,7 +47,7 @@ SB3_PPO, cpu_name = RL.SB3_PPO, RL.cpu_name
 
 def ppo_arm(env_id: str, steps: int, seed: int, monitor_file=None) -> tuple[float, float, pl.DataFrame]:
     """One PPO run with the public callback (and, with ``monitor_file``, a live monitor): wall, CPU, steps."""
-    from stabilitybench.generate.adapters.sb3 import StabilityCallback
+    from stabilitybench.generate.adapters.sb3 import SB3Callback
     from stabilitybench.generate.intervention import Intervention
     from stabilitybench.generate.perturbations import TrainingClock, build
     from stabilitybench.generate.recorder import Recorder
@@ -65,7 +65,7 @@ def ppo_arm(env_id: str, steps: int, seed: int, monitor_file=None) -> tuple[floa
     model = _build_model(spec, cfg, env)
     rec = Recorder(None, algo="ppo", env=env_id, seed=seed)
     guard = Intervention(monitor_file.online(), rec, actions=["log"]) if monitor_file is not None else None
-    model.learn(total_timesteps=steps, callback=StabilityCallback(rec, intervention=guard))
+    model.learn(total_timesteps=steps, callback=SB3Callback(rec, intervention=guard))
     frame = pl.from_arrow(rec.steps_table())
     env.close()
     return time.perf_counter() - t0, time.process_time() - c0, frame

@@ -9,7 +9,7 @@ is extra measurement work, not telemetry); the baseline is ``model.learn`` with 
 callback. Arms alternate (plain, telemetry, plain, ...) so drift in machine load hits
 both alike; we report medians of wall and process-CPU time and their ratios. The cost of
 the periodic dormant/effective-rank probes is reported on its own (``probe_seconds``).
-A third arm, ``api``, is plain SB3 plus the public ``StabilityCallback`` alone (what a user pays).
+A third arm, ``api``, is plain SB3 plus the public ``SB3Callback`` alone (what a user pays).
 
     python benchmarks/bench_rl_overhead.py --algo ppo --steps 40960 --repeats 5
     python benchmarks/bench_rl_overhead.py --algo sac --steps 3000 --hparams '{"learning_starts": 500}'
@@ -54,9 +54,9 @@ def spec_for(algo: str, env_id: str, steps: int, seed: int, hparams: dict):
 
 def _sb3_arm(algo: str, env_id: str, steps: int, seed: int, hparams: dict,
              with_callback: bool) -> tuple[float, float, int, float]:
-    """Plain SB3 from the generator's resolved config; ``with_callback`` adds the public ``StabilityCallback``
+    """Plain SB3 from the generator's resolved config; ``with_callback`` adds the public ``SB3Callback``
     (a Recorder without a corpus). The clock includes building the env and the model, as the generator's does."""
-    from stabilitybench.generate.adapters.sb3 import StabilityCallback
+    from stabilitybench.generate.adapters.sb3 import SB3Callback
     from stabilitybench.generate.perturbations import TrainingClock, build
     from stabilitybench.generate.recorder import Recorder
     from stabilitybench.generate.rl.config import resolve
@@ -70,7 +70,7 @@ def _sb3_arm(algo: str, env_id: str, steps: int, seed: int, hparams: dict,
                          TrainingClock())
     model = _build_model(spec, cfg, env)
     rec = Recorder(None, algo=algo, env=env_id, seed=seed) if with_callback else None
-    model.learn(total_timesteps=steps, callback=StabilityCallback(rec) if rec is not None else None)
+    model.learn(total_timesteps=steps, callback=SB3Callback(rec) if rec is not None else None)
     if rec is not None:
         rec.steps_table()
     env.close()
@@ -82,7 +82,7 @@ def plain(algo: str, env_id: str, steps: int, seed: int, hparams: dict) -> tuple
 
 
 def api(algo: str, env_id: str, steps: int, seed: int, hparams: dict) -> tuple[float, float, int, float]:
-    """Plain SB3 plus the public ``StabilityCallback`` (a Recorder without a corpus): what a user pays."""
+    """Plain SB3 plus the public ``SB3Callback`` (a Recorder without a corpus): what a user pays."""
     return _sb3_arm(algo, env_id, steps, seed, hparams, with_callback=True)
 
 

@@ -96,7 +96,7 @@ def run_arm(arm: str, batches: list[tuple[Any, Any]], corpus: Path, tag: str) ->
     loop_s, cpu_s = time.perf_counter() - t0, time.thread_time() - c0
     rows = 0
     if probe is not None:
-        probe.remove()
+        probe.detach()
         rows = len(rec)
         t_files = time.perf_counter()
         rec.close()

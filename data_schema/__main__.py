@@ -9,9 +9,9 @@ from stabilitybench.data_schema.schema import SCHEMA_VERSION, SCHEMAS, describe
 
 args = sys.argv[1:]
 if args[:1] == ["upgrade"]:
-    from stabilitybench.data_schema.compat import upgrade_corpus
     from stabilitybench.data_schema.corpus import require_corpus
     from stabilitybench.data_schema.errors import exit_on_user_error
+    from stabilitybench.data_schema.migrate import upgrade_corpus
 
     if len(args) != 2:
         sys.exit("usage: python -m stabilitybench.data_schema upgrade CORPUS")

@@ -8,23 +8,23 @@ reads (and resumes) as the current version:
 * :func:`upgrade` maps a 1.0 table (pyarrow) onto the current names and types;
 * :func:`upgrade_frame` does the same for a polars LazyFrame, :func:`upgrade_select`
   builds the DuckDB projection for a view;
-* :func:`upgrade_corpus` (``python -m stabilitybench.data_schema upgrade CORPUS``) rewrites a corpus's
-  legacy files in place, atomically, so readers without project code (pandas or pyarrow
-  folder reads) see one schema too.
+* :func:`stabilitybench.data_schema.migrate.upgrade_corpus` (``python -m stabilitybench.data_schema upgrade
+  CORPUS``) rewrites a corpus's legacy files in place, atomically, so readers without project code
+  (pandas or pyarrow folder reads) see one schema too. It lives apart because it writes a corpus:
+  this module maps tables and imports nothing of the package but the schema, so the writer and
+  the readers can import it.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stabilitybench.data_schema.schema import ADDED_COLUMNS, RENAMED, SCHEMA_VERSION, SCHEMAS
+from stabilitybench.data_schema.schema import ADDED_COLUMNS, RENAMED, SCHEMAS
 
 VERSION_KEY = b"stabilitybench.schema_version"
 
@@ -132,43 +132,3 @@ def file_version(path: str | os.PathLike[str]) -> str | None:
     """The schema version recorded in a corpus file's metadata (None if absent)."""
     raw = (pq.read_schema(path).metadata or {}).get(VERSION_KEY)
     return raw.decode() if raw else None
-
-
-def upgrade_corpus(corpus: str | os.PathLike[str]) -> list[Path]:
-    """Rewrite every legacy file of ``corpus`` in the current schema (atomically); returns what it rewrote.
-
-    The manifest row kept in a steps file's metadata is renamed too. Current files are untouched,
-    so running it twice rewrites nothing the second time. Only the files of runs that ``verify``
-    accepts are rewritten (:func:`stabilitybench.data_schema.verify.readable_runs`); the others are left as they
-    are and named in one :class:`~stabilitybench.data_schema.errors.SkippedRunsWarning`. A damaged ``runs.parquet``
-    is a one-line :class:`~stabilitybench.data_schema.errors.CorruptFileError`.
-    """
-    from stabilitybench.data_schema.corpus import MANIFEST, RUNS
-    from stabilitybench.data_schema.errors import CorruptFileError
-    from stabilitybench.data_schema.io import RUN_METADATA_KEY, write_table
-    from stabilitybench.data_schema.verify import readable_runs
-
-    root = Path(corpus)
-    readable = readable_runs(root)
-    readable.report()
-    jobs = [(root / MANIFEST, "manifest"), (root / RUNS, "runs")]
-    jobs += [(p, "steps") for p in readable.steps_files()]
-    jobs += [(p, "events") for p in readable.events_files()]
-    done = []
-    for path, name in jobs:
-        if path.name.startswith(".") or not path.exists():
-            continue
-        try:
-            if file_version(path) == SCHEMA_VERSION:
-                continue
-            table = pq.read_table(path)
-        except (pa.ArrowException, OSError) as exc:
-            raise CorruptFileError(f"{path}: not a readable Parquet file ({str(exc).strip().splitlines()[0]}); "
-                                   "nothing was rewritten after it") from None
-        meta = dict(table.schema.metadata or {})
-        extra = {}
-        if RUN_METADATA_KEY in meta:
-            extra[RUN_METADATA_KEY] = json.dumps(upgrade_row(json.loads(meta[RUN_METADATA_KEY]))).encode()
-        write_table(upgrade(table, name), path, SCHEMAS[name], extra_metadata=extra or None)
-        done.append(path)
-    return done

@@ -42,6 +42,13 @@ class DiskFullError(StabilityBenchError):
     """The disk filled up while writing the corpus; the corpus is consistent and a rerun resumes."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none): how a library's multi-line
+    error becomes part of a one-line user error."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
 class SkippedRunsWarning(UserWarning):
     """A reader left out runs whose files are missing or damaged (``stabilitybench verify`` names them).
 

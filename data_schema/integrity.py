@@ -27,8 +27,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stabilitybench.data_schema.compat import VERSION_KEY, upgrade_schema
-from stabilitybench.data_schema.corpus import events_path, steps_path
-from stabilitybench.data_schema.errors import NewerSchemaError
+from stabilitybench.data_schema.errors import NewerSchemaError, first_line
+from stabilitybench.data_schema.layout import events_path, steps_path
 from stabilitybench.data_schema.schema import EVENTS_SCHEMA, SCHEMA_VERSION, STEPS_SCHEMA
 
 #: Manifest columns holding each file's (size, hash), by file kind.
@@ -85,7 +85,7 @@ def check_footer(path: Path, schema: pa.Schema) -> str | None:
     except FileNotFoundError:
         return "missing"
     except (pa.ArrowException, OSError) as exc:
-        return f"not a readable Parquet file ({_first_line(exc)})"
+        return f"not a readable Parquet file ({first_line(exc)})"
     require_known_version(path, (found.metadata or {}).get(VERSION_KEY))
     table = (schema.metadata or {}).get(b"stabilitybench.table", b"").decode()
     if table:  # an older 1.x file: compare what it reads as (stabilitybench.data_schema.compat)
@@ -103,7 +103,7 @@ def check_pages(path: Path, schema: pa.Schema) -> str | None:
     try:
         pq.read_table(path, page_checksum_verification=True)
     except (pa.ArrowException, OSError) as exc:
-        return f"damaged data page ({_first_line(exc)})"
+        return f"damaged data page ({first_line(exc)})"
     return None
 
 
@@ -140,8 +140,3 @@ def check_run(
         if reason:
             problems.append(Problem(row["run_id"], path, reason))
     return problems, found
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stabilitybench.data_schema.compat import upgrade
-from stabilitybench.data_schema.errors import CorruptFileError, OutputPathError, SchemaError
+from stabilitybench.data_schema.errors import CorruptFileError, OutputPathError, SchemaError, first_line
 from stabilitybench.data_schema.schema import SCHEMA_VERSION, SCHEMAS
 
 #: Key of the Parquet key-value metadata that carries a run's manifest row (JSON).
@@ -82,17 +82,24 @@ def write_table(
     path: str | os.PathLike[str],
     schema: pa.Schema,
     extra_metadata: dict[bytes, bytes] | None = None,
+    *,
+    atomic: bool = True,
 ) -> Path:
     """Validate ``table`` against ``schema`` and write it atomically to ``path`` (zstd).
 
     ``extra_metadata`` is merged into the file's key-value metadata (e.g. the run's
-    manifest row under :data:`RUN_METADATA_KEY`).
+    manifest row under :data:`RUN_METADATA_KEY`). ``atomic=False`` writes straight to
+    ``path``: only for a ``path`` that is itself a temporary name from :func:`atomic_path`
+    (:func:`stabilitybench.data_schema.run_writer.write_run` hashes its files before publishing them).
     """
     path = Path(path)
     table = conform(table, schema, where=str(path))
     if extra_metadata:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra_metadata})
     path.parent.mkdir(parents=True, exist_ok=True)
+    if not atomic:
+        pq.write_table(table, path, compression="zstd", write_page_checksum=True)
+        return path
     with atomic_path(path, fsync=True) as tmp:
         pq.write_table(table, tmp, compression="zstd", write_page_checksum=True)
     return path
@@ -174,7 +181,7 @@ def read_table(path: str | os.PathLike[str], table_name: str) -> pa.Table:
     except FileNotFoundError:
         raise
     except (pa.ArrowException, OSError) as exc:
-        raise CorruptFileError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from exc
+        raise CorruptFileError(f"{path}: not a readable Parquet file ({first_line(exc)})") from exc
     table = upgrade(table, table_name)
     validate(table, table_name, where=str(path))
     return table
@@ -205,8 +212,3 @@ def run_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:
         return None
     raw = meta.get(RUN_METADATA_KEY)
     return json.loads(raw) if raw else None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -32,7 +32,7 @@ from pathlib import Path
 import duckdb
 
 from stabilitybench.data_schema.corpus import connect, require_corpus
-from stabilitybench.data_schema.errors import StabilityBenchError
+from stabilitybench.data_schema.errors import StabilityBenchError, first_line
 
 #: The statement types ``query`` runs as they are (PIVOT with an IN list, DESCRIBE, SHOW, ... parse as SELECT).
 READ_STATEMENTS = frozenset({duckdb.StatementType.SELECT})
@@ -195,7 +195,7 @@ def _extract(sql: str) -> list[duckdb.Statement]:
     try:
         return duckdb.extract_statements(sql)
     except duckdb.Error as exc:
-        raise QueryError(f"query: {_first_line(exc)}") from None
+        raise QueryError(f"query: {first_line(exc)}") from None
 
 
 def check_read_only(sql: str) -> None:
@@ -247,7 +247,7 @@ def read_only_connection(corpus: str | os.PathLike[str]) -> duckdb.DuckDBPyConne
         con.execute("set enable_external_access = false")
         con.execute("set lock_configuration = true")
     except duckdb.Error as exc:
-        raise QueryError(f"query: cannot open the corpus views ({_first_line(exc)}); "
+        raise QueryError(f"query: cannot open the corpus views ({first_line(exc)}); "
                          f"`stabilitybench verify --corpus {corpus}` names damaged files") from None
     return con
 
@@ -259,12 +259,7 @@ def run_query(corpus: str | os.PathLike[str], sql: str) -> duckdb.DuckDBPyRelati
     try:
         return con.sql(sql)
     except duckdb.PermissionException as exc:
-        raise QueryError(f"query: {_first_line(exc)} (a query reads the views runs, manifest, steps and events, "
+        raise QueryError(f"query: {first_line(exc)} (a query reads the views runs, manifest, steps and events, "
                          "and their files; nothing else)") from None
     except duckdb.Error as exc:
-        raise QueryError(f"query failed: {_first_line(exc)}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+        raise QueryError(f"query failed: {first_line(exc)}") from None

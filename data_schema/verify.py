@@ -31,7 +31,10 @@ from typing import Any
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from stabilitybench.data_schema.corpus import (
+from stabilitybench.data_schema.errors import CorpusNotFoundError, CorruptFileError, SchemaError, SkippedRunsWarning
+from stabilitybench.data_schema.integrity import Problem, check_run
+from stabilitybench.data_schema.io import run_metadata
+from stabilitybench.data_schema.layout import (
     EVENTS_DIR,
     MANIFEST,
     STEPS_DIR,
@@ -40,9 +43,6 @@ from stabilitybench.data_schema.corpus import (
     require_corpus,
     steps_path,
 )
-from stabilitybench.data_schema.errors import CorpusNotFoundError, CorruptFileError, SchemaError, SkippedRunsWarning
-from stabilitybench.data_schema.integrity import Problem, check_run
-from stabilitybench.data_schema.io import run_metadata
 from stabilitybench.data_schema.schema import PARTITION_COLUMNS
 
 #: How a run was written, from its manifest row's ``config_json`` (:func:`run_origin`).

@@ -33,7 +33,7 @@ What it guarantees (each is tested in ``tests/test_probe.py``):
   ``"record"`` keeps training and recording.
 * **One probe per optimizer, and removal undoes it.** A second live Probe on the same optimizer is
   refused (:class:`~stabilitybench.generate.errors.ProbeAttachedError`): two would each multiply and restore the
-  LR and leave it wrong for good. :meth:`Probe.remove` (or leaving ``with Probe(...)``) detaches every
+  LR and leave it wrong for good. :meth:`Probe.detach` (or leaving ``with Probe(...)``) detaches every
   hook and restores any LR it had multiplied for an update that never finished.
 * **Cheap on small models.** Where the cost is per torch call rather than per value (a small
   model on CPU), an update makes twelve torch calls: the gradient is copied into a reused flat
@@ -50,14 +50,16 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from stabilitybench.generate.coherence import RollingCoherence, SignSketch
 from stabilitybench.generate.errors import NonFiniteTraining, ProbeAttachedError, TrainingDiverged
 from stabilitybench.generate.perturbations import NoPerturbation, Perturbation, TrainingClock, UpdateContext
-from stabilitybench.generate.telemetry import apply_perturbation
+from stabilitybench.generate.telemetry import apply_perturbation, warn_deprecated
 
 #: ``on_row(step, stats)``: ``stats`` holds lr, grad_norm, grad_coherence, update_norm, param_norm,
 #: perturbation_active.
@@ -67,12 +69,62 @@ _TINY = 1e-30
 NONFINITE_POLICIES = ("stop", "record", "raise")
 #: Up to this many parameters (on CPU) the update-norm snapshot is one flat buffer (2 x P values).
 _FLAT_SNAPSHOT_MAX = 1 << 21
+#: dtypes whose CPU elementwise steps run as NumPy calls on views of the probe's own buffers (same IEEE results).
+_NUMPY_DTYPES = (torch.float32, torch.float64)
+_np_subtract, _np_divide, _np_add = np.subtract, np.divide, np.add
 #: optimizer -> weak reference to its live Probe (neither is kept alive by this table).
 _LIVE: weakref.WeakKeyDictionary[torch.optim.Optimizer, weakref.ReferenceType[Probe]] = weakref.WeakKeyDictionary()
 
 
+@dataclass(frozen=True)
+class ProbeInternals:
+    """How the project's own generators and adapters wire a :class:`Probe` in; not part of the public API.
+
+    A user's probe is the defaults. :class:`_WiredProbe` takes one of these besides the public arguments.
+
+    main, leads, clock:
+        Several optimizers of one algorithm (SAC/TD3's critic, actor and entropy coefficient)
+        share a :class:`~stabilitybench.generate.perturbations.TrainingClock`; the *main* probe advances it
+        and defines ``step``, a follower's update belongs to the main update just made, unless ``leads``
+        (it steps first).
+    update_context:
+        With it, the perturbation's ``before_update`` may change parameters or optimizer state just
+        before the step (the generators' parametric kinds).
+    skip_stepped_grads:
+        Ignore gradient accumulations into a gradient this optimizer already applied (SAC/TD3: the
+        actor's loss backpropagates through the critic, which would otherwise cost a wasted capture).
+    record:
+        False: only apply the perturbation's LR factor, record nothing (SAC's entropy coefficient).
+    manual_grads, coherence:
+        For loops that hand the gradient over themselves (:meth:`Probe.set_gradient`; no gradient hooks)
+        and bring their own coherence estimator (the GPT-2 loop's microbatch coherence).
+    exact_max_params:
+        Up to this many parameters the coherence ring holds gradients exactly; above, the sketch.
+    """
+
+    main: bool = True
+    leads: bool = False
+    clock: TrainingClock | None = None
+    update_context: UpdateContext | None = None
+    skip_stepped_grads: bool = False
+    record: bool = True
+    manual_grads: bool = False
+    coherence: Any = None
+    exact_max_params: int = 1 << 21
+
+
+#: A user's Probe: one optimizer, its own clock, gradient hooks and coherence.
+_PUBLIC_INTERNALS = ProbeInternals()
+
+
 class Probe:
     """Per-update telemetry of one optimizer (module docstring).
+
+    ::
+
+        with Recorder("corpus", "my-run", algo="cnn", env="digits") as rec, Probe(optimizer, rec):
+            for x, y in loader:
+                ...  # the loop is unchanged: zero_grad, backward, (clipping), optimizer.step()
 
     Parameters
     ----------
@@ -82,25 +134,15 @@ class Probe:
         A :class:`~stabilitybench.generate.recorder.Recorder` that receives one row per update (``step``,
         ``samples_seen``, ``wall_time_s`` are filled in by the recorder), or None with ``on_row``.
     perturbation:
-        Optional controlled perturbation (``stabilitybench.perturbation(...)``); default none.
-        Its ``lr_factor`` multiplies every group's LR during the update; with ``update_context``
-        its ``before_update`` may change parameters or optimizer state just before the step.
+        Optional controlled perturbation (``stabilitybench.perturbation(...)``); default none (or the
+        recorder's). Its ``lr_factor`` multiplies every group's LR for the duration of each update it covers.
     on_row:
         ``on_row(step, stats)`` instead of (or as well as) the recorder; adapters use it.
     coherence_window:
         K, the number of recent applied gradients whose mean pairwise cosine is ``grad_coherence``.
-    sketch_dim, exact_max_params:
-        Above ``exact_max_params`` parameters, coherence is computed in a ``sketch_dim``-dim sketch.
-    main, leads, clock:
-        Several optimizers of one algorithm (SAC/TD3's critic, actor and entropy coefficient)
-        share a :class:`TrainingClock`; the *main* probe advances it and defines ``step``, a
-        follower's update belongs to the main update just made, unless ``leads`` (it steps first).
-    manual_grads, coherence:
-        For loops that hand the gradient over themselves (:meth:`set_gradient`; no gradient hooks)
-        and bring their own coherence estimator (the GPT-2 loop's microbatch coherence).
-    skip_stepped_grads:
-        Ignore gradient accumulations into a gradient this optimizer already applied (SAC/TD3: the
-        actor's loss backpropagates through the critic, which would otherwise cost a wasted capture).
+    sketch_dim:
+        Above 2**21 parameters, coherence is computed in a random-sign sketch of this many dimensions
+        (<= 4096), so its memory stays K x ``sketch_dim``.
     nonfinite:
         What a non-finite gradient (caught before the step on CPU) or parameter does. In every case
         the update's row is recorded and the recorder gets one ``nonfinite`` event
@@ -111,9 +153,11 @@ class Probe:
         ``"raise"``: raise :class:`~stabilitybench.generate.errors.NonFiniteTraining` without closing (the project's
         generators, which own the recorder; a ``with Recorder`` block also records it as data).
 
-    A second Probe on an optimizer that has a live one raises :class:`~generate.errors.ProbeAttachedError`
-    (a probe whose Recorder is closed, i.e. whose run is over, is removed instead).
-    ``with Probe(optimizer, recorder) as probe:`` removes the probe on leaving the block.
+    A second Probe on an optimizer that has a live one raises
+    :class:`~stabilitybench.generate.errors.ProbeAttachedError` (a probe whose Recorder is closed, i.e. whose
+    run is over, is detached instead). :meth:`detach` (or leaving ``with Probe(...) as probe:``) undoes it.
+    The project's own generators and adapters wire probes in further (several optimizers sharing one step
+    clock, a gradient handed over by the loop, ...) through :class:`ProbeInternals`; users never need it.
     """
 
     def __init__(
@@ -125,17 +169,19 @@ class Probe:
         on_row: RowCallback | None = None,
         coherence_window: int = 8,
         sketch_dim: int = 4096,
-        exact_max_params: int = 1 << 21,
-        main: bool = True,
-        leads: bool = False,
-        clock: TrainingClock | None = None,
-        update_context: UpdateContext | None = None,
-        skip_stepped_grads: bool = False,
         nonfinite: str = "stop",
-        record: bool = True,
-        manual_grads: bool = False,
-        coherence: Any = None,
     ) -> None:
+        self._setup(optimizer, recorder, perturbation, on_row, coherence_window, sketch_dim, nonfinite,
+                    _PUBLIC_INTERNALS)
+
+    def _setup(self, optimizer: torch.optim.Optimizer, recorder: Any, perturbation: Perturbation | None,
+               on_row: RowCallback | None, coherence_window: int, sketch_dim: int, nonfinite: str,
+               internals: ProbeInternals) -> None:
+        """The constructor proper: the public arguments plus how the probe is wired in (:class:`ProbeInternals`)."""
+        main, leads, clock = internals.main, internals.leads, internals.clock
+        update_context, skip_stepped_grads = internals.update_context, internals.skip_stepped_grads
+        record, manual_grads, coherence = internals.record, internals.manual_grads, internals.coherence
+        exact_max_params = internals.exact_max_params
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"nonfinite must be one of {', '.join(map(repr, NONFINITE_POLICIES))}, got {nonfinite!r}")
         self.optimizer = optimizer
@@ -144,11 +190,11 @@ class Probe:
             raise ValueError("the optimizer has no parameters that require gradients")
         live = Probe.attached(optimizer)
         if live is not None and getattr(live.recorder, "closed", False):
-            live.remove()  # its run is over (its Recorder was closed, e.g. by an exception): nothing to compete with
+            live.detach()  # its run is over (its Recorder was closed, e.g. by an exception): nothing to compete with
         elif live is not None:
             raise ProbeAttachedError(
-                f"this {type(optimizer).__name__} already has a live Probe; remove it first "
-                "(`Probe.attached(optimizer).remove()`, or attach with `with Probe(...)`)")
+                f"this {type(optimizer).__name__} already has a live Probe; detach it first "
+                "(`Probe.attached(optimizer).detach()`, or attach with `with Probe(...)`)")
         self.recorder = recorder
         if recorder is not None:
             if perturbation is None:
@@ -196,6 +242,9 @@ class Probe:
             self._pair = torch.zeros(3 if self._fast else 2, self.numel, dtype=self.params[0].dtype)
             self._pair_views = (_views(self._pair[0], self.params), _views(self._pair[1], self.params))
         self._pair_rows = () if self._pair is None else self._pair.unbind(0)
+        #: NumPy views of those rows (float32/float64): the elementwise steps cost a third of a torch call there.
+        self._pair_np = [r.numpy() for r in self._pair_rows] if self._pair is not None and \
+            self._pair.dtype in _NUMPY_DTYPES else []
         if self._fast:
             self.coherence: Any = _RowCoherence(coherence_window, self._pair_rows[2])
         else:
@@ -231,7 +280,7 @@ class Probe:
     # -- public ---------------------------------------------------------------------------
     @staticmethod
     def attached(optimizer: torch.optim.Optimizer) -> Probe | None:
-        """The live (not removed) Probe on ``optimizer``, or None."""
+        """The live (not detached) Probe on ``optimizer``, or None."""
         ref = _LIVE.get(optimizer)
         probe = None if ref is None else ref()
         return probe if probe is not None and probe._handles else None
@@ -241,7 +290,7 @@ class Probe:
         """The index of the update this probe's optimizer makes next (or made last, for a follower)."""
         return self._current_step()
 
-    def remove(self) -> None:
+    def detach(self) -> None:
         """Detach every hook and undo what the probe changed; the optimizer and parameters are left as they were.
 
         If an update was cut off between the probe's pre- and post-step hooks (an exception inside
@@ -256,11 +305,16 @@ class Probe:
         if ref is not None and ref() is self:
             del _LIVE[self.optimizer]
 
+    def remove(self) -> None:
+        """Deprecated alias of :meth:`detach` (removed in 0.2)."""
+        warn_deprecated("Probe.remove()", "Probe.detach()")
+        self.detach()
+
     def __enter__(self) -> Probe:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self.remove()
+        self.detach()
 
     def set_gradient(self, grad: torch.Tensor, norm: torch.Tensor | float) -> None:
         """Hand over this update's flat gradient (shape ``(P,)``) and its pre-clipping norm directly.
@@ -458,7 +512,7 @@ class Probe:
             return
         if self.nonfinite == "raise" or rec is None or not hasattr(rec, "close"):
             raise NonFiniteTraining(step, what) if self.nonfinite == "raise" else TrainingDiverged(step, what)
-        self.remove()  # the run is over: the optimizer is left as the user made it
+        self.detach()  # the run is over: the optimizer is left as the user made it
         rec.close("nonfinite")  # the row, the event and (with a corpus) the files are safe before the raise
         corpus = getattr(rec, "corpus", None)
         raise TrainingDiverged(step, what, getattr(rec, "run_id", None) if corpus is not None else None,
@@ -496,7 +550,10 @@ class Probe:
                                     torch.linalg.vector_norm(self._flat)))
             if self._pair is not None:
                 torch._foreach_copy_(self._pair_views[1], self.params)
-                self._pair_rows[0].sub_(self._pair_rows[1])
+                if self._pair_np:
+                    _np_subtract(self._pair_np[0], self._pair_np[1], out=self._pair_np[0])
+                else:
+                    self._pair_rows[0].sub_(self._pair_rows[1])
                 return torch.linalg.vector_norm(self._pair, dim=1)  # (||before - after||, ||after||[, ||S||])
             torch._foreach_sub_(self._before, self.params)
             return torch.stack(torch._foreach_norm(self._before + self.params))
@@ -510,6 +567,20 @@ class Probe:
             self.recorder.append(step=step, **stats)
         if self.main:
             self.clock.step += 1
+
+
+class _WiredProbe(Probe):
+    """A :class:`Probe` wired in by the project's own generators and adapters (:class:`ProbeInternals`).
+
+    ``_WiredProbe(optimizer, recorder, internals, **public)``: the public keyword arguments of :class:`Probe`
+    plus ``internals``; behaves exactly as a Probe otherwise.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, recorder: Any = None,
+                 internals: ProbeInternals = _PUBLIC_INTERNALS, *, perturbation: Perturbation | None = None,
+                 on_row: RowCallback | None = None, coherence_window: int = 8, sketch_dim: int = 4096,
+                 nonfinite: str = "stop") -> None:
+        self._setup(optimizer, recorder, perturbation, on_row, coherence_window, sketch_dim, nonfinite, internals)
 
 
 class _NoGrad:
@@ -530,7 +601,10 @@ class _RowCoherence(RollingCoherence):
     """:class:`~stabilitybench.generate.coherence.RollingCoherence` whose running sum S is a row of the probe's buffer.
 
     The ring buffer is allocated up front and :meth:`push` takes the host norm (CPU), so an update
-    costs three in-place torch calls; ``||S||`` then comes out of the probe's one reduction.
+    costs three in-place elementwise calls; ``||S||`` then comes out of the probe's one reduction. For
+    float32/float64 the three are NumPy calls on views of the same memory, made once: the same IEEE
+    operations on the same values (bit-identical to the torch calls, ``tests/test_probe.py``) at a
+    third of the dispatch cost of a torch call on a small vector.
     """
 
     def __init__(self, window: int, sum_row: torch.Tensor) -> None:
@@ -538,15 +612,29 @@ class _RowCoherence(RollingCoherence):
         self._sum = sum_row
         self._buf = torch.zeros(window, sum_row.numel(), dtype=sum_row.dtype, device=sum_row.device)
         self._rows = self._buf.unbind(0)
+        self._np = sum_row.dtype in _NUMPY_DTYPES
+        self._sum_np = sum_row.numpy() if self._np else None
+        self._rows_np = [row.numpy() for row in self._rows] if self._np else []
+        self._grad: torch.Tensor | None = None  # the probe's reused gradient buffer, and its NumPy view
+        self._grad_np: Any = None
 
     def push(self, grad: torch.Tensor, norm: torch.Tensor | float) -> None:
         if isinstance(norm, torch.Tensor) or grad.dim() != 1 or grad.requires_grad:
             super().push(grad, norm)
             return
-        slot = self._rows[self._count % self.window]
-        self._sum.sub_(slot)
-        torch.div(grad, norm, out=slot)
-        self._sum.add_(slot)
+        i = self._count % self.window
+        if self._np:
+            if grad is not self._grad:
+                self._grad, self._grad_np = grad, grad.numpy()
+            slot = self._rows_np[i]
+            _np_subtract(self._sum_np, slot, out=self._sum_np)
+            _np_divide(self._grad_np, norm, out=slot)
+            _np_add(self._sum_np, slot, out=self._sum_np)
+        else:
+            slot_t = self._rows[i]
+            self._sum.sub_(slot_t)
+            torch.div(grad, norm, out=slot_t)
+            self._sum.add_(slot_t)
         self._count += 1
         if self._count % self.RESUM_EVERY == 0:
             torch.sum(self._buf, dim=0, out=self._sum)

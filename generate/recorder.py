@@ -3,7 +3,7 @@
 A :class:`Recorder` is one run. It fills in the columns every row needs (``run_id``,
 ``step``, ``samples_seen``, ``wall_time_s``, the partition columns), and :meth:`Recorder.close`
 writes the events file, then the steps file (carrying the manifest row in its metadata, as the
-runner does), then the manifest row, all through :mod:`data_schema`'s atomic writers. The
+runner does), then the manifest row, all through :func:`~stabilitybench.data_schema.run_writer.write_run`. The
 corpus then reads with ``stabilitybench query``/``analyze``/``report`` and with plain DuckDB.
 
 ``close`` runs on leaving a ``with Recorder(...)`` block, including on an exception or a
@@ -23,19 +23,19 @@ attaches, else at the first row), a run_id the corpus already holds (an ok manif
 file) is refused with :class:`~stabilitybench.generate.errors.RunExistsError`, before training; ``overwrite=True``
 replaces the old run instead. A refused Recorder never writes.
 
-**Writing is one step.** ``close`` builds both tables first (a bad column raises before anything is
-written), writes the events and steps files under temporary names, and then, holding the corpus
-lock, renames both into place and upserts the manifest row; with ``overwrite=True`` a steps file of
-the old run in another partition is removed in the same step.
+**Writing is one step.** ``close`` builds its manifest row and both tables and hands them to
+:func:`stabilitybench.data_schema.run_writer.write_run`, the corpus's one run writer (the runner's
+workers use it too): a bad column raises before anything is written; holding the corpus lock, the
+run_id is checked once more, the events and steps files are written under temporary names, renamed
+into place and the manifest row upserted; with ``overwrite=True`` a steps file of the old run in
+another partition is removed in the same step.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
-import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -44,20 +44,13 @@ import pyarrow as pa
 
 from stabilitybench.data_schema import (
     EVENTS_SCHEMA,
-    RUN_METADATA_KEY,
     SCHEMA_VERSION,
     STEPS_SCHEMA,
-    events_path,
     read_manifest,
-    steps_path,
-    write_manifest,
-    write_table,
 )
-from stabilitybench.data_schema.corpus import STEPS_DIR
-from stabilitybench.data_schema.integrity import file_digest
-from stabilitybench.data_schema.io import atomic_path, conform
-from stabilitybench.data_schema.lock import CorpusLock, CorpusLockedError
-from stabilitybench.data_schema.schema import DOMAINS, PARTITION_COLUMNS
+from stabilitybench.data_schema.keys import NO_PERTURBATION, ConfigKey
+from stabilitybench.data_schema.run_writer import hash_run_id, run_steps_files, write_run
+from stabilitybench.data_schema.schema import DOMAINS
 from stabilitybench.generate.errors import NonFiniteTraining, RunExistsError
 
 
@@ -245,52 +238,22 @@ class Recorder:
             return None
         self.seal()
         row = self._manifest_row(stop_reason, error)
-        # a bad column or a null in a required one raises here, naming the file, before anything is written
-        steps = conform(self.steps_table(), STEPS_SCHEMA, where=str(steps_path(self.corpus, row)))
-        events = conform(self.events_table(), EVENTS_SCHEMA, where=str(events_path(self.corpus, self.run_id)))
-        self._publish(row, steps, events)
+        # under the corpus lock: conformed (a bad column raises before anything is written), the run_id
+        # checked again, events and steps written, renamed into place, the manifest row upserted; a steps
+        # file of the old run in another partition goes in the same step
+        write_run(self.corpus, row, self.steps_table(), self.events_table(), check=self._refuse_if_written,
+                  owner=f"Recorder({self.run_name})", stacklevel=4)
         self.manifest_row = row
         return row
 
-    def _publish(self, row: dict[str, Any], steps: pa.Table, events: pa.Table, wait_s: float = 30.0) -> None:
-        """Write both files under temporary names, then, under the corpus lock, rename them into place and
-        upsert the manifest row (waiting up to ``wait_s`` for another writer of the corpus).
-
-        If the lock stays held (a ``generate`` is running on this corpus), the files are still written
-        (they carry the row in their metadata) and a warning says the manifest was not updated.
-        """
-        self.corpus.mkdir(parents=True, exist_ok=True)
-        lock = CorpusLock(self.corpus, f"Recorder({self.run_name})")
-        busy = _acquire(lock, wait_s)
-        try:
-            existing = self._existing() if busy is None else ""
-            if existing and not self.overwrite:  # written by another process since seal()
-                self.refused = True
-                raise RunExistsError(
-                    f"{self.corpus}: run {self.run_id} ({self.run_name!r}) was written by another process while "
-                    f"this one ran ({existing}); not overwritten (pass overwrite=True to replace it)")
-            spath, epath = steps_path(self.corpus, row), events_path(self.corpus, self.run_id)
-            with atomic_path(epath, fsync=True) as etmp, atomic_path(spath, fsync=True) as stmp:
-                write_table(events, etmp, EVENTS_SCHEMA)
-                row["events_bytes"], row["events_blake2b"] = file_digest(etmp)
-                write_table(steps, stmp, STEPS_SCHEMA, extra_metadata={RUN_METADATA_KEY: json.dumps(row).encode()})
-                row["steps_bytes"], row["steps_blake2b"] = file_digest(stmp)  # as in generate.runner.run_one
-            # both renamed into place on leaving the block; an old run's steps file elsewhere goes too
-            for old in self._steps_files():
-                if old != spath:
-                    old.unlink(missing_ok=True)
-            if busy is not None:
-                warnings.warn(f"run {self.run_id} written, but not added to the manifest: {busy}", stacklevel=4)
-                return
-            rows = [r for r in read_manifest(self.corpus).to_pylist() if r["run_id"] != self.run_id]
-            write_manifest(self.corpus, [*rows, row])
-        finally:
-            lock.release()
-
-    def _steps_files(self) -> list[Path]:
-        """Every steps file named after this run_id, in any partition."""
-        pattern = "/".join(["*"] * len(PARTITION_COLUMNS) + [f"{self.run_id}.parquet"])
-        return sorted(Path(self.corpus, STEPS_DIR).glob(pattern))
+    def _refuse_if_written(self) -> None:
+        """Under the corpus lock, just before writing: a run_id another process wrote since :meth:`seal`."""
+        existing = self._existing()
+        if existing and not self.overwrite:
+            self.refused = True
+            raise RunExistsError(
+                f"{self.corpus}: run {self.run_id} ({self.run_name!r}) was written by another process while "
+                f"this one ran ({existing}); not overwritten (pass overwrite=True to replace it)")
 
     def _existing(self) -> str:
         """What of this run_id the corpus holds ("" for nothing): an ok manifest row or a steps file."""
@@ -300,7 +263,7 @@ class Recorder:
         if any(r["status"] == "ok" for r in rows):
             row = next(r for r in rows if r["status"] == "ok")
             return f"an ok manifest row, stop_reason {row['stop_reason']}, {row['n_updates']} updates"
-        files = self._steps_files()
+        files = run_steps_files(self.corpus, self.run_id)
         if files:
             status = f", manifest status {rows[0]['status']}" if rows else ", no manifest row"
             return f"steps file {files[0].relative_to(self.corpus)}{status}"
@@ -312,11 +275,12 @@ class Recorder:
         p = self.perturbation
         failed = stop_reason == "error"
         samples = self.now()["samples_seen"]
-        onset = None if p is None or p.kind == "none" else p.onset_step
+        control = p is None or ConfigKey(p.kind).is_control
+        onset = None if control else p.onset_step  # a control's onset resolves to 0 (data_schema.keys.onset_step)
         return {
             **self.partition, "run_id": self.run_id, "seed": self.seed,
             "dimension": "none" if p is None else p.dimension,
-            "magnitude": 1.0 if p is None or p.kind == "none" else p.magnitude,  # 1.0: as the generators' controls
+            "magnitude": 1.0 if control else p.magnitude,  # 1.0: as the generators' controls
             "onset_step": onset, "duration_steps": None if onset is None else p.duration_steps,
             "stochasticity": "default", "total_steps": int(self.total_steps or samples),
             "n_updates": len(self.rows), "stop_reason": None if failed else stop_reason,
@@ -342,34 +306,21 @@ class Recorder:
             self.close("error", error=f"{exc_type.__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}")
 
 
-def _acquire(lock: CorpusLock, wait_s: float) -> CorpusLockedError | None:
-    """Take ``lock``, waiting up to ``wait_s`` for another writer; the last refusal if it stays held."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            lock.acquire()
-            return None
-        except CorpusLockedError as exc:
-            if time.monotonic() >= deadline:
-                return exc
-            time.sleep(0.5)
-
-
 def _run_id(run_name: str, domain: str, algo: str, env: str, seed: int, config: dict[str, Any],
             perturbation: Any = None) -> str:
-    """A stable 16-hex-digit hash of everything that distinguishes a run.
+    """The run_id of a recorded run: the hash of what distinguishes it (``data_schema.run_writer.hash_run_id``).
 
     An unperturbed run (no perturbation, or kind ``none``) hashes as it did before perturbations were
     part of the identity, so its run_id is unchanged; a perturbed one adds kind, magnitude, onset,
-    duration and the perturbation's own seed.
+    duration and the perturbation's own seed. Recorded runs hash the schema version they are
+    written with (:data:`~stabilitybench.data_schema.schema.SCHEMA_VERSION`), as they always have.
     """
     ident: dict[str, Any] = {"run_name": run_name, "domain": domain, "algo": algo, "env": env, "seed": seed,
-                             "config": config, "schema_version": SCHEMA_VERSION}
-    kind = getattr(perturbation, "kind", "none")
-    if perturbation is not None and kind != "none":
+                             "config": config}
+    kind = getattr(perturbation, "kind", NO_PERTURBATION)
+    if perturbation is not None and not ConfigKey(kind).is_control:
         ident["perturbation"] = {"kind": kind, "magnitude": float(perturbation.magnitude),
                                  "onset_step": int(perturbation.onset_step),
                                  "duration_steps": int(perturbation.duration_steps),
                                  "seed": int(getattr(perturbation, "seed", 0))}
-    payload = json.dumps(ident, sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    return hash_run_id(ident, SCHEMA_VERSION)

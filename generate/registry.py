@@ -17,7 +17,7 @@ from stabilitybench.generate.errors import ProfileError
 from stabilitybench.generate.intervention import INTERVENTION_HPARAMS
 from stabilitybench.generate.lm import config as lm_config
 from stabilitybench.generate.rl import config as rl_config
-from stabilitybench.generate.spec import RunSpec
+from stabilitybench.generate.spec import STOCHASTICITY_LEVELS, RunSpec
 
 
 @dataclass(frozen=True)
@@ -72,11 +72,11 @@ class Generator:
 
 
 GENERATORS: dict[tuple[str, str], Generator] = {
-    ("rl", algo): Generator("rl", algo, rl_config.CONFIGS[algo][0], rl_config.STOCHASTICITY_LEVELS,
+    ("rl", algo): Generator("rl", algo, rl_config.CONFIGS[algo][0], STOCHASTICITY_LEVELS,
                             "stabilitybench.generate.rl.train:run", rl_config.resolve, INTERVENTION_HPARAMS)
     for algo in ("ppo", "sac", "td3")
 }
-GENERATORS[("lm", "gpt2")] = Generator("lm", "gpt2", lm_config.LMConfig, lm_config.STOCHASTICITY_LEVELS,
+GENERATORS[("lm", "gpt2")] = Generator("lm", "gpt2", lm_config.LMConfig, STOCHASTICITY_LEVELS,
                                        "stabilitybench.generate.lm.train:run", lm_config.resolve)
 
 

@@ -1,8 +1,5 @@
 """Execute a matrix of run specs: resumable, one run per process, results into the corpus.
 
-* :func:`run_one` is *the* function that trains one spec and writes its files. Every
-  backend calls it (through :func:`run_in_worker`); it returns the run's manifest row
-  and never raises for a training failure (a failed run is a row with ``status = "failed"``).
 * :func:`plan` splits specs into done / to-run by looking at the corpus: a run is
   done when its steps and events files validate. A run whose files are complete but
   whose manifest row was lost (driver killed between the two writes) is recovered
@@ -11,6 +8,11 @@
   a local process pool, or Ray) and rewrites ``manifest.parquet`` atomically after
   every finished run. The driver is the only writer of the manifest; workers write
   only their own run's files, so a retried or duplicated attempt cannot duplicate data.
+
+One run in its worker process (:func:`~stabilitybench.generate.worker.run_one`, the function that trains
+one spec and writes its files; it returns the run's manifest row and never raises for a training
+failure) lives in :mod:`stabilitybench.generate.worker`, which every backend calls; the runner imports
+the backends, and nothing there imports the runner.
 """
 
 from __future__ import annotations
@@ -18,148 +20,35 @@ from __future__ import annotations
 import _thread
 import contextlib
 import errno
-import json
 import os
 import shutil
 import signal
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from stabilitybench.data_schema import (
-    EVENTS_SCHEMA,
     MANIFEST,
-    RUN_METADATA_KEY,
-    SCHEMA_VERSION,
-    STEPS_SCHEMA,
     CorruptFileError,
-    events_path,
     read_manifest,
-    remove_stale_temps,
     run_metadata,
     steps_path,
     write_manifest,
-    write_table,
 )
 from stabilitybench.data_schema.corpus import STEPS_DIR
 from stabilitybench.data_schema.errors import DiskFullError
-from stabilitybench.data_schema.integrity import Problem, check_run, file_digest
+from stabilitybench.data_schema.integrity import Problem, check_run
 from stabilitybench.data_schema.io import remove_stale_temps_tree
 from stabilitybench.data_schema.lock import CorpusLock
-from stabilitybench.data_schema.schema import DIMENSIONS
+from stabilitybench.generate.backends import Backend, LocalPool
 from stabilitybench.generate.costs import longest_first
 from stabilitybench.generate.errors import Interrupted
-from stabilitybench.generate.perturbations import perturbation_class
-from stabilitybench.generate.registry import generator_for
 from stabilitybench.generate.spec import RunSpec
-from stabilitybench.generate.version import code_version
-
-if TYPE_CHECKING:
-    from stabilitybench.generate.backends import Backend
-
-LOG_DIR = "logs"
-
-
-# ---------------------------------------------------------------------------- one run
-def run_one(spec: RunSpec, corpus: str | os.PathLike[str], num_threads: int = 1) -> dict[str, Any]:
-    """Train ``spec``, write its steps and events files atomically, return its manifest row.
-
-    ``num_threads`` is torch's intra-op thread count: the cores this run was given
-    (1 on the local pool; a Ray task's ``num_cpus``).
-    """
-    import torch  # imported here so the driver process stays light
-
-    torch.set_num_threads(num_threads)
-    corpus = Path(corpus)
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    t0 = time.perf_counter()
-    row = base_row(spec)
-    for path in (events_path(corpus, spec.run_id), steps_path(corpus, row)):
-        remove_stale_temps(path)  # left by an earlier attempt of this run that was killed mid-write
-    row["started_at"] = started
-    try:
-        result = generator_for(spec.domain, spec.algo).load()(spec)
-        row.update(
-            onset_step=result.onset_step,
-            planned_updates=result.planned_updates,
-            n_updates=result.steps.num_rows,
-            stop_reason=result.stop_reason,
-            tokenizer_hash=result.tokenizer_hash,
-            # torch_threads: intra-op threads can change float reduction order, so it is part of the config
-            config_json=json.dumps({"spec": spec.to_dict(), "algo_config": result.config,
-                                    "torch_threads": torch.get_num_threads()}, sort_keys=True),
-            status="ok",
-            run_wall_time_s=time.perf_counter() - t0,
-            **result.knobs,
-        )
-        # events first, steps last: the steps file (carrying the manifest row) marks completion
-        events = write_table(result.events, events_path(corpus, spec.run_id), EVENTS_SCHEMA)
-        row["events_bytes"], row["events_blake2b"] = file_digest(events)
-        meta = {RUN_METADATA_KEY: json.dumps(row).encode()}
-        steps = write_table(result.steps, steps_path(corpus, row), STEPS_SCHEMA, extra_metadata=meta)
-        row["steps_bytes"], row["steps_blake2b"] = file_digest(steps)  # hashed as written: later damage shows
-    except Exception as exc:
-        row.update(status="failed", error=_one_line(exc), run_wall_time_s=time.perf_counter() - t0, stop_reason=None)
-        try:
-            log = corpus / LOG_DIR / f"{spec.run_id}.log"
-            log.parent.mkdir(parents=True, exist_ok=True)
-            log.write_text(traceback.format_exc())
-        except OSError:  # e.g. the disk is full: the row still carries the error
-            pass
-    return row
-
-
-def run_in_worker(spec: RunSpec, corpus: str, num_threads: int = 1) -> dict[str, Any]:
-    """Every backend's entry point: ``run_one`` with the worker's stdout/stderr going to the run's log.
-
-    Native libraries (MuJoCo's compiler, for one) print straight to file descriptors 1
-    and 2, which would tear through the progress bar; one run per process (both backends
-    guarantee it) makes the redirect safe, and the output is kept in
-    ``<corpus>/logs/<run_id>.out``.
-    """
-    log = Path(corpus, LOG_DIR, f"{spec.run_id}.out")
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as fh:
-        os.dup2(fh.fileno(), 1)
-        os.dup2(fh.fileno(), 2)
-        return run_one(spec, corpus, num_threads)
-
-
-def base_row(spec: RunSpec) -> dict[str, Any]:
-    """The manifest columns known before the run starts."""
-    kind = perturbation_class(spec.perturbation)
-    dimension = kind.dimension
-    assert dimension in DIMENSIONS
-    return {
-        "run_id": spec.run_id,
-        "domain": spec.domain,
-        "algo": spec.algo,
-        "env": spec.env,
-        "seed": spec.seed,
-        "perturbation": spec.perturbation,
-        "dimension": dimension,
-        "magnitude": spec.magnitude,
-        "onset_frac": spec.onset_frac,
-        "duration_steps": spec.duration_steps,
-        "stochasticity": spec.stochasticity,
-        "coherence_window": spec.coherence_window,
-        "total_steps": spec.total_steps,
-        "status": "running",
-        "error": None,
-        "code_version": code_version(),
-        "schema_version": SCHEMA_VERSION,
-        "config_json": json.dumps({"spec": spec.to_dict()}, sort_keys=True),
-    }
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
+from stabilitybench.generate.worker import LOG_DIR, base_row
 
 
 # ------------------------------------------------------------------------------ plan
@@ -298,8 +187,6 @@ def run_matrix(
     finished run is recorded, the workers are stopped, and :class:`Interrupted` is raised.
     A full disk raises :class:`~stabilitybench.data_schema.errors.DiskFullError` with the corpus consistent.
     """
-    from stabilitybench.generate.backends import LocalPool
-
     corpus = Path(corpus)
     t0 = time.perf_counter()
     lock = CorpusLock(corpus, "stabilitybench generate")
@@ -429,13 +316,3 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         for sig, previous in old_handlers.items():
             signal.signal(sig, previous)
-
-
-WORKER_DIED = "worker process died (killed or crashed); rerun generate to retry"
-
-
-def died_row(spec: RunSpec, error: str = WORKER_DIED) -> dict[str, Any]:
-    """The manifest row of a run whose worker died before it could return one."""
-    row = base_row(spec)
-    row.update(status="failed", error=error)
-    return row

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from stabilitybench.data_schema.run_writer import hash_run_id
 from stabilitybench.data_schema.schema import RUN_ID_VERSION
+
+#: The stochasticity levels every generator offers (each generator's config maps them to its own knobs).
+STOCHASTICITY_LEVELS = ("low", "default", "high")
 
 
 @dataclass(frozen=True)
@@ -44,8 +46,8 @@ class RunSpec:
 
     @property
     def run_id(self) -> str:
-        payload = json.dumps({**self.to_dict(), "schema_version": RUN_ID_VERSION}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        """Stable hash of every field and RUN_ID_VERSION (:func:`stabilitybench.data_schema.run_writer.hash_run_id`)."""
+        return hash_run_id(self.to_dict(), RUN_ID_VERSION)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

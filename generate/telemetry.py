@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -21,3 +22,12 @@ def apply_perturbation(perturbation: Perturbation, step: int, ctx: UpdateContext
 
 def params_finite(params: Iterable[torch.Tensor]) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in params)
+
+
+def warn_deprecated(old: str, new: str, stacklevel: int = 3) -> None:
+    """A ``DeprecationWarning`` that ``old`` is now ``new`` (kept as an alias for one minor version, until 0.2).
+
+    ``stacklevel`` 3 points at the caller of the deprecated function or constructor.
+    """
+    warnings.warn(f"{old} is deprecated and will be removed in stabilitybench 0.2; use {new}", DeprecationWarning,
+                  stacklevel=stacklevel)

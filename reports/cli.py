@@ -17,11 +17,12 @@ def report(
     results: Annotated[Path, typer.Option("--results", "-r", help="Results directory from `analyze`")] = Path(
         "results"),
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Report directory")] = Path("reports/out"),
-    corpus: Annotated[Path | None, typer.Option("--corpus", "-c", help="Corpus for F1's raw telemetry "
-                                                 "(default: the path recorded in summary.json)")] = None,
+    corpus: Annotated[Path | None, typer.Option("--corpus", "-c", help="Corpus path the page names as the "
+                                                 "results' source (default: the one recorded in summary.json; "
+                                                 "nothing is read from it)")] = None,
     embed: Annotated[bool, typer.Option("--embed/--no-embed", help="Inline the PNGs into index.html")] = False,
 ) -> None:
-    """Draw figures F1-F12 and write index.html + index.md from the analysis results."""
+    """Draw figures F1-F13 and write index.html, index.md and figures.json from the analysis results."""
     from stabilitybench.reports.report import build_report
 
     t0 = time.perf_counter()

@@ -50,6 +50,7 @@ from stabilitybench.analysis.dose_response import DoseResponseModel, next_doses
 from stabilitybench.analysis.outcomes import collapse_outcomes
 from stabilitybench.data_schema import read_manifest
 from stabilitybench.data_schema.io import atomic_path
+from stabilitybench.data_schema.keys import NO_PERTURBATION, ConfigKey
 from stabilitybench.data_schema.progress import ProgressReporter
 from stabilitybench.generate.costs import estimate
 from stabilitybench.generate.doses import acts_on_alarms, curve_key
@@ -136,7 +137,7 @@ def load_design(path: str | os.PathLike[str]) -> Design:
             raise ProfileError(f"{label}: max_runs must be a positive integer, got {max_runs!r}")
         if "magnitude" in block or "seed" in block:
             raise ProfileError(f"{label}: magnitude and seed are chosen by the design; remove them")
-        if block.get("perturbation", "none") == "none":
+        if ConfigKey(str(block.get("perturbation", NO_PERTURBATION))).is_control:
             raise ProfileError(f"{label}: a target needs a perturbation kind")
         (template,) = expand({"defaults": defaults, "matrix": [{**block, "seed": 0, "magnitude": m_max}]}, label)
         targets.append(Target(template, float(m_min), float(m_max), max_runs))

@@ -3,12 +3,12 @@
 This is where the two halves meet (``generate`` records and acts, ``analysis`` fits and scores; neither
 imports the other)::
 
-    from stabilitybench import Intervention, Recorder, StabilityCallback, load_monitor
+    from stabilitybench import Intervention, Recorder, SB3Callback, load_monitor
 
     monitor = load_monitor("results/monitors/rl_ppo_HalfCheetah-v5_default/kalman_fold0.monitor.npz")
     with Recorder("corpus", "my-ppo", algo="ppo", env="HalfCheetah-v5", seed=0) as rec:
         guard = Intervention(monitor.online(), rec, actions=["lr_backoff"], lr_factor=0.1, lr_duration=200)
-        model.learn(100_000, callback=StabilityCallback(rec, intervention=guard))
+        model.learn(100_000, callback=SB3Callback(rec, intervention=guard))
 
 See the guide "Live early warning" (docs/guides/live.md).
 """

@@ -16,7 +16,7 @@ import pytest
 
 from stabilitybench.analysis.early_warning import EarlyWarningConfig, seed_folds
 from stabilitybench.analysis.pipeline import AnalysisConfig, run_analysis
-from stabilitybench.analysis.summary import DetectorKey, from_document
+from stabilitybench.analysis.summary import QUESTIONS, DetectorKey, from_document
 from stabilitybench.data_schema import (
     EVENTS_SCHEMA,
     STEPS_SCHEMA,
@@ -144,8 +144,10 @@ def test_summary_has_every_headline_number_with_n(analysed) -> None:
     refs = summary["early_warning"]["prediction_references"]
     assert set(refs) == {"config_only", "kick_size", "perturbation_on"}
     assert refs["perturbation_on"]["auroc"]["value"] == 0.5
-    for k, fig in summary["figures"].items():
-        assert fig["question"] and fig["n_runs"] >= 0, k
+    assert set(summary["questions"]) == set(QUESTIONS) and "figures" not in summary  # the report owns figures
+    for k, q in summary["questions"].items():
+        assert q["question"] == QUESTIONS[k] and q["n_runs"] >= 0, k
+    assert summary["questions"]["intervention"]["n_runs"] == 0  # no run acted on an alarm
     assert summary["features"]["rl/ppo"]["echo_columns"] == ["lr", "update_norm", "param_norm"]
     assert summary["collapse"]["rule_false_collapse_rate_unperturbed"]["n_test"] == 3
     assert summary["survival"]["cox"]["population"] == "perturbed runs only"

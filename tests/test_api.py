@@ -127,14 +127,14 @@ def test_import_stabilitybench_does_not_import_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0, out.stderr
-    assert "Probe" in out.stdout and "StabilityTrainerCallback" in out.stdout
+    assert "Probe" in out.stdout and "HFTrainerCallback" in out.stdout and "Stability" not in out.stdout
 
 
 @pytest.mark.parametrize("algo", ["a2c", "dqn", "sac", "td3"])
 def test_sb3_callback_records_any_algorithm(algo: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import stable_baselines3 as sb3
 
-    from stabilitybench import Recorder, StabilityCallback
+    from stabilitybench import Recorder, SB3Callback
     from stabilitybench.generate.probe import Probe
 
     captures: list[int] = []
@@ -146,7 +146,7 @@ def test_sb3_callback_records_any_algorithm(algo: str, monkeypatch: pytest.Monke
               "sac": {"learning_starts": 100}, "td3": {"learning_starts": 100, "policy_delay": 2}}[algo]
     model = getattr(sb3, algo.upper())("MlpPolicy", env, seed=0, device="cpu", **kwargs)
     rec = Recorder(None, algo=algo, env=env)
-    model.learn(300, callback=StabilityCallback(rec))
+    model.learn(300, callback=SB3Callback(rec))
     table = rec.steps_table().to_pylist()
     assert len(table) > 10
     assert all(r["grad_norm"] is not None and r["grad_norm"] >= 0 for r in table)
@@ -167,7 +167,7 @@ def test_sb3_callback_records_the_loss_that_was_backpropagated(algo: str, monkey
     carries a loss must hold the loss of the last ``backward()`` of that ``train()`` call (PPO: unchanged)."""
     import stable_baselines3 as sb3
 
-    from stabilitybench import Recorder, StabilityCallback
+    from stabilitybench import Recorder, SB3Callback
 
     backpropagated: list[float] = []
     original = torch.Tensor.backward
@@ -180,7 +180,7 @@ def test_sb3_callback_records_the_loss_that_was_backpropagated(algo: str, monkey
     kwargs = {"a2c": {"n_steps": 8, "ent_coef": 0.01}, "ppo": {"n_steps": 64, "batch_size": 32, "n_epochs": 2}}[algo]
     model = getattr(sb3, algo.upper())("MlpPolicy", "CartPole-v1", seed=0, device="cpu", **kwargs)
     rec = Recorder(None, algo=algo, env="CartPole-v1")
-    model.learn({"a2c": 80, "ppo": 192}[algo], callback=StabilityCallback(rec))
+    model.learn({"a2c": 80, "ppo": 192}[algo], callback=SB3Callback(rec))
     rows = rec.steps_table().to_pylist()
     per_train = {"a2c": 1, "ppo": 2 * 64 // 32}[algo]  # optimizer updates per train() call
     assert len(rows) == len(backpropagated) == {"a2c": 10, "ppo": 3 * per_train}[algo]
@@ -193,3 +193,147 @@ def test_sb3_callback_records_the_loss_that_was_backpropagated(algo: str, monkey
     if algo == "a2c":  # the parts are there too, and the entropy term matters (ent_coef > 0)
         assert all(r["policy_loss"] is not None and r["value_loss"] is not None for r in rows)
         assert any(abs(r["loss"] - r["policy_loss"] - 0.5 * r["value_loss"]) > 1e-6 for r in rows)
+
+
+# --------------------------------------------------------------- the public surface (issue 28, item 6)
+def test_probe_has_at_most_seven_public_parameters_and_no_generator_plumbing() -> None:
+    """``Probe(optimizer, recorder=None, *, ...)``: what a practitioner reads; the generators' wiring is internal."""
+    import inspect
+
+    from stabilitybench import Probe
+
+    params = list(inspect.signature(Probe).parameters.values())
+    assert len(params) <= 7
+    assert [p.name for p in params[:2]] == ["optimizer", "recorder"] and params[1].default is None
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params[2:])
+    opt = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1)
+    for plumbing in ("main", "leads", "clock", "update_context", "skip_stepped_grads", "record", "manual_grads",
+                     "coherence", "exact_max_params"):
+        with pytest.raises(TypeError, match=plumbing):
+            Probe(opt, **{plumbing: None})
+    assert Probe.attached(opt) is None  # a refused construction leaves nothing attached
+
+
+def test_probe_with_only_public_arguments_records_as_before() -> None:
+    from stabilitybench import Probe, perturbation
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    rows: list[dict] = []
+    with Probe(opt, perturbation=perturbation("lr_spike", 10.0, 1, 1), on_row=lambda s, st: rows.append(st),
+               coherence_window=2, sketch_dim=64, nonfinite="record") as probe:
+        for _ in range(3):
+            opt.zero_grad()
+            net(torch.randn(4, 3)).pow(2).mean().backward()
+            opt.step()
+        assert probe.sketch is None and probe.coherence.window == 2
+    assert [r["lr"] for r in rows] == pytest.approx([0.1, 1.0, 0.1])
+    assert rows[-1]["grad_coherence"] is not None and Probe.attached(opt) is None
+
+
+def test_perturbation_needs_a_magnitude() -> None:
+    """1.0 is the identity for lr_spike but a full reset for adam_reset: no default that means either."""
+    from stabilitybench import perturbation
+
+    with pytest.raises(TypeError, match="magnitude"):
+        perturbation("adam_reset")  # type: ignore[call-arg]
+    assert perturbation("lr_spike", 10.0, 5, 2).lr_factor(5) == 10.0
+
+
+def _optimizer() -> torch.optim.Optimizer:
+    return torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1)
+
+
+def _sb3_attached(callback: object) -> torch.optim.Optimizer:
+    from stable_baselines3 import PPO
+
+    model = PPO("MlpPolicy", "CartPole-v1", n_steps=16, batch_size=16, device="cpu")
+    callback.init_callback(model)  # type: ignore[attr-defined]
+    callback.on_training_start({}, {})  # type: ignore[attr-defined]
+    return model.policy.optimizer
+
+
+def _hf_attached(callback: object) -> torch.optim.Optimizer:
+    from types import SimpleNamespace
+
+    opt = _optimizer()
+    args = SimpleNamespace(per_device_train_batch_size=2, gradient_accumulation_steps=1, world_size=1)
+    callback.on_train_begin(args, None, None, optimizer=opt)  # type: ignore[attr-defined]
+    return opt
+
+
+def _lightning_attached(callback: object) -> torch.optim.Optimizer:
+    from types import SimpleNamespace
+
+    opt = _optimizer()
+    trainer = SimpleNamespace(optimizers=[opt], strategy=SimpleNamespace(precision_plugin=SimpleNamespace()))
+    callback.on_train_start(trainer, SimpleNamespace(automatic_optimization=True))  # type: ignore[attr-defined]
+    return opt
+
+
+ADAPTERS = {  # new name, old name, how to attach it without a framework run
+    "sb3": ("SB3Callback", "StabilityCallback", _sb3_attached),
+    "hf": ("HFTrainerCallback", "StabilityTrainerCallback", _hf_attached),
+    "lightning": ("LightningCallback", "StabilityLightningCallback", _lightning_attached),
+}
+
+
+@pytest.mark.parametrize("adapter", sorted(ADAPTERS))
+def test_every_adapter_detaches_with_detach_and_the_old_verb_warns(adapter: str) -> None:
+    import stabilitybench
+    from stabilitybench import Probe, Recorder
+
+    new, _old, attach = ADAPTERS[adapter]
+    cls = getattr(stabilitybench, new)
+    callback = cls(Recorder(None, "x"))
+    opt = attach(callback)
+    assert Probe.attached(opt) is not None
+    callback.detach()
+    assert Probe.attached(opt) is None and not dict(opt._optimizer_step_pre_hooks)
+    callback.detach()  # idempotent
+    if adapter != "hf":  # the old verb (the HF callback never had one): still works, warns
+        callback = cls(Recorder(None, "y"))
+        opt = attach(callback)
+        with pytest.warns(DeprecationWarning, match=r"remove\(\) is deprecated.*detach\(\)"):
+            callback.remove()
+        assert Probe.attached(opt) is None
+
+
+@pytest.mark.parametrize("adapter", sorted(ADAPTERS))
+def test_the_adapters_old_names_warn_and_still_work(adapter: str) -> None:
+    import stabilitybench
+    from stabilitybench import Probe, Recorder
+
+    new, old, attach = ADAPTERS[adapter]
+    assert old not in stabilitybench.__all__ and new in stabilitybench.__all__
+    old_cls = getattr(stabilitybench, old)
+    assert issubclass(old_cls, getattr(stabilitybench, new))
+    with pytest.warns(DeprecationWarning, match=rf"{old} is deprecated .* 0\.2; use {new}"):
+        callback = old_cls(Recorder(None, "old"))
+    opt = attach(callback)
+    assert Probe.attached(opt) is not None
+    callback.detach()
+    assert Probe.attached(opt) is None
+
+
+def test_probe_and_intervention_detach_and_probe_remove_warns() -> None:
+    from stabilitybench import Intervention, Probe, Recorder
+
+    opt = _optimizer()
+    probe = Probe(opt, Recorder(None, "p"))
+    with pytest.warns(DeprecationWarning, match=r"Probe\.remove\(\) is deprecated.*Probe\.detach\(\)"):
+        probe.remove()
+    assert Probe.attached(opt) is None and not dict(opt._optimizer_step_post_hooks)
+
+    class Quiet:
+        def update(self, row: dict) -> tuple[None, bool]:
+            return None, False
+
+    rec = Recorder(None, "i")
+    probe = Probe(opt, rec)
+    guard = Intervention(Quiet(), rec).attach(opt, probe)
+    assert len(opt._optimizer_step_post_hooks) == 2
+    guard.detach()
+    probe.detach()
+    assert not dict(opt._optimizer_step_post_hooks) and not dict(opt._optimizer_step_pre_hooks)

@@ -232,7 +232,7 @@ def test_curve_states_match_runs_by_their_recorded_spec(tmp_path: Path) -> None:
     import polars as pl
 
     from stabilitybench.calibrate import curve_states, next_specs
-    from stabilitybench.generate.runner import base_row
+    from stabilitybench.generate.worker import base_row
 
     design = _design(tmp_path)
     lr, wn = design.targets

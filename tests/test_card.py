@@ -7,8 +7,8 @@ from pathlib import Path
 from stabilitybench.data_schema import describe, write_manifest
 from stabilitybench.data_schema.card import ANALYSIS_MARK, summary_lines, write_card
 from stabilitybench.generate.perturbations import REGISTRY, definitions
-from stabilitybench.generate.runner import base_row
 from stabilitybench.generate.spec import RunSpec
+from stabilitybench.generate.worker import base_row
 
 
 def _corpus(tmp_path: Path) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -44,13 +45,9 @@ SMOKE_MAGNITUDES = {s.magnitude for s in load_profile("smoke")}
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``generate --profile smoke`` once for the module; returns the corpus directory."""
-    work = tmp_path_factory.mktemp("cli")
-    res = cli("generate", "--profile", "smoke", "--out", str(work / "corpus"), cwd=work)
-    assert res.returncode == 0, res.stderr
-    assert "Traceback" not in res.stderr
-    return work / "corpus"
+def smoke(local_smoke: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's ``generate --profile smoke`` corpus (conftest), copied: the tests here rerun generate on it."""
+    return Path(shutil.copytree(local_smoke, tmp_path_factory.mktemp("cli") / "corpus"))
 
 
 # ------------------------------------------------------------------------ generate

@@ -30,8 +30,8 @@ from corpus_tools import flip_byte_in_page, truncate
 from stabilitybench.analysis.data import FeatureConfig, feature_columns, load_events, load_runs, load_steps
 from stabilitybench.cli import app
 from stabilitybench.data_schema import connect, events_path, read_manifest, scan_steps, steps_path, write_manifest
-from stabilitybench.data_schema.compat import upgrade_corpus
 from stabilitybench.data_schema.errors import SkippedRunsWarning, exit_on_user_error
+from stabilitybench.data_schema.migrate import upgrade_corpus
 from stabilitybench.data_schema.verify import readable_runs
 
 DAMAGES = ("truncate", "footer", "page", "delete")

@@ -12,10 +12,10 @@ The faults, drawn with a fixed seed (:data:`SEED`) on the smoke profile:
 * ``two_drivers``: two ``generate`` processes started at once on one corpus;
 * ``disk_full``: the corpus on a full tmpfs (skipped where a tmpfs cannot be mounted).
 
-Each trial starts from a copy of one reference corpus, injects one fault, reruns ``generate``
-and then checks with ``verify --deep`` (:func:`stabilitybench.data_schema.verify.verify_corpus`, in-process).
-*Runs lost*: runs of the profile without a valid ok
-row and files; *runs doubled*: a duplicated manifest row or steps file, a worker that
+Each trial starts from a copy of one reference corpus (the session's ``local_smoke``), injects one fault,
+reruns ``generate`` and then checks with ``verify --deep``
+(:func:`stabilitybench.data_schema.verify.verify_corpus`, in-process). *Runs lost*: runs of the profile without
+a valid ok row and files; *runs doubled*: a duplicated manifest row or steps file, a worker that
 outlived its driver, or a run trained by both of two concurrent drivers; *rows lost*: steps
 rows missing against the reference corpus. The closing table must read 0, 0, 0.
 """
@@ -42,7 +42,7 @@ from corpus_tools import can_mount_tmpfs, flip_byte, flip_byte_in_page, pids_wri
 from stabilitybench.data_schema import MANIFEST, read_manifest, steps_path
 from stabilitybench.data_schema.verify import verify_corpus
 from stabilitybench.generate.matrix import load_profile
-from stabilitybench.generate.runner import LOG_DIR
+from stabilitybench.generate.worker import LOG_DIR
 
 pytestmark = pytest.mark.faults
 
@@ -85,12 +85,10 @@ def finish(proc: subprocess.Popen[str], timeout: float = 600) -> tuple[int, str]
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    corpus = tmp_path_factory.mktemp("faults") / "reference"
-    rc, err = finish(generate(corpus))
-    assert rc == 0, err
-    assert verify_corpus(corpus, deep=True).problems == []
-    return corpus
+def reference(local_smoke: Path) -> Path:
+    """The session's smoke corpus (``generate`` through the CLI, conftest): each trial starts from a copy of it."""
+    assert verify_corpus(local_smoke, deep=True).problems == []
+    return local_smoke
 
 
 def data_files(corpus: Path) -> list[Path]:

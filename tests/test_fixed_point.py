@@ -77,8 +77,8 @@ def test_needs_a_flattened_rollout() -> None:
 def test_generator_records_it_on_probe_rows_only(tmp_path) -> None:
     import polars as pl
 
-    from stabilitybench.generate.runner import run_one
     from stabilitybench.generate.spec import RunSpec
+    from stabilitybench.generate.worker import run_one
 
     spec = RunSpec(domain="rl", algo="ppo", env="InvertedPendulum-v5", seed=0, total_steps=1024,
                    hparams=(("n_steps", 256), ("batch_size", 64), ("n_epochs", 2), ("hidden", 16),

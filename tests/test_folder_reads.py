@@ -24,8 +24,9 @@ from stabilitybench.data_schema import (
     steps_path,
     write_manifest,
 )
-from stabilitybench.data_schema.compat import file_version, upgrade_corpus
+from stabilitybench.data_schema.compat import file_version
 from stabilitybench.data_schema.io import RUN_METADATA_KEY
+from stabilitybench.data_schema.migrate import upgrade_corpus
 from stabilitybench.data_schema.schema import PARTITION_COLUMNS, RENAMED, SCHEMA_VERSION
 
 README = Path(__file__).resolve().parent.parent / "docs/guides/read-corpus.md"  # its joins moved there

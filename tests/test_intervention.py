@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 import torch
 
-from stabilitybench import Probe, Recorder, StabilityCallback, load_monitor, perturbation
+from stabilitybench import Probe, Recorder, SB3Callback, load_monitor, perturbation
 from stabilitybench.analysis.conformal import ConformalCalibrator
 from stabilitybench.analysis.metastate import KalmanMonitor
 from stabilitybench.analysis.monitor_file import MonitorFile
@@ -125,7 +125,7 @@ def test_sb3_callback_acts_and_stops() -> None:
         model = PPO("MlpPolicy", "InvertedPendulum-v5", seed=0, n_steps=64, batch_size=32, n_epochs=2, device="cpu")
         guard = Intervention(mon, rec, actions=["log", "rollback", "lr_backoff", "stop"], checkpoint_every=4,
                              lr_factor=0.5, lr_duration=4)
-        model.learn(2_048, callback=StabilityCallback(rec, intervention=guard))
+        model.learn(2_048, callback=SB3Callback(rec, intervention=guard))
     kinds = [e["event"] for e in rec.events]
     assert {"checkpoint", "alarm", "rollback", "lr_backoff", "stop"} <= set(kinds)
     assert model.num_timesteps < 2_048  # stopped early
@@ -153,7 +153,7 @@ def test_sac_rollback_restores_the_entropy_temperature() -> None:
                 seen.append((float(pending[1]["log_ent_coef"]["value"]), float(model.log_ent_coef.detach())))
 
         guard.at_safe_point = watched
-        model.learn(80, callback=StabilityCallback(rec, intervention=guard))
+        model.learn(80, callback=SB3Callback(rec, intervention=guard))
     assert guard.defer_restore and "log_ent_coef" in guard.state
     assert [e["event"] for e in rec.events].count("rollback") == 1 and len(seen) == 1
     want, got = seen[0]

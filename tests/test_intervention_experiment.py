@@ -85,7 +85,7 @@ def test_intervention_figure_draws_the_table() -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    from stabilitybench.reports.intervention import fig_intervention
+    from stabilitybench.reports.figures.intervention import fig_intervention
 
     rows = [_run(f"p{s}{a}", s, k, a, collapsed=(a is None and k != "none"), perf=1.0)
             for s in range(3) for k in ("none", "lr_spike") for a in (None, "rollback", "lr_backoff")]

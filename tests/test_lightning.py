@@ -1,4 +1,4 @@
-"""The Lightning adapter (``StabilityLightningCallback``) keeps the Hugging Face adapter's guarantees.
+"""The Lightning adapter (``LightningCallback``) keeps the Hugging Face adapter's guarantees.
 
 On a tiny LightningModule (CPU, a few dozen updates): invisible to training (parameters, every loss
 and every applied LR bit-identical with and without it, with momentum, two param groups, a per-step
@@ -94,12 +94,12 @@ def quiet_lightning() -> None:
 
 
 def test_callback_is_invisible_and_records_the_pre_clip_gradient() -> None:
-    from stabilitybench import Recorder, StabilityLightningCallback
+    from stabilitybench import Recorder, LightningCallback
 
     kw = {"max_steps": 20, "accumulate_grad_batches": 2, "gradient_clip_val": 0.05}
     plain, _ = fit([], **kw)
     rec = Recorder(None, "tiny", algo="mlp", env="toy")
-    ours, trainer = fit([StabilityLightningCallback(rec)], **kw)
+    ours, trainer = fit([LightningCallback(rec)], **kw)
 
     # invisible: every loss, every applied LR and the final parameters bit-identical
     assert len(ours.losses) == len(plain.losses) == 40
@@ -129,11 +129,11 @@ def test_callback_is_invisible_and_records_the_pre_clip_gradient() -> None:
 def test_update_norm_shows_the_clipped_step_while_grad_norm_is_before_clipping() -> None:
     """Plain SGD, one group, no schedule change: the step is lr * clipped gradient, so update_norm must be
     lr * clip (what Lightning applied), while grad_norm is the larger norm before the clip."""
-    from stabilitybench import Recorder, StabilityLightningCallback
+    from stabilitybench import Recorder, LightningCallback
 
     clip = 0.02
     rec = Recorder(None, "tiny", algo="mlp", env="toy")
-    model, _ = fit([StabilityLightningCallback(rec)], max_steps=12, gradient_clip_val=clip,
+    model, _ = fit([LightningCallback(rec)], max_steps=12, gradient_clip_val=clip,
                    module_kw={"momentum": 0.0, "groups": False, "step_lr": 1000})
     rows = rec.steps_table().to_pylist()
     assert len(rows) == 12
@@ -144,13 +144,13 @@ def test_update_norm_shows_the_clipped_step_while_grad_norm_is_before_clipping()
 
 
 def test_lr_spike_is_exact_across_a_scheduler_step_and_the_corpus_verifies(tmp_path: Path) -> None:
-    from stabilitybench import Recorder, StabilityLightningCallback, perturbation
+    from stabilitybench import Recorder, LightningCallback, perturbation
 
     kw = {"max_steps": 14, "limit_val_batches": 2, "val_check_interval": 6}
     plain, plain_trainer = fit([], **kw)
     spike = perturbation("lr_spike", 10.0, onset_step=3, duration_steps=5)  # updates 3..7; StepLR halves at 5
     with Recorder(tmp_path / "corpus", "tiny-spike", algo="mlp", env="toy") as rec:
-        ours, trainer = fit([StabilityLightningCallback(rec, perturbation=spike)], **kw)
+        ours, trainer = fit([LightningCallback(rec, perturbation=spike)], **kw)
 
     bases = [BASE_LR, BASE_LR / 4]
     for step, lrs in enumerate(ours.applied_lrs):
@@ -199,12 +199,12 @@ class Manual(Tiny):
 
 
 def test_manual_optimization_records_each_update_and_its_loss() -> None:
-    from stabilitybench import Recorder, StabilityLightningCallback
+    from stabilitybench import Recorder, LightningCallback
 
     torch.manual_seed(0)
     model = Manual()
     rec = Recorder(None, "manual", algo="mlp", env="toy")
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, callbacks=[StabilityLightningCallback(rec)],
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, callbacks=[LightningCallback(rec)],
                          enable_progress_bar=False, logger=False, enable_checkpointing=False,
                          enable_model_summary=False)
     with warnings.catch_warnings():
@@ -217,11 +217,11 @@ def test_manual_optimization_records_each_update_and_its_loss() -> None:
 
 
 def test_a_bad_optimizer_index_is_one_line() -> None:
-    from stabilitybench import Recorder, StabilityLightningCallback
+    from stabilitybench import Recorder, LightningCallback
 
     rec = Recorder(None, "x")
     with pytest.raises(ValueError, match="optimizer_index=3, but the Trainer has 1 optimizer"):
-        fit([StabilityLightningCallback(rec, optimizer_index=3)], max_steps=2)
+        fit([LightningCallback(rec, optimizer_index=3)], max_steps=2)
 
 
 def test_without_lightning_the_import_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -234,9 +234,9 @@ def test_without_lightning_the_import_error_names_the_extra(monkeypatch: pytest.
     for name in [m for m in sys.modules if m == "lightning" or m.startswith("lightning.")]:
         monkeypatch.setitem(sys.modules, name, None)
     monkeypatch.setitem(sys.modules, "lightning", None)
-    with pytest.raises(ModuleNotFoundError, match=r"^StabilityLightningCallback needs PyTorch Lightning: "
+    with pytest.raises(ModuleNotFoundError, match=r"^LightningCallback needs PyTorch Lightning: "
                                                   r"pip install 'stabilitybench\[lightning\]'$"):
-        stabilitybench.StabilityLightningCallback  # noqa: B018
+        stabilitybench.LightningCallback  # noqa: B018
     monkeypatch.undo()
     importlib.import_module("stabilitybench.generate.adapters.lightning")
 
@@ -253,14 +253,14 @@ def test_ctrl_c_is_recorded_as_an_interrupt_not_an_error(tmp_path: Path) -> None
     callback records the interrupt first, and the five updates made are a valid run."""
     import signal
 
-    from stabilitybench import Recorder, StabilityLightningCallback
+    from stabilitybench import Recorder, LightningCallback
 
     handler = signal.getsignal(signal.SIGINT)
     torch.manual_seed(0)
     try:
         with pytest.raises(SystemExit), Recorder(tmp_path / "c", "ctrl-c", algo="mlp", env="toy") as rec:
             trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=20,
-                                 callbacks=[StabilityLightningCallback(rec)], enable_progress_bar=False,
+                                 callbacks=[LightningCallback(rec)], enable_progress_bar=False,
                                  logger=False, enable_checkpointing=False, enable_model_summary=False)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -279,11 +279,11 @@ def test_16_mixed_records_the_unscaled_pre_clip_norm_and_skips_overflowed_steps(
     updates overflow."""
     from lightning.pytorch.plugins import MixedPrecision
 
-    from stabilitybench import Recorder, StabilityLightningCallback
+    from stabilitybench import Recorder, LightningCallback
 
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**20)
     rec = Recorder(None, "amp", algo="mlp", env="toy")
-    model, _ = fit([StabilityLightningCallback(rec)], max_steps=8, accumulate_grad_batches=2,
+    model, _ = fit([LightningCallback(rec)], max_steps=8, accumulate_grad_batches=2,
                    gradient_clip_val=0.05, plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)])
     rows = rec.steps_table().to_pylist()
     finite = [n for n in model.pre_clip_norms if torch.isfinite(torch.tensor(n))]
@@ -299,11 +299,11 @@ def test_16_mixed_records_the_unscaled_pre_clip_norm_and_skips_overflowed_steps(
 def test_a_diverging_lightning_run_is_data(tmp_path: Path) -> None:
     """A x1e6 LR spike blows the run up: the probe records the non-finite update, closes the run as
     ``stop_reason=nonfinite`` (status ok, files written, verify clean) and only then stops ``fit``."""
-    from stabilitybench import Recorder, StabilityLightningCallback, perturbation
+    from stabilitybench import Recorder, LightningCallback, perturbation
     from stabilitybench.generate.errors import TrainingDiverged
 
     rec = Recorder(tmp_path / "c", "diverge", algo="mlp", env="toy")
-    callback = StabilityLightningCallback(rec, perturbation=perturbation("lr_spike", 1e6, 3, 5))
+    callback = LightningCallback(rec, perturbation=perturbation("lr_spike", 1e6, 3, 5))
     with pytest.raises(TrainingDiverged, match="stop_reason=nonfinite"):
         fit([callback], max_steps=20, module_kw={"momentum": 0.0})
     row = read_manifest(tmp_path / "c").to_pylist()[0]

@@ -24,8 +24,8 @@ from stabilitybench.generate.lm.telemetry import LogitProbe, MicrobatchCoherence
 from stabilitybench.generate.lm.train import TARGET_LAYER, build_model, lr_at, train
 from stabilitybench.generate.matrix import expand
 from stabilitybench.generate.perturbations import UpdateContext, build
-from stabilitybench.generate.runner import run_one
 from stabilitybench.generate.spec import RunSpec
+from stabilitybench.generate.worker import run_one
 
 MICRO = {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 32, "batch_size": 8, "grad_accum": 4,
          "learning_rate": 3e-3, "eval_sequences": 8, "vocab_size": 512,

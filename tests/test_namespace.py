@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -66,9 +67,11 @@ def test_public_names_are_visible_to_type_checkers() -> None:
 def test_wheel_installs_one_name_and_ignores_a_shadowing_folder(tmp_path: Path) -> None:
     """Build the wheel, install it (no deps: the test venv's site-packages provide them) into a fresh venv,
     and import the API from a folder holding an ``analysis.py`` and a ``reports/`` package that would break it."""
-    wheels = tmp_path / "wheels"
+    wheels, src = tmp_path / "wheels", tmp_path / "src"  # a copy: setuptools builds inside the source folder
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".*", "corpus", "results", "site", "build", "*.egg-info",
+                                                             "__pycache__"))
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
-                            "-w", str(wheels), str(ROOT)], capture_output=True, text=True, timeout=600)
+                            "-w", str(wheels), str(src)], capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stderr[-3000:]
     wheel = next(wheels.glob("stabilitybench-*.whl"))
 

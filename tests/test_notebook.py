@@ -7,14 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-from test_reports import smoke_paths
-
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "query_corpus.py"
 
 
-def test_query_notebook_runs_on_the_smoke_corpus(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
-    corpus, _ = smoke_paths(tmp_path_factory)
+def test_query_notebook_runs_on_the_smoke_corpus(smoke_analyzed: tuple[Path, Path], tmp_path: Path) -> None:
+    corpus, _ = smoke_analyzed  # analyzed: the notebook joins the outcome columns analyze wrote into the corpus
     env = {**os.environ, "STABILITYBENCH_NOTEBOOK_OUT": str(tmp_path), "POLARS_MAX_THREADS": "2"}
     res = subprocess.run([sys.executable, str(NOTEBOOK), str(corpus)], capture_output=True, text=True, env=env,
                          timeout=120)

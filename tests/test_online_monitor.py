@@ -6,9 +6,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from stabilitybench.analysis.baselines import BASELINES, SAVEABLE_BASELINES
 from stabilitybench.analysis.conformal import ConformalCalibrator
 from stabilitybench.analysis.data import feature_frame, run_arrays, to_blocks
+from stabilitybench.analysis.detectors import DETECTORS, saveable_names
 from stabilitybench.analysis.errors import MonitorFileError
 from stabilitybench.analysis.metastate import KalmanMonitor
 from stabilitybench.analysis.monitor_file import MonitorFile
@@ -65,12 +65,13 @@ def test_block_features_match_the_pipeline(monitor_file: MonitorFile) -> None:
     assert nf.any() and st[-1] == 202  # a non-finite block and a trailing partial block are covered
 
 
-@pytest.mark.parametrize("kind", ["kalman", "gru", "loss_spike", "grad_norm_z", "coherence_drop"])
+@pytest.mark.parametrize("kind", saveable_names())
 def test_online_scores_equal_offline(kind: str, monitor_file: MonitorFile, tmp_path) -> None:
     mf = monitor_file
-    if kind in SAVEABLE_BASELINES:  # causal baselines: fitted standardisation only, window in blocks
+    baseline = DETECTORS[kind].family == "baseline"
+    if baseline:  # causal baselines: fitted standardisation only, window in blocks
         train = [pipeline_blocks(synthetic_run(s))[1] for s in range(4)]
-        det = BASELINES[kind](FEATURES, window=6, smooth=3).fit(train)
+        det = DETECTORS[kind].cls(FEATURES, window=6, smooth=3).fit(train)
         mf = MonitorFile(det, FEATURES, B, warmup_updates=20, threshold=2.0)
     if kind == "gru":
         pytest.importorskip("torch")
@@ -99,7 +100,7 @@ def test_online_scores_equal_offline(kind: str, monitor_file: MonitorFile, tmp_p
     np.testing.assert_allclose(msd, offline, rtol=rtol, atol=1e-10, equal_nan=True)
     np.testing.assert_array_equal(alarm, mf.alarms(st, offline))
     assert not alarm[st < 20].any()
-    if kind in SAVEABLE_BASELINES:
+    if baseline:
         assert mf.kind == kind and np.isfinite(offline).sum() > 20 and alarm.any()  # the kick at 120 is seen
 
 
@@ -141,7 +142,9 @@ def test_refuses_a_run_with_other_columns(monitor_file: MonitorFile, tmp_path) -
     assert "\n" not in str(err.value)
     with pytest.raises(MonitorFileError, match="entropy"):
         MonitorFile.load(path, columns=run.columns)
-    online = OnlineMonitor(path)
+    with pytest.raises(MonitorFileError, match=r"MonitorFile.load\(path\).online\(\)"):  # a path is not loaded here
+        OnlineMonitor(path)
+    online = MonitorFile.load(path).online()
     rows = list(run.iter_rows(named=True))
     for row in rows[:20]:  # the warm-up (20 updates): no check yet
         online.update(row)

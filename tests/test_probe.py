@@ -17,7 +17,7 @@ import torch
 from stabilitybench.generate.coherence import RollingCoherence, SignSketch
 from stabilitybench.generate.errors import NonFiniteTraining, ProbeAttachedError
 from stabilitybench.generate.perturbations import LRSpike, NoPerturbation
-from stabilitybench.generate.probe import Probe, contiguous_view
+from stabilitybench.generate.probe import Probe, ProbeInternals, _WiredProbe, contiguous_view
 
 BASE_LR = 0.05
 MAX_NORM = 0.5
@@ -248,7 +248,7 @@ def test_one_batched_host_read_per_update(monkeypatch: pytest.MonkeyPatch, early
 def test_probe_buffers_live_on_the_parameters_device_and_dtype() -> None:
     net = torch.nn.Linear(4, 3).to(torch.float64)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
-    probe = Probe(opt, on_row=lambda s, st: None, exact_max_params=4, sketch_dim=8)
+    probe = _WiredProbe(opt, None, ProbeInternals(exact_max_params=4), on_row=lambda s, st: None, sketch_dim=8)
     net(torch.randn(2, 4, dtype=torch.float64)).sum().backward()
     opt.step()
     assert probe.sketch is not None and probe.sketch.signs.device == next(net.parameters()).device
@@ -285,8 +285,8 @@ def test_probe_uses_the_sketch_above_the_threshold_and_exact_below() -> None:
     net2.load_state_dict(net.state_dict())
     opt1, opt2 = torch.optim.SGD(net.parameters(), lr=0.01), torch.optim.SGD(net2.parameters(), lr=0.01)
     exact = Probe(opt1, on_row=lambda s, st: rows_exact.append(st), coherence_window=4)
-    sketched = Probe(opt2, on_row=lambda s, st: rows_sketch.append(st), coherence_window=4,
-                     exact_max_params=params - 1, sketch_dim=4096)
+    sketched = _WiredProbe(opt2, None, ProbeInternals(exact_max_params=params - 1),
+                           on_row=lambda s, st: rows_sketch.append(st), coherence_window=4, sketch_dim=4096)
     assert exact.sketch is None and sketched.sketch is not None
     gen = torch.Generator().manual_seed(0)
     for _ in range(12):
@@ -323,9 +323,9 @@ def test_nonfinite_gradient_stops_before_the_step_and_is_recorded() -> None:
     assert all(torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))  # step not applied
 
 
-def test_remove_detaches_every_hook() -> None:
+def test_detach_detaches_every_hook() -> None:
     net, opt, probe, rows = make_probe(NoPerturbation(1.0, 0, 1))
-    probe.remove()
+    probe.detach()
     train_step(net, opt, torch.randn(4, 4), torch.randn(4, 2))
     assert rows == []
 
@@ -346,7 +346,7 @@ def test_a_second_probe_on_one_optimizer_is_refused_and_the_lr_stays_the_users()
         group["lr"] = 0.01
     with pytest.raises(ProbeAttachedError) as info:
         Probe(opt, perturbation=LRSpike(10.0, 2, 3), on_row=lambda step, stats: None)
-    assert "\n" not in str(info.value) and "remove" in str(info.value)
+    assert "\n" not in str(info.value) and "detach" in str(info.value)
     assert Probe.attached(opt) is probe
     seen = applied_lrs(opt)
     x, y = torch.randn(4, 4), torch.randn(4, 2)
@@ -355,14 +355,14 @@ def test_a_second_probe_on_one_optimizer_is_refused_and_the_lr_stays_the_users()
     assert seen == pytest.approx([0.01, 0.01, 0.1, 0.1, 0.1, 0.01, 0.01, 0.01], rel=1e-12)
     assert opt.param_groups[0]["lr"] == 0.01
     assert [r["lr"] for r in rows] == pytest.approx(seen, rel=1e-12)
-    probe.remove()
+    probe.detach()
     assert Probe.attached(opt) is None
-    again = Probe(opt, on_row=lambda step, stats: None)  # after remove() another may attach
+    again = Probe(opt, on_row=lambda step, stats: None)  # after detach() another may attach
     assert Probe.attached(opt) is again
-    again.remove()
+    again.detach()
 
 
-def test_remove_restores_the_lrs_and_hooks_of_an_update_cut_off_inside_step() -> None:
+def test_detach_restores_the_lrs_and_hooks_of_an_update_cut_off_inside_step() -> None:
     net, opt, probe, _rows = make_probe(LRSpike(10.0, 0, 5))
     user_lr = opt.param_groups[0]["lr"]
     pre_hooks, post_hooks = dict(opt._optimizer_step_pre_hooks), dict(opt._optimizer_step_post_hooks)
@@ -378,17 +378,17 @@ def test_remove_restores_the_lrs_and_hooks_of_an_update_cut_off_inside_step() ->
     seen = applied_lrs(opt)
     train_step(net, opt, x, y)
     assert seen == [pytest.approx(10 * user_lr)]  # the next update does not compound the factor
-    probe.remove()
+    probe.detach()
     assert opt.param_groups[0]["lr"] == user_lr
     opt._optimizer_step_pre_hooks.popitem()  # applied_lrs' own hook
     assert dict(opt._optimizer_step_pre_hooks) == {} and dict(opt._optimizer_step_post_hooks) == {}
     assert pre_hooks and post_hooks  # (the probe had hooks to remove)
     assert all(not p._post_accumulate_grad_hooks for p in net.parameters())
 
-    _net, opt, probe, _rows = make_probe(LRSpike(10.0, 0, 5))  # remove() right after a cut-off update
+    _net, opt, probe, _rows = make_probe(LRSpike(10.0, 0, 5))  # detach() right after a cut-off update
     with pytest.raises(RuntimeError):
         opt.step(closure)
-    probe.remove()
+    probe.detach()
     assert opt.param_groups[0]["lr"] == BASE_LR
 
 
@@ -412,7 +412,7 @@ def test_probe_is_a_context_manager_that_detaches_on_exit() -> None:
     assert not dict(opt._optimizer_step_pre_hooks) and not dict(opt._optimizer_step_post_hooks)
 
 
-def test_a_probe_whose_owner_was_lost_still_blocks_until_removed() -> None:
+def test_a_probe_whose_owner_was_lost_still_blocks_until_detached() -> None:
     """The notebook case: the first probe's variable was overwritten, its hooks still fire."""
     _net, opt, probe, _ = make_probe(NoPerturbation(1.0, 0, 0))
     del probe
@@ -421,13 +421,13 @@ def test_a_probe_whose_owner_was_lost_still_blocks_until_removed() -> None:
     gc.collect()
     with pytest.raises(ProbeAttachedError):
         Probe(opt, on_row=lambda s, st: None)
-    Probe.attached(opt).remove()
-    Probe(opt, on_row=lambda s, st: None).remove()
+    Probe.attached(opt).detach()
+    Probe(opt, on_row=lambda s, st: None).detach()
 
 
 def test_a_probe_whose_run_is_over_gives_way_to_the_next(tmp_path) -> None:
     """A notebook cell that failed inside ``with Recorder(...)`` and is run again: the old run is closed,
-    so its probe is removed (its LR restored) instead of refusing the new one."""
+    so its probe is detached (its LR restored) instead of refusing the new one."""
     from stabilitybench.generate.recorder import Recorder
 
     torch.manual_seed(0)
@@ -458,7 +458,7 @@ def test_the_small_model_fast_path_records_what_the_general_path_does(monkeypatc
         gen = torch.Generator().manual_seed(2)
         for _ in range(12):
             train_step(net, opt, torch.randn(8, 4, generator=gen), torch.randn(8, 2, generator=gen))
-        probe.remove()
+        probe.detach()
         return rows
 
     fast, general = rows_of(True), rows_of(False)

@@ -23,8 +23,9 @@ from stabilitybench.data_schema import read_manifest, steps_path
 from stabilitybench.generate.backends import LocalPool, RayCluster, make_backend
 from stabilitybench.generate.errors import BackendError
 from stabilitybench.generate.matrix import load_profile, parse_only, select
-from stabilitybench.generate.runner import LOG_DIR, MatrixReport, base_row, run_matrix
+from stabilitybench.generate.runner import MatrixReport, run_matrix
 from stabilitybench.generate.spec import RunSpec
+from stabilitybench.generate.worker import LOG_DIR, base_row
 
 SMOKE = load_profile("smoke")
 

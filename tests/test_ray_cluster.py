@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from corpus_tools import corpus_contents, data_files
 
-from stabilitybench.data_schema import read_manifest
+from stabilitybench.data_schema import events_path, read_manifest, steps_path
 from stabilitybench.generate.matrix import load_profile
 
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -53,6 +53,12 @@ def cluster() -> Iterator[tuple[str, dict[str, str]]]:
         yield f"127.0.0.1:{port}", env
     finally:
         subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def stamp(path: Path) -> tuple[int, int]:
+    """(inode, mtime in ns): changes when a file is rewritten, even with the same bytes."""
+    st = path.stat()
+    return st.st_ino, st.st_mtime_ns
 
 
 def cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -101,16 +107,18 @@ def test_a_killed_driver_loses_no_finished_run(cluster: tuple[str, dict[str, str
     finally:
         if driver.poll() is None:
             driver.kill()
-    done_before = {r["run_id"] for r in read_manifest(corpus).to_pylist()}
+    rows_before = read_manifest(corpus).to_pylist()
+    done_before = {r["run_id"] for r in rows_before}
     assert 0 < len(done_before) < 4
+    kept = {p: stamp(p) for r in rows_before for p in (steps_path(corpus, r), events_path(corpus, r["run_id"]))}
 
     res = cli(*args, env=env, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    # nothing that finished was run again: every run in the manifest is skipped, and so is a run whose
-    # files landed after the driver's last manifest write (recovered from its steps-file metadata)
+    # nothing that finished was run again: every run in the manifest is skipped (its files untouched), and so
+    # is a run whose files landed after the driver's last manifest write (recovered from its steps-file metadata)
+    assert {p: stamp(p) for p in kept} == kept
     done = int(re.search(r"(\d+) already done", res.stderr).group(1))
     recovered = done - len(done_before)
-    assert recovered >= 0
     assert (f"recovered {recovered} finished run(s)" in res.stderr) == (recovered > 0), res.stderr
     assert f"ran {4 - done} run(s): {4 - done} ok" in res.stderr
     assert corpus_contents(corpus) == corpus_contents(local_smoke)

@@ -35,7 +35,8 @@ from stabilitybench.data_schema.lock import CorpusLock, CorpusLockedError
 from stabilitybench.data_schema.query import QueryError, run_query
 from stabilitybench.data_schema.verify import verify_corpus
 from stabilitybench.generate.matrix import load_profile
-from stabilitybench.generate.runner import LOG_DIR, plan, run_matrix
+from stabilitybench.generate.runner import plan, run_matrix
+from stabilitybench.generate.worker import LOG_DIR
 
 SPECS = [GOOD_A, GOOD_B]
 

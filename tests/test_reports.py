@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import html
 import json
-import subprocess
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
@@ -18,21 +17,6 @@ import pytest
 from stabilitybench.analysis.summary import Status
 from stabilitybench.reports.figures import FIGURES
 from stabilitybench.reports.text import fmt, parse, resolve
-
-BIN = Path(sys.executable).parent
-
-
-def smoke_paths(factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """``(corpus, results)`` of the smoke profile, generated once per test session (shared with test_notebook)."""
-    root = factory.getbasetemp() / "smoke_shared"
-    corpus, results = root / "corpus", root / "results"
-    if not (results / "summary.json").exists():
-        root.mkdir(parents=True, exist_ok=True)
-        for cmd in (["generate", "--profile", "smoke", "--out", str(corpus)],
-                    ["analyze", "--corpus", str(corpus), "--out", str(results)]):
-            subprocess.run([str(BIN / "stabilitybench"), *cmd], check=True, capture_output=True, text=True,
-                           timeout=300)
-    return corpus, results
 
 
 class Spans(HTMLParser):
@@ -82,10 +66,11 @@ def check_numbers(index: Path, summary: dict) -> int:
 
 
 @pytest.fixture(scope="module")
-def smoke_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
+def smoke_report(smoke_analyzed: tuple[Path, Path],
+                 tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
     from stabilitybench.cli import app
 
-    _, results = smoke_paths(tmp_path_factory)
+    _, results = smoke_analyzed  # the session's smoke corpus, analyzed once (conftest)
     out = tmp_path_factory.mktemp("report")
     from typer.testing import CliRunner
 

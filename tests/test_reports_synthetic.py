@@ -170,3 +170,111 @@ def test_panel_functions_draw_into_a_given_axes(report) -> None:
     assert fig_km(data.table("km"), dose.select("config", "perturbation", "magnitude"), "lr_spike", ax=b) is b
     assert a.get_xscale() == "log" and len(b.lines) >= 3  # x3, x100 and the unperturbed curve
     plt.close(fig)
+
+
+# --------------------------------------------------------------------------- the report only draws (issue 28)
+def _pixels(path: Path) -> bytes:
+    return plt.imread(path).tobytes()
+
+
+def test_figure_registry_is_complete() -> None:
+    from stabilitybench.analysis.summary import QUESTIONS
+    from stabilitybench.reports.figures.spec import FigureSpec
+
+    assert [s.id for s in FIGURES] == [f"F{i}" for i in range(1, 14)]
+    assert len({s.stem for s in FIGURES}) == len(FIGURES)
+    for spec in FIGURES:
+        assert spec.question in QUESTIONS and spec.title and callable(spec.caption) and callable(spec.build)
+    with pytest.raises(ValueError, match="not one of"):
+        FigureSpec("F99", "f99", "x", "no_such_question", FIGURES[0].build, FIGURES[0].caption)
+
+
+def test_report_reads_results_only(report, tmp_path: Path) -> None:
+    """With the corpus gone after `analyze`, the report is the same: F1 draws results/onset_telemetry."""
+    index, results, _ = report
+    corpus = index.parent.parent / "corpus"
+    moved = index.parent.parent / "corpus_moved"
+    corpus.rename(moved)
+    try:
+        again = build_report(results, tmp_path / "out")
+    finally:
+        moved.rename(corpus)
+    page = again.read_text()
+    for spec in FIGURES:
+        block = page.split(f'<figure id="{spec.id}">')[1].split("</figure>")[0]
+        assert "too little data" not in block, spec.id
+        assert _pixels(again.parent / "figures" / f"{spec.stem}.png") == _pixels(
+            index.parent / "figures" / f"{spec.stem}.png"), spec.id
+
+
+def test_f8_curve_area_is_the_summary_auroc(report) -> None:
+    """The ROC that F8 draws and the AUROC printed beside it come from the same runs."""
+    from stabilitybench.reports.figures.early_warning import fig_roc
+
+    _, results, summary = report
+    data = load(results)
+    roc, ew = data.table("early_warning_roc"), data.table("early_warning_runs")
+    dets = list(dict.fromkeys(ew["detector"].to_list()))
+    byd = {k: data.summary.get(*p) for k, p in data.summary.by_detector().items()}
+    fig, ax = plt.subplots()
+    fig_roc(roc, dets, byd, ax=ax)
+    lines = [ln for ln in ax.lines if not str(ln.get_label()).startswith("_")]
+    assert len(lines) == roc["detector"].n_unique() >= 8
+    for ln in lines:
+        det = next(d for d in dets if str(ln.get_label()).split("  AUROC")[0] == _label(d))
+        x, y = (np.asarray(v, float) for v in ln.get_data())
+        area = float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2))  # trapezoids between the drawn points
+        assert area == pytest.approx(summary["early_warning"]["detection"][det]["auroc"]["value"], abs=1e-12), det
+        assert f"AUROC {summary['early_warning']['detection'][det]['auroc']['value']:.2f}" in ln.get_label()
+    plt.close(fig)
+
+
+def _label(det: str) -> str:
+    from stabilitybench.analysis.detectors import detector_label
+
+    return detector_label(det)
+
+
+def test_captions_quote_the_collapse_rule_and_its_parameters(report) -> None:
+    from stabilitybench.analysis.collapse import RULE
+    from stabilitybench.reports.phrases import rule_formula
+
+    index, _, summary = report
+    page = html.unescape(re.sub(r"<[^>]+>", "", index.read_text()))
+    md = (index.parent / "index.md").read_text()
+    assert RULE.strip() in md and "line(t) = mu(t) - max(drop * G, spread_k * sd(t))" == rule_formula()
+    assert " ".join(RULE.split()) in " ".join(page.split())  # the page quotes the rule verbatim
+    f2 = page.split("F2.")[-1].split("SVG")[0]
+    cfg = summary["config"]["collapse"]
+    assert rule_formula() in f2
+    for name in ("drop", "spread_k", "max_folds"):
+        assert f"{name} = {cfg[name]:g}" in f2, name
+    assert "leave-one-out" not in page and f"min(control seeds, max_folds = {cfg['max_folds']})" in f2
+
+
+def test_f9_draws_the_runs_its_statistic_ranks(report) -> None:
+    """Runs that acted on a live monitor's alarm are out of the decoupling statistic, so out of F9 too."""
+    _, results, summary = report
+    data = load(results)
+    drawn = data.table("dissociation_runs")
+    runs = data.table("runs")
+    acted = {r for r in runs["run_id"].to_list() if r.endswith("-acted")}
+    assert acted and not acted & set(drawn["run_id"].to_list())
+    assert drawn.height == runs.height - len(acted)
+    run_level = [d for d in summary["regularities"]["dissociation"]
+                 if d["measure"] == "survival_time" and d["level"] == "run" and d.get("status", "ok") == "ok"]
+    assert run_level
+    for d in run_level:  # one (domain, algo): the statistic's n is every run drawn
+        assert d["n"] == drawn.height
+
+
+def test_figure_index_is_written_by_the_report(report) -> None:
+    index, _, summary = report
+    figs = json.loads((index.parent / "figures.json").read_text())
+    assert list(figs) == [s.id for s in FIGURES]
+    for spec in FIGURES:
+        entry = figs[spec.id]
+        assert entry["file"] == spec.stem and entry["question_id"] == spec.question
+        assert entry["question"] == summary["questions"][spec.question]["question"]
+        assert entry["n_runs"] == summary["questions"][spec.question]["n_runs"]
+    assert "figures" not in summary  # analysis writes questions, never figures

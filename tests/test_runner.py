@@ -28,8 +28,9 @@ from stabilitybench.data_schema import (
     steps_path,
     write_manifest,
 )
-from stabilitybench.generate.runner import LOG_DIR, MatrixReport, base_row, outputs_valid, plan, run_matrix, run_one
+from stabilitybench.generate.runner import MatrixReport, outputs_valid, plan, run_matrix
 from stabilitybench.generate.spec import RunSpec
+from stabilitybench.generate.worker import LOG_DIR, base_row, run_one
 
 TINY = {"n_steps": 128, "batch_size": 64, "n_epochs": 1}  # 2 rollouts x 2 minibatches = 4 updates
 
@@ -180,7 +181,7 @@ def test_pool_worker_output_survives_the_skipped_teardown(base_corpus: tuple[Pat
                                                           tmp_path: Path) -> None:
     """Pool workers exit with ``os._exit``: what the run printed (MuJoCo writes to fd 2 from C) must still
     reach its log, byte for byte as in a process that exits normally."""
-    code = ("import sys; from stabilitybench.generate.runner import run_in_worker; "
+    code = ("import sys; from stabilitybench.generate.worker import run_in_worker; "
             "from stabilitybench.generate.spec import RunSpec; "
             "import json; run_in_worker(RunSpec.from_dict(json.loads(sys.argv[1])), sys.argv[2])")
     other = tmp_path / "corpus"

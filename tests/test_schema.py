@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+import runpy
+import sys
+
 import pyarrow as pa
 import pytest
 
 from stabilitybench.data_schema import (
-    DIMENSIONS,
     EVENTS_SCHEMA,
     MANIFEST_SCHEMA,
     PARTITION_COLUMNS,
@@ -15,17 +18,24 @@ from stabilitybench.data_schema import (
     SCHEMAS,
     STEPS_SCHEMA,
     describe,
+    validate,
 )
+from stabilitybench.data_schema.errors import NewerSchemaError, SchemaError
+from stabilitybench.data_schema.integrity import require_known_version
 
 ALL_FIELDS = [(name, field.name) for name, schema in SCHEMAS.items() for field in schema]
 
 
-def test_schemas_registry_is_complete():
-    assert set(SCHEMAS) == {"steps", "manifest", "runs", "events"}
-    assert SCHEMAS["steps"] is STEPS_SCHEMA
-    assert SCHEMAS["manifest"] is MANIFEST_SCHEMA
-    assert SCHEMAS["runs"] is RUNS_SCHEMA
-    assert SCHEMAS["events"] is EVENTS_SCHEMA
+@pytest.mark.parametrize("table", sorted(SCHEMAS))
+def test_validate_enforces_the_registered_schema(table):
+    """``validate(t, name)`` checks against ``SCHEMAS[name]``: its own empty table passes, any other table fails."""
+    validate(SCHEMAS[table].empty_table(), table)
+    for other in sorted(set(SCHEMAS) - {table}):
+        with pytest.raises(SchemaError):
+            validate(SCHEMAS[other].empty_table(), table)
+    first = SCHEMAS[table].names[0]
+    with pytest.raises(SchemaError, match=f"missing column {first!r}"):
+        validate(SCHEMAS[table].empty_table().drop_columns([first]), table)
 
 
 @pytest.mark.parametrize(("table", "column"), ALL_FIELDS, ids=[f"{t}.{c}" for t, c in ALL_FIELDS])
@@ -46,10 +56,16 @@ def test_schema_version_and_table_name_in_metadata(table):
     assert meta[b"stabilitybench.table"] == table.encode()
 
 
-def test_schema_version_is_dotted_string():
-    assert isinstance(SCHEMA_VERSION, str)
-    major, _, minor = SCHEMA_VERSION.partition(".")
-    assert major.isdigit() and minor.isdigit()
+def test_a_newer_schema_version_is_refused_by_number_not_by_string(tmp_path):
+    """Versions compare as (major, minor) integers: v1.10 is newer than v1.2, although "1.10" < "1.2" as text."""
+    major, minor = (int(x) for x in SCHEMA_VERSION.split("."))
+    path = tmp_path / "steps.parquet"
+    for older_or_same in (SCHEMA_VERSION, f"{major}.0", f"{major - 1}.{minor + 10}"):
+        require_known_version(path, older_or_same.encode())  # readable: no error
+    require_known_version(path, None)  # a file with no version (not written by this code) is judged by its columns
+    for newer in (f"{major}.{minor + 1}", f"{major}.{minor + 10}", f"{major + 1}.0"):
+        with pytest.raises(NewerSchemaError, match=f"schema v{re.escape(newer)}, newer than this code's"):
+            require_known_version(path, newer.encode())
 
 
 @pytest.mark.parametrize("table", sorted(SCHEMAS))
@@ -157,24 +173,27 @@ def test_events_columns():
     assert EVENTS_SCHEMA.field("step").type == pa.int64()
 
 
-def test_dimensions_match_design():
-    assert DIMENSIONS == ("none", "optimization", "environmental", "parametric", "learning_signal")
+def _schema_listing(monkeypatch, *args: str) -> None:
+    """Run ``python -m stabilitybench.data_schema ARGS`` in-process (its output goes to capsys)."""
+    monkeypatch.setattr(sys, "argv", ["stabilitybench.data_schema", *args])
+    runpy.run_module("stabilitybench.data_schema", run_name="__main__", alter_sys=True)
 
 
 @pytest.mark.parametrize("table", sorted(SCHEMAS))
-def test_describe_one_row_per_field(table):
-    schema = SCHEMAS[table]
-    rows = describe(table)
-    assert len(rows) == len(schema)
-    assert [r["name"] for r in rows] == schema.names
-    for row, field in zip(rows, schema, strict=True):
-        assert set(row) == {"name", "type", "unit", "description", "nullable"}
-        assert row["type"] == str(field.type)
-        assert row["unit"] == field.metadata[b"unit"].decode()
-        assert row["description"] == field.metadata[b"description"].decode()
-        assert row["nullable"] == ("true" if field.nullable else "false")
+def test_schema_listing_prints_every_column_with_type_unit_and_description(table, monkeypatch, capsys):
+    """``python -m stabilitybench.data_schema TABLE``, the reference a user reads: one line per column, in order."""
+    _schema_listing(monkeypatch, table)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip()]
+    assert lines[0] == f"# {table} (schema v{SCHEMA_VERSION})"
+    assert len(lines) == 1 + len(SCHEMAS[table])
+    for line, field in zip(lines[1:], SCHEMAS[table], strict=True):
+        assert line.split()[0] == field.name
+        for part in (str(field.type), field.metadata[b"unit"].decode(), field.metadata[b"description"].decode()):
+            assert part in line, (field.name, part, line)
 
 
-def test_describe_unknown_table():
+def test_schema_listing_of_an_unknown_table_is_one_line(monkeypatch):
+    with pytest.raises(SystemExit, match=r"^error: unknown table 'no_such_table' \(one of steps, "):
+        _schema_listing(monkeypatch, "no_such_table")
     with pytest.raises(KeyError):
         describe("no_such_table")

@@ -56,7 +56,7 @@ def loop(rec: Recorder, steps: int, *, spike: float | None = None, nonfinite: st
         rec.update_last(loss=loss.item())
         if on_step is not None:
             on_step(step, opt)
-    probe.remove()
+    probe.detach()
     return probe
 
 
@@ -180,7 +180,7 @@ def test_generator_style_recorder_gets_one_nonfinite_event() -> None:
         opt.step()
     except NonFiniteTraining as exc:  # what generate/rl/train.py and generate/lm/train.py do
         rec.event(exc.step, "nonfinite", detail=exc.what)
-    probe.remove()
+    probe.detach()
     assert [(e["step"], e["detail"]) for e in rec.events] == [(1, "gradient")]
     assert rec.steps_table().num_rows == 2
 

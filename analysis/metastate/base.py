@@ -14,11 +14,23 @@ exceeds the threshold anywhere in its evaluation window, and the threshold is th
 empirical ``1 - fpr`` quantile (``method='higher'``) of the calibration runs' window maxima.
 With n calibration runs that is the largest of them whenever ``n < 1/fpr``, so the
 *measured* test FPR (with its CI) is the number to trust, not the nominal one.
+
+Every detector (monitor or baseline) also scores a run **one block at a time**:
+:meth:`MonitorBase.stepper` returns a :class:`Stepper`, O(1) time and memory per block, whose
+numbers are those of :meth:`MonitorBase.score` on the whole run (live scoring,
+:mod:`stabilitybench.analysis.online`). A :class:`DetectorSpec` describes one detector for the
+registry :mod:`stabilitybench.analysis.detectors` (it lives here, beside the interface, so that a
+detector's own module can declare its spec without importing the registry).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import importlib
+import math
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -64,11 +76,57 @@ def window_max(score: np.ndarray, steps: np.ndarray, start: int | None, stop: in
     return float(vals.max()) if vals.size else float("nan")
 
 
+def window_mean(values: Sequence[float]) -> float:
+    """:func:`rolling_mean` at the newest entry of its window ``values``: NaN ignored, ``+inf`` wins."""
+    total, n = 0.0, 0
+    for v in values:
+        if v == math.inf:
+            return math.inf
+        if math.isfinite(v):
+            total += v
+            n += 1
+    return total / n if n else math.nan
+
+
+class Stepper:
+    """A fitted detector's score of one run, one block at a time: ``stepper(x) -> score``.
+
+    ``x`` (shape ``(p,)``) is one block's raw features, as a row of the ``X`` given to
+    :meth:`MonitorBase.score`: standardised with the fitted mean/SD (missing values at 0), a row
+    holding ``+-inf`` scores ``nll = +inf``, and the score is the mean of the last ``smooth`` finite
+    ``nll`` (``+inf`` if one of them is). ``nll_step(z) -> float`` is the detector's own one-step
+    ``nll`` of a standardised block (it advances the detector's state). The scores equal
+    ``score(X)`` row by row up to floating-point round-off; O(1) time and memory per block.
+    """
+
+    def __init__(self, detector: MonitorBase, nll_step: Callable[[np.ndarray], float]) -> None:
+        detector._check_fitted()
+        self._mean = np.asarray(detector.mean_, float)
+        self._scale = np.asarray(detector.scale_, float)
+        self._nll_step = nll_step
+        self._smooth = max(1, int(detector.smooth))
+        self._recent: deque[float] = deque(maxlen=self._smooth)
+
+    def __call__(self, x: np.ndarray) -> float:
+        x = np.asarray(x, dtype=float).reshape(-1)
+        with np.errstate(invalid="ignore"):
+            z = (x - self._mean) / self._scale
+        z = np.where(np.isfinite(z), z, 0.0)
+        nll = float(self._nll_step(z))
+        if np.isinf(x).any():
+            nll = math.inf
+        if self._smooth == 1:  # rolling_mean with a window of 1 is the identity
+            return nll
+        self._recent.append(nll)
+        return window_mean(self._recent)
+
+
 class MonitorBase:
     """Standardisation, smoothing and calibration shared by the monitors and the baselines.
 
-    Subclasses implement ``_fit(list of (T_i, p) standardised arrays)`` and
-    ``_nll((T, p) standardised array) -> (T,)``.
+    Subclasses implement ``_fit(list of (T_i, p) standardised arrays)``,
+    ``_nll((T, p) standardised array) -> (T,)`` and its one-block form ``_nll_stepper() ->
+    (z (p,) -> nll)`` (what :meth:`stepper` runs live).
     """
 
     smooth: int = 5
@@ -133,6 +191,16 @@ class MonitorBase:
         with np.errstate(invalid="ignore"):
             return self.score(X) > self.threshold_
 
+    def stepper(self) -> Stepper:
+        """A fresh :class:`Stepper` for one run: ``stepper(x)`` with one block's raw features ``x (p,)``
+        returns that block's score, the number :meth:`score` gives for the same row of the whole run."""
+        self._check_fitted()
+        return Stepper(self, self._nll_stepper())
+
+    def fit_summary(self) -> dict[str, Any]:
+        """What the fit found that a report quotes beside the threshold (e.g. the Kalman latent size); ``{}``."""
+        return {}
+
     # ---- helpers ----------------------------------------------------------------
     def _standardise(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         bad = np.isinf(X).any(axis=1) if X.size else np.zeros(X.shape[0], dtype=bool)
@@ -149,3 +217,65 @@ class MonitorBase:
 
     def _nll(self, Z: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _nll_stepper(self) -> Callable[[np.ndarray], float]:  # pragma: no cover - abstract
+        """``step(z (p,)) -> nll`` of one standardised block, advancing the run's state (``_nll`` one row at a time)."""
+        raise NotImplementedError(f"{type(self).__name__} has no one-block step (_nll_stepper)")
+
+
+#: The families of the registry: fitted models of normal telemetry, the simpler detectors they are compared
+#: with, and the references of question (b) (scored in :mod:`stabilitybench.analysis.questions`, not built here).
+FAMILIES = ("monitor", "baseline", "reference")
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """One detector of the registry :data:`stabilitybench.analysis.detectors.DETECTORS`.
+
+    * ``name``: the key in tables (``detector`` column), ``cfg.detectors`` and monitor files (``kind``);
+    * ``label``: how reports name it;
+    * ``family``: ``monitor`` | ``baseline`` | ``reference``;
+    * ``impl``: the class, or ``"module:Class"`` imported on first use (the GRU needs torch); ``None``
+      for a reference; :attr:`cls` resolves it;
+    * ``build(features, cfg) -> detector``: a fresh, unfitted detector reading the columns ``features``
+      with the settings of an :class:`~stabilitybench.analysis.early_warning.EarlyWarningConfig`;
+    * ``saveable``: it saves to a monitor file and runs live (causal, with ``to_arrays``/``from_arrays``);
+    * ``needs_torch``: left out of the default detectors where torch is not installed;
+    * ``echo``: also evaluated with the intervention-echo columns, as ``<name>+echo``;
+    * ``fit_order``: parallel fits are dispatched in this order (the slowest first), ties in registry order.
+    """
+
+    name: str
+    label: str
+    family: str
+    impl: type[MonitorBase] | str | None = None
+    build: Callable[[list[str], Any], MonitorBase] | None = None
+    saveable: bool = False
+    needs_torch: bool = False
+    echo: bool = False
+    fit_order: int = 2
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"detector {self.name!r}: family {self.family!r} is not one of {', '.join(FAMILIES)}")
+        if self.family != "reference" and (self.impl is None or self.build is None):
+            raise ValueError(f"detector {self.name!r}: a {self.family} needs impl and build")
+
+    @property
+    def cls(self) -> type[MonitorBase]:
+        """The detector class (imported now if ``impl`` names it)."""
+        if self.impl is None:
+            raise TypeError(f"{self.name!r} is a reference: it has no detector class")
+        if isinstance(self.impl, str):
+            module, _, name = self.impl.partition(":")
+            return getattr(importlib.import_module(module), name)
+        return self.impl
+
+    def is_class_of(self, detector: object) -> bool:
+        """Whether ``detector`` is an instance of exactly this spec's class (without importing a lazy one)."""
+        if self.impl is None:
+            return False
+        if isinstance(self.impl, str):
+            t = type(detector)
+            return f"{t.__module__}:{t.__qualname__}" == self.impl
+        return type(detector) is self.impl

@@ -20,6 +20,7 @@ through the whole sequence; ``nll[0]`` (nothing to predict from) is NaN.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -126,6 +127,32 @@ class GRUMonitor(MonitorBase):
             mu, logvar = self._predict(Z)
             out[1:] = (0.5 * (logvar + (Z[1:] - mu) ** 2 / np.exp(logvar) + LOG_2PI)).mean(axis=1)
         return out
+
+    def _nll_stepper(self) -> Callable[[np.ndarray], float]:
+        """One GRU cell step per block: score ``z`` against the prediction made from the past blocks, then
+        advance the hidden state (float32, as :meth:`_nll`; equal to it up to float32 round-off)."""
+        net = self.net_
+        h: Any = None
+        pred: tuple[np.ndarray, np.ndarray] | None = None
+
+        def step(z: np.ndarray) -> float:
+            nonlocal h, pred
+            nll = float("nan")
+            if pred is not None:
+                mu, logvar = pred
+                nll = float(np.mean(0.5 * (logvar + (z - mu) ** 2 / np.exp(logvar) + LOG_2PI)))
+            with torch.no_grad():
+                y = torch.tensor(z[None, None], dtype=torch.float32)
+                out, h = net.gru(y, h)
+                mu_t, logvar_t = net.head(out[0, 0]).chunk(2, dim=-1)
+            pred = (mu_t.numpy().astype(float), logvar_t.clamp(-8.0, 8.0).numpy().astype(float))
+            return nll
+
+        return step
+
+    def fit_summary(self) -> dict[str, Any]:
+        """The fitted model's NLL on all training windows (NaN for a monitor loaded from a file)."""
+        return {"final_train_nll": getattr(self, "train_nll_", float("nan"))}
 
     # ---- persistence ------------------------------------------------------------------------
     def get_params(self) -> dict[str, Any]:

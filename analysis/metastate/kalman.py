@@ -23,7 +23,7 @@ prior covariance), and the score is ``nll[t] = -log N(y_t; C zhat_t + d, S) / p`
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -172,6 +172,29 @@ class KalmanMonitor(MonitorBase):
         maha = np.einsum("ti,ij,tj->t", E, self._S_inv, E)
         p = Z.shape[1]
         return 0.5 * (maha + self._logdet + p * np.log(2 * np.pi)) / p
+
+    def _nll_stepper(self) -> Callable[[np.ndarray], float]:
+        """The steady-state predictor one block at a time: score ``z`` against ``C zhat + d``, then
+        ``zhat <- F zhat + G (z - d)`` (k x k work; :meth:`_nll` runs the same recursion in F's eigenbasis)."""
+        k = self.A_.shape[0]
+        F = self.A_ @ (np.eye(k) - self.K_ @ self.C_)
+        G = self.A_ @ self.K_
+        C, d, S_inv = self.C_, self.d_, self._S_inv
+        const = self._logdet + C.shape[0] * np.log(2 * np.pi)
+        x = np.array(self.mu0_, dtype=float)
+
+        def step(z: np.ndarray) -> float:
+            nonlocal x
+            e = z - C @ x - d
+            nll = 0.5 * (float(e @ S_inv @ e) + const) / z.size
+            x = F @ x + G @ (z - d)
+            return nll
+
+        return step
+
+    def fit_summary(self) -> dict[str, Any]:
+        """Latent size and EM iterations (a monitor loaded from a file has no EM history: 0)."""
+        return {"n_latent": self.n_latent_, "em_iterations": len(getattr(self, "loglik_", []))}
 
     # ---- persistence ---------------------------------------------------------------------
     _PARAMS = ("A_", "C_", "d_", "Q_", "R_", "mu0_", "P0_", "mean_", "scale_", "threshold_")

@@ -1,9 +1,9 @@
-"""``StabilityTrainerCallback``: StabilityBench telemetry for a Hugging Face ``transformers.Trainer``.
+"""``HFTrainerCallback``: StabilityBench telemetry for a Hugging Face ``transformers.Trainer``.
 
 ::
 
     with Recorder("corpus", "gpt2-tiny", domain="lm", algo="gpt2", env="my-text") as rec:
-        Trainer(model=model, args=args, train_dataset=ds, callbacks=[StabilityTrainerCallback(rec)]).train()
+        Trainer(model=model, args=args, train_dataset=ds, callbacks=[HFTrainerCallback(rec)]).train()
 
 A :class:`~stabilitybench.generate.probe.Probe` on the Trainer's torch optimizer (unwrapped from accelerate's
 wrapper) records one row per optimizer update: ``lr`` (what the Trainer's scheduler set),
@@ -21,9 +21,10 @@ from transformers import TrainerCallback
 
 from stabilitybench.generate.perturbations import Perturbation
 from stabilitybench.generate.probe import Probe
+from stabilitybench.generate.telemetry import warn_deprecated
 
 
-class StabilityTrainerCallback(TrainerCallback):
+class HFTrainerCallback(TrainerCallback):
     """Records one ``steps`` row per optimizer update of a ``Trainer`` into ``recorder``."""
 
     def __init__(self, recorder: Any, *, perturbation: Perturbation | None = None, coherence_window: int = 8,
@@ -58,8 +59,20 @@ class StabilityTrainerCallback(TrainerCallback):
             self.recorder.event(max(len(self.recorder) - 1, 0), "eval", value=float(metrics["eval_loss"]))
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.probe is not None:
-            self.probe.remove()
-            self.probe = None
+        self.detach()
         if self.close_recorder:
             self.recorder.close()
+
+    def detach(self) -> None:
+        """Detach the probe (idempotent); the optimizer is left as it was."""
+        if self.probe is not None:
+            self.probe.detach()
+            self.probe = None
+
+
+class StabilityTrainerCallback(HFTrainerCallback):
+    """Deprecated name of :class:`HFTrainerCallback` (removed in 0.2); warns when constructed."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        warn_deprecated("StabilityTrainerCallback", "HFTrainerCallback")
+        super().__init__(*args, **kwargs)

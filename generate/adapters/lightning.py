@@ -1,9 +1,9 @@
-"""``StabilityLightningCallback``: StabilityBench telemetry for a PyTorch Lightning ``Trainer``.
+"""``LightningCallback``: StabilityBench telemetry for a PyTorch Lightning ``Trainer``.
 
 ::
 
     with Recorder("corpus", "my-model", algo="mlp", env="my-data") as rec:
-        Trainer(max_epochs=3, callbacks=[StabilityLightningCallback(rec)]).fit(model, loader)
+        Trainer(max_epochs=3, callbacks=[LightningCallback(rec)]).fit(model, loader)
 
 A :class:`~stabilitybench.generate.probe.Probe` on the Trainer's torch optimizer records one row per optimizer
 update, with the same guarantees as the Hugging Face adapter (``stabilitybench.generate.adapters.hf``):
@@ -44,14 +44,15 @@ import torch
 try:
     import lightning.pytorch as pl
 except ModuleNotFoundError as exc:  # one line that says what to install, not a bare "No module named"
-    raise ModuleNotFoundError("StabilityLightningCallback needs PyTorch Lightning: pip install "
+    raise ModuleNotFoundError("LightningCallback needs PyTorch Lightning: pip install "
                               "'stabilitybench[lightning]'", name="lightning") from exc
 
 from stabilitybench.generate.perturbations import Perturbation, TrainingClock
-from stabilitybench.generate.probe import Probe
+from stabilitybench.generate.probe import Probe, ProbeInternals, _WiredProbe
+from stabilitybench.generate.telemetry import warn_deprecated
 
 
-class StabilityLightningCallback(pl.Callback):
+class LightningCallback(pl.Callback):
     """Records one ``steps`` row per optimizer update of a Lightning ``Trainer`` into ``recorder``.
 
     Parameters
@@ -109,7 +110,7 @@ class StabilityLightningCallback(pl.Callback):
             raise ValueError(f"optimizer_index={self.optimizer_index}, but the Trainer has "
                              f"{len(optimizers)} optimizer(s)")
         optimizer = optimizers[self.optimizer_index]
-        self.remove()
+        self.detach()
         if not len(self.recorder):
             self.recorder.t0 = time.perf_counter()
         self._automatic = pl_module.automatic_optimization
@@ -119,29 +120,35 @@ class StabilityLightningCallback(pl.Callback):
         # registered before the probe's hooks, so it runs first: the probe's pre-step then sees the gradient
         self._hook = optimizer.register_step_pre_hook(self._run_closure_first)
         kwargs = {} if self.nonfinite is None else {"nonfinite": self.nonfinite}
-        self.probe = Probe(optimizer, self.recorder, perturbation=self.perturbation, on_row=self._record,
-                           coherence_window=self.coherence_window, clock=self.clock, **kwargs)
+        self.probe = _WiredProbe(optimizer, self.recorder, ProbeInternals(clock=self.clock),
+                                 perturbation=self.perturbation, on_row=self._record,
+                                 coherence_window=self.coherence_window, **kwargs)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.remove()
+        self.detach()
         if self.close_recorder:
             self.recorder.close()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         """Detach; record an interrupt as one (Lightning turns Ctrl-C into ``SystemExit(1)`` after this hook,
         which a ``with Recorder(...)`` block would otherwise file as an error)."""
-        self.remove()
+        self.detach()
         if self.close_recorder or isinstance(exception, KeyboardInterrupt):
             self.recorder.__exit__(type(exception), exception, exception.__traceback__)
 
-    def remove(self) -> None:
+    def detach(self) -> None:
         """Detach the probe and the callback's optimizer hook (idempotent); the optimizer is left as it was."""
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
         if self.probe is not None:
-            self.probe.remove()
+            self.probe.detach()
             self.probe = None
+
+    def remove(self) -> None:
+        """Deprecated alias of :meth:`detach` (removed in 0.2)."""
+        warn_deprecated("LightningCallback.remove()", "LightningCallback.detach()")
+        self.detach()
 
     # -- the optimizer step ---------------------------------------------------------------------
     def _run_closure_first(self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...],
@@ -220,6 +227,14 @@ class StabilityLightningCallback(pl.Callback):
         self.recorder.update_last(val_loss=value, performance=self.performance)
         step = self.recorder.rows[-1]["step"] if len(self.recorder) else 0
         self.recorder.event(step, "eval", detail=self.val_metric, value=value)
+
+
+class StabilityLightningCallback(LightningCallback):
+    """Deprecated name of :class:`LightningCallback` (removed in 0.2); warns when constructed."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        warn_deprecated("StabilityLightningCallback", "LightningCallback")
+        super().__init__(*args, **kwargs)
 
 
 def _scalar(value: Any) -> bool:

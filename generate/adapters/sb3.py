@@ -1,9 +1,9 @@
-"""``StabilityCallback``: StabilityBench telemetry for any stable-baselines3 algorithm.
+"""``SB3Callback``: StabilityBench telemetry for any stable-baselines3 algorithm.
 
 Attach it to ``learn`` and every optimizer update becomes a ``steps`` row::
 
     with Recorder("corpus", "ppo-cartpole", algo="ppo", env="CartPole-v1", seed=0) as rec:
-        model.learn(10_000, callback=StabilityCallback(rec))
+        model.learn(10_000, callback=SB3Callback(rec))
 
 It finds the model's torch optimizers (``policy.optimizer`` for PPO/A2C/DQN; the critic's,
 the actor's and SAC's entropy-coefficient optimizer for SAC/TD3) and puts a
@@ -27,7 +27,8 @@ from stable_baselines3 import A2C
 from stable_baselines3.common.callbacks import BaseCallback
 
 from stabilitybench.generate.perturbations import Perturbation, TrainingClock, UpdateContext
-from stabilitybench.generate.probe import Probe
+from stabilitybench.generate.probe import Probe, ProbeInternals, _WiredProbe
+from stabilitybench.generate.telemetry import warn_deprecated
 
 #: SB3 logger key -> steps column, for the values logged once per train() call.
 TRAIN_STATS = {
@@ -51,7 +52,7 @@ def sb3_optimizers(model: Any) -> list[tuple[torch.optim.Optimizer, str]]:
     return [(model.policy.optimizer, "main")]
 
 
-class StabilityCallback(BaseCallback):
+class SB3Callback(BaseCallback):
     """Records one row per main optimizer update of any SB3 model into ``recorder`` (module doc).
 
     ``perturbation``: optional (``stabilitybench.perturbation(...)``); ``coherence_window``: K.
@@ -95,12 +96,11 @@ class StabilityCallback(BaseCallback):
         off_policy = getattr(self.model, "critic", None) is not None
         for opt, role in sb3_optimizers(self.model):
             on_row = {"main": self._record_update, "actor": self._record_actor, "lead": None}[role]
-            self.probes.append(Probe(
-                opt, self.recorder, perturbation=self.perturbation, on_row=on_row,
-                coherence_window=self.coherence_window, main=role == "main", leads=role == "lead",
-                clock=self.clock, update_context=self.update_context(role), record=on_row is not None,
-                skip_stepped_grads=off_policy and role == "main",
-            ))
+            internals = ProbeInternals(main=role == "main", leads=role == "lead", clock=self.clock,
+                                       update_context=self.update_context(role), record=on_row is not None,
+                                       skip_stepped_grads=off_policy and role == "main")
+            self.probes.append(_WiredProbe(opt, self.recorder, internals, perturbation=self.perturbation,
+                                           on_row=on_row, coherence_window=self.coherence_window))
         if self.intervention is not None:
             opts = sb3_optimizers(self.model)
             main = next(opt for opt, role in opts if role == "main")
@@ -131,7 +131,7 @@ class StabilityCallback(BaseCallback):
         self._harvest_train_stats()
         if self.intervention is not None:
             self.intervention.finish()
-        self.remove()
+        self.detach()
         if self.close_recorder:
             self.recorder.close()
 
@@ -164,11 +164,24 @@ class StabilityCallback(BaseCallback):
                 stats["loss"] = loss
         self.recorder.update_last(**stats)
 
-    def remove(self) -> None:
-        """Detach every probe (idempotent)."""
+    def detach(self) -> None:
+        """Detach every probe (idempotent); the optimizers are left as they were."""
         for probe in self.probes:
-            probe.remove()
+            probe.detach()
         self.probes = []
+
+    def remove(self) -> None:
+        """Deprecated alias of :meth:`detach` (removed in 0.2)."""
+        warn_deprecated("SB3Callback.remove()", "SB3Callback.detach()")
+        self.detach()
+
+
+class StabilityCallback(SB3Callback):
+    """Deprecated name of :class:`SB3Callback` (removed in 0.2); warns when constructed."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        warn_deprecated("StabilityCallback", "SB3Callback")
+        super().__init__(*args, **kwargs)
 
 
 def a2c_loss(model: Any, values: dict[str, Any]) -> float | None:

@@ -1,7 +1,7 @@
 """Where the runs of a matrix execute: a local process pool (default) or a Ray cluster.
 
 A backend only *schedules*: every run goes through the same
-:func:`stabilitybench.generate.runner.run_in_worker` → :func:`stabilitybench.generate.runner.run_one`, in a fresh
+:func:`stabilitybench.generate.worker.run_in_worker` → :func:`stabilitybench.generate.worker.run_one`, in a fresh
 process per run, and hands its manifest row to the driver's ``record`` callback as it
 finishes. The driver (:func:`stabilitybench.generate.runner.run_matrix`) is the only manifest writer.
 

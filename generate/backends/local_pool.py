@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from stabilitybench.generate.spec import RunSpec
+from stabilitybench.generate.worker import died_row, run_in_worker
 
 
 def _skip_interpreter_teardown() -> None:
@@ -59,7 +60,7 @@ def _worker_init(driver_pid: int) -> None:
 
 
 def _run_in_pool(spec: RunSpec, corpus: str) -> dict[str, Any]:
-    """The pool's task: :func:`~generate.runner.run_in_worker`, in a process that exits without tearing down.
+    """The pool's task: :func:`~stabilitybench.generate.worker.run_in_worker`, in a process that skips teardown.
 
     A worker serves one run and then exits. Finalising an interpreter that holds torch, SB3 and MuJoCo
     takes about a second of CPU (measured: 0.98 s, against 0.10 s with this), which on a busy machine
@@ -67,8 +68,6 @@ def _run_in_pool(spec: RunSpec, corpus: str) -> dict[str, Any]:
     result is sent, and the result is sent before the worker exits, so skipping the teardown loses
     nothing. The handler is registered first, so it runs after every other exit handler (LIFO).
     """
-    from stabilitybench.generate.runner import run_in_worker
-
     atexit.register(_skip_interpreter_teardown)
     return run_in_worker(spec, corpus)
 
@@ -77,7 +76,7 @@ class LocalPool:
     """``workers`` runs at a time (default: every core), each in a fresh spawned process with one torch thread.
 
     ``max_tasks_per_child=1`` gives each run a clean interpreter (MuJoCo, torch and the
-    fd redirect of :func:`~stabilitybench.generate.runner.run_in_worker` all hold process state). A
+    fd redirect of :func:`~stabilitybench.generate.worker.run_in_worker` all hold process state). A
     killed worker breaks the pool: its runs in flight are recorded as failed and the
     pool is rebuilt for the rest, so one OOM kill never stops the matrix.
     """
@@ -108,8 +107,6 @@ class LocalPool:
 
     def _execute(self, ctx: Any, pending: list[RunSpec], corpus: Path, record: Callable[[dict[str, Any]], None],
                  stop: threading.Event) -> None:
-        from stabilitybench.generate.runner import died_row
-
         while pending and not stop.is_set():
             pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, max_tasks_per_child=1,
                                        initializer=_worker_init, initargs=(os.getpid(),))
@@ -162,8 +159,6 @@ def _workers_born_ignoring_sigint(ctx: Any) -> Iterator[None]:
 def _collect(in_flight: dict[Future[dict[str, Any]], RunSpec], futures: Iterable[Future[dict[str, Any]]],
              record: Callable[[dict[str, Any]], None]) -> bool:
     """Record finished futures (removing them from ``in_flight``); True if one found the pool broken."""
-    from stabilitybench.generate.runner import died_row
-
     dead = False
     for fut in futures:
         spec = in_flight.pop(fut)

@@ -28,6 +28,7 @@ from typing import Any
 from stabilitybench.generate.errors import BackendError
 from stabilitybench.generate.registry import gpus_for
 from stabilitybench.generate.spec import RunSpec
+from stabilitybench.generate.worker import died_row, run_in_worker
 
 INSTALL_HINT = "pip install -e '.[ray]' (or pip install 'ray[default]>=2.52')"
 #: Object store of a local instance: results are small dicts, so don't reserve 30% of RAM in /dev/shm.
@@ -126,7 +127,6 @@ class RayCluster:
                 stop: threading.Event | None = None) -> None:
         """Submit every spec and record rows as they finish; once ``stop`` is set, record what finished, cancel
         the rest."""
-        from stabilitybench.generate.runner import died_row, run_in_worker
 
         ray = self._ray
         requests = [self.resources(spec) for spec in specs]  # resolves each run's config once

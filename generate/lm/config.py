@@ -35,8 +35,6 @@ SIZES: dict[str, dict[str, Any]] = {
               "batch_size": 480, "grad_accum": 40, "learning_rate": 6e-4},
 }
 
-STOCHASTICITY_LEVELS = ("low", "default", "high")
-
 
 @dataclass(frozen=True)
 class LMConfig:

@@ -35,12 +35,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from stabilitybench.data_schema.keys import control_onset
 from stabilitybench.generate.errors import NonFiniteTraining, ProfileError
 from stabilitybench.generate.lm.config import LMConfig, resolve
 from stabilitybench.generate.lm.data import TokenData, fixed_batches, load_tokens, random_batch
 from stabilitybench.generate.lm.telemetry import LogitProbe, MicrobatchCoherence, attach_flat_grads_
 from stabilitybench.generate.perturbations import TrainingClock, UpdateContext, build
-from stabilitybench.generate.probe import Probe
+from stabilitybench.generate.probe import Probe, ProbeInternals, _WiredProbe
 from stabilitybench.generate.recorder import Recorder
 from stabilitybench.generate.registry import GeneratorResult
 from stabilitybench.generate.spec import RunSpec
@@ -124,7 +125,7 @@ def train(spec: RunSpec, *, telemetry: bool = True, evaluate_val: bool = True,
     cfg = resolve(spec.algo, spec.env, spec.stochasticity, dict(spec.hparams))
     device = pick_device(cfg.device)
     planned = cfg.planned_updates(spec.total_steps)
-    onset_step = round(spec.onset_frac * planned)
+    onset_step = control_onset(spec.onset_frac, planned)
     perturbation = build(spec.perturbation, spec.magnitude, onset_step, spec.duration_steps, seed=spec.seed)
     if "lm" not in perturbation.domains:
         raise ProfileError(f"perturbation {spec.perturbation!r} acts on RL envs; it has no effect on a language model")
@@ -167,8 +168,9 @@ def train(spec: RunSpec, *, telemetry: bool = True, evaluate_val: bool = True,
             generator=torch.Generator().manual_seed(spec.seed + 1_000_003), target_layer=TARGET_LAYER)
         flat_grad = attach_flat_grads_(params)  # the loop's own gradient layout: one flat buffer
         coherence = MicrobatchCoherence(flat_grad.numel(), flat_grad.device, flat_grad.dtype)
-        probe = Probe(optimizer, recorder, perturbation=perturbation, on_row=record, clock=clock,
-                      update_context=ctx, manual_grads=True, coherence=coherence)
+        probe = _WiredProbe(optimizer, recorder, ProbeInternals(clock=clock, update_context=ctx, manual_grads=True,
+                                                                coherence=coherence),
+                            perturbation=perturbation, on_row=record)
         logits_probe = LogitProbe(model, cfg.n_head, cfg.logit_sequences)
 
     stop_reason = "completed"
@@ -225,7 +227,7 @@ def train(spec: RunSpec, *, telemetry: bool = True, evaluate_val: bool = True,
         recorder.event(exc.step, "nonfinite", detail=exc.what)
     finally:
         if probe is not None:
-            probe.remove()
+            probe.detach()
         if logits_probe is not None:
             logits_probe.remove()
 

@@ -253,7 +253,6 @@ def _td3_levels(base: TD3Config) -> dict[str, dict[str, Any]]:
 
 CONFIGS: dict[str, tuple[type, Any]] = {"ppo": (PPOConfig, _ppo_levels), "sac": (SACConfig, _sac_levels),
                                         "td3": (TD3Config, _td3_levels)}
-STOCHASTICITY_LEVELS = ("low", "default", "high")
 
 
 def resolve(algo: str, env: str, stochasticity: str, hparams: dict[str, Any]) -> Any:

@@ -1,7 +1,7 @@
 """PPO, SAC and TD3 on MuJoCo with full telemetry, via an SB3 callback and optimizer hooks.
 
 Read top to bottom: resolve the frozen config, build the envs and the SB3 model,
-attach :class:`RLTelemetry` (the public :class:`~stabilitybench.generate.adapters.sb3.StabilityCallback`
+attach :class:`RLTelemetry` (the public :class:`~stabilitybench.generate.adapters.sb3.SB3Callback`
 plus the generator's extras), call ``learn``, hand the buffered rows back. SB3's training
 loops are not copied or patched, and the run is bit-identical to plain SB3's.
 
@@ -43,7 +43,8 @@ from stable_baselines3 import PPO, SAC, TD3
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.noise import NormalActionNoise
 
-from stabilitybench.generate.adapters.sb3 import StabilityCallback
+from stabilitybench.data_schema.keys import control_onset
+from stabilitybench.generate.adapters.sb3 import SB3Callback
 from stabilitybench.generate.errors import NonFiniteTraining
 from stabilitybench.generate.intervention import from_hparams, split_hparams
 from stabilitybench.generate.perturbations import Perturbation, TrainingClock, UpdateContext, build
@@ -57,8 +58,8 @@ from stabilitybench.generate.spec import RunSpec
 from stabilitybench.generate.telemetry import apply_perturbation, params_finite
 
 
-class RLTelemetry(StabilityCallback):
-    """The public :class:`StabilityCallback` plus the generator's extras.
+class RLTelemetry(SB3Callback):
+    """The public :class:`SB3Callback` plus the generator's extras.
 
     Extras: the perturbation acting on parameters/optimizer state (PPO: inside the update,
     SAC/TD3: between gradient steps), deterministic evaluation on a clean env, the periodic
@@ -88,7 +89,7 @@ class RLTelemetry(StabilityCallback):
         self.fixed_coherence = FixedPointCoherence(spec.coherence_window, seed=spec.seed + 2_000_003) \
             if spec.algo == "ppo" else None
 
-    # -- StabilityCallback extension points -------------------------------------------------
+    # -- SB3Callback extension points -------------------------------------------------
     def update_context(self, role: str) -> UpdateContext | None:
         # PPO: perturb parameters between backward and step (safe: one optimizer). SAC/TD3 build
         # the actor's graph before the critic step, so they perturb between gradient steps (_on_step).
@@ -158,7 +159,7 @@ class RLTelemetry(StabilityCallback):
         return out
 
     def close(self) -> None:
-        self.remove()
+        self.detach()
         if self.features is not None:
             self.features.remove()
             self.features = None
@@ -220,7 +221,7 @@ def run(spec: RunSpec, extra_callbacks: Sequence[BaseCallback] = ()) -> Generato
     hparams, live = split_hparams(dict(spec.hparams))  # issue 17: an optional live monitor + action
     cfg = resolve(spec.algo, spec.env, spec.stochasticity, hparams)
     planned = cfg.planned_updates(spec.total_steps)
-    onset_step = round(spec.onset_frac * planned)
+    onset_step = control_onset(spec.onset_frac, planned)
     perturbation = build(spec.perturbation, spec.magnitude, onset_step, spec.duration_steps, seed=spec.seed)
     clock = TrainingClock()
 

@@ -1,0 +1,153 @@
+"""The summary document: what ``summary.json`` holds, assembled from the stages' results in one place.
+
+:func:`summary_document` lays out the top-level entries (the one place their names are written;
+:data:`stabilitybench.analysis.summary.REQUIRED_FIELDS` lists those a reader needs); :func:`collapse_summary`
+and :func:`headline` build two of them. :func:`stabilitybench.analysis.summary.write_summary` writes it.
+
+The ``questions`` entry is the analysis's side of the report's figure index. Analysis owns the *questions*
+(:data:`stabilitybench.analysis.summary.QUESTIONS`: an id and what is measured; here, the number of runs
+behind each); the report owns the *figures* (``stabilitybench.reports.figures.FIGURES``: each ``FigureSpec``
+names the question id it draws) and writes the figure index, ``figures.json``, next to its pages.
+Dependencies point one way (reports -> analysis), so analysis never names a figure.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from stabilitybench.analysis.config import AnalysisConfig
+from stabilitybench.analysis.groups import GroupResults, LoadedCorpus
+from stabilitybench.analysis.pca_summary import PCASummary
+from stabilitybench.analysis.stages import EarlyWarningResult, RegularitiesResult, SurvivalResult
+from stabilitybench.analysis.stats import clopper_pearson
+from stabilitybench.analysis.summary import QUESTIONS, Status, StatusKind, number
+
+
+def question_index(summary: dict[str, Any], full: pl.DataFrame, ew: pl.DataFrame, coh: pl.DataFrame
+                   ) -> dict[str, Any]:
+    """For every question of :data:`QUESTIONS`: what it measures and the number of runs behind it."""
+    n_all = full.height
+    n_test = ew["run_id"].n_unique() if ew.height else 0
+    n_pca = sum(e.get("all_runs", {}).get("n_runs", 0) for e in summary["pca"].values()
+                if isinstance(e, dict) and isinstance(e.get("all_runs"), dict))
+    inter = summary.get("intervention") or {}
+    n_runs = {"onset_telemetry": n_all, "dose_response": n_all, "survival_km": n_all,
+              "survival_cox": summary["survival"]["cox"].get("n", 0), "pca_dimension": n_pca,
+              "pca_trajectories": n_pca, "detection_msd": n_test, "detection_roc": n_test, "dissociation": n_all,
+              "stochasticity_buffer": int((~full["unperturbed"]).sum()),
+              "coherence_before_collapse": coh["run_id"].n_unique() if coh.height else 0,
+              "final_performance": n_all, "intervention": 2 * int(inter.get("n_pairs") or 0)}
+    return {q: {"question": text, "n_runs": int(n_runs[q])} for q, text in QUESTIONS.items()}
+
+
+def summary_document(corpus: str | os.PathLike[str], loaded: LoadedCorpus, groups: GroupResults,
+                     cfg: AnalysisConfig, full: pl.DataFrame, dose: pl.DataFrame, sens: pl.DataFrame,
+                     pca: PCASummary, ew: EarlyWarningResult, surv: SurvivalResult, reg: RegularitiesResult,
+                     intervention: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
+    """The ``summary.json`` document (before :func:`~stabilitybench.analysis.summary.write_summary` stamps it)."""
+    summary: dict[str, Any] = {
+        "corpus": str(Path(corpus).resolve()),
+        "n_runs": loaded.runs.height,
+        "data_notes": loaded.data_notes,
+        "excluded_runs": {"n": len({b["run_id"] for b in loaded.excluded}), "files": loaded.excluded,
+                          "why": "manifest says ok, but a steps or events file is missing or damaged"},
+        "groups": groups.group_notes,
+        "features": groups.feature_sets,
+        "config": {"collapse": cfg.collapse.to_dict(), "features": vars(cfg.features),
+                   "early_warning": cfg.early_warning.to_dict(), "n_null": cfg.n_null, "early_frac": cfg.early_frac},
+        "collapse": collapse_summary(full, dose, sens),
+        "pca": pca.summary,
+        "coherence_before_collapse": reg.coherence_before_collapse,
+        "early_warning": {**ew.summary, "folds": groups.fold_notes, "leave_one_env_out": ew.leave_one_env_out,
+                          "feature_sets": groups.feature_sets,
+                          "leave_one_perturbation_kind_out": "= the per-kind subsets: detectors are fitted and "
+                          "calibrated on unperturbed runs only"},
+        "survival": {"logrank": surv.logrank, "cox": surv.cox,
+                     "km_groups": surv.km["group"].unique(maintain_order=True).to_list() if surv.km.height else []},
+        "regularities": {"dissociation": reg.dissociation, "stochasticity_buffer": reg.stochasticity_buffer,
+                         "precedence": reg.precedence},
+        "intervention": intervention,
+        "timings_s": timings,
+        "environment": {"python": platform.python_version(), "polars": pl.__version__, "numpy": np.__version__},
+    }
+    summary["questions"] = question_index(summary, full, groups.ew_runs, groups.coherence)
+    summary["headline"] = headline(summary)
+    return summary
+
+
+def collapse_summary(full: pl.DataFrame, dose: pl.DataFrame, sens: pl.DataFrame) -> dict[str, Any]:
+    """summary.json ``collapse``: dose-response rows, the rule's sensitivity and its false-collapse rate."""
+    held = full.filter(pl.col("unperturbed") & pl.col("rule_fold").is_not_null())
+    kf = int(held["collapsed"].sum()) if held.height else 0
+    kt = int(held["transient"].sum()) if held.height else 0
+    return {
+        "dose_response": dose.to_dicts(),
+        "sensitivity": sens.to_dicts() if sens.height else [],
+        "rule_false_collapse_rate_unperturbed": number(
+            kf / held.height if held.height else None, held.height, clopper_pearson(kf, held.height),
+            n_calibration=int(held["n_controls"].min()) if held.height else 0, n_test=held.height,
+            note="held-out controls, each judged against the envelope of the other control seeds (cross-fitted)"),
+        "transient_rate_unperturbed": number(kt / held.height if held.height else None, held.height,
+                                             clopper_pearson(kt, held.height)),
+        "n_transient_perturbed": int(full.filter(~pl.col("unperturbed"))["transient"].sum()),
+        "collapse_kinds": {k: int(v) for k, v in full["collapse_kind"].value_counts().iter_rows() if k is not None},
+    }
+
+
+def headline(summary: dict[str, Any]) -> dict[str, Any]:
+    """The numbers a closing note quotes, gathered in one place, plus data-driven caveats."""
+    head: dict[str, Any] = {}
+    head["collapse"] = {
+        f"{r['algo']} {r['env']} {r['stochasticity']} {r['config']}": f"{r['n_collapsed']}/{r['n_runs']}"
+        for r in summary["collapse"]["dose_response"]}
+    head["pca"] = {}
+    for name, entry in summary["pca"].items():
+        if "all_runs" not in entry or "n_components_90" not in entry.get("all_runs", {}):
+            continue
+        head["pca"][name] = {
+            sub: {k: entry[sub][k] for k in ("n_components_90", "null_n_components_90", "participation_ratio",
+                                              "null_participation_ratio")}
+            for sub in ("all_runs", "unperturbed_runs") if "n_components_90" in entry.get(sub, {})}
+        head["pca"][name]["n_features"] = entry["n_features"]
+    det = summary["early_warning"].get("detection", {})
+    pred = summary["early_warning"].get("prediction", {})
+    head["detection"] = {k: {m: v.get(m) for m in ("n_collapsed", "n_controls", "auroc", "frac_collapses_preceded",
+                                                  "median_lead_updates", "fpr_held_out_controls", "nonfinite")}
+                         for k, v in det.items()}
+    head["prediction"] = {k: {m: v.get(m) for m in ("n_pos", "n_neg", "n_collapsed_before_landmark", "auroc",
+                                                   "auroc_stratified", "delta_auroc")} for k, v in pred.items()}
+    head["prediction_references"] = summary["early_warning"].get("prediction_references", {})
+    cox_res = summary["survival"]["cox"]
+    head["cox"] = {**Status.from_json(cox_res).to_json(), "n": cox_res.get("n"), "n_events": cox_res.get("n_events"),
+                   "hazard_ratios": {c["covariate"]: {k: c[k] for k in ("value", "ci_low", "ci_high", "p_value")}
+                                     for c in cox_res.get("coefficients", [])},
+                   "concordance": cox_res.get("concordance")}
+    head["regularities"] = summary["regularities"]
+    head["coherence_before_collapse"] = summary["coherence_before_collapse"]
+    caveats = []
+    for k, v in det.items():
+        claim = Status.from_json(v["fpr_held_out_controls"]["claim"])
+        if claim.kind is StatusKind.REFUSED:
+            caveats.append(f"{k}: FPR claim {claim}")
+    for k, v in pred.items():
+        st = Status.of(v["auroc_stratified"])
+        if st is not None:
+            caveats.append(f"{k}: prediction AUROC (stratified) {st}")
+            continue
+        for ref, kinds in v["delta_auroc"].items():
+            for kind, d in kinds.items():
+                lo = d.get("ci_low")
+                if d.get("value") is not None and (lo is None or lo <= 0):
+                    caveats.append(f"{k}: does not beat the {ref} reference, {kind} AUROC (delta "
+                                   f"{d['value']:+.2f}, CI low {lo if lo is None else round(lo, 2)})")
+    if Status.from_json(cox_res).kind is StatusKind.SEPARATED:
+        caveats.append("Cox PH: monotone likelihood (a covariate separates collapsing from non-collapsing runs); "
+                       "only the ridge-penalised estimates (penalty stated) are given")
+    head["caveats"] = caveats
+    return head
