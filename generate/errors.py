@@ -57,7 +57,7 @@ class ProbeAttachedError(StabilityBenchError):
     """A second :class:`~stabilitybench.generate.probe.Probe` on an optimizer that already has a live one.
 
     Two probes would each multiply and restore the learning rate, and the LR would drift for good.
-    Remove the first (``Probe.attached(optimizer).remove()``) or use ``with Probe(...)``.
+    Detach the first (``Probe.attached(optimizer).detach()``) or use ``with Probe(...)``.
     """
 
 

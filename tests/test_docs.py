@@ -154,7 +154,7 @@ def test_site_builds_strictly_with_the_generated_pages(site: Path) -> None:
     assert "Probe" in api and "Recorder" in api and "perturbation" in api and "coherence_window" in api
     for page in ("adapters", "monitors", "readers"):
         assert (site / f"api/{page}/index.html").exists()
-    assert "StabilityCallback" in _text(site / "api/adapters/index.html")
+    assert "SB3Callback" in _text(site / "api/adapters/index.html")
     assert "scan_steps" in _text(site / "api/readers/index.html")
     # the repository Markdown files the hook includes, rendered from where they live
     for uri, source in HOOKS.INCLUDED.items():
@@ -220,7 +220,7 @@ KEPT = [
     "lr_spike ×125 collapsed 4 of 5\nwithout and 1 of 5 with (Δ −0.60 [−1.00, −0.20])",
     "| `reward_flip` | reward negated with probability m per transition |",
     "| `high` | minibatch ÷4, entropy coef max(0.01, ×10) | minibatch ÷4, target entropy 0 |",
-    "| `stop` | sets `guard.stopped`; `StabilityCallback` then ends `learn` |",
+    "| `stop` | sets `guard.stopped`; `SB3Callback` then ends `learn` |",
     "**One writer per corpus.**",
     "**(b) Prediction.**",
     "Mountpoint for S3\n   has no rename and cannot be used.",

@@ -205,12 +205,15 @@ def test_no_second_onset_rule() -> None:
         if path == KEYS:
             continue
         for node in ast.walk(tree):
-            src = ast.get_source_segment(text, node) or ""
-            if isinstance(node, ast.BoolOp) and isinstance(node.op, ast.Or) and "onset" in src \
+            if isinstance(node, ast.BoolOp) and isinstance(node.op, ast.Or) \
                     and any(isinstance(v, ast.Constant) and v.value == 0 for v in node.values):
-                hits.append(f"{_where(path, node)}: {src}")
-            if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult) and "onset_frac" in src:
-                hits.append(f"{_where(path, node)}: {src}")
+                src = ast.get_source_segment(text, node) or ""
+                if "onset" in src:
+                    hits.append(f"{_where(path, node)}: {src}")
+            if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):
+                src = ast.get_source_segment(text, node) or ""
+                if "onset_frac" in src:
+                    hits.append(f"{_where(path, node)}: {src}")
     assert not hits, "onset resolved outside data_schema.keys (use onset_step / control_onset):\n" + "\n".join(hits)
 
 

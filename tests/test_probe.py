@@ -471,3 +471,27 @@ def test_the_small_model_fast_path_records_what_the_general_path_does(monkeypatc
             else:
                 assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
     assert sum(r["grad_coherence"] is not None for r in fast) == 12 - 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_numpy_coherence_ring_is_bit_identical_to_the_torch_one(dtype: torch.dtype) -> None:
+    """The fast path's ring runs its three elementwise steps in NumPy on views of the same memory (cheaper
+    dispatch on a small model); the ring, the running sum and hence grad_coherence equal the torch steps' bit for bit."""
+    from stabilitybench.generate.probe import _RowCoherence
+
+    gen = torch.Generator().manual_seed(4)
+    rings = []
+    for use_numpy in (True, False):
+        ring = _RowCoherence(3, torch.zeros(257, dtype=dtype))
+        assert ring._np  # float32/float64 take the NumPy steps unless told otherwise
+        ring._np = use_numpy
+        rings.append(ring)
+    grad = torch.empty(257, dtype=dtype)
+    for _ in range(7):
+        grad.copy_(torch.randn(257, generator=gen, dtype=dtype) * 1e3)
+        norm = float(torch.linalg.vector_norm(grad))
+        for ring in rings:
+            ring.push(grad, norm)
+    fast, reference = rings
+    assert torch.equal(fast._buf, reference._buf) and torch.equal(fast._sum, reference._sum)
+    assert fast._sum.abs().sum() > 0

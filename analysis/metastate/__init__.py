@@ -5,7 +5,9 @@
 
 Both follow the scikit-learn/lifelines style: settings in the constructor, ``fit(sequences)
 -> self`` on unperturbed training runs, fitted attributes ending in ``_``, ``score(X)`` ->
-per-step MSD, ``calibrate(...)`` -> alarm threshold at a target FPR, ``save``/``load``.
+per-step MSD, ``calibrate(...)`` -> alarm threshold at a target FPR, ``save``/``load``, and
+``stepper()`` -> the same score one block at a time (live). Their registry entries (names, labels,
+builders) are in :mod:`stabilitybench.analysis.detectors`.
 """
 
 from typing import Any

@@ -31,7 +31,7 @@ def fig_coherence_aligned(coh: pl.DataFrame, ax: Axes | None = None, excess: boo
     series = [("excess", PALETTE[4], "run − matched controls")] if excess else [
         ("coherence", PALETTE[0], "collapsed runs"), ("control_coherence", CONTROL_COLOR, "matched controls")]
     for col, color, lab in series:
-        for _, g in coh.group_by("run_id"):
+        for _, g in coh.sort("run_id").group_by("run_id", maintain_order=True):  # a fixed draw order
             g = g.sort(x)
             ax.plot(g[x], g[col], color=color, lw=0.5, alpha=0.35)
         sns.lineplot(pdf, x=x, y=col, estimator="median", errorbar=("pi", 50), color=color, lw=2, ax=ax, label=lab)
