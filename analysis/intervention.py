@@ -17,7 +17,7 @@ performance difference is the cost of acting on it.
 
 Outcomes (``collapsed``, ``final_performance``) come from the analysis (``runs.parquet`` after
 ``stabilitybench analyze``), which judges every run, with or without an action, against the band of
-the group's *natural* controls only (:func:`stabilitybench.analysis.data.is_unperturbed` excludes runs that acted),
+the group's *natural* controls only (:func:`stabilitybench.data_schema.keys.control_mask` excludes runs that acted),
 and leaves runs that acted out of every other analysis (monitors, PCA, survival, regularities).
 """
 

@@ -39,7 +39,7 @@ RESULTS_VERSION = "2"
 _CORPUS = {c.name: c for c in (*MANIFEST_COLUMNS, *OUTCOME_COLUMNS, STEP)}
 _SHARED = {c.name: c for c in (
     Column("config", STR, "-", "Configuration label: kind xmagnitude (duration upd), or none "
-           "(stabilitybench.analysis.survival.group_label)"),
+           "(stabilitybench.data_schema.keys.ConfigKey.label)"),
     Column("group", STR, "-", "Matched group domain/algo/env/stochasticity (PCA: domain/algo, or pooled)"),
     Column("n_runs", I64, "runs", "Runs behind the row"),
     Column("n", I64, "runs", "Units behind the estimate"),
@@ -176,7 +176,7 @@ _DECLARED: dict[str, tuple[str, list[Column] | pa.Schema]] = {
         Column("guaranteed_fpr_bound", F64, "-", "Conformal FPR bound for exchangeable controls"),
         _col("perturbation"), _col("magnitude"), _col("duration_steps"),
         Column("unperturbed", BOOL, "-", "The run is an unperturbed control "
-               "(stabilitybench.analysis.data.is_unperturbed)"),
+               "(stabilitybench.data_schema.keys.control_mask)"),
         _col("collapsed"), _col("collapse_kind"), _col("collapse_step"), _col("onset_step"),
         Column("landmark_step", I64, "update", "Landmark L: end of the perturbation window plus one block"),
         Column("first_alarm_step", I64, "update", "First alarm from onset on (null: none)"),

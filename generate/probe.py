@@ -40,7 +40,8 @@ What it guarantees (each is tested in ``tests/test_probe.py``):
   buffer (one foreach copy) and normed; before the step the norm is read, the coherence ring is
   updated (three in-place calls) and the parameters are copied into a flat snapshot row; after it
   they are copied into a second row, and one reduction over [snapshot - after, after, coherence sum]
-  gives ``update_norm``, ``param_norm`` and the coherence in one host read. Elsewhere (accelerators,
+  gives ``update_norm``, ``param_norm`` and the coherence in one host read (for float32/float64 the four
+  elementwise steps are NumPy calls on views of the same buffers: same results, cheaper). Elsewhere (accelerators,
   mixed dtypes, the sketch) the ``_foreach`` path above. ``benchmarks/bench_small_overhead.py``
   measures it.
 """

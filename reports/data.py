@@ -19,10 +19,11 @@ import polars as pl
 from stabilitybench.analysis.results import load_table
 from stabilitybench.analysis.summary import ResultsNotFoundError, StatusKind, Summary, read_summary
 from stabilitybench.data_schema import DIMENSIONS as ALL_DIMENSIONS
+from stabilitybench.data_schema.keys import NO_PERTURBATION
 from stabilitybench.reports.errors import ResultsMissingError
 
 #: The perturbation dimensions, in the order the paper (and data_schema.DIMENSIONS) lists them.
-DIMENSIONS = tuple(d for d in ALL_DIMENSIONS if d != "none")
+DIMENSIONS = tuple(d for d in ALL_DIMENSIONS if d != NO_PERTURBATION)
 
 
 @dataclass

@@ -94,7 +94,7 @@ def quiet_lightning() -> None:
 
 
 def test_callback_is_invisible_and_records_the_pre_clip_gradient() -> None:
-    from stabilitybench import Recorder, LightningCallback
+    from stabilitybench import LightningCallback, Recorder
 
     kw = {"max_steps": 20, "accumulate_grad_batches": 2, "gradient_clip_val": 0.05}
     plain, _ = fit([], **kw)
@@ -129,7 +129,7 @@ def test_callback_is_invisible_and_records_the_pre_clip_gradient() -> None:
 def test_update_norm_shows_the_clipped_step_while_grad_norm_is_before_clipping() -> None:
     """Plain SGD, one group, no schedule change: the step is lr * clipped gradient, so update_norm must be
     lr * clip (what Lightning applied), while grad_norm is the larger norm before the clip."""
-    from stabilitybench import Recorder, LightningCallback
+    from stabilitybench import LightningCallback, Recorder
 
     clip = 0.02
     rec = Recorder(None, "tiny", algo="mlp", env="toy")
@@ -144,7 +144,7 @@ def test_update_norm_shows_the_clipped_step_while_grad_norm_is_before_clipping()
 
 
 def test_lr_spike_is_exact_across_a_scheduler_step_and_the_corpus_verifies(tmp_path: Path) -> None:
-    from stabilitybench import Recorder, LightningCallback, perturbation
+    from stabilitybench import LightningCallback, Recorder, perturbation
 
     kw = {"max_steps": 14, "limit_val_batches": 2, "val_check_interval": 6}
     plain, plain_trainer = fit([], **kw)
@@ -199,7 +199,7 @@ class Manual(Tiny):
 
 
 def test_manual_optimization_records_each_update_and_its_loss() -> None:
-    from stabilitybench import Recorder, LightningCallback
+    from stabilitybench import LightningCallback, Recorder
 
     torch.manual_seed(0)
     model = Manual()
@@ -217,7 +217,7 @@ def test_manual_optimization_records_each_update_and_its_loss() -> None:
 
 
 def test_a_bad_optimizer_index_is_one_line() -> None:
-    from stabilitybench import Recorder, LightningCallback
+    from stabilitybench import LightningCallback, Recorder
 
     rec = Recorder(None, "x")
     with pytest.raises(ValueError, match="optimizer_index=3, but the Trainer has 1 optimizer"):
@@ -253,7 +253,7 @@ def test_ctrl_c_is_recorded_as_an_interrupt_not_an_error(tmp_path: Path) -> None
     callback records the interrupt first, and the five updates made are a valid run."""
     import signal
 
-    from stabilitybench import Recorder, LightningCallback
+    from stabilitybench import LightningCallback, Recorder
 
     handler = signal.getsignal(signal.SIGINT)
     torch.manual_seed(0)
@@ -279,7 +279,7 @@ def test_16_mixed_records_the_unscaled_pre_clip_norm_and_skips_overflowed_steps(
     updates overflow."""
     from lightning.pytorch.plugins import MixedPrecision
 
-    from stabilitybench import Recorder, LightningCallback
+    from stabilitybench import LightningCallback, Recorder
 
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**20)
     rec = Recorder(None, "amp", algo="mlp", env="toy")
@@ -299,7 +299,7 @@ def test_16_mixed_records_the_unscaled_pre_clip_norm_and_skips_overflowed_steps(
 def test_a_diverging_lightning_run_is_data(tmp_path: Path) -> None:
     """A x1e6 LR spike blows the run up: the probe records the non-finite update, closes the run as
     ``stop_reason=nonfinite`` (status ok, files written, verify clean) and only then stops ``fit``."""
-    from stabilitybench import Recorder, LightningCallback, perturbation
+    from stabilitybench import LightningCallback, Recorder, perturbation
     from stabilitybench.generate.errors import TrainingDiverged
 
     rec = Recorder(tmp_path / "c", "diverge", algo="mlp", env="toy")

@@ -476,7 +476,7 @@ def test_the_small_model_fast_path_records_what_the_general_path_does(monkeypatc
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_the_numpy_coherence_ring_is_bit_identical_to_the_torch_one(dtype: torch.dtype) -> None:
     """The fast path's ring runs its three elementwise steps in NumPy on views of the same memory (cheaper
-    dispatch on a small model); the ring, the running sum and hence grad_coherence equal the torch steps' bit for bit."""
+    dispatch on a small model); the ring, the running sum and hence grad_coherence equal the torch steps exactly."""
     from stabilitybench.generate.probe import _RowCoherence
 
     gen = torch.Generator().manual_seed(4)

@@ -19,6 +19,9 @@ import pytest
 from golden_tools import run
 
 GOLDEN = Path(__file__).parent / "golden" / "synthetic_analysis.json"
+#: summary.json entries that the refactor moved on purpose (issue 28: analysis may not import reports, so the figure
+#: index left summary.json for the report's own ``figures.json``; summary.json now names the questions instead)
+MOVED = ("figures/",)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +52,8 @@ def test_every_results_table_is_equal(now: dict[str, Any], before: dict[str, Any
 
 def test_every_summary_number_is_equal(now: dict[str, Any], before: dict[str, Any]) -> None:
     old, new = before["summary"], now["summary"]
-    changed = [f"{k}: {v!r} -> {new.get(k, '<missing>')!r}" for k, v in old.items() if new.get(k, "<missing>") != v]
+    changed = [f"{k}: {v!r} -> {new.get(k, '<missing>')!r}" for k, v in old.items()
+               if new.get(k, "<missing>") != v and not k.startswith(MOVED)]
     print(f"summary fields added: {len(set(new) - set(old))}")
     assert changed == []
 
