@@ -51,7 +51,6 @@ def smoke(local_smoke: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # ------------------------------------------------------------------------ generate
-@pytest.mark.slow
 def test_generate_smoke_reads_back_with_plain_duckdb(smoke: Path) -> None:
     steps = smoke / "steps" / "**" / "*.parquet"
     manifest = smoke / "manifest.parquet"
@@ -68,7 +67,6 @@ def test_generate_smoke_reads_back_with_plain_duckdb(smoke: Path) -> None:
     assert statuses == ["ok"]
 
 
-@pytest.mark.slow
 def test_generate_smoke_reads_back_with_plain_polars(smoke: Path) -> None:
     steps = pl.scan_parquet(str(smoke / "steps" / "**" / "*.parquet"), hive_partitioning=True)
     manifest = pl.read_parquet(smoke / "manifest.parquet")
@@ -86,7 +84,6 @@ def test_generate_smoke_reads_back_with_plain_polars(smoke: Path) -> None:
     assert {"domain", "algo", "env", "perturbation"} <= set(flat.columns)
 
 
-@pytest.mark.slow
 def test_second_generate_trains_nothing(smoke: Path) -> None:
     before = stamps(smoke)
     assert len(before) >= 2 * len(load_profile("smoke")) + 1  # steps + events per run, and the manifest
@@ -96,7 +93,6 @@ def test_second_generate_trains_nothing(smoke: Path) -> None:
     assert stamps(smoke) == before
 
 
-@pytest.mark.slow
 def test_status_against_the_profile(smoke: Path) -> None:
     n = len(load_profile("smoke"))
     res = cli("status", "--corpus", str(smoke), "--profile", "smoke", cwd=smoke.parent)
@@ -108,7 +104,6 @@ def test_status_against_the_profile(smoke: Path) -> None:
     assert f"{n} runs in the manifest: ok {n}" in res.stdout
 
 
-@pytest.mark.slow
 def test_query_counts_steps(smoke: Path) -> None:
     [(expected,)] = duckdb.sql(f"select count(*) from read_parquet('{smoke}/steps/**/*.parquet')").fetchall()
     assert expected > 0
@@ -121,7 +116,6 @@ def test_query_counts_steps(smoke: Path) -> None:
     assert str(expected) in res.stdout
 
 
-@pytest.mark.slow
 def test_query_bad_sql_is_a_one_line_error(smoke: Path) -> None:
     res = cli("query", "select nope from steps", "--corpus", str(smoke), cwd=smoke.parent)
     assert_user_error(res, "nope")
@@ -201,7 +195,6 @@ def test_error_text_is_printed_verbatim(tmp_path: Path, dirname: str) -> None:
     assert_user_error(cli("status", "--corpus", str(missing), cwd=tmp_path), str(missing))
 
 
-@pytest.mark.slow
 def test_dry_run_on_a_finished_corpus(smoke: Path) -> None:
     n = len(load_profile("smoke"))
     before = stamps(smoke)
@@ -225,7 +218,6 @@ def test_fit_monitor_on_a_missing_template_is_one_line(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------- issue 30: CLI edge cases
-@pytest.mark.slow
 def test_query_limit_must_not_be_negative_and_zero_prints_every_row(local_smoke: Path, tmp_path: Path) -> None:
     """Was: ``query --limit -5`` printed every row, silently."""
     assert_user_error(cli("query", "select step from steps", "--corpus", str(local_smoke), "--limit", "-5",

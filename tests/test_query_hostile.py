@@ -89,7 +89,6 @@ HOSTILE = [
 ]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("sql, needle", HOSTILE, ids=[f"{i:02d}-{n.split()[-1]}" for i, (_, n) in
                                                        enumerate(HOSTILE)])
 def test_a_hostile_query_is_refused_and_writes_nothing(corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -110,7 +109,6 @@ def test_a_hostile_query_is_refused_and_writes_nothing(corpus: Path, tmp_path: P
     assert list(work.iterdir()) == []
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["INSTALL", "LOAD", "ATTACH", "COPY", "PRAGMA", "SET", "CALL", "EXPORT"])
 def test_each_refused_kind_has_its_own_message(corpus: Path, monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture[str], kind: str) -> None:
@@ -125,7 +123,6 @@ def test_each_refused_kind_has_its_own_message(corpus: Path, monkeypatch: pytest
     assert not any(f"{o} is not allowed" in err for o in others), err
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("sql", [
     "select magnitude, avg(performance) from steps join runs using (run_id) group by magnitude",  # README
     "select algo, ent_coef, count(*) as updates, avg(performance) as mean_performance "
