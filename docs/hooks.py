@@ -60,6 +60,38 @@ def render(markdown: str) -> str:
     return markdown
 
 
+#: Where :func:`namespace_tree` lays out the installed package for mkdocstrings (gitignored ``build/``).
+NAMESPACE_TREE = Path(__file__).resolve().parent.parent / "build" / "docs_namespace"
+SUBSYSTEMS = ("data_schema", "generate", "analysis", "reports")
+
+
+def namespace_tree(root: Path = NAMESPACE_TREE) -> Path:
+    """Lay out ``stabilitybench/`` as the wheel installs it, with symlinks, for mkdocstrings' static reader.
+
+    The repository keeps the subsystems at the top level and pyproject's ``package-dir`` maps them to
+    ``stabilitybench.generate`` and so on; griffe reads folders and does not follow that mapping. The tree
+    is ``stabilitybench/<each file of stabilitybench/>`` plus ``stabilitybench/<subsystem>`` -> ``<subsystem>/``;
+    ``mkdocs.yml`` points the handler's ``paths`` at it.
+    """
+    repo = Path(__file__).resolve().parent.parent
+    pkg = root / "stabilitybench"
+    pkg.mkdir(parents=True, exist_ok=True)
+    want = {p.name: p for p in (repo / "stabilitybench").iterdir() if p.name != "__pycache__"}
+    want.update({name: repo / name for name in SUBSYSTEMS})
+    for link in pkg.iterdir():
+        if link.name not in want or not link.is_symlink() or link.resolve() != want[link.name].resolve():
+            link.unlink() if link.is_symlink() or link.is_file() else None
+    for name, target in want.items():
+        if not (pkg / name).exists():
+            (pkg / name).symlink_to(target)
+    return root
+
+
+def on_config(config: Any) -> Any:
+    namespace_tree()
+    return config
+
+
 def on_files(files: Any, config: Any) -> Any:
     """Add the repository Markdown files of :data:`INCLUDED` to the site."""
     from mkdocs.structure.files import File
