@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stabilitybench.data_schema import describe, write_manifest
+from stabilitybench.data_schema import EVENTS_SCHEMA, describe, read_table, write_manifest, write_table
 from stabilitybench.data_schema.card import ANALYSIS_MARK, summary_lines, write_card
 from stabilitybench.generate.perturbations import REGISTRY, definitions
 from stabilitybench.generate.spec import RunSpec
@@ -62,6 +62,16 @@ def test_card_header_is_a_hugging_face_dataset_card(tmp_path: Path) -> None:
     import shutil
 
     shutil.copy(corpus / "manifest.parquet", corpus / "runs.parquet")  # stands in for analyze's runs table
+    # Hugging Face `datasets` cannot read a zero-row Parquet file ("BatchSize must be greater than 0"): give the
+    # control's empty events file the eval event a generated control has
+    import pyarrow as pa
+
+    for path in (corpus / "events").glob("*.parquet"):
+        if read_table(path, "events").num_rows == 0:
+            rid = path.stem
+            write_table(pa.Table.from_pylist([{"run_id": rid, "step": 1, "event": "eval"}], schema=EVENTS_SCHEMA),
+                        path, EVENTS_SCHEMA)
+            built.events.append({"run_id": rid, "step": 1, "event": "eval"})
     text = write_card(corpus, definitions(), profile="smoke").read_text()
     header = yaml.safe_load(text.split("---\n")[1])
     assert [c["config_name"] for c in header["configs"]] == ["steps", "manifest", "events", "runs"]
