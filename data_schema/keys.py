@@ -69,8 +69,13 @@ class ConfigKey:
         if self.is_control:
             return NO_PERTURBATION
         mag = "" if self.magnitude is None else f" x{self.magnitude:g}"
-        dur = "" if self.duration is None else f" ({self.duration} upd)"
+        dur = "" if self.duration is None else f" {duration_label(self.duration)}"
         return f"{self.perturbation}{mag}{dur}"
+
+
+def duration_label(duration: int) -> str:
+    """``"(320 upd)"``: how every label writes a perturbation's duration in optimizer updates."""
+    return f"({int(duration)} upd)"
 
 
 def config_label_expr(columns: tuple[str, ...] = CONFIG_COLUMNS) -> pl.Expr:

@@ -7,7 +7,7 @@ whose analysis was not testable is not an error: it is drawn as a "too little da
 
 from __future__ import annotations
 
-from stabilitybench.data_schema.errors import StabilityBenchError
+from stabilitybench.data_schema.errors import OutputPathError, StabilityBenchError
 
 
 class ReportError(StabilityBenchError):
@@ -18,5 +18,4 @@ class ResultsMissingError(ReportError):
     """The results folder (or its summary.json) does not exist: run ``stabilitybench analyze`` first."""
 
 
-class OutputPathError(ReportError):
-    """The output folder cannot be created (e.g. the path is an existing file)."""
+__all__ = ["OutputPathError", "ReportError", "ResultsMissingError"]  # OutputPathError: data_schema's, re-exported

@@ -9,7 +9,7 @@ import polars as pl
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from stabilitybench.data_schema.keys import unperturbed_expr
+from stabilitybench.data_schema.keys import duration_label, unperturbed_expr
 from stabilitybench.reports.data import ReportData, finite
 from stabilitybench.reports.figures.common import colors, mag_scale, placeholder
 from stabilitybench.reports.figures.spec import FigureSpec
@@ -44,7 +44,8 @@ def fig_dose_response(dose: pl.DataFrame, kind: str, measure: str = "collapse_pr
         else:
             y = g["final_performance_mean"].fill_null(np.nan).to_numpy()
             yerr = g["final_performance_sd"].fill_null(0.0).to_numpy()
-        lab = algo + (f" · {sto}" if len(levels) > 1 else "") + (f" ({dur} upd)" if len(durations) > 1 else "")
+        lab = (algo + (f" · {sto}" if len(levels) > 1 else "")
+               + (f" {duration_label(dur)}" if len(durations) > 1 else ""))
         ax.errorbar(x, y, yerr=yerr, color=cols[algo], marker=markers.get(dur, "o"), ms=4.5, lw=1.3, capsize=2.5,
                     label=lab, ls=lstyle.get(sto, "-"), alpha=0.9)
     ctrl = dose.filter(unperturbed_expr())
