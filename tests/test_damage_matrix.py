@@ -170,13 +170,14 @@ REPORT_CASES = [("truncate", "steps"), ("footer", "steps"), ("delete", "events")
 
 @pytest.mark.parametrize("case", REPORT_CASES, ids=[f"{f}-{d}" for d, f in REPORT_CASES], indirect=True)
 def test_report_on_a_corpus_damaged_after_analyze(case: dict[str, Any], clean_results: Path) -> None:
-    """F1 reads raw telemetry from the corpus: the damaged run is left out of it, named in one warning."""
+    """The report reads results only (F1's telemetry is analysis's ``onset_telemetry`` table): damage to the corpus
+    after analyze cannot reach it, so it builds without a warning or a traceback."""
     out_dir = case["tmp"] / "report"
     code, _, err = invoke("report", "--results", str(clean_results), "--out", str(out_dir),
                             "--corpus", str(case["corpus"]))
     assert code == 0, err
     assert (out_dir / "index.html").is_file()
-    one_warning(err, case["victim"])
+    assert "Traceback" not in err and "warning" not in err.lower(), err
 
 
 # --------------------------------------------------------------------------- python readers
