@@ -271,7 +271,7 @@ _DECLARED: dict[str, tuple[str, list[Column] | pa.Schema]] = {
         _col("ci_low", None, "-", "95% CI low (exponential Greenwood)"),
         _col("ci_high", None, "-", "95% CI high (exponential Greenwood)"),
         Column("n_risk", F64, "runs", "Runs at risk"), Column("n_events", F64, "runs", "Collapses at this time"),
-        _col("stratum"), _col("config"),
+        _col("stratum"), _col("config"), _col("perturbation"), _col("magnitude"), _col("duration_steps"),
     ]),
     "logrank": ("comparison (configuration vs matched controls): log-rank chi2 and p-value", [
         Column("comparison", STR, "-", "What is compared"), _col("n"),

@@ -97,16 +97,26 @@ def _stratum_label(runs: pl.DataFrame) -> list[str]:
 
 
 def km_table(runs: pl.DataFrame) -> pl.DataFrame:
-    """KM curves of every stratum x configuration of ``runs`` (outcome columns); ``group`` = ``stratum: config``."""
+    """KM curves of every stratum x configuration of ``runs`` (outcome columns); ``group`` = ``stratum: config``.
+
+    Each row carries its configuration's key columns (``perturbation``, ``magnitude``, ``duration_steps``; the
+    controls' group pools every control, so its magnitude and duration are null) for readers to join on.
+    """
     parts = []
     for key, g in _groups(runs, by_stratum=True):
         t = durations(g).to_numpy().astype(float)
         e = g["collapsed"].to_numpy().astype(float)
         if t.size == 0:
             continue
+        cfg = ConfigKey.of(g.row(0, named=True))  # one configuration per group (its label); controls pool all
         km = kaplan_meier(t, e).with_columns(pl.lit(key).alias("group"), pl.lit(g.height).alias("n_runs"),
                                              pl.lit(g["_stratum"][0]).alias("stratum"),
-                                             pl.lit(g["_group"][0]).alias("config"))
+                                             pl.lit(g["_group"][0]).alias("config"),
+                                             pl.lit(cfg.perturbation).alias("perturbation"),
+                                             pl.lit(None if cfg.is_control else cfg.magnitude,
+                                                    dtype=pl.Float64).alias("magnitude"),
+                                             pl.lit(None if cfg.is_control else cfg.duration,
+                                                    dtype=pl.Int64).alias("duration_steps"))
         parts.append(km)
     if not parts:
         return pl.DataFrame()

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from stabilitybench.data_schema import events_path, read_manifest, steps_path
@@ -129,3 +130,14 @@ def can_mount_tmpfs(base: Path) -> bool:
             return True
     except (PermissionError, FileNotFoundError):
         return False
+
+
+def ar1_latent(rng: np.random.Generator, n: int, kick_at: int | None = None) -> np.ndarray:
+    """An AR(1) latent ``z[t] = 0.9 z[t-1] + N(0, 0.3)`` of length ``n``, shifted by 4 from ``kick_at`` on:
+    the synthetic telemetry's driver in the detector and online-monitor tests."""
+    z = np.zeros(n)
+    for t in range(1, n):
+        z[t] = 0.9 * z[t - 1] + rng.normal(0, 0.3)
+    if kick_at is not None:
+        z[kick_at:] += 4.0
+    return z

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from corpus_tools import ar1_latent
 
 from stabilitybench.analysis import detectors
 from stabilitybench.analysis.detectors import (
@@ -40,11 +41,7 @@ ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
 def series(seed: int, n: int = 120, kick_at: int | None = None) -> np.ndarray:
     """Block features ``(n, 4)`` driven by an AR(1) latent; ``kick_at`` shifts the latent by 4 from there on."""
     rng = np.random.default_rng(seed)
-    z = np.zeros(n)
-    for t in range(1, n):
-        z[t] = 0.9 * z[t - 1] + rng.normal(0, 0.3)
-    if kick_at is not None:
-        z[kick_at:] += 4.0
+    z = ar1_latent(rng, n, kick_at)
     return np.column_stack([0.5 * z + rng.normal(0, 0.1, n), z + rng.normal(0, 0.2, n),
                             np.tanh(0.3 * z) + rng.normal(0, 0.05, n), -0.2 * z + rng.normal(0, 0.1, n)])
 

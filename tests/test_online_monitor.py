@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
+from corpus_tools import ar1_latent
 
 from stabilitybench.analysis.conformal import ConformalCalibrator
 from stabilitybench.analysis.data import feature_frame, run_arrays, to_blocks
@@ -22,11 +23,7 @@ def synthetic_run(seed: int, n: int = 203, kick_at: int | None = None, nonfinite
                   run_id: str | None = None) -> pl.DataFrame:
     """One run's steps: an AR(1) latent drives the columns; ``loss`` is sparse (every 8th row)."""
     rng = np.random.default_rng(seed)
-    z = np.zeros(n)
-    for t in range(1, n):
-        z[t] = 0.9 * z[t - 1] + rng.normal(0, 0.3)
-    if kick_at is not None:
-        z[kick_at:] += 4.0
+    z = ar1_latent(rng, n, kick_at)
     loss = np.exp(0.5 * z + rng.normal(0, 0.1, n))
     loss_col: list[float | None] = [float(v) if t % 8 == 7 else None for t, v in enumerate(loss)]
     if nonfinite_at is not None:

@@ -15,7 +15,6 @@ from stabilitybench.analysis.summary import Status, StatusKind
 from stabilitybench.data_schema.keys import (
     NO_PERTURBATION,
     ConfigKey,
-    config_label_expr,
     intervention_arm,
     unperturbed_expr,
 )
@@ -35,28 +34,46 @@ from stabilitybench.reports.style import (
 from stabilitybench.reports.text import Source
 
 
+def _group_key(row: dict[str, Any]) -> ConfigKey:
+    """A KM group's configuration: the controls' group pools every control (no magnitude or duration)."""
+    key = ConfigKey.of(row)
+    return ConfigKey(NO_PERTURBATION, None, None) if key.is_control else key
+
+
+def _rows_of(km: pl.DataFrame, key: ConfigKey, cols: Sequence[str] = ("magnitude", "duration_steps")) -> pl.DataFrame:
+    """The ``km`` rows of configuration ``key``, matched on the key columns ``perturbation`` and ``cols``
+    (never on the label)."""
+    if key.is_control:
+        return km.filter(pl.col("perturbation") == NO_PERTURBATION)
+    match = pl.col("perturbation") == key.perturbation
+    if "magnitude" in cols:
+        match &= pl.col("magnitude").eq_missing(pl.lit(key.magnitude, dtype=pl.Float64))
+    if "duration_steps" in cols:
+        match &= pl.col("duration_steps").eq_missing(pl.lit(key.duration, dtype=pl.Int64))
+    return km.filter(match)
+
+
 def fig_km(km: pl.DataFrame, configs: pl.DataFrame, kind: str, ax: Axes | None = None,
-           follow_up: dict[str, float] | None = None) -> Axes:
+           follow_up: dict[ConfigKey, float] | None = None) -> Axes:
     """F3 panel: Kaplan-Meier survival (no collapse yet) per magnitude of ``kind``, 95% CI bands.
 
-    ``km``: the ``km`` table; ``configs``: ``config, perturbation, magnitude, duration_steps`` (from
-    ``dose_response``) to place each KM group; the unperturbed group is drawn in grey.
-    ``follow_up``: per group, the longest observed time (censoring included), to which the last
+    ``km``: the ``km`` table; ``configs``: ``perturbation, magnitude, duration_steps`` (from ``dose_response``)
+    to place each KM group, matched on those key columns; the unperturbed group is drawn in grey.
+    ``follow_up``: per configuration, the longest observed time (censoring included), to which the last
     step of the curve is extended (the KM table holds event times only).
     """
     ax = new_axes(ax)
     cols = [c for c in ("magnitude", "duration_steps") if c in configs.columns]
     groups = configs.filter(pl.col("perturbation") == kind).unique("config").sort([*cols, "config"])
     pal = sns.color_palette(SEQUENTIAL, n_colors=max(groups.height, 1) + 1)
-    todo = [(r["config"], pal[i], "-", ConfigKey.of(r).label().removeprefix(f"{kind} "))
+    todo = [(_group_key(r), pal[i], "-", ConfigKey.of(r).label().removeprefix(f"{kind} "))
             for i, r in enumerate(groups.iter_rows(named=True))]
-    todo.append((NO_PERTURBATION, CONTROL_COLOR, "--", "unperturbed"))
+    todo.append((ConfigKey(NO_PERTURBATION, None, None), CONTROL_COLOR, "--", "unperturbed"))
     follow_up = follow_up or {}
-    key = "config" if "config" in km.columns else "group"  # km groups are "stratum: config" since analysis v2
-    mine = km.filter(pl.col(key).is_in(groups["config"].to_list()))
+    mine = pl.concat([_rows_of(km, key, cols) for key, *_ in todo[:-1]]) if len(todo) > 1 else km.clear()
     stratum = mine["stratum"][0] if "stratum" in km.columns and mine.height else None
-    for cfg, color, ls, name in todo:
-        g = km.filter(pl.col(key) == cfg)
+    for key, color, ls, name in todo:
+        g = _rows_of(km, key, cols)
         if stratum is not None:  # one stratum (domain/algo/env) per panel: the kind's, and its matched controls
             g = g.filter(pl.col("stratum") == stratum)
         g = g.sort("time")
@@ -64,7 +81,7 @@ def fig_km(km: pl.DataFrame, configs: pl.DataFrame, kind: str, ax: Axes | None =
             continue
         t = g["time"].to_numpy().astype(float)
         y, lo, hi = (g[c].to_numpy().astype(float) for c in ("survival", "ci_low", "ci_high"))
-        end = follow_up.get(cfg)
+        end = follow_up.get(key)
         if end is not None and np.isfinite(end) and end > t[-1]:
             t, y, lo, hi = (np.append(a, b) for a, b in ((t, end), (y, y[-1]), (lo, lo[-1]), (hi, hi[-1])))
         n = int(g["n_runs"][0])
@@ -90,14 +107,14 @@ def build_km(data: ReportData) -> tuple[Figure, list[str]]:
     if not kinds:
         kinds = [NO_PERTURBATION]
     runs = data.table("runs")
-    follow: dict[str, float] = {}
+    follow: dict[ConfigKey, float] = {}
     if runs is not None:  # display extent only: how long each group was followed (max over its natural runs)
         natural = runs.filter(intervention_arm(runs) == "none")  # as the KM table: no run that acted on an alarm
-        labelled = natural.with_columns(config_label_expr().alias("config"))
-        for (cfg,), g in labelled.group_by(["config"]):
-            m = g["survival_time" if "survival_time" in g.columns else "collapse_time"].max()
-            if cfg is not None and m is not None:
-                follow[str(cfg)] = float(m)  # type: ignore[arg-type]
+        time = "survival_time" if "survival_time" in natural.columns else "collapse_time"
+        for r in natural.iter_rows(named=True):
+            if r[time] is not None:
+                key = _group_key(r)
+                follow[key] = max(follow.get(key, float("-inf")), float(r[time]))
     ncol = min(4, len(kinds))
     nrow = -(-len(kinds) // ncol)
     fig, axes = grid(nrow, ncol, panel=(4.0, 3.0))
