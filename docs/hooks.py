@@ -87,9 +87,10 @@ def namespace_tree(root: Path = NAMESPACE_TREE) -> Path:
     return root
 
 
-def on_config(config: Any) -> Any:
+def on_startup(command: str, dirty: bool) -> None:
+    """Lay out the tree before any plugin reads its config: mkdocstrings drops a ``paths`` entry that does not
+    exist yet when it configures itself, which is before this file's ``on_config`` runs."""
     namespace_tree()
-    return config
 
 
 def on_files(files: Any, config: Any) -> Any:
