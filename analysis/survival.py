@@ -108,15 +108,13 @@ def km_table(runs: pl.DataFrame) -> pl.DataFrame:
         e = g["collapsed"].to_numpy().astype(float)
         if t.size == 0:
             continue
-        cfg = ConfigKey.of(g.row(0, named=True))  # one configuration per group (its label); controls pool all
+        cfg = ConfigKey.of(g.row(0, named=True)).pooled()  # one configuration per group (its label)
         km = kaplan_meier(t, e).with_columns(pl.lit(key).alias("group"), pl.lit(g.height).alias("n_runs"),
                                              pl.lit(g["_stratum"][0]).alias("stratum"),
                                              pl.lit(g["_group"][0]).alias("config"),
                                              pl.lit(cfg.perturbation).alias("perturbation"),
-                                             pl.lit(None if cfg.is_control else cfg.magnitude,
-                                                    dtype=pl.Float64).alias("magnitude"),
-                                             pl.lit(None if cfg.is_control else cfg.duration,
-                                                    dtype=pl.Int64).alias("duration_steps"))
+                                             pl.lit(cfg.magnitude, dtype=pl.Float64).alias("magnitude"),
+                                             pl.lit(cfg.duration, dtype=pl.Int64).alias("duration_steps"))
         parts.append(km)
     if not parts:
         return pl.DataFrame()

@@ -64,6 +64,11 @@ class ConfigKey:
         no action on an alarm (:func:`control_mask`)."""
         return self.perturbation == NO_PERTURBATION
 
+    def pooled(self) -> ConfigKey:
+        """The key of the group this configuration falls in: every control pools into one group (the one its
+        label names, ``"none"``), whatever magnitude or duration its row carries; other keys are themselves."""
+        return ConfigKey(NO_PERTURBATION, None, None) if self.is_control else self
+
     def label(self) -> str:
         """The one configuration label: ``"lr_spike x10 (320 upd)"``; ``"none"`` for no perturbation."""
         if self.is_control:

@@ -56,6 +56,15 @@ def test_of_row_and_is_control() -> None:
         key.magnitude = 3.0  # type: ignore[misc]
 
 
+def test_pooled_groups_every_control_and_keeps_other_keys() -> None:
+    """Controls with different magnitudes or durations fall in one group; a perturbed key is its own group."""
+    a, b = ConfigKey("none", 1.0, 1), ConfigKey("none", None, 320)
+    assert a.pooled() == b.pooled() == ConfigKey("none", None, None)
+    assert a.pooled().label() == a.label() == "none"
+    spike = ConfigKey("lr_spike", 10.0, 320)
+    assert spike.pooled() == spike and spike.pooled() != ConfigKey("lr_spike", 10.0, 1).pooled()
+
+
 def test_label_expr_matches_label() -> None:
     frame = pl.DataFrame({"perturbation": ["none", "lr_spike", "obs_noise"], "magnitude": [1.0, 100.0, 0.25],
                           "duration_steps": [1, 320, None]})

@@ -34,12 +34,6 @@ from stabilitybench.reports.style import (
 from stabilitybench.reports.text import Source
 
 
-def _group_key(row: dict[str, Any]) -> ConfigKey:
-    """A KM group's configuration: the controls' group pools every control (no magnitude or duration)."""
-    key = ConfigKey.of(row)
-    return ConfigKey(NO_PERTURBATION, None, None) if key.is_control else key
-
-
 def _rows_of(km: pl.DataFrame, key: ConfigKey, cols: Sequence[str] = ("magnitude", "duration_steps")) -> pl.DataFrame:
     """The ``km`` rows of configuration ``key``, matched on the key columns ``perturbation`` and ``cols``
     (never on the label)."""
@@ -66,7 +60,7 @@ def fig_km(km: pl.DataFrame, configs: pl.DataFrame, kind: str, ax: Axes | None =
     cols = [c for c in ("magnitude", "duration_steps") if c in configs.columns]
     groups = configs.filter(pl.col("perturbation") == kind).unique("config").sort([*cols, "config"])
     pal = sns.color_palette(SEQUENTIAL, n_colors=max(groups.height, 1) + 1)
-    todo = [(_group_key(r), pal[i], "-", ConfigKey.of(r).label().removeprefix(f"{kind} "))
+    todo = [(ConfigKey.of(r).pooled(), pal[i], "-", ConfigKey.of(r).label().removeprefix(f"{kind} "))
             for i, r in enumerate(groups.iter_rows(named=True))]
     todo.append((ConfigKey(NO_PERTURBATION, None, None), CONTROL_COLOR, "--", "unperturbed"))
     follow_up = follow_up or {}
@@ -113,7 +107,7 @@ def build_km(data: ReportData) -> tuple[Figure, list[str]]:
         time = "survival_time" if "survival_time" in natural.columns else "collapse_time"
         for r in natural.iter_rows(named=True):
             if r[time] is not None:
-                key = _group_key(r)
+                key = ConfigKey.of(r).pooled()
                 follow[key] = max(follow.get(key, float("-inf")), float(r[time]))
     ncol = min(4, len(kinds))
     nrow = -(-len(kinds) // ncol)
