@@ -3,22 +3,30 @@
 The rule is :data:`RULE` (quoted under "The rule" below and, verbatim, in the dataset card);
 its parameters are :class:`CollapseConfig`.
 
-Outputs per run: ``collapsed``, ``collapse_kind``, ``collapse_step`` (offline date),
-``collapse_confirmed_step``, ``collapse_time`` (offline date - onset; null when censored),
-``survival_time`` (the survival duration: ``collapse_time``, or last update - onset when
-censored), ``censored``, ``transient``, ``final_performance`` (the mean raw performance over
-the last ``edge_frac`` of the run's recorded updates; a run stopped by non-finite values keeps
-its last finite performance).
+Outputs per run: ``collapsed``, ``collapse_kind``, ``collapse_step`` (the offline, lag-free
+date: rule item 5), ``collapse_step_smoothed`` (the date on the centred smoother of
+``performance`` that ``collapse_step`` was before, kept so that old and new leads can be
+compared), ``collapse_date_source`` (``episode_return`` | ``eval_return`` | ``performance`` |
+``nonfinite``; null when not collapsed), ``collapse_confirmed_step``, ``collapse_time``
+(``collapse_step`` - onset; null when censored), ``survival_time`` (the survival duration:
+``collapse_time``, or last update - onset when censored), ``censored``, ``transient``,
+``final_performance`` (the mean raw performance over the last ``edge_frac`` of the run's
+recorded updates; a run stopped by non-finite values keeps its last finite performance).
+
+The decision (items 1-4 and 6) reads ``performance``; only the date (item 5) reads the
+per-episode returns. A run's columns come in a :class:`RunCurves`.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import polars as pl
+from scipy.ndimage import median_filter
 
 from stabilitybench.analysis.stats import causal_window, ffill, windowed_mean
 from stabilitybench.data_schema.keys import onset_step
@@ -57,14 +65,47 @@ RULE = """For a run r in a *matched group* (same domain, algo, env and stochasti
 4. **Transients.** A run that is not collapsed but stayed below the line for at least
    ``min_confirm x W`` consecutive updates after onset had a *transient* (``transient``), e.g.
    a drop confined to the perturbation window. It is not a collapse.
-5. **Offline date.** The collapse is dated on the *centred* rolling mean ``c_r`` (same window,
-   no causal lag): the start of the stretch of updates ``>= onset`` where ``c_r`` is below the
-   line that contains the causal crossing (the causal crossing itself if ``c_r`` is above the
-   line there). Lead times and ``collapse_time`` are measured from this date. The RL
-   ``performance`` column is itself a trailing mean over episodes, so some lag remains.
+5. **Offline date.** Items 1-4 decide *whether* the run collapsed; the date is found on a
+   signal without a trailing mean, the first of these that gives one:
+
+   * (a) ``episode_return`` (RL): the return of the most recently completed training episode,
+     forward-filled. An *observation* is an update at which it takes a new value (or its first
+     value): the update at which an episode's return became known. (SB3's PPO records the last
+     episode of each rollout: on the quick Swimmer runs one observation per 320-update
+     rollout, about 2 episodes of ~156 updates.) The observed returns are smoothed by a
+     *centred running median* over ``date_median`` (3) observations, which drops a single
+     outlying episode and keeps a step where it is. Among the observations at or after onset
+     whose median lies below the line (the line at the observation's update), take the one
+     nearest before the causal crossing of item 3 (if none, the first after it, up to the
+     confirmation step) and walk back through the preceding observations while they are below
+     the line and at or after onset. The date is the update of the observation just before
+     that stretch (the last one above the line, i.e. about where the first bad episode began),
+     or onset if it lies before onset. The break lies between that observation and the
+     stretch's first, so the date is at most one observation interval *early* and never late:
+     an instant break is dated within one episode (PPO: within the 320-update train call in
+     which it happened). Used when the run records ``episode_return`` and some observation
+     is below the line in that range.
+   * (b) ``eval_return`` (the deterministic policy on a clean env), by the same procedure with
+     every evaluation an observation. Evaluations are rarer (by default 10 per run), so their
+     interval bounds the error; episodes come first as both denser and the signal the decision
+     reads.
+   * (c) ``performance`` otherwise (LM: ``-val_loss``, which has no trailing mean; RL corpora
+     written without ``episode_return``): on the *centred* rolling mean ``c_r`` (same window as
+     item 1, no causal lag), the start of the stretch of updates ``>= onset`` where ``c_r`` is
+     below the line that contains the causal crossing (the causal crossing itself if ``c_r`` is
+     above the line there). For LM the remaining error is about half a window plus one
+     evaluation interval. For RL ``performance`` is the mean of the last 5 episodes, and this
+     date lags an instant break by several episodes (simulated on Swimmer: 340-500 updates).
+
+   The date on (c) is kept for every collapse as ``collapse_step_smoothed`` (what
+   ``collapse_step`` was before dates moved to (a)/(b)); ``collapse_date_source`` names the
+   signal ``collapse_step`` came from. Lead times, ``collapse_time`` and ``survival_time`` are
+   measured from ``collapse_step``.
 6. **Non-finite** telemetry (a NaN/Inf loss, gradient, parameter or performance, a
    ``nonfinite`` event, or ``stop_reason == 'nonfinite'``) is a collapse at that update,
-   whichever comes first: ``collapse_kind`` is ``nonfinite`` | ``performance`` | ``none``.
+   whichever comes first (against the date of item 5): ``collapse_kind`` is ``nonfinite`` |
+   ``performance`` | ``none``. The online confirmation step of a run with a non-finite update
+   at or before its smoothed date (5c) is that update.
 
 **Cross-fitting over control seeds.** The control seeds of a group are cut into
 ``k = min(n_control_seeds, max_folds)`` folds. Fold ``i``'s envelope is built from the controls
@@ -89,6 +130,11 @@ class CollapseConfig:
     min_confirm: float = 0.25
     edge_frac: float = 0.05
     max_folds: int = 5
+    date_median: int = 3  #: observations (odd) in the centred running median that dates on episode/eval returns
+
+    def __post_init__(self) -> None:
+        if self.date_median < 1 or self.date_median % 2 == 0:
+            raise ValueError(f"date_median must be a positive odd number of observations, got {self.date_median}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,6 +149,30 @@ class Envelope:
     gain: float | None
     n_controls: int
     note: str = ""
+
+
+@dataclass(frozen=True)
+class RunCurves:
+    """One run's outcome columns on its recorded updates ``steps``, each shape ``(n,)``, NaN where null.
+
+    ``performance`` decides the collapse; ``episode_return`` (RL: the return of the most recently
+    completed training episode, forward-filled) and ``eval_return`` (deterministic-policy
+    evaluations, on the rows where one ran) date it (rule item 5). Either is None where the run
+    does not record it (LM runs; corpora written before the column existed).
+    """
+
+    steps: np.ndarray
+    performance: np.ndarray
+    episode_return: np.ndarray | None = None
+    eval_return: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, value: RunCurves | tuple[np.ndarray, np.ndarray]) -> RunCurves:
+        """``value`` itself, or the curves of a ``(steps, performance)`` pair (dated on performance)."""
+        if isinstance(value, RunCurves):
+            return value
+        steps, perf = value
+        return cls(np.asarray(steps), np.asarray(perf, dtype=float))
 
 
 def n_updates(steps: np.ndarray) -> int:
@@ -234,6 +304,78 @@ def offline_date(c: np.ndarray, line: np.ndarray, onset: int, crossing: int) -> 
     return onset + (int(above[-1]) + 1 if above.size else 0)
 
 
+def on_grid(steps: np.ndarray, values: np.ndarray | None, T: int) -> np.ndarray | None:
+    """``values`` (shape ``(n,)``, at updates ``steps``) on the update grid ``0..T-1`` (NaN elsewhere), shape ``(T,)``.
+
+    None when ``values`` is None or has no finite value (a column the run does not record).
+    """
+    if values is None:
+        return None
+    x = np.asarray(values, dtype=float)
+    if not np.isfinite(x).any():
+        return None
+    grid = np.full(T, np.nan)
+    grid[np.asarray(steps)] = x
+    return grid
+
+
+def observations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Updates at which ``x`` (shape ``(T,)``) takes a new finite value, and those values; each shape ``(n,)``.
+
+    A new value is the first finite one, one after a null/non-finite row, or one that differs
+    from the previous row's: the update at which an episode's return became known in a
+    forward-filled ``episode_return``, every evaluation in a sparse ``eval_return``. (Two
+    successive episodes with exactly the same return count once.)
+    """
+    x = np.asarray(x, dtype=float)
+    fin = np.isfinite(x)
+    prev = np.r_[np.nan, x[:-1]]
+    idx = np.flatnonzero(fin & ~(np.isfinite(prev) & (x == prev)))
+    return idx, x[idx]
+
+
+def running_median(values: np.ndarray, width: int) -> np.ndarray:
+    """Centred running median of ``values`` (shape ``(n,)``) over ``width`` (odd) points; the ends repeat the edge."""
+    if values.size == 0 or width <= 1:
+        return np.asarray(values, dtype=float)
+    return median_filter(np.asarray(values, dtype=float), size=int(width), mode="nearest")
+
+
+def episode_date(obs_steps: np.ndarray, obs_values: np.ndarray, line: np.ndarray, onset: int, crossing: int,
+                 confirmed: int, width: int = 3) -> int | None:
+    """Lag-free date of a collapse from per-episode (or per-evaluation) returns (rule item 5a), or None.
+
+    ``obs_steps``, ``obs_values`` (shape ``(n,)``): the :func:`observations` of the returns;
+    ``line`` (shape ``(T,)``): the collapse line; ``crossing`` / ``confirmed``: the causal
+    crossing and the confirmation step of :func:`first_collapse`. The returns are smoothed by a
+    centred running median over ``width`` observations; the stretch of observations at or after
+    ``onset`` below the line that holds the last one at or before ``crossing`` (else the first
+    one in ``(crossing, confirmed]``) is walked back to its start, and the date is the update of
+    the observation before it (the last above the line), but not before ``onset``. None when no
+    observation in that range is below the line.
+    """
+    if obs_steps.size == 0:
+        return None
+    lv = line[np.minimum(obs_steps, line.size - 1)]
+    with np.errstate(invalid="ignore"):
+        below = (running_median(obs_values, width) < lv) & ~np.isnan(lv)
+    before = np.flatnonzero(below & (obs_steps >= onset) & (obs_steps <= crossing))
+    after = np.flatnonzero(below & (obs_steps > crossing) & (obs_steps <= confirmed))
+    if before.size:
+        k = int(before[-1])
+    elif after.size:
+        k = int(after[0])
+    else:
+        return None
+    while k > 0 and below[k - 1] and obs_steps[k - 1] >= onset:
+        k -= 1
+    return max(int(onset), int(obs_steps[k - 1])) if k > 0 else int(onset)
+
+
+#: Signals that date a collapse, in order of precedence (rule item 5); ``performance`` is the fallback.
+DATE_SOURCES = ("episode_return", "eval_return")
+
+
 def detect(
     steps: np.ndarray,
     perf: np.ndarray,
@@ -243,6 +385,9 @@ def detect(
     cfg: CollapseConfig,
     window_end: int | None = None,
     env: Envelope | None = None,
+    *,
+    episode_return: np.ndarray | None = None,
+    eval_return: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Outcome of one run.
 
@@ -252,6 +397,8 @@ def detect(
     ``window_end`` is the first update after the perturbation window (default: onset).
     ``env``: the controls' :func:`envelope` on this run's grid, if the caller already has it
     (it depends only on the controls and ``T``; :func:`collapse_group` shares one per fold).
+    ``episode_return`` / ``eval_return`` (shape ``(T,)``, aligned with ``steps``; None or all-null
+    where the run lacks them) date the collapse (rule item 5); they never change whether it collapsed.
     Returns the outcome columns (see the module docstring) plus ``note``, ``n_controls``, ``control_gain``.
     """
     T = n_updates(steps)
@@ -263,15 +410,28 @@ def detect(
     env = envelope(controls, T, cfg) if env is None else env
     start = int(onset)
     hit = first_collapse(s, env.line, start, cfg, window_end) if T else None
-    perf_date = confirmed = None
+    smoothed_date = perf_date = confirmed = source = None
     if hit is not None:
-        perf_date = offline_date(centred_smooth(p, window), env.line, start, hit[0])
+        smoothed_date = offline_date(centred_smooth(p, window), env.line, start, hit[0])
         confirmed = hit[1]
+        perf_date, source = smoothed_date, "performance"
+        for name, values in zip(DATE_SOURCES, (episode_return, eval_return), strict=True):
+            x = on_grid(steps, values, T)
+            d = None if x is None else episode_date(*observations(x), env.line, start, hit[0], confirmed,
+                                                    cfg.date_median)
+            if d is not None:
+                perf_date, source = d, name
+                break
+    nonfinite = None if nonfinite_step is None else int(nonfinite_step)
+    # the date before item 5 (a)/(b), and the confirmation step, exactly as the smoothed date gave them
+    step_smoothed = smoothed_date
+    if nonfinite is not None and (smoothed_date is None or nonfinite <= smoothed_date):
+        step_smoothed = confirmed = nonfinite
     kind, step = "none", None
     if perf_date is not None:
         kind, step = "performance", perf_date
-    if nonfinite_step is not None and (step is None or nonfinite_step <= step):
-        kind, step, confirmed = "nonfinite", int(nonfinite_step), int(nonfinite_step)
+    if nonfinite is not None and (step is None or nonfinite <= step):
+        kind, step, source = "nonfinite", nonfinite, "nonfinite"
     finite = ffill(np.where(np.isfinite(p), p, np.nan))
     edge = max(1, round(cfg.edge_frac * T))
     tail = finite[-edge:] if T else finite
@@ -282,6 +442,8 @@ def detect(
         "collapsed": collapsed,
         "collapse_kind": kind,
         "collapse_step": step,
+        "collapse_step_smoothed": step_smoothed,
+        "collapse_date_source": source,
         "collapse_confirmed_step": confirmed,
         "collapse_time": (step - start) if collapsed else None,
         "survival_time": (step - start) if collapsed else (end - start if T else None),
@@ -318,7 +480,8 @@ def control_folds(control_seeds: list[int], max_folds: int) -> dict[int, int]:
 
 OUTCOME_SCHEMA = {
     "run_id": pl.String, "collapsed": pl.Boolean, "collapse_kind": pl.String, "collapse_step": pl.Int64,
-    "collapse_confirmed_step": pl.Int64, "collapse_time": pl.Int64, "survival_time": pl.Int64,
+    "collapse_step_smoothed": pl.Int64, "collapse_date_source": pl.String, "collapse_confirmed_step": pl.Int64,
+    "collapse_time": pl.Int64, "survival_time": pl.Int64,
     "censored": pl.Boolean, "transient": pl.Boolean, "final_performance": pl.Float64, "note": pl.String,
     "n_controls": pl.Int64, "control_gain": pl.Float64, "rule_fold": pl.Int64,
 }
@@ -326,7 +489,7 @@ OUTCOME_SCHEMA = {
 
 def collapse_group(
     runs: pl.DataFrame,
-    perf: dict[str, tuple[np.ndarray, np.ndarray]],
+    perf: Mapping[str, RunCurves | tuple[np.ndarray, np.ndarray]],
     nonfinite: dict[str, int],
     control_mask: np.ndarray,
     cfg: CollapseConfig,
@@ -334,18 +497,21 @@ def collapse_group(
     """Outcomes of every run of one matched group, cross-fitted over control seeds (module docstring).
 
     ``runs`` needs ``run_id, seed, onset_step`` (and ``duration_steps`` for the window end);
-    ``perf[run_id] = (steps (T,), performance (T,))``; ``control_mask`` (shape ``(n_runs,)``)
+    ``perf[run_id]``: the run's :class:`RunCurves` (``episode_return`` / ``eval_return`` date the
+    collapse where present), or a ``(steps (T,), performance (T,))`` pair (dated on performance,
+    as corpora without per-episode returns are); ``control_mask`` (shape ``(n_runs,)``)
     marks the unperturbed controls. Returns ``run_id``, the outcome columns of :func:`detect`
     and ``rule_fold`` (null when the group could not be cross-fitted).
     """
+    curves = {rid: RunCurves.of(v) for rid, v in perf.items()}
     ids = runs["run_id"].to_list()
     seeds = [int(x) for x in runs["seed"].to_list()]
     onsets = [onset_step(r) for r in runs.iter_rows(named=True)]
     durs = runs["duration_steps"].to_list() if "duration_steps" in runs.columns else [None] * len(ids)
     smoothed: dict[str, tuple[int, np.ndarray]] = {}
     for rid, seed, is_ctrl in zip(ids, seeds, control_mask, strict=True):
-        if is_ctrl and rid in perf and rid not in nonfinite:
-            st, pf = perf[rid]
+        if is_ctrl and rid in curves and rid not in nonfinite:
+            st, pf = curves[rid].steps, curves[rid].performance
             T = n_updates(st)
             p = np.full(T, np.nan)
             p[st] = pf
@@ -355,7 +521,8 @@ def collapse_group(
     rows = []
     envelopes: dict[tuple[int | bool, int], Envelope] = {}  # one per (fold, run length): the same for all its runs
     for rid, seed, onset, dur, is_ctrl in zip(ids, seeds, onsets, durs, control_mask, strict=True):
-        st, pf = perf.get(rid, (np.zeros(0, dtype=np.int64), np.zeros(0)))
+        rc = curves.get(rid, RunCurves(np.zeros(0, dtype=np.int64), np.zeros(0)))
+        st = rc.steps
         if k:
             fold = folds.get(seed, seed % k)
             controls = [c for sd, c in smoothed.values() if folds[sd] != fold]
@@ -367,7 +534,8 @@ def collapse_group(
         if key not in envelopes:
             envelopes[key] = envelope(controls, key[1], cfg)
         wend = onset + (int(dur) if dur is not None and not is_ctrl else 0)
-        out = detect(st, pf, onset, controls, nonfinite.get(rid), cfg, wend, env=envelopes[key])
+        out = detect(st, rc.performance, onset, controls, nonfinite.get(rid), cfg, wend, env=envelopes[key],
+                     episode_return=rc.episode_return, eval_return=rc.eval_return)
         if not k and smoothed:
             out["note"] = "; ".join(x for x in (out["note"], "one control seed: not cross-fitted") if x)
         rows.append({"run_id": rid, **out, "rule_fold": fold})

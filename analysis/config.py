@@ -21,7 +21,7 @@ class AnalysisConfig:
     collapse: CollapseConfig = field(default_factory=CollapseConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     early_warning: EarlyWarningConfig = field(default_factory=EarlyWarningConfig)
-    n_null: int = 20
+    n_null: int = 99
     pca_in_memory_rows: int = 5_000_000
     early_frac: float = 0.02
     n_boot: int = 1000

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from stabilitybench.analysis.collapse import RunCurves
 from stabilitybench.analysis.errors import NoRunsError
 from stabilitybench.data_schema import (
     STEPS_SCHEMA,
@@ -69,6 +70,9 @@ LOG_COLUMNS = frozenset(
     {"grad_norm", "update_norm", "param_norm", "loss", "value_loss", "train_loss", "approx_kl", "q_mean",
      "attn_logit_max", "output_logit_max", "actor_grad_norm", "actor_update_norm", "alpha"}
 )
+#: Steps columns the collapse rule reads: it decides on ``performance`` and dates on ``episode_return`` /
+#: ``eval_return`` where a run records them (:mod:`stabilitybench.analysis.collapse`, rule item 5).
+COLLAPSE_COLUMNS = ("performance", "episode_return", "eval_return")
 #: Columns whose non-finite value marks a diverged run.
 NONFINITE_COLUMNS = ("loss", "grad_norm", "update_norm", "param_norm", "train_loss", "val_loss", "performance")
 
@@ -263,6 +267,24 @@ def iter_run_steps(
         if missing:
             frame = frame.with_columns([pl.lit(None, dtype=pl.Float64).alias(c) for c in missing])
         yield row, frame
+
+
+def collapse_curves(steps: pl.DataFrame) -> RunCurves:
+    """The collapse rule's input for one run from its steps rows (``step`` and :data:`COLLAPSE_COLUMNS`).
+
+    ``steps``: one run's rows sorted by step (:func:`iter_run_steps`). Each column becomes a
+    float array of shape ``(n,)`` with NaN for null; ``episode_return`` / ``eval_return`` are None
+    when the frame lacks them or they are all null (LM runs, corpora written before they existed),
+    and the collapse is then dated on ``performance``.
+    """
+    def column(name: str) -> np.ndarray | None:
+        if name not in steps.columns or steps[name].null_count() == steps.height:
+            return None
+        return steps[name].cast(pl.Float64).fill_null(np.nan).to_numpy()
+
+    perf = column("performance")
+    return RunCurves(steps["step"].to_numpy(), np.full(steps.height, np.nan) if perf is None else perf,
+                     column("episode_return"), column("eval_return"))
 
 
 def feature_frame(steps: pl.DataFrame, features: list[str]) -> pl.DataFrame:

@@ -21,13 +21,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from stabilitybench.analysis.baselines import RULE_SPECS
 from stabilitybench.analysis.baselines import SPECS as BASELINE_SPECS
 from stabilitybench.analysis.errors import UnknownDetectorError
 from stabilitybench.analysis.metastate.base import FAMILIES, DetectorSpec, MonitorBase
 from stabilitybench.analysis.metastate.kalman import KalmanMonitor
 
 __all__ = ["DETECTORS", "FAMILIES", "DetectorSpec", "baseline_names", "default_names", "detector_label",
-           "monitor_names", "reference_names", "register", "saveable_names", "spec_for", "spec_of"]
+           "monitor_names", "reference_names", "register", "rule_names", "saveable_names", "spec_for", "spec_of"]
 
 
 def _kalman(features: list[str], cfg: Any) -> MonitorBase:
@@ -71,8 +72,11 @@ def register(spec: DetectorSpec, replace: bool = False) -> DetectorSpec:
     return spec
 
 
-for _spec in (*_MONITORS, *BASELINE_SPECS, *_REFERENCES):
+for _spec in (*_MONITORS, *BASELINE_SPECS, *RULE_SPECS, *_REFERENCES):
     register(_spec)
+
+#: Registered, but scored only when named in ``cfg.detectors`` (:func:`default_names` leaves them out).
+_OPT_IN = frozenset(s.name for s in RULE_SPECS)
 
 
 def spec_for(name: str) -> DetectorSpec:
@@ -118,9 +122,17 @@ def saveable_names() -> tuple[str, ...]:
 
 
 def default_names(has_torch: bool) -> tuple[str, ...]:
-    """What the evaluation scores by default: every monitor and baseline, less those needing torch without it."""
+    """What the evaluation scores by default: every monitor and baseline, less those needing torch without it and
+    the practitioners' spike rules (:func:`rule_names`: scored when named, e.g. ``EarlyWarningConfig(detectors=
+    (*default_detectors(), *rule_names()))``)."""
     return tuple(s.name for s in DETECTORS.values()
-                 if s.family != "reference" and (has_torch or not s.needs_torch))
+                 if s.family != "reference" and (has_torch or not s.needs_torch) and s.name not in _OPT_IN)
+
+
+def rule_names() -> tuple[str, ...]:
+    """The practitioners' spike rules (OLMo-core, llm.c, Megatron, llm-foundry, Lightning), baselines scored on
+    request only (:data:`stabilitybench.analysis.baselines.RULE_SPECS`)."""
+    return tuple(s.name for s in RULE_SPECS)
 
 
 def detector_label(name: str) -> str:

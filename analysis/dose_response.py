@@ -24,8 +24,15 @@ Outcomes the fit cannot support are statuses, not errors (:class:`DoseStatus`):
 * ``all_collapse``: every run collapsed, down to the smallest magnitude tried ("ED50 below m_min").
 * ``separated``: the outcomes are perfectly separated by magnitude (a monotone likelihood). The MLE
   does not exist; the ED50 is only bracketed by the largest surviving and smallest collapsing dose.
+* ``quasi_separated``: quasi-complete separation: every run below one dose survived, every run above it
+  collapsed, and that one *mixed dose* has both outcomes. The MLE still does not exist (the fitted slope
+  runs off, e.g. 19 with an unbounded CI); the ED50 is only bracketed by the neighbouring doses tried.
+* ``extrapolated``: the fit exists but its ED50 lies outside the magnitudes tried ``[m_min, m_max]``:
+  the ED50 (reported, with its CI) is an extrapolation of the logistic form, not a calibrated dose.
 * ``not_increasing``: the fitted slope is not positive: the kind's collapse does not grow with its
   magnitude over the range tried.
+
+Only ``ok`` is a calibrated curve; :func:`next_doses` plans the next stage from every other status.
 """
 
 from __future__ import annotations
@@ -49,7 +56,14 @@ class DoseStatus(str, Enum):
     NO_COLLAPSE = "no_collapse"
     ALL_COLLAPSE = "all_collapse"
     SEPARATED = "separated"
+    QUASI_SEPARATED = "quasi_separated"
+    EXTRAPOLATED = "extrapolated"
     NOT_INCREASING = "not_increasing"
+
+
+#: How far beyond the design's range :func:`next_doses` may go for an ``extrapolated`` ED50 when no explicit
+#: ``m_cap`` / ``m_floor`` is given: up to ``EXTRAPOLATION_FACTOR x m_max`` (down to ``m_min / EXTRAPOLATION_FACTOR``).
+EXTRAPOLATION_FACTOR = 2.0
 
 
 @dataclass(frozen=True)
@@ -97,13 +111,16 @@ class DoseResponseModel:
     Fitted attributes
     -----------------
     status_: :class:`DoseStatus`
-    params_: ``(a, b)`` intercept and slope on ``log(magnitude)`` (NaN unless ``status_`` is OK or
-        NOT_INCREASING)
+    params_: ``(a, b)`` intercept and slope on ``log(magnitude)`` (NaN unless ``status_`` is OK,
+        EXTRAPOLATED or NOT_INCREASING)
     cov_: 2x2 covariance of ``params_``
     n_runs_, n_collapsed_: counts
     m_min_, m_max_: the magnitude range tried
-    bracket_: ``(largest magnitude with a survivor, smallest magnitude with a collapse)`` where the
-        outcomes are separated, else ``None``
+    bracket_: separated: ``(largest magnitude with a survivor, smallest magnitude with a collapse)``;
+        quasi-separated: ``(largest dose tried below the mixed dose, smallest dose tried above it)`` (the
+        mixed dose itself where it is the smallest / largest dose tried); else ``None``
+    mixed_dose_: the one dose with both outcomes under quasi-separation, else ``None``
+    extrapolation_: ``"above"`` / ``"below"`` the doses tried when ``status_`` is EXTRAPOLATED, else ``None``
     """
 
     def __init__(self, alpha: float = 0.05) -> None:
@@ -124,6 +141,8 @@ class DoseResponseModel:
         self.params_ = (math.nan, math.nan)
         self.cov_ = np.full((2, 2), np.nan)
         self.bracket_: tuple[float, float] | None = None
+        self.mixed_dose_: float | None = None
+        self.extrapolation_: str | None = None
         if self.n_collapsed_ == 0:
             self.status_ = DoseStatus.NO_COLLAPSE
             return self
@@ -135,11 +154,23 @@ class DoseResponseModel:
             self.status_ = DoseStatus.SEPARATED
             self.bracket_ = (top_survivor, low_collapse)
             return self
+        if top_survivor == low_collapse:  # quasi-complete separation at one mixed dose: the MLE slope is +inf too
+            c = top_survivor
+            below, above = m[m < c], m[m > c]
+            self.status_ = DoseStatus.QUASI_SEPARATED
+            self.mixed_dose_ = c
+            self.bracket_ = (float(below.max()) if below.size else c, float(above.min()) if above.size else c)
+            return self
         x = sm.add_constant(np.log(m), has_constant="add")
         res = sm.GLM(y, x, family=sm.families.Binomial()).fit()
         self.params_ = (float(res.params[0]), float(res.params[1]))
         self.cov_ = np.asarray(res.cov_params(), dtype=float)
-        self.status_ = DoseStatus.OK if self.params_[1] > 0 else DoseStatus.NOT_INCREASING
+        if self.params_[1] <= 0:
+            self.status_ = DoseStatus.NOT_INCREASING
+            return self
+        ed50 = math.exp(-self.params_[0] / self.params_[1])
+        self.extrapolation_ = "above" if ed50 > self.m_max_ else "below" if ed50 < self.m_min_ else None
+        self.status_ = DoseStatus.OK if self.extrapolation_ is None else DoseStatus.EXTRAPOLATED
         return self
 
     def _check(self) -> None:
@@ -153,11 +184,12 @@ class DoseResponseModel:
         return 1.0 / (1.0 + np.exp(-(a + b * np.log(np.asarray(magnitude, dtype=float)))))
 
     def effective_dose(self, p: float) -> EffectiveDose:
-        """ED_p with Fieller's CI; value ``None`` unless ``status_`` is OK."""
+        """ED_p with Fieller's CI; value ``None`` unless ``status_`` is OK or EXTRAPOLATED (then an extrapolation
+        of the fitted curve: check ``status_`` before using it as a dose)."""
         self._check()
         if not 0 < p < 1:
             raise ValueError(f"p must be in (0, 1), got {p}")
-        if self.status_ is not DoseStatus.OK:
+        if self.status_ not in (DoseStatus.OK, DoseStatus.EXTRAPOLATED):
             return EffectiveDose(p, None, None, None)
         a, b = self.params_
         num = math.log(p / (1 - p)) - a
@@ -167,7 +199,8 @@ class DoseResponseModel:
         )
 
     def summary(self) -> dict[str, object]:
-        """JSON/TOML-ready summary: status, counts, range, ED20/ED50/ED80 with CIs, bracket."""
+        """JSON/TOML-ready summary: status, counts, range, ED20/ED50/ED80 with CIs, bracket; ``mixed_dose``
+        (quasi-separated) and ``extrapolation`` (``"above"``/``"below"`` the doses tried) where they apply."""
         self._check()
         out: dict[str, object] = {
             "status": self.status_.value,
@@ -183,6 +216,10 @@ class DoseResponseModel:
             out[tag], out[f"{tag}_ci_low"], out[f"{tag}_ci_high"] = ed.value, ed.ci_low, ed.ci_high
         if self.bracket_ is not None:
             out["bracket_low"], out["bracket_high"] = self.bracket_
+        if self.mixed_dose_ is not None:
+            out["mixed_dose"] = self.mixed_dose_
+        if self.extrapolation_ is not None:
+            out["extrapolation"] = self.extrapolation_
         return out
 
 
@@ -201,14 +238,26 @@ def next_doses(
     m_min: float,
     m_max: float,
     k: int = 3,
+    m_cap: float | None = None,
+    m_floor: float | None = None,
 ) -> list[float]:
     """The magnitudes to try next in an adaptive dose-finding design.
+
+    ``magnitude``/``collapsed``: shape ``(n,)``, the runs so far; ``[m_min, m_max]``: the design's range;
+    ``m_cap``/``m_floor``: the furthest the design may go *beyond* that range when the fitted ED50 lies outside
+    it (default ``EXTRAPOLATION_FACTOR x m_max`` and ``m_min / EXTRAPOLATION_FACTOR``).
 
     Stage 1 (no data) is a ``k``-point log grid over ``[m_min, m_max]``. After that, the doses follow
     the current fit:
 
     * fitted (OK): ED20, ED50 and ED80 (``k`` points from ED20 to ED80), clipped to the allowed range;
+    * extrapolated (ED50 above the largest dose tried): ``k`` points above the largest dose tried, up to the
+      fitted ED80, bounded by ``m_max`` when the ED50 is inside the design's range and by ``m_cap`` when it is
+      beyond ``m_max`` (``[]`` once the largest dose tried reaches that bound: the ED50 lies beyond the cap).
+      Mirrored for an ED50 below the smallest dose tried (down to ED20, bounded by ``m_min`` / ``m_floor``);
     * separated: ``k`` log-spaced points inside the bracket, where the transition is;
+    * quasi-separated: the mixed dose and points on either side of it, halfway (in log dose) to the
+      neighbouring doses tried (or a factor 1.5 within the design's range where it has no neighbour);
     * no collapse yet: ``k`` points between the largest dose tried and ``m_max`` (``[]`` once ``m_max``
       has been tried: the kind has no ED50 below ``m_max``);
     * all collapsed: ``k`` points between ``m_min`` and the smallest dose tried (``[]`` once ``m_min``
@@ -218,6 +267,8 @@ def next_doses(
     m = np.asarray(magnitude, dtype=float)
     if m.size == 0:
         return log_grid(m_min, m_max, k)
+    cap = EXTRAPOLATION_FACTOR * m_max if m_cap is None else float(m_cap)
+    floor = m_min / EXTRAPOLATION_FACTOR if m_floor is None else float(m_floor)
     fit = DoseResponseModel().fit(m, collapsed)
     s = fit.status_
     if s is DoseStatus.OK:
@@ -225,11 +276,15 @@ def next_doses(
         assert lo is not None and hi is not None
         lo, hi = min(max(lo, m_min), m_max), min(max(hi, m_min), m_max)
         return sorted(set(log_grid(lo, hi, k)))
+    if s is DoseStatus.EXTRAPOLATED:
+        return _beyond(fit, m_min, m_max, k, cap, floor)
     if s is DoseStatus.SEPARATED:
         assert fit.bracket_ is not None
         b_lo, b_hi = fit.bracket_
         inner = np.geomspace(b_lo, b_hi, k + 2)[1:-1]
         return [float(f"{v:.4g}") for v in inner]
+    if s is DoseStatus.QUASI_SEPARATED:
+        return _around_mixed_dose(fit, m_min, m_max, k)
     if s is DoseStatus.NO_COLLAPSE:
         top = float(m.max())
         return [] if top >= m_max else log_grid(min(top * 1.5, m_max), m_max, k)
@@ -237,3 +292,38 @@ def next_doses(
         bottom = float(m.min())
         return [] if bottom <= m_min else log_grid(m_min, max(bottom / 1.5, m_min), k)
     return log_grid(m_min, m_max, k)
+
+
+def _beyond(fit: DoseResponseModel, m_min: float, m_max: float, k: int, cap: float, floor: float) -> list[float]:
+    """``k`` doses past the doses tried, towards an extrapolated ED50 (see :func:`next_doses`)."""
+    ed50 = fit.effective_dose(0.5).value
+    assert ed50 is not None
+    if fit.extrapolation_ == "above":
+        top = fit.m_max_
+        bound = m_max if ed50 <= m_max else max(cap, m_max)
+        far = fit.effective_dose(0.8).value or ed50
+        hi = min(max(far, ed50), bound)
+        if top >= bound or hi <= top:
+            return []
+        return sorted({v for v in log_grid(top, hi, k + 1)[1:] if v > top})
+    bottom = fit.m_min_
+    bound = m_min if ed50 >= m_min else min(floor, m_min)
+    near = fit.effective_dose(0.2).value or ed50
+    lo = max(min(near, ed50), bound)
+    if bottom <= bound or lo >= bottom:
+        return []
+    return sorted({v for v in log_grid(lo, bottom, k + 1)[:-1] if v < bottom})
+
+
+def _around_mixed_dose(fit: DoseResponseModel, m_min: float, m_max: float, k: int) -> list[float]:
+    """The mixed dose of a quasi-separated fit and ``k - 1`` doses bracketing it (see :func:`next_doses`)."""
+    assert fit.mixed_dose_ is not None and fit.bracket_ is not None
+    c = fit.mixed_dose_
+    lo, hi = fit.bracket_
+    lo_edge = math.sqrt(lo * c) if lo < c else max(min(m_min, c), c / 1.5)
+    hi_edge = math.sqrt(c * hi) if hi > c else min(max(m_max, c), c * 1.5)
+    n_below = (k - 1) // 2
+    n_above = k - 1 - n_below
+    below = np.geomspace(lo_edge, c, n_below + 1)[:-1] if lo_edge < c else np.array([])
+    above = np.geomspace(c, hi_edge, n_above + 1)[1:] if hi_edge > c else np.array([])
+    return sorted({float(f"{v:.4g}") for v in (*below, c, *above)})

@@ -5,7 +5,9 @@ Splits (rotating three-way seed split)
 Seeds are sorted and cut into ``k = min(n_seeds, max_folds)`` chunks. Fold ``i`` *tests* on
 chunk ``i``, *calibrates* on chunk ``i+1 (mod k)`` and *trains* on the rest, so every run is
 a test run exactly once and the pooled test set is the whole group. With the quick
-corpus's 3 seeds that is train 1 / calibrate 1 / test 1, rotated three times. Every
+corpus's 3 seeds that is train 1 / calibrate 1 / test 1, rotated three times
+(``calibration_chunks = c`` calibrates on the next ``c`` chunks instead, for folds with >= 19
+calibration controls: fewer make no FPR claim and enter no pooled alarm-based number). Every
 detector is fitted on the **unperturbed** runs of the training seeds only, and its alarm
 threshold is calibrated *conformally* on the **unperturbed** runs of the calibration seeds
 only (:class:`~stabilitybench.analysis.conformal.ConformalCalibrator`: cross-fitted, since the seeds rotate);
@@ -27,6 +29,13 @@ calibration runs make 5% unreachable; then no FPR claim is made). Run-level scor
 
 Scores are per block; an alarm is dated at its block's last update, so lead times are
 in optimizer updates. Non-finite telemetry scores ``+inf`` (p = 1/(n+1)).
+
+Feature sets
+------------
+Each detector reads a named feature set (:func:`named_feature_sets`): ``no_echo`` under its own name,
+``all`` as ``<monitor>+echo`` and ``no_kick`` (without every column that responds to the perturbation
+itself: the LR, update and parameter norms, PPO's approx_kl and clip_fraction, the grad-norm family and
+the rolling coherence) as ``<name>/no_kick``; :func:`detector_variants` says which run on which.
 """
 
 from __future__ import annotations
@@ -68,6 +77,10 @@ class EarlyWarningConfig:
     horizon_frac: float = 0.1
     detectors: tuple[str, ...] = field(default_factory=lambda: default_detectors())
     with_echo: bool = True
+    with_no_kick: bool | None = None  # also evaluate the no-kick feature set (detector_variants: its scope); None:
+    # as with_echo (with_echo=False asks for the detectors on their own feature set only)
+    calibration_chunks: int = 1  # seed chunks each fold calibrates on (seed_folds); more chunks, more calibration
+    # controls per fold (>= 19 make the FPR claim and the alarm-based pooled numbers possible), fewer training ones
     seed: int = 0
     n_jobs: int = 0  # (fold, detector) fits in parallel processes (0: every core; 1: in this process); the GRU
     # trains on one torch thread per process there, so its float32 scores may differ from a one-process run in the
@@ -83,18 +96,24 @@ def default_detectors() -> tuple[str, ...]:
     return default_names(importlib.util.find_spec("torch") is not None)
 
 
-def seed_folds(seeds: list[int], max_folds: int = 5) -> list[dict[str, list[int]]]:
-    """Rotating train/calibration/test seed split (see the module docstring). Needs >= 3 seeds."""
+def seed_folds(seeds: list[int], max_folds: int = 5, calibration_chunks: int = 1) -> list[dict[str, list[int]]]:
+    """Rotating train/calibration/test seed split (see the module docstring). Needs >= 3 seeds.
+
+    Fold ``i`` tests on chunk ``i``, calibrates on the next ``c`` chunks (``c = calibration_chunks``, at most
+    ``k - 2`` so that one chunk is left to train on) and trains on the rest.
+    """
     s = sorted(set(int(x) for x in seeds))
     if len(s) < 3:
         return []
     k = min(len(s), max_folds)
-    chunks = [list(map(int, c)) for c in np.array_split(np.array(s), k)]
+    c = max(1, min(int(calibration_chunks), k - 2))
+    chunks = [list(map(int, ch)) for ch in np.array_split(np.array(s), k)]
     folds = []
     for i in range(k):
-        test, calib = chunks[i], chunks[(i + 1) % k]
-        train = [x for j, c in enumerate(chunks) if j not in (i, (i + 1) % k) for x in c]
-        folds.append({"train": train, "calibration": calib, "test": test})
+        cal = [(i + j) % k for j in range(1, c + 1)]
+        calib = [x for j in cal for x in chunks[j]]
+        train = [x for j, ch in enumerate(chunks) if j != i and j not in cal for x in ch]
+        folds.append({"train": train, "calibration": calib, "test": chunks[i]})
     return folds
 
 
@@ -114,17 +133,62 @@ def _onset_index(steps: np.ndarray, onset: int | None) -> int:
 
 
 ECHO_COLUMNS = ("lr", "update_norm", "param_norm")
+#: Columns that respond to a perturbation of the optimisation itself (the LR, the step taken, PPO's trust-region
+#: statistics, the gradient norms), beside :data:`ECHO_COLUMNS`; with the rolling coherence estimator
+#: (:func:`kick_columns`) they make up what the no-kick feature set leaves out.
+KICK_COLUMNS = (*ECHO_COLUMNS, "actor_update_norm", "approx_kl", "clip_fraction")
+#: Feature-set name -> suffix of the detector label evaluated on it (``kalman+echo``, ``kalman``, ``kalman/no_kick``).
+FEATURE_SET_LABELS = {"all": "+echo", "no_echo": "", "no_kick": "/no_kick"}
+#: What each named feature set leaves out, in words (summary.json ``early_warning.feature_set_rules``).
+FEATURE_SET_RULES = {
+    "all": "every kept feature column, lr included (the monitors' '+echo' variant)",
+    "no_echo": f"without the intervention-echo columns {', '.join(ECHO_COLUMNS)} (the detectors' own name)",
+    "no_kick": "without every column that responds to the perturbation itself: "
+               f"{', '.join(KICK_COLUMNS)}, the grad-norm family (any column whose name contains 'grad_norm') and "
+               "the rolling gradient coherence (grad_coherence in RL, actor_grad_coherence; LM's grad_coherence and "
+               "grad_coherence_fixed are fixed-point and stay) ('<name>/no_kick')",
+}
 
 
-def detector_variants(features: list[str], cfg: EarlyWarningConfig) -> list[tuple[str, str, list[str]]]:
+def kick_columns(features: list[str], domain: str | None = None) -> list[str]:
+    """The columns of ``features`` that the no-kick feature set leaves out (see :data:`FEATURE_SET_RULES`).
+
+    ``grad_coherence`` is the rolling estimator (across updates, so it moves with the step size) except in the
+    LM domain, where it is fixed-point (:data:`stabilitybench.analysis.coherence.ESTIMATORS`); an unknown
+    ``domain`` is treated as rolling (left out).
+    """
+    rolling = {"actor_grad_coherence"} | ({"grad_coherence"} if domain != "lm" else set())
+    return [c for c in features if c in KICK_COLUMNS or "grad_norm" in c or c in rolling]
+
+
+def named_feature_sets(features: list[str], domain: str | None = None) -> dict[str, list[str]]:
+    """The named feature sets over ``features`` (a group's kept columns): ``all``, ``no_echo`` and ``no_kick``."""
+    kick = set(kick_columns(features, domain))
+    return {"all": list(features), "no_echo": [c for c in features if c not in ECHO_COLUMNS],
+            "no_kick": [c for c in features if c not in kick]}
+
+
+def _reads(det: MonitorBase) -> tuple[str, ...]:
+    """The columns a built detector actually reads: its one column (single-column baselines) or all it was given."""
+    col = getattr(det, "column", None)
+    return (col,) if isinstance(col, str) else tuple(getattr(det, "features", ()))
+
+
+def detector_variants(features: list[str], cfg: EarlyWarningConfig, domain: str | None = None,
+                      no_kick: bool = True) -> list[tuple[str, str, list[str]]]:
     """``(detector label, detector name, feature columns)`` of every detector to evaluate.
 
-    The monitors (the specs with ``echo``) run twice: without the intervention-echo columns
-    (:data:`ECHO_COLUMNS`: they move with the perturbation itself, so a monitor that reads them "detects"
-    the kick) under their own name, and with them as ``<name>+echo``. The baselines see the features
-    without the echo columns. An unknown name in ``cfg.detectors`` is refused with one line.
+    Feature sets (:func:`named_feature_sets`): every detector runs on ``no_echo`` under its own name (without
+    the intervention-echo columns :data:`ECHO_COLUMNS`: they move with the perturbation itself, so a monitor
+    that reads them "detects" the kick); the monitors (the specs with ``echo``) also on ``all`` as
+    ``<name>+echo``. With ``cfg.with_no_kick`` (None: as ``cfg.with_echo``) and ``no_kick``, ``<name>/no_kick``
+    runs on the no-kick set:
+    every monitor, and each baseline whose input changes there (a single-column baseline whose column stays
+    would repeat its own row; one whose column goes is not available). This bounds the extra fold work to the
+    monitors' fits plus the cheap baselines. An unknown name in ``cfg.detectors`` is refused with one line.
     """
-    base = [c for c in features if c not in ECHO_COLUMNS]
+    sets = named_feature_sets(features, domain)
+    base, nokick = sets["no_echo"], sets["no_kick"]
     echo = list(features) if any(c in ECHO_COLUMNS for c in features) else None
     out = []
     for name in cfg.detectors:
@@ -132,6 +196,15 @@ def detector_variants(features: list[str], cfg: EarlyWarningConfig) -> list[tupl
         out.append((name, name, base))
         if spec.echo and echo is not None and cfg.with_echo:
             out.append((f"{name}+echo", name, echo))
+        wanted = cfg.with_echo if cfg.with_no_kick is None else cfg.with_no_kick
+        if not (wanted and no_kick) or nokick == base or not nokick:
+            continue
+        if spec.echo:
+            out.append((f"{name}{FEATURE_SET_LABELS['no_kick']}", name, nokick))
+            continue
+        det_nk = make_detector(name, nokick, cfg)
+        if getattr(det_nk, "available", True) and _reads(det_nk) != _reads(make_detector(name, base, cfg)):
+            out.append((f"{name}{FEATURE_SET_LABELS['no_kick']}", name, nokick))
     return out
 
 
@@ -148,24 +221,32 @@ def evaluate_group(
     """Fit, conformally calibrate and score every detector on every fold of one matched group.
 
     ``runs`` holds the group's runs with ``seed, onset_step, duration_steps, unperturbed, collapsed,
-    collapse_kind, collapse_step``; ``arrays[run_id] = (steps (T,), X (T, p), nonfinite (T,))`` with the
-    columns ``features``; ``block`` is the block length in updates (the landmark is one block after the
-    perturbation window). Returns (per test run x detector table, score traces, fold notes). Each
-    fold fits on the training seeds' controls, calibrates a :class:`~analysis.conformal.ConformalCalibrator`
-    on the calibration seeds' controls (window maxima from onset) and scores the test seeds; every
-    score leaves as a conformal p-value. With ``save_dir`` the fitted monitors are saved there as
-    self-contained :class:`~stabilitybench.analysis.monitor_file.MonitorFile` s (``<monitor>_fold<i>.monitor.npz``:
-    features, transforms, block size, warm-up = the calibration window's start, conformal threshold,
-    provenance). With ``external_train`` (sequences from *other* envs:
-    leave-one-env-out) every fold trains on those instead of its own training seeds.
+    collapse_kind, collapse_step`` (optionally ``collapse_step_smoothed``, ``collapse_date_source`` and
+    ``domain``: the old smoothed date is carried for side-by-side leads; the domain decides whether
+    ``grad_coherence`` is the rolling estimator, left out of the no-kick set);
+    ``arrays[run_id] = (steps (T,), X (T, p), nonfinite (T,))`` with the columns ``features``; ``block`` is
+    the block length in updates (the landmark is one block after the perturbation window). Returns (per test
+    run x detector table, score traces, fold notes). Each fold fits on the training seeds' controls,
+    calibrates a :class:`~analysis.conformal.ConformalCalibrator` on the calibration seeds' controls (window
+    maxima from onset) and scores the test seeds; every score leaves as a conformal p-value. With
+    ``save_dir`` the fitted monitors are saved there as self-contained
+    :class:`~stabilitybench.analysis.monitor_file.MonitorFile` s (``<label>_fold<i>.monitor.npz``, a ``/`` in
+    the label as ``-``: features, transforms, block size, warm-up = the calibration window's start, conformal
+    threshold, provenance). With ``external_train`` (sequences from *other* envs: leave-one-env-out) every
+    fold trains on those instead of its own training seeds (and the no-kick feature set is not evaluated: it
+    would add the monitors' fits a third time to the transfer folds). The traces carry ``excess``
+    (:func:`calibrated_excess` per block), what same-dose detection ranks.
     """
     for name in cfg.detectors:
         spec_for(name)  # an unknown detector is refused (one line) before anything is fitted
-    folds = seed_folds(runs["seed"].to_list(), cfg.max_folds)
+    folds = seed_folds(runs["seed"].to_list(), cfg.max_folds, cfg.calibration_chunks)
     if not folds:
         return _empty_rows(), _empty_traces(), [not_testable("fewer than 3 seeds")]
     info = {r["run_id"]: r for r in runs.iter_rows(named=True)}
-    variants = detector_variants(features, cfg)
+    domains = runs["domain"].unique().to_list() if "domain" in runs.columns else []
+    # the no-kick set only in the main evaluation: leave-one-env-out (external_train) keeps its cost
+    variants = detector_variants(features, cfg, domains[0] if len(domains) == 1 else None,
+                                 no_kick=external_train is None)
     n_jobs = _processes(cfg)
     if n_jobs > 1:  # (fold, detector) pairs are independent and seeded: the same results as one after the other
         from joblib import Parallel, delayed
@@ -304,7 +385,8 @@ def _evaluate_fold(i: int, fold: dict[str, list[int]], info: dict[str, dict[str,
             warmup = min((onset_step(info[r]) for r in calib_ids), default=0)
             MonitorFile(det, cols, block, warmup, conf.threshold_, conf.alpha, conf.alpha_used_, conf.n_,
                         provenance=provenance_of(info.values(), train_ids if external_train is None else [],
-                                                 calib_ids)).save(save_dir / f"{label}_fold{i}{SUFFIX}")
+                                                 calib_ids)
+                        ).save(save_dir / f"{label.replace('/', '-')}_fold{i}{SUFFIX}")
         for rid in test_ids:
             steps, X, nonfinite = arrays[rid]
             score = det.score(X[:, idx])
@@ -312,9 +394,10 @@ def _evaluate_fold(i: int, fold: dict[str, list[int]], info: dict[str, dict[str,
             pval = conf.p_value(score)
             rows.append(_run_row(rid, info[rid], i, label, conf, steps, pval, cfg, block, score))
             traces.append(pl.DataFrame({"run_id": rid, "detector": label, "fold": i, "step": steps,
-                                        "score": score, "threshold": conf.threshold_, "p_value": pval},
+                                        "score": score, "threshold": conf.threshold_, "p_value": pval,
+                                        "excess": calibrated_excess(score, conf)},
                                        schema_overrides={"step": pl.Int64, "score": pl.Float64,
-                                                         "p_value": pl.Float64}))
+                                                         "p_value": pl.Float64, "excess": pl.Float64}))
     return rows, traces, note
 
 
@@ -327,6 +410,8 @@ _ROW_SCHEMA = {
     "lead_updates": pl.Int64, "detection_score": pl.Float64, "prediction_score": pl.Float64,
     "prediction_excess": pl.Float64,
     "window_score": pl.Float64, "early_score": pl.Float64,
+    "collapse_step_smoothed": pl.Int64, "collapse_date_source": pl.String, "lead_updates_smoothed": pl.Int64,
+    "block_updates": pl.Int64, "prediction_excess_lm1": pl.Float64, "prediction_excess_lp1": pl.Float64,
 }
 
 
@@ -336,7 +421,8 @@ def _empty_rows() -> pl.DataFrame:
 
 def _empty_traces() -> pl.DataFrame:
     return pl.DataFrame(schema={"run_id": pl.String, "detector": pl.String, "fold": pl.Int64, "step": pl.Int64,
-                                "score": pl.Float64, "threshold": pl.Float64, "p_value": pl.Float64})
+                                "score": pl.Float64, "threshold": pl.Float64, "p_value": pl.Float64,
+                                "excess": pl.Float64})
 
 
 def landmark(onset: int | None, duration: int | None, unperturbed: bool, block: int) -> int:
@@ -388,16 +474,23 @@ def _run_row(rid: str, r: dict[str, Any], fold: int, name: str, conf: ConformalC
     * ``detection_score``: over ``[onset, collapse)`` (strictly before the offline date), capped at
       ``onset + horizon_frac`` of the run, for collapsed runs; over ``[onset, onset + horizon]`` otherwise.
     * ``prediction_score``: over ``[onset, L]`` with L = :func:`landmark`; ``prediction_excess``: the
-      max :func:`calibrated_excess` over the same window (what question (b) ranks: no ties at the top).
+      max :func:`calibrated_excess` over the same window (what question (b) ranks: no ties at the top);
+      ``prediction_excess_lm1`` / ``_lp1``: the same over ``[onset, L - 1 block]`` / ``[onset, L + 1 block]``
+      (question (b)'s sensitivity to L); ``block_updates``: the block length.
     * ``window_score``: over ``[onset, collapse)`` or ``[onset, last update]``.
     * a non-finite collapse is never "preceded" by the alarm at its own step (lead 0 is no warning).
+    * ``collapse_step`` is the (lag-free) offline date; ``collapse_step_smoothed`` (where the outcome has it:
+      the date on the smoothed performance, older versions' date) gives ``lead_updates_smoothed``, the lead of
+      an alarm strictly before that date, for old and new leads side by side.
     """
     onset = onset_step(r)
     cstep = r["collapse_step"] if r["collapsed"] else None
+    old = r.get("collapse_step_smoothed") if r["collapsed"] else None
     after = steps >= onset
     H = cfg.horizon_frac * n_updates(steps)
     before = steps < cstep if cstep is not None else np.ones(steps.size, dtype=bool)
     det_mask = after & before & (steps <= onset + H)
+    B = max(1, int(block))
     L = landmark(onset, r.get("duration_steps"), bool(r["unperturbed"]), block)
     alarm = after & (pval <= conf.alpha_used_ + 1e-12)
     first = int(steps[np.argmax(alarm)]) if alarm.any() else None
@@ -405,6 +498,11 @@ def _run_row(rid: str, r: dict[str, Any], fold: int, name: str, conf: ConformalC
     idx = np.flatnonzero(after)[: max(1, cfg.early_blocks)]
     early = pval[idx]
     early = early[np.isfinite(early)]
+    excess = calibrated_excess(score, conf) if score is not None else None
+
+    def excess_to(stop: int) -> float | None:
+        return _max_over(excess, after & (steps <= stop)) if excess is not None else None
+
     return {
         "run_id": rid, "seed": r["seed"], "fold": fold, "detector": name, "threshold": conf.threshold_,
         "n_calibration": conf.n_, "alpha_used": conf.alpha_used_, "guaranteed_fpr_bound": conf.guaranteed_fpr_,
@@ -415,9 +513,11 @@ def _run_row(rid: str, r: dict[str, Any], fold: int, name: str, conf: ConformalC
         "alarm_before_collapse": bool(preceded), "lead_updates": (cstep - first) if preceded else None,
         "detection_score": _neglog_min_p(pval, det_mask), "prediction_score": _neglog_min_p(pval, after & (steps <= L)),
         "window_score": _neglog_min_p(pval, after & before),
-        "prediction_excess": _max_over(calibrated_excess(score, conf), after & (steps <= L))
-        if score is not None else None,
+        "prediction_excess": excess_to(L),
         "early_score": float(-np.log10(early).mean()) if early.size else None,
+        "collapse_step_smoothed": old, "collapse_date_source": r.get("collapse_date_source"),
+        "lead_updates_smoothed": (old - first) if old is not None and first is not None and first < old else None,
+        "block_updates": B, "prediction_excess_lm1": excess_to(L - B), "prediction_excess_lp1": excess_to(L + B),
     }
 
 

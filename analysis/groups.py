@@ -20,11 +20,13 @@ import numpy as np
 import polars as pl
 
 from stabilitybench.analysis import coherence as coherence_mod
-from stabilitybench.analysis.collapse import collapse_group, nonfinite_steps
+from stabilitybench.analysis.collapse import RunCurves, collapse_group, nonfinite_steps
 from stabilitybench.analysis.config import AnalysisConfig
 from stabilitybench.analysis.data import (
+    COLLAPSE_COLUMNS,
     NONFINITE_COLUMNS,
     block_size,
+    collapse_curves,
     feature_columns,
     feature_frame,
     group_runs,
@@ -37,10 +39,11 @@ from stabilitybench.analysis.data import (
     run_arrays,
     to_blocks,
 )
-from stabilitybench.analysis.early_warning import ECHO_COLUMNS, evaluate_group, landmark
+from stabilitybench.analysis.early_warning import ECHO_COLUMNS, evaluate_group, landmark, named_feature_sets
 from stabilitybench.analysis.pca import PCAAccumulator
 from stabilitybench.analysis.pca_summary import PCAInput
-from stabilitybench.data_schema.keys import resolve_onset
+from stabilitybench.analysis.regularities import drawdown_depth
+from stabilitybench.data_schema.keys import onset_step, resolve_onset
 
 
 def _early_coherence(steps: pl.DataFrame, onset: int | None, frac: float) -> float | None:
@@ -87,13 +90,15 @@ class LoadedCorpus:
 class GroupTelemetry:
     """One matched group's telemetry, read run by run.
 
-    ``block``: block length in updates; ``performance``: run -> ``(steps (T,), performance (T,))``;
+    ``block``: block length in updates; ``performance``: run -> its
+    :class:`~stabilitybench.analysis.collapse.RunCurves` (steps, performance and, where recorded,
+    episode_return / eval_return, each ``(T,)``): the collapse rule's input;
     ``first_nonfinite``: run -> first update with a non-finite feature; ``blocks``: run ->
     ``(block steps (n,), block features (n, F), non-finite flags (n,))`` over all read features.
     """
 
     block: int
-    performance: dict[str, tuple[np.ndarray, np.ndarray]]
+    performance: dict[str, RunCurves]
     first_nonfinite: dict[str, int]
     blocks: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
 
@@ -174,17 +179,17 @@ def _read_group(corpus: str | os.PathLike[str], g: pl.DataFrame, feats: list[str
     """Read one matched group run by run: performance, non-finite rows and block features (``feats``)."""
     n_upd = int(g["n_updates"].max() or g["planned_updates"].max() or 1)
     B = block_size(n_upd, cfg.features)
-    perf: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    perf: dict[str, RunCurves] = {}
     nf_rows: dict[str, int] = {}
     arrays: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-    cols = list(dict.fromkeys([*feats, *NONFINITE_COLUMNS, "performance", "grad_coherence"]))
+    cols = list(dict.fromkeys([*feats, *NONFINITE_COLUMNS, *COLLAPSE_COLUMNS, "grad_coherence"]))
     for row, steps in iter_run_steps(corpus, g, cols):
         rid = row["run_id"]
         fr = feature_frame(steps, feats)
         bad = fr.filter(pl.col("nonfinite"))["step"]
         if bad.len():
             nf_rows[rid] = int(bad.min())
-        perf[rid] = (steps["step"].to_numpy(), steps["performance"].cast(pl.Float64).fill_null(np.nan).to_numpy())
+        perf[rid] = collapse_curves(steps)  # performance decides; episode/eval returns date (collapse rule item 5)
         c = _early_coherence(steps, row["onset_step"], cfg.early_frac)
         if c is not None:
             early_coh[rid] = c
@@ -236,6 +241,11 @@ def collapse_outcomes(g: pl.DataFrame, tel: GroupTelemetry, events: pl.DataFrame
     nonfinite = nonfinite_steps(events, g, tel.first_nonfinite)
     unperturbed = g["unperturbed"].to_numpy()
     outcomes = collapse_group(g, tel.performance, nonfinite, unperturbed, cfg.collapse)
+    depth = [drawdown_depth(c.steps, c.performance, onset_step(row), cfg.collapse.smooth_frac)
+             if (c := tel.performance.get(row["run_id"])) is not None else None for row in g.iter_rows(named=True)]
+    outcomes = outcomes.join(pl.DataFrame({"run_id": g["run_id"].to_list(), "drawdown_depth": depth},
+                                          schema={"run_id": pl.String, "drawdown_depth": pl.Float64}),
+                             on="run_id", how="left")  # regularity 1's rule-free stability measure
     sens = []
     for drop in (0.25, 0.5, 0.75, 1.0):  # sensitivity of the outcome to the rule's two margins
         for k in (1.0, 2.0, 3.0):
@@ -260,7 +270,8 @@ def _analyse_domain_algo(corpus: str | os.PathLike[str], key_da: dict[str, str],
         read.append((key, g, _read_group(corpus, g, feats_read, cfg, acc.early_coherence)))
     acc.timings["load_s"] += time.perf_counter() - ts
     fs = select_features(da_runs, read, feats_read)
-    acc.feature_sets[f"{key_da['domain']}/{key_da['algo']}"] = fs.summary()
+    acc.feature_sets[f"{key_da['domain']}/{key_da['algo']}"] = {
+        **fs.summary(), "named_sets": named_feature_sets(fs.kept, key_da["domain"])}
     idx = [fs.read.index(c) for c in fs.kept]
     pidx = [fs.read.index(c) for c in fs.pca]
     ctrl_ids = set(da_runs.filter(pl.col("unperturbed"))["run_id"].to_list())
@@ -273,15 +284,9 @@ def _analyse_domain_algo(corpus: str | os.PathLike[str], key_da: dict[str, str],
     evaluated: list[tuple[dict[str, str], pl.DataFrame, dict[str, Any], int]] = []
     for key, g, tel in read:
         label = _label(key)
-        for rid, (st, X, nf) in tel.blocks.items():
-            if rid in acted:
-                continue
-            Xp = X[:, pidx]
-            Xp = Xp[np.isfinite(Xp).all(axis=1)]
-            pca_in.all_runs.add_run(Xp)
-            if rid in ctrl_ids:
-                pca_in.unperturbed_runs.add_run(Xp)
-            pca_in.blocks[rid] = (st, X[:, pidx], nf)
+        # PCA on the group's runs after removing its control mean trajectory (shared training-time trends)
+        pca_in.add_group({rid: (st, X[:, pidx], nf) for rid, (st, X, nf) in tel.blocks.items() if rid not in acted},
+                         ctrl_ids)
         arrays = _subset({r: b for r, b in tel.blocks.items() if r not in acted}, idx)
 
         ts = time.perf_counter()
@@ -294,7 +299,9 @@ def _analyse_domain_algo(corpus: str | os.PathLike[str], key_da: dict[str, str],
                                 "features": fs.kept, "block_updates": tel.block, "collapse_rule_note": notes_rule})
 
         ts = time.perf_counter()
-        g_out = g.join(outcomes.select("run_id", "collapsed", "collapse_kind", "collapse_step"), on="run_id"
+        # the lag-free date, and the smoothed date and the date's source for old-vs-new leads (collapse rule item 5)
+        g_out = g.join(outcomes.select("run_id", "collapsed", "collapse_kind", "collapse_step",
+                                       "collapse_step_smoothed", "collapse_date_source"), on="run_id"
                        ).filter(pl.col("arm") == "none")
         for row in g_out.iter_rows(named=True):
             if row["run_id"] in tel.blocks:

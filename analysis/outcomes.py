@@ -11,12 +11,19 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import polars as pl
 
-from stabilitybench.analysis.collapse import OUTCOME_SCHEMA, CollapseConfig, collapse_group, nonfinite_steps
+from stabilitybench.analysis.collapse import (
+    OUTCOME_SCHEMA,
+    CollapseConfig,
+    RunCurves,
+    collapse_group,
+    nonfinite_steps,
+)
 from stabilitybench.analysis.data import (
+    COLLAPSE_COLUMNS,
     NONFINITE_COLUMNS,
+    collapse_curves,
     feature_frame,
     group_runs,
     iter_run_steps,
@@ -45,15 +52,14 @@ def collapse_outcomes(corpus: str | os.PathLike[str], cfg: CollapseConfig | None
     events = load_events(corpus, runs)
     parts = []
     for _, g in group_runs(runs):
-        perf: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        perf: dict[str, RunCurves] = {}
         nf_rows: dict[str, int] = {}
-        for row, steps in iter_run_steps(corpus, g, [*NONFINITE_COLUMNS]):
+        for row, steps in iter_run_steps(corpus, g, list(dict.fromkeys([*NONFINITE_COLUMNS, *COLLAPSE_COLUMNS]))):
             rid = row["run_id"]
             bad = feature_frame(steps, []).filter(pl.col("nonfinite"))["step"]
             if bad.len():
                 nf_rows[rid] = int(bad.min())
-            perf[rid] = (steps["step"].to_numpy(),
-                         steps["performance"].cast(pl.Float64).fill_null(np.nan).to_numpy())
+            perf[rid] = collapse_curves(steps)  # dated as analyze dates them (lag-free on episode returns)
         nonfinite = nonfinite_steps(events, g, nf_rows)
         out = collapse_group(g, perf, nonfinite, g["unperturbed"].to_numpy(), cfg)
         parts.append(g.select([c for c in RUN_COLUMNS if c in g.columns]).join(out, on="run_id"))

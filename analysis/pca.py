@@ -14,10 +14,26 @@ variance (``n90``) and the participation ratio ``PR = (sum l)^2 / sum l^2`` of t
 eigenvalues ``l``. **Null:** circular-shift surrogates: each column of each run is rotated
 in time by its own random offset (:func:`circular_shift`), which keeps every column's
 marginal distribution *and* its autocorrelation (apart from the one wrap-around point) but
-breaks the alignment between columns; re-standardised and refitted, ``n_null`` times. Shared
-slow trends beat a permutation null almost surely; they do not beat this one unless the
-columns co-move beyond what their own autocorrelation explains. (``null="permute"`` keeps
-the old within-run permutation for comparison.)
+breaks the alignment between columns; re-standardised and refitted, ``n_null`` times (99 by
+default, so the smallest attainable p-value is 0.01). Shared slow trends beat a permutation null
+almost surely; they do not beat this one unless the columns co-move beyond what their own
+autocorrelation explains. (``null="permute"`` keeps the old within-run permutation for comparison.)
+
+**Detrending.** A circular shift keeps each column's autocorrelation but not its alignment with
+training time: columns that all trend with training time (a norm that grows, a loss that falls)
+stay correlated in the data but not in the shifted copies, so the null rejects for *any* set of
+trending columns, related or not (ten unrelated monotone trends plus AR(1) noise gave p = 1/21).
+So before the PCA and before the surrogates each run has its matched group's **control mean
+trajectory** removed (:func:`detrend_group`): the mean over the group's unperturbed runs of each
+column at each block step (a control is compared with the mean of the *other* controls, so its
+own noise is not subtracted from itself). This removes whatever the shared training-time
+trajectory is, with no assumed functional form; a per-run fitted time trend would also have
+removed the part of each perturbed run's own excursion that looks like a trend, which is the signal
+of interest. What remains is each run's deviation from its controls; the null then rejects only
+when those deviations co-move across columns more than independent series with the same
+autocorrelation would. The detrended runs of a group share the reference's own noise, so their
+surrogates share each column's circular offset (:meth:`PCAAccumulator.add_group`); shifting each
+run on its own would break that within-column dependence and make the null too easy to beat.
 
 The scaling path (:func:`streaming_pca`) computes the same PCA exactly from streamed
 moments (Chan et al. pairwise update of the covariance), in O(p^2) memory.
@@ -25,7 +41,7 @@ moments (Chan et al. pairwise update of the covariance), in O(p^2) memory.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,18 +111,22 @@ def circular_shift(X: np.ndarray, run_index: np.ndarray, rng: np.random.Generato
     return out
 
 
-def _shift_run(X: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One run's rows ``(T, p)`` with every column rolled by an independent uniform offset."""
+def _shift_run(X: np.ndarray, rng: np.random.Generator, fractions: np.ndarray | None = None) -> np.ndarray:
+    """One run's rows ``(T, p)`` with every column rolled by an independent uniform offset.
+
+    ``fractions`` (shape ``(p,)``, in ``[0, 1)``): roll column ``j`` by ``floor(fractions[j] T)`` instead of a fresh
+    draw, so that the runs of one group can share each column's offset (:meth:`PCAAccumulator.add_group`).
+    """
     T = X.shape[0]
     if T < 2:
         return X.copy()
-    shifts = rng.integers(0, T, size=X.shape[1])
+    shifts = rng.integers(0, T, size=X.shape[1]) if fractions is None else np.floor(fractions * T).astype(int) % T
     idx = (np.arange(T)[:, None] - shifts[None, :]) % T
     return np.take_along_axis(X, idx, axis=0)
 
 
 def null_distribution(
-    X: np.ndarray, run_index: np.ndarray, n_null: int = 20, seed: int = 0, level: float = 0.9,
+    X: np.ndarray, run_index: np.ndarray, n_null: int = 99, seed: int = 0, level: float = 0.9,
     null: str = "circular",
 ) -> list[PCAResult]:
     """``n_null`` PCA summaries of surrogate copies of ``X``: circular shifts (default) or permutations."""
@@ -118,6 +138,71 @@ def null_distribution(
         cov = np.cov(Z, rowvar=False) if Z.shape[0] > 1 else np.eye(Z.shape[1])
         out.append(summarise(np.linalg.eigvalsh(np.atleast_2d(cov)), level))
     return out
+
+
+def _on_grid(steps: np.ndarray, X: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Each column of one run's ``X`` (shape ``(T, p)``, rows at block ``steps`` ``(T,)``) linearly interpolated
+    onto ``grid`` (shape ``(K,)``); NaN outside the run's own finite steps, shape ``(K, p)``."""
+    order = np.argsort(steps, kind="stable")
+    st, X = np.asarray(steps, float)[order], np.asarray(X, float)[order]
+    out = np.full((grid.size, X.shape[1]), np.nan)
+    for j in range(X.shape[1]):
+        ok = np.isfinite(X[:, j])
+        if not ok.any():
+            continue
+        inside = (grid >= st[ok][0]) & (grid <= st[ok][-1])
+        out[inside, j] = np.interp(grid[inside], st[ok], X[ok, j])
+    return out
+
+
+def _subtract(steps: np.ndarray, X: np.ndarray, grid: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """``X`` (shape ``(T, p)``) minus the reference trajectory ``ref`` (shape ``(K, p)`` on ``grid``), interpolated at
+    ``steps`` and held at its end values beyond them; a column with no finite reference becomes NaN."""
+    out = np.full(X.shape, np.nan)
+    st = np.asarray(steps, float)
+    for j in range(X.shape[1]):
+        ok = np.isfinite(ref[:, j])
+        if ok.any():
+            out[:, j] = X[:, j] - np.interp(st, grid[ok], ref[ok, j])
+    return out
+
+
+def detrend_group(runs: Mapping[str, tuple[np.ndarray, np.ndarray]], controls: Collection[str]
+                  ) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Remove a matched group's control mean trajectory from each of its runs.
+
+    ``runs``: run -> ``(block steps (T,), block features (T, p))`` of one matched group (same domain, algo, env,
+    stochasticity: one time axis); ``controls``: the ids of its unperturbed runs (others are ignored). The
+    reference is the mean over controls of each column at each block step (each control interpolated onto the
+    union of the controls' steps, within its own range; the mean ignores missing values). A perturbed run has the
+    mean of *all* controls removed; a control the mean of the *other* controls (leave-one-out), so its own noise
+    is not subtracted from itself. Returns ``(run -> detrended features (T, p), runs left out)``: the runs of a
+    group without a control, and a group's only control (it has no other control to be compared with).
+    """
+    ctrl = [r for r in runs if r in set(controls)]
+    if not ctrl:
+        return {}, sorted(runs)
+    grid = np.unique(np.concatenate([np.asarray(runs[r][0], float) for r in ctrl]))
+    stack = np.stack([_on_grid(*runs[r], grid) for r in ctrl])  # (C, K, p)
+    have = np.isfinite(stack)
+    total = np.where(have, stack, 0.0).sum(axis=0)
+    count = have.sum(axis=0)
+    out: dict[str, np.ndarray] = {}
+    left_out: list[str] = []
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_all = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+        for rid, (steps, X) in runs.items():
+            if rid in ctrl:
+                if len(ctrl) < 2:
+                    left_out.append(rid)
+                    continue
+                i = ctrl.index(rid)
+                n = count - have[i]
+                ref = np.where(n > 0, (total - np.where(have[i], stack[i], 0.0)) / np.maximum(n, 1), np.nan)
+            else:
+                ref = mean_all
+            out[rid] = _subtract(steps, np.asarray(X, float), grid, ref)
+    return out, sorted(left_out)
 
 
 def n_components_for(X: np.ndarray, level: float = 0.9) -> int:
@@ -182,7 +267,7 @@ class PCAAccumulator:
     """
 
     def __init__(
-        self, p: int, n_null: int = 20, seed: int = 0, keep_rows: int = 5_000_000, null_rows_per_run: int = 50_000,
+        self, p: int, n_null: int = 99, seed: int = 0, keep_rows: int = 5_000_000, null_rows_per_run: int = 50_000,
         null: str = "circular",
     ) -> None:
         self.p = p
@@ -196,8 +281,24 @@ class PCAAccumulator:
         self.runs = 0
         self.per_run: list[tuple[int, np.ndarray, np.ndarray]] = []  # (n, mean, m2) of each run
 
-    def add_run(self, X: np.ndarray) -> None:
-        """Add one run's rows (shape ``(T, p)``, no NaN)."""
+    def add_group(self, runs: list[np.ndarray]) -> None:
+        """Add the runs of one matched group (each ``(T_r, p)``, no NaN) whose circular-shift surrogates share each
+        column's offset (a fraction of the run's length, drawn once per group, column and replicate).
+
+        For runs detrended by a shared reference (:func:`detrend_group`) the group's runs are dependent within a
+        column (they share the reference's own noise); shifting every run's column ``j`` by the same offset keeps
+        that dependence in the surrogates, while different columns still get independent offsets. Shifting each
+        run on its own would break it and make the null too easy to beat.
+        """
+        if not runs:
+            return
+        fractions = self.rng.random((len(self.null), self.p)) if self.null_kind == "circular" else None
+        for X in runs:
+            self.add_run(X, fractions)
+
+    def add_run(self, X: np.ndarray, fractions: np.ndarray | None = None) -> None:
+        """Add one run's rows (shape ``(T, p)``, no NaN); ``fractions`` (shape ``(n_null, p)``): the circular shifts
+        of each replicate and column as fractions of ``T`` (default: drawn for this run alone)."""
         if X.shape[0] == 0:
             return
         self.runs += 1
@@ -207,9 +308,9 @@ class PCAAccumulator:
         self.per_run.append((one.n, one.mean, one.m2))
         T = X.shape[0]
         m = min(T, self.null_rows_per_run)
-        for mom in self.null:
+        for r, mom in enumerate(self.null):
             if self.null_kind == "circular":
-                mom.update(_shift_run(X, self.rng))
+                mom.update(_shift_run(X, self.rng, None if fractions is None else fractions[r]))
                 continue
             # m rows of a within-run time shuffle: each column's values drawn without replacement,
             # independently per column (m == T is a full permutation)

@@ -4,10 +4,18 @@
 (one :class:`PCAInput` per (domain, algo)) into a :class:`PCASummary`: the summary entries (components
 for 90% variance and participation ratio with run-bootstrap CIs, each against the circular-shift
 null), the ``pca_explained`` rows and the ``pca_trajectories`` table.
+
+Each entry states what its null rejects (``null_hypothesis``): with :meth:`PCAInput.add_group` (the pipeline's
+path) every run has its matched group's control mean trajectory removed before the PCA and the surrogates
+(:func:`stabilitybench.analysis.pca.detrend_group`), so a rejection means cross-column co-movement of the runs'
+deviations from their controls beyond that of independent series with the same autocorrelation; runs added with
+:meth:`PCAAccumulator.add_run <stabilitybench.analysis.pca.PCAAccumulator.add_run>` alone are not detrended,
+and the entry says so (then shared training-time trends alone can reject).
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,19 +27,79 @@ from stabilitybench.analysis.pca import PCAAccumulator
 from stabilitybench.analysis.summary import Status, StatusKind, not_testable, number
 
 SUBSETS = ("all_runs", "unperturbed_runs")
+#: The smallest number of surrogates for which a p-value can reach 0.01.
+MIN_SURROGATES = 99
+DETRENDED = ("each matched group's control mean trajectory (mean over its unperturbed runs at each block step; "
+             "a control has the mean of the other controls removed) is removed from every run before the PCA and "
+             "before the surrogates")
+NOT_DETRENDED = "none: the runs were added without their matched group's controls, so nothing was removed"
+
+
+def null_statement(n_null: int, detrended: bool) -> str:
+    """One sentence: what the circular-shift null of an entry rejects."""
+    if detrended:
+        return (f"The circular-shift null ({n_null} surrogates), after removing each matched group's control mean "
+                "trajectory, rejects when the runs' deviations from their controls co-move across columns beyond "
+                "what independent series with the same autocorrelation give (fewer components for 90% of the "
+                "variance, or a smaller participation ratio, than the surrogates); trends shared with the controls "
+                "cannot make it reject.")
+    return (f"The circular-shift null ({n_null} surrogates), with no detrending, rejects for cross-column "
+            "correlation beyond that of independent autocorrelated series, which includes columns that merely all "
+            "trend with training time: a rejection does not show low-dimensional dynamics.")
 
 
 @dataclass
 class PCAInput:
     """Streaming PCA inputs of one (domain, algo): all runs, unperturbed runs, and each run's blocks.
 
-    ``blocks``: run -> ``(block steps (n,), block features (n, F), non-finite flags (n,))`` on ``features``.
+    ``blocks``: run -> ``(block steps (n,), block features (n, F), non-finite flags (n,))`` on ``features``, as the
+    PCA saw them (after :meth:`add_group`: each run's deviation from its matched group's control mean trajectory).
+    ``detrended``: every run came through :meth:`add_group`; ``left_out``: runs it could not detrend (a group with
+    no control, or a group's only control).
     """
 
     features: list[str]
     all_runs: PCAAccumulator
     unperturbed_runs: PCAAccumulator
     blocks: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
+    n_groups_detrended: int = 0
+    n_runs_added_raw: int = 0
+    left_out: list[str] = field(default_factory=list)
+
+    def add_group(self, blocks: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+                  controls: Collection[str]) -> None:
+        """Add one matched group's runs after removing its control mean trajectory.
+
+        ``blocks``: run -> ``(block steps (T,), block features (T, F) on features, non-finite flags (T,))``, the
+        runs of one matched group (same domain, algo, env, stochasticity) that enter the PCA; ``controls``: ids of
+        unperturbed runs (any superset; only those in ``blocks`` count). Complete detrended rows go to
+        ``all_runs``, and a control's to ``unperturbed_runs`` too, each through
+        :meth:`~stabilitybench.analysis.pca.PCAAccumulator.add_group` (surrogate offsets shared within the group).
+        """
+        ids = set(controls)
+        detrended, left = pca_mod.detrend_group({r: (st, X) for r, (st, X, _) in blocks.items()}, ids)
+        self.left_out += left
+        self.n_groups_detrended += 1
+        rows = {rid: Xd[np.isfinite(Xd).all(axis=1)] for rid, Xd in detrended.items()}
+        self.all_runs.add_group(list(rows.values()))  # the group's runs share each column's circular offset
+        self.unperturbed_runs.add_group([x for rid, x in rows.items() if rid in ids])
+        for rid, Xd in detrended.items():
+            st, _, nf = blocks[rid]
+            self.blocks[rid] = (st, Xd, nf)
+
+    def add_run_raw(self, rid: str, block: tuple[np.ndarray, np.ndarray, np.ndarray], control: bool) -> None:
+        """Add one run *without* detrending (then the entry says its null can reject for shared trends)."""
+        st, X, nf = block
+        rows = X[np.isfinite(X).all(axis=1)]
+        self.all_runs.add_run(rows)
+        if control:
+            self.unperturbed_runs.add_run(rows)
+        self.blocks[rid] = (st, X, nf)
+        self.n_runs_added_raw += 1
+
+    @property
+    def detrended(self) -> bool:
+        return self.n_groups_detrended > 0 and self.n_runs_added_raw == 0
 
     def subset(self, name: str) -> PCAAccumulator:
         return {"all_runs": self.all_runs, "unperturbed_runs": self.unperturbed_runs}[name]
@@ -61,11 +129,12 @@ def pca_summary(inputs: dict[tuple[str, str], PCAInput], n_null: int, n_boot: in
         if not a.testable:
             summary[name] = not_testable("fewer than 2 features or 3 complete rows", features=a.features)
             continue
-        entry: dict[str, Any] = {"features": a.features, "n_features": len(a.features)}
+        entry: dict[str, Any] = {"features": a.features, "n_features": len(a.features), **_null_info(a, n_null)}
         for subset in SUBSETS:
             entry[subset] = _entry(a.subset(subset), subset, name, n_null, n_boot, seed, evr_rows)
         summary[name] = entry
-        # projected trajectories: block means standardised with the all-runs moments, onto the first 3 PCs
+        # projected trajectories: the blocks the PCA saw (deviations from the controls' mean trajectory once
+        # detrended), standardised with the all-runs moments, onto the first 3 PCs
         _, vec, _, _ = a.all_runs.result()
         mu, sd = a.all_runs.standardiser()
         for rid, (steps, X, _) in a.blocks.items():
@@ -83,11 +152,33 @@ def pca_summary(inputs: dict[tuple[str, str], PCAInput], n_null: int, n_boot: in
             summary["pooled"] = not_testable("fewer than 2 features shared by every (domain, algo) group")
         else:
             summary["pooled"] = _pooled_entry([inputs[k] for k in keys], common, n_null, evr_rows)
+            summary["pooled"].update(_null_info_pooled([inputs[k] for k in keys], n_null))
     else:
         summary["pooled"] = not_testable("no (domain, algo) group with enough data")
     evr = pl.DataFrame(evr_rows) if evr_rows else pl.DataFrame()
     traj = pl.concat(traj_parts, how="diagonal_relaxed") if traj_parts else pl.DataFrame()
     return PCASummary(summary, evr, traj)
+
+
+def _null_info(a: PCAInput, n_null: int) -> dict[str, Any]:
+    """What an entry's null is: surrogates, detrending, the runs left out, and the sentence saying what it rejects."""
+    out: dict[str, Any] = {"n_surrogates": n_null, "min_attainable_p_value": 1.0 / (n_null + 1),
+                           "detrending": DETRENDED if a.detrended else NOT_DETRENDED,
+                           "n_runs_left_out_no_control_reference": len(a.left_out),
+                           "null_hypothesis": null_statement(n_null, a.detrended)}
+    if n_null < MIN_SURROGATES:
+        out["surrogates_note"] = (f"only {n_null} surrogates (< {MIN_SURROGATES}): the smallest p-value is "
+                                  f"{1 / (n_null + 1):.3g}")
+    return out
+
+
+def _null_info_pooled(inputs: list[PCAInput], n_null: int) -> dict[str, Any]:
+    info = _null_info(inputs[0], n_null)
+    detrended = all(a.detrended for a in inputs)
+    info.update(detrending=DETRENDED if detrended else NOT_DETRENDED,
+                n_runs_left_out_no_control_reference=sum(len(a.left_out) for a in inputs),
+                null_hypothesis=null_statement(n_null, detrended))
+    return info
 
 
 def _block(real: pca_mod.PCAResult, null: list[pca_mod.PCAResult], n_runs: int, n_rows: int, method: str,
@@ -110,6 +201,7 @@ def _block(real: pca_mod.PCAResult, null: list[pca_mod.PCAResult], n_runs: int, 
                                            (float(np.quantile(pr_null, 0.025)), float(np.quantile(pr_null, 0.975)))),
         "explained_variance_ratio": real.evr.tolist(),
         "p_value_n90_le_null": float((1 + (n90_null <= real.n90).sum()) / (1 + n90_null.size)),
+        "p_value_pr_le_null": float((1 + (pr_null <= real.pr).sum()) / (1 + pr_null.size)),
     }
 
 

@@ -116,7 +116,7 @@ def run_analysis(
     timings["questions_s"] = time.perf_counter() - ts
     begin("survival models")
     ts = time.perf_counter()
-    surv = survival_models(full, groups)
+    surv = survival_models(full, groups, cfg)
     timings["survival_s"] = time.perf_counter() - ts
     begin("regularities")
     reg = measure_regularities(full, groups, surv, cfg)

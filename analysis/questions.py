@@ -1,46 +1,71 @@
-"""The two questions asked of every detector (monitors, baselines and references), reported separately.
+"""The questions asked of every detector (monitors, baselines and references), reported separately.
 
-Both read the per-(test run, detector) rows of :func:`stabilitybench.analysis.early_warning.evaluate_group`, whose
-scores are already conformal p-values (pooled across folds and groups only as ``-log10 p``).
+They read the per-(test run, detector) rows of :func:`stabilitybench.analysis.early_warning.evaluate_group`, whose
+scores are already conformal p-values (pooled across folds and groups only as ``-log10 p``) or calibrated
+excesses (``(score - threshold)`` in SDs of the fold's calibration maxima). ``collapse_step`` is the lag-free
+offline collapse date; where the rows carry ``collapse_step_smoothed`` (the date on the smoothed performance,
+which lags the break by about the smoothing window) the leads are also given from it, side by side.
 
 (a) **Detection.** Positives: perturbed test runs with a *performance* collapse; negatives: the
 held-out unperturbed test runs. An alarm counts only if it comes strictly before the offline
 collapse date; lead = date - first alarm. AUROC of ``detection_score`` (``[onset, collapse)``
-capped at a fixed horizon for positives, ``[onset, onset + horizon]`` for controls); FPR on the
-held-out controls with a Clopper-Pearson CI, its ``n_calibration``/``n_test`` and the conformal
-guarantee, and **no FPR claim** with fewer than 19 calibration runs. Non-finite collapses get
-their own line: an alarm at the non-finite step is lead 0 and never a warning.
+capped at a fixed horizon for positives, ``[onset, onset + horizon]`` for controls) and its **Delta against
+``perturbation_on``** (the trivial "alarm = perturbation active" detector, which scores 1 on these runs by
+construction: positives are perturbed, negatives are not), paired over the same runs with a cluster
+bootstrap over seeds. So (a) can only show how far a detector falls short of knowing that the run was
+perturbed; whether it knows more than that is asked by same-dose detection. **Alarm-based numbers** (share of
+collapses preceded, median lead, FPR, the non-finite line) pool only the folds with >= 19 calibration controls
+(the conformal FPR claim needs them; with fewer the attainable level is ``1/(n+1)`` and alarms are
+permissive): folds with fewer are reported apart under ``small_folds``, and the entry says how many there
+were. FPR on the held-out controls with a Clopper-Pearson CI, its ``n_calibration``/``n_test`` and the
+conformal guarantee. Non-finite collapses get their own line: an alarm at the non-finite step is lead 0 and
+never a warning.
+
+(a') **Same-dose detection.** Within one cell (group = domain/algo/env/stochasticity x kind x magnitude x
+duration), collapsed perturbed runs against perturbed runs of the same cell that did not collapse, every
+run scored over the *same window relative to onset*: ``[onset, onset + w)`` with ``w`` fixed per cell, the
+smaller of the cell's earliest collapse (updates from onset) and the detection horizon. The window ends
+strictly before the first collapse of the cell, so no run's score sees any collapse, and all runs of a cell
+are scored over the same span, so the window cannot differ by outcome. Score: the max calibrated excess
+over the window. Stratified AUROC (only within-cell pairs count, so a score that reads the dose gets 0.5),
+with a cluster bootstrap over seeds; cells with one outcome only contribute nothing and are counted.
 
 (b) **Prediction.** Among *perturbed* test runs still standing at the landmark L (end of the
-perturbation window + 1 block), does the score over ``[onset, L]`` predict which collapse after
-L? The score ranked is ``prediction_excess`` ((score - threshold) in SDs of the fold's calibration
-maxima): the conformal p-value has only n + 1 levels and ties every run above all n calibration
-runs. Runs that collapsed at or before L are counted as detection, not here. AUROC pooled and
-**stratified by kind x magnitude x duration** (only within-stratum pairs count, so a
-score that recognises the dose gets 0.5), against three references scored on the same runs:
+perturbation window + 1 block; the definition is kept with the lag-free dates: runs that break during the
+kick now collapse before L and count under detection), does the score over ``[onset, L]`` predict which
+collapse after L? The score ranked is ``prediction_excess``: the conformal p-value has only n + 1 levels and
+ties every run above all n calibration runs. AUROC pooled and **stratified by cell** (group x kind x
+magnitude x duration), against three references scored on the same runs:
 
-* ``config_only``: a cross-validated (leave-one-seed-out) logistic model of kind, log magnitude
-  per kind and log duration. Any function of the configuration is constant within a cell, so its
-  stratified AUROC is 0.5 by definition; its leave-one-out scores vary within a cell only through the
-  held-out run's own label (a positive leaves its cell's training prevalence lower), which gives a
-  stratified AUROC far *below* 0.5 and would inflate every Delta AUROC against it. Stratified
-  comparisons therefore use the cell mean of its scores (:func:`cell_constant`);
-* ``kick_size``: the same model on the peak ``update_norm``, ``param_norm`` and loss excursion
-  inside ``[onset, L]`` (pre-onset z-scores). Fitted leave-one-seed-out it has the same flaw within a
-  cell, so the stratified comparisons refit it leave-one-*cell*-out (:func:`within_cell_scores`);
-* ``perturbation_on``: the trivial detector "alarm = perturbation active" (1 for every perturbed run).
+* ``config_only``: the in-sample collapse share of the run's cell, what any function of the configuration
+  can know at best on these runs. Constant within a cell: stratified AUROC exactly 0.5. Pooled, its
+  in-sample AUROC is optimistic (the share is fitted to the labels it ranks), so its pooled AUROC and every
+  pooled Delta against it are corrected by a delete-one-seed jackknife (:func:`cell_share_optimism`):
+  unbiased in simulation when the cells differ, still conservative (the reference too good) when they differ
+  little. (A model of the configuration fitted leave-one-seed-out anti-correlates with the label: under the
+  null it scored 0.43 pooled against 0.65 for the true cell prevalence, which inflated every pooled Delta.)
+* ``kick_size``: a logistic model of the peak ``update_norm``, ``param_norm`` and loss excursion inside
+  ``[onset, L]`` (pre-onset z-scores), refitted *leave-one-cell-out*: each cell is scored by the model of the
+  other cells, which cannot know that cell's label balance and ranks its runs by their kick sizes alone
+  (:func:`within_cell_scores`). Pooled, it ranks by the cell share first and by that score within a cell
+  (configuration plus kick; the same jackknife correction), so that a score which knows neither gets the
+  pooled Delta of pure noise;
+* ``perturbation_on``: 1 for every perturbed run.
 
-Delta AUROC against each, with a cluster bootstrap over seeds (``scipy.stats.bootstrap``, BCa).
-Every entry carries ``n`` per class; where a class or stratum is empty it says "n too small"
-and how many runs it would need.
+Delta AUROC against each, with a cluster bootstrap over seeds (``scipy.stats.bootstrap``, BCa), and (b)'s
+sensitivity to the landmark at L - 1 block, L and L + 1 block (:func:`prediction_sensitivity`). Every entry
+carries ``n`` per class; where a class or stratum is empty it says "n too small" and how many runs it would
+need.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import polars as pl
+from scipy.stats import rankdata
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -49,21 +74,47 @@ from stabilitybench.analysis.conformal import min_calibration_runs
 from stabilitybench.analysis.detectors import reference_names
 from stabilitybench.analysis.stats import auroc, clopper_pearson, cluster_bootstrap_ci, iqr, stratified_auroc
 from stabilitybench.analysis.summary import Status, StatusKind, not_testable, number
+from stabilitybench.data_schema.keys import GROUP_KEYS
 
 REFERENCES = reference_names()  # the registry's references (stabilitybench.analysis.detectors), scored below
-QUESTION_A = "(a) detection: alarms strictly before the offline collapse date vs FPR on held-out controls"
-QUESTION_B = "(b) prediction: at the landmark L, do scores over [onset, L] predict collapse after L (perturbed runs)"
+QUESTION_A = ("(a) detection: alarms strictly before the lag-free offline collapse date vs FPR on held-out controls, "
+              "as a difference from perturbation_on (which scores 1 here by construction); alarm-based numbers "
+              "from folds with >= 19 calibration controls only")
+QUESTION_SAME_DOSE = ("(a') same-dose detection: within one group x kind x magnitude x duration cell, do scores over "
+                      "one window relative to onset, ending before the cell's earliest collapse, rank the runs that "
+                      "collapse above those that do not (stratified AUROC)")
+QUESTION_B = ("(b) prediction: at the landmark L (end of the perturbation window + 1 block), do scores over [onset, L] "
+              "predict collapse after L among perturbed runs still standing (stratified by cell; L +- 1 block as "
+              "sensitivity)")
+#: Question ids (summary.json ``early_warning.questions``) -> text.
+QUESTION_TEXTS = {"a": QUESTION_A, "a_same_dose": QUESTION_SAME_DOSE, "b": QUESTION_B}
+CELL_COLUMNS = ("perturbation", "magnitude", "duration_steps")
+
+
+def cell_labels(frame: pl.DataFrame) -> list[str]:
+    """Each row's cell: its group (the ``group`` column, else the :data:`GROUP_KEYS` present) and kind x
+    magnitude x duration, as ``"group|kind|magnitude|duration"``; one string per row."""
+    if "group" in frame.columns:
+        group = [str(g) for g in frame["group"].to_list()]
+    else:
+        keys = [k for k in GROUP_KEYS if k in frame.columns]
+        group = ["/".join(map(str, r)) for r in frame.select(keys).iter_rows()] if keys else [""] * frame.height
+    cells = frame.select(CELL_COLUMNS).iter_rows() if frame.height else []
+    return [f"{g}|{k}|{m}|{d}" for g, (k, m, d) in zip(group, cells, strict=True)]
 
 
 def _stratum(frame: pl.DataFrame) -> np.ndarray:
-    """Each row's kind x magnitude x duration cell as an integer code, shape ``(n,)`` (cheap to compare)."""
-    labels = [f"{k}|{m}|{d}" for k, m, d in frame.select("perturbation", "magnitude", "duration_steps").iter_rows()]
+    """Each row's cell (:func:`cell_labels`: group x kind x magnitude x duration) as an integer code, ``(n,)``."""
+    labels = cell_labels(frame)
     return np.unique(np.array(labels, dtype=str), return_inverse=True)[1].reshape(-1) if labels else \
         np.zeros(0, dtype=np.int64)
 
 
-def _fpr_entry(ctrl: pl.DataFrame, target: float) -> dict[str, Any]:
-    """FPR on held-out controls: value, CP CI, ``n_calibration`` and ``n_test``; refused below 19 runs."""
+def _fpr_entry(ctrl: pl.DataFrame, target: float, why_empty: str | None = None) -> dict[str, Any]:
+    """FPR on held-out controls: value, CP CI, ``n_calibration`` and ``n_test``; refused below 19 runs.
+
+    ``why_empty``: the refusal's reason when ``ctrl`` has no row (e.g. every fold had too few calibration runs).
+    """
     n_test = ctrl.height
     n_cal = sorted(set(int(x) for x in ctrl["n_calibration"].to_list())) if n_test else []
     fp = int(ctrl["first_alarm_step"].is_not_null().sum()) if n_test else 0
@@ -73,9 +124,10 @@ def _fpr_entry(ctrl: pl.DataFrame, target: float) -> dict[str, Any]:
                    n_calibration=min(n_cal) if n_cal else 0, n_calibration_per_fold=n_cal, n_test=n_test,
                    guaranteed_fpr_bound=bound, alpha_used=float(ctrl["alpha_used"].max()) if n_test else None)
     if not n_cal or min(n_cal) < need:
-        entry["claim"] = Status(StatusKind.REFUSED, f"{min(n_cal) if n_cal else 0} calibration run(s) per fold < "
-                                f"{need} needed for an FPR claim at {target:g}; the empirical rate is at the "
-                                "attainable level alpha_used").to_json()
+        reason = why_empty if not n_test and why_empty else (
+            f"{min(n_cal) if n_cal else 0} calibration run(s) per fold < {need} needed for an FPR claim at "
+            f"{target:g}; the empirical rate is at the attainable level alpha_used")
+        entry["claim"] = Status(StatusKind.REFUSED, reason).to_json()
         entry["runs_needed"] = {"calibration_controls_per_fold": need}
     else:
         entry["claim"] = Status(StatusKind.OK, f"conformal FPR <= {bound:g} guaranteed for exchangeable controls"
@@ -85,6 +137,7 @@ def _fpr_entry(ctrl: pl.DataFrame, target: float) -> dict[str, Any]:
 
 def _auroc_with_ci(score: np.ndarray, label: np.ndarray, seeds: np.ndarray, n_boot: int, seed: int,
                    strata: np.ndarray | None = None) -> dict[str, Any]:
+    """AUROC (stratified when ``strata`` is given) with a cluster bootstrap CI over ``seeds``; all ``(n,)``."""
     def stat(idx: np.ndarray) -> float | None:
         if strata is None:
             return auroc(score[idx][label[idx]], score[idx][~label[idx]])
@@ -93,6 +146,33 @@ def _auroc_with_ci(score: np.ndarray, label: np.ndarray, seeds: np.ndarray, n_bo
     a = stat(np.arange(score.size))
     lo, hi, how = cluster_bootstrap_ci(stat, seeds, n_boot, seed=seed) if a is not None else (None, None, None)
     return number(a, int(score.size), (lo, hi), n_pos=int(label.sum()), n_neg=int((~label).sum()), interval=how)
+
+
+def paired_delta_auroc(score: np.ndarray, ref: np.ndarray, label: np.ndarray, seeds: np.ndarray, n_boot: int,
+                       seed: int, strata: np.ndarray | None = None, ref_optimism: float = 0.0) -> dict[str, Any]:
+    """AUROC(score) - AUROC(ref) on the same runs (stratified when ``strata`` is given), with a cluster bootstrap
+    CI over ``seeds`` that resamples both scores together (paired); all arrays ``(n,)``.
+
+    ``ref_optimism``: an estimate of how much ``ref``'s in-sample AUROC exceeds what it would score on new runs
+    (:func:`cell_share_optimism`); it is added to the difference and to both ends of its CI.
+    """
+    def stat(idx: np.ndarray) -> float | None:
+        if strata is None:
+            a = auroc(score[idx][label[idx]], score[idx][~label[idx]])
+            b = auroc(ref[idx][label[idx]], ref[idx][~label[idx]])
+        else:
+            a = stratified_auroc(score[idx], label[idx], strata[idx])[0]
+            b = stratified_auroc(ref[idx], label[idx], strata[idx])[0]
+        return None if a is None or b is None else a - b
+
+    d = stat(np.arange(score.size))
+    if d is None:
+        return not_testable("n too small: no pair of runs to compare")
+    lo, hi, how = cluster_bootstrap_ci(stat, seeds, n_boot, seed=seed)
+    if not ref_optimism:
+        return number(d, int(score.size), (lo, hi), interval=how)
+    lo, hi = (None if lo is None else lo + ref_optimism), (None if hi is None else hi + ref_optimism)
+    return number(d + ref_optimism, int(score.size), (lo, hi), interval=how, reference_optimism=ref_optimism)
 
 
 def detection_cases(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -129,56 +209,133 @@ def roc_points(rows: pl.DataFrame) -> pl.DataFrame:
                          "n_pos": pos.height, "n_neg": ctrl.height}, schema=schema)
 
 
+def _folds(rows: pl.DataFrame) -> pl.DataFrame:
+    """The distinct folds of ``rows`` (``group`` where present, ``fold``) with their ``n_calibration``."""
+    keys = [c for c in ("group", "fold") if c in rows.columns]
+    if not keys or not rows.height:
+        return pl.DataFrame({"n_calibration": []}, schema={"n_calibration": pl.Int64})
+    return rows.group_by(keys).agg(pl.col("n_calibration").min()).sort(keys)
+
+
+def split_small_folds(rows: pl.DataFrame, target_fpr: float) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """``(rows of folds with >= min_calibration_runs(target) calibration controls, rows of the other folds)``.
+
+    Only the first enter alarm-based pooled numbers: below 19 calibration runs (at 5%) the conformal threshold
+    sits at the attainable level ``1/(n+1)``, so its alarms are permissive and its FPR has no guarantee.
+    """
+    need = min_calibration_runs(target_fpr)
+    if "n_calibration" not in rows.columns:
+        return rows, rows.head(0)
+    big = pl.col("n_calibration").fill_null(0) >= need
+    return rows.filter(big), rows.filter(~big)
+
+
+def _lead_entry(pos: pl.DataFrame, column: str, n_boot: int, seed: int, measured_from: str) -> dict[str, Any]:
+    """Median of ``pos[column]`` (leads in updates; nulls are runs without a warning) with a cluster CI and IQR."""
+    if column not in pos.columns:
+        return number(None, 0, None, measured_from=measured_from, note="not in the rows")
+    vals = pos[column].to_list()
+    leads = np.array([x for x in vals if x is not None], float)
+    seeds = np.array([s for s, x in zip(pos["seed"].to_list(), vals, strict=True) if x is not None])
+    if not leads.size:
+        return number(None, 0, None, measured_from=measured_from)
+    lo, hi, how = cluster_bootstrap_ci(lambda i: float(np.median(leads[i])), seeds, n_boot, seed=seed) \
+        if n_boot > 0 else (None, None, None)
+    q1, q3 = iqr(leads)
+    return number(float(np.median(leads)), int(leads.size), (lo, hi), iqr_low=q1, iqr_high=q3, interval=how,
+                  measured_from=measured_from)
+
+
+NEW_DATE = "collapse_step (lag-free offline collapse date)"
+OLD_DATE = "collapse_step_smoothed (date on the smoothed performance, as before the lag-free dating)"
+
+
+def _alarm_numbers(pos: pl.DataFrame, ctrl: pl.DataFrame, target_fpr: float, n_boot: int, seed: int,
+                   why_empty: str | None = None) -> dict[str, Any]:
+    """The alarm-based numbers of (a) over ``pos`` (collapses) and ``ctrl`` (held-out controls): share of
+    collapses preceded, median lead from the new and (where carried) the old date, FPR."""
+    k = int(pos["alarm_before_collapse"].sum()) if pos.height else 0
+    out: dict[str, Any] = {"frac_collapses_preceded": number(k / pos.height if pos.height else None, pos.height,
+                                                             clopper_pearson(k, pos.height)),
+                           "median_lead_updates": _lead_entry(pos, "lead_updates", n_boot, seed, NEW_DATE)}
+    if "collapse_step_smoothed" in pos.columns and pos["collapse_step_smoothed"].null_count() < pos.height:
+        out["median_lead_updates_smoothed"] = _lead_entry(pos, "lead_updates_smoothed", n_boot, seed, OLD_DATE)
+    out["fpr_held_out_controls"] = _fpr_entry(ctrl, target_fpr, why_empty)
+    return out
+
+
+def _small_folds_entry(rows: pl.DataFrame, small: pl.DataFrame, target_fpr: float,
+                       numbers: Callable[[pl.DataFrame], dict[str, Any]]) -> dict[str, Any]:
+    """``small_folds``: how many folds had too few calibration controls, and ``numbers(their rows)`` apart."""
+    need = min_calibration_runs(target_fpr)
+    folds, small_f = _folds(rows), _folds(small)
+    entry: dict[str, Any] = {
+        "n_folds": small_f.height, "n_folds_total": folds.height,
+        "n_calibration_per_fold": sorted(int(x) for x in small_f["n_calibration"].to_list()),
+        "note": f"folds with fewer than {need} calibration controls: their alarms sit at the attainable conformal "
+                "level 1/(n+1) (permissive, no FPR guarantee), so they enter no pooled alarm-based number "
+                "(FPR, share preceded, lead, non-finite share) and are reported here apart"}
+    if small.height:
+        entry.update(numbers(small))
+    return entry
+
+
 def detection(rows: pl.DataFrame, target_fpr: float, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Question (a) for one detector's rows (one per test run)."""
+    """Question (a) for one detector's rows (one per test run).
+
+    ``auroc`` over every fold; ``delta_vs_perturbation_on`` paired on the same runs; the alarm-based numbers
+    (``frac_collapses_preceded``, ``median_lead_updates`` [``_smoothed``], ``fpr_held_out_controls``) over
+    the folds with >= 19 calibration controls only, those of the other folds under ``small_folds``.
+    """
     pos, ctrl = detection_cases(rows)
-    nonf = rows.filter(~pl.col("unperturbed") & (pl.col("collapse_kind") == "nonfinite"))
     out: dict[str, Any] = {"question": QUESTION_A, "n_runs": pos.height + ctrl.height,
                            "n_collapsed": pos.height, "n_controls": ctrl.height}
     both = pl.concat([pos, ctrl])
     score = np.array(both["detection_score"].to_list(), float)
     label = np.r_[np.ones(pos.height, bool), np.zeros(ctrl.height, bool)]
+    seeds = np.array(both["seed"].to_list())
     if pos.height and ctrl.height:
-        out["auroc"] = _auroc_with_ci(score, label, np.array(both["seed"].to_list()), n_boot, seed)
+        out["auroc"] = _auroc_with_ci(score, label, seeds, n_boot, seed)
+        out["delta_vs_perturbation_on"] = {
+            **paired_delta_auroc(score, label.astype(float), label, seeds, n_boot, seed),
+            "note": "AUROC minus perturbation_on's on the same runs (1 by construction: positives are perturbed, "
+                    "negatives are not), cluster bootstrap over seeds; same-dose detection asks what a detector "
+                    "knows beyond the perturbation"}
     else:
         out["auroc"] = not_testable(f"n too small: {pos.height} performance collapses, {ctrl.height} held-out "
                                     "controls (need >= 1 of each; ~10 of each for a CI narrower than +-0.2)")
-    k = int(pos["alarm_before_collapse"].sum()) if pos.height else 0
-    out["frac_collapses_preceded"] = number(k / pos.height if pos.height else None, pos.height,
-                                            clopper_pearson(k, pos.height))
-    leads = np.array([x for x in pos["lead_updates"].to_list() if x is not None], float)
-    lead_seeds = np.array([s for s, x in zip(pos["seed"].to_list(), pos["lead_updates"].to_list(), strict=True)
-                           if x is not None])
-    if leads.size:
-        lo, hi, how = cluster_bootstrap_ci(lambda i: float(np.median(leads[i])), lead_seeds, n_boot, seed=seed)
-        q1, q3 = iqr(leads)
-        out["median_lead_updates"] = number(float(np.median(leads)), int(leads.size), (lo, hi), iqr_low=q1,
-                                            iqr_high=q3, interval=how, measured_from="offline collapse date")
-    else:
-        out["median_lead_updates"] = number(None, 0, None, measured_from="offline collapse date")
-    out["fpr_held_out_controls"] = _fpr_entry(ctrl, target_fpr)
-    kn = int(nonf["alarm_before_collapse"].sum()) if nonf.height else 0
-    out["nonfinite"] = {"n": nonf.height, **number(kn / nonf.height if nonf.height else None, nonf.height,
-                                                   clopper_pearson(kn, nonf.height)),
-                        "what": "share of non-finite collapses with an alarm strictly before the non-finite step; "
-                                "detection at that step is lead 0 and never counts as a warning"}
+        out["delta_vs_perturbation_on"] = out["auroc"]
+    need = min_calibration_runs(target_fpr)
+    big, small = split_small_folds(rows, target_fpr)
+    bpos, bctrl = detection_cases(big)
+    out.update(_alarm_numbers(bpos, bctrl, target_fpr, n_boot, seed,
+                              why_empty=f"no fold had >= {need} calibration controls: see small_folds"))
+    out["nonfinite"] = _nonfinite_entry(big)
+    out["small_folds"] = _small_folds_entry(
+        rows, small, target_fpr,
+        lambda sm: {"n_collapsed": detection_cases(sm)[0].height, "n_controls": detection_cases(sm)[1].height,
+                    **_alarm_numbers(*detection_cases(sm), target_fpr, n_boot, seed),
+                    "nonfinite": _nonfinite_entry(sm)})
+    out["alarm_numbers_from"] = (f"{_folds(big).height} of {_folds(rows).height} folds (those with >= {need} "
+                                 "calibration controls); the others are under small_folds")
     return out
 
 
-def config_matrix(frame: pl.DataFrame) -> np.ndarray:
-    """Configuration features per run: one-hot kind, log10 magnitude per kind, log10 duration; ``(n, q)``."""
-    kinds = sorted(set(frame["perturbation"].to_list()))
-    k = np.array(frame["perturbation"].to_list())
-    mag = np.log10(np.clip(np.abs(np.array(frame["magnitude"].fill_null(1.0).to_list(), float)), 1e-12, None))
-    dur = np.log10(np.clip(np.array(frame["duration_steps"].fill_null(1).to_list(), float), 1, None))
-    cols = [(k == kind).astype(float) for kind in kinds] + [(k == kind) * mag for kind in kinds] + [dur]
-    return np.column_stack(cols) if cols else np.zeros((frame.height, 0))
+def _nonfinite_entry(rows: pl.DataFrame) -> dict[str, Any]:
+    """Share of the non-finite collapses of ``rows`` with an alarm strictly before the non-finite step."""
+    nonf = rows.filter(~pl.col("unperturbed") & (pl.col("collapse_kind") == "nonfinite"))
+    kn = int(nonf["alarm_before_collapse"].sum()) if nonf.height else 0
+    return {"n": nonf.height, **number(kn / nonf.height if nonf.height else None, nonf.height,
+                                       clopper_pearson(kn, nonf.height)),
+            "what": "share of non-finite collapses with an alarm strictly before the non-finite step; "
+                    "detection at that step is lead 0 and never counts as a warning"}
 
 
 def cv_scores(X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    """Leave-one-group-out (seed) predicted collapse probability of a standardised logistic model, ``(n,)``.
+    """Leave-one-group-out predicted collapse probability of a standardised logistic model, ``(n,)``.
 
-    A training split with one class predicts its prevalence (the model has nothing to learn).
+    ``X`` ``(n, q)``, ``y`` and ``groups`` ``(n,)``. A training split with one class predicts its prevalence
+    (the model has nothing to learn); rows with a non-finite feature get NaN.
     """
     out = np.full(y.size, np.nan)
     ok = np.isfinite(X).all(axis=1)
@@ -220,17 +377,88 @@ def _kick_matrix(frame: pl.DataFrame, kick: dict[str, np.ndarray]) -> np.ndarray
     return K.reshape(frame.height, -1) if frame.height else np.zeros((0, 3))  # no run standing at its landmark
 
 
-def reference_scores(frame: pl.DataFrame, kick: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Scores of the three references for the runs of ``frame`` (a :func:`prediction_set`)."""
+def cell_prevalence(y: np.ndarray, strata: np.ndarray) -> np.ndarray:
+    """The in-sample share of positives of each row's stratum, shape ``(n,)`` (``y``, ``strata``: ``(n,)``).
+
+    The best any function of the configuration can rank these runs pooled (it orders the cells by their
+    likelihood ratio); constant within a cell, so its stratified AUROC is exactly 0.5.
+    """
+    y, strata = np.asarray(y, float), np.asarray(strata)
+    out = np.empty(y.size)
+    for s in np.unique(strata):
+        m = strata == s
+        out[m] = y[m].mean()
+    return out
+
+
+def _share_auroc(y: np.ndarray, strata: np.ndarray) -> float | None:
+    share = cell_prevalence(y, strata)
+    return auroc(share[y], share[~y])
+
+
+def cell_share_optimism(y: np.ndarray, strata: np.ndarray, seeds: np.ndarray) -> float:
+    """How much the pooled AUROC of the in-sample cell share (:func:`cell_prevalence`) exceeds what the cells'
+    true collapse probabilities would score on these runs: its delete-one-seed jackknife bias estimate,
+    ``(g - 1) (mean_s A_{-s} - A)`` over the ``g`` seeds (clusters); 0 with fewer than 3 seeds. All ``(n,)``.
+
+    The in-sample share ranks the cells by labels that include the runs being ranked, so it is optimistic:
+    in simulation, with 8 runs per cell, +0.05 when the cells' probabilities spread over 0.1-0.9 (the
+    jackknife leaves +0.00 +- 0.02), more when they differ little (+0.19 when they are all equal; the
+    jackknife leaves +0.10 there: the reference stays conservative, harder for a detector to beat).
+    """
+    y, strata, seeds = np.asarray(y, bool), np.asarray(strata), np.asarray(seeds)
+    a = _share_auroc(y, strata)
+    groups = np.unique(seeds)
+    if a is None or groups.size < 3:
+        return 0.0
+    loo = [_share_auroc(y[seeds != g], strata[seeds != g]) for g in groups]
+    loo = [v for v in loo if v is not None]
+    if len(loo) < groups.size:
+        return 0.0
+    return float((groups.size - 1) * (np.mean(loo) - a))
+
+
+def lexicographic(primary: np.ndarray, secondary: np.ndarray) -> np.ndarray:
+    """A score that orders by ``primary`` and, among equal ``primary``, by ``secondary``; shape ``(n,)``.
+
+    ``dense rank of primary + rank of secondary / (n + 1)``: the second term stays in ``(0, 1)``, so it never
+    reorders different ``primary`` values; a NaN ``secondary`` sits at the middle (no information).
+    """
+    primary, secondary = np.asarray(primary, float), np.asarray(secondary, float)
+    if not primary.size:
+        return primary.copy()
+    p = rankdata(np.where(np.isnan(primary), -np.inf, primary), method="dense")
+    ok = np.isfinite(secondary)
+    t = np.full(primary.size, 0.5)
+    if ok.any():
+        t[ok] = rankdata(secondary[ok]) / (ok.sum() + 1)
+    return p + t
+
+
+def references(frame: pl.DataFrame, kick: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """``(pooled, within)``: the references' scores for the runs of ``frame`` (a :func:`prediction_set`), each
+    ``(n,)``, as the pooled comparisons use them (:func:`reference_scores`) and as the stratified ones do
+    (:func:`within_cell_scores`); the leave-one-cell-out kick model is fitted once for both."""
     y = np.array(frame["label"].to_list(), bool)
-    seeds = np.array(frame["seed"].to_list())
+    strata = _stratum(frame)
+    prev = cell_prevalence(y, strata)
     K = _kick_matrix(frame, kick)
-    return {"config_only": cv_scores(config_matrix(frame), y, seeds),
-            "kick_size": cv_scores(K, y, seeds) if K.size else np.full(y.size, np.nan),
-            "perturbation_on": np.ones(y.size)}
+    loco = cv_scores(K, y, strata) if K.size else np.full(y.size, np.nan)
+    pooled = {"config_only": prev, "kick_size": lexicographic(prev, loco), "perturbation_on": np.ones(y.size)}
+    return pooled, {"config_only": prev, "kick_size": loco, "perturbation_on": pooled["perturbation_on"]}
+
+
+def reference_scores(frame: pl.DataFrame, kick: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Pooled scores of the three references for the runs of ``frame`` (a :func:`prediction_set`), each ``(n,)``.
+
+    ``config_only``: the in-sample cell share (:func:`cell_prevalence`); ``kick_size``: the cell share, then
+    within a cell the leave-one-cell-out kick model (:func:`within_cell_scores`); ``perturbation_on``: 1.
+    """
+    return references(frame, kick)[0]
 
 
 CELL_CONSTANT = frozenset({"config_only"})  # references that are functions of the configuration alone
+CELL_SHARE = frozenset({"config_only", "kick_size"})  # pooled references that rank the cells by their in-sample share
 
 
 def within_cell_scores(frame: pl.DataFrame, kick: dict[str, np.ndarray], refs: dict[str, np.ndarray]
@@ -239,9 +467,9 @@ def within_cell_scores(frame: pl.DataFrame, kick: dict[str, np.ndarray], refs: d
 
     A model fitted leave-one-seed-out still sees the held-out run's cell, minus that run: a positive
     held out leaves its cell's training prevalence lower, so within a cell its score anti-correlates with
-    the label. So ``config_only`` becomes its cell mean (:func:`cell_constant`), and ``kick_size`` is
-    refitted *leave-one-cell-out*: each cell is scored by the model of the other cells' runs, which
-    cannot know that cell's label balance and ranks its runs by their kick sizes alone.
+    the label. So ``config_only`` is its cell mean (:func:`cell_constant`), and ``kick_size`` is fitted
+    *leave-one-cell-out*: each cell is scored by the model of the other cells' runs, which cannot know that
+    cell's label balance and ranks its runs by their kick sizes alone.
     """
     strata = _stratum(frame)
     out = _within_or_default(None, refs, strata)
@@ -253,8 +481,8 @@ def within_cell_scores(frame: pl.DataFrame, kick: dict[str, np.ndarray], refs: d
 def cell_constant(score: np.ndarray, strata: np.ndarray) -> np.ndarray:
     """``score`` replaced by its mean within each stratum (NaN-aware), shape ``(n,)``.
 
-    For a configuration-only score this removes the leave-one-out anti-correlation with the label and
-    leaves what such a score can know: one value per cell (stratified AUROC exactly 0.5).
+    For a configuration-only score this leaves what such a score can know: one value per cell (stratified
+    AUROC exactly 0.5).
     """
     score, strata = np.asarray(score, float), np.asarray(strata)
     out = np.full(score.size, np.nan)
@@ -276,16 +504,17 @@ def _within_or_default(within: dict[str, np.ndarray] | None, refs: dict[str, np.
 def runs_needed(n_pos: int, n_neg: int) -> str:
     """A plain statement of how many runs a stratified AUROC needs."""
     return (f"have {n_pos} collapsing and {n_neg} surviving perturbed runs at the landmark; a stratified AUROC needs "
-            "both outcomes within one kind x magnitude x duration cell: doses near each kind's ED50 with >= 8 seeds "
-            "per cell (~4 of each outcome) give a CI of about +-0.25, >= 20 seeds per cell about +-0.15")
+            "both outcomes within one group x kind x magnitude x duration cell: doses near each kind's ED50 with >= 8 "
+            "seeds per cell (~4 of each outcome) give a CI of about +-0.25, >= 20 seeds per cell about +-0.15")
 
 
 def prediction(rows: pl.DataFrame, refs: dict[str, np.ndarray], n_boot: int = 1000, seed: int = 0,
                within: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Question (b) for one detector's :func:`prediction_set` rows, against the reference scores (same order).
 
-    ``within``: the references for the stratified comparisons (:func:`within_cell_scores`); without it,
-    ``config_only`` is replaced by its cell mean and the others are used as they are.
+    ``refs``: the pooled references (:func:`reference_scores`); ``within``: those of the stratified
+    comparisons (:func:`within_cell_scores`); without it, ``config_only`` is replaced by its cell mean and the
+    others are used as they are.
     """
     y = np.array(rows["label"].to_list(), bool)
     score = prediction_scores(rows)
@@ -303,26 +532,11 @@ def prediction(rows: pl.DataFrame, refs: dict[str, np.ndarray], n_boot: int = 10
     _, pairs = stratified_auroc(score, y, strata)
     out["auroc_stratified"] = (_auroc_with_ci(score, y, seeds, n_boot, seed, strata) | {"n_pairs": pairs}
                                if pairs else not_testable("n too small: no stratum holds both outcomes"))
-    delta: dict[str, dict[str, Any]] = {}  # reference -> "pooled" | "stratified" -> estimate
-    for name, ref in refs.items():
-        for kind, st in (("pooled", None), ("stratified", strata)):
-            ref_k = ref if st is None else within[name]
-
-            def stat(idx: np.ndarray, ref: np.ndarray = ref_k, st: np.ndarray | None = st) -> float | None:
-                if st is None:
-                    a, b = auroc(score[idx][y[idx]], score[idx][~y[idx]]), auroc(ref[idx][y[idx]], ref[idx][~y[idx]])
-                else:
-                    a, b = stratified_auroc(score[idx], y[idx], st[idx])[0], stratified_auroc(ref[idx], y[idx],
-                                                                                              st[idx])[0]
-                return None if a is None or b is None else a - b
-
-            d = stat(np.arange(y.size))
-            if d is None:
-                delta.setdefault(name, {})[kind] = not_testable("n too small: no pair of runs to compare")
-                continue
-            lo, hi, how = cluster_bootstrap_ci(stat, seeds, n_boot, seed=seed)
-            delta.setdefault(name, {})[kind] = number(d, int(y.size), (lo, hi), interval=how)
-    out["delta_auroc"] = delta
+    opt = cell_share_optimism(y, strata, seeds) if CELL_SHARE & set(refs) else 0.0
+    out["delta_auroc"] = {name: {"pooled": paired_delta_auroc(score, ref, y, seeds, n_boot, seed,
+                                                              ref_optimism=opt if name in CELL_SHARE else 0.0),
+                                 "stratified": paired_delta_auroc(score, within[name], y, seeds, n_boot, seed, strata)}
+                          for name, ref in refs.items()}
     return out
 
 
@@ -334,6 +548,7 @@ def reference_rows(rows: pl.DataFrame, refs: dict[str, np.ndarray], n_boot: int 
     seeds = np.array(rows["seed"].to_list())
     strata = _stratum(rows)
     within = _within_or_default(within, refs, strata)
+    opt = cell_share_optimism(y, strata, seeds) if rows.height and y.any() and not y.all() else 0.0
     out = {}
     for name, sc in refs.items():
         entry: dict[str, Any] = {"question": QUESTION_B, "n_runs": rows.height, "n_pos": int(y.sum()),
@@ -342,6 +557,11 @@ def reference_rows(rows: pl.DataFrame, refs: dict[str, np.ndarray], n_boot: int 
             entry["auroc"] = not_testable("n too small: one outcome only")
         else:
             entry["auroc"] = _auroc_with_ci(sc, y, seeds, n_boot, seed)
+            if name in CELL_SHARE and opt:
+                a = entry["auroc"]
+                entry["auroc"] = {**a, **{k: a[k] - opt for k in ("value", "ci_low", "ci_high")
+                                          if a.get(k) is not None}, "reference_optimism": opt,
+                                  "note": "in-sample AUROC less its jackknife optimism (cell_share_optimism)"}
             sc_st = within[name]
             pairs = stratified_auroc(sc_st, y, strata)[1]
             entry["auroc_stratified"] = _auroc_with_ci(sc_st, y, seeds, n_boot, seed, strata) if pairs else \
@@ -350,24 +570,207 @@ def reference_rows(rows: pl.DataFrame, refs: dict[str, np.ndarray], n_boot: int 
     return out
 
 
-def perturbation_on_detection(runs: pl.DataFrame, target_fpr: float) -> dict[str, Any]:
-    """Question (a) for the trivial "alarm = perturbation active" detector (alarm at onset, never on controls)."""
-    ctrl = runs.filter(pl.col("unperturbed") & ~pl.col("collapsed"))
-    pos = runs.filter(~pl.col("unperturbed") & (pl.col("collapse_kind") == "performance"))
-    leads = np.array([c - o for c, o in zip(pos["collapse_step"].to_list(), pos["onset_step"].to_list(), strict=True)
-                      if c is not None and o is not None and c > o], float)
-    k = leads.size
-    q1, q3 = iqr(leads)
-    return {"question": QUESTION_A, "n_runs": pos.height + ctrl.height, "n_collapsed": pos.height,
-            "n_controls": ctrl.height,
-            "auroc": number(1.0 if pos.height and ctrl.height else None, pos.height + ctrl.height, None,
-                            note="perfect by construction: controls are never perturbed"),
-            "frac_collapses_preceded": number(k / pos.height if pos.height else None, pos.height,
-                                              clopper_pearson(k, pos.height)),
-            "median_lead_updates": number(float(np.median(leads)) if k else None, int(k), None, iqr_low=q1,
-                                          iqr_high=q3, measured_from="offline collapse date"),
-            "fpr_held_out_controls": number(0.0 if ctrl.height else None, ctrl.height,
-                                            clopper_pearson(0, ctrl.height), n_calibration=0, n_test=ctrl.height,
-                                            target=target_fpr, guaranteed_fpr_bound=None, alpha_used=None,
-                                            claim=Status(StatusKind.NOT_APPLICABLE,
-                                                         "never alarms on a control").to_json())}
+#: Question (b)'s landmarks for its sensitivity: label -> (score column, shift in blocks).
+LANDMARKS = {"L-1 block": ("prediction_excess_lm1", -1), "L": ("prediction_excess", 0),
+             "L+1 block": ("prediction_excess_lp1", 1)}
+
+
+def at_landmark(rows: pl.DataFrame, shift: int) -> pl.DataFrame:
+    """``rows`` as if the landmark were ``L + shift`` blocks: ``landmark_step`` moved and ``prediction_excess``
+    taken from that landmark's column (:data:`LANDMARKS`); ``prediction_score`` (p-based) is only at L."""
+    col = next(c for c, k in LANDMARKS.values() if k == shift)
+    if shift == 0:
+        return rows
+    return rows.with_columns((pl.col("landmark_step") + shift * pl.col("block_updates")).alias("landmark_step"),
+                             pl.col(col).alias("prediction_excess"), pl.lit(None, pl.Float64).alias("prediction_score"))
+
+
+def prediction_sensitivity(rows: pl.DataFrame, kick: dict[str, np.ndarray], n_boot: int = 1000, seed: int = 0,
+                           at_l: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Question (b) at L - 1 block, L and L + 1 block for one detector's rows (all test runs).
+
+    At each landmark: who is still standing (``n_collapsed_before_landmark`` go to detection), the
+    pooled and stratified AUROC and the Delta against ``kick_size`` (pooled and stratified; the kick is the
+    one measured over ``[onset, L]`` at every landmark). ``at_l``: question (b)'s entry at L, reused as it is.
+    """
+    need = ("block_updates", "prediction_excess_lm1", "prediction_excess_lp1")
+    if any(c not in rows.columns for c in need):
+        return not_testable("the rows carry no scores at L +- 1 block")
+    out: dict[str, Any] = {"what": "question (b) with the landmark moved by one block either way; L = end of the "
+                                   "perturbation window + 1 block. The kick_size reference keeps its kick over "
+                                   "[onset, L]."}
+    for label, (_, shift) in LANDMARKS.items():
+        if shift == 0 and at_l is not None:
+            entry = at_l
+        else:
+            pset, n_early = prediction_set(at_landmark(rows, shift))
+            pooled, inside = references(pset, kick)
+            refs, within = {"kick_size": pooled["kick_size"]}, {"kick_size": inside["kick_size"]}
+            entry = {**prediction(pset, refs, n_boot, seed, within), "n_collapsed_before_landmark": n_early}
+        out[label] = {"offset_blocks": shift, **{k: entry.get(k) for k in (
+            "n_runs", "n_pos", "n_neg", "n_collapsed_before_landmark", "auroc", "auroc_stratified")},
+            "delta_auroc_kick_size": (entry.get("delta_auroc") or {}).get("kick_size")}
+    return out
+
+
+def _as_alarm_rows(rows: pl.DataFrame) -> pl.DataFrame:
+    """``rows`` rescored as perturbation_on: an alarm at onset on every perturbed run, none on a control."""
+    onset = pl.col("onset_step")
+    pert = ~pl.col("unperturbed")
+    cols = [pl.when(pert).then(onset).otherwise(None).alias("first_alarm_step"),
+            (pert & pl.col("collapse_step").is_not_null() & (pl.col("collapse_step") > onset)
+             ).fill_null(False).alias("alarm_before_collapse"),
+            pl.when(pert & (pl.col("collapse_step") > onset)).then(pl.col("collapse_step") - onset)
+            .otherwise(None).alias("lead_updates")]
+    if "collapse_step_smoothed" in rows.columns:
+        cols.append(pl.when(pert & (pl.col("collapse_step_smoothed") > onset))
+                    .then(pl.col("collapse_step_smoothed") - onset).otherwise(None).alias("lead_updates_smoothed"))
+    return rows.with_columns(cols)
+
+
+def perturbation_on_detection(runs: pl.DataFrame, target_fpr: float, n_boot: int = 0, seed: int = 0
+                              ) -> dict[str, Any]:
+    """Question (a) for the trivial "alarm = perturbation active" detector (alarm at onset, never on controls).
+
+    ``runs``: one detector's rows (their folds decide which runs enter the pooled alarm-based numbers, as for
+    every detector); ``n_boot`` > 0 gives the leads a CI.
+    """
+    rows = _as_alarm_rows(runs)
+    pos, ctrl = detection_cases(rows)
+
+    def fpr0(c: pl.DataFrame) -> dict[str, Any]:
+        return number(0.0 if c.height else None, c.height, clopper_pearson(0, c.height), n_calibration=0,
+                      n_test=c.height, target=target_fpr, guaranteed_fpr_bound=None, alpha_used=None,
+                      claim=Status(StatusKind.NOT_APPLICABLE, "never alarms on a control").to_json())
+
+    def numbers(r: pl.DataFrame) -> dict[str, Any]:
+        p, c = detection_cases(r)
+        return {"n_collapsed": p.height, "n_controls": c.height,
+                **_alarm_numbers(p, c, target_fpr, n_boot, seed), "fpr_held_out_controls": fpr0(c)}
+
+    big, small = split_small_folds(rows, target_fpr)
+    need = min_calibration_runs(target_fpr)
+    out = {"question": QUESTION_A, "n_runs": pos.height + ctrl.height, "n_collapsed": pos.height,
+           "n_controls": ctrl.height,
+           "auroc": number(1.0 if pos.height and ctrl.height else None, pos.height + ctrl.height, None,
+                           note="perfect by construction: controls are never perturbed"),
+           "delta_vs_perturbation_on": number(0.0 if pos.height and ctrl.height else None, pos.height + ctrl.height,
+                                              None, note="itself"),
+           **{k: v for k, v in numbers(big).items() if k not in ("n_collapsed", "n_controls")},
+           "small_folds": _small_folds_entry(rows, small, target_fpr, numbers),
+           "alarm_numbers_from": f"{_folds(big).height} of {_folds(rows).height} folds (those with >= {need} "
+                                 "calibration controls among the detectors' folds), as for every detector"}
+    return out
+
+
+# ----------------------------------------------------------------------------------------- same-dose detection
+SAME_DOSE_WINDOW = ("[onset, onset + w) per run, w fixed per cell: the smaller of the cell's earliest collapse "
+                    "(updates from onset, over its collapsed test runs) and the detection horizon (horizon_frac of "
+                    "the run's updates, the smallest in the cell); strictly before every collapse of the cell and the "
+                    "same span for every run of it, so the window cannot differ by outcome")
+
+
+def same_dose_windows(rows: pl.DataFrame, n_updates: dict[str, int], horizon_frac: float) -> pl.DataFrame:
+    """The same-dose window of every perturbed run of ``rows`` (one detector's rows).
+
+    ``n_updates``: run -> its length in updates (the horizon is ``horizon_frac`` of it). Returns ``run_id``,
+    ``cell``, ``label`` (collapsed, any kind), ``window_updates`` (``w``; null where the cell has one outcome
+    only or its first collapse is at onset) and ``why`` (null, ``one outcome`` or ``collapse at onset``).
+    """
+    pert = rows.filter(~pl.col("unperturbed"))
+    if not pert.height:
+        return pl.DataFrame(schema={"run_id": pl.String, "cell": pl.String, "label": pl.Boolean,
+                                    "window_updates": pl.Int64, "why": pl.String})
+    frame = pert.select("run_id", pl.Series("cell", cell_labels(pert), pl.String),
+                        pl.col("collapsed").fill_null(False).alias("label"),
+                        pl.when(pl.col("collapsed")).then(pl.col("collapse_step") - pl.col("onset_step"))
+                        .otherwise(None).alias("_after"),
+                        pl.col("run_id").replace_strict(n_updates, default=None, return_dtype=pl.Int64)
+                        .alias("_len"))
+    per = frame.group_by("cell").agg(
+        pl.col("label").any().alias("_pos"), (~pl.col("label")).any().alias("_neg"),
+        pl.col("_after").min().alias("_first"), pl.col("_len").min().alias("_len_min"))
+    per = per.with_columns(
+        pl.min_horizontal(pl.col("_first"), (pl.col("_len_min").cast(pl.Float64) * horizon_frac).floor()
+                          .cast(pl.Int64)).alias("_w"))
+    per = per.with_columns(
+        pl.when(~(pl.col("_pos") & pl.col("_neg"))).then(pl.lit("one outcome"))
+        .when(pl.col("_w") <= 0).then(pl.lit("collapse at onset")).otherwise(None).alias("why"))
+    per = per.with_columns(pl.when(pl.col("why").is_null()).then(pl.col("_w")).otherwise(None)
+                           .alias("window_updates"))
+    return frame.join(per.select("cell", "window_updates", "why"), on="cell", how="left").select(
+        "run_id", "cell", "label", "window_updates", "why")
+
+
+def same_dose_scores(windows: pl.DataFrame, rows: pl.DataFrame, traces: pl.DataFrame) -> np.ndarray:
+    """Each windowed run's score: the max of ``traces``' ``excess`` (else ``-log10 p_value``) over the blocks of
+    ``[onset, onset + window_updates)``; shape ``(windows.height,)``, NaN where no block falls inside."""
+    if not windows.height:
+        return np.zeros(0)
+    val = pl.col("excess") if "excess" in traces.columns else -pl.col("p_value").log10()
+    w = windows.join(rows.select("run_id", "onset_step"), on="run_id", how="left")
+    got = (traces.select("run_id", "step", val.alias("_v"))
+           .join(w.select("run_id", "onset_step", "window_updates"), on="run_id", how="inner")
+           .filter((pl.col("step") >= pl.col("onset_step"))
+                   & (pl.col("step") < pl.col("onset_step") + pl.col("window_updates")))
+           .group_by("run_id").agg(pl.col("_v").fill_nan(None).max().alias("_score")))
+    out = windows.select("run_id").join(got, on="run_id", how="left")["_score"]
+    return np.array(out.fill_null(float("nan")).to_list(), float)
+
+
+def same_dose_detection(rows: pl.DataFrame, traces: pl.DataFrame, horizon_frac: float, target_fpr: float,
+                        n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Question (a') for one detector: its ``rows`` (one per test run) and its per-block ``traces``.
+
+    Collapsed (performance or non-finite) against not-collapsed perturbed runs of the same cell, each scored
+    over :data:`SAME_DOSE_WINDOW`; stratified AUROC by cell with a cluster bootstrap over seeds; cells with
+    one outcome, or whose first collapse leaves no block in the window, contribute nothing and are counted.
+    The median lead (new and old dates) is over the collapsed runs of the contributing cells, alarm-based,
+    so from the folds with >= 19 calibration controls only (the others apart, as in :func:`detection`).
+    """
+    length = (traces.group_by("run_id").agg(pl.col("step").max()).with_columns(pl.col("step") + 1)
+              if traces.height else pl.DataFrame(schema={"run_id": pl.String, "step": pl.Int64}))
+    windows = same_dose_windows(rows, dict(length.iter_rows()), horizon_frac)
+    score = same_dose_scores(windows, rows, traces)
+    cells = windows.with_columns(pl.Series("_score", score, pl.Float64).fill_nan(None))
+    per = cells.group_by("cell", maintain_order=True).agg(
+        pl.col("label").sum().alias("n_pos"), (~pl.col("label")).sum().alias("n_neg"),
+        pl.col("window_updates").first(), pl.col("why").first(), pl.col("_score").is_not_null().any().alias("_any"))
+    use = per.filter(pl.col("why").is_null() & pl.col("_any"))
+    out: dict[str, Any] = {
+        "question": QUESTION_SAME_DOSE, "window": SAME_DOSE_WINDOW, "score": "max calibrated excess over the window",
+        "n_cells": per.height, "n_cells_contributing": use.height,
+        "n_cells_one_outcome": int((per["why"] == "one outcome").sum()) if per.height else 0,
+        "n_cells_no_window": int(((per["why"] == "collapse at onset") | (per["why"].is_null() & ~per["_any"])).sum())
+        if per.height else 0}
+    keep = cells["cell"].is_in(use["cell"].implode()) if use.height else pl.Series([False] * cells.height)
+    sub = rows.join(cells.filter(keep).select("run_id", "cell", "label", "_score"), on="run_id", how="inner")
+    y = np.array(sub["label"].to_list(), bool)
+    out.update(n_runs=sub.height, n_pos=int(y.sum()), n_neg=int((~y).sum()))
+    if not use.height:
+        out["auroc_stratified"] = not_testable("n too small: no cell holds both outcomes with a window before its "
+                                               "first collapse (need >= 1 collapsed and >= 1 surviving run per cell; "
+                                               "~4 of each in several cells for a CI of about +-0.25)")
+    else:
+        sc = np.array(sub["_score"].fill_null(float("nan")).to_list(), float)
+        strata = np.unique(np.array(sub["cell"].to_list(), str), return_inverse=True)[1].reshape(-1)
+        seeds = np.array(sub["seed"].to_list())
+        pairs = stratified_auroc(sc, y, strata)[1]
+        out["auroc_stratified"] = _auroc_with_ci(sc, y, seeds, n_boot, seed, strata) | {"n_pairs": pairs}
+    pos = sub.filter(pl.col("label"))
+    big, small = split_small_folds(pos, target_fpr)
+
+    def leads(p: pl.DataFrame) -> dict[str, Any]:
+        d = {"median_lead_updates": _lead_entry(p, "lead_updates", n_boot, seed, NEW_DATE)}
+        if "lead_updates_smoothed" in p.columns and "collapse_step_smoothed" in p.columns and \
+                p["collapse_step_smoothed"].null_count() < p.height:
+            d["median_lead_updates_smoothed"] = _lead_entry(p, "lead_updates_smoothed", n_boot, seed, OLD_DATE)
+        return d
+
+    out.update(leads(big))
+    out["small_folds"] = _small_folds_entry(pos, small, target_fpr, leads)
+    out["cells"] = [{"cell": r["cell"], "n_pos": int(r["n_pos"]), "n_neg": int(r["n_neg"]),
+                     "window_updates": r["window_updates"], "excluded": r["why"] or (None if r["_any"] else
+                                                                                     "no block in the window")}
+                    for r in per.iter_rows(named=True)]
+    return out

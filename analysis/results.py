@@ -91,6 +91,83 @@ _NOTE = Column("note", STR, "-", "What the estimate means")
 _STATUS = (Column("status", STR, "-", "Status of the entry (stabilitybench.analysis.summary.StatusKind)"),
            Column("reason", STR, "-", "Why, in words"))
 
+# early-warning columns added by evaluation v3 (issue 25)
+_LEAD_EXTRA = (Column("iqr_low", F64, "update", "25th percentile of the leads"),
+               Column("iqr_high", F64, "update", "75th percentile of the leads"),
+               Column("interval", STR, "-", "How the CI was computed"),
+               Column("measured_from", STR, "-", "What the lead is measured from"),
+               Column("note", STR, "-", "Why there is no lead (e.g. not in the rows)"))
+_FPR_EXTRA = (Column("target", F64, "-", "Target FPR"),
+              Column("n_calibration", I64, "runs", "Fewest calibration controls in a fold"),
+              Column("n_calibration_per_fold", STR, "runs", "Calibration controls per fold (JSON list)"),
+              Column("n_test", I64, "runs", "Held-out controls tested"),
+              Column("guaranteed_fpr_bound", F64, "-", "Conformal FPR bound"),
+              Column("alpha_used", F64, "-", "Attainable conformal level"),
+              Column("claim.status", STR, "-", "ok | refused | not_applicable: whether an FPR claim is made"),
+              Column("claim.reason", STR, "-", "Why"),
+              Column("runs_needed.calibration_controls_per_fold", I64, "runs", "Calibration controls needed per fold "
+                     "for a claim (when refused)"))
+# 1. early_warning_metrics: append these to its column list
+_EW_METRICS_NEW = [
+    *_estimate("median_lead_updates_smoothed", "Median lead from the old date (collapse_step_smoothed)", "update",
+               extra=_LEAD_EXTRA[:4]),
+    *_estimate("delta_vs_perturbation_on", "AUROC minus perturbation_on's AUROC (1 by construction) on the same "
+               "runs, paired cluster bootstrap over seeds", extra=(
+                   Column("interval", STR, "-", "How the CI was computed"), _NOTE, *_STATUS)),
+    Column("alarm_numbers_from", STR, "-", "Which folds the alarm-based numbers pool (>= 19 calibration controls)"),
+    Column("small_folds.n_folds", I64, "folds", "Folds with fewer than 19 calibration controls"),
+    Column("small_folds.n_folds_total", I64, "folds", "Folds evaluated"),
+    Column("small_folds.n_calibration_per_fold", STR, "runs", "Calibration controls of the small folds (JSON list)"),
+    Column("small_folds.note", STR, "-", "Why the small folds are reported apart"),
+    Column("small_folds.n_collapsed", I64, "runs", "Performance collapses tested in the small folds"),
+    Column("small_folds.n_controls", I64, "runs", "Held-out controls tested in the small folds"),
+    *_estimate("small_folds.frac_collapses_preceded", "Small folds: share of collapses with an alarm strictly before"),
+    *_estimate("small_folds.median_lead_updates", "Small folds: median lead (new date)", "update",
+               extra=_LEAD_EXTRA[:4]),
+    *_estimate("small_folds.median_lead_updates_smoothed", "Small folds: median lead (old date)", "update",
+               extra=_LEAD_EXTRA[:4]),
+    *_estimate("small_folds.fpr_held_out_controls", "Small folds: false-positive rate on held-out controls",
+               extra=_FPR_EXTRA),
+    *_estimate("small_folds.nonfinite", "Small folds: share of non-finite collapses with an alarm strictly before "
+               "the non-finite step", extra=(Column("what", STR, "-", "What the share means"),)),
+]
+# 2. early_warning_runs (and so early_warning_loeo_runs): append
+_EW_RUNS_NEW = [
+    Column("collapse_step_smoothed", I64, "update", "Collapse date on the smoothed performance (the old date; null "
+           "unless collapsed)"),
+    Column("collapse_date_source", STR, "-", "What collapse_step was dated on (analysis.collapse)"),
+    Column("lead_updates_smoothed", I64, "update", "collapse_step_smoothed minus first alarm (null unless the alarm "
+           "came strictly before it)"),
+    Column("block_updates", I64, "update", "Block length of the run's group"),
+    Column("prediction_excess_lm1", F64, "calibration SD", "prediction_excess over [onset, L - 1 block]"),
+    Column("prediction_excess_lp1", F64, "calibration SD", "prediction_excess over [onset, L + 1 block]"),
+]
+# 3. early_warning_scores: append
+_EW_SCORES_NEW = [Column("excess", F64, "calibration SD", "(score - threshold) / SD of the fold's calibration window "
+                        "maxima (what same-dose detection ranks)")]
+
+
+#: dissociation rows' ``equivalence`` entry (regularities.SpearmanTOST.summary), flattened
+_EQUIVALENCE = [
+    Column("equivalence.status", STR, "-", "ok | not_testable | not_applicable (survival_time: the collapse rule's "
+           "own clock; configuration rows: the test is run on runs)"),
+    Column("equivalence.reason", STR, "-", "Why the equivalence test did not run (null when ok)"),
+    Column("equivalence.margin", F64, "-", "Equivalence margin on |rho|"),
+    Column("equivalence.rho", F64, "-", "Spearman rho on ranks within matched groups"),
+    Column("equivalence.ci90_low", F64, "-", "90% CI low of rho (TOST at alpha 0.05; BCa over seeds)"),
+    Column("equivalence.ci90_high", F64, "-", "90% CI high of rho"),
+    Column("equivalence.ci95_low", F64, "-", "95% CI low of rho (\"coupled\" when it excludes 0)"),
+    Column("equivalence.ci95_high", F64, "-", "95% CI high of rho"),
+    Column("equivalence.n_runs", I64, "runs", "Runs with finite final performance and measure"),
+    Column("equivalence.n_seeds", I64, "seeds", "Seeds (bootstrap clusters)"),
+    Column("equivalence.n_strata", I64, "-", "Matched groups the ranks were taken within"),
+    Column("equivalence.interval", STR, "-", "How the CIs were computed"),
+    Column("equivalence.verdict", STR, "-", "decoupled | coupled | undetermined"),
+    Column("equivalence.measure_definition", STR, "-", "What the stability measure is"),
+]
+_DRAWDOWN = Column("drawdown_depth", F64, "task", "Largest fall of the causally smoothed performance from its running "
+                   "max after onset (regularities.drawdown_depth); the decoupling test's rule-free stability measure")
+
 #: file stem -> (what one row is, the declared schema)
 _DECLARED: dict[str, tuple[str, list[Column] | pa.Schema]] = {
     "runs": ("one run: the manifest plus collapsed, collapse_kind, collapse_step (offline date), "
@@ -102,6 +179,7 @@ _DECLARED: dict[str, tuple[str, list[Column] | pa.Schema]] = {
         Column("n_controls", I64, "runs", "Control runs in the envelope the run was judged against"),
         Column("control_gain", F64, "task", "Learning gain G of those controls (last minus first edge_frac)"),
         Column("rule_fold", I64, "-", "Cross-fitting fold of the run (null when the group could not be cross-fitted)"),
+        _DRAWDOWN,
     ]),
     "collapse_sensitivity": ("configuration x (drop, spread_k): collapsed counts under other rule settings", [
         _col("config"), Column("drop", F64, "-", "Gain margin of the rule: fraction of the controls' learning gain"),
@@ -188,13 +266,13 @@ _DECLARED: dict[str, tuple[str, list[Column] | pa.Schema]] = {
                "window maxima over [onset, L]: what question (b) ranks (the p-value ties above every calibration run)"),
         Column("window_score", F64, "-log10 p", "Max score after onset (before collapse)"),
         Column("early_score", F64, "-log10 p", "Mean score over the early window after onset"),
-        _col("group"), Column("cluster", STR, "-", "Bootstrap cluster: group and seed"),
+        _col("group"), Column("cluster", STR, "-", "Bootstrap cluster: group and seed"), *_EW_RUNS_NEW,
     ]),
     "early_warning_scores": ("(test run, detector, block): smoothed score, threshold, conformal p-value", [
         _col("run_id"), _col("detector"), _col("fold"), _col("step", None, "update", "Last update of the block"),
         Column("score", F64, "score", "Smoothed detector score (MSD in nats per feature for the monitors)"),
         Column("threshold", F64, "score", "Conformal alarm threshold"),
-        Column("p_value", F64, "-", "Conformal p-value of the score"),
+        Column("p_value", F64, "-", "Conformal p-value of the score"), *_EW_SCORES_NEW,
     ]),
     "early_warning_metrics": ("detector: question (a) detection metrics with CIs (flattened)", [
         _col("detector"), Column("question", STR, "-", "The question the row answers"),
@@ -223,6 +301,7 @@ _DECLARED: dict[str, tuple[str, list[Column] | pa.Schema]] = {
                    "for a claim (when refused)"))),
         *_estimate("nonfinite", "Share of non-finite collapses with an alarm strictly before the non-finite step",
                    extra=(Column("what", STR, "-", "What the share means"),)),
+        *_EW_METRICS_NEW,
     ]),
     "early_warning_loeo_runs": ("(test run, detector) of the leave-one-env-out evaluation (several envs only)", []),
     "coherence_aligned": ("(collapsed run, offset from onset): coherence vs the same configuration's non-collapsed "
@@ -262,7 +341,7 @@ _DECLARED: dict[str, tuple[str, list[Column] | pa.Schema]] = {
                "(stabilitybench.data_schema.keys.control_mask)"), _col("collapsed"), _col("final_performance"),
         _col("survival_time"), _col("collapse_time"),
         Column("max_msd", F64, "-log10 p", "Kalman monitor's max score after onset (window_score; null without "
-               "an early-warning evaluation)"), _col("config"),
+               "an early-warning evaluation)"), _DRAWDOWN, _col("config"),
     ]),
     "km": ("(stratum: configuration, event time): Kaplan-Meier survival with a 95% CI", [
         Column("group", STR, "-", "stratum: configuration"), _col("n_runs"),
@@ -281,17 +360,20 @@ _DECLARED: dict[str, tuple[str, list[Column] | pa.Schema]] = {
     ]),
     "cox": ("covariate: Cox PH coefficient, hazard ratio with CI, p-value", [
         Column("covariate", STR, "-", "Covariate (dose within kind; early covariates per SD)"),
-        Column("coef", F64, "log HR", "Coefficient"), Column("se", F64, "log HR", "Standard error"),
+        Column("coef", F64, "log HR", "Coefficient (ridge-penalised when estimable is false)"),
+        Column("se", F64, "log HR", "Standard error"),
         _col("value", None, "HR", "Hazard ratio"), _col("n"), _col("ci_low", None, "HR", "95% CI low of the HR"),
         _col("ci_high", None, "HR", "95% CI high of the HR"), _col("p_value"),
         Column("estimable", BOOL, "-", "False under monotone likelihood (separation)"),
         Column("ridge_coef", F64, "log HR", "Ridge-penalised coefficient (separation only; no CI)"),
     ]),
     "dissociation": ("(stability measure, level): Spearman rho of final performance vs stability, CI, p", [
-        _col("domain"), _col("algo"), Column("measure", STR, "-", "Stability measure: survival_time or max_msd"),
+        _col("domain"), _col("algo"),
+        Column("measure", STR, "-", "Stability measure: survival_time, max_msd or drawdown_depth"),
         Column("level", STR, "-", "configuration | run"), _col("value", None, "-", "Spearman rho"), _col("n"),
         _col("ci_low"), _col("ci_high"), _col("p_value"), _col("interval"),
-        Column("decoupled", BOOL, "-", "The CI includes 0"), _col("status"), _col("reason"),
+        Column("decoupled", BOOL, "-", "The 95% CI includes 0 (absence of evidence; the verdict is "
+               "equivalence.verdict)"), *_EQUIVALENCE, _col("status"), _col("reason"),
     ]),
 }
 _DECLARED["early_warning_loeo_runs"] = (_DECLARED["early_warning_loeo_runs"][0],

@@ -21,17 +21,18 @@ import polars as pl
 from stabilitybench.analysis import coherence as coherence_mod
 from stabilitybench.analysis import questions
 from stabilitybench.analysis.config import AnalysisConfig
-from stabilitybench.analysis.early_warning import leave_one_env_out_status
+from stabilitybench.analysis.data import block_size
+from stabilitybench.analysis.early_warning import FEATURE_SET_LABELS, FEATURE_SET_RULES, leave_one_env_out_status
 from stabilitybench.analysis.groups import GroupResults
 from stabilitybench.analysis.regularities import dissociation, precedence, stochasticity_buffer
 from stabilitybench.analysis.stats import clopper_pearson
 from stabilitybench.analysis.summary import DetectorKey, Status, StatusKind, not_testable
-from stabilitybench.analysis.survival import cox, km_table, logrank, with_config_label
+from stabilitybench.analysis.survival import LANDMARK_COLUMN, cox, km_table, logrank, with_config_label
 
 #: The columns of :func:`dissociation_runs` (``results/dissociation_runs.parquet``).
 DISSOCIATION_COLUMNS = ("run_id", "domain", "algo", "env", "stochasticity", "seed", "perturbation", "dimension",
                         "magnitude", "duration_steps", "unperturbed", "collapsed", "final_performance",
-                        "survival_time", "collapse_time", "max_msd")
+                        "survival_time", "collapse_time", "max_msd", "drawdown_depth")
 
 
 @dataclass(frozen=True)
@@ -49,19 +50,27 @@ class EarlyWarningResult:
 
 @dataclass(frozen=True)
 class SurvivalResult:
-    """Stage 5: Kaplan-Meier table, log-rank rows and the Cox model; ``runs`` carries the Cox covariates."""
+    """Stage 5: Kaplan-Meier table, log-rank rows and the Cox models; ``runs`` carries the Cox covariates and each
+    run's landmark (``landmark_updates``).
+
+    ``cox``: the landmark model (early covariates; time from the landmark; runs with an event before it excluded
+    and counted); ``cox_onset``: the model from onset on the covariates known at onset (kind, dose, stochasticity),
+    which keeps every event.
+    """
 
     km: pl.DataFrame
     logrank: list[dict[str, Any]]
     cox: dict[str, Any]
     runs: pl.DataFrame
+    cox_onset: dict[str, Any] = field(default_factory=dict)
 
 
 def early_warning_questions(groups: GroupResults, runs: pl.DataFrame, cfg: AnalysisConfig) -> EarlyWarningResult:
-    """Stage 4: questions (a) detection and (b) prediction on the held-out folds, and leave-one-env-out."""
+    """Stage 4: questions (a), (a') same-dose detection and (b) prediction on the held-out folds, and
+    leave-one-env-out (which keeps no per-block traces: no same-dose detection there)."""
     roc = pl.DataFrame()
     if groups.ew_runs.height:
-        ew_summary, roc = _questions(groups.ew_runs, groups.kick, cfg)
+        ew_summary, roc = _questions(groups.ew_runs, groups.kick, cfg, groups.ew_scores)
     else:
         ew_summary = not_testable("no fold could be evaluated (need >= 3 seeds with unperturbed runs)")
     loeo = leave_one_env_out_status(runs)
@@ -73,8 +82,15 @@ def early_warning_questions(groups: GroupResults, runs: pl.DataFrame, cfg: Analy
     return EarlyWarningResult(ew_summary, loeo, roc)
 
 
-def survival_models(full: pl.DataFrame, groups: GroupResults) -> SurvivalResult:
-    """Stage 5: Kaplan-Meier, log-rank and Cox (with the early MSD and early coherence as covariates)."""
+def survival_models(full: pl.DataFrame, groups: GroupResults, cfg: AnalysisConfig | None = None) -> SurvivalResult:
+    """Stage 5: Kaplan-Meier, log-rank, the landmark Cox model (with the early MSD and early coherence as
+    covariates) and the Cox model from onset (covariates known at onset).
+
+    The landmark of a run is onset + ``cfg.early_warning.early_blocks`` blocks of its matched group (the window of
+    ``early_msd``), or onset + the early-coherence window (``cfg.early_frac`` of its updates) where that is longer,
+    so both early covariates use only updates before it (:func:`landmark_updates`).
+    """
+    cfg = cfg or AnalysisConfig()
     surv_runs = full
     ew = groups.ew_runs
     if ew.height:
@@ -86,12 +102,51 @@ def survival_models(full: pl.DataFrame, groups: GroupResults) -> SurvivalResult:
     coh = pl.DataFrame({"run_id": list(early), "early_coherence": list(early.values())},
                        schema={"run_id": pl.String, "early_coherence": pl.Float64})
     surv_runs = surv_runs.join(coh, on="run_id", how="left")
-    return SurvivalResult(km_table(full), logrank(full), cox(surv_runs), surv_runs)
+    surv_runs = surv_runs.with_columns(landmark_updates(surv_runs, groups.group_notes, cfg).alias(LANDMARK_COLUMN))
+    return SurvivalResult(km_table(full), logrank(full), cox(surv_runs), surv_runs,
+                          cox(surv_runs.drop(LANDMARK_COLUMN)))
+
+
+_GROUP_KEY = ("domain", "algo", "env", "stochasticity")
+
+
+def landmark_updates(runs: pl.DataFrame, group_notes: list[dict[str, Any]], cfg: AnalysisConfig) -> pl.Series:
+    """Each run's landmark in updates after onset, shape ``(n,)`` (Int64; null where no block length is known).
+
+    ``max(early_blocks x B, round(early_frac x n_updates))`` with ``B`` the block length of the run's matched group:
+    ``block_updates`` of ``group_notes`` (stage 2), else :func:`~stabilitybench.analysis.data.block_size` of the
+    group's largest ``n_updates`` (``planned_updates``), as stage 2 computes it.
+    """
+    keys = [k for k in _GROUP_KEY if k in runs.columns]
+    lab = pl.concat_str([pl.col(k).cast(pl.String).fill_null("") for k in keys], separator="/") if keys \
+        else pl.lit("all")
+    known = {"/".join(str(n.get(k) or "") for k in keys): int(n["block_updates"]) for n in group_notes
+             if n.get("block_updates") is not None}
+    upd = [c for c in ("n_updates", "planned_updates") if c in runs.columns]
+    n_upd = pl.coalesce([pl.col(c).cast(pl.Int64) for c in upd]) if upd else pl.lit(None, dtype=pl.Int64)
+    frame = runs.select(lab.alias("_g"), n_upd.alias("_n"))
+    group_max = {g: int(v) for g, v in frame.group_by("_g").agg(pl.col("_n").max()).iter_rows() if v is not None}
+    eb = max(1, int(cfg.early_warning.early_blocks))
+    out: list[int | None] = []
+    for g, n in frame.iter_rows():
+        B = known.get(g) or (block_size(group_max[g], cfg.features) if g in group_max else None)
+        if B is None:
+            out.append(None)
+            continue
+        coh = max(1, round(cfg.early_frac * n)) if n is not None else 0
+        out.append(max(eb * B, coh))
+    return pl.Series(LANDMARK_COLUMN, out, dtype=pl.Int64)
 
 
 @dataclass(frozen=True)
 class RegularitiesResult:
-    """Stage 6: the paper's regularities and the coherence question, as summary entries."""
+    """Stage 6: the paper's regularities and the coherence question, as summary entries.
+
+    ``dissociation``: rows per (domain, algo, stability measure, level), each with its ``equivalence`` entry
+    (decoupling by TOST); ``stochasticity_buffer``: the dose-response shift (``ed50_by_level``, ``ed50_ratio``,
+    ``fixed_dose``, ``controls``, ``verdict``) beside the collapse probability and Cox HR per level
+    (:mod:`stabilitybench.analysis.regularities`).
+    """
 
     dissociation: list[dict[str, Any]]
     stochasticity_buffer: dict[str, Any]
@@ -105,42 +160,62 @@ def measure_regularities(full: pl.DataFrame, groups: GroupResults, surv: Surviva
     coherence = coherence_mod.summarise(groups.coherence, cfg.n_boot, cfg.seed) if groups.coherence.height else \
         not_testable("no configuration with both a collapsed and a non-collapsed perturbed run that has coherence "
                      "telemetry")
-    return RegularitiesResult(dissociation(surv.runs, cfg.n_boot, cfg.seed), stochasticity_buffer(full, surv.cox),
+    return RegularitiesResult(dissociation(surv.runs, cfg.n_boot, cfg.seed),
+                              stochasticity_buffer(full, surv.cox_onset or surv.cox, cfg.n_boot, cfg.seed),
                               precedence(groups.ew_runs if groups.ew_runs.height else None), coherence)
 
 
-def _questions(ew: pl.DataFrame, kick: dict[str, np.ndarray], cfg: AnalysisConfig
-               ) -> tuple[dict[str, Any], pl.DataFrame]:
-    """Questions (a) and (b) for every detector, the references, and the report's per-detector view; plus
-    question (a)'s ROC points per detector (``detector, threshold, fpr, tpr, n_pos, n_neg``)."""
+def _questions(ew: pl.DataFrame, kick: dict[str, np.ndarray], cfg: AnalysisConfig,
+               traces: pl.DataFrame | None = None) -> tuple[dict[str, Any], pl.DataFrame]:
+    """Questions (a), (a') and (b) for every detector, the references, (b)'s sensitivity to the landmark and the
+    report's per-detector view; plus question (a)'s ROC points per detector (``detector, threshold, fpr, tpr,
+    n_pos, n_neg``). ``traces``: the per-block scores (``early_warning_scores``) that same-dose detection
+    windows; without them (leave-one-env-out) it is not computed."""
     ecfg = cfg.early_warning
     rows = ew.with_columns(pl.col("cluster").alias("seed")) if "cluster" in ew.columns else ew
     det: dict[str, Any] = {}
+    same: dict[str, Any] = {}
     pred: dict[str, Any] = {}
+    sens: dict[str, Any] = {}
     refs_out: dict[str, Any] = {}
     cache: dict[tuple[str, ...], tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = {}
     roc: list[pl.DataFrame] = []
+    by_det = traces.partition_by("detector", as_dict=True) if traces is not None and traces.height else {}
     for name in rows["detector"].unique(maintain_order=True).to_list():
         d = rows.filter(pl.col("detector") == name).sort("run_id")
         det[name] = questions.detection(d, ecfg.fpr, ecfg.n_boot, ecfg.seed)
         roc.append(questions.roc_points(d).with_columns(pl.lit(name).alias("detector")))
+        if traces is not None:
+            tr = by_det.get((name,), traces.head(0))
+            same[name] = questions.same_dose_detection(d, tr, ecfg.horizon_frac, ecfg.fpr, ecfg.n_boot, ecfg.seed)
         pset, n_early = questions.prediction_set(d)
         ids = tuple(pset["run_id"].to_list())
         if ids not in cache:
-            refs = questions.reference_scores(pset, kick)
-            cache[ids] = refs, questions.within_cell_scores(pset, kick, refs)
+            cache[ids] = questions.references(pset, kick)
         refs, within = cache[ids]
         pred[name] = {**questions.prediction(pset, refs, ecfg.n_boot, ecfg.seed, within),
                       "n_collapsed_before_landmark": n_early}
+        sens[name] = questions.prediction_sensitivity(d, kick, ecfg.n_boot, ecfg.seed, at_l=pred[name])
         if not refs_out:
             refs_out = questions.reference_rows(pset, refs, ecfg.n_boot, ecfg.seed, within)
     first = rows.filter(pl.col("detector") == rows["detector"][0])
-    det["perturbation_on"] = questions.perturbation_on_detection(first, ecfg.fpr)
+    det["perturbation_on"] = questions.perturbation_on_detection(first, ecfg.fpr, ecfg.n_boot, ecfg.seed)
     by_detector = [{**DetectorKey(k)._asdict(), **v, "fpr_unperturbed": v["fpr_held_out_controls"]}
                    for k, v in det.items() if k != "perturbation_on"]
-    return ({"detection": det, "prediction": pred, "prediction_references": refs_out, "by_detector": by_detector,
-             "questions": {"a": questions.QUESTION_A, "b": questions.QUESTION_B}},
-            pl.concat(roc, how="vertical_relaxed"))
+    out: dict[str, Any] = {
+        "detection": det, "prediction": pred, "prediction_references": refs_out,
+        "prediction_sensitivity": sens, "by_detector": by_detector,
+        "feature_set_labels": {k: f"<detector>{v}" for k, v in FEATURE_SET_LABELS.items()},
+        "feature_set_rules": FEATURE_SET_RULES,
+        "feature_set_scope": "every detector on no_echo; the monitors also on all (+echo); on no_kick the monitors "
+                             "and the baselines whose input changes there (main evaluation only, not "
+                             "leave-one-env-out)",
+        "questions": dict(questions.QUESTION_TEXTS)}
+    if traces is not None:
+        out["same_dose_detection"] = same
+    else:
+        out["questions"].pop("a_same_dose")
+    return out, pl.concat(roc, how="vertical_relaxed")
 
 
 def sensitivity(frame: pl.DataFrame) -> pl.DataFrame:

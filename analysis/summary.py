@@ -49,14 +49,21 @@ QUESTIONS: dict[str, str] = {
     "onset_telemetry": "descriptive: telemetry around perturbation onset (no test)",
     "dose_response": "dose-response: collapse probability per magnitude and kind",
     "survival_km": "survival: time to collapse per configuration vs matched controls (log-rank)",
-    "survival_cox": "survival: Cox hazard ratios on perturbed runs (dose within kind)",
-    "pca_dimension": "low dimension: PCA of block features vs circular-shift surrogates",
+    "survival_cox": "survival: landmark Cox hazard ratios on perturbed runs from onset + 10 blocks (dose within "
+                    "kind, early MSD and coherence from blocks before the landmark)",
+    "pca_dimension": "low dimension: PCA of block features, each group's control mean trajectory removed, vs "
+                     ">= 99 circular-shift surrogates",
     "pca_trajectories": "descriptive: block trajectories in PC1-PC2",
     "detection_msd": "(a) detection: MSD aligned on the offline collapse date and lead times",
-    "detection_roc": "(a) detection: AUROC and FPR on held-out controls; (b) is in summary.json "
-                     "early_warning.prediction",
+    "detection_roc": "(a) detection: AUROC and its difference from perturbation_on, FPR on held-out controls (folds "
+                     "with >= 19 calibration controls; the others under small_folds); (b) and its landmark "
+                     "sensitivity are in summary.json early_warning.prediction / prediction_sensitivity",
+    "detection_same_dose": "(a') same-dose detection: collapsed vs surviving perturbed runs of one group x kind x "
+                           "magnitude x duration cell, scored over one window that ends before the cell's first "
+                           "collapse (stratified AUROC, summary.json early_warning.same_dose_detection)",
     "dissociation": "regularity 1: final performance vs stability, per domain and algorithm",
-    "stochasticity_buffer": "regularity 2: collapse probability and hazard per stochasticity level",
+    "stochasticity_buffer": "regularity 2: dose-response shift (ED50 per level, ratio high/low), fixed-dose "
+                            "rates, controls",
     "coherence_before_collapse": "coherence precedence: collapsed vs perturbed-not-collapsed runs of the same "
                                  "configuration, aligned on onset, per domain and estimator",
     "final_performance": "descriptive: final performance normalised by the matched controls (IQM, performance "

@@ -42,7 +42,10 @@ def question_index(summary: dict[str, Any], full: pl.DataFrame, ew: pl.DataFrame
               "pca_trajectories": n_pca, "detection_msd": n_test, "detection_roc": n_test, "dissociation": n_all,
               "stochasticity_buffer": int((~full["unperturbed"]).sum()),
               "coherence_before_collapse": coh["run_id"].n_unique() if coh.height else 0,
-              "final_performance": n_all, "intervention": 2 * int(inter.get("n_pairs") or 0)}
+              "final_performance": n_all, "intervention": 2 * int(inter.get("n_pairs") or 0),
+              "detection_same_dose": max((int(v.get("n_runs") or 0) for v in
+                                          summary["early_warning"].get("same_dose_detection", {}).values()),
+                                         default=0)}
     return {q: {"question": text, "n_runs": int(n_runs[q])} for q, text in QUESTIONS.items()}
 
 
@@ -68,7 +71,7 @@ def summary_document(corpus: str | os.PathLike[str], loaded: LoadedCorpus, group
                           "feature_sets": groups.feature_sets,
                           "leave_one_perturbation_kind_out": "= the per-kind subsets: detectors are fitted and "
                           "calibrated on unperturbed runs only"},
-        "survival": {"logrank": surv.logrank, "cox": surv.cox,
+        "survival": {"logrank": surv.logrank, "cox": surv.cox, "cox_onset": surv.cox_onset,
                      "km_groups": surv.km["group"].unique(maintain_order=True).to_list() if surv.km.height else []},
         "regularities": {"dissociation": reg.dissociation, "stochasticity_buffer": reg.stochasticity_buffer,
                          "precedence": reg.precedence},
@@ -111,20 +114,30 @@ def headline(summary: dict[str, Any]) -> dict[str, Any]:
         if "all_runs" not in entry or "n_components_90" not in entry.get("all_runs", {}):
             continue
         head["pca"][name] = {
-            sub: {k: entry[sub][k] for k in ("n_components_90", "null_n_components_90", "participation_ratio",
-                                              "null_participation_ratio")}
+            sub: {k: entry[sub].get(k) for k in ("n_components_90", "null_n_components_90", "participation_ratio",
+                                                  "null_participation_ratio", "p_value_n90_le_null",
+                                                  "p_value_pr_le_null")}
             for sub in ("all_runs", "unperturbed_runs") if "n_components_90" in entry.get(sub, {})}
-        head["pca"][name]["n_features"] = entry["n_features"]
+        head["pca"][name].update({k: entry.get(k) for k in ("n_features", "n_surrogates", "null_hypothesis")})
     det = summary["early_warning"].get("detection", {})
     pred = summary["early_warning"].get("prediction", {})
-    head["detection"] = {k: {m: v.get(m) for m in ("n_collapsed", "n_controls", "auroc", "frac_collapses_preceded",
-                                                  "median_lead_updates", "fpr_held_out_controls", "nonfinite")}
+    head["detection"] = {k: {m: v.get(m) for m in ("n_collapsed", "n_controls", "auroc", "delta_vs_perturbation_on",
+                                                  "frac_collapses_preceded", "median_lead_updates",
+                                                  "median_lead_updates_smoothed", "fpr_held_out_controls", "nonfinite",
+                                                  "small_folds")}
                          for k, v in det.items()}
+    head["same_dose_detection"] = {
+        k: {m: v.get(m) for m in ("n_pos", "n_neg", "n_cells_contributing", "n_cells_one_outcome", "auroc_stratified",
+                                  "median_lead_updates", "median_lead_updates_smoothed")}
+        for k, v in summary["early_warning"].get("same_dose_detection", {}).items()}
+    head["prediction_sensitivity"] = summary["early_warning"].get("prediction_sensitivity", {})
     head["prediction"] = {k: {m: v.get(m) for m in ("n_pos", "n_neg", "n_collapsed_before_landmark", "auroc",
                                                    "auroc_stratified", "delta_auroc")} for k, v in pred.items()}
     head["prediction_references"] = summary["early_warning"].get("prediction_references", {})
     cox_res = summary["survival"]["cox"]
     head["cox"] = {**Status.from_json(cox_res).to_json(), "n": cox_res.get("n"), "n_events": cox_res.get("n_events"),
+                   **{k: cox_res.get(k) for k in ("time_origin", "n_excluded_before_landmark",
+                                                  "n_censored_before_landmark", "n_excluded_nonfinite_early")},
                    "hazard_ratios": {c["covariate"]: {k: c[k] for k in ("value", "ci_low", "ci_high", "p_value")}
                                      for c in cox_res.get("coefficients", [])},
                    "concordance": cox_res.get("concordance")}

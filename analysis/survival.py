@@ -15,16 +15,32 @@ different tasks share no time scale.
 * **Cox PH** (``PHReg``, Efron ties) on **perturbed runs only**, stratified by domain/algo/env.
   Covariates: the perturbation kind (dummies), the **dose within kind** (``log10 magnitude``
   centred within each kind that has several magnitudes, one column per kind, so magnitudes in
-  different units never share a slope), the stochasticity level, and the early covariates
-  per SD: ``early_msd`` (the Kalman monitor's early score, out of sample) and
-  ``early_coherence`` (gradient coherence over the first updates after onset minus before).
-  **Identifiability** is checked before fitting: a covariate that does not vary within any
+  different units never share a slope), the stochasticity level, and, in the **landmark model**
+  only, the early covariates per SD: ``early_msd`` (the Kalman monitor's early score, out of
+  sample) and ``early_coherence`` (gradient coherence over the first updates after onset minus
+  before).
+* **Landmark.** The early covariates are measured over the first blocks after onset, so a model
+  that counts time from onset would let them see the future (a run that collapses inside that
+  window has the collapse itself in its covariate) and would credit every run with surviving the
+  window it needs to measure them. With a ``landmark_updates`` column (updates from onset to the
+  landmark L = onset + ``early_blocks`` blocks, the window the covariates use; see
+  :func:`stabilitybench.analysis.stages.survival_models`), :func:`cox` is a landmark model: only runs
+  still event-free after L enter (``survival_time > landmark_updates``), time counts from L, and the
+  runs left out are counted: collapsed at or before L (``n_excluded_before_landmark``), censored at
+  or before L (``n_censored_before_landmark``), with a non-finite early covariate
+  (``n_excluded_nonfinite_early``: such a value never reaches the fit). Without the column the
+  model counts time from onset and uses only the covariates known at onset (kind, dose,
+  stochasticity); early columns are then listed as dropped.
+* **Identifiability** is checked before fitting: a covariate that does not vary within any
   stratum holding an event, or that is collinear with the kept ones after within-stratum
-  centring, is dropped and listed. Events per covariate are reported. If the partial
-  likelihood is monotone (separation: no finite maximum) the unpenalised estimates are not
-  reported as such; a **ridge-penalised** fit is given instead, with its penalty stated
-  (statsmodels ``fit_regularized``: ``-loglik/n + alpha/2 ||beta||^2``, alpha = 0.1), without CIs.
-  Harrell's concordance (checked against lifelines' ``concordance_index`` in the tests) and a
+  centring, is dropped and listed. Events per covariate are reported.
+* **Separation.** If the partial likelihood is monotone (no finite maximum) the fit's status is
+  ``separated`` and the unpenalised estimates are *not* in the headline fields: each
+  coefficient's ``value``/``coef`` is the **ridge-penalised** estimate (statsmodels
+  ``fit_regularized``: ``-loglik/n + alpha/2 ||beta||^2``, alpha = 0.1; penalty stated) with no CI
+  and no p-value, and the diverging unpenalised HR, CI and p are kept only under
+  ``unpenalised_separated`` (for diagnosis, not for reading).
+* Harrell's concordance (checked against lifelines' ``concordance_index`` in the tests) and a
   proportional-hazards check (Schoenfeld residuals vs event-time rank) are reported.
 """
 
@@ -45,6 +61,10 @@ from stabilitybench.data_schema.keys import NO_PERTURBATION, ConfigKey, config_l
 Z975 = float(sps.norm.ppf(0.975))
 RIDGE_ALPHA = 0.1
 STRATUM = ("domain", "algo", "env")
+#: Covariates measured after onset (over the early blocks): only the landmark model uses them.
+EARLY_COVARIATES = ("early_msd", "early_coherence")
+#: The column giving each run's landmark, in updates after onset (see :func:`landmark_runs`).
+LANDMARK_COLUMN = "landmark_updates"
 
 
 def group_label(perturbation: str, magnitude: float | None, duration: int | None = None) -> str:
@@ -184,12 +204,14 @@ def _survdiff_row(name: str, g: pl.DataFrame) -> dict[str, Any]:
             **Status(StatusKind.OK).to_json()}
 
 
-def design_matrix(runs: pl.DataFrame, strata: np.ndarray | None = None) -> tuple[np.ndarray, list[str], list[str]]:
+def design_matrix(runs: pl.DataFrame, strata: np.ndarray | None = None, early: bool = True
+                  ) -> tuple[np.ndarray, list[str], list[str]]:
     """Cox covariates of perturbed ``runs`` (outcomes + optional ``early_msd``/``early_coherence``).
 
     Kind dummies (first kind = reference), dose within kind, stochasticity dummies, early covariates
-    per SD. With ``strata`` (shape ``(n,)``) the identifiability checks use the within-stratum centred
-    columns and the events. Returns ``X (n, q)``, the kept names and the dropped ones (with the reason).
+    per SD (only with ``early``: the landmark model; otherwise they are listed as dropped). With ``strata``
+    (shape ``(n,)``) the identifiability checks use the within-stratum centred columns and the events.
+    Returns ``X (n, q)``, the kept names and the dropped ones (with the reason).
     """
     cols: dict[str, np.ndarray] = {}
     kinds = runs["perturbation"].cast(pl.String).to_list()
@@ -211,7 +233,11 @@ def design_matrix(runs: pl.DataFrame, strata: np.ndarray | None = None) -> tuple
     for lv in sl:
         if lv != ref:
             cols[f"stochasticity={lv}"] = np.array([v == lv for v in vals], dtype=float)
-    for name in ("early_msd", "early_coherence"):
+    late: list[str] = []
+    for name in EARLY_COVARIATES:
+        if name in runs.columns and not early:
+            late.append(f"{name} (per SD) (measured after onset: only in the landmark model)")
+            continue
         if name in runs.columns:
             v = runs[name].cast(pl.Float64).fill_null(np.nan).to_numpy()
             finite = v[np.isfinite(v)]
@@ -238,7 +264,7 @@ def design_matrix(runs: pl.DataFrame, strata: np.ndarray | None = None) -> tuple
         mats.append(v)
         kept.append(name)
     X = np.column_stack(mats) if mats else np.zeros((runs.height, 0))
-    return X, kept, dropped
+    return X, kept, dropped + late
 
 
 def concordance(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float | None:
@@ -253,17 +279,66 @@ def concordance(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float 
     return float(num / den) if den > 0 else None
 
 
+def landmark_runs(runs: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, int]]:
+    """The runs at risk at their landmark, with time counted from it; and how many were left out, by reason.
+
+    ``runs`` needs ``collapsed``, the duration (:func:`durations`, from onset) and :data:`LANDMARK_COLUMN`
+    (updates from onset to the run's landmark). A run enters when it is still event-free after the landmark
+    (duration ``>`` landmark) and its early covariates (:data:`EARLY_COVARIATES` present) are finite or missing;
+    its duration becomes ``duration - landmark``. Counts: ``n_excluded_before_landmark`` (collapsed at or before
+    the landmark), ``n_censored_before_landmark`` (censored at or before it: never at risk there),
+    ``n_no_landmark`` (no landmark), ``n_excluded_nonfinite_early`` (at risk, but an early covariate is
+    +-inf or NaN: it never reaches the fit).
+    """
+    t = durations(runs).cast(pl.Float64)
+    lm = runs[LANDMARK_COLUMN].cast(pl.Float64)
+    ev = runs["collapsed"].fill_null(False).cast(pl.Boolean)
+    has = t.is_not_null() & lm.is_not_null()
+    after = has & (t > lm)
+    early = [c for c in EARLY_COVARIATES if c in runs.columns]
+    bad = pl.Series([False] * runs.height, dtype=pl.Boolean)
+    for c in early:
+        v = runs[c].cast(pl.Float64)
+        bad = bad | (v.is_not_null() & ~v.is_finite()).fill_null(False)
+    counts = {"n_excluded_before_landmark": int((has & ~after & ev).sum()),
+              "n_censored_before_landmark": int((has & ~after & ~ev).sum()),
+              "n_no_landmark": int((~has).sum()),
+              "n_excluded_nonfinite_early": int((after & bad).sum())}
+    keep = runs.filter(after & ~bad)
+    col = "survival_time" if "survival_time" in runs.columns else "collapse_time"
+    keep = keep.with_columns((pl.col(col).cast(pl.Float64) - pl.col(LANDMARK_COLUMN).cast(pl.Float64)).alias(col))
+    return keep, counts
+
+
 def cox(runs: pl.DataFrame) -> dict[str, Any]:
-    """Cox PH on the *perturbed* runs of ``runs``, stratified by domain/algo/env; a summary dict."""
+    """Cox PH on the *perturbed* runs of ``runs``, stratified by domain/algo/env; a summary dict.
+
+    With a :data:`LANDMARK_COLUMN` column: the landmark model (:func:`landmark_runs`; early covariates in,
+    time from the landmark, exclusions counted). Without: time from onset, covariates known at onset only.
+    """
     runs = runs.filter(~control_mask(runs))
     runs = runs.filter(durations(runs).is_not_null())
+    landmark = LANDMARK_COLUMN in runs.columns
+    extra: dict[str, Any]
+    if landmark:
+        n_perturbed = runs.height
+        lm = runs[LANDMARK_COLUMN].drop_nulls()
+        runs, counts = landmark_runs(runs)
+        extra = {"time_origin": "landmark", "n_perturbed": n_perturbed, **counts,
+                 "landmark_updates_range": [float(lm.min()), float(lm.max())] if lm.len() else None,
+                 "landmark_note": "time counts from each run's landmark (onset + the early-covariate window); only "
+                                  "runs event-free after it enter, and the early covariates use only blocks before it"}
+    else:
+        extra = {"time_origin": "onset"}
     t = np.maximum(durations(runs).to_numpy().astype(float), 0.0)
     e = runs["collapsed"].to_numpy().astype(float)
     labels = _stratum_label(runs)
     strata = np.unique(labels, return_inverse=True)[1] if len(set(labels)) > 1 else None
-    X, names, dropped = design_matrix(runs, strata)
+    X, names, dropped = design_matrix(runs, strata, early=landmark)
     base: dict[str, Any] = {"n": runs.height, "n_events": int(e.sum()), "dropped_covariates": dropped,
-                            "population": "perturbed runs only", "strata": sorted(set(labels)),
+                            "population": "perturbed runs only" + (", event-free after the landmark" if landmark
+                                                                   else ""),
+                            "strata": sorted(set(labels)), **extra,
                             "events_per_covariate": (float(e.sum()) / len(names)) if names else None}
     if e.sum() < 2 or X.shape[1] == 0:
         return {**base, **not_testable("fewer than 2 collapses or no identifiable covariate")}
@@ -288,30 +363,46 @@ def cox(runs: pl.DataFrame) -> dict[str, Any]:
         except (np.linalg.LinAlgError, ValueError):
             ridge = None
     pvals = 2 * sps.norm.sf(np.abs(params / bse))
-    coefs = []
+    coefs, unpenalised = [], []
     for j, name in enumerate(names):
         with np.errstate(over="ignore", invalid="ignore"):
             hr = np.exp(params[j])
             lo, hi = np.exp(params[j] - Z975 * bse[j]), np.exp(params[j] + Z975 * bse[j])
-        coefs.append({"covariate": name, "coef": float(params[j]), "se": float(bse[j]), **number(hr, runs.height,
-                      (lo, hi), p_value=float(pvals[j])), "estimable": not separated,
-                      "ridge_coef": ridge.get(name) if ridge else None})
+        if not separated:
+            coefs.append({"covariate": name, "coef": float(params[j]), "se": float(bse[j]),
+                          **number(hr, runs.height, (lo, hi), p_value=float(pvals[j])), "estimable": True,
+                          "ridge_coef": None})
+            continue
+        # headline: the penalised estimate (no CI, no p); the diverging unpenalised numbers only under their own key
+        b = ridge.get(name) if ridge else None
+        coefs.append({"covariate": name, "coef": b, "se": None,
+                      **number(float(np.exp(b)) if b is not None else None, runs.height, None, p_value=None),
+                      "estimable": False, "ridge_coef": b})
+        unpenalised.append({"covariate": name, "coef": float(params[j]), "se": float(bse[j]),
+                            **number(hr, runs.height, (lo, hi), p_value=float(pvals[j]))})
     ph = _ph_check(res, t, e, names) if not separated else [
         not_testable("no finite maximum-likelihood fit")]
     risk = X @ params
     if (separated or not np.all(np.isfinite(risk))) and ridge is not None:
         risk = X @ np.array([ridge[n] for n in names])
     conc = concordance(t, e, risk) if np.all(np.isfinite(risk)) else None
-    status = Status(StatusKind.SEPARATED, "the unpenalised hazard ratios diverge and are not estimable; see "
-                    "ridge_coefficients_no_ci (ridge_coef per covariate)") if separated else Status(StatusKind.OK)
-    return {**base, **status.to_json(),
-            "covariates": names, "coefficients": coefs, "concordance": conc,
-            "concordance_from": f"ridge-penalised fit (alpha={RIDGE_ALPHA})" if separated
-            else "maximum partial likelihood",
-            "ridge_coefficients_no_ci": ridge,
-            "penalty": (f"statsmodels PHReg.fit_regularized(alpha={RIDGE_ALPHA}, L1_wt=0): minimises "
-                        f"-loglik/n + {RIDGE_ALPHA}/2 * ||beta||^2") if separated else None,
-            "ph_check": ph, "converged": converged, "warnings": sorted({str(w.message)[:120] for w in caught})}
+    status = Status(StatusKind.SEPARATED, "the unpenalised hazard ratios diverge and are not estimable; the "
+                    f"coefficients are ridge-penalised (alpha={RIDGE_ALPHA}), without CIs; the unpenalised numbers "
+                    "are under unpenalised_separated, not for reading") if separated else Status(StatusKind.OK)
+    out = {**base, **status.to_json(),
+           "covariates": names, "coefficients": coefs, "concordance": conc,
+           "concordance_from": f"ridge-penalised fit (alpha={RIDGE_ALPHA})" if separated
+           else "maximum partial likelihood",
+           "ridge_coefficients_no_ci": ridge,
+           "penalty": (f"statsmodels PHReg.fit_regularized(alpha={RIDGE_ALPHA}, L1_wt=0): minimises "
+                       f"-loglik/n + {RIDGE_ALPHA}/2 * ||beta||^2") if separated else None,
+           "ph_check": ph, "converged": converged, "warnings": sorted({str(w.message)[:120] for w in caught})}
+    if separated:
+        out["unpenalised_separated"] = {
+            "note": "monotone likelihood: the partial likelihood has no finite maximum, so these are where the "
+                    "optimiser stopped, not estimates; not in the headline",
+            "coefficients": unpenalised}
+    return out
 
 
 def _ph_check(res: Any, t: np.ndarray, e: np.ndarray, names: list[str]) -> list[dict[str, Any]]:

@@ -215,8 +215,13 @@ OUTCOME_COLUMNS = [
     Column("collapsed", BOOL, "-", "Whether the collapse rule fired (performance below the control line until at "
            "least W updates after the perturbation window ends, or non-finite telemetry)"),
     Column("collapse_kind", STR, "-", "nonfinite | performance | none (stabilitybench.analysis.collapse)"),
-    Column("collapse_step", I64, "update", "Offline date of the collapse (centred smoothing of performance; the "
-           "non-finite update for nonfinite collapses); null when censored"),
+    Column("collapse_step", I64, "update", "Lag-free offline date of the collapse: on the per-episode returns where "
+           "recorded (else eval_return, else performance), at most one observation interval early; the non-finite "
+           "update for nonfinite collapses; null when censored"),
+    Column("collapse_step_smoothed", I64, "update", "Date on the centred smoother of performance (collapse_step "
+           "before lag-free dating; lags an instant RL break by about 5 episodes); null when censored"),
+    Column("collapse_date_source", STR, "-", "What collapse_step was dated on: episode_return | eval_return | "
+           "performance | nonfinite; null when censored"),
     Column("collapse_confirmed_step", I64, "update", "Update at which the collapse became confirmed online (the "
            "causal curve had stayed below the line for the whole confirmation window); null when censored"),
     Column("collapse_time", I64, "update", "Updates from perturbation onset to the offline collapse date; null when "

@@ -17,8 +17,9 @@ intervention (:data:`stabilitybench.generate.intervention.INTERVENTION_HPARAMS`:
 not part of the curve: a dose is a property of natural training, and the intervention experiment
 applies its actions at the natural ED50 (``calibrate`` fits natural runs only). The magnitude used is the
 table's value rounded to 3 significant digits. A curve without that ED (e.g. "no ED50 below
-m_max"), or whose ED lies outside the magnitudes the calibration tried (an extrapolation of the
-fit), is a :class:`ProfileError` naming the reason.
+m_max", or a ``quasi_separated`` curve whose outcomes switch at one mixed dose), whose status is
+``extrapolated`` (its ED50 lies outside the magnitudes the calibration tried), or whose requested ED lies
+outside those magnitudes (an extrapolation of the fit), is a :class:`ProfileError` naming the reason.
 """
 
 from __future__ import annotations
@@ -93,6 +94,17 @@ def dose_magnitude(table: dict[str, dict[str, Any]], spec: RunSpec, tag: str, wh
         raise ProfileError(f"{where}.dose: the dose table has no curve for {label} with these settings "
                            "(kind, duration, onset, steps and hparams must match the calibration)")
     value = entry.get(DOSE_TAGS[tag])
+    status = entry["status"]
+    if status == "extrapolated":
+        raise ProfileError(f"{where}.dose: the calibration of {label} is 'extrapolated': its ED50 "
+                           f"({_g(entry.get('ed50'))}) lies {entry.get('extrapolation', 'outside')} the magnitudes "
+                           f"tried ({_g(entry.get('m_min'))}..{_g(entry.get('m_max'))}), an extrapolation, not a "
+                           "calibrated dose; rerun `stabilitybench calibrate` (it plans doses towards it)")
+    if status == "quasi_separated":
+        raise ProfileError(f"{where}.dose: no {tag} for {label}: the calibration's status is 'quasi_separated' "
+                           f"(every run collapsed above and survived below the one mixed dose "
+                           f"{_g(entry.get('mixed_dose'))}; the slope is unbounded); rerun `stabilitybench calibrate` "
+                           "(it plans doses around the mixed dose)")
     if value is None:
         raise ProfileError(f"{where}.dose: no {tag} for {label}: the calibration's status is {entry['status']!r}"
                            + (f" (none below m_max = {entry['m_range'][1]:g})"
@@ -102,3 +114,7 @@ def dose_magnitude(table: dict[str, dict[str, Any]], spec: RunSpec, tag: str, wh
         raise ProfileError(f"{where}.dose: {tag} of {label} = {float(value):.3g} lies outside the magnitudes the "
                            f"calibration tried ({lo:g}..{hi:g}): an extrapolation, not a calibrated dose")
     return float(f"{float(value):.3g}")
+
+
+def _g(v: Any) -> str:
+    return "?" if v is None else f"{float(v):g}"

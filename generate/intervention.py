@@ -1,29 +1,38 @@
-"""Actions on a live monitor's alarm: log, checkpoint, LR back-off, rollback, stop.
+"""Actions on an alarm: log, checkpoint, LR back-off, rollback, stop; alarms from a live monitor or a schedule.
 
 :class:`Intervention` watches the rows a :class:`~stabilitybench.generate.recorder.Recorder` receives and feeds each
-to a *monitor*, any object with ``update(row) -> (score | None, alarm)`` (and optionally ``finish()``):
-:class:`stabilitybench.analysis.online.OnlineMonitor` is the project's. This module does not import ``analysis``;
-the monitor is handed in (``stabilitybench.load_monitor(path).online()`` builds one from a file).
+to an *alarm source*, any object with ``update(row) -> (score | None, alarm)`` (and optionally ``finish()``):
+:class:`stabilitybench.analysis.online.OnlineMonitor` is the project's live monitor. This module does not import
+``analysis``; the monitor is handed in (``stabilitybench.load_monitor(path).online()`` builds one from a file).
+:class:`ScheduledAlarms` is an alarm source that is not a monitor: it raises alarms at given updates, so the timing
+controls of the intervention experiment (issue 25) run the very same action code as the monitor-driven arm.
 
 Timing. A row is final once the next one exists (the losses SB3 logs once per ``train()`` call, or a
 torch loop's ``rec.update_last(loss=...)``, arrive after the update's row), so after update ``t`` the
-rows up to ``t - 1`` go to the monitor, from an optimizer step post-hook registered after the probe's.
+rows up to ``t - 1`` go to the alarm source, from an optimizer step post-hook registered after the probe's.
 Every action therefore lands *between* two updates, one update after the row that triggered it.
+"Update ``n``" below is the number of rows recorded so far: it keeps counting through a rollback.
 
 Actions (``actions=``; each writes an events row through the recorder, ``value`` as listed):
 
 * ``log``: only the event ``alarm``, which every alarmed block writes whatever the actions (value: the
-  score; step: the block's last update);
+  score; for :class:`ScheduledAlarms` the scheduled delay from onset; step: the block's last update);
+  ``log`` alone never changes training (the log-only arm: bitwise the run without an intervention);
 * ``checkpoint``: keep the last ``keep`` *healthy* checkpoints in memory (deep copies of the
   ``state_dict()`` of every object in ``state``: model and optimizer), one per ``checkpoint_every``
-  updates, taken only while the monitor's latest block did not alarm; event ``checkpoint`` (value: the
-  number of updates the checkpoint holds);
+  updates, taken only while the alarm source's latest block did not alarm; event ``checkpoint`` (value: the
+  number of updates the checkpoint holds). ``keep`` defaults to enough checkpoints to reach back
+  ``rollback_lag`` updates (``rollback_lag // checkpoint_every + 2``, at least 3);
 * ``lr_backoff``: multiply every probe's learning rates by ``lr_factor`` for ``lr_duration`` updates
   (through :attr:`Probe.lr_scale`, so schedulers and SB3's own LR setting stay right and the ``lr``
   column shows the LR actually used); events ``lr_backoff`` (value: factor) and ``lr_backoff_end``;
-* ``rollback``: restore the newest checkpoint at least ``rollback_lag`` updates older than the alarm,
-  model *and* optimizer state; event ``rollback`` (value: the checkpoint's update count). Implies
-  ``checkpoint``. With ``defer_restore`` the checkpoint is chosen at the alarm but loaded at the next
+* ``rollback``: restore the newest checkpoint at least ``rollback_lag`` updates older than the alarm
+  (taken after ``s <= alarm - rollback_lag`` updates), model *and* optimizer state; event ``rollback`` (value: the
+  checkpoint's update count; value null: no checkpoint was old enough, nothing restored). The lag is a fixed
+  number of updates stated in advance; it must not equal the perturbation's duration (:func:`check_hparams`):
+  with lag = duration any alarm within about a duration of the onset restores a pre-onset state and discards
+  every perturbed update, so acting at *any* time then "prevents" collapse. Implies ``checkpoint``. With
+  ``defer_restore`` the checkpoint is chosen at the alarm but loaded at the next
   :meth:`Intervention.at_safe_point`: an off-policy SB3 ``train()`` step builds the actor's graph
   before the critic's optimizer steps, so restoring parameters in place from a step hook would break
   its backward pass (the SB3 callback sets it for SAC/TD3 and calls the safe point between env steps);
@@ -32,29 +41,45 @@ Actions (``actions=``; each writes an events row through the recorder, ``value``
 
 After an action, alarms are ignored for ``cooldown`` updates (default: ``lr_duration``), so one episode
 of instability triggers one action, not one per block.
+
+Arms of a generated run (:func:`from_hparams`; ``hparams.intervention_schedule``): ``monitor`` (default: the
+monitor file's alarms), ``oracle`` (one alarm at onset + d, d drawn with the run's seed from a pinned list of the
+monitor's first-alarm delays, :func:`parse_delays`) and ``random`` (one alarm at a uniformly random update in
+[onset, onset + ``intervention_window``], drawn with the run's seed). ``intervention = "log"`` is the log-only arm.
 """
 
 from __future__ import annotations
 
 import copy
 import importlib
+import json
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
 
 if TYPE_CHECKING:
     import torch
 
 ACTIONS = ("log", "checkpoint", "lr_backoff", "rollback", "stop")
+#: Where a generated run's alarms come from (``hparams.intervention_schedule``): the monitor file, or a schedule.
+SCHEDULES = ("monitor", "oracle", "random")
 #: Generator hparams (RL) that turn on an intervention in a generated run (:func:`from_hparams`), with types.
 INTERVENTION_HPARAMS = (("intervention", "str"), ("monitor", "str"), ("monitor_loader", "str"),
                         ("intervention_factor", "float"), ("intervention_duration", "int"),
-                        ("intervention_rollback_lag", "int"), ("intervention_checkpoint_every", "int"))
+                        ("intervention_rollback_lag", "int"), ("intervention_checkpoint_every", "int"),
+                        ("intervention_schedule", "str"), ("intervention_delays", "str"),
+                        ("intervention_window", "int"))
 #: The default ``monitor_loader``: ``module:callable`` that turns a monitor file path into a live monitor.
 #: Named, not imported, so ``generate`` does not depend on ``analysis``.
 DEFAULT_LOADER = "stabilitybench.live:online_monitor"
 #: Event kinds this module writes.
 EVENTS = ("alarm", "checkpoint", "lr_backoff", "lr_backoff_end", "rollback", "stop")
+#: Salts of the scheduled arms' random streams (``numpy.random.default_rng([seed, salt])``): independent of every
+#: stream the run itself draws from the seed, so a schedule never changes training before its alarm.
+ORACLE_SALT, RANDOM_SALT = 0x0_0AC1E, 0x0_DA7E
 
 
 class LiveMonitor(Protocol):
@@ -67,38 +92,74 @@ class Stateful(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> Any: ...
 
 
-class Intervention:
-    """Feed recorded rows to ``monitor`` and act on its alarms (module docstring).
+class ScheduledAlarms:
+    """An alarm source that is not a monitor: an alarm at each update in ``at``, none elsewhere.
 
-    Parameters: ``monitor``; ``recorder`` (rows come from it, events go to it); ``actions`` (subset of
-    :data:`ACTIONS`); ``keep``, ``checkpoint_every`` (updates); ``lr_factor``, ``lr_duration`` (updates);
-    ``rollback_lag`` (updates); ``cooldown`` (updates, default ``lr_duration``).
-
-    After :meth:`attach`: ``alarms_`` (update of each alarmed block), ``actions_`` (``(update, event)``
-    of each action taken), ``checkpoints_`` (the kept ``(update count, state)``), :attr:`stopped`.
+    ``update(row)`` returns ``(values[i], True)`` when ``row["step"] == at[i]`` and ``(0.0, False)`` otherwise, so
+    an :class:`Intervention` driven by it acts exactly as on a monitor's alarm at that update (one update later,
+    see the module docstring). ``values`` (default: the updates themselves) become the ``alarm`` events' value,
+    e.g. the delay from onset; ``label`` goes into their detail (``"oracle"``, ``"random"``).
     """
 
-    def __init__(self, monitor: LiveMonitor, recorder: Any, *, actions: Iterable[str] = ("log",), keep: int = 3,
-                 checkpoint_every: int = 100, lr_factor: float = 0.1, lr_duration: int = 200, rollback_lag: int = 0,
-                 cooldown: int | None = None, defer_restore: bool = False) -> None:
-        self.actions = tuple(actions)
+    def __init__(self, at: Iterable[int], values: Iterable[float] | None = None, label: str = "scheduled") -> None:
+        at = [int(a) for a in at]
+        vals = [float(a) for a in at] if values is None else [float(v) for v in values]
+        if len(vals) != len(at):
+            raise ValueError(f"{len(at)} alarm updates but {len(vals)} values")
+        self.schedule: dict[int, float] = dict(zip(at, vals, strict=True))
+        self.label = label
+
+    def update(self, row: Mapping[str, Any]) -> tuple[float, bool]:
+        step = int(row["step"])
+        if step in self.schedule:
+            return self.schedule[step], True
+        return 0.0, False
+
+    def describe(self, step: int) -> str:
+        """The ``alarm`` event's detail."""
+        return f"scheduled alarm ({self.label}) at update {step}"
+
+
+class Intervention:
+    """Feed recorded rows to ``monitor`` (any alarm source) and act on its alarms (module docstring).
+
+    Parameters: ``monitor``; ``recorder`` (rows come from it, events go to it); ``actions`` (subset of
+    :data:`ACTIONS`); ``keep`` (default: enough to reach ``rollback_lag`` back), ``checkpoint_every`` (updates);
+    ``lr_factor``, ``lr_duration`` (updates); ``rollback_lag`` (updates); ``cooldown`` (updates, default
+    ``lr_duration``).
+
+    After :meth:`attach`: ``alarms_`` (update of each alarmed block), ``actions_`` (``(update, event)``
+    of each action taken), ``checkpoints_`` (the kept ``(update count, state)``), ``checkpoint_log_`` (the update
+    count of every checkpoint taken), ``restores_`` (``(update count at the restore, checkpoint's update count)``
+    of each rollback), :attr:`stopped`; :meth:`kept_updates` says which updates the current weights descend from.
+    """
+
+    def __init__(self, monitor: LiveMonitor, recorder: Any, *, actions: Iterable[str] = ("log",),
+                 keep: int | None = None, checkpoint_every: int = 100, lr_factor: float = 0.1,
+                 lr_duration: int = 200, rollback_lag: int = 0, cooldown: int | None = None,
+                 defer_restore: bool = False) -> None:
+        self.actions = tuple(dict.fromkeys(actions))
         unknown = [a for a in self.actions if a not in ACTIONS]
         if unknown:
             raise ValueError(f"unknown action(s) {unknown}; known: {', '.join(ACTIONS)}")
         if not 0 < lr_factor:
             raise ValueError(f"lr_factor must be positive, got {lr_factor}")
+        if rollback_lag < 0:
+            raise ValueError(f"rollback_lag must be >= 0 updates, got {rollback_lag}")
         self.monitor = monitor
         self.recorder = recorder
-        self.keep = int(keep)
         self.checkpoint_every = max(1, int(checkpoint_every))
+        self.rollback_lag = int(rollback_lag)
+        self.keep = default_keep(self.rollback_lag, self.checkpoint_every) if keep is None else int(keep)
         self.lr_factor = float(lr_factor)
         self.lr_duration = int(lr_duration)
-        self.rollback_lag = int(rollback_lag)
         self.cooldown = self.lr_duration if cooldown is None else int(cooldown)
         self.stopped = False
         self.alarms_: list[int] = []
         self.actions_: list[tuple[int, str]] = []
         self.checkpoints_: deque[tuple[int, dict[str, Any]]] = deque(maxlen=max(1, self.keep))
+        self.checkpoint_log_: list[int] = []
+        self.restores_: list[tuple[int, int]] = []
         self.probes: list[Any] = []
         self.state: dict[str, Stateful] = {}
         self._next_row = 0
@@ -160,7 +221,9 @@ class Intervention:
         if not alarm:
             return
         self.alarms_.append(step)
-        self._event(step, "alarm", "monitor score above its calibrated threshold", score)
+        describe = getattr(self.monitor, "describe", None)
+        detail = describe(step) if callable(describe) else "monitor score above its calibrated threshold"
+        self._event(step, "alarm", detail, score)
         if n_updates <= self._quiet_until:
             return
         acted = False
@@ -188,17 +251,25 @@ class Intervention:
         if (self.checkpointing and self._healthy and n_updates > 0
                 and n_updates - self._last_ckpt >= self.checkpoint_every and n_updates > self._quiet_until):
             self.checkpoints_.append((n_updates, {k: copy.deepcopy(v.state_dict()) for k, v in self.state.items()}))
+            self.checkpoint_log_.append(n_updates)
             self._last_ckpt = n_updates
             self._event(n_updates, "checkpoint", f"kept {len(self.checkpoints_)}/{self.keep}", float(n_updates))
 
+    def rollback_target(self, alarm_step: int) -> int | None:
+        """The update count of the checkpoint a rollback on an alarm at ``alarm_step`` restores: the newest kept
+        checkpoint taken after at most ``alarm_step - rollback_lag`` updates (None: none is old enough)."""
+        ok = [s for s, _ in self.checkpoints_ if s <= alarm_step - self.rollback_lag]
+        return ok[-1] if ok else None
+
     def _rollback(self, alarm_step: int, n_updates: int) -> bool:
-        ok = [(s, st) for s, st in self.checkpoints_ if s <= alarm_step - self.rollback_lag]
-        if not ok:
-            self._event(n_updates, "rollback", "no checkpoint old enough: not rolled back", None)
+        target = self.rollback_target(alarm_step)
+        if target is None:
+            self._event(n_updates, "rollback", f"no checkpoint {self.rollback_lag} updates older than the alarm "
+                        "kept: not rolled back", None)
             return False
-        s, st = ok[-1]
-        self.checkpoints_ = deque([c for c in self.checkpoints_ if c[0] <= s], maxlen=self.checkpoints_.maxlen)
-        self._pending = (s, st)
+        st = next(state for s, state in self.checkpoints_ if s == target)
+        self.checkpoints_ = deque([c for c in self.checkpoints_ if c[0] <= target], maxlen=self.checkpoints_.maxlen)
+        self._pending = (target, st)
         if not self.defer_restore:
             self.at_safe_point()
         return True
@@ -211,8 +282,15 @@ class Intervention:
         self._pending = None
         for k, obj in self.state.items():
             obj.load_state_dict(copy.deepcopy(st[k]))
-        self._event(len(self.recorder.rows) if self.recorder is not None else s, "rollback",
-                    f"restored the state after {s} updates", float(s))
+        now = len(self.recorder.rows) if self.recorder is not None else s
+        self.restores_.append((now, s))
+        self._event(now, "rollback", f"restored the state after {s} updates", float(s))
+
+    def kept_updates(self, n_updates: int | None = None) -> np.ndarray:
+        """Bool array, shape ``(n_updates,)`` (default: the rows recorded): whether update (row) ``t`` is in the
+        lineage of the current weights, i.e. was not discarded by a rollback."""
+        n = len(self.recorder.rows) if n_updates is None else int(n_updates)
+        return kept_updates(n, self.checkpoint_log_, self.restores_)
 
     def _event(self, step: int, kind: str, detail: str | None, value: float | None) -> None:
         if kind != "alarm" and kind != "checkpoint":
@@ -222,28 +300,166 @@ class Intervention:
                                 value=None if value is None else float(value))
 
 
+def default_keep(rollback_lag: int, checkpoint_every: int) -> int:
+    """Checkpoints to keep so that one taken at least ``rollback_lag`` updates before an alarm is still held."""
+    return max(3, int(rollback_lag) // max(1, int(checkpoint_every)) + 2)
+
+
+def kept_updates(n_updates: int, checkpoints: Sequence[int], restores: Sequence[tuple[int, int]]) -> np.ndarray:
+    """Which of ``n_updates`` updates the final weights descend from: bool array of shape ``(n_updates,)``.
+
+    ``checkpoints``: update count of each checkpoint taken (it holds the weights' lineage at that moment);
+    ``restores``: ``(update count at the restore, checkpoint's update count)`` of each rollback, in order. A restore
+    at ``r`` to checkpoint ``s`` discards the updates made since ``s`` (those of the lineage after it).
+    """
+    wanted = {s for _, s in restores}
+    snapshots: dict[int, list[tuple[int, int]]] = {}
+    by_time: dict[int, list[int]] = {}
+    for r, s in restores:
+        by_time.setdefault(int(r), []).append(int(s))
+    taken = sorted({int(c) for c in checkpoints if int(c) in wanted})
+    lineage: list[list[int]] = []  # half-open intervals [a, b) of update indices
+    ci = 0
+    for t in range(n_updates + 1):  # t: updates made so far
+        for s in by_time.get(t, []):
+            if s not in snapshots:
+                raise ValueError(f"restore at {t} to checkpoint {s}, which was not taken before it")
+            lineage = [list(iv) for iv in snapshots[s]]
+        while ci < len(taken) and taken[ci] == t:
+            snapshots[t] = [(a, b) for a, b in lineage]
+            ci += 1
+        if t < n_updates:
+            if lineage and lineage[-1][1] == t:
+                lineage[-1][1] = t + 1
+            else:
+                lineage.append([t, t + 1])
+    mask = np.zeros(n_updates, dtype=bool)
+    for a, b in lineage:
+        mask[a:b] = True
+    return mask
+
+
+# ---- generated runs: the arms of the intervention experiment ------------------------------------------------
+def parse_actions(value: Any) -> list[str]:
+    """The actions of ``hparams.intervention`` (comma-separated); ``[]`` for none/absent."""
+    actions = [a.strip() for a in str(value or "none").split(",") if a.strip()]
+    return [] if actions in ([], ["none"]) else actions
+
+
+def parse_delays(text: str, base: str | Path | None = None) -> list[int | None]:
+    """The oracle arm's pinned delays (updates from onset; None: the monitor never acted on that run).
+
+    ``text``: comma-separated integers (``none`` or ``-`` for "never"), or the path of a JSON file
+    ``{"delays": [int | null, ...], ...}`` (``stabilitybench.analysis.intervention.oracle_delays`` writes one from
+    a pilot), relative to ``base`` (default: the working directory) like the monitor file.
+    """
+    text = str(text).strip()
+    if text.endswith(".json"):
+        path = Path(base or ".", text)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ValueError(f"intervention_delays: no file {path} (write it with `python -m "
+                             "stabilitybench.analysis.intervention oracle-delays`, stage 2 of the profile)") from None
+        raw = data.get("delays") if isinstance(data, dict) else None
+        if not isinstance(raw, list):
+            raise ValueError(f"intervention_delays: {path} has no 'delays' list")
+        out = [None if d is None else int(d) for d in raw]
+    else:
+        out = [None if tok.strip().lower() in ("none", "-", "") else int(tok) for tok in text.split(",")]
+    if not out:
+        raise ValueError("intervention_delays: empty list")
+    return out
+
+
+def check_hparams(hparams: Mapping[str, Any], *, perturbation: str | None = None,
+                  duration_steps: int | None = None) -> None:
+    """Raise ValueError when a run's intervention hparams are inconsistent or tuned to its perturbation.
+
+    Refused: unknown actions or schedule; a monitor-driven or log-only arm without ``monitor``; an oracle without
+    ``intervention_delays``; a random-time arm without a positive ``intervention_window``; a rollback whose
+    ``intervention_rollback_lag`` equals the perturbation's ``duration_steps`` (module docstring, issue 25).
+    """
+    actions = parse_actions(hparams.get("intervention"))
+    if not actions:
+        return
+    unknown = [a for a in actions if a not in ACTIONS]
+    if unknown:
+        raise ValueError(f"intervention: unknown action(s) {unknown}; known: {', '.join(ACTIONS)}")
+    schedule = str(hparams.get("intervention_schedule") or "monitor")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"intervention_schedule: {schedule!r} is not one of {', '.join(SCHEDULES)}")
+    if schedule == "monitor" and not hparams.get("monitor"):
+        raise ValueError("hparams.intervention needs hparams.monitor (a monitor file written by analyze)")
+    if schedule == "oracle" and not hparams.get("intervention_delays"):
+        raise ValueError("intervention_schedule = 'oracle' needs intervention_delays (updates from onset)")
+    if schedule == "random" and int(hparams.get("intervention_window") or 0) <= 0:
+        raise ValueError("intervention_schedule = 'random' needs intervention_window > 0 (updates after onset)")
+    lag = int(hparams.get("intervention_rollback_lag", 0))
+    if lag < 0 or int(hparams.get("intervention_checkpoint_every", 100)) < 1:
+        raise ValueError("intervention_rollback_lag must be >= 0 and intervention_checkpoint_every >= 1")
+    if ("rollback" in actions and perturbation not in (None, "none") and duration_steps is not None
+            and lag == int(duration_steps)):
+        raise ValueError(f"intervention_rollback_lag = {lag} equals the perturbation's duration_steps: a lag tuned "
+                         "to the perturbation discards exactly its updates whenever the alarm comes; state a lag "
+                         "that is not any perturbation's duration")
+
+
+def schedule_for(hparams: Mapping[str, Any], onset_step: int, seed: int) -> ScheduledAlarms:
+    """The :class:`ScheduledAlarms` of an oracle or random-time arm (``hparams.intervention_schedule``).
+
+    oracle: one alarm at ``onset_step + d``, ``d`` drawn uniformly from :func:`parse_delays` of
+    ``intervention_delays`` with ``default_rng([seed, ORACLE_SALT])`` (a drawn None: no alarm, as the monitor that
+    never acted); random: one alarm at ``onset_step + u``, ``u`` uniform on ``0..intervention_window`` with
+    ``default_rng([seed, RANDOM_SALT])``. The alarm's event value is the delay from onset.
+    """
+    schedule = str(hparams.get("intervention_schedule") or "monitor")
+    if schedule == "oracle":
+        delays = parse_delays(str(hparams["intervention_delays"]))
+        d = delays[int(np.random.default_rng([int(seed), ORACLE_SALT]).integers(len(delays)))]
+        if d is None:
+            return ScheduledAlarms([], label="oracle: drew 'never acted'")
+        return ScheduledAlarms([onset_step + d], [d], label=f"oracle: onset {onset_step} + {d}")
+    if schedule == "random":
+        window = int(hparams["intervention_window"])
+        u = int(np.random.default_rng([int(seed), RANDOM_SALT]).integers(0, window + 1))
+        return ScheduledAlarms([onset_step + u], [u], label=f"random in [onset, onset + {window}]: onset "
+                               f"{onset_step} + {u}")
+    raise ValueError(f"intervention_schedule {schedule!r} has no schedule (known: oracle, random)")
+
+
 def split_hparams(hparams: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(algorithm hparams, intervention hparams)`` of a run spec's hparams."""
     names = {k for k, _ in INTERVENTION_HPARAMS}
     return ({k: v for k, v in hparams.items() if k not in names}, {k: v for k, v in hparams.items() if k in names})
 
 
-def from_hparams(hparams: Mapping[str, Any], recorder: Any) -> Intervention | None:
+def from_hparams(hparams: Mapping[str, Any], recorder: Any, *, onset_step: int | None = None, seed: int = 0,
+                 perturbation: str | None = None, duration_steps: int | None = None) -> Intervention | None:
     """The :class:`Intervention` a generated run's hparams ask for, or None.
 
-    ``intervention``: comma-separated actions (``"none"``/absent: none, the matched "without" arm);
-    ``monitor``: the monitor file; ``monitor_loader``: ``module:callable`` (default :data:`DEFAULT_LOADER`)
-    building the live monitor from the path; ``intervention_factor``/``_duration``: the LR back-off;
-    ``intervention_rollback_lag``, ``intervention_checkpoint_every``: in updates.
+    ``intervention``: comma-separated actions (``"none"``/absent: none, the matched "without" arm; ``"log"``: the
+    log-only arm); ``intervention_schedule``: ``monitor`` (default), ``oracle`` or ``random``
+    (:func:`schedule_for`; needs the run's ``onset_step`` and ``seed``); ``monitor``: the monitor file;
+    ``monitor_loader``: ``module:callable`` (default :data:`DEFAULT_LOADER`) building the live monitor from the path;
+    ``intervention_factor``/``_duration``: the LR back-off; ``intervention_rollback_lag``,
+    ``intervention_checkpoint_every``: in updates. ``perturbation``/``duration_steps``: the run's, for
+    :func:`check_hparams`.
     """
-    actions = [a.strip() for a in str(hparams.get("intervention") or "none").split(",") if a.strip()]
-    if actions in ([], ["none"]):
+    actions = parse_actions(hparams.get("intervention"))
+    if not actions:
         return None
-    if not hparams.get("monitor"):
-        raise ValueError("hparams.intervention needs hparams.monitor (a monitor file written by analyze)")
-    module, func = str(hparams.get("monitor_loader") or DEFAULT_LOADER).split(":")
-    monitor = getattr(importlib.import_module(module), func)(hparams["monitor"])
-    duration = int(hparams.get("intervention_duration", 200))
-    return Intervention(monitor, recorder, actions=("log", *actions), lr_factor=float(hparams.get("intervention_factor",
-                        0.1)), lr_duration=duration, rollback_lag=int(hparams.get("intervention_rollback_lag", 0)),
+    check_hparams(hparams, perturbation=perturbation, duration_steps=duration_steps)
+    schedule = str(hparams.get("intervention_schedule") or "monitor")
+    if schedule == "monitor":
+        module, func = str(hparams.get("monitor_loader") or DEFAULT_LOADER).split(":")
+        monitor: Any = getattr(importlib.import_module(module), func)(hparams["monitor"])
+    else:
+        if onset_step is None:
+            raise ValueError(f"intervention_schedule = {schedule!r} needs the run's onset update")
+        monitor = schedule_for(hparams, int(onset_step), seed)
+    return Intervention(monitor, recorder, actions=("log", *actions),
+                        lr_factor=float(hparams.get("intervention_factor", 0.1)),
+                        lr_duration=int(hparams.get("intervention_duration", 200)),
+                        rollback_lag=int(hparams.get("intervention_rollback_lag", 0)),
                         checkpoint_every=int(hparams.get("intervention_checkpoint_every", 100)))

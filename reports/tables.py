@@ -31,6 +31,15 @@ def _is_control(row: dict[str, Any]) -> bool:
     return bool(row["controls"]) if "controls" in row else ConfigKey(row["perturbation"]).is_control
 
 
+def _alarm_base(src: Source, p: tuple[str | int, ...]) -> tuple[tuple[str | int, ...], str]:
+    """Where a detection entry's alarm-based numbers are: the pooled folds (>= 19 calibration controls), or,
+    when no fold had that many, ``small_folds`` (marked †: reported apart, no FPR claim)."""
+    n = src.get(*p, "frac_collapses_preceded").get("n") if src.has(*p, "frac_collapses_preceded") else None
+    if n or not src.has(*p, "small_folds", "frac_collapses_preceded"):
+        return p, ""
+    return (*p, "small_folds"), " †"
+
+
 def monitor_table(src: Source) -> Table | None:
     """Question (a), detection: one row per detector (monitors, baselines, the perturbation-on reference)."""
     if src.summary.early_warning_status is not None:
@@ -38,35 +47,70 @@ def monitor_table(src: Source) -> Table | None:
     rows = []
     for d in src.get("early_warning", "detection"):
         p = ("early_warning", "detection", d)
+        a, mark = _alarm_base(src, p)
         nonfinite: list[Any] = ["—"]  # the perturbation-on reference has no non-finite line
-        if src.has(*p, "nonfinite") and not src.get(*p, "nonfinite", "n"):
+        if src.has(*a, "nonfinite") and not src.get(*a, "nonfinite", "n"):
             nonfinite = ["no non-finite collapse"]
-        elif src.has(*p, "nonfinite"):
-            nonfinite = [src.num(*p, "nonfinite", "value", digits=0, kind="pct"), " of ",
-                         src.num(*p, "nonfinite", "n", digits=0)]
-        lead: list[Any] = [*ci(src, *p, "median_lead_updates", digits=0), ", n=",
-                           src.num(*p, "median_lead_updates", "n", digits=0)]
-        f = (*p, "fpr_held_out_controls")
+        elif src.has(*a, "nonfinite"):
+            nonfinite = [src.num(*a, "nonfinite", "value", digits=0, kind="pct"), " of ",
+                         src.num(*a, "nonfinite", "n", digits=0), mark]
+        lead: list[Any] = [*ci(src, *a, "median_lead_updates", digits=0), ", n=",
+                           src.num(*a, "median_lead_updates", "n", digits=0), mark]
+        if src.has(*a, "median_lead_updates_smoothed"):
+            lead += ["; old date ", src.num(*a, "median_lead_updates_smoothed", "value", digits=0)]
+        f = (*a, "fpr_held_out_controls")
+        delta = status_or(src, *p, "delta_vs_perturbation_on") if src.has(*p, "delta_vs_perturbation_on") else ["—"]
         rows.append([
-            [detector_label(d) + (" ★" if d.split("+")[0] in monitor_names() else "")],
+            [detector_label(d) + (" ★" if d.split("+")[0].split("/")[0] in monitor_names() else "")],
             [src.num(*p, "n_collapsed", digits=0), " / ", src.num(*p, "n_controls", digits=0)],
-            status_or(src, *p, "auroc"),
-            [src.num(*p, "frac_collapses_preceded", "value", digits=0, kind="pct"), " of ",
-             src.num(*p, "frac_collapses_preceded", "n", digits=0)],
+            status_or(src, *p, "auroc"), delta,
+            [src.num(*a, "frac_collapses_preceded", "value", digits=0, kind="pct"), " of ",
+             src.num(*a, "frac_collapses_preceded", "n", digits=0), mark],
             lead,
             [*ci(src, *f), " (n_cal=", src.num(*f, "n_calibration", digits=0), ", n_test=",
-             src.num(*f, "n_test", digits=0), "; bound ", src.num(*f, "guaranteed_fpr_bound"), ")"],
+             src.num(*f, "n_test", digits=0), "; bound ", src.num(*f, "guaranteed_fpr_bound"), ")", mark],
             nonfinite,
         ])
     note = ["(a) Detection on held-out seeds. ★ meta-state monitors; '+echo' = with the intervention-echo columns "
-            "(lr, update_norm, param_norm). Positives: performance collapses; negatives: held-out controls. An alarm "
-            "counts only strictly before the offline collapse date; lead in optimizer updates from that date (CI: "
-            "bootstrap over seeds). FPR on held-out controls with its Clopper–Pearson CI and the conformal bound at "
-            "the level used; with fewer than 19 calibration runs no FPR claim is made. Non-finite collapses on their "
-            "own: the share with an alarm strictly before the non-finite step."]
+            "(lr, update_norm, param_norm); '/no_kick' = without every column that responds to the perturbation "
+            "itself (lr, update/param norms, approx_kl, clip_fraction, the grad-norm family, rolling coherence). "
+            "Positives: performance collapses; negatives: held-out controls. ΔAUROC against 'alarm = perturbation "
+            "active', which scores 1 here by construction: (a) can tell a kicked run from a control, it cannot show "
+            "foresight (see same-dose detection). An alarm counts only strictly before the lag-free collapse date; "
+            "lead in optimizer updates from that date, and from the old smoothed date beside it (CI: bootstrap over "
+            "seeds). FPR on held-out controls with its Clopper–Pearson CI and the conformal bound at the level used. "
+            "† every fold had fewer than 19 calibration controls: these alarm-based numbers are reported apart and "
+            "no FPR claim is made. Non-finite collapses on their own: the share with an alarm strictly before the "
+            "non-finite step."]
     return Table("(a) Detection: alarms before collapse vs false alarms on held-out controls",
-                 ["detector", "n collapsed / controls", "AUROC [95% CI]", "collapses preceded", "median lead, updates",
-                  "FPR, held-out controls", "non-finite preceded"], rows, note)
+                 ["detector", "n collapsed / controls", "AUROC [95% CI]", "ΔAUROC vs perturbation_on",
+                  "collapses preceded", "median lead, updates", "FPR, held-out controls", "non-finite preceded"],
+                 rows, note)
+
+
+def same_dose_table(src: Source) -> Table | None:
+    """Question (a'), same-dose detection: collapsed vs surviving perturbed runs within one cell."""
+    if src.summary.early_warning_status is not None or not src.has("early_warning", "same_dose_detection"):
+        return None
+    rows = []
+    for d in src.get("early_warning", "same_dose_detection"):
+        p = ("early_warning", "same_dose_detection", d)
+        lead: list[Any] = ["—"]
+        if src.has(*p, "median_lead_updates"):
+            lead = [*ci(src, *p, "median_lead_updates", digits=0), ", n=",
+                    src.num(*p, "median_lead_updates", "n", digits=0)]
+        rows.append([[detector_label(d)],
+                     [src.num(*p, "n_pos", digits=0), " / ", src.num(*p, "n_neg", digits=0)],
+                     [src.num(*p, "n_cells_contributing", digits=0), " of ", src.num(*p, "n_cells", digits=0)],
+                     status_or(src, *p, "auroc_stratified"), lead])
+    note = ["(a') Same-dose detection: within one group × kind × magnitude × duration cell, perturbed runs that "
+            "collapsed against perturbed runs that did not, each scored by its highest calibrated excess over the "
+            "same window [onset, onset + w), w ending before the cell's first collapse. Stratified by cell, so a "
+            "score that only knows the dose scores 0.5: this is the question that can show foresight within a dose. "
+            "Cells with one outcome contribute nothing."]
+    return Table("(a') Same-dose detection: which of the runs given the same kick will collapse?",
+                 ["detector", "n collapsed / survived", "cells used", "AUROC, stratified [95% CI]",
+                  "median lead, updates"], rows, note)
 
 
 def prediction_table(src: Source) -> Table | None:
@@ -170,8 +214,11 @@ def survival_tables(src: Source) -> list[Table]:
         note += ["; concordance ", src.num("survival", "cox", "concordance"), f" ({cox['concordance_from']})"]
     note.append(". Dropped covariates: " + (", ".join(cox["dropped_covariates"]) or "none") + ".")
     if cox_status.kind is StatusKind.SEPARATED:
-        note.append(" With monotone likelihood the hazard ratios above have no finite maximum: read them for "
-                    "orientation only.")
+        note.append(" With monotone likelihood (separation) the hazard ratios shown are ridge-penalised "
+                    "(alpha 0.1), without CIs or p-values.")
+    if cox.get("time_origin"):
+        note += [f" Time origin: {cox['time_origin']}; collapses before the landmark excluded: ",
+                 src.num("survival", "cox", "n_excluded_before_landmark", digits=0), "."]
     out.append(Table("Survival: Cox proportional hazards (hazard ratio per unit; early covariates per SD)",
                      ["covariate", "hazard ratio [95% CI]", "p"], crow, note))
     return out
@@ -187,12 +234,20 @@ def regularities_table(src: Source) -> Table:
         if st is not None:
             rows.append([[what], [st.text], ["n=", src.num(*p, "n", digits=0)], [""]])
             continue
-        verdict = "CI includes 0: consistent with decoupling" if d["decoupled"] else \
-            "CI excludes 0: performance and stability are coupled here"
         rows.append([[what], ci(src, *p), ["n=", src.num(*p, "n", digits=0), ", p=",
-                                            src.num(*p, "p_value", kind="g")], [verdict]])
+                                            src.num(*p, "p_value", kind="g")], equivalence_reading(src, *p)])
     buf = src.get("regularities", "stochasticity_buffer")
     buf_status = Status.from_json(buf)
+    if "verdict" in buf:
+        rows.append([["2. stochasticity buffer: verdict (ED50(high)/ED50(low), CI excluding 1)"],
+                     [buf["verdict"]], [""], [buf.get("verdict_reason") or ""]])
+        for i, r in enumerate(buf.get("ed50_ratio", [])):
+            p = ("regularities", "stochasticity_buffer", "ed50_ratio", i)
+            st = Status.of(r)
+            rows.append([[f"2. ED50({r.get('numerator')})/ED50({r.get('denominator')}), {r.get('perturbation', '')}"],
+                         [st.text] if st is not None and not st.ok else ci(src, *p, kind="g"),
+                         ["seeds ", src.num(*p, "n_seeds_numerator", digits=0), " / ",
+                          src.num(*p, "n_seeds_denominator", digits=0)], [str(r.get("verdict", ""))]])
     if buf_status.ok:
         for i, lv in enumerate(buf["collapse_probability"]):
             p = ("regularities", "stochasticity_buffer", "collapse_probability", i)
@@ -243,6 +298,18 @@ def regularities_table(src: Source) -> Table:
 
 
 
+def equivalence_reading(src: Source, *path: str | int) -> list[Any]:
+    """Regularity 1's verdict on one dissociation row: the TOST verdict with rho, its 90% CI and the margin."""
+    eq = src.get(*path).get("equivalence") or {}
+    st = Status.from_json(eq) if eq else None
+    if st is None or not st.ok:
+        return [f"no equivalence verdict ({st.text if st is not None else 'not computed'})"]
+    q = (*path, "equivalence")
+    return [f"{eq['verdict']}: ρ ", src.num(*q, "rho"), " (90% CI ", src.num(*q, "ci90_low"), ", ",
+            src.num(*q, "ci90_high"), "; margin ±", src.num(*q, "margin", digits=2), "; ",
+            src.num(*q, "n_runs", digits=0), " runs, ", src.num(*q, "n_seeds", digits=0), " seeds)"]
+
+
 def claims_table(data: ReportData) -> Table:
     """The paper's claims (DESIGN.md) and what this corpus says, each with the numbers it rests on."""
     src = Source(data.summary)
@@ -256,7 +323,9 @@ def claims_table(data: ReportData) -> Table:
             c2 += [f"{g}: ", src.num(*p, "n_components_90", "value", digits=0), " of ",
                    src.num("pca", g, "n_features", digits=0), " PCs for 90% (null ",
                    src.num(*p, "null_n_components_90", "value", digits=1), "); "]
-    rows.append([["the dynamics are low-dimensional"], ["PCA vs time-shuffled null, F5"], c2 or ["not testable"]])
+    rows.append([["the dynamics are low-dimensional"],
+                 ["PCA after removing each group's control mean trajectory vs circular-shift surrogates, F5"],
+                 c2 or ["not testable"]])
     c3: list[Any] = []
     for p, label in coherence_rows(src):
         c3 += [f"{label}: ", *ci(src, *p, digits=3), "; ", *direction(src, *p, neg="a drop", pos="a rise, not a drop"),
@@ -274,19 +343,19 @@ def claims_table(data: ReportData) -> Table:
     rows.append([["meta-state deviation precedes collapse (≤ ~100 steps)"], ["monitor vs baselines, F7/F8"], c4])
     c5: list[Any] = []
     for i, d in enumerate(src.get("regularities", "dissociation")):
-        if d["level"] == "configuration":
-            st = Status.of(d)
-            if st is not None:
-                c5 += [f"{d['measure']}: {st}; "]
-            else:
-                c5 += [f"ρ with {d['measure']} ", *ci(src, "regularities", "dissociation", i),
-                       " (decoupled)" if d["decoupled"] else " (coupled)", "; "]
-    rows.append([["final performance is decoupled from stability"], ["Spearman ρ across configurations, F9"],
-                 c5 or ["not testable"]])
+        eq = d.get("equivalence") or {}
+        if d["level"] == "run" and Status.from_json(eq).ok:
+            c5 += [f"{d['domain']}/{d['algo']} {d['measure']}: ",
+                   *equivalence_reading(src, "regularities", "dissociation", i), "; "]
+    rows.append([["final performance is decoupled from stability"],
+                 ["equivalence (TOST) on Spearman ρ within matched groups, margin ±0.2, F9"],
+                 c5 or ["undetermined: no run-level stability measure could be tested"]])
     buf = ("regularities", "stochasticity_buffer")
     buf_status = src.status(*buf)
     c6: list[Any] = [str(buf_status)]
-    if buf_status is not None and buf_status.ok:
+    if "verdict" in (src.get(*buf) or {}):
+        c6 = [f"{src.get(*buf, 'verdict')}: {src.get(*buf, 'verdict_reason') or ''}"]
+    elif buf_status is not None and buf_status.ok:
         c6 = []
         for i, lv in enumerate(src.get(*buf, "collapse_probability")):
             c6 += [f"P(collapse) at {lv['level']} ", src.num(*buf, "collapse_probability", i, "value"), "; "]

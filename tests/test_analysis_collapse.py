@@ -41,6 +41,8 @@ def test_drop_that_stays_is_a_collapse_at_the_crossing() -> None:
     # offline (centred, window 10) date: within half a window of the true drop at 500; the causal
     # crossing comes later and the online confirmation a whole window W = 100 after it
     assert 495 <= out["collapse_step"] <= 502
+    # no episode returns: dated on performance, the smoothed date itself (as before the lag-free dates)
+    assert out["collapse_date_source"] == "performance" and out["collapse_step_smoothed"] == out["collapse_step"]
     assert out["collapse_confirmed_step"] >= out["collapse_step"] + 100
     assert out["collapse_time"] == out["collapse_step"] - 300 == out["survival_time"]
     assert not out["transient"]
@@ -53,6 +55,7 @@ def test_dip_that_recovers_within_the_window_is_not_a_collapse() -> None:
     out = detect(STEPS, run, 300, [smoothed(control(-5)), smoothed(control(5))], None, CFG)
     assert not out["collapsed"] and out["censored"] and out["collapse_kind"] == "none"
     assert out["collapse_step"] is None and out["collapse_time"] is None  # null when censored
+    assert out["collapse_step_smoothed"] is None and out["collapse_date_source"] is None
     assert out["survival_time"] == T - 1 - 300  # censored at the last update
     assert out["transient"]  # 50 updates below >= min_confirm * W = 25
 
@@ -90,6 +93,7 @@ def test_nonfinite_is_an_immediate_collapse() -> None:
     out = detect(STEPS, run, 300, [smoothed(control())], 420, CFG)
     assert out["collapsed"] and out["collapse_step"] == 420 and out["collapse_kind"] == "nonfinite"
     assert out["collapse_time"] == 120 == out["survival_time"] and out["collapse_confirmed_step"] == 420
+    assert out["collapse_date_source"] == "nonfinite" and out["collapse_step_smoothed"] == 420
 
 
 def test_crossing_too_close_to_the_end_cannot_be_confirmed() -> None:

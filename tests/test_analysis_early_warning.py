@@ -81,11 +81,11 @@ def test_baselines_fire_on_their_signal() -> None:
 
 
 def _row(rid: str, unperturbed: bool, collapsed: bool, cstep: int | None, score: np.ndarray,
-         kind: str | None = None) -> dict:
+         kind: str | None = None, smoothed: int | None = None) -> dict:
     steps = np.arange(0, 1000, 10)
     r = {"seed": 0, "perturbation": "none" if unperturbed else "lr_spike", "magnitude": 1.0 if unperturbed else 10.0,
          "duration_steps": 1 if unperturbed else 50, "unperturbed": unperturbed, "collapsed": collapsed,
-         "collapse_step": cstep, "onset_step": 300,
+         "collapse_step": cstep, "onset_step": 300, "collapse_step_smoothed": smoothed,
          "collapse_kind": kind or ("performance" if collapsed else "none")}
     conf = ConformalCalibrator(0.05).fit([1.0])  # one calibration run: alarms at p <= 1/2, i.e. score > 1
     return _run_row(rid, r, 0, "det", conf, steps, conf.p_value(score), EarlyWarningConfig(), block=10)
@@ -104,8 +104,8 @@ def test_run_rows_and_detection_by_hand() -> None:
     nonf = base.copy()
     nonf[50] = np.inf  # the non-finite step itself: lead 0, never a warning
     rows = [
-        _row("a", False, True, 600, early),
-        _row("b", False, True, 600, late),
+        _row("a", False, True, 600, early, smoothed=1000),  # the old smoothed date lagged: lead 650 from it
+        _row("b", False, True, 600, late, smoothed=1000),
         _row("c", True, False, None, fp),
         _row("d", True, False, None, fp2),
         _row("e", False, False, None, base),
@@ -121,13 +121,166 @@ def test_run_rows_and_detection_by_hand() -> None:
     assert got["d"]["first_alarm_step"] == 900
     assert not got["f"]["alarm_before_collapse"] and got["f"]["first_alarm_step"] == 500
     assert got["a"]["landmark_step"] == 300 + 50 + 10  # end of the window + one block
+    assert got["a"]["lead_updates_smoothed"] == 650 and got["b"]["lead_updates_smoothed"] == 400
+    assert got["c"]["lead_updates_smoothed"] is None and got["a"]["block_updates"] == 10
     m = questions.detection(pl.DataFrame(rows), 0.05, n_boot=100)
-    assert m["frac_collapses_preceded"]["value"] == 0.5 and m["frac_collapses_preceded"]["n"] == 2
-    assert m["median_lead_updates"]["value"] == 250 and m["median_lead_updates"]["n"] == 1
-    fpr = m["fpr_held_out_controls"]
+    # one calibration run: the fold is small, so no pooled alarm-based number; its numbers are apart
+    assert m["frac_collapses_preceded"]["value"] is None and m["frac_collapses_preceded"]["n"] == 0
+    assert m["median_lead_updates"]["n"] == 0 and m["fpr_held_out_controls"]["n"] == 0
+    assert m["fpr_held_out_controls"]["claim"]["status"] == "refused"
+    small = m["small_folds"]
+    assert small["n_folds"] == 1 and small["n_folds_total"] == 1 and small["n_calibration_per_fold"] == [1]
+    assert small["frac_collapses_preceded"]["value"] == 0.5 and small["frac_collapses_preceded"]["n"] == 2
+    assert small["median_lead_updates"]["value"] == 250 and small["median_lead_updates"]["n"] == 1
+    assert small["median_lead_updates_smoothed"]["value"] == 525  # (650 + 400) / 2: b's alarm precedes the old date
+    fpr = small["fpr_held_out_controls"]
     assert fpr["value"] == 0.5 and fpr["n_test"] == 2 and fpr["n_calibration"] == 1
     assert fpr["claim"]["status"] == "refused" and fpr["runs_needed"]["calibration_controls_per_fold"] == 19
-    assert m["nonfinite"]["n"] == 1 and m["nonfinite"]["value"] == 0.0
+    assert m["nonfinite"]["n"] == 0 and small["nonfinite"]["n"] == 1 and small["nonfinite"]["value"] == 0.0
     # detection scores: a = -log10(1/2), b = 0 (its spike is at the collapse, outside its window) vs c = d = 0
     pos = [got["a"]["detection_score"], got["b"]["detection_score"]]
     assert m["auroc"]["value"] == pytest.approx(auroc(pos, [got["c"]["detection_score"], got["d"]["detection_score"]]))
+
+
+# ------------------------------------------------------------------ feature sets, folds, small folds, Delta vs on
+RL_FEATURES = ["loss", "grad_norm", "grad_coherence", "grad_coherence_fixed", "update_norm", "param_norm", "lr",
+               "approx_kl", "clip_fraction", "entropy", "value_loss", "actor_grad_norm", "actor_grad_coherence"]
+
+
+def test_the_named_feature_sets() -> None:
+    from stabilitybench.analysis.early_warning import kick_columns, named_feature_sets
+
+    sets = named_feature_sets(RL_FEATURES, "rl")
+    assert sets["all"] == RL_FEATURES
+    assert sets["no_echo"] == [c for c in RL_FEATURES if c not in ("lr", "update_norm", "param_norm")]
+    assert sets["no_kick"] == ["loss", "grad_coherence_fixed", "entropy", "value_loss"]
+    # LM's grad_coherence is the fixed-point estimator: it stays; an unknown domain counts it as rolling
+    assert "grad_coherence" in named_feature_sets(RL_FEATURES, "lm")["no_kick"]
+    assert "grad_coherence" in kick_columns(RL_FEATURES, None)
+
+
+def test_detector_variants_add_the_no_kick_set_where_it_changes_the_input() -> None:
+    from stabilitybench.analysis.early_warning import detector_variants
+
+    cfg = EarlyWarningConfig(detectors=("kalman", "grad_norm_z", "loss_spike", "pca_recon", "coherence_drop"))
+    got = {label: cols for label, _, cols in detector_variants(RL_FEATURES, cfg, "rl")}
+    assert set(got) == {"kalman", "kalman+echo", "kalman/no_kick", "grad_norm_z", "loss_spike", "pca_recon",
+                        "pca_recon/no_kick", "coherence_drop"}  # the single-column baselines: same column or none
+    assert got["kalman/no_kick"] == ["loss", "grad_coherence_fixed", "entropy", "value_loss"]
+    assert got["kalman+echo"] == RL_FEATURES and "lr" not in got["kalman"]
+    off = EarlyWarningConfig(detectors=("kalman",), with_no_kick=False)
+    assert [v[0] for v in detector_variants(RL_FEATURES, off, "rl")] == ["kalman", "kalman+echo"]
+    quiet = EarlyWarningConfig(detectors=("kalman",), with_echo=False)  # None follows with_echo
+    assert [v[0] for v in detector_variants(RL_FEATURES, quiet, "rl")] == ["kalman"]
+    assert [v[0] for v in detector_variants(RL_FEATURES, cfg, "rl", no_kick=False)][:2] == ["kalman", "kalman+echo"]
+
+
+def test_seed_folds_with_several_calibration_chunks() -> None:
+    from stabilitybench.analysis.early_warning import seed_folds
+
+    folds = seed_folds(list(range(10)), max_folds=5, calibration_chunks=2)
+    assert [len(f["calibration"]) for f in folds] == [4] * 5 and [len(f["train"]) for f in folds] == [4] * 5
+    for f in folds:
+        assert not set(f["train"]) & set(f["calibration"]) and not set(f["test"]) & set(f["calibration"] + f["train"])
+    assert sorted(s for f in folds for s in f["test"]) == list(range(10))
+    assert seed_folds(list(range(10)), 5) == seed_folds(list(range(10)), 5, 1)
+    assert [len(f["train"]) for f in seed_folds(list(range(6)), 3, calibration_chunks=9)] == [2, 2, 2]  # capped
+
+
+def _fold_rows(fold: int, n_cal: int, n_ctrl: int, ctrl_alarms: int, n_pos: int, preceded: int, lead: int
+               ) -> list[dict]:
+    rows = []
+    for i in range(n_ctrl):
+        rows.append({"run_id": f"f{fold}c{i}", "seed": 100 * fold + i, "fold": fold, "group": "g",
+                     "n_calibration": n_cal, "alpha_used": 0.05, "guaranteed_fpr_bound": 0.05, "unperturbed": True,
+                     "collapsed": False, "collapse_kind": "none", "collapse_step": None, "onset_step": 100,
+                     "first_alarm_step": 150 if i < ctrl_alarms else None, "alarm_before_collapse": False,
+                     "lead_updates": None, "detection_score": float(i < ctrl_alarms)})
+    for i in range(n_pos):
+        rows.append({"run_id": f"f{fold}p{i}", "seed": 100 * fold + i, "fold": fold, "group": "g",
+                     "n_calibration": n_cal, "alpha_used": 0.05, "guaranteed_fpr_bound": 0.05, "unperturbed": False,
+                     "collapsed": True, "collapse_kind": "performance", "collapse_step": 100 + 2 * lead,
+                     "onset_step": 100, "first_alarm_step": 100 + lead if i < preceded else None,
+                     "alarm_before_collapse": i < preceded, "lead_updates": lead if i < preceded else None,
+                     "detection_score": 1.0 + (i < preceded)})
+    return rows
+
+
+def test_a_fold_with_too_few_calibration_controls_enters_no_pooled_alarm_number() -> None:
+    """Synthetic truth: fold 0 has 25 calibration controls (1 false alarm in 20, 8 of 10 collapses preceded by
+    100 updates); fold 1 has 10 (every control alarms, every collapse preceded by 900). The pooled FPR, share
+    preceded and lead are fold 0's; fold 1's are reported apart (pooled, they were 11/30 and a mixed lead)."""
+    rows = pl.DataFrame(_fold_rows(0, 25, 20, 1, 10, 8, 100) + _fold_rows(1, 10, 10, 10, 5, 5, 900))
+    m = questions.detection(rows, 0.05, n_boot=50)
+    fpr = m["fpr_held_out_controls"]
+    assert fpr["value"] == pytest.approx(1 / 20) and fpr["n_test"] == 20 and fpr["claim"]["status"] == "ok"
+    assert m["frac_collapses_preceded"]["value"] == pytest.approx(0.8) and m["frac_collapses_preceded"]["n"] == 10
+    assert m["median_lead_updates"]["value"] == 100 and m["median_lead_updates"]["n"] == 8
+    small = m["small_folds"]
+    assert small["n_folds"] == 1 and small["n_folds_total"] == 2 and small["n_calibration_per_fold"] == [10]
+    assert small["fpr_held_out_controls"]["value"] == 1.0 and small["fpr_held_out_controls"]["n_test"] == 10
+    assert small["median_lead_updates"]["value"] == 900 and small["n_collapsed"] == 5
+    assert m["auroc"]["n"] == 45  # the AUROC is not alarm-based: every fold
+    on = questions.perturbation_on_detection(rows, 0.05)
+    assert on["frac_collapses_preceded"]["n"] == 10 and on["small_folds"]["frac_collapses_preceded"]["n"] == 5
+    assert on["median_lead_updates"]["value"] == 200 and on["fpr_held_out_controls"]["value"] == 0.0
+
+
+def test_detection_is_reported_as_a_difference_from_perturbation_on() -> None:
+    """A detector that scores exactly "perturbed or not" ties perturbation_on (Delta 0, CI covering 0); one that
+    misses half the collapses falls short of it with a CI below 0."""
+    rows = pl.DataFrame(_fold_rows(0, 25, 30, 0, 30, 30, 100))
+    same = rows.with_columns((~pl.col("unperturbed")).cast(pl.Float64).alias("detection_score"))
+    d = questions.detection(same, 0.05, n_boot=200)["delta_vs_perturbation_on"]
+    assert d["value"] == 0.0 and d["ci_low"] <= 0.0 <= d["ci_high"]
+    half = same.with_columns(pl.when(pl.col("run_id").str.contains("p") & (pl.col("seed") % 2 == 0)).then(0.0)
+                             .otherwise(pl.col("detection_score")).alias("detection_score"))
+    d = questions.detection(half, 0.05, n_boot=200)["delta_vs_perturbation_on"]
+    assert d["value"] == pytest.approx(-0.25) and d["ci_high"] < 0
+    assert questions.perturbation_on_detection(rows, 0.05)["delta_vs_perturbation_on"]["value"] == 0.0
+
+
+def test_run_rows_score_the_landmark_one_block_either_side() -> None:
+    from stabilitybench.analysis.early_warning import calibrated_excess
+
+    steps = np.arange(0, 1000, 10)
+    score = np.linspace(0.0, 5.0, steps.size)  # rising: the later the landmark, the higher the max
+    conf = ConformalCalibrator(0.05).fit([1.0, 2.0, 1.5])
+    r = {"seed": 0, "perturbation": "lr_spike", "magnitude": 10.0, "duration_steps": 50, "unperturbed": False,
+         "collapsed": False, "collapse_step": None, "onset_step": 300, "collapse_kind": "none"}
+    row = _run_row("x", r, 0, "det", conf, steps, conf.p_value(score), EarlyWarningConfig(), block=20, score=score)
+    ex = calibrated_excess(score, conf)
+    L = 300 + 50 + 20
+    assert row["landmark_step"] == L and row["block_updates"] == 20
+    for col, stop in (("prediction_excess_lm1", L - 20), ("prediction_excess", L), ("prediction_excess_lp1", L + 20)):
+        assert row[col] == pytest.approx(ex[(steps >= 300) & (steps <= stop)].max())
+    assert row["prediction_excess_lm1"] < row["prediction_excess"] < row["prediction_excess_lp1"]
+
+
+def test_evaluate_group_scores_the_no_kick_set_and_keeps_the_calibrated_excess(tmp_path) -> None:
+    from stabilitybench.analysis.early_warning import evaluate_group
+
+    rng = np.random.default_rng(0)
+    feats = ["loss", "grad_norm", "grad_coherence", "entropy", "update_norm", "lr"]
+    rows, arrays = [], {}
+    for seed in range(6):
+        for pert in ("none", "lr_spike"):
+            rid = f"{pert}-{seed}"
+            X = rng.normal(size=(80, len(feats)))
+            if pert != "none":
+                X[30:35, 4] += 6.0  # the kick moves update_norm only
+            arrays[rid] = (np.arange(0, 800, 10, dtype=np.int64), X, np.zeros(80, dtype=bool))
+            rows.append({"run_id": rid, "seed": seed, "perturbation": pert, "magnitude": 10.0,
+                         "duration_steps": 50, "onset_step": 300, "unperturbed": pert == "none", "collapsed": False,
+                         "collapse_kind": None, "collapse_step": None, "domain": "rl"})
+    cfg = EarlyWarningConfig(detectors=("kalman", "pca_recon"), kalman_iter=3, smooth=3, max_folds=3, n_jobs=1)
+    table, traces, notes = evaluate_group(pl.DataFrame(rows), arrays, feats, cfg, save_dir=tmp_path, block=10)
+    assert set(table["detector"]) == {"kalman", "kalman+echo", "kalman/no_kick", "pca_recon", "pca_recon/no_kick"}
+    assert notes[0]["detectors"]["kalman/no_kick"]["features"] == ["loss", "entropy"]
+    assert sorted(f.name for f in tmp_path.glob("kalman-no_kick_fold*")) == [
+        f"kalman-no_kick_fold{i}.monitor.npz" for i in range(3)]
+    tr = traces.filter(pl.col("detector") == "kalman")
+    assert "excess" in traces.columns and tr["excess"].null_count() == 0
+    one = table.filter((pl.col("detector") == "kalman") & (pl.col("run_id") == "lr_spike-0")).row(0, named=True)
+    t1 = tr.filter((pl.col("run_id") == "lr_spike-0") & pl.col("step").is_between(300, one["landmark_step"]))
+    assert one["prediction_excess"] == pytest.approx(t1["excess"].max())

@@ -127,11 +127,14 @@ def test_summary_has_every_headline_number_with_n(analysed) -> None:
     for name in ("kalman", "kalman+echo", "gru", "gru+echo", "grad_norm_z", "loss_spike", "ews_var_ac1", "pca_recon"):
         m = det[name]
         # 3 performance collapses (x100) vs 3 held-out controls; the non-finite collapse on its own line
-        assert m["auroc"]["n"] == 6 and m["frac_collapses_preceded"]["n"] == 3 and m["nonfinite"]["n"] == 1
-        fpr = m["fpr_held_out_controls"]
+        # one calibration control per fold (< 19): every alarm-based number is reported apart, under small_folds
+        small = m["small_folds"]
+        assert m["auroc"]["n"] == 6 and small["frac_collapses_preceded"]["n"] == 3 and small["nonfinite"]["n"] == 1
+        assert m["frac_collapses_preceded"].get("n", 0) == 0 and small["n_folds"] == small["n_folds_total"]
+        fpr = small["fpr_held_out_controls"]
         assert fpr["n_test"] == 3 and fpr["n_calibration"] == 1 and fpr["claim"]["status"] == "refused"
         assert fpr["guaranteed_fpr_bound"] == 0.5  # one calibration run: the attainable level is 1/2
-        assert m["median_lead_updates"]["measured_from"] == "offline collapse date"
+        assert small["median_lead_updates"]["measured_from"].startswith("collapse_step")
         pred = summary["early_warning"]["prediction"][name]
         # 7 perturbed test runs: the non-finite one (update 205) collapsed before the landmark (180 + 30 + 1 block)
         assert pred["n_pos"] + pred["n_neg"] + pred["n_collapsed_before_landmark"] == 7
@@ -139,7 +142,7 @@ def test_summary_has_every_headline_number_with_n(analysed) -> None:
         assert pred["auroc_stratified"]["status"] == "not_testable"
         assert pred["auroc_stratified"]["reason"].startswith("n too small")
     # the destructive spike is obvious to the monitor: every collapse is preceded by an alarm
-    assert det["kalman"]["frac_collapses_preceded"]["value"] == 1.0
+    assert det["kalman"]["small_folds"]["frac_collapses_preceded"]["value"] == 1.0
     assert det["perturbation_on"]["auroc"]["value"] == 1.0  # detection vs controls is trivial for the kick itself
     refs = summary["early_warning"]["prediction_references"]
     assert set(refs) == {"config_only", "kick_size", "perturbation_on"}
@@ -150,7 +153,7 @@ def test_summary_has_every_headline_number_with_n(analysed) -> None:
     assert summary["questions"]["intervention"]["n_runs"] == 0  # no run acted on an alarm
     assert summary["features"]["rl/ppo"]["echo_columns"] == ["lr", "update_norm", "param_norm"]
     assert summary["collapse"]["rule_false_collapse_rate_unperturbed"]["n_test"] == 3
-    assert summary["survival"]["cox"]["population"] == "perturbed runs only"
+    assert summary["survival"]["cox"]["population"] == "perturbed runs only, event-free after the landmark"
     assert summary["regularities"]["stochasticity_buffer"]["status"] == "not_testable"
     assert on_disk["summary_version"] == 2
     by_detector = from_document(on_disk).by_detector()  # keyed by (detector, subset), one record each
@@ -281,7 +284,8 @@ def test_leave_one_env_out_with_two_envs(tmp_path: Path) -> None:
     assert all(f["trained_on_envs"] == ["Toy-v0"] or f["trained_on_envs"] == ["Other-v0"] for f in loeo["folds"])
     m = loeo["detection"]["kalman"]
     # every run of both envs tested once: 6 performance collapses vs 6 held-out controls (+1 non-finite)
-    assert m["auroc"]["n"] == 12 and m["fpr_held_out_controls"]["n_test"] == 6 and m["nonfinite"]["n"] == 1
+    small = m["small_folds"]
+    assert m["auroc"]["n"] == 12 and small["fpr_held_out_controls"]["n_test"] == 6 and small["nonfinite"]["n"] == 1
     assert summary["pca"]["rl/ppo"]["all_runs"]["n_runs"] == 19
     assert summary["survival"]["cox"]["strata"] == ["rl/ppo/Other-v0", "rl/ppo/Toy-v0"]
     assert (tmp_path / "results" / "early_warning_loeo_runs.parquet").exists()

@@ -94,17 +94,23 @@ def test_a_detector_that_fires_at_every_onset_has_prediction_auroc_one_half() ->
     assert abs(res["delta_auroc"]["config_only"]["pooled"]["value"]) < 0.1
 
 
-def test_the_configuration_only_reference_is_one_half_within_a_cell() -> None:
-    """Its leave-one-seed-out scores anti-correlate with the label inside a cell; the cell mean does not."""
+def test_the_configuration_only_reference_is_the_cell_share_and_one_half_within_a_cell() -> None:
+    """config_only is the in-sample collapse share of the run's cell: constant within a cell (stratified 0.5
+    exactly), and pooled it ranks the cells by their share (the old leave-one-seed-out model scored < 0.4
+    within cells and below the true prevalence pooled)."""
     pset, _ = questions.prediction_set(_rows(n_seeds=16, seed=3))
     refs = questions.reference_scores(pset, {})
     y = np.array(pset["label"].to_list(), bool)
     strata = questions._stratum(pset)
-    raw, _ = stratified_auroc(refs["config_only"], y, strata)
-    assert raw < 0.4  # the flaw: a positive held out leaves its cell's training prevalence lower
+    share = refs["config_only"]
+    for s in np.unique(strata):
+        assert np.allclose(share[strata == s], y[strata == s].mean())
+    assert stratified_auroc(share, y, strata)[0] == 0.5
     ref = questions.reference_rows(pset, refs, n_boot=100)["config_only"]
-    assert ref["auroc_stratified"]["value"] == 0.5 and ref["auroc"]["value"] > 0.55
-    # a score of pure noise neither beats nor loses to it within cells, on average over noise draws
+    assert ref["auroc_stratified"]["value"] == 0.5
+    raw = auroc(share[y], share[~y])
+    opt = questions.cell_share_optimism(y, strata, np.array(pset["seed"].to_list()))
+    assert ref["auroc"]["value"] == pytest.approx(raw - opt) and ref["auroc"]["value"] > 0.55
     deltas = []
     for k in range(20):
         noise = pset.with_columns(pl.Series("prediction_score", np.random.default_rng(k).normal(size=pset.height)))
@@ -112,23 +118,96 @@ def test_the_configuration_only_reference_is_one_half_within_a_cell() -> None:
     assert abs(float(np.mean(deltas))) < 0.06
 
 
+def _cells(rng: np.random.Generator, n_cells: int = 30, n_seeds: int = 8, spread: tuple[float, float] = (0.1, 0.9)
+           ) -> tuple[pl.DataFrame, np.ndarray]:
+    """A prediction set of ``n_cells`` cells (3 groups x kinds x magnitudes) with ``n_seeds`` runs each and unequal
+    true collapse probabilities drawn from ``spread``; returns (rows with ``label``, true probability per run)."""
+    p = rng.uniform(*spread, n_cells)
+    rows, truth = [], []
+    for c in range(n_cells):
+        for s in range(n_seeds):
+            col = bool(rng.random() < p[c])
+            rows.append({"run_id": f"c{c}-s{s}", "seed": s, "group": f"rl/ppo/env{c % 3}/default",
+                         "perturbation": f"kind{c % 5}", "magnitude": float(c // 5 + 1), "duration_steps": 100,
+                         "unperturbed": False, "collapsed": col, "label": col, "collapse_step": 900 if col else None,
+                         "landmark_step": 500})
+            truth.append(p[c])
+    return pl.DataFrame(rows), np.array(truth)
+
+
+def test_pooled_deltas_against_the_references_are_unbiased_for_a_noise_detector() -> None:
+    """Synthetic truth: over many cells with unequal collapse probability, a pure-noise score's pooled Delta
+    against config_only (and against kick_size with a kick of noise) equals, on average within 0.02, its
+    Delta against the cells' *true* probabilities. The old leave-one-seed-out reference scored 0.43 where the
+    truth scored 0.65, so noise "beat" it; the in-sample share without its jackknife correction is too good."""
+    rng = np.random.default_rng(11)
+    bias = {"config_only": [], "kick_size": []}
+    raw_bias = []
+    for _ in range(10):
+        pset, truth = _cells(rng)
+        y = np.array(pset["label"].to_list(), bool)
+        noise = rng.normal(size=pset.height)
+        kick = {r: rng.normal(size=3) for r in pset["run_id"].to_list()}
+        refs, within = questions.references(pset, kick)
+        res = questions.prediction(pset.with_columns(pl.Series("prediction_score", noise)), refs, n_boot=20,
+                                   within=within)
+        target = auroc(noise[y], noise[~y]) - auroc(truth[y], truth[~y])
+        for name in bias:
+            bias[name].append(res["delta_auroc"][name]["pooled"]["value"] - target)
+        share = refs["config_only"]
+        raw_bias.append(auroc(noise[y], noise[~y]) - auroc(share[y], share[~y]) - target)
+    for name, b in bias.items():
+        assert abs(float(np.mean(b))) < 0.02, (name, np.mean(b))
+    assert float(np.mean(raw_bias)) < -0.03  # the uncorrected in-sample share is optimistic at 8 runs per cell
+
+
+def test_a_score_that_knows_the_configuration_ties_the_configuration_reference_pooled() -> None:
+    """A detector whose score is the cell's true collapse probability (plus within-cell noise) neither beats nor
+    loses to config_only pooled (within 0.02 on average), and gains nothing stratified."""
+    rng = np.random.default_rng(5)
+    pooled, strat = [], []
+    for _ in range(12):
+        pset, truth = _cells(rng)
+        refs = questions.reference_scores(pset, {})
+        score = truth + 1e-3 * rng.normal(size=truth.size)
+        res = questions.prediction(pset.with_columns(pl.Series("prediction_score", score)), refs, n_boot=20)
+        pooled.append(res["delta_auroc"]["config_only"]["pooled"]["value"])
+        strat.append(res["auroc_stratified"]["value"])
+    assert abs(float(np.mean(pooled))) < 0.02 and abs(float(np.mean(strat)) - 0.5) < 0.03
+
+
+def test_the_strata_include_the_group() -> None:
+    """Two groups with the same kind x magnitude x duration are two cells, not one."""
+    frame = pl.DataFrame({"group": ["a", "b", "a"], "perturbation": ["k"] * 3, "magnitude": [1.0] * 3,
+                          "duration_steps": [10] * 3})
+    s = questions._stratum(frame)
+    assert s[0] == s[2] != s[1]
+    # without a group column the group keys are used
+    frame = frame.drop("group").with_columns(pl.Series("env", ["x", "y", "x"]))
+    s = questions._stratum(frame)
+    assert s[0] == s[2] != s[1]
+
+
 def test_the_kick_size_reference_is_one_half_within_a_cell_when_the_kick_says_nothing_there() -> None:
-    """Kick sizes that track the dose across cells but are noise within them: fitted leave-one-seed-out the
-    reference anti-correlates with the label inside cells (< 0.5); refitted leave-one-cell-out it does not,
-    and a kick that does carry within-cell information still shows it."""
+    """Kick sizes that track the dose across cells but are noise within them: refitted leave-one-cell-out the
+    reference is 0.5 within cells (the leave-one-seed-out fit anti-correlated with the label there), pooled it
+    ranks by the cell share first, and a kick that does carry within-cell information still shows it."""
     pset, _ = questions.prediction_set(_rows(n_seeds=16, seed=3))
     y = np.array(pset["label"].to_list(), bool)
     strata = questions._stratum(pset)
     lmag = np.log10(np.array(pset["magnitude"].to_list(), float))
     ids = pset["run_id"].to_list()
-    lo_seed, lo_cell = [], []
+    lo_cell, lo_pooled = [], []
     for k in range(10):
         noise = np.random.default_rng(k).normal(size=(pset.height, 3)) * 0.05
         kick = {r: lmag[i] + noise[i] for i, r in enumerate(ids)}
         refs = questions.reference_scores(pset, kick)
-        lo_seed.append(stratified_auroc(refs["kick_size"], y, strata)[0])
         lo_cell.append(stratified_auroc(questions.within_cell_scores(pset, kick, refs)["kick_size"], y, strata)[0])
-    assert np.mean(lo_seed) < 0.45 and abs(np.mean(lo_cell) - 0.5) < 0.06
+        lo_pooled.append(stratified_auroc(refs["kick_size"], y, strata)[0])
+        share = refs["config_only"]
+        order = np.argsort(refs["kick_size"], kind="stable")
+        assert np.all(np.diff(share[order]) >= 0)  # pooled: the cell share first
+    assert abs(np.mean(lo_cell) - 0.5) < 0.06 and abs(np.mean(lo_pooled) - 0.5) < 0.06
     informative = {r: np.r_[lmag[i] + 0.5 * y[i], 0.0, 0.0] for i, r in enumerate(ids)}
     refs = questions.reference_scores(pset, informative)
     within = questions.within_cell_scores(pset, informative, refs)
@@ -247,3 +326,27 @@ def test_the_bootstrap_spearman_is_scipys() -> None:
     ok = np.isfinite(y)
     assert spearman_rho(x, y) == pytest.approx(sps.spearmanr(x[ok], y[ok]).statistic, abs=1e-12)
     assert spearman_rho(np.ones(5), np.arange(5.0)) is None
+
+
+def test_prediction_at_one_block_either_side_of_the_landmark() -> None:
+    """Runs that collapse within the block after L are positives at L and at L - 1 block but collapsed before
+    the landmark at L + 1 block; each landmark ranks its own column (here only L + 1 block's is informative)."""
+    rng = np.random.default_rng(8)
+    rows = _rows(n_seeds=20, seed=8)
+    y = np.array(rows["collapsed"].to_list(), bool)
+    soon = y & (rng.random(y.size) < 0.3)  # these collapse at L + 5, inside the next block (10 updates)
+    rows = rows.with_columns(pl.Series("collapse_step", np.where(soon, 505, np.where(y, 900, 0))).cast(pl.Int64),
+                             pl.lit(10).alias("block_updates"),
+                             pl.Series("prediction_excess_lm1", rng.normal(size=y.size)),
+                             pl.Series("prediction_excess", rng.normal(size=y.size)),
+                             pl.Series("prediction_excess_lp1", y + 0.3 * rng.normal(size=y.size)))
+    rows = rows.with_columns(pl.when(pl.col("collapsed")).then(pl.col("collapse_step")).alias("collapse_step"))
+    sens = questions.prediction_sensitivity(rows, {}, n_boot=30)
+    assert [sens[k]["offset_blocks"] for k in ("L-1 block", "L", "L+1 block")] == [-1, 0, 1]
+    assert sens["L-1 block"]["n_collapsed_before_landmark"] == 0 == sens["L"]["n_collapsed_before_landmark"]
+    assert sens["L+1 block"]["n_collapsed_before_landmark"] == int(soon.sum())
+    assert sens["L"]["n_pos"] == int(y.sum()) and sens["L+1 block"]["n_pos"] == int(y.sum() - soon.sum())
+    assert sens["L+1 block"]["auroc_stratified"]["value"] > 0.85
+    assert abs(sens["L-1 block"]["auroc_stratified"]["value"] - 0.5) < 0.2
+    assert "delta_auroc_kick_size" in sens["L"]
+    assert questions.prediction_sensitivity(rows.drop("block_updates"), {})["status"] == "not_testable"

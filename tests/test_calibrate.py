@@ -254,3 +254,43 @@ def test_curve_states_match_runs_by_their_recorded_spec(tmp_path: Path) -> None:
     assert (st_wn.magnitude, st_wn.collapsed) == ([0.5], [False])
     new = next_specs(design, [st_lr, st_wn], stage=1)
     assert not {s.run_id for s in new} & {r["run_id"] for r in rows}  # never a run the corpus already has
+
+
+def test_an_extrapolated_or_quasi_separated_curve_is_not_ok_and_plans_the_next_stage(tmp_path: Path) -> None:
+    """weight_noise with an ED50 beyond the target's m_max = 1: the fit says 'extrapolated' (not ok), the next stage
+    tries doses above m_max (up to 2 x m_max), and a profile cannot take a dose from it."""
+    from stabilitybench.calibrate import next_specs
+
+    design = _design(tmp_path)
+    lr, wn = design.targets
+    st = CurveState(wn)
+    for dose, k in ((0.05, 0), (0.1357, 1), (0.3684, 2), (1.0, 6)):  # 6 of 20 collapse at m_max
+        for seed in range(20):
+            st.magnitude.append(dose)
+            st.collapsed.append(seed < k)
+            st.seeds.setdefault(dose, set()).add(seed)
+    quasi = CurveState(lr)  # survived at 10, both outcomes at 100, collapsed at 1000
+    for dose, outcomes in ((10.0, (False, False)), (100.0, (False, True)), (1000.0, (True, True))):
+        for seed, y in enumerate(outcomes):
+            quasi.magnitude.append(dose)
+            quasi.collapsed.append(y)
+            quasi.seeds.setdefault(dose, set()).add(seed)
+    rows = {r.target.template.perturbation: r.summary for r in fit_states([quasi, st])}
+    assert rows["weight_noise"]["status"] == "extrapolated" and rows["weight_noise"]["ed50"] > 1.0
+    assert rows["lr_spike"]["status"] == "quasi_separated" and rows["lr_spike"]["mixed_dose"] == 100.0
+    specs = next_specs(design, [quasi, st], stage=1)
+    wn_doses = {s.magnitude for s in specs if s.perturbation == "weight_noise"}
+    lr_doses = {s.magnitude for s in specs if s.perturbation == "lr_spike"}
+    assert wn_doses and min(wn_doses) > 1.0 and max(wn_doses) <= 2.0
+    assert 100.0 in lr_doses and 10.0 < min(lr_doses) < 100.0 < max(lr_doses) < 1000.0
+    # the dose table keeps the statuses; a profile asking for their ED50 gets a one-line refusal naming them
+    table = tmp_path / "doses" / "t.toml"
+    table.parent.mkdir()
+    write_dose_table(fit_states([quasi, st]), table, design, "corpus")
+    head = DESIGN.split("[design]")[0].replace("{{", "{").replace("}}", "}")
+    profile = tmp_path / "p.toml"
+    for block, match in (('perturbation = "weight_noise"', "extrapolated"),
+                         ('perturbation = "lr_spike"\nduration_steps = 8', "quasi_separated")):
+        profile.write_text('doses = "doses/t.toml"\n' + head + f"[[matrix]]\nseed = 0\n{block}\ndose = \"ED50\"\n")
+        with pytest.raises(ProfileError, match=match):
+            load_profile(str(profile))

@@ -124,3 +124,61 @@ def test_design_stops_without_ed50_below_m_max() -> None:
     up = next_doses([1, 10], [False, False], 1, 100)
     assert up and min(up) > 10 and max(up) == 100.0
     assert next_doses([1, 10], [True, True], 1, 100) == []
+
+
+def test_one_mixed_dose_is_quasi_separated_not_ok() -> None:
+    """All survive below 4, all collapse above, both outcomes at 4: the MLE does not exist (a plain GLM returns a
+    slope near 30 with an SE in the tens of thousands); the status says so and no ED is given."""
+    m = [1, 1, 2, 2, 4, 4, 8, 8]
+    y = [False, False, False, False, False, True, True, True]
+    fit = DoseResponseModel().fit(m, y)
+    assert fit.status_ is DoseStatus.QUASI_SEPARATED
+    assert fit.mixed_dose_ == 4.0 and fit.bracket_ == (2.0, 8.0)
+    s = fit.summary()
+    assert s["status"] == "quasi_separated" and s["ed50"] is None and s["mixed_dose"] == 4.0
+    # the mixed dose at the edge of the doses tried: the bracket closes on it
+    edge = DoseResponseModel().fit([1, 1, 2, 2], [False, True, True, True])
+    assert edge.status_ is DoseStatus.QUASI_SEPARATED and edge.bracket_ == (1.0, 2.0)
+    # next stage: the mixed dose itself and doses on either side of it, inside the bracket
+    doses = next_doses(m, y, m_min=1, m_max=100, k=3)
+    assert 4.0 in doses and min(doses) < 4.0 < max(doses)
+    assert 2.0 < min(doses) and max(doses) < 8.0
+
+
+def _extrapolated_above() -> tuple[list[float], list[bool]]:
+    """Collapses rise with dose but stay under half at the largest dose tried (6 of 20 at m = 1)."""
+    m = [0.05] * 20 + [0.1357] * 20 + [0.3684] * 20 + [1.0] * 20
+    y = [False] * 20 + [True] + [False] * 19 + [True] * 2 + [False] * 18 + [True] * 6 + [False] * 14
+    return m, y
+
+
+def test_ed50_outside_the_doses_tried_is_extrapolated() -> None:
+    m, y = _extrapolated_above()
+    fit = DoseResponseModel().fit(m, y)
+    assert fit.status_ is DoseStatus.EXTRAPOLATED and fit.extrapolation_ == "above"
+    s = fit.summary()
+    assert s["status"] == "extrapolated" and s["ed50"] > s["m_max"] == 1.0
+    # the same rule below the smallest dose tried: most runs collapse already at the smallest dose
+    low = DoseResponseModel().fit([10.0] * 20 + [20.0] * 20, [True] * 14 + [False] * 6 + [True] * 18 + [False] * 2)
+    assert low.status_ is DoseStatus.EXTRAPOLATED and low.extrapolation_ == "below"
+    assert low.effective_dose(0.5).value < 10.0
+    # a clean curve with its ED50 inside the range stays ok
+    rng = np.random.default_rng(5)
+    mm, yy = _simulate(rng, ed50=4.0, slope=2.5, doses=log_grid(1, 16, 5), seeds=20)
+    assert DoseResponseModel().fit(mm, yy).status_ is DoseStatus.OK
+
+
+def test_next_doses_go_beyond_m_max_up_to_the_cap_for_an_extrapolated_ed50() -> None:
+    m, y = _extrapolated_above()
+    doses = next_doses(m, y, m_min=0.05, m_max=1.0, k=3)
+    assert len(doses) == 3 and min(doses) > 1.0
+    assert max(doses) == pytest.approx(2.0)  # the default cap: EXTRAPOLATION_FACTOR x m_max
+    wide = next_doses(m, y, m_min=0.05, m_max=1.0, k=3, m_cap=50.0)
+    assert min(wide) > 1.0 and max(wide) > 2.0 and max(wide) <= 50.0
+    # the cap reached: nothing left to try (the ED50 lies beyond it)
+    capped = [*m, *[2.0] * 4]
+    assert next_doses(capped, [*y, False, False, True, False], m_min=0.05, m_max=1.0, k=3, m_cap=2.0) == []
+    # an ED50 below the smallest dose tried: doses under it, down to the floor
+    below = next_doses([10.0] * 20 + [20.0] * 20, [True] * 14 + [False] * 6 + [True] * 18 + [False] * 2,
+                       m_min=10.0, m_max=100.0, k=3)
+    assert below and max(below) < 10.0 and min(below) >= 5.0

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
 
-from stabilitybench.analysis.intervention import intervention_table, matched_pairs, with_arms
+from stabilitybench.analysis.intervention import (
+    ARMS,
+    NO_ACTION,
+    arm_kind,
+    intervention_table,
+    matched_pairs,
+    with_arms,
+)
 from stabilitybench.analysis.metastate import KalmanMonitor
 from stabilitybench.analysis.monitor_file import MonitorFile
+
+PROFILE = Path(__file__).resolve().parents[1] / "generate" / "profiles" / "intervention.toml"
 
 
 def _run(rid: str, seed: int, pert: str, arm: str | None, collapsed: bool, perf: float) -> dict:
@@ -30,22 +40,73 @@ def test_intervention_table_by_hand() -> None:
         rows.append(_run(f"c{s}", s, "none", None, False, 20.0))
         rows.append(_run(f"c{s}r", s, "none", "rollback", False, 19.0))
     rows.append(_run("p9r", 9, "lr_spike", "rollback", False, 5.0))  # no partner: not a pair
-    events = pl.DataFrame({"run_id": ["p0r", "p0r", "p1r", "c2r"], "step": [100, 101, 120, 50],
-                           "event": ["alarm", "rollback", "alarm", "alarm"]})
+    events = pl.DataFrame({"run_id": ["p0r", "p0r", "p1r", "c2r", "c3r"], "step": [100, 102, 120, 50, 60],
+                           "event": ["alarm", "rollback", "alarm", "alarm", "rollback"],
+                           "value": [3.0, 40.0, 2.0, 1.0, None]})  # c3r: no checkpoint old enough, no action
     odd = [{**rows[2], "config_json": None}, {**rows[3], "config_json": "not json"}]
     arms = with_arms(pl.DataFrame([*rows[:2], *odd]))
-    assert arms.select("arm", "monitor_file", "monitor").rows() == [
-        ("none", None, None), ("rollback", "m.monitor.npz", "m"), ("none", None, None), ("none", None, None)]
+    assert arms.select("arm", "monitor_file", "monitor", "arm_kind").rows() == [
+        ("none", None, None, "none"), ("rollback", "m.monitor.npz", "m", "monitor"), ("none", None, None, "none"),
+        ("none", None, None, "none")]
     assert matched_pairs(pl.DataFrame(rows)).height == 8
-    t = intervention_table(pl.DataFrame(rows), events, n_boot=200)
+    t = intervention_table(pl.DataFrame(rows), events)
     spike = t.filter(pl.col("perturbation") == "lr_spike").row(0, named=True)
     assert spike["n_pairs"] == 4 and spike["collapse_rate_without"] == 1.0 and spike["collapse_rate_with"] == 0.25
-    assert spike["collapse_diff"] == pytest.approx(-0.75)
-    assert spike["collapse_diff_ci_low"] <= -0.75 <= spike["collapse_diff_ci_high"] <= 0
-    assert spike["perf_diff"] == pytest.approx(11.5) and spike["runs_alarmed"] == 2 and spike["runs_acted"] == 1
-    assert spike["median_first_action_step"] == 101
+    assert (spike["prevented"], spike["caused"]) == (3, 0) and spike["collapse_diff"] == pytest.approx(-0.75)
+    # exact: McNemar p = 2 / 2**3; CI = 3/4 * (2 * Clopper-Pearson(0 of 3) - 1) = [-0.75, +0.311]: 3 discordant
+    # pairs cannot exclude 0 (the percentile bootstrap said [-1, -0.5] here)
+    assert spike["collapse_p_mcnemar"] == pytest.approx(0.25)
+    cp_high = 1 - 0.025 ** (1 / 3)
+    assert spike["collapse_diff_ci_low"] == pytest.approx(-0.75)
+    assert spike["collapse_diff_ci_high"] == pytest.approx(0.75 * (2 * cp_high - 1))
+    # performance: median of the paired differences 10, 11, 12, 13; no 95% CI from 4 pairs; sign test 2 / 2**4
+    assert spike["perf_diff"] == pytest.approx(11.5) and spike["perf_diff_ci_low"] is None
+    assert spike["perf_p_sign"] == pytest.approx(0.125) and spike["perf_n_better"] == 4
+    assert spike["runs_alarmed"] == 2 and spike["runs_acted"] == 1 and spike["n_actions"] == 1
+    assert spike["updates_discarded"] == 102 - 40 and spike["median_first_action_step"] == 102
+    assert spike["note"] == "n too small (4 < 15 pairs)" and spike["arm"] == "monitor: rollback, lag 0"
     ctrl = t.filter(pl.col("controls")).row(0, named=True)
     assert ctrl["perf_diff"] == pytest.approx(-1.0) and ctrl["runs_alarmed"] == 1 and ctrl["runs_acted"] == 0
+    assert ctrl["collapse_diff"] == 0 and ctrl["collapse_diff_ci_low"] is None and ctrl["collapse_p_mcnemar"] == 1.0
+
+
+def test_table_columns_are_the_declared_ones() -> None:
+    """Every column the table writes is declared once (analysis/results.py declares results/intervention with
+    TABLE_COLUMNS), with a unit and a description."""
+    from stabilitybench.analysis.intervention import TABLE_COLUMNS
+
+    rows = [_run(f"p{s}{a}", s, "lr_spike", a, collapsed=a is None, perf=1.0) for s in range(3) for a in (None, "rb")]
+    t = intervention_table(pl.DataFrame(rows))
+    names = [c.name for c in TABLE_COLUMNS]
+    assert len(set(names)) == len(names) and set(t.columns) <= set(names)
+    assert all(c.unit and c.description for c in TABLE_COLUMNS)
+
+
+def test_the_profile_is_sized_and_paired() -> None:
+    """Issue 25: >= 15 pairs per perturbed row on seeds held out from quick, >= 20 acted controls per monitor, the
+    five arms, a rollback lag that is no perturbation's duration plus one other lag, every acting arm paired."""
+    from stabilitybench.generate.intervention import check_hparams, parse_actions
+    from stabilitybench.generate.matrix import load_profile
+
+    specs = load_profile(PROFILE)
+    hp = [dict(s.hparams) for s in specs]
+    assert len(specs) == 185 and min(s.seed for s in specs) >= 100  # quick uses seeds < 100
+    kinds = [arm_kind(h.get("intervention", "none"), h.get("intervention_schedule")) for h in hp]
+    assert set(kinds) == set(ARMS)
+    durations = {s.duration_steps for s in specs if s.perturbation != "none"}
+    lags = {int(h["intervention_rollback_lag"]) for h in hp if "rollback" in parse_actions(h.get("intervention"))}
+    assert lags == {200, 480} and not lags & durations
+    for s, h in zip(specs, hp, strict=True):
+        check_hparams(h, perturbation=s.perturbation, duration_steps=s.duration_steps)
+    no_action = {(s.perturbation, s.magnitude, s.seed) for s, k in zip(specs, kinds, strict=True) if k in NO_ACTION}
+    assert all((s.perturbation, s.magnitude, s.seed) in no_action for s in specs)  # every arm has its twin
+    count = Counter((s.perturbation, k, h.get("intervention_rollback_lag")) for s, k, h in zip(specs, kinds, hp,
+                                                                                              strict=True))
+    for pert in ("lr_spike", "reward_flip"):
+        for k in ("log_only", "monitor", "oracle", "random_time"):
+            assert count[(pert, k, None if k == "log_only" else 200)] >= 15, (pert, k)
+    assert count[("none", "monitor", 200)] >= 20 and count[("none", "log_only", None)] >= 20
+    assert {h["intervention_window"] for h in hp if h.get("intervention_schedule") == "random"} == {320, 3200}
 
 
 def test_a_generated_run_acts_on_its_monitor_file(tmp_path: Path) -> None:
@@ -58,15 +119,8 @@ def test_a_generated_run_acts_on_its_monitor_file(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     det = KalmanMonitor(n_latent=1, n_iter=5).fit([rng.normal(size=(40, 3)) for _ in range(2)])
     path = MonitorFile(det, feats, 2, warmup_updates=10, threshold=-1e9).save(tmp_path / "m.monitor.npz")
-    profile = Path(__file__).resolve().parents[1] / "generate" / "profiles" / "intervention.toml"
-    specs = load_profile(profile)  # the experiment's profile parses and pairs its arms
-    arms = {(dict(s.hparams).get("intervention", "none"), dict(s.hparams).get("monitor")) for s in specs}
-    assert {a for a, _ in arms} == {"none", "rollback,lr_backoff"} and len(specs) == 56
-    assert {m for _, m in arms} == {None, *(f"monitors/ppo_swimmer/{m}.monitor.npz" for m in ("kalman", "gru",
-                                                                                             "loss_spike"))}
-    twins = {(s.perturbation, s.magnitude, s.seed) for s in specs if not dict(s.hparams).get("intervention")}
-    assert all((s.perturbation, s.magnitude, s.seed) in twins for s in specs)  # every action arm has its pair
-    spec = next(s for s in specs if dict(s.hparams).get("intervention"))
+    spec = next(s for s in load_profile(PROFILE) if dict(s.hparams).get("intervention") == "rollback,lr_backoff"
+                and "intervention_schedule" not in dict(s.hparams))
     hp = {**dict(spec.hparams), "intervention": "lr_backoff", "monitor": str(path), "n_steps": 256,
           "batch_size": 64, "n_epochs": 2,
           "hidden": 32, "eval_episodes": 0, "intervention_duration": 4}

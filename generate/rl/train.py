@@ -230,7 +230,8 @@ def run(spec: RunSpec, extra_callbacks: Sequence[BaseCallback] = ()) -> Generato
     recorder = Recorder(None, domain=spec.domain, algo=spec.algo, env=spec.env, seed=spec.seed, run_id=spec.run_id)
     probe_obs = probe_observations(spec.env, cfg.probe_batch, seed=spec.seed + 20_000)
     callback = RLTelemetry(spec, cfg, perturbation, clock, recorder, probe_obs, planned)
-    callback.intervention = from_hparams(live, recorder)  # issue 17 (None: no intervention)
+    callback.intervention = from_hparams(live, recorder, onset_step=onset_step, seed=spec.seed,  # issues 17, 25
+                                         perturbation=spec.perturbation, duration_steps=spec.duration_steps)
 
     stop_reason = "completed"
     try:
