@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stabilitybench.analysis.errors import AnalysisError
+from stabilitybench.analysis.intervention import TABLE_COLUMNS
 from stabilitybench.analysis.summary import ResultsCorruptError, ResultsNotFoundError, to_json
 from stabilitybench.data_schema.io import atomic_path
 from stabilitybench.data_schema.schema import MANIFEST_COLUMNS, OUTCOME_COLUMNS, RUNS_SCHEMA, STEP, Column
@@ -186,27 +187,8 @@ _DECLARED: dict[str, tuple[str, list[Column] | pa.Schema]] = {
         Column("spread_k", F64, "seed SD", "Spread margin of the rule, in control seed SDs"), _col("n_runs"),
         Column("n_collapsed", I64, "runs", "Runs collapsed under this setting"),
     ]),
-    "intervention": ("(perturbation, magnitude, monitor, action): matched pairs with vs without acting on the live "
-                     "monitor's alarm (stabilitybench.analysis.intervention)", [
-        _col("perturbation"), _col("magnitude"),
-        Column("monitor", STR, "-", "Monitor file that drove the action (its name without .monitor.npz)"),
-        Column("arm", STR, "-", "Action(s) taken on an alarm (hparams.intervention)"),
-        Column("n_pairs", I64, "pairs", "Matched pairs: same seed and perturbation, with and without the action"),
-        Column("collapse_rate_without", F64, "-", "Collapse rate of the runs without the action"),
-        Column("collapse_rate_with", F64, "-", "Collapse rate of the runs with the action"),
-        Column("collapse_diff", F64, "-", "Mean paired difference in collapse (with - without)"),
-        Column("collapse_diff_ci_low", F64, "-", "Percentile-bootstrap 95% CI low of collapse_diff (over pairs)"),
-        Column("collapse_diff_ci_high", F64, "-", "Percentile-bootstrap 95% CI high of collapse_diff (over pairs)"),
-        Column("final_perf_without", F64, "task", "Mean final performance without the action"),
-        Column("final_perf_with", F64, "task", "Mean final performance with the action"),
-        Column("perf_diff", F64, "task", "Mean paired difference in final performance (with - without)"),
-        Column("perf_diff_ci_low", F64, "task", "Percentile-bootstrap 95% CI low of perf_diff"),
-        Column("perf_diff_ci_high", F64, "task", "Percentile-bootstrap 95% CI high of perf_diff"),
-        Column("runs_alarmed", I64, "runs", "With-action runs with at least one alarm"),
-        Column("runs_acted", I64, "runs", "With-action runs that took at least one action"),
-        Column("median_first_action_step", F64, "update", "Median update of the first action"),
-        Column("controls", BOOL, "-", "Unperturbed pairs: every alarm is false, perf_diff is its cost"),
-    ]),
+    "intervention": ("(perturbation, magnitude, duration, arm): matched pairs with vs without the arm's action, "
+                     "exact paired tests (stabilitybench.analysis.intervention)", TABLE_COLUMNS),
     "dose_response": ("configuration: collapse probability with a Clopper-Pearson CI, final performance", [
         _col("domain"), _col("algo"), _col("env"), _col("stochasticity"), _col("config"), _col("perturbation"),
         _col("dimension"), _col("magnitude"), _col("duration_steps"), _col("n_runs"),

@@ -28,6 +28,7 @@ from stabilitybench.analysis.regularities import dissociation, precedence, stoch
 from stabilitybench.analysis.stats import clopper_pearson
 from stabilitybench.analysis.summary import DetectorKey, Status, StatusKind, not_testable
 from stabilitybench.analysis.survival import LANDMARK_COLUMN, cox, km_table, logrank, with_config_label
+from stabilitybench.data_schema.keys import GROUP_KEYS
 
 #: The columns of :func:`dissociation_runs` (``results/dissociation_runs.parquet``).
 DISSOCIATION_COLUMNS = ("run_id", "domain", "algo", "env", "stochasticity", "seed", "perturbation", "dimension",
@@ -107,9 +108,6 @@ def survival_models(full: pl.DataFrame, groups: GroupResults, cfg: AnalysisConfi
                           cox(surv_runs.drop(LANDMARK_COLUMN)))
 
 
-_GROUP_KEY = ("domain", "algo", "env", "stochasticity")
-
-
 def landmark_updates(runs: pl.DataFrame, group_notes: list[dict[str, Any]], cfg: AnalysisConfig) -> pl.Series:
     """Each run's landmark in updates after onset, shape ``(n,)`` (Int64; null where no block length is known).
 
@@ -117,7 +115,7 @@ def landmark_updates(runs: pl.DataFrame, group_notes: list[dict[str, Any]], cfg:
     ``block_updates`` of ``group_notes`` (stage 2), else :func:`~stabilitybench.analysis.data.block_size` of the
     group's largest ``n_updates`` (``planned_updates``), as stage 2 computes it.
     """
-    keys = [k for k in _GROUP_KEY if k in runs.columns]
+    keys = [k for k in GROUP_KEYS if k in runs.columns]
     lab = pl.concat_str([pl.col(k).cast(pl.String).fill_null("") for k in keys], separator="/") if keys \
         else pl.lit("all")
     known = {"/".join(str(n.get(k) or "") for k in keys): int(n["block_updates"]) for n in group_notes

@@ -74,6 +74,12 @@ def generate(
     if missing:
         raise ProfileError(f"monitor file(s) {', '.join(missing)} not found (relative to {Path.cwd()}): write them "
                            "with `stabilitybench fit-monitor` (see the profile's description) before generating")
+    delays = sorted({str(d) for s in specs if str(d := dict(s.hparams).get("intervention_delays", "")).endswith(".json")
+                     and not Path(d).is_file()})
+    if delays:
+        raise ProfileError(f"oracle delay file(s) {', '.join(delays)} not found (relative to {Path.cwd()}): write "
+                           "them with `python -m stabilitybench.analysis.intervention oracle-delays` (see the "
+                           "profile's description) before generating")
     if not chosen:
         announce_default_profile(specs, out_dir, workers)
     backend = make_backend(backend_name, workers=workers or 0, address=address, cpus_per_run=cpus_per_run,

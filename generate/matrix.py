@@ -40,6 +40,7 @@ import tomllib
 from stabilitybench.data_schema.schema import DOMAINS
 from stabilitybench.generate.doses import dose_magnitude, load_dose_table
 from stabilitybench.generate.errors import ProfileError, UnknownEnvError
+from stabilitybench.generate.intervention import check_hparams
 from stabilitybench.generate.perturbations import REGISTRY, perturbation_class
 from stabilitybench.generate.registry import GENERATORS, generator_for
 from stabilitybench.generate.spec import RunSpec
@@ -227,6 +228,10 @@ def _check_spec(spec: RunSpec, hparams: Any, label: str) -> None:
     try:
         gen.config(spec)  # the config class checks types and ranges
     except (TypeError, ValueError) as exc:
+        raise ProfileError(f"{label}.hparams: {exc}") from None
+    try:  # a live intervention's settings (a rollback lag tuned to the perturbation is refused, issue 25)
+        check_hparams(hparams, perturbation=spec.perturbation, duration_steps=spec.duration_steps)
+    except ValueError as exc:
         raise ProfileError(f"{label}.hparams: {exc}") from None
     if spec.domain == "rl":
         try:

@@ -105,10 +105,22 @@ def logrank_all(src: Source) -> list[Any]:
 
 
 
+def alarm_path(src: Source, p: tuple[str | int, ...]) -> tuple[tuple[str | int, ...], str]:
+    """Where a detection entry's alarm-based numbers are, and the mark that says so: its pooled folds (those with
+    >= 19 calibration controls), or, when no fold had that many, ``small_folds`` (marked †: reported apart, no FPR
+    claim)."""
+    n = src.get(*p, "frac_collapses_preceded").get("n") if src.has(*p, "frac_collapses_preceded") else None
+    if n or not src.has(*p, "small_folds", "frac_collapses_preceded"):
+        return p, ""
+    return (*p, "small_folds"), " †"
+
+
 def lead_sentence(src: Source, p: tuple[str | int, ...], name: str) -> list[Any]:
-    """How far ahead the detector at ``p`` (its by_detector record) warned, and how often."""
+    """How far ahead the detector at ``p`` (its by_detector record) warned, and how often (from the folds with
+    >= 19 calibration controls, else from the small folds, and then it says so)."""
+    p, mark = alarm_path(src, p)
     lead = src.num(*p, "median_lead_updates", "value", digits=0)
-    out: list[Any] = []
+    out: list[Any] = ["In folds with fewer than 19 calibration controls (†), "] if mark else []
     if finite(lead.value):
         out += [f"{name} warned a median of ", lead, " updates before collapse (IQR ",
                 src.num(*p, "median_lead_updates", "iqr_low", digits=0), "–",

@@ -15,6 +15,7 @@ from stabilitybench.analysis.summary import Status, StatusKind
 from stabilitybench.data_schema.keys import ConfigKey
 from stabilitybench.reports.data import ReportData, finite
 from stabilitybench.reports.phrases import (
+    alarm_path,
     coherence_rows,
     collapse_rule,
     direction,
@@ -31,15 +32,6 @@ def _is_control(row: dict[str, Any]) -> bool:
     return bool(row["controls"]) if "controls" in row else ConfigKey(row["perturbation"]).is_control
 
 
-def _alarm_base(src: Source, p: tuple[str | int, ...]) -> tuple[tuple[str | int, ...], str]:
-    """Where a detection entry's alarm-based numbers are: the pooled folds (>= 19 calibration controls), or,
-    when no fold had that many, ``small_folds`` (marked †: reported apart, no FPR claim)."""
-    n = src.get(*p, "frac_collapses_preceded").get("n") if src.has(*p, "frac_collapses_preceded") else None
-    if n or not src.has(*p, "small_folds", "frac_collapses_preceded"):
-        return p, ""
-    return (*p, "small_folds"), " †"
-
-
 def monitor_table(src: Source) -> Table | None:
     """Question (a), detection: one row per detector (monitors, baselines, the perturbation-on reference)."""
     if src.summary.early_warning_status is not None:
@@ -47,7 +39,7 @@ def monitor_table(src: Source) -> Table | None:
     rows = []
     for d in src.get("early_warning", "detection"):
         p = ("early_warning", "detection", d)
-        a, mark = _alarm_base(src, p)
+        a, mark = alarm_path(src, p)
         nonfinite: list[Any] = ["—"]  # the perturbation-on reference has no non-finite line
         if src.has(*a, "nonfinite") and not src.get(*a, "nonfinite", "n"):
             nonfinite = ["no non-finite collapse"]
@@ -142,7 +134,7 @@ def prediction_table(src: Source) -> Table | None:
 
 
 def intervention_table(src: Source) -> Table | None:
-    """The intervention experiment: matched pairs with vs without acting on the live monitor's alarm."""
+    """The intervention experiment: each arm's matched pairs against its no-action twins, with exact tests."""
     if not src.has("intervention") or src.status("intervention") is not None:
         return None
     rows = []
@@ -150,21 +142,29 @@ def intervention_table(src: Source) -> Table | None:
         p = ("intervention", "rows", i)
         rows.append([
             ["control" if _is_control(r) else ConfigKey(r["perturbation"], r["magnitude"]).label()],
-            [str(r.get("monitor") or "—"), ": ", r["arm"]], [src.num(*p, "n_pairs", digits=0)],
+            [str(r["arm"])], [src.num(*p, "n_pairs", digits=0), *([" (", r["note"], ")"] if r.get("note") else [])],
             [src.num(*p, "collapse_rate_without", digits=0, kind="pct"), " → ",
              src.num(*p, "collapse_rate_with", digits=0, kind="pct")],
             [src.num(*p, "collapse_diff"), " [", src.num(*p, "collapse_diff_ci_low"), ", ",
-             src.num(*p, "collapse_diff_ci_high"), "]"],
+             src.num(*p, "collapse_diff_ci_high"), "], p=", src.num(*p, "collapse_p_mcnemar", kind="g")],
             [src.num(*p, "perf_diff", digits=1), " [", src.num(*p, "perf_diff_ci_low", digits=1), ", ",
-             src.num(*p, "perf_diff_ci_high", digits=1), "]"],
-            [src.num(*p, "runs_alarmed", digits=0), " / ", src.num(*p, "runs_acted", digits=0)],
+             src.num(*p, "perf_diff_ci_high", digits=1), "], p=", src.num(*p, "perf_p_sign", kind="g")],
+            [src.num(*p, "runs_acted", digits=0), " runs, ", src.num(*p, "n_actions", digits=0), " actions; first ",
+             src.num(*p, "first_action_from_onset_median", digits=0), " after onset"],
+            [src.num(*p, "updates_discarded", digits=0), " / ", src.num(*p, "compute_wasted", digits=0)],
         ])
-    note = ["Runs that acted on a live monitor's alarm against their no-action twins (same seed, same perturbation), "
-            "judged by the collapse rule against the natural controls only. Controls: every alarm is a false alarm "
-            "and the paired performance difference is its cost. CIs: percentile bootstrap over pairs."]
-    return Table("Intervention: collapse and final performance with vs without acting on the alarm",
-                 ["perturbation", "monitor: action", "pairs", "collapse rate without → with",
-                  "Δ collapse [95% CI]", "Δ final performance [95% CI]", "runs alarmed / acted"], rows, note)
+    note = ["Each arm against its no-action twins (same seed, same perturbation; log-only when no plain run exists: "
+            "its training is identical), judged by the collapse rule against the natural controls only. Arms: "
+            "monitor-driven, oracle (acts at onset + a delay drawn from the monitor's observed delays), random-time "
+            "(the same action at a random update in the perturbation window), log-only (alarms timed, no action). "
+            "Collapse: exact McNemar p and an exact CI conditional on the discordant pairs; final performance: sign "
+            "test and a distribution-free CI of the median paired difference. Controls: every alarm is false and "
+            "the paired difference is its cost. Foresight: "]
+    note += [" ".join(str(x) for x in src.get("intervention", "foresight"))] if src.has("intervention", "foresight") \
+        else ["not tested"]
+    return Table("Intervention: collapse and final performance per arm, against no action",
+                 ["perturbation", "arm", "pairs", "collapse rate without → with", "Δ collapse [95% CI], p",
+                  "Δ final performance [95% CI], p", "actions", "updates discarded / compute wasted"], rows, note)
 
 
 def collapse_table(src: Source) -> Table:
@@ -353,8 +353,9 @@ def claims_table(data: ReportData) -> Table:
     buf = ("regularities", "stochasticity_buffer")
     buf_status = src.status(*buf)
     c6: list[Any] = [str(buf_status)]
-    if "verdict" in (src.get(*buf) or {}):
-        c6 = [f"{src.get(*buf, 'verdict')}: {src.get(*buf, 'verdict_reason') or ''}"]
+    buf_entry = src.get(*buf) or {}
+    if "verdict" in buf_entry:
+        c6 = [f"{buf_entry['verdict']}: {buf_entry.get('verdict_reason') or buf_entry.get('reason') or ''}"]
     elif buf_status is not None and buf_status.ok:
         c6 = []
         for i, lv in enumerate(src.get(*buf, "collapse_probability")):

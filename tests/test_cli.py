@@ -206,7 +206,7 @@ def test_dry_run_on_a_finished_corpus(smoke: Path) -> None:
 
 def test_generate_refuses_a_profile_whose_monitor_files_are_missing(tmp_path: Path) -> None:
     res = cli("generate", "--profile", "intervention", "--out", str(tmp_path / "c"), "--dry-run", cwd=tmp_path)
-    assert_user_error(res, "monitors/ppo_swimmer/gru.monitor.npz", "fit-monitor")
+    assert_user_error(res, "monitors/ppo_swimmer/kalman.monitor.npz", "fit-monitor")
     assert not (tmp_path / "c").exists()
 
 

@@ -222,7 +222,7 @@ KEPT = [
     "| `high` | minibatch ÷4, entropy coef max(0.01, ×10) | minibatch ÷4, target entropy 0 |",
     "| `stop` | sets `guard.stopped`; `SB3Callback` then ends `learn` |",
     "**One writer per corpus.**",
-    "**(b) Prediction.**",
+    "**(b) Prediction at the landmark.**",
     "Mountpoint for S3\n   has no rename and cannot be used.",
     "x = (‖Σuᵢ‖² − K)/(K(K−1))",
     "`arch` 7.2 fails to import with pandas 3",

@@ -133,8 +133,8 @@ MANIFEST_REQUIRED = [
     "schema_version",
     "config_json",
 ]
-OUTCOMES = ["collapsed", "collapse_kind", "collapse_step", "collapse_confirmed_step", "collapse_time", "survival_time",
-            "censored", "transient", "final_performance"]
+OUTCOMES = ["collapsed", "collapse_kind", "collapse_step", "collapse_step_smoothed", "collapse_date_source",
+            "collapse_confirmed_step", "collapse_time", "survival_time", "censored", "transient", "final_performance"]
 
 
 def test_steps_core_columns_and_types():
