@@ -9,6 +9,8 @@ where a run's perturbation starts. The project's one owner of each of these conc
   the columns themselves, so joins use columns and the label is for display only.
 * :func:`control_mask`: the one definition of a control run: no perturbation, and no action taken on a
   live monitor's alarm (a run whose LR was backed off or that was rolled back is not natural training).
+* :data:`SUSTAINED_KINDS` and :func:`sustained_mask`: the perturbation kinds that define a regime (held from
+  update 0 for the whole run) rather than a kick.
 * :func:`control_onset` and :func:`onset_step`: the one rule for a run's onset update. The generators
   write ``onset_step = round(onset_frac x planned_updates)`` into the manifest for every run, controls
   included (a control's "onset" is the update at which its perturbed twins are kicked). A row without
@@ -34,6 +36,11 @@ GROUP_KEYS: tuple[str, ...] = ("domain", "algo", "env", "stochasticity")
 CONFIG_COLUMNS: tuple[str, ...] = ("perturbation", "magnitude", "duration_steps")
 #: The perturbation kind (and ``dimension``) of a run without a perturbation; also its configuration label.
 NO_PERTURBATION = "none"
+#: Perturbation kinds that define a *regime*, not a kick: the setting holds from update 0 for the whole run (e.g.
+#: ``lr_regime``, training throughout at an elevated base LR; issue 26). A collapse in such a run comes at a time
+#: nobody chose: the collapse rule has no perturbation window to outlast, and question (c) (time to event) is
+#: asked of these runs and the controls.
+SUSTAINED_KINDS: frozenset[str] = frozenset({"lr_regime"})
 #: Where a run's live-monitor action is recorded (``stabilitybench.generate.intervention``): its spec's hparams.
 INTERVENTION_PATH = "$.spec.hparams.intervention"
 
@@ -128,6 +135,15 @@ def control_mask(runs: pl.DataFrame) -> pl.Series:
         raise ValueError("control_mask needs a 'dimension' or 'perturbation' column")
     none = runs.select(pl.any_horizontal(tests).fill_null(False).alias("unperturbed")).to_series()
     return none & (intervention_arm(runs) == "none")
+
+
+def sustained_mask(runs: pl.DataFrame) -> pl.Series:
+    """Boolean mask (named ``sustained``) of the runs of ``runs`` whose perturbation is a regime
+    (:data:`SUSTAINED_KINDS`); all False when ``runs`` has no ``perturbation`` column."""
+    if "perturbation" not in runs.columns:
+        return pl.Series("sustained", [False] * runs.height, dtype=pl.Boolean)
+    return runs.select(pl.col("perturbation").is_in(list(SUSTAINED_KINDS)).fill_null(False)
+                       .alias("sustained")).to_series()
 
 
 def control_onset(onset_frac: float, planned_updates: int) -> int:
