@@ -29,7 +29,7 @@ import polars as pl
 from scipy.ndimage import median_filter
 
 from stabilitybench.analysis.stats import causal_window, ffill, windowed_mean
-from stabilitybench.data_schema.keys import onset_step
+from stabilitybench.data_schema.keys import onset_step, sustained_mask
 
 #: The collapse rule in words (Markdown); the one text the docs, the dataset card and ``help()`` quote.
 RULE = """For a run r in a *matched group* (same domain, algo, env and stochasticity level):
@@ -61,7 +61,11 @@ RULE = """For a run r in a *matched group* (same domain, algo, env and stochasti
    least ``min_confirm x W`` updates after ``max(t, onset + duration)``; otherwise the
    crossing cannot be confirmed. The update at which the confirmation completes is the
    *online confirmation step* (``collapse_confirmed_step``): the earliest time a causal rule
-   could know.
+   could know. A run of a *regime* kind (``stabilitybench.data_schema.keys.SUSTAINED_KINDS``,
+   e.g. ``lr_regime``: an elevated setting held from update 0 for the whole run, onset 0) has
+   no perturbation window to outlast: its window ends at its onset, so it collapses at the
+   first ``t`` where ``s_r`` stays below the line until ``t + W`` (or, near the end, until the
+   end with at least ``min_confirm x W`` updates after ``t``).
 4. **Transients.** A run that is not collapsed but stayed below the line for at least
    ``min_confirm x W`` consecutive updates after onset had a *transient* (``transient``), e.g.
    a drop confined to the perturbation window. It is not a collapse.
@@ -106,6 +110,18 @@ RULE = """For a run r in a *matched group* (same domain, algo, env and stochasti
    whichever comes first (against the date of item 5): ``collapse_kind`` is ``nonfinite`` |
    ``performance`` | ``none``. The online confirmation step of a run with a non-finite update
    at or before its smoothed date (5c) is that update.
+
+**Regime runs in the LM domain.** A loss spike of the tiny GPT-2 at a high peak LR is judged by
+the same rule on ``-val_loss`` (no dedicated spike rule on the training loss): a *collapse* is
+a rise of the validation loss that takes ``-val_loss`` below the controls' line (by at least
+``drop`` of their learning gain and ``spread_k`` seed-SDs) and lasts a whole confirmation window ``W``
+(``recovery_frac`` = 10% of the run's updates, 25 of 250) or until the end (at least
+``min_confirm x W``); a spike that recovers after at least ``min_confirm x W`` updates below the
+line is a ``transient``; a shorter one is neither; a non-finite loss is a collapse (item 6).
+Why: one rule, with the same size (relative to the controls' spread and gain) and persistence
+for every domain and for kicked and regime runs alike, so collapse rates and (c) compare across
+them; a spike of a few training iterations that the validation loss never shows does not
+damage the model and is not a collapse.
 
 **Cross-fitting over control seeds.** The control seeds of a group are cut into
 ``k = min(n_control_seeds, max_folds)`` folds. Fold ``i``'s envelope is built from the controls
@@ -496,7 +512,8 @@ def collapse_group(
 ) -> pl.DataFrame:
     """Outcomes of every run of one matched group, cross-fitted over control seeds (module docstring).
 
-    ``runs`` needs ``run_id, seed, onset_step`` (and ``duration_steps`` for the window end);
+    ``runs`` needs ``run_id, seed, onset_step`` (and ``duration_steps`` for the window end; a run of a regime
+    kind, :func:`~stabilitybench.data_schema.keys.sustained_mask`, has none: its window ends at its onset);
     ``perf[run_id]``: the run's :class:`RunCurves` (``episode_return`` / ``eval_return`` date the
     collapse where present), or a ``(steps (T,), performance (T,))`` pair (dated on performance,
     as corpora without per-episode returns are); ``control_mask`` (shape ``(n_runs,)``)
@@ -508,6 +525,8 @@ def collapse_group(
     seeds = [int(x) for x in runs["seed"].to_list()]
     onsets = [onset_step(r) for r in runs.iter_rows(named=True)]
     durs = runs["duration_steps"].to_list() if "duration_steps" in runs.columns else [None] * len(ids)
+    regime = sustained_mask(runs).to_list()  # a regime has no perturbation window to outlast (rule item 3)
+    durs = [None if sus else d for d, sus in zip(durs, regime, strict=True)]
     smoothed: dict[str, tuple[int, np.ndarray]] = {}
     for rid, seed, is_ctrl in zip(ids, seeds, control_mask, strict=True):
         if is_ctrl and rid in curves and rid not in nonfinite:

@@ -13,10 +13,12 @@ threshold is calibrated *conformally* on the **unperturbed** runs of the calibra
 only (:class:`~stabilitybench.analysis.conformal.ConformalCalibrator`: cross-fitted, since the seeds rotate);
 an unperturbed run that itself collapsed is not "normal" telemetry and is left out of both.
 Nothing is fitted or tuned on perturbed runs, so the per-perturbation-kind rows are also the
-leave-one-perturbation-kind-out evaluation. **Leave-one-env-out** (several envs per domain,
-algo and stochasticity level): for each held-out env the detectors are trained on the
-unperturbed runs of all *other* envs, then calibrated and tested on the held-out env's
-calibration and test seeds exactly as above. With one env it is reported as not testable.
+leave-one-perturbation-kind-out evaluation of question (d) once the choices made before any fit are checked
+without the kind (:func:`stabilitybench.analysis.groups.leave_one_kind_out_check`). **Leave-one-env-out**
+(question (d); several envs per domain, algo and stochasticity level, :func:`evaluate_transfer`): for each
+held-out env the detectors are fitted on the unperturbed runs of the *other* envs (their own fold's training
+seeds), calibrated on those envs' calibration controls and, apart, on the held-out env's, and score every run
+of the held-out env. With one env it is reported as not testable.
 
 Scores leave each fold as conformal p-values
 --------------------------------------------
@@ -30,6 +32,21 @@ calibration runs make 5% unreachable; then no FPR claim is made). Run-level scor
 Scores are per block; an alarm is dated at its block's last update, so lead times are
 in optimizer updates. Non-finite telemetry scores ``+inf`` (p = 1/(n+1)).
 
+Regime runs (question (c))
+--------------------------
+A run of a regime kind (:data:`~stabilitybench.data_schema.keys.SUSTAINED_KINDS`, e.g. ``lr_regime``: trained at an
+elevated setting from update 0, onset 0, no kick) is scored like every test run, and its per-block scores leave in the
+traces, but it gets no per-run row: questions (a), (a') and (b) read the rows and are about kicks (their windows start
+at the onset and end at the kick's end, and for a regime the "window" is the whole run), so regime runs enter only
+question (c), time to event (:mod:`stabilitybench.analysis.time_to_event_stage`), which reads the traces. For each
+regime test run the fold also scores a **null twin** with the same fitted detector and conformal calibration
+(:func:`null_twin`: per column an AR(1) surrogate of the run's own first :data:`TWIN_FRAC` of updates, before any
+collapse, simulated for the run's whole length); its traces carry the run id plus :data:`TWIN_SUFFIX`
+(:func:`split_twins` separates them; a consumer joining traces to runs on ``run_id`` never meets them). A seed that
+holds regime runs only (the ``spontaneous`` profile has more regime seeds than control seeds) is not cut into the
+seed chunks, where it would leave a fold without calibration controls: it is tested in fold ``seed mod k``
+(:func:`regime_folds`; without such seeds the folds are :func:`seed_folds`' as before).
+
 Feature sets
 ------------
 Each detector reads a named feature set (:func:`named_feature_sets`): ``no_echo`` under its own name,
@@ -42,6 +59,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -58,7 +76,8 @@ from stabilitybench.analysis.metastate import MonitorBase
 from stabilitybench.analysis.metastate.base import window_max
 from stabilitybench.analysis.monitor_file import SUFFIX, MonitorFile, provenance_of
 from stabilitybench.analysis.summary import Status, StatusKind, not_testable
-from stabilitybench.data_schema.keys import onset_step, resolve_onset
+from stabilitybench.analysis.time_to_event import ar1_twin
+from stabilitybench.data_schema.keys import SUSTAINED_KINDS, onset_step, resolve_onset, sustained_mask
 
 
 @dataclass(frozen=True)
@@ -117,6 +136,23 @@ def seed_folds(seeds: list[int], max_folds: int = 5, calibration_chunks: int = 1
     return folds
 
 
+def regime_folds(runs: pl.DataFrame, max_folds: int = 5, calibration_chunks: int = 1) -> list[dict[str, list[int]]]:
+    """:func:`seed_folds` of the seeds of ``runs`` (``seed``, ``perturbation``) that hold a run other than a regime run;
+    a seed with regime runs only (no control to train or calibrate on) is tested in fold ``seed mod k``.
+
+    Without such a seed this is :func:`seed_folds` of every seed. With one, cutting it into a chunk would leave a fold
+    without calibration controls (skipped, its test runs unscored): the ``spontaneous`` profile has more regime seeds
+    than control seeds.
+    """
+    seeds = [int(x) for x in runs["seed"].to_list()]
+    regime = sustained_mask(runs).to_list()
+    base = sorted({s for s, r in zip(seeds, regime, strict=True) if not r})
+    folds = seed_folds(base, max_folds, calibration_chunks)
+    for s in sorted(set(seeds) - set(base)) if folds else []:
+        folds[s % len(folds)]["test"].append(s)
+    return folds
+
+
 def make_detector(name: str, features: list[str], cfg: EarlyWarningConfig) -> MonitorBase:
     """A fresh, unfitted detector by name (its registry spec's ``build``); one line for an unknown name."""
     spec = DETECTORS.get(name)
@@ -130,6 +166,51 @@ def _onset_index(steps: np.ndarray, onset: int | None) -> int:
     if onset is None:
         return 0
     return int(np.searchsorted(steps, onset, side="left"))
+
+
+#: The null twin of a regime run is an AR(1) surrogate of its first ``TWIN_FRAC`` of updates (before any collapse).
+TWIN_FRAC = 0.1
+#: A null twin's traces carry its run's id plus this suffix (:func:`split_twins`).
+TWIN_SUFFIX = "#null_twin"
+
+
+def is_regime(row: dict[str, Any]) -> bool:
+    """Whether a runs row is of a regime kind (:data:`~stabilitybench.data_schema.keys.SUSTAINED_KINDS`)."""
+    return row.get("perturbation") in SUSTAINED_KINDS
+
+
+def null_twin(steps: np.ndarray, X: np.ndarray, collapse_step: int | None, seed: int) -> np.ndarray | None:
+    """The null twin ``(T, p)`` of a regime run's block telemetry ``X`` ``(T, p)`` at block end ``steps`` ``(T,)``.
+
+    Per column an AR(1) (:func:`~stabilitybench.analysis.time_to_event.ar1_twin`: the column's mean, lag-1
+    autocorrelation and innovation SD) fitted on the blocks that end before ``TWIN_FRAC`` of the run's updates and
+    before ``collapse_step`` (a regime has no pre-onset stretch: this is the run's own early, stable telemetry),
+    started at the run's first value and simulated for all ``T`` blocks; seeded. None when fewer than 3 blocks are
+    in that stretch (nothing to fit).
+    """
+    stop = TWIN_FRAC * n_updates(np.asarray(steps))
+    if collapse_step is not None:
+        stop = min(stop, float(collapse_step))
+    early = np.asarray(steps) < stop
+    if int(early.sum()) < 3:
+        return None
+    padded = np.full(np.shape(X), np.nan)
+    padded[early] = X[early]  # ar1_twin fits each column on its finite values and keeps the length
+    return ar1_twin(padded, seed)
+
+
+def twin_seed(run_id: str, seed: int) -> int:
+    """The seed of ``run_id``'s null twin: the same in every fold, detector and process."""
+    return (zlib.crc32(run_id.encode()) + int(seed)) % (2**32)
+
+
+def split_twins(traces: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """``(traces of runs, traces of null twins)``; the twins' ``run_id`` without :data:`TWIN_SUFFIX`."""
+    if traces.height == 0 or "run_id" not in traces.columns:
+        return traces, traces.head(0)
+    twin = pl.col("run_id").str.ends_with(TWIN_SUFFIX)
+    return traces.filter(~twin), traces.filter(twin).with_columns(
+        pl.col("run_id").str.strip_suffix(TWIN_SUFFIX))
 
 
 ECHO_COLUMNS = ("lr", "update_norm", "param_norm")
@@ -239,7 +320,7 @@ def evaluate_group(
     """
     for name in cfg.detectors:
         spec_for(name)  # an unknown detector is refused (one line) before anything is fitted
-    folds = seed_folds(runs["seed"].to_list(), cfg.max_folds, cfg.calibration_chunks)
+    folds = regime_folds(runs, cfg.max_folds, cfg.calibration_chunks)
     if not folds:
         return _empty_rows(), _empty_traces(), [not_testable("fewer than 3 seeds")]
     info = {r["run_id"]: r for r in runs.iter_rows(named=True)}
@@ -350,6 +431,16 @@ def _evaluate_fold(i: int, fold: dict[str, list[int]], info: dict[str, dict[str,
     train_ids = pick(fold["train"], True)
     calib_ids = pick(fold["calibration"], True)
     test_ids = pick(fold["test"], False)
+    # regime runs: traces only (question (c)), plus a null twin each, scored by the same fitted detector
+    twins: dict[str, np.ndarray] = {}
+    if external_train is None:
+        for rid in test_ids:
+            if is_regime(info[rid]):
+                st, X, _ = arrays[rid]
+                tw = null_twin(st, X, info[rid]["collapse_step"] if info[rid]["collapsed"] else None,
+                               twin_seed(rid, cfg.seed))
+                if tw is not None:
+                    twins[rid] = tw
     note = {"fold": i, **{k: v for k, v in fold.items()}, "n_train_runs": len(train_ids) if external_train is None
             else len(external_train), "n_calibration_runs": len(calib_ids), "n_test_runs": len(test_ids)}
     if external_train is not None:
@@ -392,13 +483,22 @@ def _evaluate_fold(i: int, fold: dict[str, list[int]], info: dict[str, dict[str,
             score = det.score(X[:, idx])
             score[nonfinite] = np.inf
             pval = conf.p_value(score)
-            rows.append(_run_row(rid, info[rid], i, label, conf, steps, pval, cfg, block, score))
-            traces.append(pl.DataFrame({"run_id": rid, "detector": label, "fold": i, "step": steps,
-                                        "score": score, "threshold": conf.threshold_, "p_value": pval,
-                                        "excess": calibrated_excess(score, conf)},
-                                       schema_overrides={"step": pl.Int64, "score": pl.Float64,
-                                                         "p_value": pl.Float64, "excess": pl.Float64}))
+            if not is_regime(info[rid]):  # a regime run enters question (c) only (module docstring)
+                rows.append(_run_row(rid, info[rid], i, label, conf, steps, pval, cfg, block, score))
+            traces.append(_trace(rid, label, i, steps, score, conf))
+            if rid in twins:
+                traces.append(_trace(rid + TWIN_SUFFIX, label, i, steps, det.score(twins[rid][:, idx]), conf))
     return rows, traces, note
+
+
+def _trace(rid: str, label: str, fold: int, steps: np.ndarray, score: np.ndarray, conf: ConformalCalibrator
+           ) -> pl.DataFrame:
+    """One test run's per-block trace (the ``early_warning_scores`` rows) from its scores ``(T,)``."""
+    return pl.DataFrame({"run_id": rid, "detector": label, "fold": fold, "step": steps, "score": score,
+                         "threshold": conf.threshold_, "p_value": conf.p_value(score),
+                         "excess": calibrated_excess(score, conf)},
+                        schema_overrides={"step": pl.Int64, "score": pl.Float64, "p_value": pl.Float64,
+                                          "excess": pl.Float64})
 
 
 _ROW_SCHEMA = {
@@ -527,3 +627,187 @@ def leave_one_env_out_status(runs: pl.DataFrame) -> dict[str, Any]:
     if envs.height and int(envs["n"].max()) >= 2:
         return Status(StatusKind.OK).to_json()
     return not_testable("one env per (domain, algo, stochasticity)")
+
+
+# ------------------------------------------------------------------------------- held-out generalisation (d)
+#: How a transferred monitor's threshold is calibrated (the ``calibrated_on`` column of the leave-one-env-out rows):
+#: ``source`` on the source envs' controls (nothing of the target is used: what a practitioner deploying the monitor
+#: on a new env gets), ``target`` on the target env's calibration controls (the fitted monitor is the source's).
+TRANSFER_CALIBRATIONS = ("source", "target")
+
+
+def _controls(runs: pl.DataFrame, arrays: dict[str, Any], seeds: list[int]) -> list[str]:
+    """Run ids of ``runs``' unperturbed, non-collapsed runs whose seed is in ``seeds`` and that have telemetry."""
+    keep = runs.filter(pl.col("unperturbed") & ~pl.col("collapsed").fill_null(False)
+                       & pl.col("seed").is_in([int(s) for s in seeds]))
+    return [r for r in keep["run_id"].to_list() if r in arrays]
+
+
+def transfer_folds(target_seeds: list[int], sources: list[tuple[str, pl.DataFrame, dict[str, Any]]],
+                   cfg: EarlyWarningConfig) -> list[dict[str, Any]]:
+    """The folds of :func:`evaluate_transfer`: the target's rotating seed split (:func:`seed_folds`), each paired
+    with fold ``i mod k_s`` of every source env's own split.
+
+    ``sources``: ``(env, runs, arrays)`` per source env. Each fold: ``fold`` (i), the target's ``train`` /
+    ``calibration`` / ``test`` seeds (its ``train`` seeds are not used), ``source_train`` and
+    ``source_calibration`` (run ids of the source controls the monitor is fitted and calibrated on, pooled over the
+    sources) and ``source_folds`` (env -> the source fold used). With one source env the fitted monitor is the
+    one that env's own fold ``i`` fits in the main evaluation. A source env with fewer than 3 seeds has no
+    split and is left out (``skipped_sources``). Empty when the target has fewer than 3 seeds.
+    """
+    folds = seed_folds(target_seeds, cfg.max_folds, cfg.calibration_chunks)
+    split = {env: (runs, arrays, seed_folds(runs["seed"].to_list(), cfg.max_folds, cfg.calibration_chunks))
+             for env, runs, arrays in sources}
+    out = []
+    for i, f in enumerate(folds):
+        used = {env: i % len(sf) for env, (_, _, sf) in split.items() if sf}
+        train = [r for env, j in used.items()
+                 for r in _controls(split[env][0], split[env][1], split[env][2][j]["train"])]
+        cal = [r for env, j in used.items()
+               for r in _controls(split[env][0], split[env][1], split[env][2][j]["calibration"])]
+        out.append({"fold": i, **f, "source_train": train, "source_calibration": cal, "source_folds": used,
+                    "skipped_sources": sorted(env for env, (_, _, sf) in split.items() if not sf)})
+    return out
+
+
+def evaluate_transfer(
+    target_runs: pl.DataFrame,
+    target_arrays: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    sources: list[tuple[str, pl.DataFrame, dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]]],
+    features: list[str],
+    cfg: EarlyWarningConfig,
+    block: int = 1,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[pl.DataFrame, pl.DataFrame, list[dict[str, Any]]]:
+    """Leave-one-env-out: monitors fitted on other envs' controls, scored on every run of the target env.
+
+    ``target_runs`` / ``sources[k][1]``: runs frames as :func:`evaluate_group` takes them (``seed``,
+    ``unperturbed``, ``collapsed``, ``onset_step``, ...); ``*_arrays[run_id] = (steps (T,), X (T, p), nonfinite
+    (T,))`` with the columns ``features``; ``block``: the target's block length. Folds (:func:`transfer_folds`):
+    fold ``i`` fits every detector on the source controls of source fold ``i``'s training seeds, then calibrates
+    it twice (:data:`TRANSFER_CALIBRATIONS`): on the source controls of that fold's calibration seeds
+    (``calibrated_on = "source"``; nothing of the target is used) and on the target's calibration seeds' controls
+    (``"target"``), and scores the target's test seeds under both. Every target run is tested once per
+    calibration, as in :func:`evaluate_group`, so the target's own main-evaluation rows are the in-env numbers
+    on the same runs. One fit serves both calibrations; the no-kick feature set is not evaluated (as before).
+    Regime runs (question (c)) are not scored. Returns (rows: :func:`_run_row` plus ``calibrated_on`` and
+    ``source_envs``; traces: ``run_id, detector, fold, step, score, threshold, p_value, excess, calibrated_on``;
+    one note per fold).
+    """
+    for name in cfg.detectors:
+        spec_for(name)
+    folds = transfer_folds(target_runs["seed"].to_list(), sources, cfg)
+    if not folds:
+        return _transfer_rows([]), _empty_traces().with_columns(pl.lit(None, pl.String).alias("calibrated_on")), \
+            [not_testable("fewer than 3 target seeds")]
+    info = {r["run_id"]: r for r in target_runs.iter_rows(named=True)}
+    src_info = {r["run_id"]: (r, arrays) for _, runs, arrays in sources for r in runs.iter_rows(named=True)}
+    domains = target_runs["domain"].unique().to_list() if "domain" in target_runs.columns else []
+    variants = detector_variants(features, cfg, domains[0] if len(domains) == 1 else None, no_kick=False)
+    envs = ",".join(sorted(env for env, _, _ in sources))
+    jobs = []
+    for f in folds:
+        src = {r: (src_info[r][1][r], onset_step(src_info[r][0])) for r in f["source_train"] + f["source_calibration"]}
+        jobs += [(f, info, target_arrays, src, features, [v], cfg, block, envs) for v in variants]
+    n_jobs = min(_processes(cfg), len(jobs))
+    if progress:
+        progress(f"{len(folds)} transfer folds x {len(variants)} detectors from {envs}")
+    if n_jobs > 1:
+        from joblib import Parallel, delayed
+
+        order = sorted(range(len(jobs)), key=lambda j: spec_for(jobs[j][5][0][1]).fit_order)
+        ran = Parallel(n_jobs=n_jobs, backend="loky")(delayed(_transfer_fold_in_worker)(*jobs[j]) for j in order)
+        done: list[Any] = [None] * len(jobs)
+        for j, d in zip(order, ran, strict=True):
+            done[j] = d
+    else:
+        done = [_transfer_fold(*job) for job in jobs]
+    notes = []
+    for f in folds:
+        parts = [d for d, job in zip(done, jobs, strict=True) if job[0]["fold"] == f["fold"]]
+        notes.append(_merge_fold(parts)[2] if parts else {"fold": f["fold"]})
+    rows = [r for d in done for r in d[0]]
+    traces = [t for d in done for t in d[1]]
+    trace = pl.concat(traces, how="diagonal_relaxed") if traces else \
+        _empty_traces().with_columns(pl.lit(None, pl.String).alias("calibrated_on"))
+    return _transfer_rows(rows), trace, notes
+
+
+def _transfer_rows(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    """The leave-one-env-out rows: :data:`_ROW_SCHEMA` plus ``calibrated_on`` and ``source_envs``."""
+    return pl.DataFrame(rows, schema={**_ROW_SCHEMA, "calibrated_on": pl.String, "source_envs": pl.String})
+
+
+def _transfer_fold_in_worker(*job: Any) -> tuple[list[dict[str, Any]], list[pl.DataFrame], dict[str, Any]]:
+    """:func:`_transfer_fold` in a worker process: one torch thread, as :func:`_evaluate_fold_in_worker`."""
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        torch.set_num_threads(1)
+    return _transfer_fold(*job)
+
+
+def _calibrated(det: MonitorBase, idx: list[int],
+                runs: list[tuple[tuple[np.ndarray, np.ndarray, np.ndarray], int]], fpr: float) -> ConformalCalibrator:
+    """A conformal calibrator fitted on the window maxima from onset of ``det``'s scores of ``runs`` (each
+    ``((steps (T,), X (T, p), nonfinite (T,)), onset update)``; columns ``idx`` of ``X``; non-finite rows +inf)."""
+    maxima = []
+    for (st, X, nf), onset in runs:
+        sc = det.score(X[:, idx])
+        sc[nf] = np.inf
+        maxima.append(window_max(sc, st, onset, None))
+    return ConformalCalibrator(fpr).fit(maxima)
+
+
+def _transfer_fold(f: dict[str, Any], info: dict[str, dict[str, Any]],
+                   arrays: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+                   src: dict[str, tuple[tuple[np.ndarray, np.ndarray, np.ndarray], int]], features: list[str],
+                   variants: list[tuple[str, str, list[str]]], cfg: EarlyWarningConfig, block: int, envs: str
+                   ) -> tuple[list[dict[str, Any]], list[pl.DataFrame], dict[str, Any]]:
+    """One fold of :func:`evaluate_transfer`: fit on the source controls ``f["source_train"]``, calibrate on
+    ``f["source_calibration"]`` and on the target's calibration controls, score the target's test runs under both.
+    ``src``: source run id -> (its arrays, its onset update)."""
+    def target(seeds: list[int], controls_only: bool) -> list[str]:
+        return [rid for rid, r in info.items() if r["seed"] in seeds and rid in arrays and not is_regime(r)
+                and (not controls_only or (r["unperturbed"] and not r["collapsed"]))]
+
+    cal_t, test = target(f["calibration"], True), target(f["test"], False)
+    note: dict[str, Any] = {"fold": f["fold"], "calibration": f["calibration"], "test": f["test"],
+                            "source_folds": f["source_folds"], "n_train_runs": len(f["source_train"]),
+                            "n_calibration_runs_source": len(f["source_calibration"]),
+                            "n_calibration_runs_target": len(cal_t), "n_test_runs": len(test),
+                            "train": f"unperturbed runs of {envs} (their fold's training seeds)"}
+    if f["skipped_sources"]:
+        note["skipped_sources"] = f["skipped_sources"]
+    if not f["source_train"] or not f["source_calibration"] or not cal_t or not test:
+        note.update(Status(StatusKind.SKIPPED, "no source training or calibration control, no target calibration "
+                                               "control, or no target test run").to_json())
+        return [], [], note
+    rows: list[dict[str, Any]] = []
+    traces: list[pl.DataFrame] = []
+    for label, name, cols in variants:
+        idx = [features.index(c) for c in cols]
+        det = make_detector(name, cols, cfg)
+        if not getattr(det, "available", True) or not idx:
+            continue
+        try:
+            det.fit([src[r][0][1][:, idx] for r in f["source_train"]])
+        except InsufficientDataError as exc:
+            note.setdefault("detector_errors", {})[label] = str(exc)
+            continue
+        confs = {"source": _calibrated(det, idx, [src[r] for r in f["source_calibration"]], cfg.fpr),
+                 "target": _calibrated(det, idx, [(arrays[r], onset_step(info[r])) for r in cal_t], cfg.fpr)}
+        note.setdefault("detectors", {})[label] = {
+            **{f"threshold_{k}": c.threshold_ for k, c in confs.items()},
+            **{f"n_calibration_{k}": c.n_ for k, c in confs.items()}, "features": cols, **det.fit_summary()}
+        for rid in test:
+            steps, X, nonfinite = arrays[rid]
+            score = det.score(X[:, idx])
+            score[nonfinite] = np.inf
+            for cal in TRANSFER_CALIBRATIONS:
+                conf = confs[cal]
+                rows.append({**_run_row(rid, info[rid], f["fold"], label, conf, steps, conf.p_value(score), cfg,
+                                        block, score), "calibrated_on": cal, "source_envs": envs})
+                traces.append(_trace(rid, label, f["fold"], steps, score, conf).with_columns(
+                    pl.lit(cal).alias("calibrated_on")))
+    return rows, traces, note

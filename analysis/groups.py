@@ -39,7 +39,13 @@ from stabilitybench.analysis.data import (
     run_arrays,
     to_blocks,
 )
-from stabilitybench.analysis.early_warning import ECHO_COLUMNS, evaluate_group, landmark, named_feature_sets
+from stabilitybench.analysis.early_warning import (
+    ECHO_COLUMNS,
+    evaluate_group,
+    evaluate_transfer,
+    landmark,
+    named_feature_sets,
+)
 from stabilitybench.analysis.pca import PCAAccumulator
 from stabilitybench.analysis.pca_summary import PCAInput
 from stabilitybench.analysis.regularities import drawdown_depth
@@ -124,8 +130,12 @@ class GroupResults:
     """Stage 2: per matched group (domain, algo, env, stochasticity), outcomes and early-warning folds.
 
     Tables: ``outcomes`` (one row per run), ``sensitivity`` (run x rule setting), ``ew_runs`` /
-    ``ew_scores`` (test run x detector [x block]), ``loeo_runs`` (leave-one-env-out), ``coherence``
-    (aligned on onset). Per run: ``early_coherence`` and ``kick`` (3 kick sizes).
+    ``ew_scores`` (test run x detector [x block]), ``loeo_runs`` / ``loeo_scores`` (leave-one-env-out: per target
+    run x detector x calibration, :func:`~stabilitybench.analysis.early_warning.evaluate_transfer`), ``coherence``
+    (aligned on onset). Per run: ``early_coherence`` and ``kick`` (3 kick sizes). Question (d), leave-one-kind-out:
+    ``loko_checks`` (per (domain, algo) and kind: does anything fitted change without the kind,
+    :func:`leave_one_kind_out_check`) and ``loko_runs`` / ``loko_scores`` (the refitted folds of a kind whose
+    feature set changes without it; empty when every kind's monitors are the main evaluation's).
     """
 
     outcomes: pl.DataFrame
@@ -142,6 +152,10 @@ class GroupResults:
     early_coherence: dict[str, float]
     kick: dict[str, np.ndarray]
     timings: dict[str, float]
+    loeo_scores: pl.DataFrame = field(default_factory=pl.DataFrame)
+    loko_checks: list[dict[str, Any]] = field(default_factory=list)
+    loko_runs: pl.DataFrame = field(default_factory=pl.DataFrame)
+    loko_scores: pl.DataFrame = field(default_factory=pl.DataFrame)
 
 
 @dataclass
@@ -163,6 +177,10 @@ class _Collector:
     kick: dict[str, np.ndarray] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=lambda: {"load_s": 0.0, "collapse_s": 0.0,
                                                                "early_warning_s": 0.0})
+    loeo_scores: list[pl.DataFrame] = field(default_factory=list)
+    loko_checks: list[dict[str, Any]] = field(default_factory=list)
+    loko_runs: list[pl.DataFrame] = field(default_factory=list)
+    loko_scores: list[pl.DataFrame] = field(default_factory=list)
 
     def frozen(self) -> GroupResults:
         def cat(parts: list[pl.DataFrame]) -> pl.DataFrame:
@@ -171,7 +189,8 @@ class _Collector:
         return GroupResults(cat(self.outcomes), cat(self.sensitivity), cat(self.ew_runs), cat(self.ew_scores),
                             cat(self.loeo_runs), cat(self.coherence), self.fold_notes, self.loeo_notes,
                             self.group_notes, self.feature_sets, self.pca_inputs, self.early_coherence, self.kick,
-                            self.timings)
+                            self.timings, loeo_scores=cat(self.loeo_scores), loko_checks=self.loko_checks,
+                            loko_runs=cat(self.loko_runs), loko_scores=cat(self.loko_scores))
 
 
 def _read_group(corpus: str | os.PathLike[str], g: pl.DataFrame, feats: list[str], cfg: AnalysisConfig,
@@ -321,27 +340,109 @@ def _analyse_domain_algo(corpus: str | os.PathLike[str], key_da: dict[str, str],
         acc.timings["early_warning_s"] += time.perf_counter() - ts
     ts = time.perf_counter()
     _leave_one_env_out(evaluated, fs.kept, cfg, say, acc)
+    _leave_one_kind_out(corpus, key_da, da_runs, read, fs, evaluated, cfg, say, acc)
     acc.timings["early_warning_s"] += time.perf_counter() - ts
 
 
 def _leave_one_env_out(evaluated: list[tuple[dict[str, str], pl.DataFrame, dict[str, Any], int]], kept: list[str],
                        cfg: AnalysisConfig, say: Callable[[str], None], acc: _Collector) -> None:
-    """Each group's test seeds scored by monitors trained on the other envs' controls (same stochasticity)."""
+    """Question (d), leave-one-env-out: each group's runs scored by monitors fitted on the controls of the other
+    envs of its (domain, algo, stochasticity), calibrated on those envs' controls and, apart, on its own
+    (:func:`~stabilitybench.analysis.early_warning.evaluate_transfer`)."""
     for key, g_out, arrays, B in evaluated:
-        others = [(k2, g2, a2) for k2, g2, a2, _ in evaluated
-                  if k2["env"] != key["env"] and k2["stochasticity"] == key["stochasticity"]]
+        same = [(k2, g2, a2, b2) for k2, g2, a2, b2 in evaluated
+                if k2["env"] != key["env"] and k2["stochasticity"] == key["stochasticity"]]
+        others = [(k2["env"], g2, a2) for k2, g2, a2, _ in same]
         if not others:
             continue
-        train = [a2[rid][1] for _, g2, a2 in others
-                 for rid in g2.filter(pl.col("unperturbed") & ~pl.col("collapsed"))["run_id"].to_list()
-                 if rid in a2]
         label = _label(key)
-        rows, _, notes = evaluate_group(g_out, arrays, kept, cfg.early_warning,
-                                        progress=lambda m, label=label: say(f"{label} (leave-one-env-out): {m}"),
-                                        external_train=train, block=B)
+        rows, traces, notes = evaluate_transfer(
+            g_out, arrays, others, kept, cfg.early_warning, block=B,
+            progress=lambda m, label=label: say(f"{label} (leave-one-env-out): {m}"))
         acc.loeo_runs.append(_with_cluster(rows, label))
-        acc.loeo_notes.append({"group": label, "trained_on_envs": sorted({k2["env"] for k2, _, _ in others}),
+        acc.loeo_scores.append(traces)
+        acc.loeo_notes.append({"group": label, "trained_on_envs": sorted(env for env, _, _ in others),
+                               "block_updates": B, "source_block_updates": {k2["env"]: b2 for k2, _, _, b2 in same},
                                "folds": notes})
+
+
+def _group_updates(g: pl.DataFrame) -> int:
+    """The updates a matched group's block length is set from (as :func:`_read_group` sets it): its longest run."""
+    return int(g["n_updates"].max() or g["planned_updates"].max() or 1)
+
+
+def leave_one_kind_out_check(kind: str, read_without: list[str], fs: FeatureSet, runs: pl.DataFrame,
+                             read: list[tuple[Any, pl.DataFrame, GroupTelemetry]], cfg: AnalysisConfig
+                             ) -> dict[str, Any]:
+    """Does anything the main evaluation fitted for one (domain, algo) change when kind ``kind``'s runs are left out?
+
+    The detectors are fitted and calibrated on controls only, and the redundant columns are judged on the controls'
+    blocks (:func:`select_features`), but two choices before them read every run: the candidate columns' coverage
+    and non-constant screen (:func:`~stabilitybench.analysis.data.feature_columns`), whose result without the kind is
+    ``read_without`` (the columns that would be read), and each group's block length (from its longest run). Returns
+    ``kind``, ``features_same`` / ``blocks_same``, ``kept`` (the monitors' columns without the kind) and ``monitors``:
+    ``reused`` (nothing changes: the main evaluation's fits are the held-out fits), ``refit`` (the kept columns
+    change: the kind's folds are refitted on ``kept``) or ``not_testable`` (a block length changes, or a column
+    would be read that was not: the telemetry would have to be read again), with ``reason``.
+    """
+    blocks = {}
+    for key, g, tel in read:
+        g_wo = g.filter(pl.col("perturbation") != kind)
+        if g_wo.height:
+            blocks[_label(key)] = (tel.block, block_size(_group_updates(g_wo), cfg.features))
+    blocks_same = all(a == b for a, b in blocks.values())
+    out: dict[str, Any] = {"kind": kind, "features_same": read_without == fs.read, "blocks_same": blocks_same,
+                           "kept": fs.kept}
+    if not blocks_same:
+        changed = {g: {"with": a, "without": b} for g, (a, b) in blocks.items() if a != b}
+        return {**out, "monitors": "not_testable", "reason": f"the block length changes without {kind}: {changed}"}
+    if read_without == fs.read:
+        return {**out, "monitors": "reused", "reason": "nothing fitted reads the kind's runs: the main evaluation's "
+                "monitors and thresholds are the held-out ones"}
+    missing = [c for c in read_without if c not in fs.read]
+    if missing:
+        return {**out, "monitors": "not_testable",
+                "reason": f"without {kind} the column(s) {', '.join(missing)} pass the screen but were not read"}
+    idx = [fs.read.index(c) for c in read_without]
+    sub = [(key, g, replace(tel, blocks=_subset(tel.blocks, idx))) for key, g, tel in read]
+    kept = select_features(runs, sub, read_without).kept
+    if kept == fs.kept:
+        return {**out, "monitors": "reused", "reason": f"the screened columns change without {kind} "
+                f"({sorted(set(fs.read) ^ set(read_without))}) but the monitors' columns do not"}
+    return {**out, "kept": kept, "monitors": "refit",
+            "reason": f"the monitors' columns change without {kind}: {kept} instead of {fs.kept}"}
+
+
+def _leave_one_kind_out(corpus: str | os.PathLike[str], key_da: dict[str, str], da_runs: pl.DataFrame,
+                        read: list[tuple[Any, pl.DataFrame, GroupTelemetry]], fs: FeatureSet,
+                        evaluated: list[tuple[dict[str, str], pl.DataFrame, dict[str, Any], int]],
+                        cfg: AnalysisConfig, say: Callable[[str], None], acc: _Collector) -> None:
+    """Question (d), leave-one-kind-out, for one (domain, algo): :func:`leave_one_kind_out_check` per perturbation
+    kind (one feature screen of the corpus per kind), and a refit of that kind's folds (its runs and the controls)
+    where the monitors' columns change without it."""
+    kinds = sorted(k for k in da_runs.filter(~pl.col("unperturbed") & (pl.col("arm") == "none"))["perturbation"]
+                   .unique().to_list() if k is not None)
+    acted = set(da_runs.filter(pl.col("arm") != "none")["run_id"].to_list())
+    for kind in kinds:
+        runs_wo = da_runs.filter(pl.col("perturbation") != kind)
+        cand = feature_columns(corpus, runs_wo, cfg.features)
+        check = leave_one_kind_out_check(kind, [*cand, *(["lr"] if "lr" not in cand else [])], fs, da_runs, read,
+                                         cfg)
+        acc.loko_checks.append({**key_da, **check})
+        if check["monitors"] != "refit":
+            continue
+        say(f"{key_da['domain']}/{key_da['algo']} without {kind}: refitting ({check['reason']})")
+        idx = [fs.read.index(c) for c in check["kept"]]
+        tels = {_label(key): tel for key, _, tel in read}
+        for key, g_out, _, B in evaluated:
+            tel = tels[_label(key)]
+            g_k = g_out.filter(pl.col("unperturbed") | (pl.col("perturbation") == kind))
+            if not g_k.filter(pl.col("perturbation") == kind).height:
+                continue
+            arrays = _subset({r: b for r, b in tel.blocks.items() if r not in acted}, idx)
+            rows, traces, _ = evaluate_group(g_k, arrays, check["kept"], cfg.early_warning, block=B)
+            acc.loko_runs.append(_with_cluster(rows, _label(key)).with_columns(pl.lit(kind).alias("held_out_kind")))
+            acc.loko_scores.append(traces.with_columns(pl.lit(kind).alias("held_out_kind")))
 
 
 def analyse_groups(corpus: str | os.PathLike[str], loaded: LoadedCorpus, cfg: AnalysisConfig, out: Path,

@@ -57,6 +57,7 @@ from stabilitybench.analysis.stages import (
 )
 from stabilitybench.analysis.summary import write_summary
 from stabilitybench.analysis.summary_doc import summary_document
+from stabilitybench.analysis.time_to_event_stage import time_to_event_question
 from stabilitybench.data_schema import RUNS, RUNS_SCHEMA, write_table
 from stabilitybench.data_schema.card import summary_lines, write_card
 
@@ -113,6 +114,9 @@ def run_analysis(
     begin("detection and prediction questions")
     ts = time.perf_counter()
     ew = early_warning_questions(groups, loaded.runs, cfg)
+    tte = time_to_event_question(groups.ew_scores, full, cfg)  # question (c): regime runs and their controls
+    if tte.curves.height:
+        write_result(tte.curves, out, "time_to_event_curves")
     timings["questions_s"] = time.perf_counter() - ts
     begin("survival models")
     ts = time.perf_counter()
@@ -129,7 +133,7 @@ def run_analysis(
                  "onset_telemetry")
     timings["total_s"] = time.perf_counter() - t0
     summary = summary_document(corpus, loaded, groups, cfg, full, dose, sens, pca, ew, surv, reg, intervention,
-                               timings)
+                               timings, time_to_event=tte)
     return write_summary(summary, out)
 
 

@@ -175,6 +175,33 @@ def paired_delta_auroc(score: np.ndarray, ref: np.ndarray, label: np.ndarray, se
     return number(d + ref_optimism, int(score.size), (lo, hi), interval=how, reference_optimism=ref_optimism)
 
 
+#: Fewest collapsed and fewest surviving runs, counted in strata that hold both outcomes, for a stratified AUROC:
+#: below it the within-stratum bootstrap degenerates (e.g. one collapse in one cell gives a CI of [1, 1]).
+MIN_STRATIFIED_PER_CLASS = 3
+
+
+def stratified_entry(score: np.ndarray, y: np.ndarray, seeds: np.ndarray, strata: np.ndarray, n_boot: int,
+                     seed: int) -> dict[str, Any]:
+    """The stratified AUROC entry (within-stratum pairs only) with its seed-clustered CI, or "n too small" when
+    the strata holding both outcomes have fewer than :data:`MIN_STRATIFIED_PER_CLASS` runs of either class.
+
+    ``score``, ``y``, ``seeds``, ``strata``: shape ``(n,)``.
+    """
+    both = np.zeros(y.size, bool)
+    for s_ in np.unique(strata):
+        m = strata == s_
+        if y[m].any() and (~y[m]).any():
+            both |= m
+    k_pos, k_neg = int((y & both).sum()), int((~y & both).sum())
+    pairs = stratified_auroc(score, y, strata)[1]
+    if min(k_pos, k_neg) < MIN_STRATIFIED_PER_CLASS:
+        return not_testable(f"n too small: the strata that hold both outcomes have {k_pos} collapsed and {k_neg} "
+                            f"surviving runs (need >= {MIN_STRATIFIED_PER_CLASS} of each)", n_pairs=pairs,
+                            n_pos_within=k_pos, n_neg_within=k_neg)
+    return _auroc_with_ci(score, y, seeds, n_boot, seed, strata) | {"n_pairs": pairs, "n_pos_within": k_pos,
+                                                                     "n_neg_within": k_neg}
+
+
 def detection_cases(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Question (a)'s two classes among one detector's rows: ``(positives, negatives)``.
 
@@ -529,14 +556,15 @@ def prediction(rows: pl.DataFrame, refs: dict[str, np.ndarray], n_boot: int = 10
         out["auroc_stratified"] = out["auroc"]
         return out
     out["auroc"] = _auroc_with_ci(score, y, seeds, n_boot, seed)
-    _, pairs = stratified_auroc(score, y, strata)
-    out["auroc_stratified"] = (_auroc_with_ci(score, y, seeds, n_boot, seed, strata) | {"n_pairs": pairs}
-                               if pairs else not_testable("n too small: no stratum holds both outcomes"))
+    out["auroc_stratified"] = stratified_entry(score, y, seeds, strata, n_boot, seed)
     opt = cell_share_optimism(y, strata, seeds) if CELL_SHARE & set(refs) else 0.0
     out["delta_auroc"] = {name: {"pooled": paired_delta_auroc(score, ref, y, seeds, n_boot, seed,
                                                               ref_optimism=opt if name in CELL_SHARE else 0.0),
                                  "stratified": paired_delta_auroc(score, within[name], y, seeds, n_boot, seed, strata)}
                           for name, ref in refs.items()}
+    if out["auroc_stratified"].get("status") == StatusKind.NOT_TESTABLE.value:  # the same n limits the deltas
+        for d in out["delta_auroc"].values():
+            d["stratified"] = out["auroc_stratified"]
     return out
 
 
@@ -563,9 +591,7 @@ def reference_rows(rows: pl.DataFrame, refs: dict[str, np.ndarray], n_boot: int 
                                           if a.get(k) is not None}, "reference_optimism": opt,
                                   "note": "in-sample AUROC less its jackknife optimism (cell_share_optimism)"}
             sc_st = within[name]
-            pairs = stratified_auroc(sc_st, y, strata)[1]
-            entry["auroc_stratified"] = _auroc_with_ci(sc_st, y, seeds, n_boot, seed, strata) if pairs else \
-                not_testable("n too small: no stratum holds both outcomes")
+            entry["auroc_stratified"] = stratified_entry(sc_st, y, seeds, strata, n_boot, seed)
         out[name] = entry
     return out
 
@@ -743,7 +769,8 @@ def same_dose_detection(rows: pl.DataFrame, traces: pl.DataFrame, horizon_frac: 
         "n_cells_one_outcome": int((per["why"] == "one outcome").sum()) if per.height else 0,
         "n_cells_no_window": int(((per["why"] == "collapse at onset") | (per["why"].is_null() & ~per["_any"])).sum())
         if per.height else 0}
-    keep = cells["cell"].is_in(use["cell"].implode()) if use.height else pl.Series([False] * cells.height)
+    keep = (cells["cell"].is_in(use["cell"].implode()) if use.height
+            else pl.Series([False] * cells.height, dtype=pl.Boolean))
     sub = rows.join(cells.filter(keep).select("run_id", "cell", "label", "_score"), on="run_id", how="inner")
     y = np.array(sub["label"].to_list(), bool)
     out.update(n_runs=sub.height, n_pos=int(y.sum()), n_neg=int((~y).sum()))
@@ -755,8 +782,7 @@ def same_dose_detection(rows: pl.DataFrame, traces: pl.DataFrame, horizon_frac: 
         sc = np.array(sub["_score"].fill_null(float("nan")).to_list(), float)
         strata = np.unique(np.array(sub["cell"].to_list(), str), return_inverse=True)[1].reshape(-1)
         seeds = np.array(sub["seed"].to_list())
-        pairs = stratified_auroc(sc, y, strata)[1]
-        out["auroc_stratified"] = _auroc_with_ci(sc, y, seeds, n_boot, seed, strata) | {"n_pairs": pairs}
+        out["auroc_stratified"] = stratified_entry(sc, y, seeds, strata, n_boot, seed)
     pos = sub.filter(pl.col("label"))
     big, small = split_small_folds(pos, target_fpr)
 

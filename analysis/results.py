@@ -285,7 +285,8 @@ _DECLARED: dict[str, tuple[str, list[Column] | pa.Schema]] = {
                    extra=(Column("what", STR, "-", "What the share means"),)),
         *_EW_METRICS_NEW,
     ]),
-    "early_warning_loeo_runs": ("(test run, detector) of the leave-one-env-out evaluation (several envs only)", []),
+    "early_warning_loeo_runs": ("(target run, detector, calibration) of the leave-one-env-out evaluation, question "
+                                "(d) (several envs only; stabilitybench.analysis.early_warning.evaluate_transfer)", []),
     "coherence_aligned": ("(collapsed run, offset from onset): coherence vs the same configuration's non-collapsed "
                           "runs", [
         _col("domain"), _col("estimator"), _col("config"), _col("run_id"), _col("seed"),
@@ -304,6 +305,29 @@ _DECLARED: dict[str, tuple[str, list[Column] | pa.Schema]] = {
         Column("fpr", F64, "-", "Share of held-out controls (question (a)'s negatives) at or above the threshold"),
         Column("tpr", F64, "-", "Share of performance collapses (question (a)'s positives) at or above the threshold"),
         Column("n_pos", I64, "runs", "Performance collapses"), Column("n_neg", I64, "runs", "Held-out controls"),
+    ]),
+    "time_to_event_curves": ("(domain, detector, horizon, point): question (c)'s warned fraction against false alarms "
+                             "per 10k stable updates (stabilitybench.analysis.time_to_event_stage; what the "
+                             "time-to-event figure draws)", [
+        _col("domain"), _col("detector", None, "-", "Detector label as in early_warning_scores, or time_since_start "
+                                                    "(the no-kick reference: updates since the regime began)"),
+        Column("horizon", I64, "update", "h: a block is positive when the collapse comes within the next h updates"),
+        Column("min_lead", I64, "update", "A collapse counts as warned by an alarm with lead in [min_lead, h]"),
+        Column("point", STR, "-", "curve (a threshold of the grid) | calibrated (the threshold at 1 false alarm per "
+               "10k stable updates of the controls, cross-fitted on the controls)"),
+        Column("threshold", F64, "-", "Alarm when the block's score is above it: calibrated excess (calibration SDs) "
+               "for a detector, updates for time_since_start (curve: a quantile of the stable blocks' scores; -inf: "
+               "every scored block alarms)"),
+        Column("fa_per_10k", F64, "per 10k updates", "Alarming stable blocks per 10,000 stable updates (controls, "
+               "survivors and blocks more than h before a collapse)"),
+        Column("fa_ci_low", F64, "per 10k updates", "calibrated: 95% CI low (envelope of the exact Poisson and the "
+               "run-clustered bootstrap intervals); null on the curve"),
+        Column("fa_ci_high", F64, "per 10k updates", "calibrated: 95% CI high; null on the curve"),
+        Column("warned_fraction", F64, "-", "Share of collapsed regime runs with an alarm at lead in [min_lead, h]"),
+        Column("warned_ci_low", F64, "-", "calibrated: Clopper-Pearson 95% CI low; null on the curve"),
+        Column("warned_ci_high", F64, "-", "calibrated: Clopper-Pearson 95% CI high; null on the curve"),
+        Column("n_collapsed", I64, "runs", "Collapsed regime runs with a scored block before the collapse"),
+        Column("n_runs", I64, "runs", "Runs behind the row (regime runs and controls)"),
     ]),
     "onset_telemetry": ("(run, signal, thinned update): telemetry around the perturbation onset for the runs F1 "
                         "shows (stabilitybench.analysis.onset): every control and the strongest magnitude of each "
@@ -358,8 +382,74 @@ _DECLARED: dict[str, tuple[str, list[Column] | pa.Schema]] = {
                "equivalence.verdict)"), *_EQUIVALENCE, _col("status"), _col("reason"),
     ]),
 }
-_DECLARED["early_warning_loeo_runs"] = (_DECLARED["early_warning_loeo_runs"][0],
-                                        _DECLARED["early_warning_runs"][1])
+_DECLARED["early_warning_loeo_runs"] = (_DECLARED["early_warning_loeo_runs"][0], [
+    *_DECLARED["early_warning_runs"][1],  # type: ignore[misc]
+    Column("calibrated_on", STR, "-", "source: threshold calibrated on the source envs' controls (nothing of the "
+           "target used); target: on the target env's calibration controls (the monitor is fitted on the source)"),
+    Column("source_envs", STR, "-", "The envs whose controls the monitor was fitted on (comma-separated)")])
+
+
+def _held_out_estimate(prefix: str, what: str, unit: str = "-", n: bool = True) -> list[Column]:
+    """``prefix.value|[n]|ci_low|ci_high`` of one (d) estimate."""
+    return [Column(f"{prefix}.value", F64, unit, what), *([Column(f"{prefix}.n", I64, "runs", f"n of {prefix}")]
+                                                          if n else []),
+            Column(f"{prefix}.ci_low", F64, unit, f"95% CI low of {prefix}"),
+            Column(f"{prefix}.ci_high", F64, unit, f"95% CI high of {prefix}")]
+
+
+#: results/early_warning_held_out: question (d) flattened (stabilitybench.analysis.stages.held_out_rows)
+_DECLARED["early_warning_held_out"] = (
+    "(evaluation, held-out unit, setting, detector): question (d), held-out generalisation: (a), (a') and (b) on the "
+    "held-out kind's or env's runs, side by side with the in-sample / in-env numbers (summary.json "
+    "early_warning.held_out)", [
+        Column("evaluation", STR, "-", "leave_one_kind_out | leave_one_env_out"),
+        Column("held_out", STR, "-", "The held-out perturbation kind, or the target matched group (domain/algo/env/"
+               "stochasticity); 'all kinds' for the in-sample rows"),
+        Column("setting", STR, "-", "leave_one_kind_out: in_sample (the main evaluation, every kind pooled) | "
+               "held_out; leave_one_env_out: in_env | transfer_target_calibrated | transfer_source_calibrated"),
+        Column("trained_on", STR, "-", "What the monitors were fitted on"),
+        Column("monitors", STR, "-", "leave_one_kind_out: reused (nothing fitted changes without the kind) | refit, "
+               "per domain/algo (JSON)"),
+        _col("detector"),
+        Column("a.n_collapsed", I64, "runs", "(a) performance collapses scored"),
+        Column("a.n_controls", I64, "runs", "(a) held-out controls scored"),
+        *_held_out_estimate("a.auroc", "(a) AUROC, collapses vs held-out controls"),
+        *_held_out_estimate("a.delta_vs_perturbation_on", "(a) AUROC minus perturbation_on's (1 by construction)",
+                            n=False),
+        *_held_out_estimate("a.frac_collapses_preceded", "(a) share of collapses with an alarm strictly before "
+                            "(folds with >= 19 calibration controls)"),
+        *_held_out_estimate("a.median_lead_updates", "(a) median lead of the alarm before collapse", "update"),
+        *_held_out_estimate("a.fpr_held_out_controls", "(a) false-positive rate on the held-out controls (folds with "
+                            ">= 19 calibration controls)"),
+        Column("a.fpr_held_out_controls.claim.status", STR, "-", "ok (conformal bound holds) | refused (too few "
+               "calibration controls, or calibrated on another env's controls)"),
+        *_held_out_estimate("fpr_target_controls", "leave_one_env_out: false-alarm rate measured on the target env's "
+                            "held-out controls (Clopper-Pearson CI)"),
+        Column("fpr_target_controls.from", STR, "-", "Which folds the measured rate pools"),
+        Column("fpr_target_controls.calibrated_on", STR, "-", "What the thresholds were calibrated on"),
+        Column("fpr_target_controls.alpha_used", F64, "-", "Conformal level the alarms used"),
+        Column("a_same_dose.n_pos", I64, "runs", "(a') collapsed runs in contributing cells"),
+        Column("a_same_dose.n_neg", I64, "runs", "(a') surviving runs in contributing cells"),
+        Column("a_same_dose.n_cells_contributing", I64, "cells", "(a') cells holding both outcomes"),
+        *_held_out_estimate("a_same_dose.auroc_stratified", "(a') same-dose AUROC, stratified by cell"),
+        Column("a_same_dose.auroc_stratified.status", STR, "-", "Status of the (a') AUROC (null when computed)"),
+        Column("b.n_pos", I64, "runs", "(b) runs collapsing after the landmark"),
+        Column("b.n_neg", I64, "runs", "(b) perturbed runs surviving"),
+        *_held_out_estimate("b.auroc_stratified", "(b) prediction AUROC at the landmark, stratified by cell"),
+        Column("b.auroc_stratified.status", STR, "-", "Status of the (b) AUROC (null when computed)"),
+        *_held_out_estimate("b.delta_auroc.kick_size.stratified", "(b) stratified AUROC minus the kick_size "
+                            "reference's (leave_one_kind_out held_out: fitted on the other kinds; leave_one_env_out "
+                            "transfer: fitted on the source envs)"),
+        *_held_out_estimate("b.delta_auroc.config_only.pooled", "(b) pooled AUROC minus the in-sample cell share's "
+                            "(optimism-corrected)"),
+        *_held_out_estimate("b_kick_size_leave_one_cell_out.stratified", "leave_one_kind_out held_out: (b) stratified "
+                            "AUROC minus the main evaluation's leave-one-cell-out kick_size model's"),
+        *_held_out_estimate("delta_vs_in_env.a", "leave_one_env_out transfer: (a) AUROC minus in_env's on the same "
+                            "runs (paired, cluster bootstrap)"),
+        *_held_out_estimate("delta_vs_in_env.b_stratified", "leave_one_env_out transfer: (b) stratified AUROC minus "
+                            "in_env's on the same runs"),
+        _col("status"), _col("reason"),
+    ])
 
 #: file stem -> its Arrow schema (units and descriptions in each field's metadata)
 SCHEMAS: dict[str, pa.Schema] = {

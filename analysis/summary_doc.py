@@ -27,6 +27,7 @@ from stabilitybench.analysis.pca_summary import PCASummary
 from stabilitybench.analysis.stages import EarlyWarningResult, RegularitiesResult, SurvivalResult
 from stabilitybench.analysis.stats import clopper_pearson
 from stabilitybench.analysis.summary import QUESTIONS, Status, StatusKind, number
+from stabilitybench.analysis.time_to_event_stage import TimeToEventResult, time_to_event_question
 
 
 def question_index(summary: dict[str, Any], full: pl.DataFrame, ew: pl.DataFrame, coh: pl.DataFrame
@@ -45,15 +46,27 @@ def question_index(summary: dict[str, Any], full: pl.DataFrame, ew: pl.DataFrame
               "final_performance": n_all, "intervention": 2 * int(inter.get("n_pairs") or 0),
               "detection_same_dose": max((int(v.get("n_runs") or 0) for v in
                                           summary["early_warning"].get("same_dose_detection", {}).values()),
-                                         default=0)}
+                                         default=0),
+              "time_to_event": sum(int(d.get("n_runs") or 0) for d in
+                                   (summary["early_warning"].get("time_to_event", {}).get("by_domain") or {}).values())}
+    held = summary["early_warning"].get("held_out") or {}
+    # (d) re-scores the main evaluation's test runs (leave-one-kind-out) and the target envs' runs, all among them
+    n_runs["d"] = n_test if any(Status.of(v) is not None and Status.from_json(v).ok for v in held.values()) else 0
     return {q: {"question": text, "n_runs": int(n_runs[q])} for q, text in QUESTIONS.items()}
 
 
 def summary_document(corpus: str | os.PathLike[str], loaded: LoadedCorpus, groups: GroupResults,
                      cfg: AnalysisConfig, full: pl.DataFrame, dose: pl.DataFrame, sens: pl.DataFrame,
                      pca: PCASummary, ew: EarlyWarningResult, surv: SurvivalResult, reg: RegularitiesResult,
-                     intervention: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
-    """The ``summary.json`` document (before :func:`~stabilitybench.analysis.summary.write_summary` stamps it)."""
+                     intervention: dict[str, Any], timings: dict[str, float],
+                     time_to_event: TimeToEventResult | None = None) -> dict[str, Any]:
+    """The ``summary.json`` document (before :func:`~stabilitybench.analysis.summary.write_summary` stamps it).
+
+    ``time_to_event``: question (c) (:func:`~stabilitybench.analysis.time_to_event_stage.time_to_event_question`), as
+    the pipeline computed it; None computes it here from ``groups.ew_scores`` and ``full``.
+    """
+    if time_to_event is None:
+        time_to_event = time_to_event_question(groups.ew_scores, full, cfg)
     summary: dict[str, Any] = {
         "corpus": str(Path(corpus).resolve()),
         "n_runs": loaded.runs.height,
@@ -69,8 +82,9 @@ def summary_document(corpus: str | os.PathLike[str], loaded: LoadedCorpus, group
         "coherence_before_collapse": reg.coherence_before_collapse,
         "early_warning": {**ew.summary, "folds": groups.fold_notes, "leave_one_env_out": ew.leave_one_env_out,
                           "feature_sets": groups.feature_sets,
-                          "leave_one_perturbation_kind_out": "= the per-kind subsets: detectors are fitted and "
-                          "calibrated on unperturbed runs only"},
+                          "held_out": ew.held_out,
+                          "leave_one_perturbation_kind_out": "early_warning.held_out.leave_one_kind_out (question "
+                          "(d))", "time_to_event": time_to_event.summary},
         "survival": {"logrank": surv.logrank, "cox": surv.cox, "cox_onset": surv.cox_onset,
                      "km_groups": surv.km["group"].unique(maintain_order=True).to_list() if surv.km.height else []},
         "regularities": {"dissociation": reg.dissociation, "stochasticity_buffer": reg.stochasticity_buffer,
@@ -134,6 +148,7 @@ def headline(summary: dict[str, Any]) -> dict[str, Any]:
     head["prediction"] = {k: {m: v.get(m) for m in ("n_pos", "n_neg", "n_collapsed_before_landmark", "auroc",
                                                    "auroc_stratified", "delta_auroc")} for k, v in pred.items()}
     head["prediction_references"] = summary["early_warning"].get("prediction_references", {})
+    head["time_to_event"] = time_to_event_headline(summary["early_warning"].get("time_to_event", {}))
     cox_res = summary["survival"]["cox"]
     head["cox"] = {**Status.from_json(cox_res).to_json(), "n": cox_res.get("n"), "n_events": cox_res.get("n_events"),
                    **{k: cox_res.get(k) for k in ("time_origin", "n_excluded_before_landmark",
@@ -159,8 +174,42 @@ def headline(summary: dict[str, Any]) -> dict[str, Any]:
                 if d.get("value") is not None and (lo is None or lo <= 0):
                     caveats.append(f"{k}: does not beat the {ref} reference, {kind} AUROC (delta "
                                    f"{d['value']:+.2f}, CI low {lo if lo is None else round(lo, 2)})")
+    for dom, d in (summary["early_warning"].get("time_to_event", {}).get("by_domain") or {}).items():
+        for k, v in (d.get("detectors") or {}).items():
+            twin = v.get("null_twin") or {}
+            if twin.get("passes") is False:
+                caveats.append(f"(c) {dom} {k}: alarms more on its null twins than on the controls "
+                               f"(p {twin.get('p_twins_alarm_more'):.3g})")
     if Status.from_json(cox_res).kind is StatusKind.SEPARATED:
         caveats.append("Cox PH: monotone likelihood (a covariate separates collapsing from non-collapsing runs); "
                        "only the ridge-penalised estimates (penalty stated) are given")
     head["caveats"] = caveats
     return head
+
+
+def time_to_event_headline(entry: dict[str, Any]) -> dict[str, Any]:
+    """The closing note's (c) numbers: per domain and detector (and the reference), per horizon the AUROC, its
+    difference from the no-kick reference, false alarms per 10k updates on held-out controls and the share of
+    collapses warned (lead in ``[1, h]``) at the calibrated threshold; the n's; the null-twin verdict. A not testable
+    (c) gives its status."""
+    if Status.of(entry) is None or not Status.from_json(entry).ok:
+        return Status.from_json(entry).to_json() if Status.of(entry) is not None else {}
+    out: dict[str, Any] = {}
+
+    def numbers(e: dict[str, Any]) -> dict[str, Any]:
+        if Status.of(e) is not None:
+            return Status.from_json(e).to_json()
+        per = {h: {"auroc": v.get("auroc"), "auroc_minus_reference": v.get("auroc_minus_reference"),
+                   "fa_per_10k_controls": v.get("false_alarms_per_10k", {}).get("controls"),
+                   "warned": v.get("warned", {}).get("1")} for h, v in e.get("horizons", {}).items()}
+        twin = e.get("null_twin") or {}
+        return {"horizons": per, "null_twin_passes": twin.get("passes")}
+
+    for dom, d in (entry.get("by_domain") or {}).items():
+        if Status.of(d) is not None:
+            out[dom] = Status.from_json(d).to_json()
+            continue
+        out[dom] = {"n": {k: d.get(k) for k in ("n_runs", "n_regime_runs", "n_collapsed", "n_controls")},
+                    "reference": numbers(d.get("reference", {})),
+                    "detectors": {k: numbers(v) for k, v in d.get("detectors", {}).items()}}
+    return out

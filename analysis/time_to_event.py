@@ -45,7 +45,8 @@ Definitions (``c`` a run's collapse step, ``s`` a block's end step, ``lead = c -
 
 Horizons: :data:`HORIZONS` (RL: 100 and 500 updates; LM: 10 and 50 updates, the tiny GPT-2's scale: its runs are
 250 updates, one update a block, and Adam's RMS precursor leads spikes by 1-8 iterations, arXiv 2304.13013).
-Not yet wired into the pipeline: :func:`time_to_event_summary` returns question (c)'s summary entry.
+Wired into the pipeline by :mod:`stabilitybench.analysis.time_to_event_stage`;
+:func:`time_to_event_summary` returns question (c)'s summary entry.
 """
 
 from __future__ import annotations

@@ -24,8 +24,10 @@ Conventions
 
 Versions: 1.1 renamed two columns that meant two things (:data:`RENAMED`) and made the
 steps files' partition columns dictionary-encoded; 1.2 added the nullable steps column
-``grad_coherence_fixed`` (RL PPO's fixed-point minibatch coherence). :mod:`stabilitybench.data_schema.compat`
-reads 1.0 and 1.1 files (a column newer than the file reads as null).
+``grad_coherence_fixed`` (RL PPO's fixed-point minibatch coherence); 1.3 added the nullable steps columns
+``adam_update_ratio_rms`` (Adam's update-ratio signal, every domain) and ``logit_logz`` (the LM's output
+log-partition). :mod:`stabilitybench.data_schema.compat` reads 1.0, 1.1 and 1.2 files (a column newer than the
+file reads as null).
 """
 
 from __future__ import annotations
@@ -34,14 +36,22 @@ from dataclasses import dataclass, replace
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.2"
+SCHEMA_VERSION = "1.3"
 #: The version a ``run_id`` hashes (``stabilitybench.generate.spec``). 1.1 renamed columns but changed no run,
 #: so it stays "1.0" and corpora written with 1.0 keep their ids (and resume).
 RUN_ID_VERSION = "1.0"
+#: The version a :class:`~stabilitybench.generate.recorder.Recorder`'s run_id hashes. Recorded runs hashed the schema
+#: version they were written with up to 1.2 (the ids ``tests/test_run_writer.py`` pins); 1.3 only added nullable
+#: columns and changed no run, so it stays "1.2" and a run recorded again keeps its id (and is refused as a
+#: duplicate). Bump it only with a change that makes a recorded run a different run.
+RECORDER_RUN_ID_VERSION = "1.2"
 #: Nullable columns each minor version added, per table: a file of an older version reads them as null.
-ADDED_COLUMNS: dict[str, dict[str, tuple[str, ...]]] = {"1.2": {"steps": ("grad_coherence_fixed",)}}
+ADDED_COLUMNS: dict[str, dict[str, tuple[str, ...]]] = {
+    "1.2": {"steps": ("grad_coherence_fixed",)},
+    "1.3": {"steps": ("adam_update_ratio_rms", "logit_logz")},
+}
 #: Schema versions whose files the readers still open (through :mod:`stabilitybench.data_schema.compat`).
-LEGACY_VERSIONS = ("1.0", "1.1")
+LEGACY_VERSIONS = ("1.0", "1.1", "1.2")
 
 DOMAINS = ("rl", "lm")
 DIMENSIONS = ("none", "optimization", "environmental", "parametric", "learning_signal")
@@ -125,6 +135,17 @@ STEPS_CORE = [
     ),
     Column("update_norm", F64, "L2", "L2 norm of the parameter change made by this update (SAC/TD3: critic)"),
     Column("param_norm", F64, "L2", "Global L2 norm of the parameters after this update (SAC/TD3: critic)"),
+    Column(
+        "adam_update_ratio_rms",
+        F64,
+        "ratio",
+        "Adam/AdamW only (null for other optimizers): sqrt of the mean over all parameter elements of "
+        "g^2 / max(v_hat, eps^2), g the gradient the optimizer applied at this update (after clipping), v_hat "
+        "Adam's bias-corrected second-moment estimate after taking in g (exp_avg_sq / (1 - beta2^t)), eps and "
+        "beta2 the param group's: the RMS update ratio of Wortsman et al. 2023 (arXiv 2304.13013, StableAdamW's "
+        "RMS_t), 1 at the first update; above 1 the second moment under-estimates the current gradient (a "
+        "reported precursor of loss spikes). SAC/TD3: the critic's optimizer (schema 1.3)",
+    ),
     Column("perturbation_active", BOOL, "-", "Whether the run's perturbation acted at this update", nullable=False),
     Column(
         "performance",
@@ -161,6 +182,9 @@ STEPS_LM = [
     Column("val_loss", F64, "nats/token", "Cross-entropy on the fixed validation set"),
     Column("attn_logit_max", F64, "logit", "Max pre-softmax attention logit (sampled)"),
     Column("output_logit_max", F64, "logit", "Max output logit (sampled)"),
+    Column("logit_logz", F64, "nats", "Log-partition of the output logits, log sum_v exp(logit_v), averaged over "
+           "the positions of the sampled microbatch (the same rows and batch as output_logit_max; null between); "
+           "its growth is the output-logit divergence of arXiv 2309.14322 (schema 1.3)"),
     Column("tokens_per_s", F64, "tokens/s", "Training throughput of this step"),
 ]
 

@@ -19,6 +19,10 @@ A block value may be a scalar or a list; every list is an axis and the block exp
 to the Cartesian product. The blocks are concatenated and duplicate specs dropped.
 Any unknown key or bad value raises :class:`ProfileError` naming the file and key.
 
+A block of a regime kind (``lr_regime``: held from update 0 for the whole run) leaves ``onset_frac`` and
+``duration_steps`` out: its spec sets onset 0 and the run's planned updates (:class:`RunSpec`); a different value
+stated in its block is an error.
+
 A block may name a calibrated dose instead of a magnitude (``dose = "ED50"`` or a list of
 ED20 | ED50 | ED80) when the profile includes a dose table (``doses = "doses/x.toml"``, relative
 to the profile; :mod:`stabilitybench.generate.doses`). ``dose_stochasticity = "default"`` applies the dose
@@ -127,6 +131,7 @@ def expand(data: dict[str, Any], where: str = "<profile>", base_dir: Path | None
         if "hparams" in defaults and "hparams" in block:
             merged["hparams"] = {**defaults["hparams"], **block["hparams"]}
         for spec in _expand_block(merged, label):
+            _check_regime_window(spec, block, label)
             for tag in tags or [None]:
                 if tag is not None:
                     assert dose_table is not None
@@ -137,6 +142,22 @@ def expand(data: dict[str, Any], where: str = "<profile>", base_dir: Path | None
                         raise ProfileError(f"{label}.dose: {tag} = {spec.magnitude!r} {reason}")
                 specs.setdefault(spec.run_id, spec)
     return list(specs.values())
+
+
+def _check_regime_window(spec: RunSpec, block: dict[str, Any], label: str) -> None:
+    """A regime kind (``lr_regime``) holds from update 0 for the whole run: its spec sets ``onset_frac = 0`` and
+    ``duration_steps`` = the planned updates (:class:`RunSpec`). A value the defaults give (for the profile's kicks)
+    does not apply to it; a different value stated in the regime's own block is an error, not silently replaced."""
+    if not perturbation_class(spec.perturbation).sustained:
+        return
+    for key in ("onset_frac", "duration_steps"):
+        stated = block.get(key)
+        values = stated if isinstance(stated, list) else [stated]
+        if stated is not None and any(v != getattr(spec, key) for v in values):
+            raise ProfileError(f"{label}.{key}: {spec.perturbation} is a regime (held from update 0 for the whole "
+                               f"run): its onset_frac is 0 and its duration_steps the run's planned updates "
+                               f"({spec.duration_steps}); leave both out of its block (give a kick's window its own "
+                               "block)")
 
 
 def _check_keys(table: dict[str, Any], label: str) -> None:

@@ -12,7 +12,7 @@ Generators call the hooks; each kind overrides the ones of its dimension:
 =================  =====================================  ===========================
 dimension          kinds                                  hook
 =================  =====================================  ===========================
-optimization       lr_spike, adam_reset                   ``lr_factor``, ``before_update``
+optimization       lr_spike, lr_regime, adam_reset        ``lr_factor``, ``before_update``
 environmental      obs_noise, action_noise, mass_shift    ``wrap_env`` (gymnasium wrapper)
 parametric         weight_noise, layer_reset              ``before_update``
 learning_signal    reward_noise, reward_scale,            ``wrap_env`` (reward the agent sees)
@@ -27,6 +27,13 @@ kinds LM only); the LM generator refuses a kind it cannot apply.
 
 Every kind's magnitude is documented on its class; the ``identity_magnitude`` is the
 value at which it changes nothing (a sham perturbation), or None if there is none.
+
+Kicks and regimes: every kind but one is a *kick*, switched on at an onset the generator chooses.
+``lr_regime`` (``sustained = True``; :data:`stabilitybench.data_schema.keys.SUSTAINED_KINDS`) is a *regime*: it
+holds from update 0 for the whole run, so a collapse in such a run comes at a time nobody chose. Its window is
+not a profile's choice: a :class:`~stabilitybench.generate.spec.RunSpec` of a sustained kind always has
+``onset_frac = 0`` and ``duration_steps`` = the run's planned updates (so the manifest says onset 0 and a
+duration of the whole run).
 """
 
 from __future__ import annotations
@@ -80,6 +87,8 @@ class Perturbation:
     once: ClassVar[bool] = False
     #: Domains whose generators call this kind's hook (env-side kinds: rl; batch kinds: lm).
     domains: ClassVar[tuple[str, ...]] = ("rl", "lm")
+    #: A regime (held from update 0 for the whole run) rather than a kick (module docstring).
+    sustained: ClassVar[bool] = False
 
     def active(self, step: int) -> bool:
         return self.onset_step <= step < self.onset_step + self.duration_steps
@@ -151,6 +160,32 @@ class LRSpike(Perturbation):
     kind: ClassVar[str] = "lr_spike"
     dimension: ClassVar[str] = "optimization"
     identity_magnitude: ClassVar[float | None] = 1.0
+
+    def lr_factor(self, step: int) -> float:
+        return self.magnitude if self.active(step) else 1.0
+
+    magnitude_range: ClassVar[str] = "positive"
+
+
+@dataclass(frozen=True)
+class LRRegime(Perturbation):
+    """LR x ``magnitude`` from update 0 for the whole run: a regime (training throughout at an elevated LR), no kick.
+
+    The factor multiplies the run's own schedule at every optimizer step of every optimizer of the
+    algorithm, exactly as ``lr_spike`` does, but with no step change at any time: for the GPT-2 loop's
+    warm-up + cosine it is "peak LR x m" with the same schedule shape, for SB3's constant LR it is the base
+    LR x m. The window is the whole run: the spec says onset 0 and ``duration_steps`` = the planned updates
+    (:class:`~stabilitybench.generate.spec.RunSpec` sets both), and the factor also stays on for any update past
+    the planned ones, so no run ever sees the LR step down. ``magnitude = 1`` is the identity.
+    """
+
+    kind: ClassVar[str] = "lr_regime"
+    dimension: ClassVar[str] = "optimization"
+    identity_magnitude: ClassVar[float | None] = 1.0
+    sustained: ClassVar[bool] = True
+
+    def active(self, step: int) -> bool:
+        return step >= self.onset_step
 
     def lr_factor(self, step: int) -> float:
         return self.magnitude if self.active(step) else 1.0
@@ -473,8 +508,8 @@ class LabelNoise(_TokenNoise):
 
 REGISTRY: dict[str, type[Perturbation]] = {
     cls.kind: cls
-    for cls in (NoPerturbation, LRSpike, AdamReset, ObsNoise, ActionNoise, MassShift, WeightNoise, LayerReset,
-                RewardNoise, RewardScale, RewardFlip, TokenCorruption, LabelNoise)
+    for cls in (NoPerturbation, LRSpike, LRRegime, AdamReset, ObsNoise, ActionNoise, MassShift, WeightNoise,
+                LayerReset, RewardNoise, RewardScale, RewardFlip, TokenCorruption, LabelNoise)
 }
 
 

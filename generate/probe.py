@@ -3,7 +3,8 @@
 :class:`Probe` attaches to a ``torch.optim.Optimizer`` through its public step hooks and to
 the parameters through post-accumulate-grad hooks; the training code is not changed. Per
 optimizer update it records ``lr``, ``grad_norm`` (before clipping), ``grad_coherence``,
-``update_norm``, ``param_norm`` and ``perturbation_active``.
+``update_norm``, ``param_norm``, ``perturbation_active`` and, for Adam/AdamW, ``adam_update_ratio_rms``
+(:class:`AdamUpdateRatio`: the RMS of g^2 / v_hat of Wortsman et al. 2023).
 
 What it guarantees (each is tested in ``tests/test_probe.py``):
 
@@ -63,16 +64,19 @@ from stabilitybench.generate.perturbations import NoPerturbation, Perturbation, 
 from stabilitybench.generate.telemetry import apply_perturbation, warn_deprecated
 
 #: ``on_row(step, stats)``: ``stats`` holds lr, grad_norm, grad_coherence, update_norm, param_norm,
-#: perturbation_active.
+#: perturbation_active and, for Adam/AdamW, adam_update_ratio_rms.
 RowCallback = Callable[[int, dict[str, Any]], None]
 _TINY = 1e-30
 #: What a probe does when an update is non-finite (the ``nonfinite`` argument).
 NONFINITE_POLICIES = ("stop", "record", "raise")
+#: The stash key under which an accelerator's update-ratio sum rides on the one batched host read.
+_RATIO_KEY = "_adam_update_ratio_sum"
 #: Up to this many parameters (on CPU) the update-norm snapshot is one flat buffer (2 x P values).
 _FLAT_SNAPSHOT_MAX = 1 << 21
 #: dtypes whose CPU elementwise steps run as NumPy calls on views of the probe's own buffers (same IEEE results).
 _NUMPY_DTYPES = (torch.float32, torch.float64)
 _np_subtract, _np_divide, _np_add = np.subtract, np.divide, np.add
+_np_maximum, _np_dot = np.maximum, np.dot
 #: optimizer -> weak reference to its live Probe (neither is kept alive by this table).
 _LIVE: weakref.WeakKeyDictionary[torch.optim.Optimizer, weakref.ReferenceType[Probe]] = weakref.WeakKeyDictionary()
 
@@ -271,6 +275,8 @@ class Probe:
         #: Extra LR multiplier, applied like a perturbation's (for one ``step()`` at a time; the user's LRs
         #: are restored after it): an :class:`~stabilitybench.generate.intervention.Intervention`'s LR back-off sets it.
         self.lr_scale = 1.0
+        #: Adam/AdamW: ``adam_update_ratio_rms`` of each recorded update (:class:`AdamUpdateRatio`); None otherwise.
+        self.update_ratio = AdamUpdateRatio.for_optimizer(optimizer, self.params) if self.record and main else None
         self._handles = [optimizer.register_step_pre_hook(self._pre_step),
                          optimizer.register_step_post_hook(self._post_step)]
         self._grad_handles: list[Any] = []
@@ -453,6 +459,12 @@ class Probe:
             self._stepped = self._last.grad
         pending = self._pending
         norm = pending.pop("_norm")
+        if self.update_ratio is not None:
+            ratio = self.update_ratio.sum_sq_ratio()
+            if isinstance(ratio, torch.Tensor) and not self.read_norm_early:  # rides on the one batched read
+                self._stash[_RATIO_KEY] = ratio
+            else:
+                pending["adam_update_ratio_rms"] = None if ratio is None else self.update_ratio.rms_of(float(ratio))
         pieces = self._param_norm_pieces()
         stash = self._stash
         if self._fast and self._host_norm is not None and not stash:
@@ -494,6 +506,8 @@ class Probe:
         values = torch.cat((torch.stack(head), pieces)).tolist()
         if stash:
             pending.update(zip(stash, values[2 : 2 + len(stash)], strict=True))
+            if _RATIO_KEY in pending:
+                pending["adam_update_ratio_rms"] = self.update_ratio.rms_of(pending.pop(_RATIO_KEY))
         pieces_host = values[2 + len(stash) :]
         if len(pieces_host) == 2:
             update_norm, param_norm = pieces_host
@@ -582,6 +596,125 @@ class _WiredProbe(Probe):
                  on_row: RowCallback | None = None, coherence_window: int = 8, sketch_dim: int = 4096,
                  nonfinite: str = "stop") -> None:
         self._setup(optimizer, recorder, perturbation, on_row, coherence_window, sketch_dim, nonfinite, internals)
+
+
+class AdamUpdateRatio:
+    """``adam_update_ratio_rms``: the RMS over all parameter elements of g_t^2 / max(v_hat_t, eps^2), per update.
+
+    The update-ratio signal of Wortsman et al. 2023 (arXiv 2304.13013; StableAdamW, their Algorithm 1:
+    ``RMS_t = sqrt(E[g_t^2 / max(u_t, eps^2)])``). Here g_t is the gradient the optimizer applied at update t (after
+    any clipping) and v_hat_t = v_t / (1 - beta2^t) Adam's bias-corrected second-moment estimate *after* it took in
+    g_t (``exp_avg_sq`` once the step ran); eps and beta2 are each param group's. The paper's u_t is this v_hat_t
+    (its beta-hat form folds the bias correction into the EMA). At t = 1 every ratio is exactly 1; above 1, v
+    under-estimates the current g^2, the precursor of loss spikes the paper reports 1-8 iterations ahead. The mean
+    runs over every element of every parameter (a zero gradient counts as 0); the paper shows it per layer, this is
+    the whole model's. AMSGrad's running max is not used.
+
+    One pass after the step. On CPU with one float32/float64 dtype (``flat``) the applied gradients and
+    ``exp_avg_sq`` are copied into two reused flat buffers (one ``_foreach_copy_`` each), then per param group
+    ``max``, ``divide`` and one dot product (NumPy on views of the buffers) give the sum; elsewhere
+    ``torch._foreach`` ops give a 0-d tensor on the device. :meth:`for_optimizer` is None for an optimizer that is
+    not Adam/AdamW (the column is null).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, params: list[torch.Tensor], *,
+                 flat: bool | None = None) -> None:
+        self.optimizer = optimizer
+        self.params = params
+        self.numel = sum(p.numel() for p in params)
+        index = {id(p): i for i, p in enumerate(params)}
+        #: per param group: (slice of the flat layout, indices into ``params``, the group)
+        self._groups: list[tuple[slice, list[int], dict[str, Any]]] = []
+        offset = 0
+        for group in optimizer.param_groups:
+            members = [index[id(p)] for p in group["params"] if id(p) in index]
+            n = sum(params[i].numel() for i in members)
+            if members:
+                self._groups.append((slice(offset, offset + n), members, group))
+            offset += n
+        one_kind = len({(p.dtype, p.device) for p in params}) == 1
+        can_flat = (one_kind and params[0].device.type == "cpu" and params[0].dtype in _NUMPY_DTYPES
+                    and self.numel <= _FLAT_SNAPSHOT_MAX)
+        self.flat = can_flat if flat is None else (flat and can_flat)
+        if self.flat:
+            g, v = (torch.empty(self.numel, dtype=params[0].dtype) for _ in range(2))
+            self._gviews, self._vviews = _views(g, params), _views(v, params)
+            self._gnp, self._vnp = g.numpy(), v.numpy()
+
+    @classmethod
+    def for_optimizer(cls, optimizer: torch.optim.Optimizer,
+                      params: list[torch.Tensor] | None = None) -> AdamUpdateRatio | None:
+        """The ratio of an Adam/AdamW optimizer over ``params`` (default: its parameters that require a gradient),
+        or None for any other optimizer."""
+        if not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+            return None
+        if params is None:
+            params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
+        return cls(optimizer, params) if params else None
+
+    def _state(self) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
+        """The applied gradient and ``exp_avg_sq`` of every parameter; None unless every one has both."""
+        state = self.optimizer.state
+        grads, vs = [], []
+        for p in self.params:
+            v = state[p].get("exp_avg_sq") if p in state else None
+            if p.grad is None or v is None:
+                return None
+            grads.append(p.grad)
+            vs.append(v)
+        return grads, vs
+
+    def _floor_and_scale(self, group: dict[str, Any], first: torch.Tensor) -> tuple[Any, Any]:
+        """(bc2 eps^2, bc2) of a group, bc2 = 1 - beta2^t: g^2 / max(v / bc2, eps^2) = bc2 g^2 / max(v, bc2 eps^2)."""
+        step = self.optimizer.state[first]["step"]
+        beta2, eps = group["betas"][1], group["eps"]
+        if isinstance(step, torch.Tensor) and step.device.type != "cpu":  # capturable: stay on the device
+            bc2: Any = 1.0 - torch.pow(beta2, step)
+        else:
+            bc2 = 1.0 - beta2 ** float(step)
+        return bc2 * eps * eps, bc2
+
+    def sum_sq_ratio(self) -> float | torch.Tensor | None:
+        """Sum over all elements of g^2 / max(v_hat, eps^2): a host float (``flat``) or a 0-d tensor on the device;
+        None before the optimizer has state for every parameter, or when a parameter has no gradient."""
+        got = self._state()
+        if got is None:
+            return None
+        grads, vs = got
+        if self.flat:
+            with _NoGrad():
+                torch._foreach_copy_(self._gviews, grads)
+                torch._foreach_copy_(self._vviews, vs)
+            total = 0.0
+            for span, members, group in self._groups:
+                floor, bc2 = self._floor_and_scale(group, self.params[members[0]])
+                g, v = self._gnp[span], self._vnp[span]
+                _np_maximum(v, floor, out=v)
+                _np_divide(g, v, out=v)
+                total += bc2 * float(_np_dot(g, v))  # sum of g * (g / max(v, floor))
+            return total
+        out: torch.Tensor | None = None
+        with _NoGrad():
+            for _span, members, group in self._groups:
+                floor, bc2 = self._floor_and_scale(group, self.params[members[0]])
+                g = [grads[i] for i in members]
+                v = [vs[i] for i in members]
+                den = (torch._foreach_clamp_min(v, floor) if not isinstance(floor, torch.Tensor)
+                       else [x.clamp_min(floor) for x in v])
+                sq = torch._foreach_mul(g, g)
+                torch._foreach_div_(sq, den)
+                part = torch.stack([n.float() for n in torch._foreach_norm(sq, 1)]).sum() * bc2  # L1 of >= 0: the sum
+                out = part if out is None else out + part
+        return out
+
+    def rms(self) -> float | None:
+        """The latest update's value (a host read): sqrt(sum / number of elements); None as :meth:`sum_sq_ratio`."""
+        total = self.sum_sq_ratio()
+        return None if total is None else self.rms_of(float(total))
+
+    def rms_of(self, total: float) -> float:
+        """sqrt(``total`` / number of elements), ``total`` a value of :meth:`sum_sq_ratio` read to the host."""
+        return math.sqrt(total / self.numel) if total >= 0 else math.nan
 
 
 class _NoGrad:

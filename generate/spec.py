@@ -20,6 +20,12 @@ class RunSpec:
     counts optimizer updates. ``hparams`` are algorithm overrides as sorted
     ``(name, value)`` pairs (validated against the algorithm's config by the profile
     loader).
+
+    A *regime* kind (``sustained``, e.g. ``lr_regime``; :mod:`stabilitybench.generate.perturbations`) holds from
+    update 0 for the whole run, so its window is not a setting: the spec sets ``onset_frac = 0`` and
+    ``duration_steps`` = :meth:`planned_updates`, whatever was passed. One run has one spec and one ``run_id``,
+    and the manifest says onset 0 and a duration of the whole run. (A spec whose generator cannot resolve its
+    config keeps the values given; the profile loader reports the real problem.)
     """
 
     domain: str
@@ -43,6 +49,25 @@ class RunSpec:
         for name in ("seed", "duration_steps", "total_steps", "coherence_window", "perf_window"):
             object.__setattr__(self, name, int(getattr(self, name)))
         object.__setattr__(self, "hparams", tuple(sorted((str(k), v) for k, v in dict(self.hparams).items())))
+        if _sustained(self.perturbation):
+            planned = self._planned_or_none()
+            if planned is not None:
+                object.__setattr__(self, "onset_frac", 0.0)
+                object.__setattr__(self, "duration_steps", planned)
+
+    def planned_updates(self) -> int:
+        """The optimizer updates this run is planned to make (its generator's config; imports no torch)."""
+        from stabilitybench.generate.registry import generator_for
+
+        return int(generator_for(self.domain, self.algo).config(self).planned_updates(self.total_steps))
+
+    def _planned_or_none(self) -> int | None:
+        from stabilitybench.data_schema.errors import StabilityBenchError
+
+        try:
+            return self.planned_updates()
+        except (StabilityBenchError, ValueError, TypeError, KeyError):
+            return None
 
     @property
     def run_id(self) -> str:
@@ -62,3 +87,11 @@ class RunSpec:
 
     def axis_value(self, name: str) -> Any:
         return getattr(self, name)
+
+
+def _sustained(kind: str) -> bool:
+    """Whether ``kind`` is a regime (held from update 0 for the whole run); False for an unknown kind."""
+    from stabilitybench.generate.perturbations import REGISTRY
+
+    cls = REGISTRY.get(kind)
+    return bool(cls is not None and cls.sustained)

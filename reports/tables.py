@@ -133,6 +133,58 @@ def prediction_table(src: Source) -> Table | None:
                   "ΔAUROC vs references [95% CI]"], rows, note)
 
 
+def time_to_event_table(src: Source) -> Table | None:
+    """Question (c), time to event on the regime runs: per domain, the no-kick reference and every detector (None
+    when the summary has no (c) or it is not testable: the figure F14 and its caption say why)."""
+    path = ("early_warning", "time_to_event")
+    if not src.has(*path) or src.status(*path) is None or not src.status(*path).ok:  # type: ignore[union-attr]
+        return None
+    rows = []
+    for dom in src.get(*path, "by_domain"):
+        base = (*path, "by_domain", dom)
+        if src.status(*base) is not None:
+            rows.append([[dom], [src.status(*base).text], [], [], [], [], []])  # type: ignore[union-attr]
+            continue
+        hs = [str(h) for h in src.get(*base, "horizons")]
+        entries = [("reference", (*base, "reference")),
+                   *((d, (*base, "detectors", d)) for d in src.get(*base, "detectors"))]
+        for d, e in entries:
+            label = f"{dom}: " + ("updates since the regime began (reference)" if d == "reference" else
+                                  detector_label(d))
+            if src.status(*e) is not None:
+                rows.append([[label], [src.status(*e).text], [], [], [], [], []])  # type: ignore[union-attr]
+                continue
+            top = (*e, "horizons", hs[-1])
+            aurocs: list[Any] = []
+            for h in hs:
+                aurocs += [f"h={h}: ", *status_or(src, *e, "horizons", h, "auroc"), "; "]
+            delta = ["—"] if d == "reference" else status_or(src, *top, "auroc_minus_reference")
+            fa = [*status_or(src, *top, "false_alarms_per_10k", "controls"), " (n=",
+                  src.num(*top, "false_alarms_per_10k", "controls", "n", digits=0), ")"] \
+                if src.status(*top, "false_alarms_per_10k", "controls") is None else \
+                status_or(src, *top, "false_alarms_per_10k", "controls")
+            warned = status_or(src, *top, "warned", "1")
+            if src.status(*top, "warned", "1") is None:
+                warned += [" (n=", src.num(*top, "warned", "1", "n", digits=0), ")"]
+            twin: list[Any] = ["—"]
+            if src.has(*e, "null_twin"):
+                st = src.status(*e, "null_twin")
+                twin = [st.text] if st is not None else [
+                    "passes" if src.get(*e, "null_twin", "passes") else "fails", ", twins/controls ",
+                    src.num(*e, "null_twin", "value")]
+            rows.append([[label], aurocs, delta, fa, warned, twin, [src.num(*base, "n_collapsed", digits=0), " / ",
+                                                                   src.num(*base, "n_controls", digits=0)]])
+    note = ["(c) Time to event: at every block of every regime run (trained throughout at one elevated setting, no "
+            "kick) and control, the label is 'collapse within the next h updates'. AUROC with a run-clustered "
+            "bootstrap CI; ΔAUROC against the no-kick reference (updates since the regime began) on the same blocks; "
+            "false alarms per 10,000 control updates and the share of collapses warned with lead 1..h (largest h) "
+            "at the threshold calibrated to 1 false alarm per 10,000 control updates (cross-fitted); the null twin: "
+            "alarm rate on AR(1) surrogates of each regime run's own early telemetry over the controls' (passes "
+            "unless significantly higher)."]
+    return Table("(c) Time to event: does the score foresee a collapse that no kick announced?",
+                 ["detector", "AUROC [95% CI]", "ΔAUROC vs reference, largest h", "false alarms / 10k (controls)",
+                  "share warned, largest h", "null twin", "n collapsed / controls"], rows, note)
+
 def intervention_table(src: Source) -> Table | None:
     """The intervention experiment: each arm's matched pairs against its no-action twins, with exact tests."""
     if not src.has("intervention") or src.status("intervention") is not None:
@@ -367,3 +419,96 @@ def claims_table(data: ReportData) -> Table:
                   ("" if len(domains) > 1 else " (not testable: one domain)")]])
     return Table("The paper's claims and what this corpus says", ["claim", "test", "measured here"], rows)
 
+
+
+def _held_out_monitors(names: list[str]) -> list[str]:
+    """The detector labels question (d)'s table shows: the meta-state monitors on their own feature set and on the
+    no-kick set (not '+echo', which reads the kick itself)."""
+    return [d for d in names if d.split("/")[0] in monitor_names()]
+
+
+def _held_out_cells(src: Source, path: tuple[str | int, ...]) -> list[list[Any]]:
+    """The number cells of one (d) setting entry at ``path``: (a), (a'), (b), Δ(b) vs kick_size, FPR, Δ vs in-env."""
+    def opt(*p: str | int) -> list[Any]:
+        if not src.has(*path, *p):
+            return ["—"]
+        st = src.status(*path, *p)  # a status in short: its kind and the first clause of its reason
+        return [f"{st.kind.label}: {st.reason.split(' (')[0].split(': ')[0]}" if st.reason else st.kind.label] \
+            if st is not None else ci(src, *path, *p)
+
+    if src.has(*path, "fpr_target_controls", "value"):  # leave-one-env-out: the rate measured on the target
+        f = (*path, "fpr_target_controls")
+        small = "small" in str(src.get(*f, "from"))
+        fpr = [*opt("fpr_target_controls"), " (n=", src.num(*f, "n", digits=0), ")", "†" if small else ""]
+    elif src.has(*path, "a", "fpr_held_out_controls", "value") and src.get(*path, "a", "fpr_held_out_controls", "n"):
+        f = (*path, "a", "fpr_held_out_controls")
+        fpr = [*ci(src, *f), " (n=", src.num(*f, "n", digits=0), ")"]
+    elif src.has(*path, "a", "small_folds", "fpr_held_out_controls"):
+        f = (*path, "a", "small_folds", "fpr_held_out_controls")
+        fpr = [*ci(src, *f), " (n=", src.num(*f, "n", digits=0), ")†"]
+    else:
+        fpr = ["—"]
+    return [opt("a", "auroc"), opt("a_same_dose", "auroc_stratified"), opt("b", "auroc_stratified"),
+            opt("b", "delta_auroc", "kick_size", "stratified"), fpr, opt("delta_vs_in_env", "a")]
+
+
+def held_out_table(src: Source) -> Table | None:
+    """Question (d), held-out generalisation: the monitors' (a), (a') and (b) with every fitted quantity fitted without
+    the held-out kind or env, beside the in-sample / in-env numbers, and the false-alarm rate on the held-out env's
+    controls (summary.json ``early_warning.held_out``)."""
+    if not src.has("early_warning", "held_out"):
+        return None
+    base = ("early_warning", "held_out")
+    rows: list[list[list[Any]]] = []
+
+    def unit_status(label: str, setting: str, entry: Any) -> None:
+        rows.append([[label], [setting], ["—"], [Status.from_json(entry).text], *[["—"] for _ in range(5)]])
+
+    kind = src.get(*base, "leave_one_kind_out")
+    if Status.of(kind) is not None and not Status.from_json(kind).ok:
+        unit_status("leave one kind out", "—", kind)
+    else:
+        for d in _held_out_monitors(list(kind["in_sample"])):
+            rows.append([["every kind, in-sample"], ["main evaluation"], [detector_label(d)],
+                         *_held_out_cells(src, (*base, "leave_one_kind_out", "in_sample", d))])
+        for k, ke in kind["by_kind"].items():
+            if "detectors" not in ke:
+                unit_status(f"kind {k}", "held out", ke)
+                continue
+            how = ", ".join(f"{da}: {m}" for da, m in ke["monitors"].items())
+            for d in _held_out_monitors(list(ke["detectors"])):
+                rows.append([[f"kind {k}"], [f"held out (monitors {how})"], [detector_label(d)],
+                             *_held_out_cells(src, (*base, "leave_one_kind_out", "by_kind", k, "detectors", d))])
+    env = src.get(*base, "leave_one_env_out")
+    if Status.of(env) is not None and not Status.from_json(env).ok:
+        unit_status("leave one env out", "—", env)
+    else:
+        words = {"in_env": "in-env", "transfer_target_calibrated": "from {s}, calibrated on the target",
+                 "transfer_source_calibrated": "from {s}, calibrated on {s}"}
+        for target, te in env["by_target"].items():
+            if "detectors" not in te:
+                unit_status(f"env {target}", "—", te)
+                continue
+            sources = ", ".join(te["sources"])
+            for d in _held_out_monitors(list(te["detectors"])):
+                for setting, text in words.items():
+                    p = (*base, "leave_one_env_out", "by_target", target, "detectors", d, setting)
+                    if Status.of(src.get(*p)) is not None:
+                        unit_status(f"env {target}", text.format(s=sources), src.get(*p))
+                        continue
+                    rows.append([[f"env {target}"], [text.format(s=sources)], [detector_label(d)],
+                                 *_held_out_cells(src, p)])
+    note = ["(d) Held-out generalisation. Leave one kind out: every fitted quantity is fitted without the kind's runs "
+            "(the monitors are fitted and calibrated on controls only; the feature screen and block length are "
+            "checked per kind: 'reused' = unchanged, so the scores are the main evaluation's; the kick_size "
+            "reference of (b) is refitted on the other kinds). Leave one env out: monitors fitted on the other "
+            "envs' controls, calibrated on the target's controls or on the source envs' controls (nothing of the "
+            "target used), scored on every target run; in-env = the target's own evaluation of the same runs. "
+            "FPR: on the held-out controls (leave one env out: measured on the target's controls; with source "
+            "calibration no conformal bound holds). Δ vs in-env: paired AUROC difference on the same runs, cluster "
+            "bootstrap over seeds. † from folds with fewer than 19 calibration controls (permissive alarms). "
+            "Monitors only; every detector is in results/early_warning_held_out.parquet."]
+    return Table("(d) Held-out generalisation: monitors fitted without the kind or env they are scored on",
+                 ["held out", "setting", "detector", "(a) AUROC [95% CI]", "(a') AUROC, stratified",
+                  "(b) AUROC, stratified", "(b) ΔAUROC vs kick_size, stratified", "FPR, held-out controls",
+                  "Δ(a) AUROC vs in-env"], rows, note)

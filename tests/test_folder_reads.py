@@ -151,7 +151,7 @@ def test_readme_join_examples_run(corpus, monkeypatch):
 
 # ---------------------------------------------------------------------- 1.0 and 1.1 corpora still read
 #: Nullable columns each minor version added (a file of an older version lacks them).
-ADDED_IN = {"1.2": {"steps": ["grad_coherence_fixed"]}}
+ADDED_IN = {"1.2": {"steps": ["grad_coherence_fixed"]}, "1.3": {"steps": ["adam_update_ratio_rms", "logit_logz"]}}
 
 
 def _drop_newer(table: pa.Table, name: str, version: str) -> pa.Table:

@@ -85,7 +85,7 @@ def test_every_figure_exists_is_nonempty_and_referenced(smoke_report) -> None:
     p = Spans()
     p.feed((out / "index.html").read_text())
     md = (out / "index.md").read_text()
-    assert len(FIGURES) == 13
+    assert len(FIGURES) == 14
     for spec in FIGURES:
         for ext in ("png", "svg"):
             f = out / "figures" / f"{spec.stem}.{ext}"

@@ -101,8 +101,12 @@ def test_every_figure_is_a_real_plot(report) -> None:
     index, _, summary = report
     page = index.read_text()
     assert summary["regularities"]["stochasticity_buffer"]["status"] == "ok"
+    no_regime = summary["early_warning"]["time_to_event"]["status"] == "not_testable"
     for spec in FIGURES:
         block = page.split(f'<figure id="{spec.id}">')[1].split("</figure>")[0]
+        if spec.id == "F14" and no_regime:  # (c) needs regime runs; this corpus has none, and F14 says so
+            assert "not testable" in block, block[:300]
+            continue
         assert "too little data" not in block, (spec.id, block[:300])
         assert (index.parent / "figures" / f"{spec.stem}.png").stat().st_size > 10_000
     p = Spans()
@@ -183,7 +187,7 @@ def test_figure_registry_is_complete() -> None:
     from stabilitybench.analysis.summary import QUESTIONS
     from stabilitybench.reports.figures.spec import FigureSpec
 
-    assert [s.id for s in FIGURES] == [f"F{i}" for i in range(1, 14)]
+    assert [s.id for s in FIGURES] == [f"F{i}" for i in range(1, 15)]
     assert len({s.stem for s in FIGURES}) == len(FIGURES)
     for spec in FIGURES:
         assert spec.question in QUESTIONS and spec.title and callable(spec.caption) and callable(spec.build)
@@ -204,7 +208,7 @@ def test_report_reads_results_only(report, tmp_path: Path) -> None:
     page = again.read_text()
     for spec in FIGURES:
         block = page.split(f'<figure id="{spec.id}">')[1].split("</figure>")[0]
-        assert "too little data" not in block, spec.id
+        assert "too little data" not in block or spec.id == "F14", spec.id  # F14: no regime run here
         assert _pixels(again.parent / "figures" / f"{spec.stem}.png") == _pixels(
             index.parent / "figures" / f"{spec.stem}.png"), spec.id
 

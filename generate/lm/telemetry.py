@@ -1,5 +1,10 @@
 """LM-specific telemetry: microbatch gradient coherence and logit probes.
 
+Output logits (:func:`output_logit_stats`): on the sampled updates, the max output logit and the log-partition
+``log Z = log sum_v exp(logit_v)`` averaged over the positions of the first microbatch (``logit_logz``, schema 1.3):
+the output-logit divergence that arXiv 2309.14322 reproduces in small models at a high LR (its z-loss penalises
+(log Z)^2). The attention logits (:class:`LogitProbe`) are recomputed from the fused q/k/v projection.
+
 The per-update logic (LR factor, perturbation hooks and events, grad/update/param norms,
 non-finite checks) is the public :class:`stabilitybench.generate.probe.Probe`; the GPT-2 loop hands it
 its flat gradient buffer and a :class:`MicrobatchCoherence`, which changes what
@@ -86,6 +91,13 @@ class MicrobatchCoherence:
     def value_from(self, sum_sq: float) -> float | None:
         k = self.count
         return None if k < 2 else (sum_sq - k) / (k * (k - 1))
+
+
+def output_logit_stats(logits: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Device scalars (no host read) of output logits of shape ``(B, T, V)``: ``output_logit_max`` (their max) and
+    ``logit_logz`` (``torch.logsumexp`` over the vocabulary in float32, mean over the B x T positions)."""
+    x = logits.detach()
+    return {"output_logit_max": x.amax(), "logit_logz": torch.logsumexp(x.float(), dim=-1).mean()}
 
 
 def attention_logits(qkv: torch.Tensor, n_head: int) -> torch.Tensor:

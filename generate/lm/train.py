@@ -21,7 +21,9 @@ cross-entropy of the step's (possibly perturbed) batch; ``grad_norm`` before cli
 ``update_norm``, ``param_norm``; ``tokens_per_s`` of the step; ``samples_seen`` = tokens
 trained on up to and including the step; ``val_loss`` on eval updates (null between),
 ``performance`` = -(latest val_loss), carried forward; ``attn_logit_max`` /
-``output_logit_max`` on every ``logit_every``-th update (the first microbatch), null between.
+``output_logit_max`` / ``logit_logz`` (log-partition of the output logits, mean over positions) on every
+``logit_every``-th update (the first microbatch), null between; ``adam_update_ratio_rms`` (AdamW's RMS of
+g^2 / v_hat, from the probe) on every update.
 """
 
 from __future__ import annotations
@@ -39,7 +41,12 @@ from stabilitybench.data_schema.keys import control_onset
 from stabilitybench.generate.errors import NonFiniteTraining, ProfileError
 from stabilitybench.generate.lm.config import LMConfig, resolve
 from stabilitybench.generate.lm.data import TokenData, fixed_batches, load_tokens, random_batch
-from stabilitybench.generate.lm.telemetry import LogitProbe, MicrobatchCoherence, attach_flat_grads_
+from stabilitybench.generate.lm.telemetry import (
+    LogitProbe,
+    MicrobatchCoherence,
+    attach_flat_grads_,
+    output_logit_stats,
+)
 from stabilitybench.generate.perturbations import TrainingClock, UpdateContext, build
 from stabilitybench.generate.probe import Probe, ProbeInternals, _WiredProbe
 from stabilitybench.generate.recorder import Recorder
@@ -191,7 +198,8 @@ def train(spec: RunSpec, *, telemetry: bool = True, evaluate_val: bool = True,
             if sampled:
                 logits_probe.arm()
             loss_sum = torch.zeros((), device=device)
-            out_max = attn_max = None
+            out_stats: dict[str, torch.Tensor] = {}
+            attn_max = None
             for i in range(k):
                 loss, logits = microbatch_loss(model, x[i * mb : (i + 1) * mb], y[i * mb : (i + 1) * mb], device)
                 (loss / k).backward()
@@ -199,13 +207,13 @@ def train(spec: RunSpec, *, telemetry: bool = True, evaluate_val: bool = True,
                 if coherence is not None:
                     coherence.add(flat_grad)
                 if sampled and i == 0:
-                    out_max = logits.detach().amax()
+                    out_stats = output_logit_stats(logits)  # output_logit_max, logit_logz
                     attn_max = logits_probe.disarm()
             norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
             recorder.samples_seen = (step + 1) * cfg.tokens_per_step
             if probe is not None:
                 probe.set_gradient(flat_grad, norm)
-                probe.stash(train_loss=loss_sum / k, **({} if out_max is None else {"output_logit_max": out_max}))
+                probe.stash(train_loss=loss_sum / k, **out_stats)
                 optimizer.step()  # the probe's hooks apply the perturbation and record the row
                 if sampled:
                     recorder.update_last(attn_logit_max=attn_max)

@@ -2,7 +2,8 @@
 
 One module per figure or family: :mod:`.onset` (F1), :mod:`.dose` (F2), :mod:`.survival` (F3, F4),
 :mod:`.pca` (F5, F6), :mod:`.early_warning` (F7, F8), :mod:`.dissociation` (F9), :mod:`.stochasticity`
-(F10), :mod:`.coherence` (F11), :mod:`.final_performance` (F12) and :mod:`.intervention` (F13). Each draws
+(F10), :mod:`.coherence` (F11), :mod:`.final_performance` (F12), :mod:`.intervention` (F13) and
+:mod:`.time_to_event` (F14). Each draws
 the results that ``analysis`` wrote and computes no statistic: panel functions ``fig_*(table(s)...,
 ax=None) -> Axes``, a ``build_*`` that composes a figure from a
 :class:`~stabilitybench.reports.data.ReportData` and returns ``(figure, reasons)``, and the caption, every
@@ -30,6 +31,7 @@ from stabilitybench.reports.figures import (
     pca,
     stochasticity,
     survival,
+    time_to_event,
 )
 from stabilitybench.reports.figures.dose import fig_dose_response
 from stabilitybench.reports.figures.spec import FigureSpec
@@ -38,7 +40,7 @@ from stabilitybench.reports.figures.survival import fig_km
 #: Every figure of the report, in report order.
 FIGURES: tuple[FigureSpec, ...] = (onset.SPEC, dose.SPEC, *survival.SPECS, *pca.SPECS, *early_warning.SPECS,
                                    dissociation.SPEC, stochasticity.SPEC, coherence.SPEC, final_performance.SPEC,
-                                   intervention.SPEC)
+                                   intervention.SPEC, time_to_event.SPEC)
 
 
 def figure_index(summary: Summary) -> dict[str, Any]:
