@@ -51,6 +51,7 @@ from stabilitybench.analysis.stages import (
     dissociation_runs,
     dose_response,
     early_warning_questions,
+    held_out_rows,
     measure_regularities,
     sensitivity,
     survival_models,
@@ -158,6 +159,9 @@ def _write_tables(out: Path, full: pl.DataFrame, groups: GroupResults, sens: pl.
     for name, frame in optional.items():
         if frame.height:
             write_result(frame, out, name)
+    held = held_out_rows(ew.held_out)  # question (d)
+    if held.height:
+        write_result(held, out, "early_warning_held_out")
     if groups.ew_runs.height:
         write_result(pl.DataFrame([flatten({"detector": k, **v}) for k, v in ew.summary["detection"].items()]),
                      out, "early_warning_metrics")

@@ -24,7 +24,7 @@ import polars as pl
 from stabilitybench.analysis.config import AnalysisConfig
 from stabilitybench.analysis.groups import GroupResults, LoadedCorpus
 from stabilitybench.analysis.pca_summary import PCASummary
-from stabilitybench.analysis.stages import EarlyWarningResult, RegularitiesResult, SurvivalResult
+from stabilitybench.analysis.stages import EarlyWarningResult, RegularitiesResult, SurvivalResult, held_out_headline
 from stabilitybench.analysis.stats import clopper_pearson
 from stabilitybench.analysis.summary import QUESTIONS, Status, StatusKind, number
 from stabilitybench.analysis.time_to_event_stage import TimeToEventResult, time_to_event_question
@@ -183,6 +183,8 @@ def headline(summary: dict[str, Any]) -> dict[str, Any]:
     if Status.from_json(cox_res).kind is StatusKind.SEPARATED:
         caveats.append("Cox PH: monotone likelihood (a covariate separates collapsing from non-collapsing runs); "
                        "only the ridge-penalised estimates (penalty stated) are given")
+    head["held_out"], held_caveats = held_out_headline(summary["early_warning"].get("held_out") or {})
+    caveats += held_caveats
     head["caveats"] = caveats
     return head
 

@@ -636,6 +636,10 @@ class AdamUpdateRatio:
         can_flat = (one_kind and params[0].device.type == "cpu" and params[0].dtype in _NUMPY_DTYPES
                     and self.numel <= _FLAT_SNAPSHOT_MAX)
         self.flat = can_flat if flat is None else (flat and can_flat)
+        self._one_group = len(self._groups) == 1
+        self._state_of: Any = None  # the optimizer.state object the cached lists below belong to
+        self._vs: list[torch.Tensor] | None = None
+        self._steps: list[tuple[Any, bool]] | None = None
         if self.flat:
             g, v = (torch.empty(self.numel, dtype=params[0].dtype) for _ in range(2))
             self._gviews, self._vviews = _views(g, params), _views(v, params)
@@ -653,25 +657,34 @@ class AdamUpdateRatio:
         return cls(optimizer, params) if params else None
 
     def _state(self) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
-        """The applied gradient and ``exp_avg_sq`` of every parameter; None unless every one has both."""
-        state = self.optimizer.state
-        grads, vs = [], []
-        for p in self.params:
-            v = state[p].get("exp_avg_sq") if p in state else None
-            if p.grad is None or v is None:
-                return None
-            grads.append(p.grad)
-            vs.append(v)
-        return grads, vs
+        """The applied gradient and ``exp_avg_sq`` of every parameter; None unless every one has both.
 
-    def _floor_and_scale(self, group: dict[str, Any], first: torch.Tensor) -> tuple[Any, Any]:
-        """(bc2 eps^2, bc2) of a group, bc2 = 1 - beta2^t: g^2 / max(v / bc2, eps^2) = bc2 g^2 / max(v, bc2 eps^2)."""
-        step = self.optimizer.state[first]["step"]
+        The ``exp_avg_sq`` list (and each group's ``step``) is looked up once per ``optimizer.state`` object:
+        ``load_state_dict`` (a rollback) replaces that object, Adam and the perturbations update the tensors in place.
+        """
+        grads = [p.grad for p in self.params]
+        state = self.optimizer.state
+        if state is not self._state_of:
+            self._vs, self._steps, self._state_of = None, None, None
+            entries = [state.get(p) for p in self.params]
+            if any(e is None or "exp_avg_sq" not in e for e in entries):
+                return None
+            self._vs = [e["exp_avg_sq"] for e in entries]  # type: ignore[index]
+            steps = [entries[members[0]]["step"] for _span, members, _group in self._groups]  # type: ignore[index]
+            self._steps = [(t, isinstance(t, torch.Tensor) and t.device.type != "cpu") for t in steps]
+            self._state_of = state
+        if any(g is None for g in grads):
+            return None
+        return grads, self._vs
+
+    @staticmethod
+    def _floor_and_scale(group: dict[str, Any], step: tuple[Any, bool]) -> tuple[Any, Any]:
+        """(bc2 eps^2, bc2) of a group, bc2 = 1 - beta2^t: g^2 / max(v / bc2, eps^2) = bc2 g^2 / max(v, bc2 eps^2).
+
+        ``step``: the group's step count and whether it lives on an accelerator (capturable: no host read)."""
+        t, on_device = step
         beta2, eps = group["betas"][1], group["eps"]
-        if isinstance(step, torch.Tensor) and step.device.type != "cpu":  # capturable: stay on the device
-            bc2: Any = 1.0 - torch.pow(beta2, step)
-        else:
-            bc2 = 1.0 - beta2 ** float(step)
+        bc2: Any = 1.0 - torch.pow(beta2, t) if on_device else 1.0 - beta2 ** float(t)
         return bc2 * eps * eps, bc2
 
     def sum_sq_ratio(self) -> float | torch.Tensor | None:
@@ -681,22 +694,29 @@ class AdamUpdateRatio:
         if got is None:
             return None
         grads, vs = got
+        steps = self._steps
         if self.flat:
             with _NoGrad():
                 torch._foreach_copy_(self._gviews, grads)
                 torch._foreach_copy_(self._vviews, vs)
+            if self._one_group:  # the whole buffers: no slicing
+                floor, bc2 = self._floor_and_scale(self._groups[0][2], steps[0])
+                g, v = self._gnp, self._vnp
+                _np_maximum(v, floor, out=v)
+                _np_divide(g, v, out=v)
+                return bc2 * float(_np_dot(g, v))  # sum of g * (g / max(v, floor))
             total = 0.0
-            for span, members, group in self._groups:
-                floor, bc2 = self._floor_and_scale(group, self.params[members[0]])
+            for (span, _members, group), step in zip(self._groups, steps, strict=True):
+                floor, bc2 = self._floor_and_scale(group, step)
                 g, v = self._gnp[span], self._vnp[span]
                 _np_maximum(v, floor, out=v)
                 _np_divide(g, v, out=v)
-                total += bc2 * float(_np_dot(g, v))  # sum of g * (g / max(v, floor))
+                total += bc2 * float(_np_dot(g, v))
             return total
         out: torch.Tensor | None = None
         with _NoGrad():
-            for _span, members, group in self._groups:
-                floor, bc2 = self._floor_and_scale(group, self.params[members[0]])
+            for (_span, members, group), step in zip(self._groups, steps, strict=True):
+                floor, bc2 = self._floor_and_scale(group, step)
                 g = [grads[i] for i in members]
                 v = [vs[i] for i in members]
                 den = (torch._foreach_clamp_min(v, floor) if not isinstance(floor, torch.Tensor)

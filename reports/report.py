@@ -25,6 +25,7 @@ from stabilitybench.reports.style import save
 from stabilitybench.reports.tables import (
     claims_table,
     collapse_table,
+    held_out_table,
     intervention_table,
     monitor_table,
     prediction_table,
@@ -108,7 +109,7 @@ def build_report(results: str | os.PathLike[str], out: str | os.PathLike[str] = 
         figs.append((spec, reasons))
     tables = [t for t in (monitor_table(src), same_dose_table(src), prediction_table(src), collapse_table(src),
                           *survival_tables(src), regularities_table(src), intervention_table(src),
-                          time_to_event_table(src))
+                          time_to_event_table(src), held_out_table(src))
               if t is not None]
     claims = claims_table(data)
     caveats = data.summary.caveats

@@ -109,6 +109,27 @@ def test_both_code_paths_of_the_ratio_agree() -> None:
     assert a is not None and b == pytest.approx(a, rel=1e-6)
 
 
+def test_the_accelerator_path_rides_on_the_batched_read() -> None:
+    """As on a GPU: the foreach sum stays a device tensor and is read with the row's other values (simulated on CPU
+    by turning off the early host read and the flat path): the same values as the hand computation."""
+    net = _net()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    rec = Recorder(None)
+    probe = Probe(opt, rec)
+    probe.read_norm_early = False
+    probe.update_ratio.flat = False
+    applied = []
+    for x, y in _batches():
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(net(x), y).backward()
+        applied.append([p.grad.detach().clone() for p in net.parameters()])
+        opt.step()
+    probe.detach()
+    expected = _hand_rms(applied, opt.param_groups, [len(opt.param_groups[0]["params"])])
+    assert [r["adam_update_ratio_rms"] for r in rec.rows] == pytest.approx(expected, rel=1e-5)
+    assert all("_adam" not in k for r in rec.rows for k in r)  # the stash key never reaches a row
+
+
 def test_adam_update_ratio_rms_is_null_without_adam() -> None:
     rows, _, _ = _train(lambda net: torch.optim.SGD(net.parameters(), lr=1e-2, momentum=0.9))
     assert len(rows) == 3 and all(r.get("adam_update_ratio_rms") is None for r in rows)
