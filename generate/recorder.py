@@ -50,7 +50,7 @@ from stabilitybench.data_schema import (
 )
 from stabilitybench.data_schema.keys import NO_PERTURBATION, ConfigKey
 from stabilitybench.data_schema.run_writer import hash_run_id, run_steps_files, write_run
-from stabilitybench.data_schema.schema import DOMAINS
+from stabilitybench.data_schema.schema import DOMAINS, RECORDER_RUN_ID_VERSION
 from stabilitybench.generate.errors import NonFiniteTraining, RunExistsError
 
 
@@ -312,8 +312,9 @@ def _run_id(run_name: str, domain: str, algo: str, env: str, seed: int, config: 
 
     An unperturbed run (no perturbation, or kind ``none``) hashes as it did before perturbations were
     part of the identity, so its run_id is unchanged; a perturbed one adds kind, magnitude, onset,
-    duration and the perturbation's own seed. Recorded runs hash the schema version they are
-    written with (:data:`~stabilitybench.data_schema.schema.SCHEMA_VERSION`), as they always have.
+    duration and the perturbation's own seed. The hash includes a version frozen at schema 1.2
+    (:data:`~stabilitybench.data_schema.schema.RECORDER_RUN_ID_VERSION`), so a schema bump that only adds
+    columns does not change a recorded run's id.
     """
     ident: dict[str, Any] = {"run_name": run_name, "domain": domain, "algo": algo, "env": env, "seed": seed,
                              "config": config}
@@ -323,4 +324,4 @@ def _run_id(run_name: str, domain: str, algo: str, env: str, seed: int, config: 
                                  "onset_step": int(perturbation.onset_step),
                                  "duration_steps": int(perturbation.duration_steps),
                                  "seed": int(getattr(perturbation, "seed", 0))}
-    return hash_run_id(ident, SCHEMA_VERSION)
+    return hash_run_id(ident, RECORDER_RUN_ID_VERSION)
