@@ -20,8 +20,16 @@ def analyze(
     update_corpus: Annotated[
         bool, typer.Option("--update-corpus/--no-update-corpus", help="Also write <corpus>/runs.parquet")
     ] = True,
+    spike_rules: Annotated[
+        bool, typer.Option("--spike-rules/--no-spike-rules", help="Also score the practitioners' spike rules "
+                           "(OLMo-core skip-step, llm.c z-score, Megatron 10x, llm-foundry, Lightning)")
+    ] = False,
 ) -> None:
     """Analyse the corpus: collapse, PCA, meta-state monitor vs baselines, survival, regularities -> results/."""
+    from dataclasses import replace
+
+    from stabilitybench.analysis.config import AnalysisConfig
+    from stabilitybench.analysis.detectors import rule_names
     from stabilitybench.analysis.pipeline import run_analysis
     from stabilitybench.analysis.summary import Status
     from stabilitybench.data_schema.io import writable_dir
@@ -41,7 +49,11 @@ def analyze(
         bar.advance(note=name)
 
     with lock, bar:
-        summary = run_analysis(corpus, out_dir, update_corpus=update_corpus, progress=bar.note, stage=stage)
+        cfg = AnalysisConfig()
+        if spike_rules:
+            ew = cfg.early_warning
+            cfg = replace(cfg, early_warning=replace(ew, detectors=(*ew.detectors, *rule_names())))
+        summary = run_analysis(corpus, out_dir, cfg, update_corpus=update_corpus, progress=bar.note, stage=stage)
         bar.advance(note="summary written")
     out.print(f"analysed {summary['n_runs']} runs in {time.perf_counter() - t0:.1f} s -> {out_dir}/summary.json")
     n_excluded = summary.get("excluded_runs", {}).get("n", 0)
@@ -55,11 +67,17 @@ def analyze(
         out.print(f"early warning: {ew_status}")
     pred = summary["headline"].get("prediction", {})
     for det, v in summary["headline"].get("detection", {}).items():
-        a, fpr = (v.get("auroc") or {}).get("value"), (v.get("fpr_held_out_controls") or {}).get("value")
-        lead = (v.get("median_lead_updates") or {}).get("value")
+        # alarm numbers from folds with >= 19 calibration controls, else from the small folds (marked +)
+        pooled = (v.get("frac_collapses_preceded") or {}).get("n")
+        src, mark = (v, "") if pooled or not v.get("small_folds") else (v["small_folds"], "+")
+        a, fpr = (v.get("auroc") or {}).get("value"), (src.get("fpr_held_out_controls") or {}).get("value")
+        lead = (src.get("median_lead_updates") or {}).get("value")
         b = ((pred.get(det) or {}).get("auroc_stratified") or {}).get("value")
-        out.print(f"  {det:<15} (a) AUROC {_fmt(a)}  FPR {_fmt(fpr)}  median lead {_fmt(lead, 0)} updates"
-                  f"  (b) stratified AUROC {_fmt(b)}")
+        out.print(f"  {det:<20} (a) AUROC {_fmt(a)}  FPR{mark} {_fmt(fpr)}  median lead{mark} {_fmt(lead, 0)} "
+                  f"updates  (b) stratified AUROC {_fmt(b)}")
+    if any(not (v.get("frac_collapses_preceded") or {}).get("n") and v.get("small_folds")
+           for v in summary["headline"].get("detection", {}).values()):
+        out.print("  + from folds with fewer than 19 calibration controls: no FPR claim (summary.json small_folds)")
     for caveat in summary["headline"]["caveats"]:
         out.print(f"[yellow]caveat:[/] {caveat}", highlight=False)
 

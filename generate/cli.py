@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,6 +26,7 @@ from stabilitybench.generate.errors import Interrupted, ProfileError
 from stabilitybench.generate.matrix import available_profiles, load_profile, parse_only, select
 from stabilitybench.generate.perturbations import definitions
 from stabilitybench.generate.runner import LOG_DIR, Plan, plan, run_matrix
+from stabilitybench.generate.spec import RunSpec
 
 console = Console(stderr=True, soft_wrap=True, highlight=False)
 out = Console(soft_wrap=True, highlight=False)
@@ -62,12 +64,15 @@ def generate(
 
     With --address, --out must be a path that every node mounts at the same place.
     """
-    require_generators()  # before the profile: checking its env ids imports gymnasium
     chosen = profile is not None
     profile = profile if profile is not None else DEFAULT_PROFILE
+    # the profile loads without the training stack (env ids are checked only where gymnasium is installed)
     specs = select(load_profile(profile), parse_only(only))
     if not specs:
         raise ProfileError(f"--only {only!r} matches no run of profile {escape(repr(profile))}")
+    # only what the selected runs' domains need (an LM-only profile runs without SB3), and a GPU where a run
+    # asks for device='cuda' and trains here (not --dry-run; a Ray cluster's workers may have GPUs this machine lacks)
+    require_generators(specs, local=backend_name == "local" and not dry_run)
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputPathError(f"--out {out_dir}: is a file, not a corpus directory")
     missing = sorted({str(m) for s in specs if (m := dict(s.hparams).get("monitor")) and not Path(m).is_file()})
@@ -156,16 +161,40 @@ def announce_default_profile(specs: list[Any], out_dir: Path, workers: int | Non
                   "Ctrl-C stops safely and a rerun resumes")
 
 
-#: What training needs beyond the core install (the [generate] extra).
+#: What training needs beyond the core install (the [generate] extra), for a profile of every domain.
 GENERATOR_MODULES = ("torch", "stable_baselines3", "gymnasium", "mujoco", "transformers", "tokenizers")
 
 
-def require_generators() -> None:
-    """A one-line error when the [generate] extra is not installed (the core install reads and analyses only)."""
-    missing = [m for m in GENERATOR_MODULES if importlib.util.find_spec(m) is None]
+def require_generators(specs: Sequence[RunSpec] | None = None, *, local: bool = True) -> None:
+    """A one-line error when the extra the runs need is not installed (the core install reads and analyses only).
+
+    ``specs``: the runs about to be generated; only their generators' modules are checked (an LM-only
+    profile needs torch, transformers and tokenizers: the [lm] extra). None: every generator's (the [generate]
+    extra). ``local``: the runs train on this machine, so a run whose config says ``device='cuda'`` needs
+    torch to see a CUDA device here (one line instead of a failed run per spec).
+    """
+    from stabilitybench.generate.registry import generator_for
+
+    if specs is None:
+        modules, extra = GENERATOR_MODULES, "generate"
+    else:
+        gens = {(s.domain, s.algo): generator_for(s.domain, s.algo) for s in specs}.values()
+        modules = tuple(dict.fromkeys(m for g in gens for m in g.requires))
+        extras = {g.extra for g in gens}
+        extra = extras.pop() if len(extras) == 1 else "generate"  # [generate] covers every domain
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
-        raise StabilityBenchError(f"generate needs {', '.join(missing)}: pip install 'stabilitybench[generate]' "
+        raise StabilityBenchError(f"generate needs {', '.join(missing)}: pip install 'stabilitybench[{extra}]' "
                                   "(after torch==2.13.0, see the README)")
+    if specs is None or not local:
+        return
+    cuda = [s for s in specs if getattr(generator_for(s.domain, s.algo).config(s), "device", None) == "cuda"]
+    if cuda:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise StabilityBenchError(f"{len(cuda)} run(s) set hparams.device='cuda' but torch {torch.__version__} "
+                                      "sees no CUDA device: generate this profile on a GPU machine")
 
 
 def status(

@@ -44,6 +44,9 @@ class Generator:
     resolver: Callable[[str, str, str, dict[str, Any]], Any]
     #: hparams the generator itself reads (not the algorithm config): name -> type
     extra_hparams: tuple[tuple[str, type], ...] = ()
+    #: importable modules a run needs beyond the core install, and the extra that installs them
+    requires: tuple[str, ...] = ()
+    extra: str = "generate"
 
     def config(self, spec: RunSpec) -> Any:
         """The algorithm config of ``spec`` (see the domain's config module for the resolution order)."""
@@ -71,13 +74,19 @@ class Generator:
         return getattr(importlib.import_module(module), func)
 
 
+#: What each domain's runs import beyond the core install (``generate`` checks only the domains a profile contains).
+RL_MODULES = ("torch", "stable_baselines3", "gymnasium", "mujoco")
+LM_MODULES = ("torch", "transformers", "tokenizers")
+
 GENERATORS: dict[tuple[str, str], Generator] = {
     ("rl", algo): Generator("rl", algo, rl_config.CONFIGS[algo][0], STOCHASTICITY_LEVELS,
-                            "stabilitybench.generate.rl.train:run", rl_config.resolve, INTERVENTION_HPARAMS)
+                            "stabilitybench.generate.rl.train:run", rl_config.resolve, INTERVENTION_HPARAMS,
+                            requires=RL_MODULES, extra="generate")
     for algo in ("ppo", "sac", "td3")
 }
 GENERATORS[("lm", "gpt2")] = Generator("lm", "gpt2", lm_config.LMConfig, STOCHASTICITY_LEVELS,
-                                       "stabilitybench.generate.lm.train:run", lm_config.resolve)
+                                       "stabilitybench.generate.lm.train:run", lm_config.resolve,
+                                       requires=LM_MODULES, extra="lm")
 
 
 def generator_for(domain: str, algo: str) -> Generator:

@@ -310,6 +310,61 @@ def test_cuda_path_trains_in_bf16_autocast(tok_dir: str) -> None:
     assert math.isfinite(steps["val_loss"].drop_nulls()[-1])
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_compiled_loop_matches_eager_and_restores_tf32(tok_dir: str) -> None:
+    """The fast path (bf16, fused AdamW, TF32, SDPA, torch.compile) on CUDA: the same losses as eager within bf16."""
+    saved = torch.backends.cuda.matmul.allow_tf32
+    runs = {c: pl.from_arrow(train(spec_for(tok_dir, updates=8, hparams={"device": "cuda", "compile": c,
+                                                                          "logit_every": 2})).steps)
+            for c in (False, True)}
+    assert torch.backends.cuda.matmul.allow_tf32 == saved  # the run's TF32 setting does not leak
+    eager, compiled = runs[False]["train_loss"].to_numpy(), runs[True]["train_loss"].to_numpy()
+    assert (abs(compiled - eager) < 0.05).all(), (eager, compiled)
+    assert runs[True]["attn_logit_max"].drop_nulls().len() == 4  # probed updates run the eager forward
+
+
+# ------------------------------------------------------------------------ speed switches
+def test_speed_switches_keep_the_cpu_path_and_the_parameter_names(tok_dir: str) -> None:
+    cfg = resolve("gpt2", "pydoc-topics", "default", {})
+    assert (cfg.attn, cfg.compile) == ("sdpa", False)  # the defaults: the eager float32 loop on the CPU
+    eager = build_model(cfg, torch.device("cpu"))
+    assert eager.config._attn_implementation == "sdpa" and eager._compiled_call_impl is None
+    compiled = build_model(replace(cfg, compile=True), torch.device("cpu"))
+    assert compiled._compiled_call_impl is not None  # compiled in place (lazily: nothing is traced yet)
+    names = [n for n, _ in compiled.named_parameters()]
+    assert names == [n for n, _ in eager.named_parameters()]
+    assert any(n.startswith(TARGET_LAYER.partition(":")[2]) for n in names)  # layer_reset still finds its layer
+    assert build_model(replace(cfg, attn="eager"), torch.device("cpu")).config._attn_implementation == "eager"
+    with pytest.raises(ValueError, match="attn="):
+        resolve("gpt2", "pydoc-topics", "default", {"attn": "flash"})
+
+
+def test_eager_attention_trains_like_sdpa_on_cpu(tok_dir: str) -> None:
+    runs = [pl.from_arrow(train(spec_for(tok_dir, updates=4, hparams={"attn": a})).steps) for a in ("sdpa", "eager")]
+    a, b = (r["train_loss"].to_numpy() for r in runs)
+    assert (abs(a - b) < 1e-4).all() and a[0] != a[-1], (a, b)  # same math, another kernel; and it trains
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_a_device_is_one_line(tok_dir: str) -> None:
+    with pytest.raises(ProfileError, match=r"device='cuda' but torch .* sees no CUDA device"):
+        train(spec_for(tok_dir, updates=2, hparams={"device": "cuda"}))
+
+
+@pytest.mark.slow
+def test_compiled_loop_matches_eager_on_cpu(tok_dir: str) -> None:
+    """torch.compile on the CPU (inductor, C++): finite losses equal to eager to float32 rounding, probes filled."""
+    runs = {c: pl.from_arrow(train(spec_for(tok_dir, updates=6, hparams={"compile": c, "logit_every": 2})).steps)
+            for c in (False, True)}
+    eager, compiled = runs[False], runs[True]
+    assert compiled["train_loss"].is_finite().all()
+    assert (abs(compiled["train_loss"].to_numpy() - eager["train_loss"].to_numpy()) < 1e-4).all()
+    for col in ("grad_coherence", "attn_logit_max", "output_logit_max"):
+        assert compiled[col].null_count() == eager[col].null_count(), col
+        assert (abs(compiled[col].drop_nulls().to_numpy() - eager[col].drop_nulls().to_numpy()) < 1e-3).all(), col
+    assert math.isfinite(compiled["val_loss"].drop_nulls()[-1])
+
+
 def test_config_rejects_bad_values() -> None:
     with pytest.raises(ValueError, match="multiple of grad_accum"):
         replace(LMConfig(), batch_size=10, grad_accum=4)

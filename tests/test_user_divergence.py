@@ -25,7 +25,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from stabilitybench.data_schema import SCHEMA_VERSION, read_manifest
+from stabilitybench.data_schema import read_manifest
+from stabilitybench.data_schema.schema import RECORDER_RUN_ID_VERSION
 from stabilitybench.data_schema.verify import verify_corpus
 from stabilitybench.generate.errors import NonFiniteTraining, RunExistsError, TrainingDiverged
 from stabilitybench.generate.perturbations import LRSpike
@@ -213,7 +214,7 @@ def test_every_identity_field_changes_the_run_id() -> None:
         ids.add(Recorder(None, **base, perturbation=pert).run_id)
     assert len(ids) == 12
     # an unperturbed run keeps the run_id earlier versions gave it (existing corpora keep their ids)
-    payload = json.dumps({**base, "schema_version": SCHEMA_VERSION}, sort_keys=True, default=str)
+    payload = json.dumps({**base, "schema_version": RECORDER_RUN_ID_VERSION}, sort_keys=True, default=str)
     assert Recorder(None, **base).run_id == hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

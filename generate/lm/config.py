@@ -35,6 +35,9 @@ SIZES: dict[str, dict[str, Any]] = {
               "batch_size": 480, "grad_accum": 40, "learning_rate": 6e-4},
 }
 
+#: ``LMConfig.attn`` values: transformers' GPT-2 attention implementations that need no extra package.
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+
 
 @dataclass(frozen=True)
 class LMConfig:
@@ -64,6 +67,12 @@ class LMConfig:
     val_frac: float = 0.1  # the last val_frac of the text (at a line boundary) is the val split
     tokenizer_dir: str = ""  # tokenizer cache; empty = $STABILITYBENCH_CACHE or ~/.cache/stabilitybench
     device: str = "auto"  # auto | cpu | cuda (cuda: bf16 autocast + SDPA)
+    # speed (issue 27). The CUDA-only switches are no-ops on the CPU, whose float32 path is unchanged.
+    attn: str = "sdpa"  # attention kernel: sdpa (torch SDPA: flash / memory-efficient on CUDA) | eager
+    autocast: bool = True  # bf16 autocast of the forward pass (CUDA only)
+    fused_adamw: bool = True  # torch's fused AdamW kernel (CUDA only)
+    tf32: bool = True  # TF32 float32 matmuls / convolutions (CUDA only; restored after the run)
+    compile: bool = False  # torch.compile the model (nn.Module.compile: parameter names unchanged; CPU and CUDA)
 
     def __post_init__(self) -> None:
         check_fields(self, nonnegative=frozenset({"dropout", "min_lr_frac", "warmup_frac", "weight_decay",
@@ -72,6 +81,8 @@ class LMConfig:
             raise ValueError(f"model={self.model!r} must be one of {', '.join(SIZES)}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device={self.device!r} must be auto, cpu or cuda")
+        if self.attn not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(f"attn={self.attn!r} must be one of {', '.join(ATTN_IMPLEMENTATIONS)}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} must be a multiple of n_head={self.n_head}")
         if self.batch_size % self.grad_accum:

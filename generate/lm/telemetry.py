@@ -133,8 +133,14 @@ class LogitProbe:
         self.armed, self.attn_max = True, None
 
     def disarm(self) -> float | None:
+        """Stop probing; the max attention logit seen while armed (one host read), None if no forward ran."""
+        m = self.disarm_lazy()
+        return None if m is None else float(m)
+
+    def disarm_lazy(self) -> torch.Tensor | None:
+        """Stop probing; the max as a device scalar (no host read: the loop reads it after its microbatches)."""
         self.armed = False
-        return None if self.attn_max is None else float(self.attn_max)
+        return self.attn_max
 
     def _hook(self, module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> None:
         if not self.armed:
