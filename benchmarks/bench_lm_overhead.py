@@ -22,6 +22,11 @@ On a GPU it also reports MFU: (6 N + 12 L T C) FLOPs per token (nanoGPT's estima
 L layers, T block size, C width) x tokens/s / the card's peak (``--peak-tflops``: dense bf16, e.g.
 989 for an H100/H200 SXM). ``--profile-out``: one extra telemetry run under the torch profiler; its top
 operators by self device (CPU: self CPU) time are written there, for where the telemetry's cost goes.
+A compiled model is compiled once per process: later runs' fresh models reuse the code (no recompilation),
+and the warm-up run before the repeats pays the compilation.
+
+With few ``--steps`` the default ``logit_every`` (about 100 probes per run, at least every update) probes every
+update: an upper bound on the logit probes' share of the overhead (a real run probes ~1% of its updates).
 
 Writes ``benchmarks/out/lm_overhead.json`` and prints a Markdown table for BENCHMARKS.md.
 """
@@ -146,7 +151,7 @@ def main() -> None:
         "arms": rows, "overhead": overhead,
     }
     if args.profile_out:
-        table = profile_top(train, spec_for(compiles[-1]), data, cuda)
+        table = profile_top(train, spec_for(False), data, cuda)  # eager: one op per line, readable
         Path(args.profile_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.profile_out).write_text(table)
         result["profile_out"] = args.profile_out

@@ -77,6 +77,8 @@ def build_model(cfg: LMConfig, device: torch.device) -> Any:
     config._attn_implementation = cfg.attn
     model = GPT2LMHeadModel(config).to(device)
     if cfg.compile:
+        # a later run in the same process (a pool worker, a benchmark) reuses the compiled code: parameters are
+        # graph inputs (inlined nn modules), so a fresh model of the same shape does not recompile
         model.compile()  # in place: model(...) runs the compiled graph, model.forward(...) the eager one
     return model
 
