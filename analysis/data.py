@@ -158,7 +158,8 @@ def load_events(corpus: str | os.PathLike[str], runs: pl.DataFrame | None = None
         files = readable.events_files()
     else:
         files = sorted(events_path(root, rid) for rid in runs["run_id"].to_list())
-    cols = {"run_id": pl.String, "step": pl.Int64, "event": pl.String, "detail": pl.String}
+    # value: e.g. a rollback's restored update (the intervention table's updates discarded)
+    cols = {"run_id": pl.String, "step": pl.Int64, "event": pl.String, "detail": pl.String, "value": pl.Float64}
     if not files:
         return pl.DataFrame(schema=cols)
     return pl.scan_parquet([str(f) for f in files]).select(list(cols)).collect()

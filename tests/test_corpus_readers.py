@@ -501,3 +501,15 @@ def test_awkward_partition_values_read_back(tmp_path):
         con.close()
     duck = duckdb.sql(f"select run_id, env from read_parquet('{pattern}', hive_partitioning=true)").fetchall()
     assert dict(duck) == want
+
+
+def test_analysis_events_carry_the_value_column(local_smoke: Path) -> None:
+    """The intervention table reads a rollback's restored update from the events' ``value``: analyze's event
+    loader must keep it (it dropped it, and every real rollback counted 0 updates discarded)."""
+    from stabilitybench.analysis.data import load_events
+
+    events = load_events(local_smoke)
+    raw = pl.concat([pl.read_parquet(f) for f in sorted((local_smoke / "events").glob("*.parquet"))],
+                    how="diagonal_relaxed")
+    assert events.schema["value"] == pl.Float64
+    assert events["value"].null_count() == raw["value"].null_count() and events.height == raw.height
