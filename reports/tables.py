@@ -88,9 +88,11 @@ def same_dose_table(src: Source) -> Table | None:
     for d in src.get("early_warning", "same_dose_detection"):
         p = ("early_warning", "same_dose_detection", d)
         lead: list[Any] = ["—"]
-        if src.has(*p, "median_lead_updates"):
-            lead = [*ci(src, *p, "median_lead_updates", digits=0), ", n=",
-                    src.num(*p, "median_lead_updates", "n", digits=0)]
+        q, mark = (p, "") if (src.get(*p).get("median_lead_updates") or {}).get("n") else \
+            ((*p, "small_folds"), " †") if src.has(*p, "small_folds", "median_lead_updates") else (p, "")
+        if src.has(*q, "median_lead_updates"):
+            lead = [*ci(src, *q, "median_lead_updates", digits=0), ", n=",
+                    src.num(*q, "median_lead_updates", "n", digits=0), mark]
         rows.append([[detector_label(d)],
                      [src.num(*p, "n_pos", digits=0), " / ", src.num(*p, "n_neg", digits=0)],
                      [src.num(*p, "n_cells_contributing", digits=0), " of ", src.num(*p, "n_cells", digits=0)],
