@@ -108,7 +108,7 @@ _FPR_EXTRA = (Column("target", F64, "-", "Target FPR"),
               Column("claim.reason", STR, "-", "Why"),
               Column("runs_needed.calibration_controls_per_fold", I64, "runs", "Calibration controls needed per fold "
                      "for a claim (when refused)"))
-# 1. early_warning_metrics: append these to its column list
+#: early_warning_metrics' evaluation-v3 columns: Delta vs perturbation_on, the old-date lead, the small folds
 _EW_METRICS_NEW = [
     *_estimate("median_lead_updates_smoothed", "Median lead from the old date (collapse_step_smoothed)", "update",
                extra=_LEAD_EXTRA[:4]),
@@ -132,7 +132,7 @@ _EW_METRICS_NEW = [
     *_estimate("small_folds.nonfinite", "Small folds: share of non-finite collapses with an alarm strictly before "
                "the non-finite step", extra=(Column("what", STR, "-", "What the share means"),)),
 ]
-# 2. early_warning_runs (and so early_warning_loeo_runs): append
+#: early_warning_runs' (and early_warning_loeo_runs') evaluation-v3 columns
 _EW_RUNS_NEW = [
     Column("collapse_step_smoothed", I64, "update", "Collapse date on the smoothed performance (the old date; null "
            "unless collapsed)"),
@@ -143,7 +143,7 @@ _EW_RUNS_NEW = [
     Column("prediction_excess_lm1", F64, "calibration SD", "prediction_excess over [onset, L - 1 block]"),
     Column("prediction_excess_lp1", F64, "calibration SD", "prediction_excess over [onset, L + 1 block]"),
 ]
-# 3. early_warning_scores: append
+#: early_warning_scores' evaluation-v3 column
 _EW_SCORES_NEW = [Column("excess", F64, "calibration SD", "(score - threshold) / SD of the fold's calibration window "
                         "maxima (what same-dose detection ranks)")]
 
@@ -265,22 +265,9 @@ _DECLARED: dict[str, tuple[str, list[Column] | pa.Schema]] = {
             Column("n_pos", I64, "runs", "Collapses"), Column("n_neg", I64, "runs", "Controls"),
             Column("interval", STR, "-", "How the CI was computed"), _NOTE, *_STATUS)),
         *_estimate("frac_collapses_preceded", "Share of collapses with an alarm strictly before"),
-        *_estimate("median_lead_updates", "Median lead of the alarm before collapse", "update", extra=(
-            Column("iqr_low", F64, "update", "25th percentile of the leads"),
-            Column("iqr_high", F64, "update", "75th percentile of the leads"),
-            Column("interval", STR, "-", "How the CI was computed"),
-            Column("measured_from", STR, "-", "What the lead is measured from"))),
-        *_estimate("fpr_held_out_controls", "False-positive rate on held-out controls", extra=(
-            Column("target", F64, "-", "Target FPR"), Column("n_calibration", I64, "runs", "Fewest calibration "
-                                                              "controls in a fold"),
-            Column("n_calibration_per_fold", STR, "runs", "Calibration controls per fold (JSON list)"),
-            Column("n_test", I64, "runs", "Held-out controls tested"),
-            Column("guaranteed_fpr_bound", F64, "-", "Conformal FPR bound"),
-            Column("alpha_used", F64, "-", "Attainable conformal level"),
-            Column("claim.status", STR, "-", "ok | refused | not_applicable: whether an FPR claim is made"),
-            Column("claim.reason", STR, "-", "Why"),
-            Column("runs_needed.calibration_controls_per_fold", I64, "runs", "Calibration controls needed per fold "
-                   "for a claim (when refused)"))),
+        *_estimate("median_lead_updates", "Median lead of the alarm before collapse", "update",
+                   extra=_LEAD_EXTRA[:4]),
+        *_estimate("fpr_held_out_controls", "False-positive rate on held-out controls", extra=_FPR_EXTRA),
         *_estimate("nonfinite", "Share of non-finite collapses with an alarm strictly before the non-finite step",
                    extra=(Column("what", STR, "-", "What the share means"),)),
         *_EW_METRICS_NEW,

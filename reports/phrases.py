@@ -105,12 +105,13 @@ def logrank_all(src: Source) -> list[Any]:
 
 
 
-def alarm_path(src: Source, p: tuple[str | int, ...]) -> tuple[tuple[str | int, ...], str]:
+def alarm_path(src: Source, p: tuple[str | int, ...], key: str = "frac_collapses_preceded"
+               ) -> tuple[tuple[str | int, ...], str]:
     """Where a detection entry's alarm-based numbers are, and the mark that says so: its pooled folds (those with
     >= 19 calibration controls), or, when no fold had that many, ``small_folds`` (marked †: reported apart, no FPR
-    claim)."""
-    n = src.get(*p, "frac_collapses_preceded").get("n") if src.has(*p, "frac_collapses_preceded") else None
-    if n or not src.has(*p, "small_folds", "frac_collapses_preceded"):
+    claim). ``key``: the alarm-based number whose ``n`` decides (same-dose entries have only the leads)."""
+    n = src.get(*p, key).get("n") if src.has(*p, key) else None
+    if n or not src.has(*p, "small_folds", key):
         return p, ""
     return (*p, "small_folds"), " †"
 

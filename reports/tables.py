@@ -88,8 +88,7 @@ def same_dose_table(src: Source) -> Table | None:
     for d in src.get("early_warning", "same_dose_detection"):
         p = ("early_warning", "same_dose_detection", d)
         lead: list[Any] = ["—"]
-        q, mark = (p, "") if (src.get(*p).get("median_lead_updates") or {}).get("n") else \
-            ((*p, "small_folds"), " †") if src.has(*p, "small_folds", "median_lead_updates") else (p, "")
+        q, mark = alarm_path(src, p, "median_lead_updates")
         if src.has(*q, "median_lead_updates"):
             lead = [*ci(src, *q, "median_lead_updates", digits=0), ", n=",
                     src.num(*q, "median_lead_updates", "n", digits=0), mark]
