@@ -237,3 +237,23 @@ def test_backend_options_are_checked() -> None:
         make_backend("ray", cpus_per_run=0)
     assert isinstance(make_backend("local", workers=3), LocalPool)
     assert make_backend("local", workers=3).workers == 3
+
+
+def test_a_server_side_traceback_is_reported_by_its_cause(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray Client's refusal is a header line and a server traceback; the one-line error keeps the cause."""
+    from stabilitybench.generate.backends import ray_cluster
+
+    refusal = ConnectionAbortedError("Initialization failure from server:\nTraceback (most recent call last):\n"
+                                     '  File "proxier.py", line 770\nRuntimeError: Starting Ray client server failed.')
+    monkeypatch.setattr(ray_cluster, "_check_reachable", lambda address: None)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+
+    def refuse(**kwargs: Any) -> None:
+        raise refusal
+
+    monkeypatch.setattr(ray, "init", refuse)
+    with pytest.raises(BackendError) as info, RayCluster(address="ray://127.0.0.1:1"):
+        pass
+    message = str(info.value)
+    assert "\n" not in message
+    assert "Initialization failure from server: RuntimeError: Starting Ray client server failed." in message

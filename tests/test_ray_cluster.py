@@ -41,7 +41,11 @@ def cluster() -> Iterator[tuple[str, dict[str, str]]]:
     The environment carries the Ray Client address too, as ``TEST_RAY_CLIENT``.
     """
     port, client_port = free_port(), free_port()  # ephemeral ports: outside Ray's worker range 10002-19999
+    # RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S: the head's client proxy waits this long for the per-client
+    # server process it spawns (default 30 s). On a 2-core CI machine running the rest of the suite beside this,
+    # that process's start-up (a full `import ray`) took longer once, and Ray Client refused the connection.
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+           "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "180",
            "TEST_RAY_CLIENT": f"ray://127.0.0.1:{client_port}"}
     start = subprocess.run(
         [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
@@ -53,6 +57,13 @@ def cluster() -> Iterator[tuple[str, dict[str, str]]]:
         yield f"127.0.0.1:{port}", env
     finally:
         subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def client_server_logs(limit: int = 4000) -> str:
+    """The tail of the head's Ray Client server logs (where a refused Ray Client connection says why)."""
+    logs = sorted(Path("/tmp/ray/session_latest/logs").glob("ray_client_server*.err"))
+    text = "".join(f"\n--- {p.name}\n" + p.read_text(errors="replace")[-limit:] for p in logs)
+    return text or "\n(no ray_client_server logs)"
 
 
 def stamp(path: Path) -> tuple[int, int]:
@@ -147,7 +158,7 @@ def test_other_address_forms(form: str, cluster: tuple[str, dict[str, str]], tmp
     corpus = tmp_path / "corpus"
     res = cli("generate", "--profile", "smoke", "--only", "algo=ppo", "--backend", "ray", "--address", address,
               "--out", str(corpus), env=env, cwd=tmp_path)
-    assert res.returncode == 0, res.stderr
+    assert res.returncode == 0, res.stderr + client_server_logs()
     assert f"Ray cluster at {address}: 1 node(s), 2 CPU(s)" in res.stderr
     runs, reference = corpus_contents(corpus), corpus_contents(local_smoke)
     assert len(runs) == 2 and all(runs[run_id] == reference[run_id] for run_id in runs)

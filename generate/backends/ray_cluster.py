@@ -43,6 +43,17 @@ def _import_ray() -> Any:
     return ray
 
 
+
+def _one_line(exc: BaseException) -> str:
+    """The error in one line: its first line, and when that only introduces a server-side traceback
+    (Ray Client's "Initialization failure from server:"), the traceback's last line, which names the cause."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    if lines[0].endswith(":") and len(lines) > 1:
+        return f"{lines[0]} {lines[-1]}"
+    return lines[0]
+
 class RayCluster:
     """Run specs as Ray tasks on a cluster (``address``) or on a Ray instance started on this machine.
 
@@ -84,7 +95,7 @@ class RayCluster:
             ray.init(**kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = f"the Ray cluster at {self.address!r}" if self.address else "a local Ray instance"
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = _one_line(exc)
             hint = (" (if the cluster uses token auth: export RAY_AUTH_MODE=token and its token as RAY_AUTH_TOKEN "
                     "or in ~/.ray/auth_token; `ray get-auth-token` on the head prints it)" if self.address else "")
             raise BackendError(f"cannot start or reach {where}: {first}{hint}") from None
