@@ -508,6 +508,30 @@ class _OlmoState:
         return float(_z_with_zero_sd(d, sd)[0]), bool(d[0] > self.sigma * sd[0])
 
 
+class OlmoSkipDecision:
+    """OLMo-core's skip decision for a live training loop, one update at a time (the skip-step arm of issue 26).
+
+    ``step(grad_norm, loss=None) -> (statistic, skip)``: :func:`olmo_skip_step`'s rule on the pre-clip gradient norm
+    and, where the loop hands it over, the loss; each series keeps its own last ``window`` values (every value is
+    kept, skipped or not, as ``SkipStepOptimizer`` keeps them). ``statistic`` is ``max(z_grad, z_loss)`` (NaN while
+    a series holds fewer than ``max(20, window // 2)`` values); ``skip`` is the source's decision.
+    """
+
+    def __init__(self, window: int = 128, sigma: float = 6.0) -> None:
+        self.window, self.sigma = int(window), float(sigma)
+        self._grad = _OlmoState(self.window, self.sigma)
+        self._loss: _OlmoState | None = None
+
+    def step(self, grad_norm: float, loss: float | None = None) -> tuple[float, bool]:
+        z, skip = self._grad.step(float(grad_norm))
+        if loss is not None:
+            if self._loss is None:
+                self._loss = _OlmoState(self.window, self.sigma)
+            zl, skip_l = self._loss.step(float(loss))
+            z, skip = float(np.fmax(z, zl)), skip or skip_l
+        return z, skip
+
+
 class _LlmcState:
     """:func:`llmc_outlier_z` on one series, one value at a time: ``step(x) -> (z, alarm)``."""
 

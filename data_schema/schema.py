@@ -59,7 +59,9 @@ RUN_STATUSES = ("ok", "failed", "running")
 STOP_REASONS = ("completed", "nonfinite", "interrupted")
 EVENT_KINDS = ("perturbation_on", "perturbation_off", "perturbation_applied", "nonfinite", "eval", "collapse",
                # a live monitor's alarm and the actions taken on it (stabilitybench.generate.intervention)
-               "alarm", "checkpoint", "lr_backoff", "lr_backoff_end", "rollback", "stop")
+               "alarm", "checkpoint", "lr_backoff", "lr_backoff_end", "rollback", "stop",
+               # an update refused by the skip-step arm's rule (stabilitybench.generate.skip_step)
+               "skip_step")
 
 #: Hive partition keys of ``steps/``, in directory order.
 PARTITION_COLUMNS = ("domain", "algo", "env", "perturbation")
@@ -266,7 +268,8 @@ EVENTS_COLUMNS = [
     SAMPLES_SEEN,
     ELAPSED,
     Column("event", STR, "-", "perturbation_on | perturbation_off | perturbation_applied | nonfinite | eval | "
-           "collapse; live monitoring: alarm | checkpoint | lr_backoff | lr_backoff_end | rollback | stop",
+           "collapse; live monitoring: alarm | checkpoint | lr_backoff | lr_backoff_end | rollback | stop | "
+           "skip_step",
            nullable=False),
     Column("detail", STR, "-", "Free text, e.g. which tensor was non-finite"),
     Column("value", F64, "-", "Event value, e.g. the perturbation magnitude"),

@@ -45,7 +45,10 @@ of instability triggers one action, not one per block.
 Arms of a generated run (:func:`from_hparams`; ``hparams.intervention_schedule``): ``monitor`` (default: the
 monitor file's alarms), ``oracle`` (one alarm at onset + d, d drawn with the run's seed from a pinned list of the
 monitor's first-alarm delays, :func:`parse_delays`) and ``random`` (one alarm at a uniformly random update in
-[onset, onset + ``intervention_window``], drawn with the run's seed). ``intervention = "log"`` is the log-only arm.
+[onset, onset + ``intervention_window``], drawn with the run's seed; with ``intervention_counts`` as many alarms as
+a run of the monitor arm acted on, drawn from their pinned counts: the count-matched random arm of issue 26).
+``intervention = "log"`` is the log-only arm; ``intervention = "skip_step"`` the skip-step arm, which is no alarm
+source plus action but a gate on every update (:mod:`stabilitybench.generate.skip_step`).
 """
 
 from __future__ import annotations
@@ -71,7 +74,11 @@ INTERVENTION_HPARAMS = (("intervention", "str"), ("monitor", "str"), ("monitor_l
                         ("intervention_factor", "float"), ("intervention_duration", "int"),
                         ("intervention_rollback_lag", "int"), ("intervention_checkpoint_every", "int"),
                         ("intervention_schedule", "str"), ("intervention_delays", "str"),
-                        ("intervention_window", "int"))
+                        ("intervention_window", "int"), ("intervention_counts", "str"),
+                        ("skip_step_window", "int"), ("skip_step_sigma", "float"))
+#: ``hparams.intervention`` of the skip-step arm (:mod:`stabilitybench.generate.skip_step`): not an action on alarms
+#: but a gate on every update, so it stands alone.
+SKIP_STEP = "skip_step"
 #: The default ``monitor_loader``: ``module:callable`` that turns a monitor file path into a live monitor.
 #: Named, not imported, so ``generate`` does not depend on ``analysis``.
 DEFAULT_LOADER = "stabilitybench.live:online_monitor"
@@ -346,6 +353,24 @@ def parse_actions(value: Any) -> list[str]:
     return [] if actions in ([], ["none"]) else actions
 
 
+def _pinned(text: str, hparam: str, key: str, base: str | Path | None, command: str) -> list[Any]:
+    """A pinned list: comma-separated tokens (returned as strings), or the JSON file ``{key: [...]}`` (or a bare
+    list) at ``text``, relative to ``base`` (default: the working directory)."""
+    text = str(text).strip()
+    if not text.endswith(".json"):
+        return [tok.strip() for tok in text.split(",")]
+    path = Path(base or ".", text)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{hparam}: no file {path} (write it with `python -m "
+                         f"stabilitybench.analysis.intervention {command}`, from the monitor arm's runs)") from None
+    raw = data.get(key) if isinstance(data, dict) else data
+    if not isinstance(raw, list):
+        raise ValueError(f"{hparam}: {path} has no '{key}' list")
+    return raw
+
+
 def parse_delays(text: str, base: str | Path | None = None) -> list[int | None]:
     """The oracle arm's pinned delays (updates from onset; None: the monitor never acted on that run).
 
@@ -353,23 +378,39 @@ def parse_delays(text: str, base: str | Path | None = None) -> list[int | None]:
     ``{"delays": [int | null, ...], ...}`` (``stabilitybench.analysis.intervention.oracle_delays`` writes one from
     a pilot), relative to ``base`` (default: the working directory) like the monitor file.
     """
-    text = str(text).strip()
-    if text.endswith(".json"):
-        path = Path(base or ".", text)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ValueError(f"intervention_delays: no file {path} (write it with `python -m "
-                             "stabilitybench.analysis.intervention oracle-delays`, stage 2 of the profile)") from None
-        raw = data.get("delays") if isinstance(data, dict) else None
-        if not isinstance(raw, list):
-            raise ValueError(f"intervention_delays: {path} has no 'delays' list")
-        out = [None if d is None else int(d) for d in raw]
-    else:
-        out = [None if tok.strip().lower() in ("none", "-", "") else int(tok) for tok in text.split(",")]
+    raw = _pinned(text, "intervention_delays", "delays", base, "oracle-delays")
+    out = [None if d is None or str(d).strip().lower() in ("none", "-", "") else int(d) for d in raw]
     if not out:
         raise ValueError("intervention_delays: empty list")
     return out
+
+
+def parse_counts(text: str, base: str | Path | None = None) -> list[int]:
+    """The count-matched random arm's pinned action counts (one per monitor-arm run, each >= 0).
+
+    ``text``: comma-separated integers, or the path of a JSON file ``{"counts": [int, ...]}`` or a bare JSON list
+    (``python -m stabilitybench.analysis.intervention action-counts`` writes one from the monitor arm's runs).
+    """
+    raw = _pinned(text, "intervention_counts", "counts", base, "action-counts")
+    try:
+        out = [int(c) for c in raw]
+    except (TypeError, ValueError):
+        raise ValueError(f"intervention_counts: not a list of integers: {raw!r}") from None
+    if not out or min(out) < 0:
+        raise ValueError(f"intervention_counts: need at least one count, each >= 0, got {out}")
+    return out
+
+
+def spaced_uniform(rng: np.random.Generator, n: int, window: int, gap: int) -> list[int]:
+    """``n`` sorted offsets in ``0..window``, uniform among the sets whose neighbours are at least ``gap`` apart
+    (order statistics of ``n`` uniform draws on ``0..window - (n - 1) gap``, the i-th shifted by ``i * gap``).
+    ``n`` is capped at the most that fit (``window // gap + 1``)."""
+    gap = max(0, int(gap))
+    n = min(int(n), window // gap + 1 if gap else int(n))
+    if n <= 0:
+        return []
+    base = np.sort(rng.integers(0, window - (n - 1) * gap + 1, size=n))
+    return [int(b) + i * gap for i, b in enumerate(base)]
 
 
 def check_hparams(hparams: Mapping[str, Any], *, perturbation: str | None = None,
@@ -382,6 +423,13 @@ def check_hparams(hparams: Mapping[str, Any], *, perturbation: str | None = None
     """
     actions = parse_actions(hparams.get("intervention"))
     if not actions:
+        return
+    if SKIP_STEP in actions:
+        if actions != [SKIP_STEP] or hparams.get("intervention_schedule") or hparams.get("monitor"):
+            raise ValueError(f"intervention = {SKIP_STEP!r} stands alone (a gate on every update by its own rule): "
+                             "no other action, no intervention_schedule, no monitor")
+        if int(hparams.get("skip_step_window", 128)) < 2 or not float(hparams.get("skip_step_sigma", 6.0)) > 0:
+            raise ValueError("skip_step_window must be >= 2 and skip_step_sigma > 0")
         return
     unknown = [a for a in actions if a not in ACTIONS]
     if unknown:
@@ -411,7 +459,10 @@ def schedule_for(hparams: Mapping[str, Any], onset_step: int, seed: int) -> Sche
     oracle: one alarm at ``onset_step + d``, ``d`` drawn uniformly from :func:`parse_delays` of
     ``intervention_delays`` with ``default_rng([seed, ORACLE_SALT])`` (a drawn None: no alarm, as the monitor that
     never acted); random: one alarm at ``onset_step + u``, ``u`` uniform on ``0..intervention_window`` with
-    ``default_rng([seed, RANDOM_SALT])``. The alarm's event value is the delay from onset.
+    ``default_rng([seed, RANDOM_SALT])``; with ``intervention_counts`` (the count-matched random arm, issue 26): ``n``
+    drawn from :func:`parse_counts` with that generator, then ``n`` alarms at :func:`spaced_uniform` offsets in
+    ``0..intervention_window``, at least ``intervention_duration`` (the Intervention's cooldown) apart, so each is
+    acted on, as each of the monitor arm's counted actions was. The alarm's event value is the delay from onset.
     """
     schedule = str(hparams.get("intervention_schedule") or "monitor")
     if schedule == "oracle":
@@ -422,9 +473,18 @@ def schedule_for(hparams: Mapping[str, Any], onset_step: int, seed: int) -> Sche
         return ScheduledAlarms([onset_step + d], [d], label=f"oracle: onset {onset_step} + {d}")
     if schedule == "random":
         window = int(hparams["intervention_window"])
-        u = int(np.random.default_rng([int(seed), RANDOM_SALT]).integers(0, window + 1))
-        return ScheduledAlarms([onset_step + u], [u], label=f"random in [onset, onset + {window}]: onset "
-                               f"{onset_step} + {u}")
+        rng = np.random.default_rng([int(seed), RANDOM_SALT])
+        if not hparams.get("intervention_counts"):
+            u = int(rng.integers(0, window + 1))
+            return ScheduledAlarms([onset_step + u], [u], label=f"random in [onset, onset + {window}]: onset "
+                                   f"{onset_step} + {u}")
+        counts = parse_counts(str(hparams["intervention_counts"]))
+        n = counts[int(rng.integers(len(counts)))]
+        gap = int(hparams.get("intervention_duration", 200))  # the Intervention's cooldown: every alarm is acted on
+        offsets = spaced_uniform(rng, n, window, gap)
+        return ScheduledAlarms([onset_step + u for u in offsets], offsets,
+                               label=f"random, count-matched ({len(offsets)} of a drawn {n}, >= {gap} apart) in "
+                               f"[onset, onset + {window}]")
     raise ValueError(f"intervention_schedule {schedule!r} has no schedule (known: oracle, random)")
 
 
@@ -435,7 +495,7 @@ def split_hparams(hparams: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str,
 
 
 def from_hparams(hparams: Mapping[str, Any], recorder: Any, *, onset_step: int | None = None, seed: int = 0,
-                 perturbation: str | None = None, duration_steps: int | None = None) -> Intervention | None:
+                 perturbation: str | None = None, duration_steps: int | None = None) -> Any:
     """The :class:`Intervention` a generated run's hparams ask for, or None.
 
     ``intervention``: comma-separated actions (``"none"``/absent: none, the matched "without" arm; ``"log"``: the
@@ -444,12 +504,19 @@ def from_hparams(hparams: Mapping[str, Any], recorder: Any, *, onset_step: int |
     ``monitor_loader``: ``module:callable`` (default :data:`DEFAULT_LOADER`) building the live monitor from the path;
     ``intervention_factor``/``_duration``: the LR back-off; ``intervention_rollback_lag``,
     ``intervention_checkpoint_every``: in updates. ``perturbation``/``duration_steps``: the run's, for
-    :func:`check_hparams`.
+    :func:`check_hparams`. ``intervention = "skip_step"``: the skip-step arm, a
+    :class:`~stabilitybench.generate.skip_step.SkipStep` (``skip_step_window``, ``skip_step_sigma``) instead.
+    ``intervention_counts`` (with ``schedule = "random"``): the count-matched random arm (:func:`schedule_for`).
     """
     actions = parse_actions(hparams.get("intervention"))
     if not actions:
         return None
     check_hparams(hparams, perturbation=perturbation, duration_steps=duration_steps)
+    if actions == [SKIP_STEP]:
+        from stabilitybench.generate.skip_step import SkipStep
+
+        return SkipStep(recorder, window=int(hparams.get("skip_step_window", 128)),
+                        sigma=float(hparams.get("skip_step_sigma", 6.0)))
     schedule = str(hparams.get("intervention_schedule") or "monitor")
     if schedule == "monitor":
         module, func = str(hparams.get("monitor_loader") or DEFAULT_LOADER).split(":")

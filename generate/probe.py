@@ -277,6 +277,11 @@ class Probe:
         #: Extra LR multiplier, applied like a perturbation's (for one ``step()`` at a time; the user's LRs
         #: are restored after it): an :class:`~stabilitybench.generate.intervention.Intervention`'s LR back-off sets it.
         self.lr_scale = 1.0
+        #: A gate that may refuse an update (:class:`~stabilitybench.generate.skip_step.SkipStep`, set by its
+        #: ``attach``): ``before_step(step, grad_norm, optimizer, params) -> skip`` in the pre-step hook, and on a
+        #: skip ``after_step(optimizer, params)`` first thing in the post-step hook, before the update is measured.
+        self.gate: Any = None
+        self._gated = False
         #: Adam/AdamW: ``adam_update_ratio_rms`` of each recorded update (:class:`AdamUpdateRatio`); None otherwise.
         self.update_ratio = AdamUpdateRatio.for_optimizer(optimizer, self.params) if self.record and main else None
         self._handles = [optimizer.register_step_pre_hook(self._pre_step),
@@ -439,6 +444,9 @@ class Probe:
             self._emit(step)
             self._diverged(step, "gradient")
         self._host_norm = host_norm
+        if self.gate is not None:  # (on an accelerator this is the update's one extra host read)
+            self._gated = bool(self.gate.before_step(step, host_norm if host_norm is not None else float(norm),
+                                                     optimizer, self.params))
         if self._own_coherence:
             if self._fast and grad.numel() != self.numel:  # parameters without a gradient: the generic path
                 self._fast = False
@@ -451,6 +459,9 @@ class Probe:
         self._snapshot_params()
 
     def _post_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if self._gated:  # the gate refused this update: undo it before anything reads the parameters
+            self._gated = False
+            self.gate.after_step(optimizer, self.params)
         if self._saved_lrs is not None:
             self._restore_lrs()
         if not self.record:

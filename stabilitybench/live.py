@@ -30,3 +30,11 @@ def load_monitor(path: str | os.PathLike[str], columns: Iterable[str] | None = N
 def online_monitor(path: str | os.PathLike[str]) -> Any:
     """A fresh :class:`analysis.online.OnlineMonitor` from a monitor file (the generators' default loader)."""
     return load_monitor(path).online()
+
+
+def skip_step_decision(window: int = 128, sigma: float = 6.0) -> Any:
+    """OLMo-core's skip decision, one update at a time (:class:`analysis.baselines.OlmoSkipDecision`): the
+    generators' default rule for :class:`stabilitybench.generate.skip_step.SkipStep`."""
+    from stabilitybench.analysis.baselines import OlmoSkipDecision
+
+    return OlmoSkipDecision(window, sigma)

@@ -91,9 +91,16 @@ def test_new_profiles_load_within_budget(name: str, budget: float) -> None:
     if name == "stochasticity":
         by_level = Counter(s.stochasticity for s in specs)
         assert set(by_level) == {"low", "default", "high"} and len(set(by_level.values())) == 1
-        # one dose per kind, the default level's, at every level
-        kinds = {s.perturbation for s in specs}
-        assert all(len({s.magnitude for s in specs if s.perturbation == k}) == 1 for k in kinds)
+        # a dose-response per level (regularity 2 is a shift of the ED50): the same doses at every level, three per
+        # calibrated kind, the middle one the default level's ED50, the others at least a factor 1.18 away
+        table = load_dose_table(profile_path("stochasticity").parent / "doses/ppo_swimmer.toml")
+        for kind in ("lr_spike", "reward_flip"):
+            doses = {lvl: sorted({s.magnitude for s in specs if s.perturbation == kind and s.stochasticity == lvl})
+                     for lvl in by_level}
+            assert len({tuple(d) for d in doses.values()}) == 1 and len(doses["default"]) == 3
+            ed50 = next(e["ed50"] for e in table.values() if e["spec"]["perturbation"] == kind)
+            low, mid, high = doses["default"]
+            assert mid == float(f"{ed50:.3g}") and high / mid >= 1.18 and mid / low >= 1.18
     if name == "coverage":  # where quick's SAC/TD3 slice went: a control and one kind per dimension
         for algo in ("sac", "td3"):
             assert {s.perturbation for s in specs if s.algo == algo} == {"none", *PPO_DIMENSION_KINDS}
