@@ -1,4 +1,4 @@
-"""``stabilitybench``: generate, status, analyze, report, query and export.
+"""``stabilitybench``: generate, status, analyze, report, query, export and subset.
 
 Errors a user can cause (:class:`~stabilitybench.data_schema.errors.StabilityBenchError`) print as one
 line and exit with status 2; anything else is a bug and keeps its traceback.
@@ -102,6 +102,37 @@ def export(
     filters = parse_only(only, keys=MANIFEST_SCHEMA.names)
     written = export_tensorboard(corpus, tensorboard, filters)
     print(f"exported {len(written)} run(s) -> {tensorboard}/  (tensorboard --logdir {tensorboard})")
+
+
+@app.command()
+def subset(
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="The subset corpus folder (new, or a subset made "
+                                          "earlier, which is replaced)")],
+    corpus: Annotated[Path, typer.Option("--corpus", "-c", help="The source corpus (never written)")] = Path("corpus"),
+    profile: Annotated[list[str] | None, typer.Option("--profile", "-p", help="Keep the runs of this profile "
+                                                      "(repeat for several)")] = None,
+    only: Annotated[str | None, typer.Option("--only", help="Keep the runs whose manifest columns match, e.g. "
+                                             "'env=Swimmer-v5,perturbation=none|lr_spike'")] = None,
+) -> None:
+    """A corpus of some of the runs of another (hard links, no copy), e.g. one profile's, to analyse alone."""
+    from stabilitybench.data_schema import MANIFEST_SCHEMA, read_manifest, require_corpus
+    from stabilitybench.data_schema.subset import link_subset
+    from stabilitybench.generate.matrix import load_profile, parse_only, value_matches
+
+    if not profile and not only:
+        raise typer.BadParameter("say which runs: --profile NAME and/or --only 'column=value'")
+    filters = parse_only(only, keys=MANIFEST_SCHEMA.names)
+    rows = read_manifest(require_corpus(corpus)).to_pylist()
+    ids = {r["run_id"] for r in rows if all(value_matches(k, r[k], v) for k, v in filters.items())}
+    missing = 0
+    if profile:
+        wanted = {spec.run_id for name in profile for spec in load_profile(name)}
+        missing = len(wanted - {r["run_id"] for r in rows})
+        ids &= wanted
+    report = link_subset(corpus, out_dir, ids)
+    note = f"; {missing} run(s) of the profile(s) are not in {corpus} yet" if missing else ""
+    print(f"subset of {report.runs} run(s) -> {out_dir}/ ({report.linked} file(s) linked, {report.copied} copied, "
+          f"{report.removed} removed from the earlier subset){note}")
 
 
 @app.command()
