@@ -8,8 +8,15 @@ absent: :func:`stabilitybench.data_schema.keys.intervention_arm`) and ``arm_kind
 * ``log_only``: ``intervention = "log"``: the monitor's alarms recorded, no action (training is the ``none`` run's);
 * ``monitor``: the action on a live monitor's alarms (``monitor`` names the monitor file: ``kalman`` for
   ``.../kalman.monitor.npz``);
+* ``skip_step``: ``intervention = "skip_step"`` (issue 26), the practitioners' rule of OLMo-core: skip an update
+  whose grad norm (and loss where the loop has it) exceeds the mean + ``skip_step_sigma`` (default 6) SD of the
+  previous ``skip_step_window`` (default 128) values; no monitor, no rollback. Each skipped update is an events row
+  ``skip_step`` (value: the rule's z); the rule's firing is both its alarm and its action;
 * ``oracle``: one scheduled alarm at onset + d, d drawn from a pinned list of the monitor's first-alarm delays;
-* ``random_time``: one scheduled alarm at a uniformly random update in [onset, onset + window].
+* ``random_time``: one scheduled alarm at a uniformly random update in [onset, onset + window]; with
+  ``intervention_counts`` (issue 26: *count-matched*, label ``..., count-matched``) n alarms, n drawn with the
+  run's seed from the monitor arm's per-run action counts (:func:`monitor_action_counts`, the ``action-counts``
+  pilot), so the random arm acts as often as the monitor arm did.
 
 A **matched pair** is a run of an acting (or log-only) arm and the no-action run that shares everything else:
 algo, env, stochasticity, perturbation, magnitude, duration, onset and seed (so the same perturbation hits the same
@@ -22,20 +29,29 @@ seed; until the first action the two runs are the same run). The no-action partn
   on the discordant pairs, scaled by their share) and the exact McNemar p (binomial test on the discordant pairs);
 * the median paired difference in final performance with its distribution-free 95% CI (order statistics of the
   sign test; none below 6 pairs) and the exact sign-test p;
-* what the action cost: runs alarmed and acted, actions taken, updates discarded by rollbacks (update count at the
-  restore minus the checkpoint's), compute wasted (discarded + updates skipped after a ``stop``), and the first
-  action measured from onset (median and IQR);
+* what the action cost: runs alarmed and acted, alarms, acted alarms and actions taken, updates discarded by
+  rollbacks (update count at the restore minus the checkpoint's), updates skipped by the skip-step rule (one per
+  ``skip_step`` event: its gradient was computed and thrown away), compute wasted (discarded + skipped + updates not
+  run after a ``stop``), and the first action measured from onset (median and IQR; in a regime, ``lr_regime``,
+  onset is update 0, so it is measured from the start of the run);
+* wall time: the median ``run_wall_time_s`` with and without the action, and the median paired ratio (with /
+  without) with its distribution-free 95% CI (sign-test order statistics, as for performance; none below 6 pairs).
+  Wall time is only comparable between runs on the same machine under the same load;
 * ``note``: ``n too small`` below :data:`MIN_PAIRS` pairs (the tests are exact at any n but have little power).
 
 Unperturbed controls get the same rows: there every alarm is a false alarm, and the paired performance difference
 is the cost of acting on it.
 
 :func:`arm_comparisons` compares arms head to head on the same seeds (exact McNemar, sign test): each monitor arm
-against the random-time arm (and the oracle) with the same action and lag. "The monitor's foresight helps" is said
-only where the monitor arm collapses less than the random-time arm at exact p < 0.05; otherwise the summary says
-plainly that it is not shown. :func:`oracle_check` compares the oracle arm's drawn delays with the monitor arm's
-observed first-action delays; :func:`oracle_delays` measures the pinned delays on a pilot (stage 2 of the
-``intervention`` profile; ``python -m stabilitybench.analysis.intervention oracle-delays --help``).
+against the random-time arm (and the oracle) with the same action and lag, each monitor arm against the skip-step
+arm, and the skip-step arm against the random-time arm (:data:`COMPARISONS` says what each can show). "The
+monitor's foresight helps" is said only where the monitor arm collapses less than the random-time arm at exact
+p < 0.05; otherwise the summary says plainly that it is not shown. :func:`oracle_check` compares the oracle
+arm's drawn delays with the monitor arm's observed first-action delays; :func:`oracle_delays` measures the pinned
+delays on a pilot (stage 2 of the ``intervention`` profile; ``python -m stabilitybench.analysis.intervention
+oracle-delays --help``);
+:func:`monitor_action_counts` measures the monitor arm's per-run acted alarms for the count-matched random arm
+(``... action-counts --help``).
 
 Outcomes (``collapsed``, ``final_performance``) come from the analysis (``runs.parquet`` after
 ``stabilitybench analyze``), which judges every run, with or without an action, against the band of
@@ -65,9 +81,13 @@ from stabilitybench.data_schema.schema import Column
 
 #: Columns that make two runs the same run but for the action.
 PAIR_KEYS = ("algo", "env", "stochasticity", "perturbation", "magnitude", "duration_steps", "onset_frac", "seed")
-ACTION_EVENTS = ("lr_backoff", "rollback", "stop")
+ACTION_EVENTS = ("lr_backoff", "rollback", "stop", "skip_step")
+#: The skip-step arm's action string and event kind (one event per skipped update).
+SKIP = "skip_step"
+#: The skip-step rule's defaults (OLMo-core): the window of previous values and the threshold in SDs.
+SKIP_WINDOW, SKIP_SIGMA = 128, 6.0
 #: Arm kinds (module docstring), in display order.
-ARMS = ("none", "log_only", "monitor", "oracle", "random_time")
+ARMS = ("none", "log_only", "monitor", "skip_step", "oracle", "random_time")
 NO_ACTION = ("none", "log_only")
 #: Below this many pairs a row's note says "n too small" (issue 25: >= 15 pairs per perturbed row).
 MIN_PAIRS = 15
@@ -97,16 +117,30 @@ def arm_kind(actions: str, schedule: str | None) -> str:
         return "none"
     if set(acts) == {"log"}:
         return "log_only"
+    if SKIP in acts:
+        return "skip_step"
     return {"oracle": "oracle", "random": "random_time"}.get(str(schedule or "monitor"), "monitor")
 
 
-def arm_label(kind: str, actions: str, lag: int | None) -> str:
-    """A row's ``arm``: the kind, plus the action and the rollback lag for arms that act
-    (e.g. ``monitor: rollback,lr_backoff, lag 200``)."""
+def arm_label(kind: str, actions: str, lag: int | None, detail: str | None = None) -> str:
+    """A row's ``arm``: the kind, plus the action, the rollback lag and ``detail`` (:func:`arm_detail`) for arms that
+    act (e.g. ``monitor: rollback,lr_backoff, lag 200``, ``skip_step: window 128, 6 SD``)."""
     if kind in NO_ACTION:
         return kind
+    if kind == "skip_step":
+        return f"{kind}: {detail}" if detail else kind
     lag_text = f", lag {lag}" if lag is not None and "rollback" in actions else ""
-    return f"{kind}: {actions}{lag_text}"
+    return f"{kind}: {actions}{lag_text}" + (f", {detail}" if detail else "")
+
+
+def arm_detail(kind: str, window: str | None, sigma: str | None, counts: str | None) -> str | None:
+    """What else tells two arms of a kind apart: the skip-step rule's window and threshold (hparams
+    ``skip_step_window``, ``skip_step_sigma``; defaults :data:`SKIP_WINDOW`, :data:`SKIP_SIGMA`), and
+    ``count-matched`` for a random-time arm with ``intervention_counts``; else None."""
+    if kind == "skip_step":
+        w = SKIP_WINDOW if window is None else int(float(window))
+        return f"window {w}, {SKIP_SIGMA if sigma is None else float(sigma):g} SD"
+    return "count-matched" if kind == "random_time" and counts is not None else None
 
 
 def with_arms(runs: pl.DataFrame) -> pl.DataFrame:
@@ -119,7 +153,10 @@ def with_arms(runs: pl.DataFrame) -> pl.DataFrame:
     kinds = [arm_kind(a, s) for a, s in zip(arms.to_list(), schedule.to_list(), strict=True)]
     lags = [(int(float(v)) if v is not None else 0) if "rollback" in str(a) else None
             for a, v in zip(arms.to_list(), lag_raw, strict=True)]
-    labels = [arm_label(k, a, g) for k, a, g in zip(kinds, arms.to_list(), lags, strict=True)]
+    details = [arm_detail(k, w, s, c) for k, w, s, c in zip(
+        kinds, *(_hparam(runs, h).to_list() for h in ("skip_step_window", "skip_step_sigma", "intervention_counts")),
+        strict=True)]
+    labels = [arm_label(k, a, g, d) for k, a, g, d in zip(kinds, arms.to_list(), lags, details, strict=True)]
     monitors = [monitor_name(m) if k in ("monitor", "log_only") else None
                 for m, k in zip(files.to_list(), kinds, strict=True)]
     return runs.with_columns(arms.alias("arm"), files.alias("monitor_file"),
@@ -129,55 +166,80 @@ def with_arms(runs: pl.DataFrame) -> pl.DataFrame:
                              pl.Series("arm_label", labels, dtype=pl.String))
 
 
+def _acts(ev: pl.DataFrame) -> pl.DataFrame:
+    """The events that are actions: an LR back-off, a stop, a skipped update, or a rollback that restored a
+    checkpoint (one that found none old enough, value null, is no action)."""
+    return ev.filter(pl.col("event").is_in(["lr_backoff", "stop", SKIP])
+                     | ((pl.col("event") == "rollback") & pl.col("value").is_not_null()))
+
+
+def _acted_alarms(ev: pl.DataFrame) -> pl.DataFrame:
+    """Per run with an action, ``n_acted_alarms``: the alarms acted on (action episodes). Each action belongs to the
+    latest alarm at or before it (the generator acts one or two updates after the alarm's block), so a rollback and
+    the LR back-off of one alarm count once; a skipped update is its own alarm. A restore deferred to a safe point
+    (SAC/TD3) past a later alarm would count twice; an alarm inside the cooldown is not acted on."""
+    alarms = ev.filter(pl.col("event").is_in(["alarm", SKIP])).select(
+        "run_id", pl.col("step").alias("alarm_step")).unique().sort("alarm_step")
+    acts = _acts(ev).select("run_id", "step").sort("step")
+    j = acts.join_asof(alarms, left_on="step", right_on="alarm_step", by="run_id", strategy="backward",
+                       check_sortedness=False)
+    return j.group_by("run_id").agg(pl.coalesce("alarm_step", -1 - pl.col("step")).n_unique().cast(pl.Int64)
+                                    .alias("n_acted_alarms"))
+
+
 def action_counts(events: pl.DataFrame) -> pl.DataFrame:
-    """Per run (one row per run with any event): ``n_alarms``, ``first_alarm_step``, ``n_actions`` (updates at
-    which an action was taken: an LR back-off, a restore or a stop; a rollback that found no checkpoint old enough
-    is no action), ``first_action_step``, ``n_restores``, ``updates_discarded`` (sum over restores of the update
-    count at the restore minus the checkpoint's) and ``stop_step`` (null: never stopped)."""
+    """Per run (one row per run with any event): ``n_alarms`` (``alarm`` events, and ``skip_step`` events: the skip
+    rule's firing is its own alarm), ``first_alarm_step``, ``n_acted_alarms`` (:func:`_acted_alarms`), ``n_actions``
+    (updates at which an action was taken: an LR back-off, a restore, a stop or a skipped update; a rollback that
+    found no checkpoint old enough is no action), ``first_action_step``, ``n_restores``, ``updates_discarded`` (sum
+    over restores of the update count at the restore minus the checkpoint's), ``updates_skipped`` (``skip_step``
+    events) and ``stop_step`` (null: never stopped)."""
     ev = events.select("run_id", pl.col("step").cast(pl.Int64), "event",
                        pl.col("value").cast(pl.Float64) if "value" in events.columns
                        else pl.lit(None, dtype=pl.Float64).alias("value"))
     restores = ev.filter((pl.col("event") == "rollback") & pl.col("value").is_not_null())
-    acts = ev.filter(pl.col("event").is_in(["lr_backoff", "stop"])
-                     | ((pl.col("event") == "rollback") & pl.col("value").is_not_null()))
-    alarms = ev.filter(pl.col("event") == "alarm").group_by("run_id").agg(
+    alarms = ev.filter(pl.col("event").is_in(["alarm", SKIP])).group_by("run_id").agg(
         pl.len().cast(pl.Int64).alias("n_alarms"), pl.col("step").min().alias("first_alarm_step"))
-    first = acts.group_by("run_id").agg(pl.col("step").n_unique().cast(pl.Int64).alias("n_actions"),
-                                        pl.col("step").min().alias("first_action_step"))
+    first = _acts(ev).group_by("run_id").agg(pl.col("step").n_unique().cast(pl.Int64).alias("n_actions"),
+                                             pl.col("step").min().alias("first_action_step"))
     rest = restores.group_by("run_id").agg(pl.len().cast(pl.Int64).alias("n_restores"),
                                            (pl.col("step") - pl.col("value")).sum().cast(pl.Int64)
                                            .alias("updates_discarded"))
+    skips = ev.filter(pl.col("event") == SKIP).group_by("run_id").agg(pl.len().cast(pl.Int64)
+                                                                      .alias("updates_skipped"))
     stops = ev.filter(pl.col("event") == "stop").group_by("run_id").agg(pl.col("step").min().alias("stop_step"))
-    ids = ev.select("run_id").unique()
-    out = ids
-    for part in (alarms, first, rest, stops):
+    out = ev.select("run_id").unique()
+    for part in (alarms, _acted_alarms(ev), first, rest, skips, stops):
         out = out.join(part, on="run_id", how="left")
-    return out.with_columns(pl.col("n_alarms").fill_null(0), pl.col("n_actions").fill_null(0),
-                            pl.col("n_restores").fill_null(0), pl.col("updates_discarded").fill_null(0))
+    return out.with_columns(pl.col(c).fill_null(0) for c in _ZERO_COUNTS)
 
 
-_COUNT_COLUMNS = {"n_alarms": pl.Int64, "first_alarm_step": pl.Int64, "n_actions": pl.Int64,
-                  "first_action_step": pl.Int64, "n_restores": pl.Int64, "updates_discarded": pl.Int64,
-                  "stop_step": pl.Int64}
+#: Per-run counts that are 0 (not null) for a run without events when the corpus has events.
+_ZERO_COUNTS = ("n_alarms", "n_acted_alarms", "n_actions", "n_restores", "updates_discarded", "updates_skipped")
+_COUNT_COLUMNS = {"n_alarms": pl.Int64, "first_alarm_step": pl.Int64, "n_acted_alarms": pl.Int64,
+                  "n_actions": pl.Int64, "first_action_step": pl.Int64, "n_restores": pl.Int64,
+                  "updates_discarded": pl.Int64, "updates_skipped": pl.Int64, "stop_step": pl.Int64}
 
 
 def run_table(runs: pl.DataFrame, events: pl.DataFrame | None = None) -> pl.DataFrame:
-    """:func:`with_arms` plus, per run, the :func:`action_counts` columns (null without events), ``updates_skipped``
-    (planned updates not run after a stop), ``compute_wasted`` (discarded + skipped) and ``first_action_from_onset``
-    (first action minus ``onset_step``; both in updates)."""
+    """:func:`with_arms` plus, per run, the :func:`action_counts` columns (null without events), ``updates_unrun``
+    (planned updates not run after a stop), ``compute_wasted`` (discarded + skipped + unrun: every update whose
+    gradient was computed and thrown away, or that was planned and never run), ``first_action_from_onset`` (first
+    action minus ``onset_step``; all in updates) and ``run_wall_time_s`` (null where ``runs`` has none)."""
     r = with_arms(runs)
+    if "run_wall_time_s" not in r.columns:
+        r = r.with_columns(pl.lit(None, dtype=pl.Float64).alias("run_wall_time_s"))
     if events is not None and events.height:
         r = r.join(action_counts(events), on="run_id", how="left").with_columns(
-            pl.col("n_alarms").fill_null(0), pl.col("n_actions").fill_null(0), pl.col("n_restores").fill_null(0),
-            pl.col("updates_discarded").fill_null(0))
+            pl.col(c).fill_null(0) for c in _ZERO_COUNTS)
     else:
         r = r.with_columns([pl.lit(None, dtype=t).alias(c) for c, t in _COUNT_COLUMNS.items()])
     planned = pl.col("planned_updates") if "planned_updates" in r.columns else pl.lit(None, dtype=pl.Int64)
     onset = pl.col("onset_step") if "onset_step" in r.columns else pl.lit(None, dtype=pl.Int64)
-    skipped = pl.when(pl.col("stop_step").is_not_null()).then((planned - pl.col("stop_step")).clip(lower_bound=0)) \
+    unrun = pl.when(pl.col("stop_step").is_not_null()).then((planned - pl.col("stop_step")).clip(lower_bound=0)) \
         .otherwise(pl.when(pl.col("n_alarms").is_not_null()).then(pl.lit(0)))
-    return r.with_columns(skipped.cast(pl.Int64).alias("updates_skipped")).with_columns(
-        (pl.col("updates_discarded") + pl.col("updates_skipped")).alias("compute_wasted"),
+    return r.with_columns(unrun.cast(pl.Int64).alias("updates_unrun")).with_columns(
+        (pl.col("updates_discarded") + pl.col("updates_skipped") + pl.col("updates_unrun")).alias("compute_wasted"),
         (pl.col("first_action_step") - onset).cast(pl.Int64).alias("first_action_from_onset"))
 
 
@@ -190,13 +252,14 @@ def _partners(r: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
 
 def matched_pairs(runs: pl.DataFrame, events: pl.DataFrame | None = None) -> pl.DataFrame:
     """One row per (run of an acting or log-only arm, its no-action run): ``PAIR_KEYS``, the arm columns,
-    ``_with``/``_without`` outcomes and ``without_arm`` (``none`` or ``log_only``). A log-only run is paired with
-    the ``none`` run only. ``runs`` needs ``PAIR_KEYS``, ``run_id``, ``config_json``, ``collapsed``,
-    ``final_performance``; with ``events`` the :func:`run_table` columns of the with-run come along."""
+    ``_with``/``_without`` outcomes and wall times (``run_wall_time_s_with``/``_without``) and ``without_arm``
+    (``none`` or ``log_only``). A log-only run is paired with the ``none`` run only. ``runs`` needs ``PAIR_KEYS``,
+    ``run_id``, ``config_json``, ``collapsed``, ``final_performance`` (and ``run_wall_time_s``, else the wall times
+    are null); with ``events`` the :func:`run_table` columns of the with-run come along."""
     r = run_table(runs, events)
     keys = [k for k in PAIR_KEYS if k in r.columns]
-    cols = ["run_id", "collapsed", "final_performance"]
-    extra = [c for c in ("onset_step", "planned_updates", *_COUNT_COLUMNS, "updates_skipped", "compute_wasted",
+    cols = ["run_id", "collapsed", "final_performance", "run_wall_time_s"]
+    extra = [c for c in ("onset_step", "planned_updates", *_COUNT_COLUMNS, "updates_unrun", "compute_wasted",
                          "first_action_from_onset") if c in r.columns]
     arm_cols = ["arm", "arm_kind", "arm_label", "monitor_file", "monitor", "schedule", "rollback_lag"]
     act = r.filter(~pl.col("arm_kind").is_in(NO_ACTION)).select(*keys, *arm_cols, *cols, *extra)
@@ -208,7 +271,7 @@ def matched_pairs(runs: pl.DataFrame, events: pl.DataFrame | None = None) -> pl.
     logged = logs.join(natural, on=keys, how="inner", suffix="_without", nulls_equal=True)
     out = pl.concat([acted, logged], how="diagonal_relaxed")
     return out.rename({"run_id": "run_id_with", "collapsed": "collapsed_with",
-                       "final_performance": "final_performance_with"})
+                       "final_performance": "final_performance_with", "run_wall_time_s": "run_wall_time_s_with"})
 
 
 # ---- exact paired statistics -------------------------------------------------------------------------------
@@ -275,6 +338,81 @@ def _f(v: Any) -> float | None:
     return None if v is None or not np.isfinite(v) else float(v)
 
 
+def paired_ratio(with_: np.ndarray, without: np.ndarray, alpha: float = ALPHA) -> dict[str, Any]:
+    """The paired ratios ``with_ / without`` (shape ``(n,)``; pairs without two positive finite values dropped):
+    ``n``, the ``median`` ratio and its :func:`median_ci` (order statistics are invariant under the log, so this is
+    also the exp of the log ratio's CI)."""
+    w, wo = np.asarray(with_, float), np.asarray(without, float)
+    ok = np.isfinite(w) & np.isfinite(wo) & (w > 0) & (wo > 0)
+    ratio = w[ok] / wo[ok]
+    lo, hi = median_ci(ratio, alpha)
+    return {"n": int(ratio.size), "median": float(np.median(ratio)) if ratio.size else None, "ci_low": lo,
+            "ci_high": hi}
+
+
+def _mean_or_none(x: pl.Series) -> float | None:
+    return _f(np.nanmean(x.cast(pl.Float64).fill_null(np.nan).to_numpy())) if x.null_count() < x.len() else None
+
+
+def _outcome_columns(g: pl.DataFrame) -> dict[str, Any]:
+    """A row's collapse (exact McNemar) and final-performance (sign test) columns over its pairs ``g``."""
+    valid = g.filter(pl.col("collapsed_with").is_not_null() & pl.col("collapsed_without").is_not_null())
+    col = paired_collapse(valid["collapsed_with"].to_numpy(), valid["collapsed_without"].to_numpy())
+    perf = paired_performance(g["final_performance_with"].cast(pl.Float64).fill_null(np.nan).to_numpy(),
+                              g["final_performance_without"].cast(pl.Float64).fill_null(np.nan).to_numpy())
+    return {
+        "n_collapsed_without": col["n_collapsed_without"], "n_collapsed_with": col["n_collapsed_with"],
+        "collapse_rate_without": col["n_collapsed_without"] / col["n"] if col["n"] else None,
+        "collapse_rate_with": col["n_collapsed_with"] / col["n"] if col["n"] else None,
+        "prevented": col["prevented"], "caused": col["caused"],
+        "collapse_diff": col["diff"], "collapse_diff_ci_low": col["ci_low"], "collapse_diff_ci_high": col["ci_high"],
+        "collapse_p_mcnemar": col["p"],
+        "final_perf_without": _mean_or_none(g["final_performance_without"]),
+        "final_perf_with": _mean_or_none(g["final_performance_with"]),
+        "perf_diff": perf["median"], "perf_diff_ci_low": perf["ci_low"], "perf_diff_ci_high": perf["ci_high"],
+        "perf_p_sign": perf["p"], "perf_n_better": perf["n_better"], "perf_n_worse": perf["n_worse"],
+    }
+
+
+def _cost_columns(g: pl.DataFrame) -> dict[str, Any]:
+    """A row's cost columns over its with-runs ``g`` (null without events)."""
+    n = g.height
+    has_events = g["n_alarms"].null_count() < n
+    first_med, first_q1, first_q3 = _quantiles(g["first_action_from_onset"])
+    acted = g.filter(pl.col("n_actions") > 0) if has_events else g.clear()
+    planned = g["planned_updates"].cast(pl.Float64).sum() if "planned_updates" in g.columns else None
+    wasted = int(g["compute_wasted"].sum()) if has_events and g["compute_wasted"].null_count() < n else None
+
+    def total(c: str) -> int | None:
+        return int(g[c].sum()) if has_events else None
+
+    return {
+        "runs_alarmed": int((g["n_alarms"] > 0).sum()) if has_events else None,
+        "runs_acted": acted.height if has_events else None,
+        "n_alarms": total("n_alarms"), "n_acted_alarms": total("n_acted_alarms"), "n_actions": total("n_actions"),
+        "updates_discarded": total("updates_discarded"),
+        "median_updates_discarded": float(acted["updates_discarded"].median()) if acted.height else None,
+        "updates_skipped": total("updates_skipped"),
+        "compute_wasted": wasted,
+        "compute_wasted_frac": wasted / planned if wasted is not None and planned else None,
+        "median_first_action_step": _f(g["first_action_step"].cast(pl.Float64).median())
+        if g["first_action_step"].null_count() < n else None,
+        "first_action_from_onset_median": first_med, "first_action_from_onset_q25": first_q1,
+        "first_action_from_onset_q75": first_q3,
+    }
+
+
+def _wall_time_columns(g: pl.DataFrame) -> dict[str, Any]:
+    """A row's wall-time columns: median ``run_wall_time_s`` without and with, the median paired ratio and its CI."""
+    w, wo = (g[c].cast(pl.Float64).fill_null(np.nan).to_numpy()
+             for c in ("run_wall_time_s_with", "run_wall_time_s_without"))
+    ratio = paired_ratio(w, wo)
+    return {"wall_time_s_without": _f(np.nanmedian(wo)) if np.isfinite(wo).any() else None,
+            "wall_time_s_with": _f(np.nanmedian(w)) if np.isfinite(w).any() else None,
+            "wall_time_ratio": ratio["median"], "wall_time_ratio_ci_low": ratio["ci_low"],
+            "wall_time_ratio_ci_high": ratio["ci_high"]}
+
+
 def intervention_table(runs: pl.DataFrame, events: pl.DataFrame | None = None, n_boot: int = 2000,
                        seed: int = 0) -> pl.DataFrame:
     """The intervention table (module docstring): one row per (perturbation, magnitude, duration, monitor, arm).
@@ -292,111 +430,119 @@ def intervention_table(runs: pl.DataFrame, events: pl.DataFrame | None = None, n
     for key, g in sorted(pairs.group_by(group), key=lambda kv: (
             tuple(str(k) for k in kv[0][:3]), kind_order.get(kv[1]["arm_kind"][0], 9), str(kv[0][3:]))):
         row = dict(zip(group, key, strict=True))
-        valid = g.filter(pl.col("collapsed_with").is_not_null() & pl.col("collapsed_without").is_not_null())
-        col = paired_collapse(valid["collapsed_with"].to_numpy(), valid["collapsed_without"].to_numpy())
-        perf = paired_performance(g["final_performance_with"].cast(pl.Float64).fill_null(np.nan).to_numpy(),
-                                  g["final_performance_without"].cast(pl.Float64).fill_null(np.nan).to_numpy())
-        has_events = g["n_alarms"].null_count() < g.height
-        first_med, first_q1, first_q3 = _quantiles(g["first_action_from_onset"])
-        acted = g.filter(pl.col("n_actions") > 0) if has_events else g.clear()
-        planned = g["planned_updates"].cast(pl.Float64).sum() if "planned_updates" in g.columns else None
-        wasted = int(g["compute_wasted"].sum()) if has_events and g["compute_wasted"].null_count() < g.height \
-            else None
         n = g.height
-        pert = row["perturbation"]
         label = row.pop("arm_label")
         rows.append({
             **row, "arm": label, "arm_kind": g["arm_kind"][0], "actions": g["arm"][0],
             "rollback_lag": g["rollback_lag"][0], "without_arm": "/".join(sorted(set(g["without_arm"].to_list()))),
-            "n_pairs": n,
-            "n_collapsed_without": col["n_collapsed_without"], "n_collapsed_with": col["n_collapsed_with"],
-            "collapse_rate_without": col["n_collapsed_without"] / col["n"] if col["n"] else None,
-            "collapse_rate_with": col["n_collapsed_with"] / col["n"] if col["n"] else None,
-            "prevented": col["prevented"], "caused": col["caused"],
-            "collapse_diff": col["diff"], "collapse_diff_ci_low": col["ci_low"],
-            "collapse_diff_ci_high": col["ci_high"],
-            "collapse_p_mcnemar": col["p"],
-            "final_perf_without": _f(np.nanmean(g["final_performance_without"].cast(pl.Float64).fill_null(np.nan)
-                                                .to_numpy())) if g["final_performance_without"].null_count() < n
-            else None,
-            "final_perf_with": _f(np.nanmean(g["final_performance_with"].cast(pl.Float64).fill_null(np.nan)
-                                             .to_numpy())) if g["final_performance_with"].null_count() < n else None,
-            "perf_diff": perf["median"], "perf_diff_ci_low": perf["ci_low"], "perf_diff_ci_high": perf["ci_high"],
-            "perf_p_sign": perf["p"], "perf_n_better": perf["n_better"], "perf_n_worse": perf["n_worse"],
-            "runs_alarmed": int((g["n_alarms"] > 0).sum()) if has_events else None,
-            "runs_acted": acted.height if has_events else None,
-            "n_actions": int(g["n_actions"].sum()) if has_events else None,
-            "updates_discarded": int(g["updates_discarded"].sum()) if has_events else None,
-            "median_updates_discarded": float(acted["updates_discarded"].median()) if acted.height else None,
-            "compute_wasted": wasted,
-            "compute_wasted_frac": wasted / planned if wasted is not None and planned else None,
-            "median_first_action_step": _f(g["first_action_step"].cast(pl.Float64).median())
-            if g["first_action_step"].null_count() < n else None,
-            "first_action_from_onset_median": first_med, "first_action_from_onset_q25": first_q1,
-            "first_action_from_onset_q75": first_q3,
-            "controls": ConfigKey(pert).is_control,
+            "n_pairs": n, **_outcome_columns(g), **_cost_columns(g), **_wall_time_columns(g),
+            "controls": ConfigKey(row["perturbation"]).is_control,
             "note": f"n too small ({n} < {MIN_PAIRS} pairs)" if n < MIN_PAIRS else None,
         })
     return pl.DataFrame(rows, infer_schema_length=None)
 
 
 # ---- head-to-head: the timing controls ---------------------------------------------------------------------
+#: What each head-to-head comparison (first arm kind, other arm kind) of :func:`arm_comparisons` can show.
+COMPARISONS: dict[tuple[str, str], str] = {
+    ("monitor", "random_time"): "the monitor's timing (foresight): the same action with the same lag at random "
+    "times in the window (count-matched: as many actions per run as the monitor arm took); the only comparison "
+    "that can show that the monitor's alarms carry foresight",
+    ("monitor", "oracle"): "whether acting at the monitor's own times beats acting at its typical delay from onset "
+    "(drawn from its first-alarm delays on a pilot): seed-specific timing against the monitor's average timing",
+    ("monitor", "skip_step"): "which intervention to use: the monitor's rollback + LR back-off against the "
+    "practitioners' skip-step rule (OLMo-core: skip an update above mean + 6 SD of the previous 128 values); the "
+    "action and its timing both differ, so this says which works better, not why",
+    ("skip_step", "random_time"): "whether the skip-step rule beats the monitor's action taken at random times "
+    "(count-matched); the action and its timing both differ: a cheap rule against an uninformed expensive one",
+}
+_WHO = {"monitor": "monitor", "random_time": "random-time", "oracle": "oracle-timed", "skip_step": "skip-step"}
+
+
+def _rivals(r: pl.DataFrame, first: pl.DataFrame, other: str) -> pl.DataFrame:
+    """The runs of kind ``other`` in ``first``'s cell; for a monitor arm against a timing control (random time,
+    oracle) only those with its actions and rollback lag."""
+    pert, mag, dur = (first[c][0] for c in _ROW_KEYS)
+    o = r.filter((pl.col("arm_kind") == other) & (pl.col("perturbation") == pert) & (pl.col("magnitude") == mag)
+                 & (pl.col("duration_steps") == dur))
+    if first["arm_kind"][0] == "monitor" and other in ("random_time", "oracle"):
+        o = o.filter((pl.col("arm") == first["arm"][0]) & pl.col("rollback_lag").eq_missing(first["rollback_lag"][0]))
+    return o
+
+
+def _verdict(kind: str, other: str, cell: str, col: dict[str, Any], counts: str, alpha: float) -> str:
+    """The plain reading of one comparison (collapse, exact McNemar at ``alpha``)."""
+    n = col["n"]
+    small = f"; n too small ({n} < {MIN_PAIRS} pairs)" if n < MIN_PAIRS else ""
+    better = col["prevented"] > col["caused"] and col["p"] < alpha
+    worse = col["caused"] > col["prevented"] and col["p"] < alpha
+    if n == 0:
+        return f"{cell}: no seed has both arms"
+    if kind == "monitor" and other in ("random_time", "oracle"):
+        who = _WHO[other]
+        if better:
+            return (f"{cell}: the monitor's foresight helps: " if other == "random_time"
+                    else f"{cell}: the monitor beats acting at its typical delay: ") + counts
+        if worse:
+            return f"{cell}: acting on the monitor did worse than the {who} arm: " + counts
+        return (f"{cell}: the monitor's foresight is not shown (it does not beat the {who} arm at p < {alpha:g}): "
+                + counts + small)
+    a, b = f"the {_WHO[kind]} arm", f"the {_WHO[other]} arm"
+    if better or worse:
+        return f"{cell}: {a if better else b} collapses less than {b if better else a}: " + counts
+    return f"{cell}: no difference in collapse shown between {a} and {b} (p >= {alpha:g}): " + counts + small
+
+
+def _compare(first: pl.DataFrame, o: pl.DataFrame, keys: list[str], alpha: float) -> dict[str, Any]:
+    """One comparison of the arm ``first`` with the arm ``o`` on their common seeds (module docstring)."""
+    kind, other = first["arm_kind"][0], o["arm_kind"][0]
+    label, monitor = first["arm_label"][0], first["monitor"][0]
+    pert, mag, dur = (first[c][0] for c in _ROW_KEYS)
+    j = first.select(*keys, "collapsed", "final_performance").join(
+        o.select(*keys, "collapsed", "final_performance"), on=keys, how="inner", suffix="_other", nulls_equal=True)
+    valid = j.filter(pl.col("collapsed").is_not_null() & pl.col("collapsed_other").is_not_null())
+    # "with" = the first arm, "without" = the other arm: prevented = the other collapsed, the first not
+    col = paired_collapse(valid["collapsed"].to_numpy(), valid["collapsed_other"].to_numpy(), alpha)
+    perf = paired_performance(j["final_performance"].cast(pl.Float64).fill_null(np.nan).to_numpy(),
+                              j["final_performance_other"].cast(pl.Float64).fill_null(np.nan).to_numpy(), alpha)
+    n, me, who = col["n"], _WHO[kind], _WHO[other]
+    name = f"{monitor} arm" if kind == "monitor" else f"{me} arm"
+    counts = (f"{name} ({label}) collapsed {col['n_collapsed_with']}/{n}, the {who} arm ({o['arm_label'][0]}) "
+              f"{col['n_collapsed_without']}/{n} on the same seeds (only the {who} arm collapsed: "
+              f"{col['prevented']}, only the {me} arm: {col['caused']}; exact McNemar p = {col['p']:.3g})")
+    better = col["prevented"] > col["caused"] and col["p"] < alpha
+    return {"perturbation": pert, "magnitude": mag, "duration_steps": dur, "monitor": monitor, "arm": label,
+            "arm_kind": kind, "versus": other, "other_arm": o["arm_label"][0], "n_pairs": n,
+            "n_collapsed_monitor": col["n_collapsed_with"], "n_collapsed_other": col["n_collapsed_without"],
+            "only_other_collapsed": col["prevented"], "only_monitor_collapsed": col["caused"],
+            "collapse_diff": col["diff"], "collapse_diff_ci_low": col["ci_low"],
+            "collapse_diff_ci_high": col["ci_high"], "p_mcnemar": col["p"],
+            "perf_diff": perf["median"], "perf_diff_ci_low": perf["ci_low"], "perf_diff_ci_high": perf["ci_high"],
+            "perf_p_sign": perf["p"], "controls": ConfigKey(pert).is_control,
+            "foresight": bool(better) if (kind, other) == ("monitor", "random_time") else None,
+            "meaning": COMPARISONS[(kind, other)],
+            "verdict": _verdict(kind, other, ConfigKey(pert, mag, dur).label(), col, counts, alpha)}
+
+
 def arm_comparisons(runs: pl.DataFrame, alpha: float = ALPHA) -> list[dict[str, Any]]:
-    """Each monitor arm against the ``random_time`` and ``oracle`` arms with the same actions and lag, on the same
-    seeds of one (perturbation, magnitude, duration): exact McNemar on collapse, sign test on final performance,
-    and a plain verdict (``foresight``: the monitor collapses less than the random-time arm at exact p < alpha)."""
+    """The head-to-head comparisons of :data:`COMPARISONS`, on the same seeds of one (perturbation, magnitude,
+    duration): each monitor arm against the ``random_time`` and ``oracle`` arms with the same actions and lag and
+    against every ``skip_step`` arm, and each skip-step arm against every ``random_time`` arm. Exact McNemar on
+    collapse, sign test on final performance, a plain ``verdict`` and what the comparison can show (``meaning``).
+    ``foresight`` (monitor against random time only): the monitor collapses less than the random-time arm at exact
+    p < alpha. The ``*_monitor`` fields are the first arm's (``arm_kind``: monitor or skip_step), ``*_other`` those
+    of the arm it is compared with (``versus``, ``other_arm``)."""
     r = with_arms(runs)
     keys = [k for k in PAIR_KEYS if k in r.columns]
     out: list[dict[str, Any]] = []
-    mons = r.filter(pl.col("arm_kind") == "monitor")
-    for (pert, mag, dur, label, monitor), m in sorted(
-            mons.group_by([*_ROW_KEYS, "arm_label", "monitor"]), key=lambda kv: tuple(str(k) for k in kv[0])):
-        actions, lag = m["arm"][0], m["rollback_lag"][0]
-        for other in ("random_time", "oracle"):
-            o = r.filter((pl.col("arm_kind") == other) & (pl.col("arm") == actions) & (pl.col("perturbation") == pert)
-                         & (pl.col("magnitude") == mag) & (pl.col("duration_steps") == dur)
-                         & (pl.col("rollback_lag").eq_missing(lag)))
-            if o.height == 0:
-                continue
-            j = m.select(*keys, "collapsed", "final_performance").join(
-                o.select(*keys, "collapsed", "final_performance"), on=keys, how="inner", suffix="_other",
-                nulls_equal=True)
-            valid = j.filter(pl.col("collapsed").is_not_null() & pl.col("collapsed_other").is_not_null())
-            # "with" = the monitor arm, "without" = the other arm: prevented = the other collapsed, the monitor not
-            col = paired_collapse(valid["collapsed"].to_numpy(), valid["collapsed_other"].to_numpy(), alpha)
-            perf = paired_performance(j["final_performance"].cast(pl.Float64).fill_null(np.nan).to_numpy(),
-                                      j["final_performance_other"].cast(pl.Float64).fill_null(np.nan).to_numpy(),
-                                      alpha)
-            n = col["n"]
-            better = col["prevented"] > col["caused"] and col["p"] < alpha
-            worse = col["caused"] > col["prevented"] and col["p"] < alpha
-            who = "random-time" if other == "random_time" else "oracle-timed"
-            counts = (f"{monitor} arm ({label}) collapsed {col['n_collapsed_with']}/{n}, the {who} arm "
-                      f"{col['n_collapsed_without']}/{n} on the same seeds (only the {who} arm collapsed: "
-                      f"{col['prevented']}, only the monitor arm: {col['caused']}; exact McNemar p = {col['p']:.3g})")
-            if n == 0:
-                verdict = f"{ConfigKey(pert, mag, dur).label()}: no seed has both arms"
-            elif better:
-                verdict = (f"{ConfigKey(pert, mag, dur).label()}: the monitor's foresight helps: " if other ==
-                           "random_time" else f"{ConfigKey(pert, mag, dur).label()}: the monitor beats acting at its "
-                           "typical delay: ") + counts
-            elif worse:
-                verdict = f"{ConfigKey(pert, mag, dur).label()}: acting on the monitor did worse than the {who} arm: " \
-                          + counts
-            else:
-                verdict = (f"{ConfigKey(pert, mag, dur).label()}: the monitor's foresight is not shown (it does not "
-                           f"beat the {who} arm at p < {alpha:g}): " + counts
-                           + (f"; n too small ({n} < {MIN_PAIRS} pairs)" if n < MIN_PAIRS else ""))
-            out.append({"perturbation": pert, "magnitude": mag, "duration_steps": dur, "monitor": monitor,
-                        "arm": label, "versus": other, "n_pairs": n,
-                        "n_collapsed_monitor": col["n_collapsed_with"], "n_collapsed_other": col["n_collapsed_without"],
-                        "only_other_collapsed": col["prevented"], "only_monitor_collapsed": col["caused"],
-                        "collapse_diff": col["diff"], "collapse_diff_ci_low": col["ci_low"],
-                        "collapse_diff_ci_high": col["ci_high"], "p_mcnemar": col["p"],
-                        "perf_diff": perf["median"], "perf_diff_ci_low": perf["ci_low"],
-                        "perf_diff_ci_high": perf["ci_high"], "perf_p_sign": perf["p"],
-                        "controls": ConfigKey(pert).is_control,
-                        "foresight": bool(better) if other == "random_time" else None, "verdict": verdict})
+    for kind, others in (("monitor", ("random_time", "oracle", "skip_step")), ("skip_step", ("random_time",))):
+        arms = r.filter(pl.col("arm_kind") == kind)
+        for _, first in sorted(arms.group_by([*_ROW_KEYS, "arm_label", "monitor"]),
+                               key=lambda kv: tuple(str(k) for k in kv[0])):
+            for other in others:
+                rivals = _rivals(r, first, other)
+                for _, o in sorted(rivals.group_by("arm_label"), key=lambda kv: str(kv[0])):
+                    out.append(_compare(first, o, keys, alpha))
     return out
 
 
@@ -487,12 +633,15 @@ def intervention_section(everything: pl.DataFrame, events: pl.DataFrame, n_boot:
                                       "(the intervention profile makes them)").to_json()
     table = intervention_table(everything, events, n_boot=n_boot, seed=seed)
     comparisons = arm_comparisons(everything)
-    verdicts = [c["verdict"] for c in comparisons if c["versus"] == "random_time" and not c["controls"]]
+    timing = [c for c in comparisons if (c["arm_kind"], c["versus"]) == ("monitor", "random_time")
+              and not c["controls"]]
+    verdicts = [c["verdict"] for c in timing]
     entry: dict[str, Any] = {
         **Status(StatusKind.OK).to_json(),
         "question": "does acting on the live monitor's alarm change collapse and final performance, and does the "
-                    "monitor's timing beat acting at a random time while the perturbation is on? matched pairs "
-                    "(same seed and perturbation) with vs without, and arm against arm",
+                    "monitor's timing beat acting at a random time while the perturbation is on? does it beat the "
+                    "practitioners' skip-step rule? matched pairs (same seed and perturbation) with vs without, and "
+                    "arm against arm",
         "n_runs_acted": acted.height,
         "n_pairs": int(table["n_pairs"].sum()) if table.height else 0,
         "intervals": "collapse: exact McNemar p, exact conditional CI (Clopper-Pearson on the discordant pairs); "
@@ -500,10 +649,10 @@ def intervention_section(everything: pl.DataFrame, events: pl.DataFrame, n_boot:
                      f"rows with fewer than {MIN_PAIRS} pairs are noted 'n too small'",
         "rows": table.to_dicts() if table.height else [],
         "comparisons": comparisons,
+        "comparisons_read": {f"{a} vs {b}": text for (a, b), text in COMPARISONS.items()},
         "foresight": verdicts or ["no monitor arm has a random-time arm on the same seeds: the monitor's foresight "
                                   "is not tested"],
-        "foresight_shown": any(c["foresight"] for c in comparisons if c["versus"] == "random_time"
-                               and not c["controls"]),
+        "foresight_shown": any(c["foresight"] for c in timing),
         "oracle_check": oracle_check(everything, events),
         "identity_checks": identity_checks(everything, events),
     }
@@ -513,7 +662,19 @@ def intervention_section(everything: pl.DataFrame, events: pl.DataFrame, n_boot:
     return table, entry
 
 
-# ---- the oracle's pilot ----------------------------------------------------------------------------------------
+# ---- the pilots: the oracle's delays, the count-matched random arm's counts ------------------------------------
+def _cell(runs: pl.DataFrame, perturbation: str, magnitude: float | None, duration_steps: int | None
+          ) -> pl.DataFrame:
+    """The runs of one cell: ``perturbation``, and ``magnitude`` (to 1e-6 relative) and ``duration_steps`` when
+    given."""
+    runs = runs.filter(pl.col("perturbation") == perturbation)
+    if magnitude is not None:
+        runs = runs.filter((pl.col("magnitude") - float(magnitude)).abs() <= 1e-6 * max(1.0, abs(float(magnitude))))
+    if duration_steps is not None:
+        runs = runs.filter(pl.col("duration_steps") == int(duration_steps))
+    return runs
+
+
 def oracle_delays(corpus: str | os.PathLike[str], monitor: str | os.PathLike[str], perturbation: str,
                   magnitude: float | None = None, duration_steps: int | None = None) -> dict[str, Any]:
     """The monitor's first-alarm delays from onset (updates; None: it never alarmed) on the natural runs of one
@@ -525,12 +686,8 @@ def oracle_delays(corpus: str | os.PathLike[str], monitor: str | os.PathLike[str
     from stabilitybench.analysis.monitor_file import MonitorFile
     from stabilitybench.data_schema import scan_steps
 
-    runs = with_arms(load_runs(corpus)).filter((pl.col("arm_kind") == "none") & (pl.col("perturbation")
-                                                                               == perturbation))
-    if magnitude is not None:
-        runs = runs.filter((pl.col("magnitude") - float(magnitude)).abs() <= 1e-6 * max(1.0, abs(float(magnitude))))
-    if duration_steps is not None:
-        runs = runs.filter(pl.col("duration_steps") == int(duration_steps))
+    runs = _cell(with_arms(load_runs(corpus)), perturbation, magnitude, duration_steps).filter(
+        pl.col("arm_kind") == "none")
     if runs.height == 0:
         raise ValueError(f"{corpus}: no natural run of {perturbation} (magnitude {magnitude}, duration "
                          f"{duration_steps}) to measure the monitor's delays on")
@@ -547,25 +704,81 @@ def oracle_delays(corpus: str | os.PathLike[str], monitor: str | os.PathLike[str
             "magnitude": magnitude, "duration_steps": duration_steps}
 
 
+def monitor_action_counts(corpus: str | os.PathLike[str], monitor: str, perturbation: str,
+                          magnitude: float | None = None, duration_steps: int | None = None,
+                          arm: str | None = None) -> dict[str, Any]:
+    """The monitor arm's acted alarms per run on one cell of ``corpus`` (``n_acted_alarms`` of
+    :func:`action_counts`: one per alarm acted on, a rollback and its LR back-off once; 0: never acted), in run order
+    (seed, then run_id): the count-matched random arm's ``intervention_counts``. ``monitor``: the monitor's name
+    (``kalman``) or its file; ``arm``: the arm label (``monitor: rollback,lr_backoff, lag 200``) where the cell has
+    several arms on that monitor. Returns ``{"counts", "run_ids", "seeds", "arm", "monitor", "corpus",
+    "perturbation", "magnitude", "duration_steps"}``. Raises ValueError without exactly one such arm."""
+    from stabilitybench.analysis.data import load_events, load_runs
+
+    name = monitor_name(monitor)
+    runs = _cell(with_arms(load_runs(corpus)), perturbation, magnitude, duration_steps).filter(
+        (pl.col("arm_kind") == "monitor") & (pl.col("monitor") == name))
+    if arm is not None:
+        runs = runs.filter(pl.col("arm_label") == arm)
+    labels = sorted(set(runs["arm_label"].to_list()))
+    if len(labels) != 1:
+        raise ValueError(f"{corpus}: {'no' if not labels else 'several'} monitor arm(s) on {name} for {perturbation} "
+                         f"(magnitude {magnitude}, duration {duration_steps}, arm {arm})"
+                         + (f": {'; '.join(labels)} (pass --arm)" if labels else ""))
+    counts = action_counts(load_events(corpus, runs)).select("run_id", "n_acted_alarms")
+    runs = runs.join(counts, on="run_id", how="left").with_columns(pl.col("n_acted_alarms").fill_null(0)) \
+        .sort("seed", "run_id")
+    return {"counts": runs["n_acted_alarms"].to_list(), "run_ids": runs["run_id"].to_list(),
+            "seeds": runs["seed"].to_list(), "arm": labels[0], "monitor": name, "corpus": str(corpus),
+            "perturbation": perturbation, "magnitude": magnitude, "duration_steps": duration_steps}
+
+
+def _write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically (a temporary file beside it, then a rename)."""
+    from stabilitybench.data_schema.io import atomic_path
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1) + "\n")
+
+
+def _cell_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--perturbation", required=True)
+    p.add_argument("--magnitude", type=float)
+    p.add_argument("--duration", type=int)
+    p.add_argument("-o", "--out", required=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m stabilitybench.analysis.intervention oracle-delays ...``: write the oracle's delays file."""
+    """``python -m stabilitybench.analysis.intervention oracle-delays|action-counts ...``: write the oracle's delays
+    file, or the count-matched random arm's counts file (a JSON list of ints)."""
     ap = argparse.ArgumentParser(prog="python -m stabilitybench.analysis.intervention")
     sub = ap.add_subparsers(dest="cmd", required=True)
     od = sub.add_parser("oracle-delays", help="the monitor's first-alarm delays on a pilot cell (JSON)")
-    od.add_argument("--corpus", required=True)
     od.add_argument("--monitor", required=True, help="the monitor file the experiment's monitor arm uses")
-    od.add_argument("--perturbation", required=True)
-    od.add_argument("--magnitude", type=float)
-    od.add_argument("--duration", type=int)
-    od.add_argument("-o", "--out", required=True)
+    _cell_arguments(od)
+    ac = sub.add_parser("action-counts", help="the monitor arm's acted alarms per run on a pilot cell (JSON list of "
+                        "ints, the count-matched random arm's intervention_counts)")
+    ac.add_argument("--monitor", required=True, help="the monitor arm's monitor (name, e.g. kalman, or file)")
+    ac.add_argument("--arm", help="the monitor arm's label where the cell has several (e.g. 'monitor: "
+                    "rollback,lr_backoff, lag 200')")
+    _cell_arguments(ac)
     a = ap.parse_args(argv)
     try:
-        res = oracle_delays(a.corpus, a.monitor, a.perturbation, a.magnitude, a.duration)
+        if a.cmd == "action-counts":
+            res = monitor_action_counts(a.corpus, a.monitor, a.perturbation, a.magnitude, a.duration, a.arm)
+        else:
+            res = oracle_delays(a.corpus, a.monitor, a.perturbation, a.magnitude, a.duration)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
+    if a.cmd == "action-counts":
+        _write_json(a.out, res["counts"])
+        print(f"{a.out}: {len(res['counts'])} runs of {res['arm']}, {sum(c > 0 for c in res['counts'])} acted, "
+              f"{sum(res['counts'])} acted alarms")
+        return 0
+    _write_json(a.out, res)
     acted = [d for d in res["delays"] if d is not None]
     print(f"{a.out}: {len(res['delays'])} runs, {len(acted)} alarmed"
           + (f", median delay {float(np.median(acted)):g} updates" if acted else ""))
@@ -581,7 +794,7 @@ TABLE_COLUMNS = [
     Column("monitor", _S, "-", "Monitor file behind the arm's alarms (its name without .monitor.npz; null for the "
            "scheduled arms)"),
     Column("arm", _S, "-", "Arm: kind, action(s) and rollback lag, e.g. 'monitor: rollback,lr_backoff, lag 200'"),
-    Column("arm_kind", _S, "-", "none | log_only | monitor | oracle | random_time"),
+    Column("arm_kind", _S, "-", "none | log_only | monitor | skip_step | oracle | random_time"),
     Column("actions", _S, "-", "Action(s) taken on an alarm (hparams.intervention)"),
     Column("rollback_lag", _I, "update", "Rollback to the newest checkpoint at least this many updates before the "
            "alarm (null: no rollback)"),
@@ -608,17 +821,30 @@ TABLE_COLUMNS = [
     Column("perf_p_sign", _F, "-", "Exact two-sided sign-test p of the paired performance differences"),
     Column("perf_n_better", _I, "pairs", "Pairs whose run with the action ended higher"),
     Column("perf_n_worse", _I, "pairs", "Pairs whose run with the action ended lower"),
-    Column("runs_alarmed", _I, "runs", "With-action runs with at least one alarm"),
+    Column("runs_alarmed", _I, "runs", "With-action runs with at least one alarm (skip-step: a skipped update)"),
     Column("runs_acted", _I, "runs", "With-action runs that took at least one action"),
-    Column("n_actions", _I, "actions", "Actions taken over the row's runs (updates with a back-off, restore or stop)"),
+    Column("n_alarms", _I, "alarms", "Alarms over the row's runs (skip-step: skipped updates, the rule's firings)"),
+    Column("n_acted_alarms", _I, "alarms", "Alarms acted on over the row's runs (action episodes: a rollback and its "
+           "LR back-off count once)"),
+    Column("n_actions", _I, "actions", "Actions taken over the row's runs (updates with a back-off, restore, stop or "
+           "skipped update)"),
     Column("updates_discarded", _I, "update", "Updates discarded by rollbacks over the row's runs"),
     Column("median_updates_discarded", _F, "update", "Median updates discarded per run that acted"),
-    Column("compute_wasted", _I, "update", "Updates discarded plus updates skipped after a stop, over the row's runs"),
+    Column("updates_skipped", _I, "update", "Updates skipped by the skip-step rule over the row's runs (one per "
+           "skip_step event)"),
+    Column("compute_wasted", _I, "update", "Updates discarded plus updates skipped by the skip-step rule plus updates "
+           "not run after a stop, over the row's runs"),
     Column("compute_wasted_frac", _F, "-", "compute_wasted / the row's planned updates"),
     Column("median_first_action_step", _F, "update", "Median update of the first action"),
     Column("first_action_from_onset_median", _F, "update", "Median first action minus onset (runs that acted)"),
     Column("first_action_from_onset_q25", _F, "update", "25th percentile of the first action minus onset"),
     Column("first_action_from_onset_q75", _F, "update", "75th percentile of the first action minus onset"),
+    Column("wall_time_s_without", _F, "s", "Median run_wall_time_s of the runs without the action"),
+    Column("wall_time_s_with", _F, "s", "Median run_wall_time_s of the runs with the action"),
+    Column("wall_time_ratio", _F, "-", "Median paired wall-time ratio (with / without; pairs with both times)"),
+    Column("wall_time_ratio_ci_low", _F, "-", "Distribution-free 95% CI low of wall_time_ratio (sign-test order "
+           "statistics; null below 6 pairs)"),
+    Column("wall_time_ratio_ci_high", _F, "-", "Distribution-free 95% CI high of wall_time_ratio"),
     Column("controls", _B, "-", "Unperturbed pairs: every alarm is false, perf_diff is its cost"),
     Column("note", _S, "-", f"'n too small' below {MIN_PAIRS} pairs (null otherwise)"),
 ]

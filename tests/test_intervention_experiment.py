@@ -92,7 +92,7 @@ def test_the_profile_is_sized_and_paired() -> None:
     hp = [dict(s.hparams) for s in specs]
     assert len(specs) == 185 and min(s.seed for s in specs) >= 100  # quick uses seeds < 100
     kinds = [arm_kind(h.get("intervention", "none"), h.get("intervention_schedule")) for h in hp]
-    assert set(kinds) == set(ARMS)
+    assert set(kinds) == set(ARMS) - {"skip_step"}  # skip-step is issue 26's regime arm, not this profile's
     durations = {s.duration_steps for s in specs if s.perturbation != "none"}
     lags = {int(h["intervention_rollback_lag"]) for h in hp if "rollback" in parse_actions(h.get("intervention"))}
     assert lags == {200, 480} and not lags & durations
