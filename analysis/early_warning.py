@@ -296,7 +296,6 @@ def evaluate_group(
     cfg: EarlyWarningConfig,
     progress: Callable[[str], None] | None = None,
     save_dir: Path | None = None,
-    external_train: list[np.ndarray] | None = None,
     block: int = 1,
 ) -> tuple[pl.DataFrame, pl.DataFrame, list[dict[str, Any]]]:
     """Fit, conformally calibrate and score every detector on every fold of one matched group.
@@ -313,9 +312,8 @@ def evaluate_group(
     ``save_dir`` the fitted monitors are saved there as self-contained
     :class:`~stabilitybench.analysis.monitor_file.MonitorFile` s (``<label>_fold<i>.monitor.npz``, a ``/`` in
     the label as ``-``: features, transforms, block size, warm-up = the calibration window's start, conformal
-    threshold, provenance). With ``external_train`` (sequences from *other* envs: leave-one-env-out) every
-    fold trains on those instead of its own training seeds (and the no-kick feature set is not evaluated: it
-    would add the monitors' fits a third time to the transfer folds). The traces carry ``excess``
+    threshold, provenance). (Leave-one-env-out, which trains on other envs, is :func:`evaluate_transfer`.)
+    The traces carry ``excess``
     (:func:`calibrated_excess` per block), what same-dose detection ranks.
     """
     for name in cfg.detectors:
@@ -325,14 +323,12 @@ def evaluate_group(
         return _empty_rows(), _empty_traces(), [not_testable("fewer than 3 seeds")]
     info = {r["run_id"]: r for r in runs.iter_rows(named=True)}
     domains = runs["domain"].unique().to_list() if "domain" in runs.columns else []
-    # the no-kick set only in the main evaluation: leave-one-env-out (external_train) keeps its cost
-    variants = detector_variants(features, cfg, domains[0] if len(domains) == 1 else None,
-                                 no_kick=external_train is None)
+    variants = detector_variants(features, cfg, domains[0] if len(domains) == 1 else None)
     n_jobs = _processes(cfg)
     if n_jobs > 1:  # (fold, detector) pairs are independent and seeded: the same results as one after the other
         from joblib import Parallel, delayed
 
-        jobs = [(i, fold, info, arrays, features, [v], cfg, save_dir, external_train, block)
+        jobs = [(i, fold, info, arrays, features, [v], cfg, save_dir, block)
                 for i, fold in enumerate(folds) for v in variants]
         if progress:
             progress(f"{len(folds)} folds x {len(variants)} detectors on {min(n_jobs, len(jobs))} processes")
@@ -350,8 +346,7 @@ def evaluate_group(
         for i, fold in enumerate(folds):
             if progress:
                 progress(f"fold {i + 1}/{len(folds)}")
-            done.append(_evaluate_fold(i, fold, info, arrays, features, variants, cfg, save_dir, external_train,
-                                       block))
+            done.append(_evaluate_fold(i, fold, info, arrays, features, variants, cfg, save_dir, block))
     rows = [r for d in done for r in d[0]]
     traces = [t for d in done for t in d[1]]
     notes = [d[2] for d in done]
@@ -418,8 +413,7 @@ def _evaluate_fold_in_worker(*job: Any) -> tuple[list[dict[str, Any]], list[pl.D
 def _evaluate_fold(i: int, fold: dict[str, list[int]], info: dict[str, dict[str, Any]],
                    arrays: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], features: list[str],
                    variants: list[tuple[str, str, list[str]]], cfg: EarlyWarningConfig, save_dir: Path | None,
-                   external_train: list[np.ndarray] | None, block: int
-                   ) -> tuple[list[dict[str, Any]], list[pl.DataFrame], dict[str, Any]]:
+                   block: int) -> tuple[list[dict[str, Any]], list[pl.DataFrame], dict[str, Any]]:
     """One fold of :func:`evaluate_group`: fit, calibrate and score every detector; (rows, traces, note)."""
     def pick(seeds: list[int], controls_only: bool) -> list[str]:
         # training/calibration use unperturbed runs that did not themselves collapse (not "normal")
@@ -433,19 +427,16 @@ def _evaluate_fold(i: int, fold: dict[str, list[int]], info: dict[str, dict[str,
     test_ids = pick(fold["test"], False)
     # regime runs: traces only (question (c)), plus a null twin each, scored by the same fitted detector
     twins: dict[str, np.ndarray] = {}
-    if external_train is None:
-        for rid in test_ids:
-            if is_regime(info[rid]):
-                st, X, _ = arrays[rid]
-                tw = null_twin(st, X, info[rid]["collapse_step"] if info[rid]["collapsed"] else None,
-                               twin_seed(rid, cfg.seed))
-                if tw is not None:
-                    twins[rid] = tw
-    note = {"fold": i, **{k: v for k, v in fold.items()}, "n_train_runs": len(train_ids) if external_train is None
-            else len(external_train), "n_calibration_runs": len(calib_ids), "n_test_runs": len(test_ids)}
-    if external_train is not None:
-        note["train"] = "unperturbed runs of the other envs"
-    if not (train_ids or external_train) or not calib_ids or not test_ids:
+    for rid in test_ids:
+        if is_regime(info[rid]):
+            st, X, _ = arrays[rid]
+            tw = null_twin(st, X, info[rid]["collapse_step"] if info[rid]["collapsed"] else None,
+                           twin_seed(rid, cfg.seed))
+            if tw is not None:
+                twins[rid] = tw
+    note = {"fold": i, **{k: v for k, v in fold.items()}, "n_train_runs": len(train_ids),
+            "n_calibration_runs": len(calib_ids), "n_test_runs": len(test_ids)}
+    if not train_ids or not calib_ids or not test_ids:
         note.update(Status(StatusKind.SKIPPED, "no unperturbed training or calibration run, or no test run"
                            ).to_json())
         return rows, traces, note
@@ -454,8 +445,7 @@ def _evaluate_fold(i: int, fold: dict[str, list[int]], info: dict[str, dict[str,
         det = make_detector(name, cols, cfg)
         if not getattr(det, "available", True) or not idx:
             continue
-        train = [arrays[r][1][:, idx] for r in train_ids] if external_train is None else \
-            [x[:, idx] for x in external_train]
+        train = [arrays[r][1][:, idx] for r in train_ids]
         try:
             det.fit(train)
         except InsufficientDataError as exc:
@@ -475,7 +465,7 @@ def _evaluate_fold(i: int, fold: dict[str, list[int]], info: dict[str, dict[str,
         if save_dir is not None and spec_for(name).saveable:
             warmup = min((onset_step(info[r]) for r in calib_ids), default=0)
             MonitorFile(det, cols, block, warmup, conf.threshold_, conf.alpha, conf.alpha_used_, conf.n_,
-                        provenance=provenance_of(info.values(), train_ids if external_train is None else [],
+                        provenance=provenance_of(info.values(), train_ids,
                                                  calib_ids)
                         ).save(save_dir / f"{label.replace('/', '-')}_fold{i}{SUFFIX}")
         for rid in test_ids:
