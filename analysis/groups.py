@@ -196,8 +196,7 @@ class _Collector:
 def _read_group(corpus: str | os.PathLike[str], g: pl.DataFrame, feats: list[str], cfg: AnalysisConfig,
                 early_coh: dict[str, float]) -> GroupTelemetry:
     """Read one matched group run by run: performance, non-finite rows and block features (``feats``)."""
-    n_upd = int(g["n_updates"].max() or g["planned_updates"].max() or 1)
-    B = block_size(n_upd, cfg.features)
+    B = block_size(_group_updates(g), cfg.features)
     perf: dict[str, RunCurves] = {}
     nf_rows: dict[str, int] = {}
     arrays: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
