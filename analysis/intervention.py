@@ -175,16 +175,17 @@ def _acts(ev: pl.DataFrame) -> pl.DataFrame:
 
 def _acted_alarms(ev: pl.DataFrame) -> pl.DataFrame:
     """Per run with an action, ``n_acted_alarms``: the alarms acted on (action episodes). Each action belongs to the
-    latest alarm at or before it (the generator acts one or two updates after the alarm's block), so a rollback and
-    the LR back-off of one alarm count once; a skipped update is its own alarm. A restore deferred to a safe point
-    (SAC/TD3) past a later alarm would count twice; an alarm inside the cooldown is not acted on."""
-    alarms = ev.filter(pl.col("event").is_in(["alarm", SKIP])).select(
-        "run_id", pl.col("step").alias("alarm_step")).unique().sort("alarm_step")
-    acts = _acts(ev).select("run_id", "step").sort("step")
-    j = acts.join_asof(alarms, left_on="step", right_on="alarm_step", by="run_id", strategy="backward",
-                       check_sortedness=False)
-    return j.group_by("run_id").agg(pl.coalesce("alarm_step", -1 - pl.col("step")).n_unique().cast(pl.Int64)
-                                    .alias("n_acted_alarms"))
+    latest alarm before it in the events' order (the generator writes an alarm's actions right after its ``alarm``
+    row), so a rollback and the LR back-off of one alarm count once, and an alarm in the cooldown (no action) not at
+    all; a skipped update is its own alarm. A restore deferred to a safe point (SAC/TD3) written after a later
+    alarm would count twice."""
+    ev = ev.with_row_index("_row")
+    alarms = ev.filter(pl.col("event").is_in(["alarm", SKIP])).select("run_id", "_row",
+                                                                       pl.col("_row").alias("_alarm"))
+    acts = _acts(ev).select("run_id", "_row")
+    j = acts.join_asof(alarms, on="_row", by="run_id", strategy="backward", check_sortedness=False)  # row numbers
+    return j.group_by("run_id").agg(pl.coalesce("_alarm", -1 - pl.col("_row").cast(pl.Int64)).n_unique()
+                                    .cast(pl.Int64).alias("n_acted_alarms"))
 
 
 def action_counts(events: pl.DataFrame) -> pl.DataFrame:
@@ -646,6 +647,7 @@ def intervention_section(everything: pl.DataFrame, events: pl.DataFrame, n_boot:
         "n_pairs": int(table["n_pairs"].sum()) if table.height else 0,
         "intervals": "collapse: exact McNemar p, exact conditional CI (Clopper-Pearson on the discordant pairs); "
                      "final performance: sign test, distribution-free CI of the median paired difference; "
+                     "wall time: median paired ratio with / without, the same distribution-free CI; "
                      f"rows with fewer than {MIN_PAIRS} pairs are noted 'n too small'",
         "rows": table.to_dicts() if table.height else [],
         "comparisons": comparisons,

@@ -188,8 +188,8 @@ def time_to_event_table(src: Source) -> Table | None:
 
 def intervention_table(src: Source) -> Table | None:
     """The intervention experiment: each arm's matched pairs against its no-action twins, with exact tests."""
-    if not src.has("intervention") or src.status("intervention") is not None:
-        return None
+    if not src.has("intervention") or not (src.status("intervention") or Status(StatusKind.OK)).ok:
+        return None  # the stage's entry is "ok" when it ran (a status that is not ok: nothing to show)
     rows = []
     for i, r in enumerate(src.get("intervention", "rows")):
         p = ("intervention", "rows", i)
@@ -204,20 +204,40 @@ def intervention_table(src: Source) -> Table | None:
              src.num(*p, "perf_diff_ci_high", digits=1), "], p=", src.num(*p, "perf_p_sign", kind="g")],
             [src.num(*p, "runs_acted", digits=0), " runs, ", src.num(*p, "n_actions", digits=0), " actions; first ",
              src.num(*p, "first_action_from_onset_median", digits=0), " after onset"],
-            [src.num(*p, "updates_discarded", digits=0), " / ", src.num(*p, "compute_wasted", digits=0)],
+            _intervention_waste(src, p, r),
+            _intervention_wall_time(src, p, r),
         ])
     note = ["Each arm against its no-action twins (same seed, same perturbation; log-only when no plain run exists: "
             "its training is identical), judged by the collapse rule against the natural controls only. Arms: "
-            "monitor-driven, oracle (acts at onset + a delay drawn from the monitor's observed delays), random-time "
-            "(the same action at a random update in the perturbation window), log-only (alarms timed, no action). "
+            "monitor-driven, skip-step (the practitioners' rule: skip an update whose grad norm is above mean + 6 SD "
+            "of the previous 128; no rollback), oracle (acts at onset + a delay drawn from the monitor's observed "
+            "delays), random-time (the same action at a random update in the perturbation window; count-matched: as "
+            "many times per run as the monitor arm acted), log-only (alarms timed, no action). "
             "Collapse: exact McNemar p and an exact CI conditional on the discordant pairs; final performance: sign "
             "test and a distribution-free CI of the median paired difference. Controls: every alarm is false and "
-            "the paired difference is its cost. Foresight: "]
+            "the paired difference is its cost. Compute wasted: updates discarded by rollbacks, skipped by the "
+            "skip-step rule or not run after a stop. Wall time: the median paired ratio with / without (same "
+            "machine and load only). Foresight: "]
     note += [" ".join(str(x) for x in src.get("intervention", "foresight"))] if src.has("intervention", "foresight") \
         else ["not tested"]
     return Table("Intervention: collapse and final performance per arm, against no action",
                  ["perturbation", "arm", "pairs", "collapse rate without → with", "Δ collapse [95% CI], p",
-                  "Δ final performance [95% CI], p", "actions", "updates discarded / compute wasted"], rows, note)
+                  "Δ final performance [95% CI], p", "actions", "updates discarded / skipped / compute wasted",
+                  "wall time ratio with / without [95% CI]"], rows, note)
+
+
+def _intervention_waste(src: Source, p: tuple[str | int, ...], r: dict[str, Any]) -> list[Any]:
+    """Updates discarded / skipped / compute wasted of an intervention row (no skipped: an older summary)."""
+    skipped = [" / ", src.num(*p, "updates_skipped", digits=0)] if "updates_skipped" in r else []
+    return [src.num(*p, "updates_discarded", digits=0), *skipped, " / ", src.num(*p, "compute_wasted", digits=0)]
+
+
+def _intervention_wall_time(src: Source, p: tuple[str | int, ...], r: dict[str, Any]) -> list[Any]:
+    """The median paired wall-time ratio with its CI (``n/a``: an older summary without wall times)."""
+    if "wall_time_ratio" not in r:
+        return ["n/a"]
+    return [src.num(*p, "wall_time_ratio", digits=2), " [", src.num(*p, "wall_time_ratio_ci_low", digits=2), ", ",
+            src.num(*p, "wall_time_ratio_ci_high", digits=2), "]"]
 
 
 def collapse_table(src: Source) -> Table:
