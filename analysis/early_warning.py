@@ -6,8 +6,9 @@ Seeds are sorted and cut into ``k = min(n_seeds, max_folds)`` chunks. Fold ``i``
 chunk ``i``, *calibrates* on chunk ``i+1 (mod k)`` and *trains* on the rest, so every run is
 a test run exactly once and the pooled test set is the whole group. With the quick
 corpus's 3 seeds that is train 1 / calibrate 1 / test 1, rotated three times
-(``calibration_chunks = c`` calibrates on the next ``c`` chunks instead, for folds with >= 19
-calibration controls: fewer make no FPR claim and enter no pooled alarm-based number). Every
+(``calibration_chunks = c`` calibrates on the next ``c`` chunks instead; by default, per group, the fewest that
+give every fold >= 19 calibration controls, where the group has that many: fewer make no FPR claim and enter no
+pooled alarm-based number). Every
 detector is fitted on the **unperturbed** runs of the training seeds only, and its alarm
 threshold is calibrated *conformally* on the **unperturbed** runs of the calibration seeds
 only (:class:`~stabilitybench.analysis.conformal.ConformalCalibrator`: cross-fitted, since the seeds rotate);
@@ -69,7 +70,7 @@ import numpy as np
 import polars as pl
 
 from stabilitybench.analysis.collapse import n_updates
-from stabilitybench.analysis.conformal import ConformalCalibrator
+from stabilitybench.analysis.conformal import ConformalCalibrator, min_calibration_runs
 from stabilitybench.analysis.detectors import DETECTORS, default_names, spec_for
 from stabilitybench.analysis.errors import InsufficientDataError
 from stabilitybench.analysis.metastate import MonitorBase
@@ -98,8 +99,9 @@ class EarlyWarningConfig:
     with_echo: bool = True
     with_no_kick: bool | None = None  # also evaluate the no-kick feature set (detector_variants: its scope); None:
     # as with_echo (with_echo=False asks for the detectors on their own feature set only)
-    calibration_chunks: int = 1  # seed chunks each fold calibrates on (seed_folds); more chunks, more calibration
-    # controls per fold (>= 19 make the FPR claim and the alarm-based pooled numbers possible), fewer training ones
+    calibration_chunks: int | None = None  # seed chunks each fold calibrates on (seed_folds); more chunks, more
+    # calibration controls per fold (>= 19 make the FPR claim and the alarm-based pooled numbers possible), fewer
+    # training ones. None: per group, the fewest chunks that give every fold enough (regime_folds), else 1
     seed: int = 0
     n_jobs: int = 0  # (fold, detector) fits in parallel processes (0: every core; 1: in this process); the GRU
     # trains on one torch thread per process there, so its float32 scores may differ from a one-process run in the
@@ -115,17 +117,18 @@ def default_detectors() -> tuple[str, ...]:
     return default_names(importlib.util.find_spec("torch") is not None)
 
 
-def seed_folds(seeds: list[int], max_folds: int = 5, calibration_chunks: int = 1) -> list[dict[str, list[int]]]:
+def seed_folds(seeds: list[int], max_folds: int = 5, calibration_chunks: int | None = 1
+               ) -> list[dict[str, list[int]]]:
     """Rotating train/calibration/test seed split (see the module docstring). Needs >= 3 seeds.
 
-    Fold ``i`` tests on chunk ``i``, calibrates on the next ``c`` chunks (``c = calibration_chunks``, at most
-    ``k - 2`` so that one chunk is left to train on) and trains on the rest.
+    Fold ``i`` tests on chunk ``i``, calibrates on the next ``c`` chunks (``c = calibration_chunks``, None: 1; at
+    most ``k - 2`` so that one chunk is left to train on) and trains on the rest.
     """
     s = sorted(set(int(x) for x in seeds))
     if len(s) < 3:
         return []
     k = min(len(s), max_folds)
-    c = max(1, min(int(calibration_chunks), k - 2))
+    c = max(1, min(int(calibration_chunks or 1), k - 2))
     chunks = [list(map(int, ch)) for ch in np.array_split(np.array(s), k)]
     folds = []
     for i in range(k):
@@ -136,21 +139,39 @@ def seed_folds(seeds: list[int], max_folds: int = 5, calibration_chunks: int = 1
     return folds
 
 
-def regime_folds(runs: pl.DataFrame, max_folds: int = 5, calibration_chunks: int = 1) -> list[dict[str, list[int]]]:
+def regime_folds(runs: pl.DataFrame, max_folds: int = 5, calibration_chunks: int | None = 1,
+                 min_calibration: int = 19) -> list[dict[str, list[int]]]:
     """:func:`seed_folds` of the seeds of ``runs`` (``seed``, ``perturbation``) that hold a run other than a regime run;
     a seed with regime runs only (no control to train or calibrate on) is tested in fold ``seed mod k``.
 
     Without such a seed this is :func:`seed_folds` of every seed. With one, cutting it into a chunk would leave a fold
     without calibration controls (skipped, its test runs unscored): the ``spontaneous`` profile has more regime seeds
-    than control seeds.
+    than control seeds. ``calibration_chunks = None`` (:func:`auto_calibration_chunks`): the fewest chunks with at
+    least ``min_calibration`` controls (``perturbation = "none"``) in every fold's calibration set, else 1.
     """
     seeds = [int(x) for x in runs["seed"].to_list()]
     regime = sustained_mask(runs).to_list()
     base = sorted({s for s, r in zip(seeds, regime, strict=True) if not r})
+    if calibration_chunks is None:
+        calibration_chunks = auto_calibration_chunks(runs, base, max_folds, min_calibration)
     folds = seed_folds(base, max_folds, calibration_chunks)
     for s in sorted(set(seeds) - set(base)) if folds else []:
         folds[s % len(folds)]["test"].append(s)
     return folds
+
+
+def auto_calibration_chunks(runs: pl.DataFrame, seeds: list[int], max_folds: int, need: int) -> int:
+    """The fewest seed chunks (1 .. k - 2) whose controls (runs with ``perturbation = "none"``) number at least
+    ``need`` in every fold's calibration set of :func:`seed_folds`; 1 when no count of chunks gets there (the folds
+    are then reported apart as small folds, and the training sets keep their size)."""
+    controls = runs.filter(pl.col("perturbation") == "none").group_by("seed").len()
+    per_seed = dict(zip(controls["seed"].cast(pl.Int64).to_list(), controls["len"].to_list(), strict=True))
+    k = min(len(set(seeds)), max_folds)
+    for c in range(1, max(1, k - 2) + 1):
+        folds = seed_folds(seeds, max_folds, c)
+        if folds and min(sum(per_seed.get(s, 0) for s in f["calibration"]) for f in folds) >= need:
+            return c
+    return 1
 
 
 def make_detector(name: str, features: list[str], cfg: EarlyWarningConfig) -> MonitorBase:
@@ -318,7 +339,7 @@ def evaluate_group(
     """
     for name in cfg.detectors:
         spec_for(name)  # an unknown detector is refused (one line) before anything is fitted
-    folds = regime_folds(runs, cfg.max_folds, cfg.calibration_chunks)
+    folds = regime_folds(runs, cfg.max_folds, cfg.calibration_chunks, min_calibration_runs(cfg.fpr))
     if not folds:
         return _empty_rows(), _empty_traces(), [not_testable("fewer than 3 seeds")]
     info = {r["run_id"]: r for r in runs.iter_rows(named=True)}

@@ -187,6 +187,25 @@ def test_seed_folds_with_several_calibration_chunks() -> None:
     assert [len(f["train"]) for f in seed_folds(list(range(6)), 3, calibration_chunks=9)] == [2, 2, 2]  # capped
 
 
+def test_auto_calibration_chunks_give_every_fold_19_controls_where_the_group_has_them() -> None:
+    """standard's Swimmer group (60 control seeds, 20 of them also perturbed): one chunk of 12 seeds calibrates on
+    12 controls, fewer than the 19 a 5% FPR claim needs; the automatic choice takes 2 chunks (24). quick's 30
+    controls (chunks of 6) never reach 19 with a chunk left to train on: 1, as before."""
+    from stabilitybench.analysis.early_warning import regime_folds
+
+    def group(n_controls: int, n_perturbed: int) -> pl.DataFrame:
+        return pl.DataFrame({"seed": list(range(n_controls)) + list(range(n_perturbed)),
+                             "perturbation": ["none"] * n_controls + ["lr_spike"] * n_perturbed})
+
+    standard = group(60, 20)
+    auto = regime_folds(standard, 5, None, 19)
+    assert auto == regime_folds(standard, 5, 2) and min(len(f["calibration"]) for f in auto) == 24
+    assert min(len(f["train"]) for f in auto) == 24
+    assert regime_folds(group(30, 8), 5, None, 19) == regime_folds(group(30, 8), 5, 1)
+    assert regime_folds(group(100, 8), 5, None, 19) == regime_folds(group(100, 8), 5, 1)  # 20 per chunk: enough
+    assert EarlyWarningConfig().calibration_chunks is None
+
+
 def _fold_rows(fold: int, n_cal: int, n_ctrl: int, ctrl_alarms: int, n_pos: int, preceded: int, lead: int
                ) -> list[dict]:
     rows = []
