@@ -257,7 +257,9 @@ def next_doses(
       Mirrored for an ED50 below the smallest dose tried (down to ED20, bounded by ``m_min`` / ``m_floor``);
     * separated: ``k`` log-spaced points inside the bracket, where the transition is;
     * quasi-separated: the mixed dose and points on either side of it, halfway (in log dose) to the
-      neighbouring doses tried (or a factor 1.5 within the design's range where it has no neighbour);
+      neighbouring doses tried (or a factor 1.5 within the design's range where it has no neighbour; past ``m_max``,
+      up to ``m_cap``, when the mixed dose is the largest tried and fewer than half collapsed there, the ED50 then
+      lying above every dose tried; mirrored below ``m_min``);
     * no collapse yet: ``k`` points between the largest dose tried and ``m_max`` (``[]`` once ``m_max``
       has been tried: the kind has no ED50 below ``m_max``);
     * all collapsed: ``k`` points between ``m_min`` and the smallest dose tried (``[]`` once ``m_min``
@@ -284,7 +286,8 @@ def next_doses(
         inner = np.geomspace(b_lo, b_hi, k + 2)[1:-1]
         return [float(f"{v:.4g}") for v in inner]
     if s is DoseStatus.QUASI_SEPARATED:
-        return _around_mixed_dose(fit, m_min, m_max, k)
+        y = np.asarray(collapsed, dtype=float)
+        return _around_mixed_dose(fit, m_min, m_max, k, float(y[m == fit.mixed_dose_].mean()), cap, floor)
     if s is DoseStatus.NO_COLLAPSE:
         top = float(m.max())
         return [] if top >= m_max else log_grid(min(top * 1.5, m_max), m_max, k)
@@ -315,13 +318,21 @@ def _beyond(fit: DoseResponseModel, m_min: float, m_max: float, k: int, cap: flo
     return sorted({v for v in log_grid(lo, bottom, k + 1)[:-1] if v < bottom})
 
 
-def _around_mixed_dose(fit: DoseResponseModel, m_min: float, m_max: float, k: int) -> list[float]:
-    """The mixed dose of a quasi-separated fit and ``k - 1`` doses bracketing it (see :func:`next_doses`)."""
+def _around_mixed_dose(fit: DoseResponseModel, m_min: float, m_max: float, k: int, rate: float = 0.5,
+                       cap: float | None = None, floor: float | None = None) -> list[float]:
+    """The mixed dose of a quasi-separated fit and ``k - 1`` doses bracketing it (see :func:`next_doses`).
+
+    ``rate``: the collapse rate at the mixed dose. When the mixed dose is the largest dose tried and fewer than half
+    collapsed there, the ED50 lies above every dose tried: the doses above go past ``m_max`` up to ``cap`` (as for an
+    extrapolated fit), since staying at or below ``m_max`` could never bracket it. Mirrored below (``floor``).
+    """
     assert fit.mixed_dose_ is not None and fit.bracket_ is not None
     c = fit.mixed_dose_
     lo, hi = fit.bracket_
-    lo_edge = math.sqrt(lo * c) if lo < c else max(min(m_min, c), c / 1.5)
-    hi_edge = math.sqrt(c * hi) if hi > c else min(max(m_max, c), c * 1.5)
+    top = max(m_max, cap if cap is not None and rate < 0.5 else m_max)
+    bottom = min(m_min, floor if floor is not None and rate > 0.5 else m_min)
+    lo_edge = math.sqrt(lo * c) if lo < c else max(min(bottom, c), c / 1.5)
+    hi_edge = math.sqrt(c * hi) if hi > c else min(max(top, c), c * 1.5)
     n_below = (k - 1) // 2
     n_above = k - 1 - n_below
     below = np.geomspace(lo_edge, c, n_below + 1)[:-1] if lo_edge < c else np.array([])

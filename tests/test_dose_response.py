@@ -145,6 +145,23 @@ def test_one_mixed_dose_is_quasi_separated_not_ok() -> None:
     assert 2.0 < min(doses) and max(doses) < 8.0
 
 
+def test_a_mixed_top_dose_below_half_plans_past_m_max() -> None:
+    """The Swimmer lr_regime calibration: nothing collapsed up to x27, 2 of 8 at x30 = m_max. The ED50 lies above
+    x30, so the next doses must go past it (up to the cap, 2 x m_max); they stayed at or below x30 before."""
+    m = [3, 3, 6.46, 6.46, 13.9, 13.9, 20.4, 20.4, 24.8, 24.8, 27.25, 27.25] + [30.0] * 8
+    y = [False] * 12 + [True, True] + [False] * 6
+    assert DoseResponseModel().fit(m, y).status_ is DoseStatus.QUASI_SEPARATED
+    doses = next_doses(m, y, m_min=3, m_max=30, k=3)
+    assert max(doses) > 30 and max(doses) <= 60 and 30.0 in doses
+    # at or above half collapsed at the top dose the ED50 is inside: nothing past m_max
+    y_half = [False] * 12 + [True] * 4 + [False] * 4
+    assert max(next_doses(m, y_half, m_min=3, m_max=30, k=3)) <= 30
+    # mirrored: a mixed bottom dose with most collapsed plans below m_min
+    m_low, y_low = [1.0] * 8 + [2, 2, 4, 4], [True] * 6 + [False] * 2 + [True] * 4
+    assert DoseResponseModel().fit(m_low, y_low).status_ is DoseStatus.QUASI_SEPARATED
+    assert min(next_doses(m_low, y_low, m_min=1, m_max=10, k=3)) < 1.0
+
+
 def _extrapolated_above() -> tuple[list[float], list[bool]]:
     """Collapses rise with dose but stay under half at the largest dose tried (6 of 20 at m = 1)."""
     m = [0.05] * 20 + [0.1357] * 20 + [0.3684] * 20 + [1.0] * 20
