@@ -177,7 +177,7 @@ def paired_delta_auroc(score: np.ndarray, ref: np.ndarray, label: np.ndarray, se
 
 #: Fewest collapsed and fewest surviving runs, counted in strata that hold both outcomes, for a stratified AUROC:
 #: below it the within-stratum bootstrap degenerates (e.g. one collapse in one cell gives a CI of [1, 1]).
-MIN_STRATIFIED_PER_CLASS = 3
+MIN_STRATIFIED_PER_CLASS = 3  # also the pooled detection AUROC's minimum per class
 
 
 def stratified_entry(score: np.ndarray, y: np.ndarray, seeds: np.ndarray, strata: np.ndarray, n_boot: int,
@@ -321,7 +321,7 @@ def detection(rows: pl.DataFrame, target_fpr: float, n_boot: int = 1000, seed: i
     score = np.array(both["detection_score"].to_list(), float)
     label = np.r_[np.ones(pos.height, bool), np.zeros(ctrl.height, bool)]
     seeds = np.array(both["seed"].to_list())
-    if pos.height and ctrl.height:
+    if min(pos.height, ctrl.height) >= MIN_STRATIFIED_PER_CLASS:
         out["auroc"] = _auroc_with_ci(score, label, seeds, n_boot, seed)
         out["delta_vs_perturbation_on"] = {
             **paired_delta_auroc(score, label.astype(float), label, seeds, n_boot, seed),
@@ -330,7 +330,9 @@ def detection(rows: pl.DataFrame, target_fpr: float, n_boot: int = 1000, seed: i
                     "knows beyond the perturbation"}
     else:
         out["auroc"] = not_testable(f"n too small: {pos.height} performance collapses, {ctrl.height} held-out "
-                                    "controls (need >= 1 of each; ~10 of each for a CI narrower than +-0.2)")
+                                    f"controls (need >= {MIN_STRATIFIED_PER_CLASS} of each: with one, the seed "
+                                    "bootstrap's CI collapses onto the one ordering; ~10 of each for a CI narrower "
+                                    "than +-0.2)")
         out["delta_vs_perturbation_on"] = out["auroc"]
     need = min_calibration_runs(target_fpr)
     big, small = split_small_folds(rows, target_fpr)

@@ -137,9 +137,14 @@ def test_run_rows_and_detection_by_hand() -> None:
     assert fpr["value"] == 0.5 and fpr["n_test"] == 2 and fpr["n_calibration"] == 1
     assert fpr["claim"]["status"] == "refused" and fpr["runs_needed"]["calibration_controls_per_fold"] == 19
     assert m["nonfinite"]["n"] == 0 and small["nonfinite"]["n"] == 1 and small["nonfinite"]["value"] == 0.0
-    # detection scores: a = -log10(1/2), b = 0 (its spike is at the collapse, outside its window) vs c = d = 0
-    pos = [got["a"]["detection_score"], got["b"]["detection_score"]]
-    assert m["auroc"]["value"] == pytest.approx(auroc(pos, [got["c"]["detection_score"], got["d"]["detection_score"]]))
+    # detection scores: a = -log10(1/2), b = 0 (its spike is at the collapse, outside its window) vs c = d = 0;
+    # 2 collapses and 2 held-out controls are too few for an AUROC (>= 3 of each)
+    assert "n too small: 2 performance collapses, 2 held-out controls" in m["auroc"]["reason"]
+    m3 = questions.detection(pl.DataFrame([*rows, _row("g", True, False, None, base),
+                                           _row("h", False, True, 600, early, smoothed=1000)]), 0.05, n_boot=100)
+    pos = [got["a"]["detection_score"], got["b"]["detection_score"], got["a"]["detection_score"]]
+    neg = [got["c"]["detection_score"], got["d"]["detection_score"], 0.0]
+    assert m3["auroc"]["value"] == pytest.approx(auroc(pos, neg))
 
 
 # ------------------------------------------------------------------ feature sets, folds, small folds, Delta vs on
@@ -257,6 +262,16 @@ def test_detection_is_reported_as_a_difference_from_perturbation_on() -> None:
     d = questions.detection(half, 0.05, n_boot=200)["delta_vs_perturbation_on"]
     assert d["value"] == pytest.approx(-0.25) and d["ci_high"] < 0
     assert questions.perturbation_on_detection(rows, 0.05)["delta_vs_perturbation_on"]["value"] == 0.0
+
+
+def test_one_collapse_against_sixty_controls_is_n_too_small() -> None:
+    """standard's weight_noise row held out: 1 collapse vs 60 controls printed AUROC 0.00 [0.00, 0.00], the seed
+    bootstrap resampling the one ordering. Below 3 runs of a class (a) now says n too small; at 3 it is a number."""
+    one = pl.DataFrame(_fold_rows(0, 25, 60, 0, 1, 0, 100))
+    m = questions.detection(one, 0.05, n_boot=50)
+    assert m["auroc"]["status"] != "ok" and "n too small" in m["auroc"]["reason"]
+    three = pl.DataFrame(_fold_rows(0, 25, 60, 0, 3, 0, 100))
+    assert "value" in questions.detection(three, 0.05, n_boot=50)["auroc"]
 
 
 def test_run_rows_score_the_landmark_one_block_either_side() -> None:
