@@ -250,7 +250,8 @@ def next_doses(
     Stage 1 (no data) is a ``k``-point log grid over ``[m_min, m_max]``. After that, the doses follow
     the current fit:
 
-    * fitted (OK): ED20, ED50 and ED80 (``k`` points from ED20 to ED80), clipped to the allowed range;
+    * fitted (OK): ED20, ED50 and ED80 (``k`` points from ED20 to ED80), clipped to the allowed range, which
+      includes every dose already tried (a quasi-separated or extrapolated stage may have gone past ``m_max``);
     * extrapolated (ED50 above the largest dose tried): ``k`` points above the largest dose tried, up to the
       fitted ED80, bounded by ``m_max`` when the ED50 is inside the design's range and by ``m_cap`` when it is
       beyond ``m_max`` (``[]`` once the largest dose tried reaches that bound: the ED50 lies beyond the cap).
@@ -276,7 +277,9 @@ def next_doses(
     if s is DoseStatus.OK:
         lo, hi = fit.effective_dose(0.2).value, fit.effective_dose(0.8).value
         assert lo is not None and hi is not None
-        lo, hi = min(max(lo, m_min), m_max), min(max(hi, m_min), m_max)
+        # clipped to the design's range widened to the doses already tried (an earlier stage may have gone past it)
+        r_lo, r_hi = min(m_min, float(m.min())), max(m_max, float(m.max()))
+        lo, hi = min(max(lo, r_lo), r_hi), min(max(hi, r_lo), r_hi)
         return sorted(set(log_grid(lo, hi, k)))
     if s is DoseStatus.EXTRAPOLATED:
         return _beyond(fit, m_min, m_max, k, cap, floor)

@@ -162,6 +162,17 @@ def test_a_mixed_top_dose_below_half_plans_past_m_max() -> None:
     assert min(next_doses(m_low, y_low, m_min=1, m_max=10, k=3)) < 1.0
 
 
+def test_an_ok_fit_past_m_max_plans_where_its_ed50_is() -> None:
+    """The same calibration one stage on: 2 of 16 at x30 = m_max, 1 of 2 at x45. The fit is ok with its ED50 near
+    x43; clipping ED20..ED80 to [m_min, m_max] sent every next dose back to x30. Now they span the doses tried."""
+    m = [3, 3, 6.46, 6.46, 13.9, 13.9, 20.4, 20.4, 24.8, 24.8, 27.25, 27.25, 28.6, 28.6] + [30.0] * 16 + [45, 45]
+    y = [False] * 14 + [True, True] + [False] * 14 + [True, False]
+    fit = DoseResponseModel().fit(m, y)
+    assert fit.status_ is DoseStatus.OK and fit.effective_dose(0.5).value > 30
+    doses = next_doses(m, y, m_min=3, m_max=30, k=3)
+    assert len(doses) == 3 and min(doses) > 30 and max(doses) <= 45
+
+
 def _extrapolated_above() -> tuple[list[float], list[bool]]:
     """Collapses rise with dose but stay under half at the largest dose tried (6 of 20 at m = 1)."""
     m = [0.05] * 20 + [0.1357] * 20 + [0.3684] * 20 + [1.0] * 20
