@@ -22,13 +22,15 @@ conformal guarantee. Non-finite collapses get their own line: an alarm at the no
 never a warning.
 
 (a') **Same-dose detection.** Within one cell (group = domain/algo/env/stochasticity x kind x magnitude x
-duration), collapsed perturbed runs against perturbed runs of the same cell that did not collapse, every
-run scored over the *same window relative to onset*: ``[onset, onset + w)`` with ``w`` fixed per cell, the
-smaller of the cell's earliest collapse (updates from onset) and the detection horizon. The window ends
-strictly before the first collapse of the cell, so no run's score sees any collapse, and all runs of a cell
-are scored over the same span, so the window cannot differ by outcome. Score: the max calibrated excess
-over the window. Stratified AUROC (only within-cell pairs count, so a score that reads the dose gets 0.5),
-with a cluster bootstrap over seeds; cells with one outcome only contribute nothing and are counted.
+duration), every collapsed perturbed run against every perturbed run of the same cell that did not collapse, the
+two scored over the *same window relative to onset*: ``[onset, onset + w)`` with ``w`` the collapsed run's break
+(updates from onset to its lag-free collapse date), capped at the detection horizon. The window ends strictly
+before that run's break, so its score sees no collapse, and the survivor is scored over the same span, so within a
+pair the window cannot differ by outcome. Score: the max calibrated excess over the window. The AUROC is the share
+of pairs the collapsed run wins (ties half), so a score that reads the dose ties every pair: 0.5; CI: cluster
+bootstrap over seeds. Cells with one outcome contribute nothing, a collapse at onset has no window (its pairs are
+dropped), and both are counted. (The first version fixed ``w`` per cell at the cell's earliest collapse: at 20 seeds
+most kick cells hold a collapse at onset, which left every such cell out.)
 
 (b) **Prediction.** Among *perturbed* test runs still standing at the landmark L (end of the
 perturbation window + 1 block; the definition is kept with the lag-free dates: runs that break during the
@@ -80,9 +82,9 @@ REFERENCES = reference_names()  # the registry's references (stabilitybench.anal
 QUESTION_A = ("(a) detection: alarms strictly before the lag-free offline collapse date vs FPR on held-out controls, "
               "as a difference from perturbation_on (which scores 1 here by construction); alarm-based numbers "
               "from folds with >= 19 calibration controls only")
-QUESTION_SAME_DOSE = ("(a') same-dose detection: within one group x kind x magnitude x duration cell, do scores over "
-                      "one window relative to onset, ending before the cell's earliest collapse, rank the runs that "
-                      "collapse above those that do not (stratified AUROC)")
+QUESTION_SAME_DOSE = ("(a') same-dose detection: within one group x kind x magnitude x duration cell, does a run that "
+                      "collapses score above one that does not, both scored over the same window from onset to the "
+                      "collapsing run's break (share of pairs, a stratified AUROC)")
 QUESTION_B = ("(b) prediction: at the landmark L (end of the perturbation window + 1 block), do scores over [onset, L] "
               "predict collapse after L among perturbed runs still standing (stratified by cell; L +- 1 block as "
               "sensitivity)")
@@ -692,99 +694,158 @@ def perturbation_on_detection(runs: pl.DataFrame, target_fpr: float, n_boot: int
 
 
 # ----------------------------------------------------------------------------------------- same-dose detection
-SAME_DOSE_WINDOW = ("[onset, onset + w) per run, w fixed per cell: the smaller of the cell's earliest collapse "
-                    "(updates from onset, over its collapsed test runs) and the detection horizon (horizon_frac of "
-                    "the run's updates, the smallest in the cell); strictly before every collapse of the cell and the "
-                    "same span for every run of it, so the window cannot differ by outcome")
+SAME_DOSE_WINDOW = ("[onset, onset + w) per pair (collapsed run c, surviving run s of one cell): w = c's collapse date "
+                    "in updates from onset, capped at the detection horizon (horizon_frac of the runs' updates, the "
+                    "smallest in the cell); s is scored over the same span, so each comparison is of one window, "
+                    "which ends before c's break; a collapse at onset leaves no window (its pairs are dropped and "
+                    "counted)")
 
 
-def same_dose_windows(rows: pl.DataFrame, n_updates: dict[str, int], horizon_frac: float) -> pl.DataFrame:
-    """The same-dose window of every perturbed run of ``rows`` (one detector's rows).
+def same_dose_runs(rows: pl.DataFrame, n_updates: dict[str, int], horizon_frac: float) -> pl.DataFrame:
+    """The perturbed runs of ``rows`` (one detector's rows) as (a') sees them.
 
     ``n_updates``: run -> its length in updates (the horizon is ``horizon_frac`` of it). Returns ``run_id``,
-    ``cell``, ``label`` (collapsed, any kind), ``window_updates`` (``w``; null where the cell has one outcome
-    only or its first collapse is at onset) and ``why`` (null, ``one outcome`` or ``collapse at onset``).
+    ``cell``, ``label`` (collapsed, any kind), ``seed``, ``onset_step``, ``window_updates`` (a collapsed run's window
+    ``w``, see :data:`SAME_DOSE_WINDOW`; null for a survivor, and where the collapse is at onset), ``horizon`` (the
+    cell's cap) and ``why`` (null, ``one outcome``: the cell has one; ``collapse at onset``: a collapsed run with no
+    window).
     """
     pert = rows.filter(~pl.col("unperturbed"))
+    schema = {"run_id": pl.String, "cell": pl.String, "label": pl.Boolean, "seed": pl.String,
+              "onset_step": pl.Int64, "window_updates": pl.Int64, "horizon": pl.Int64, "why": pl.String}
     if not pert.height:
-        return pl.DataFrame(schema={"run_id": pl.String, "cell": pl.String, "label": pl.Boolean,
-                                    "window_updates": pl.Int64, "why": pl.String})
+        return pl.DataFrame(schema=schema)
     frame = pert.select("run_id", pl.Series("cell", cell_labels(pert), pl.String),
-                        pl.col("collapsed").fill_null(False).alias("label"),
+                        pl.col("collapsed").fill_null(False).alias("label"), pl.col("seed").cast(pl.String),
+                        pl.col("onset_step").cast(pl.Int64),
                         pl.when(pl.col("collapsed")).then(pl.col("collapse_step") - pl.col("onset_step"))
-                        .otherwise(None).alias("_after"),
+                        .otherwise(None).cast(pl.Int64).alias("_after"),
                         pl.col("run_id").replace_strict(n_updates, default=None, return_dtype=pl.Int64)
                         .alias("_len"))
     per = frame.group_by("cell").agg(
         pl.col("label").any().alias("_pos"), (~pl.col("label")).any().alias("_neg"),
-        pl.col("_after").min().alias("_first"), pl.col("_len").min().alias("_len_min"))
-    per = per.with_columns(
-        pl.min_horizontal(pl.col("_first"), (pl.col("_len_min").cast(pl.Float64) * horizon_frac).floor()
-                          .cast(pl.Int64)).alias("_w"))
-    per = per.with_columns(
+        (pl.col("_len").min().cast(pl.Float64) * horizon_frac).floor().cast(pl.Int64).alias("horizon"))
+    frame = frame.join(per, on="cell", how="left").with_columns(
+        pl.min_horizontal("_after", "horizon").alias("_w"))
+    return frame.with_columns(
+        pl.when(pl.col("label") & (pl.col("_w") > 0)).then(pl.col("_w")).otherwise(None).alias("window_updates"),
         pl.when(~(pl.col("_pos") & pl.col("_neg"))).then(pl.lit("one outcome"))
-        .when(pl.col("_w") <= 0).then(pl.lit("collapse at onset")).otherwise(None).alias("why"))
-    per = per.with_columns(pl.when(pl.col("why").is_null()).then(pl.col("_w")).otherwise(None)
-                           .alias("window_updates"))
-    return frame.join(per.select("cell", "window_updates", "why"), on="cell", how="left").select(
-        "run_id", "cell", "label", "window_updates", "why")
+        .when(pl.col("label") & ~(pl.col("_w") > 0)).then(pl.lit("collapse at onset")).otherwise(None).alias("why"),
+    ).select(*schema)
 
 
-def same_dose_scores(windows: pl.DataFrame, rows: pl.DataFrame, traces: pl.DataFrame) -> np.ndarray:
-    """Each windowed run's score: the max of ``traces``' ``excess`` (else ``-log10 p_value``) over the blocks of
-    ``[onset, onset + window_updates)``; shape ``(windows.height,)``, NaN where no block falls inside."""
-    if not windows.height:
-        return np.zeros(0)
+def _running_max(traces: pl.DataFrame, runs: pl.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per run: (block steps from onset, running max of its ``excess`` (else ``-log10 p_value``) from onset on)."""
     val = pl.col("excess") if "excess" in traces.columns else -pl.col("p_value").log10()
-    w = windows.join(rows.select("run_id", "onset_step"), on="run_id", how="left")
     got = (traces.select("run_id", "step", val.alias("_v"))
-           .join(w.select("run_id", "onset_step", "window_updates"), on="run_id", how="inner")
-           .filter((pl.col("step") >= pl.col("onset_step"))
-                   & (pl.col("step") < pl.col("onset_step") + pl.col("window_updates")))
-           .group_by("run_id").agg(pl.col("_v").fill_nan(None).max().alias("_score")))
-    out = windows.select("run_id").join(got, on="run_id", how="left")["_score"]
-    return np.array(out.fill_null(float("nan")).to_list(), float)
+           .join(runs.select("run_id", "onset_step"), on="run_id", how="inner")
+           .filter(pl.col("step") >= pl.col("onset_step")).sort("run_id", "step")
+           .group_by("run_id", maintain_order=True)
+           .agg((pl.col("step") - pl.col("onset_step")).alias("_t"), pl.col("_v").fill_nan(None).alias("_v")))
+    out = {}
+    for rid, t, v in got.iter_rows():
+        x = np.array([np.nan if a is None else a for a in v], float)
+        out[rid] = (np.asarray(t, np.int64), np.fmax.accumulate(x) if x.size else x)
+    return out
+
+
+def window_score(running: tuple[np.ndarray, np.ndarray] | None, w: int) -> float:
+    """The max score over the blocks of ``[onset, onset + w)`` from :func:`_running_max`'s arrays; NaN if none."""
+    if running is None:
+        return float("nan")
+    t, m = running
+    i = int(np.searchsorted(t, w, side="left"))  # blocks strictly before onset + w
+    return float(m[i - 1]) if i > 0 else float("nan")
+
+
+def same_dose_pairs(runs: pl.DataFrame, traces: pl.DataFrame) -> pl.DataFrame:
+    """Every (collapsed, surviving) pair of a cell that :func:`same_dose_runs` gives a window, both scored over it:
+    ``cell``, ``run_pos``, ``run_neg``, ``window_updates``, ``score_pos``, ``score_neg`` (a pair where either run has
+    no block in the window is dropped)."""
+    running = _running_max(traces, runs)
+    out = []
+    for cell in runs.filter(pl.col("why").is_null() | (pl.col("why") == "collapse at onset"))["cell"].unique(
+            maintain_order=True).to_list():
+        c = runs.filter(pl.col("cell") == cell)
+        neg = c.filter(~pl.col("label"))["run_id"].to_list()
+        for rp, w in c.filter(pl.col("window_updates").is_not_null()).select("run_id", "window_updates").iter_rows():
+            sp = window_score(running.get(rp), int(w))
+            for rn in neg:
+                sn = window_score(running.get(rn), int(w))
+                if not (np.isnan(sp) or np.isnan(sn)):  # +-inf compare; a run with no block in the window says nothing
+                    out.append((cell, rp, rn, int(w), sp, sn))
+    return pl.DataFrame(out, schema={"cell": pl.String, "run_pos": pl.String, "run_neg": pl.String,
+                                     "window_updates": pl.Int64, "score_pos": pl.Float64, "score_neg": pl.Float64},
+                        orient="row")
+
+
+def pair_auroc_entry(pairs: pl.DataFrame, seed_of: dict[str, str], n_boot: int, seed: int) -> dict[str, Any]:
+    """The share of pairs whose collapsed run scores higher (ties half) with a cluster bootstrap CI over seeds (a
+    resampled run weighs its seed's multiplicity, a pair the product), or "n too small" below
+    :data:`MIN_STRATIFIED_PER_CLASS` collapsed or surviving runs in the pairs."""
+    k_pos, k_neg = pairs["run_pos"].n_unique(), pairs["run_neg"].n_unique()
+    if min(k_pos, k_neg) < MIN_STRATIFIED_PER_CLASS:
+        return not_testable(f"n too small: the pairs hold {k_pos} collapsed and {k_neg} surviving runs (need >= "
+                            f"{MIN_STRATIFIED_PER_CLASS} of each)", n_pairs=pairs.height, n_pos_within=k_pos,
+                            n_neg_within=k_neg)
+    ids = sorted(set(pairs["run_pos"].to_list()) | set(pairs["run_neg"].to_list()))
+    at = {r: i for i, r in enumerate(ids)}
+    ip = np.array([at[r] for r in pairs["run_pos"].to_list()])
+    ineg = np.array([at[r] for r in pairs["run_neg"].to_list()])
+    sp, sn = pairs["score_pos"].to_numpy(), pairs["score_neg"].to_numpy()
+    win = (sp > sn) + 0.5 * (sp == sn)
+
+    def stat(idx: np.ndarray) -> float | None:
+        w = np.bincount(idx, minlength=len(ids)).astype(float)
+        pw = w[ip] * w[ineg]
+        return float((pw * win).sum() / pw.sum()) if pw.sum() > 0 else None
+
+    a = stat(np.arange(len(ids)))
+    seeds = np.array([seed_of[r] for r in ids])
+    lo, hi, how = cluster_bootstrap_ci(stat, seeds, n_boot, seed=seed)
+    return number(a, len(ids), (lo, hi), n_pos=k_pos, n_neg=k_neg, interval=how, n_pairs=pairs.height,
+                  n_pos_within=k_pos, n_neg_within=k_neg)
 
 
 def same_dose_detection(rows: pl.DataFrame, traces: pl.DataFrame, horizon_frac: float, target_fpr: float,
                         n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Question (a') for one detector: its ``rows`` (one per test run) and its per-block ``traces``.
 
-    Collapsed (performance or non-finite) against not-collapsed perturbed runs of the same cell, each scored
-    over :data:`SAME_DOSE_WINDOW`; stratified AUROC by cell with a cluster bootstrap over seeds; cells with
-    one outcome, or whose first collapse leaves no block in the window, contribute nothing and are counted.
-    The median lead (new and old dates) is over the collapsed runs of the contributing cells, alarm-based,
-    so from the folds with >= 19 calibration controls only (the others apart, as in :func:`detection`).
+    Each collapsed (performance or non-finite) run against each not-collapsed perturbed run of its cell, both scored
+    over :data:`SAME_DOSE_WINDOW` (the collapsed run's own pre-break span): the share of pairs the collapsed run wins
+    (a stratified AUROC over pairs; a score that knows only the dose ties every pair: 0.5) with a cluster bootstrap
+    over seeds. Cells with one outcome, and collapses at onset (no window), contribute nothing and are counted.
+    The median lead (new and old dates) is over the collapsed runs in the pairs, alarm-based, so from the folds
+    with >= 19 calibration controls only (the others apart, as in :func:`detection`).
     """
     length = (traces.group_by("run_id").agg(pl.col("step").max()).with_columns(pl.col("step") + 1)
               if traces.height else pl.DataFrame(schema={"run_id": pl.String, "step": pl.Int64}))
-    windows = same_dose_windows(rows, dict(length.iter_rows()), horizon_frac)
-    score = same_dose_scores(windows, rows, traces)
-    cells = windows.with_columns(pl.Series("_score", score, pl.Float64).fill_nan(None))
-    per = cells.group_by("cell", maintain_order=True).agg(
+    runs = same_dose_runs(rows, dict(length.iter_rows()), horizon_frac)
+    pairs = same_dose_pairs(runs, traces)
+    per = runs.group_by("cell", maintain_order=True).agg(
         pl.col("label").sum().alias("n_pos"), (~pl.col("label")).sum().alias("n_neg"),
-        pl.col("window_updates").first(), pl.col("why").first(), pl.col("_score").is_not_null().any().alias("_any"))
-    use = per.filter(pl.col("why").is_null() & pl.col("_any"))
+        pl.col("window_updates").is_not_null().sum().alias("n_pos_windowed"),
+        pl.col("window_updates").median().alias("median_window_updates"),
+        (pl.col("why") == "one outcome").any().alias("_one"))
+    used = set(pairs["cell"].to_list())
     out: dict[str, Any] = {
-        "question": QUESTION_SAME_DOSE, "window": SAME_DOSE_WINDOW, "score": "max calibrated excess over the window",
-        "n_cells": per.height, "n_cells_contributing": use.height,
-        "n_cells_one_outcome": int((per["why"] == "one outcome").sum()) if per.height else 0,
-        "n_cells_no_window": int(((per["why"] == "collapse at onset") | (per["why"].is_null() & ~per["_any"])).sum())
-        if per.height else 0}
-    keep = (cells["cell"].is_in(use["cell"].implode()) if use.height
-            else pl.Series([False] * cells.height, dtype=pl.Boolean))
-    sub = rows.join(cells.filter(keep).select("run_id", "cell", "label", "_score"), on="run_id", how="inner")
-    y = np.array(sub["label"].to_list(), bool)
-    out.update(n_runs=sub.height, n_pos=int(y.sum()), n_neg=int((~y).sum()))
-    if not use.height:
-        out["auroc_stratified"] = not_testable("n too small: no cell holds both outcomes with a window before its "
-                                               "first collapse (need >= 1 collapsed and >= 1 surviving run per cell; "
-                                               "~4 of each in several cells for a CI of about +-0.25)")
+        "question": QUESTION_SAME_DOSE, "window": SAME_DOSE_WINDOW,
+        "score": "max calibrated excess over the window", "n_cells": per.height, "n_cells_contributing": len(used),
+        "n_cells_one_outcome": int(per["_one"].sum()) if per.height else 0,
+        "n_cells_no_window": int(sum(1 for r in per.iter_rows(named=True) if not r["_one"] and r["cell"] not in used)),
+        "n_collapses_at_onset": int((runs["why"] == "collapse at onset").sum()) if runs.height else 0}
+    in_pairs = set(pairs["run_pos"].to_list()) | set(pairs["run_neg"].to_list())
+    sub = rows.join(runs.filter(pl.col("run_id").is_in(list(in_pairs))).select("run_id", "cell", "label"),
+                    on="run_id", how="inner")
+    out.update(n_runs=sub.height, n_pos=int(sub["label"].sum()) if sub.height else 0,
+               n_neg=int((~sub["label"]).sum()) if sub.height else 0, n_pairs=pairs.height)
+    if not pairs.height:
+        out["auroc_stratified"] = not_testable("n too small: no cell holds a collapsed run with a window before its "
+                                               "break and a surviving run (need >= 3 of each over the pairs; ~10 of "
+                                               "each for a CI of about +-0.2)")
     else:
-        sc = np.array(sub["_score"].fill_null(float("nan")).to_list(), float)
-        strata = np.unique(np.array(sub["cell"].to_list(), str), return_inverse=True)[1].reshape(-1)
-        seeds = np.array(sub["seed"].to_list())
-        out["auroc_stratified"] = stratified_entry(sc, y, seeds, strata, n_boot, seed)
+        seed_of = dict(zip(runs["run_id"].to_list(), runs["seed"].to_list(), strict=True))
+        out["auroc_stratified"] = pair_auroc_entry(pairs, seed_of, n_boot, seed)
     pos = sub.filter(pl.col("label"))
     big, small = split_small_folds(pos, target_fpr)
 
@@ -798,7 +859,8 @@ def same_dose_detection(rows: pl.DataFrame, traces: pl.DataFrame, horizon_frac: 
     out.update(leads(big))
     out["small_folds"] = _small_folds_entry(pos, small, target_fpr, leads)
     out["cells"] = [{"cell": r["cell"], "n_pos": int(r["n_pos"]), "n_neg": int(r["n_neg"]),
-                     "window_updates": r["window_updates"], "excluded": r["why"] or (None if r["_any"] else
-                                                                                     "no block in the window")}
+                     "n_pos_windowed": int(r["n_pos_windowed"]), "median_window_updates": r["median_window_updates"],
+                     "excluded": "one outcome" if r["_one"] else (None if r["cell"] in used else
+                                                                  "no collapse with a window before its break")}
                     for r in per.iter_rows(named=True)]
     return out

@@ -93,14 +93,17 @@ def same_dose_table(src: Source) -> Table | None:
             lead = [*ci(src, *q, "median_lead_updates", digits=0), ", n=",
                     src.num(*q, "median_lead_updates", "n", digits=0), mark]
         rows.append([[detector_label(d)],
-                     [src.num(*p, "n_pos", digits=0), " / ", src.num(*p, "n_neg", digits=0)],
+                     [src.num(*p, "n_pos", digits=0), " / ", src.num(*p, "n_neg", digits=0),
+                      *([" (", src.num(*p, "n_pairs", digits=0), " pairs)"] if src.has(*p, "n_pairs") else [])],
                      [src.num(*p, "n_cells_contributing", digits=0), " of ", src.num(*p, "n_cells", digits=0)],
                      status_or(src, *p, "auroc_stratified"), lead])
-    note = ["(a') Same-dose detection: within one group × kind × magnitude × duration cell, perturbed runs that "
-            "collapsed against perturbed runs that did not, each scored by its highest calibrated excess over the "
-            "same window [onset, onset + w), w ending before the cell's first collapse. Stratified by cell, so a "
-            "score that only knows the dose scores 0.5: this is the question that can show foresight within a dose. "
-            "Cells with one outcome contribute nothing."]
+    note = ["(a') Same-dose detection: within one group × kind × magnitude × duration cell, each perturbed run that "
+            "collapsed against each that did not, both scored by their highest calibrated excess over the same "
+            "window [onset, onset + w), w = the collapsed run's break (updates from onset, capped at the detection "
+            "horizon); AUROC = the share of pairs the collapsed run wins (ties half), CI: cluster bootstrap over "
+            "seeds. Within a cell, so a score that only knows the dose scores 0.5: this is the question that can "
+            "show foresight within a dose. Cells with one outcome contribute nothing; a collapse at onset has no "
+            "window, and its pairs are dropped."]
     return Table("(a') Same-dose detection: which of the runs given the same kick will collapse?",
                  ["detector", "n collapsed / survived", "cells used", "AUROC, stratified [95% CI]",
                   "median lead, updates"], rows, note)

@@ -1,9 +1,10 @@
-"""Same-dose detection (question a'): collapsed vs surviving perturbed runs of one cell, scored over one window.
+"""Same-dose detection (question a'): each collapsed run against each surviving run of its cell, both scored over
+the window from onset to the collapsed run's break.
 
 Synthetic truth: collapse probability rises with the dose, so a score that reads only the dose separates
-collapsed from surviving runs pooled, yet within a cell it knows nothing (stratified AUROC 0.5); a score that
+collapsed from surviving runs pooled, yet within a cell it knows nothing (share of pairs 0.5); a score that
 carries the run's own latent risk does better; a score that only moves after the run's own collapse is not
-let into the window.
+let into the window; a collapse at onset drops its own pairs only (the cell's other collapses still count).
 """
 
 from __future__ import annotations
@@ -69,12 +70,16 @@ def test_a_score_that_reads_only_the_dose_gets_one_half() -> None:
     assert abs(a["value"] - 0.5) < 0.05, a
     assert a["ci_low"] < 0.5 < a["ci_high"]
     # ... although pooled over cells the same windowed scores separate the outcomes: the dose predicts collapse
-    win = questions.same_dose_windows(rows, {r: T for r in rows["run_id"].to_list()}, 0.5)
-    sc = questions.same_dose_scores(win, rows, traces)
-    y = np.array(win["label"].to_list(), bool)
-    assert auroc(sc[y], sc[~y]) > 0.65
+    runs = questions.same_dose_runs(rows, {r: T for r in rows["run_id"].to_list()}, 0.5)
+    pairs = questions.same_dose_pairs(runs, traces)
+    pos = pairs.unique("run_pos")["score_pos"].to_numpy()
+    neg = np.array([questions.window_score(questions._running_max(traces, runs).get(r), 300)
+                    for r in runs.filter(~pl.col("label"))["run_id"].to_list()])
+    assert auroc(pos, neg) > 0.65
     assert res["n_cells"] == 12 and res["n_cells_contributing"] == 12 and res["n_runs"] == 12 * 60
     assert res["n_pos"] + res["n_neg"] == res["n_runs"] and a["n_pos"] == res["n_pos"]
+    assert res["n_pairs"] == pairs.height == sum(
+        int(c["n_pos"]) * int(c["n_neg"]) for c in res["cells"])
 
 
 def test_a_score_that_carries_the_run_s_own_risk_scores_above_one_half() -> None:
@@ -85,7 +90,7 @@ def test_a_score_that_carries_the_run_s_own_risk_scores_above_one_half() -> None
 
 
 def test_a_score_that_moves_only_after_the_run_s_own_collapse_is_not_in_the_window() -> None:
-    """The window ends before the cell's earliest collapse: a jump at each run's own collapse never enters."""
+    """Each pair's window ends at its collapsed run's break: a jump at that run's own collapse never enters."""
     rows, traces = _corpus(np.random.default_rng(2), 60, "leak")
     res = questions.same_dose_detection(rows, traces, horizon_frac=0.5, target_fpr=0.05, n_boot=50)
     assert abs(res["auroc_stratified"]["value"] - 0.5) < 0.05
@@ -100,34 +105,46 @@ def test_a_score_that_moves_only_after_the_run_s_own_collapse_is_not_in_the_wind
     assert auroc(x[y], x[~y]) > 0.9
 
 
-def test_the_window_and_the_cells_that_cannot_contribute() -> None:
-    """By hand: the window is the smaller of the first collapse (from onset) and the horizon; a cell with one
-    outcome, and a cell whose first collapse is at onset, contribute nothing and are counted."""
+def test_the_pairs_and_what_cannot_contribute() -> None:
+    """By hand: a pair's window is the collapsed run's break (from onset), capped at the horizon; both runs are
+    scored over exactly it; a cell with one outcome contributes nothing; a collapse at onset drops its own pairs
+    only, and is counted."""
     rng = np.random.default_rng(3)
     cells = [("lr_spike", 10.0, 0.5), ("lr_spike", 1.0, 0.0), ("mass_shift", 3.0, 0.5)]
     rows, traces = _corpus(rng, 12, "dose", cells=cells, groups=("g",))
-    # in the mass_shift cell, one collapse at onset itself
     ms = rows.filter((pl.col("perturbation") == "mass_shift") & pl.col("collapsed"))["run_id"][0]
     rows = rows.with_columns(pl.when(pl.col("run_id") == ms).then(ONSET).otherwise(pl.col("collapse_step"))
                              .alias("collapse_step"))
-    win = questions.same_dose_windows(rows, {r: T for r in rows["run_id"].to_list()}, horizon_frac=0.1)
+    runs = questions.same_dose_runs(rows, {r: T for r in rows["run_id"].to_list()}, horizon_frac=0.2)
+    assert runs.filter(pl.col("cell") == "g|lr_spike|1.0|100")["why"].unique().to_list() == ["one outcome"]
+    assert runs.filter(pl.col("run_id") == ms)["why"].to_list() == ["collapse at onset"]
     lr = rows.filter((pl.col("magnitude") == 10.0) & pl.col("collapsed"))
-    first = int((lr["collapse_step"] - lr["onset_step"]).min())
-    w = win.filter(pl.col("cell") == "g|lr_spike|10.0|100")["window_updates"].unique().to_list()
-    assert w == [min(first, int(0.1 * T))]
-    assert win.filter(pl.col("cell") == "g|lr_spike|1.0|100")["why"].unique().to_list() == ["one outcome"]
-    assert win.filter(pl.col("cell") == "g|mass_shift|3.0|100")["why"].unique().to_list() == ["collapse at onset"]
-    res = questions.same_dose_detection(rows, traces, horizon_frac=0.1, target_fpr=0.05, n_boot=50)
-    assert res["n_cells"] == 3 and res["n_cells_contributing"] == 1
-    assert res["n_cells_one_outcome"] == 1 and res["n_cells_no_window"] == 1
-    assert res["n_runs"] == 12 and {c["excluded"] for c in res["cells"]} == {None, "one outcome", "collapse at onset"}
-    # the scores are taken strictly before onset + w
-    sc = questions.same_dose_scores(win.filter(pl.col("window_updates").is_not_null()), rows, traces)
-    keep = win.filter(pl.col("window_updates").is_not_null())
-    rid = keep["run_id"][0]
-    want = traces.filter((pl.col("run_id") == rid) & (pl.col("step") >= ONSET)
-                         & (pl.col("step") < ONSET + w[0]))["excess"].max()
-    assert sc[0] == pytest.approx(want)
+    want = {r: min(c - ONSET, int(0.2 * T)) for r, c in lr.select("run_id", "collapse_step").iter_rows()}
+    got = dict(runs.filter(pl.col("run_id").is_in(list(want))).select("run_id", "window_updates").iter_rows())
+    assert got == want
+    pairs = questions.same_dose_pairs(runs, traces)
+    ms_cell = rows.filter(pl.col("perturbation") == "mass_shift")
+    n_ms_pos, n_ms_neg = int(ms_cell["collapsed"].sum()), int((~ms_cell["collapsed"]).sum())
+    assert pairs.filter(pl.col("cell") == "g|mass_shift|3.0|100").height == (n_ms_pos - 1) * n_ms_neg
+    assert ms not in pairs["run_pos"].to_list()
+    # both runs of a pair scored strictly before onset + w
+    _cell, rp, rn, w, sp, sn = pairs.row(0)
+    for rid, val in ((rp, sp), (rn, sn)):
+        exp = traces.filter((pl.col("run_id") == rid) & (pl.col("step") >= ONSET)
+                            & (pl.col("step") < ONSET + w))["excess"].max()
+        assert val == pytest.approx(exp)
+    res = questions.same_dose_detection(rows, traces, horizon_frac=0.2, target_fpr=0.05, n_boot=50)
+    assert res["n_cells"] == 3 and res["n_cells_contributing"] == 2 and res["n_cells_one_outcome"] == 1
+    assert res["n_collapses_at_onset"] == 1 and res["n_pairs"] == pairs.height
+    assert {c["excluded"] for c in res["cells"]} == {None, "one outcome"}
+
+
+def test_a_cell_whose_every_collapse_is_at_onset_has_no_pairs() -> None:
+    rows, traces = _corpus(np.random.default_rng(5), 12, "dose", cells=[("lr_spike", 10.0, 0.5)], groups=("g",))
+    rows = rows.with_columns(pl.when(pl.col("collapsed")).then(ONSET).otherwise(pl.col("collapse_step"))
+                             .alias("collapse_step"))
+    res = questions.same_dose_detection(rows, traces, horizon_frac=0.2, target_fpr=0.05, n_boot=20)
+    assert res["n_pairs"] == 0 and res["n_cells_no_window"] == 1 and "n too small" in res["auroc_stratified"]["reason"]
 
 
 def test_same_dose_leads_new_and_old_and_small_folds_apart() -> None:
