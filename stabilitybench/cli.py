@@ -234,9 +234,14 @@ def calibrate(
     table_path = doses or design.with_name(design.stem + ".doses.toml")
     if not fit_only:
         from stabilitybench.data_schema.progress import ProgressReporter
+        from stabilitybench.generate.errors import Interrupted
 
-        cal.calibrate(plan, corpus, budget=budget, workers=workers, say=lambda m: print(m, flush=True),
-                      progress=lambda n: ProgressReporter("calibrate stage", n))
+        try:
+            cal.calibrate(plan, corpus, budget=budget, workers=workers, say=lambda m: print(m, flush=True),
+                          progress=lambda n: ProgressReporter("calibrate stage", n))
+        except Interrupted as stop:  # SIGINT/SIGTERM: every finished run is recorded; as generate, one line
+            print(str(stop), file=sys.stderr)
+            raise typer.Exit(130) from None
     states = cal.current_states(plan, corpus)
     rows = cal.fit_states(states)
     cal.write_dose_table(rows, table_path, plan, str(corpus))

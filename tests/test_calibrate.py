@@ -294,3 +294,22 @@ def test_an_extrapolated_or_quasi_separated_curve_is_not_ok_and_plans_the_next_s
         profile.write_text('doses = "doses/t.toml"\n' + head + f"[[matrix]]\nseed = 0\n{block}\ndose = \"ED50\"\n")
         with pytest.raises(ProfileError, match=match):
             load_profile(str(profile))
+
+
+def test_a_stopped_calibrate_says_so_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGINT/SIGTERM stop the runner with Interrupted; calibrate printed its traceback (generate printed one line)."""
+    from typer.testing import CliRunner
+
+    from stabilitybench import calibrate as cal
+    from stabilitybench.cli import app
+    from stabilitybench.generate.errors import Interrupted
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        raise Interrupted(1, 5)
+
+    monkeypatch.setattr(cal, "calibrate", stopped)
+    design = Path(__file__).resolve().parents[1] / "calibration" / "ppo_swimmer.toml"
+    res = CliRunner().invoke(app, ["calibrate", str(design), "--corpus", str(tmp_path / "c"),
+                                   "--doses", str(tmp_path / "d.toml")])
+    assert res.exit_code == 130 and not isinstance(res.exception, Interrupted), res.output
+    assert "interrupted: 1 done, 5 left; rerun to resume" in res.output and not (tmp_path / "d.toml").exists()
