@@ -461,7 +461,7 @@ def schedule_for(hparams: Mapping[str, Any], onset_step: int, seed: int) -> Sche
     never acted); random: one alarm at ``onset_step + u``, ``u`` uniform on ``0..intervention_window`` with
     ``default_rng([seed, RANDOM_SALT])``; with ``intervention_counts`` (the count-matched random arm, issue 26): ``n``
     drawn from :func:`parse_counts` with that generator, then ``n`` alarms at :func:`spaced_uniform` offsets in
-    ``0..intervention_window``, at least ``intervention_duration`` (the Intervention's cooldown) apart, so each is
+    ``0..intervention_window``, more than ``intervention_duration`` (the Intervention's cooldown) apart, so each is
     acted on, as each of the monitor arm's counted actions was. The alarm's event value is the delay from onset.
     """
     schedule = str(hparams.get("intervention_schedule") or "monitor")
@@ -480,7 +480,9 @@ def schedule_for(hparams: Mapping[str, Any], onset_step: int, seed: int) -> Sche
                                    f"{onset_step} + {u}")
         counts = parse_counts(str(hparams["intervention_counts"]))
         n = counts[int(rng.integers(len(counts)))]
-        gap = int(hparams.get("intervention_duration", 200))  # the Intervention's cooldown: every alarm is acted on
+        # more than the Intervention's cooldown apart, so that every alarm is acted on: an alarm on row t is acted
+        # on with t + 2 updates made and quiets alarms until t + 2 + cooldown: the next must come after t + cooldown
+        gap = int(hparams.get("intervention_duration", 200)) + 1
         offsets = spaced_uniform(rng, n, window, gap)
         return ScheduledAlarms([onset_step + u for u in offsets], offsets,
                                label=f"random, count-matched ({len(offsets)} of a drawn {n}, >= {gap} apart) in "

@@ -161,3 +161,29 @@ def test_the_skip_event_is_a_declared_event_kind() -> None:
     from stabilitybench.generate.skip_step import EVENT
 
     assert EVENT in EVENT_KINDS
+
+
+def test_every_count_matched_alarm_is_acted_on() -> None:
+    """Alarms packed as tightly as the window allows are each acted on: none falls in the previous action's
+    cooldown (with alarms only the cooldown apart, the second of such a pair was ignored)."""
+    from stabilitybench.generate.intervention import Intervention
+
+    hp = {"intervention": "lr_backoff", "intervention_schedule": "random", "intervention_window": 22,
+          "intervention_counts": "3", "intervention_duration": 10, "intervention_factor": 0.5}
+    for seed in range(8):
+        torch.manual_seed(seed)
+        model = torch.nn.Linear(4, 1)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        with Recorder(None, "count", domain="lm", algo="mlp", env="synthetic", seed=seed) as rec:
+            probe = Probe(opt, rec)
+            guard = from_hparams(hp, rec, onset_step=5, seed=seed)
+            assert isinstance(guard, Intervention)
+            guard.attach(opt, probe)
+            for _ in range(60):
+                loss = model(torch.randn(8, 4)).pow(2).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            guard.finish()
+        assert len([e for e in rec.events if e["event"] == "alarm"]) == 3
+        assert len([e for e in rec.events if e["event"] == "lr_backoff"]) == 3, seed
