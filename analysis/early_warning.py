@@ -78,7 +78,7 @@ from stabilitybench.analysis.metastate.base import window_max
 from stabilitybench.analysis.monitor_file import SUFFIX, MonitorFile, provenance_of
 from stabilitybench.analysis.summary import Status, StatusKind, not_testable
 from stabilitybench.analysis.time_to_event import ar1_twin
-from stabilitybench.data_schema.keys import SUSTAINED_KINDS, onset_step, resolve_onset, sustained_mask
+from stabilitybench.data_schema.keys import SUSTAINED_KINDS, control_mask, onset_step, resolve_onset, sustained_mask
 
 
 @dataclass(frozen=True)
@@ -161,10 +161,10 @@ def regime_folds(runs: pl.DataFrame, max_folds: int = 5, calibration_chunks: int
 
 
 def auto_calibration_chunks(runs: pl.DataFrame, seeds: list[int], max_folds: int, need: int) -> int:
-    """The fewest seed chunks (1 .. k - 2) whose controls (runs with ``perturbation = "none"``) number at least
-    ``need`` in every fold's calibration set of :func:`seed_folds`; 1 when no count of chunks gets there (the folds
-    are then reported apart as small folds, and the training sets keep their size)."""
-    controls = runs.filter(pl.col("perturbation") == "none").group_by("seed").len()
+    """The fewest seed chunks (1 .. k - 2) whose controls (:func:`~stabilitybench.data_schema.keys.control_mask`)
+    number at least ``need`` in every fold's calibration set of :func:`seed_folds`; 1 when no count of chunks gets
+    there (the folds are then reported apart as small folds, and the training sets keep their size)."""
+    controls = runs.filter(control_mask(runs)).group_by("seed").len()
     per_seed = dict(zip(controls["seed"].cast(pl.Int64).to_list(), controls["len"].to_list(), strict=True))
     k = min(len(set(seeds)), max_folds)
     for c in range(1, max(1, k - 2) + 1):
