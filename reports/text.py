@@ -91,6 +91,14 @@ class Source:
         """The status of the entry at ``path`` (which must exist), or None when it has none."""
         return self.summary.status(*path)
 
+    def ran(self, *path: str | int) -> bool:
+        """Whether the entry at ``path`` exists and did not fail: no status, or an ok one (a stage that ran writes
+        ``status: ok``; one that could not run, its reason)."""
+        if not self.has(*path):
+            return False
+        st = self.status(*path)
+        return st is None or st.ok
+
     def num(self, *path: str | int, digits: int = 2, kind: str = "f") -> Num:
         """The number at ``path`` (which must exist) with its JSON pointer."""
         value = self.get(*path)

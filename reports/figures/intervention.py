@@ -75,8 +75,7 @@ def build_intervention(data: ReportData) -> tuple[Figure, list[str]]:
 
 
 def caption(src: Source) -> list[Any]:
-    st = src.status("intervention") if src.has("intervention") else None
-    if src.has("intervention") and (st is None or st.ok):
+    if src.ran("intervention"):
         return ["Collapse rate of matched pairs without (grey) and with acting on the live monitor's alarm, per "
                 "perturbation and monitor (", src.num("intervention", "n_pairs", digits=0), " pairs; text: pairs and "
                 "the 95% CI of the paired difference). Table 'Intervention' has final performance."]
