@@ -204,8 +204,15 @@ def time_to_event_headline(entry: dict[str, Any]) -> dict[str, Any]:
         per = {h: {"auroc": v.get("auroc"), "auroc_minus_reference": v.get("auroc_minus_reference"),
                    "fa_per_10k_controls": v.get("false_alarms_per_10k", {}).get("controls"),
                    "warned": v.get("warned", {}).get("1")} for h, v in e.get("horizons", {}).items()}
+        for h, v in e.get("horizons", {}).items():
+            per[h]["fa_per_10k_before_collapse"] = v.get("false_alarms_per_10k", {}).get("pre_collapse")
         twin = e.get("null_twin") or {}
-        return {"horizons": per, "null_twin_passes": twin.get("passes")}
+        within = e.get("within_regime") or {}
+        w = Status.from_json(within).to_json() if Status.of(within) is not None else {
+            h: {"auroc": v.get("auroc"), "auroc_minus_reference": v.get("auroc_minus_reference"),
+                "fa_per_10k_survivors": v.get("false_alarms_per_10k", {}).get("survivors"),
+                "warned": v.get("warned", {}).get("1")} for h, v in within.get("horizons", {}).items()}
+        return {"horizons": per, "within_regime": w, "null_twin_passes": twin.get("passes")}
 
     for dom, d in (entry.get("by_domain") or {}).items():
         if Status.of(d) is not None:

@@ -181,18 +181,19 @@ def _control_folds(runs: Sequence[str], seed: int) -> dict[str, int]:
     return {runs[i]: int(j >= len(runs) / 2) for j, i in enumerate(perm)}
 
 
-def calibrated_thresholds(labelled: pl.DataFrame, target_per_10k: float = 1.0, seed: int = 0
-                          ) -> tuple[dict[str, float], dict[str, Any]]:
+def calibrated_thresholds(labelled: pl.DataFrame, target_per_10k: float = 1.0, seed: int = 0,
+                          run_class: str = "control") -> tuple[dict[str, float], dict[str, Any]]:
     """The calibrated thresholds of question (c) and the calibration's record.
 
-    Returns ``({control run_id: its threshold}, record)``: each control's threshold is calibrated on the other
-    half of the controls (two folds, seeded); every other run takes ``record["threshold"]``, calibrated on all
-    controls (:func:`thresholds_of`). Raises :class:`InsufficientDataError` with fewer than 2 control runs.
+    Returns ``({calibration run_id: its threshold}, record)``: the calibration runs are the ``run_class`` runs
+    (the controls; ``"survivor"`` for the within-regime reading); each one's threshold is calibrated on the other
+    half of them (two folds, seeded); every other run takes ``record["threshold"]``, calibrated on all of them
+    (:func:`thresholds_of`). Raises :class:`InsufficientDataError` with fewer than 2 calibration runs.
     """
-    ctrl = labelled.filter(pl.col("run_class") == "control")
+    ctrl = labelled.filter(pl.col("run_class") == run_class)
     ids = ctrl["run_id"].unique().to_list()
     if len(ids) < 2:
-        raise InsufficientDataError("fewer than 2 control runs to calibrate on")
+        raise InsufficientDataError(f"fewer than 2 {run_class} runs to calibrate on")
     fold = _control_folds(ids, seed)
     all_thr = calibrate_threshold(ctrl["score"].to_numpy(), ctrl["updates"].to_numpy(), target_per_10k)
     fold_thr = []
@@ -201,13 +202,14 @@ def calibrated_thresholds(labelled: pl.DataFrame, target_per_10k: float = 1.0, s
         fold_thr.append(calibrate_threshold(other["score"].to_numpy(), other["updates"].to_numpy(), target_per_10k))
     record = {"target_fa_per_10k": target_per_10k, "threshold": all_thr, "fold_thresholds": fold_thr,
               "n_control_runs": len(ids), "control_updates": float(ctrl["updates"].sum()),
-              "method": "controls only; each control scored at the threshold of the other half (2 folds, seeded), "
-                        "other runs at the threshold of all controls"}
+              "calibration_runs": run_class,
+              "method": f"{run_class} runs only; each scored at the threshold of the other half of them (2 folds, "
+                        f"seeded), other runs at the threshold of all {run_class} runs"}
     return {r: fold_thr[f] for r, f in fold.items()}, record
 
 
 def thresholds_of(labelled: pl.DataFrame, per_control: dict[str, float], threshold: float) -> np.ndarray:
-    """Per-row thresholds of ``labelled`` ``(n,)``: a control's own (cross-fitted) one, else ``threshold``."""
+    """Per-row thresholds of ``labelled`` ``(n,)``: a calibration run's own (cross-fitted) one, else ``threshold``."""
     return np.array([per_control.get(r, threshold) for r in labelled["run_id"].to_list()], float)
 
 
@@ -458,7 +460,64 @@ def time_to_event_summary(blocks: pl.DataFrame, horizons: Sequence[int] = HORIZO
         entry["reference_warned"] = {str(L): warned_fraction(rlab, rt, int(h), L, alpha) for L in leads}
         per_h[str(int(h))] = entry
     out["horizons"] = per_h
+    out["within_regime"] = within_regime(blocks, horizons, target_per_10k=target_per_10k, min_leads=min_leads,
+                                         n_boot=n_boot, alpha=alpha, seed=seed, cluster_col=cluster_col,
+                                         start_col=start_col)
     if twins is not None:
         out["null_twin"] = twin_check(twins, lab0, thresholds_of(lab0, per_ctrl, cal["threshold"]), cal["threshold"],
                                       alpha)
     return out
+
+
+def within_regime(blocks: pl.DataFrame, horizons: Sequence[int] = HORIZONS["rl"], *, target_per_10k: float = 1.0,
+                  min_leads: Sequence[int] = (), n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
+                  cluster_col: str = "run_id", start_col: str | None = None) -> dict[str, Any]:
+    """Question (c) read among the regime runs only: *when*, at the aggressive setting, will a run collapse?
+
+    The controls differ from the regime runs by their setting, so a score that only recognises the setting (it
+    alarms on every regime run, all the time) scores well on the pooled AUROC and still cannot time a collapse.
+    Here the negatives are the regime runs' own stable blocks (survivors, and collapsed runs more than ``h``
+    before their collapse) and the threshold is calibrated to ``target_per_10k`` false alarms on the *survivors*
+    (cross-fitted in two seeded halves, as the controls are in the pooled reading): the practitioner's question
+    "I train at this setting; which of my runs will collapse, and when?". Per horizon: AUROC and its difference
+    from the no-kick reference on the same blocks, false alarms per 10k stable updates (survivors, pre-collapse,
+    all), and the warned fractions. Not testable (one line) with fewer than 2 survivors or no collapse.
+    """
+    rows = blocks.filter(~pl.col("is_control"))
+    runs = rows.group_by("run_id").agg(pl.col("collapse_step").first())
+    n_coll = int(runs["collapse_step"].is_not_null().sum())
+    n_surv = runs.height - n_coll
+    out: dict[str, Any] = {"n": {"collapsed_runs": n_coll, "survivor_runs": n_surv, "blocks": rows.height},
+                           "text": "regime runs only: negatives are their stable blocks, the threshold is calibrated "
+                                   "on the survivors (cross-fitted), so recognising the setting earns nothing"}
+    if n_surv < 2 or n_coll == 0:
+        return {**out, **not_testable(f"n too small: {n_coll} collapsed and {n_surv} surviving regime runs "
+                                      "(need >= 1 and >= 2)")}
+    ref_rows = time_since_start(rows, start_col)
+    lab0 = label_blocks(rows, int(max(horizons)))
+    per_surv, cal = calibrated_thresholds(lab0, target_per_10k, seed, run_class="survivor")
+    out["calibration"] = cal
+    per_h: dict[str, Any] = {}
+    for h in horizons:
+        lab, rlab = label_blocks(rows, int(h)), label_blocks(ref_rows, int(h))
+        t = thresholds_of(lab, per_surv, cal["threshold"])
+        y, clusters = lab["y"].to_numpy(), lab[cluster_col].to_numpy()
+        score, rscore = lab["score"].to_numpy().astype(float), rlab["score"].to_numpy().astype(float)
+        entry: dict[str, Any] = {
+            "horizon": int(h), "n_pos_blocks": int(y.sum()), "n_neg_blocks": int((~y).sum()),
+            "auroc": _auroc_entry(score, y, clusters, n_boot, alpha, seed),
+            "reference_auroc": _auroc_entry(rscore, y, clusters, n_boot, alpha, seed),
+            "auroc_minus_reference": _auroc_entry(score, y, clusters, n_boot, alpha, seed, other=rscore),
+        }
+        fa = {}
+        for name, mask in (("survivors", pl.col("run_class") == "survivor"),
+                           ("pre_collapse", pl.col("run_class") == "collapsed"), ("all_stable", pl.lit(True))):
+            sub = lab.with_columns(pl.Series("_t", t)).filter(mask)
+            fa[name] = false_alarm_rate(sub, sub["_t"].to_numpy(), n_boot, alpha, seed, cluster_col)
+        entry["false_alarms_per_10k"] = fa
+        leads = sorted({1, *(int(x) for x in horizons if x < h), *(int(x) for x in min_leads if x <= h)})
+        entry["warned"] = {str(L): warned_fraction(lab, t, int(h), L, alpha) for L in leads}
+        per_h[str(int(h))] = entry
+    out["horizons"] = per_h
+    return out
+

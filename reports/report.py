@@ -33,6 +33,7 @@ from stabilitybench.reports.tables import (
     same_dose_table,
     survival_tables,
     time_to_event_table,
+    time_to_event_within_table,
 )
 from stabilitybench.reports.text import Num, Source, render_html, render_md
 
@@ -109,7 +110,7 @@ def build_report(results: str | os.PathLike[str], out: str | os.PathLike[str] = 
         figs.append((spec, reasons))
     tables = [t for t in (monitor_table(src), same_dose_table(src), prediction_table(src), collapse_table(src),
                           *survival_tables(src), regularities_table(src), intervention_table(src),
-                          time_to_event_table(src), held_out_table(src))
+                          time_to_event_table(src), time_to_event_within_table(src), held_out_table(src))
               if t is not None]
     claims = claims_table(data)
     caveats = data.summary.caveats

@@ -163,10 +163,9 @@ def time_to_event_table(src: Source) -> Table | None:
             for h in hs:
                 aurocs += [f"h={h}: ", *status_or(src, *e, "horizons", h, "auroc"), "; "]
             delta = ["—"] if d == "reference" else status_or(src, *top, "auroc_minus_reference")
-            fa = [*status_or(src, *top, "false_alarms_per_10k", "controls"), " (n=",
-                  src.num(*top, "false_alarms_per_10k", "controls", "n", digits=0), ")"] \
-                if src.status(*top, "false_alarms_per_10k", "controls") is None else \
-                status_or(src, *top, "false_alarms_per_10k", "controls")
+            fa = [*_rate(src, (*top, "false_alarms_per_10k", "controls")), "; regime runs: ",
+                  *_rate(src, (*top, "false_alarms_per_10k", "survivors")), " survivors, ",
+                  *_rate(src, (*top, "false_alarms_per_10k", "pre_collapse")), " before a collapse"]
             warned = status_or(src, *top, "warned", "1")
             if src.status(*top, "warned", "1") is None:
                 warned += [" (n=", src.num(*top, "warned", "1", "n", digits=0), ")"]
@@ -186,8 +185,61 @@ def time_to_event_table(src: Source) -> Table | None:
             "alarm rate on AR(1) surrogates of each regime run's own early telemetry over the controls' (passes "
             "unless significantly higher)."]
     return Table("(c) Time to event: does the score foresee a collapse that no kick announced?",
-                 ["detector", "AUROC [95% CI]", "ΔAUROC vs reference, largest h", "false alarms / 10k (controls)",
-                  "share warned, largest h", "null twin", "n collapsed / controls"], rows, note)
+                 ["detector", "AUROC [95% CI]", "ΔAUROC vs reference, largest h",
+                  "false alarms / 10k: controls; regime runs", "share warned, largest h", "null twin",
+                  "n collapsed / controls"], rows, note)
+
+
+def _rate(src: Source, path: tuple[Any, ...]) -> list[Any]:
+    """A false-alarm rate with its CI and n, or its status text."""
+    if src.status(*path) is not None:
+        return status_or(src, *path)
+    return [*status_or(src, *path), " (n=", src.num(*path, "n", digits=0), ")"]
+
+
+def time_to_event_within_table(src: Source) -> Table | None:
+    """Question (c) among the regime runs only (summary.json ``within_regime`` of each (c) entry): the threshold
+    calibrated on the survivors, so a score that only recognises the aggressive setting earns nothing."""
+    path = ("early_warning", "time_to_event")
+    if not src.has(*path) or src.status(*path) is None or not src.status(*path).ok:  # type: ignore[union-attr]
+        return None
+    rows = []
+    for dom in src.get(*path, "by_domain"):
+        base = (*path, "by_domain", dom)
+        if src.status(*base) is not None or not src.has(*base, "detectors"):
+            continue
+        hs = [str(h) for h in src.get(*base, "horizons")]
+        for d in src.get(*base, "detectors"):
+            e = (*base, "detectors", d, "within_regime")
+            label = f"{dom}: {detector_label(d)}"
+            if not src.has(*e):
+                continue
+            if src.status(*e) is not None:
+                rows.append([[label], [src.status(*e).text], [], [], [], []])  # type: ignore[union-attr]
+                continue
+            top = (*e, "horizons", hs[-1])
+            aurocs: list[Any] = []
+            for h in hs:
+                aurocs += [f"h={h}: ", *status_or(src, *e, "horizons", h, "auroc"), "; "]
+            warned = status_or(src, *top, "warned", "1")
+            if src.status(*top, "warned", "1") is None:
+                warned += [" (n=", src.num(*top, "warned", "1", "n", digits=0), ")"]
+            rows.append([[label], aurocs, status_or(src, *top, "auroc_minus_reference"),
+                         [*_rate(src, (*top, "false_alarms_per_10k", "survivors")), "; ",
+                          *_rate(src, (*top, "false_alarms_per_10k", "pre_collapse"))], warned,
+                         [src.num(*e, "n", "collapsed_runs", digits=0), " / ",
+                          src.num(*e, "n", "survivor_runs", digits=0)]])
+    if not rows:
+        return None
+    note = ["(c) within the regime: only the regime runs' blocks (no control), the threshold calibrated to 1 false "
+            "alarm per 10,000 updates on the surviving regime runs (each survivor at the threshold of the other "
+            "half), so a score that only knows the aggressive setting, alarming on every regime run all the time, "
+            "scores 0.5 here. This is the practitioner's question: at this setting, which run will collapse, and "
+            "when? Same AUROC, reference and warned definitions as (c)."]
+    return Table("(c) within the regime: at the aggressive setting, does the score say which run collapses, and when?",
+                 ["detector", "AUROC within the regime [95% CI]", "ΔAUROC vs reference, largest h",
+                  "false alarms / 10k: held-out survivors; before a collapse", "share warned, largest h",
+                  "n collapsed / survivors"], rows, note)
 
 def intervention_table(src: Source) -> Table | None:
     """The intervention experiment: each arm's matched pairs against its no-action twins, with exact tests."""

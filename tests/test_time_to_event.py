@@ -204,3 +204,56 @@ def test_warning_curve_and_not_testable_cases() -> None:
     assert time_to_event_summary(one_control, (200,))["status"]["status"] == "not_testable"
     with pytest.raises(InsufficientDataError):
         calibrated_thresholds(label_blocks(one_control, 200))
+
+
+def setting_only_corpus(seed: int, n_ctrl: int = 20, n_coll: int = 20, n_surv: int = 20, T: int = 300
+                        ) -> pl.DataFrame:
+    """A score that knows only the setting: U[0, 1) on controls, U[1, 2) on every block of every regime run
+    (collapsed or not), blind to when a collapse comes. Collapse dates as in :func:`corpus`."""
+    rng = np.random.default_rng(seed)
+    frames = [run(f"ctrl{i}", rng.random(T), control=True) for i in range(n_ctrl)]
+    frames += [run(f"surv{i}", 1 + rng.random(T)) for i in range(n_surv)]
+    for i in range(n_coll):
+        k = int(rng.integers(T // 2, T - 10))
+        frames.append(run(f"coll{i}", 1 + rng.random(T), k * B + B - 1 + B))
+    return pl.concat(frames)
+
+
+def test_within_regime_gives_a_setting_only_score_no_credit_the_pooled_reading_gives() -> None:
+    out = json.loads(dumps(time_to_event_summary(setting_only_corpus(4), horizons=(100, 500), n_boot=200)))
+    pooled, within = out["horizons"]["100"], out["within_regime"]["horizons"]["100"]
+    assert pooled["auroc"]["ci_low"] > 0.6                    # the pooled reading rewards recognising the setting
+    assert pooled["warned"]["1"]["value"] == 1.0              # and it "warns" every collapse, alarming all the time
+    assert pooled["false_alarms_per_10k"]["survivors"]["value"] > 500
+    assert abs(within["auroc"]["value"] - 0.5) < 0.1
+    assert within["false_alarms_per_10k"]["survivors"]["value"] < 5  # calibrated on survivors, cross-fitted
+    assert within["warned"]["1"]["value"] < 0.5
+    assert out["within_regime"]["calibration"]["calibration_runs"] == "survivor"
+
+
+def test_within_regime_finds_a_planted_precursor_and_keeps_its_rate_on_held_out_survivors() -> None:
+    rates = []
+    for seed in range(3):
+        out = json.loads(dumps(time_to_event_summary(corpus(seed, n_surv=30), horizons=(100, 500), n_boot=200)))
+        assert out["within_regime"]["horizons"]["100"]["auroc"]["ci_low"] > 0.9  # every positive carries it
+        w = out["within_regime"]["horizons"]["500"]
+        assert w["warned"]["1"]["value"] == 1.0
+        rates.append(w["false_alarms_per_10k"]["survivors"]["value"])
+    assert np.mean(rates) < 3.0  # target 1 per 10k; cross-fitted halves of 15 survivors each
+
+
+def test_within_regime_is_not_testable_without_survivors() -> None:
+    b = corpus(0, n_surv=1)
+    out = json.loads(dumps(time_to_event_summary(b, horizons=(100,), n_boot=50)))
+    assert out["within_regime"]["status"] == "not_testable" and "n too small" in out["within_regime"]["reason"]
+
+
+def test_within_regime_auroc_of_a_setting_only_score_is_centred_on_half_and_its_ci_covers_it() -> None:
+    vals, cover = [], 0
+    for seed in range(20):
+        a = time_to_event_summary(setting_only_corpus(seed, n_ctrl=4), horizons=(100,), n_boot=200
+                                  )["within_regime"]["horizons"]["100"]["auroc"]
+        vals.append(a["value"])
+        cover += a["ci_low"] <= 0.5 <= a["ci_high"]
+    assert abs(np.mean(vals) - 0.5) < 0.02
+    assert cover >= 16  # nominal 95%: P(<= 15 of 20) = 0.003
