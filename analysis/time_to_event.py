@@ -397,6 +397,38 @@ def twin_check(twins: pl.DataFrame, labelled: pl.DataFrame, control_thresholds: 
 
 
 # --------------------------------------------------------------------------- question (c)
+_FA_CLASS = {"control": "controls", "collapsed": "pre_collapse", "survivor": "survivors"}
+
+
+def _leads(h: int, horizons: Sequence[int], min_leads: Sequence[int]) -> list[int]:
+    """The smallest leads L of the warned windows ``[L, h]``: 1, each smaller horizon and each ``min_leads`` <= h."""
+    return sorted({1, *(int(x) for x in horizons if x < h), *(int(x) for x in min_leads if x <= h)})
+
+
+def _horizon_entry(lab: pl.DataFrame, rlab: pl.DataFrame, t: np.ndarray, h: int, classes: Sequence[str],
+                   horizons: Sequence[int], min_leads: Sequence[int], n_boot: int, alpha: float, seed: int,
+                   cluster_col: str) -> dict[str, Any]:
+    """One horizon of a (c) reading: AUROC, the reference's and their difference on the labelled blocks ``lab``
+    (``rlab``: the same blocks scored by the reference), false alarms per 10k stable updates per run class in
+    ``classes`` and over all at the per-row thresholds ``t``, and the warned fractions."""
+    y, clusters = lab["y"].to_numpy(), lab[cluster_col].to_numpy()
+    score, rscore = lab["score"].to_numpy().astype(float), rlab["score"].to_numpy().astype(float)
+    entry: dict[str, Any] = {
+        "horizon": h, "n_pos_blocks": int(y.sum()), "n_neg_blocks": int((~y).sum()),
+        "auroc": _auroc_entry(score, y, clusters, n_boot, alpha, seed),
+        "reference_auroc": _auroc_entry(rscore, y, clusters, n_boot, alpha, seed),
+        "auroc_minus_reference": _auroc_entry(score, y, clusters, n_boot, alpha, seed, other=rscore),
+    }
+    fa = {}
+    for name, mask in [*((_FA_CLASS[c], pl.col("run_class") == c) for c in classes), ("all_stable", pl.lit(True))]:
+        sub = lab.with_columns(pl.Series("_t", t)).filter(mask)
+        fa[name] = false_alarm_rate(sub, sub["_t"].to_numpy(), n_boot, alpha, seed, cluster_col) if sub.height \
+            else not_testable("no run of this class")
+    entry["false_alarms_per_10k"] = fa
+    entry["warned"] = {str(L): warned_fraction(lab, t, h, L, alpha) for L in _leads(h, horizons, min_leads)}
+    return entry
+
+
 def time_to_event_summary(blocks: pl.DataFrame, horizons: Sequence[int] = HORIZONS["rl"], *,
                           target_per_10k: float = 1.0, min_leads: Sequence[int] = (), twins: pl.DataFrame | None = None,
                           n_boot: int = 1000, alpha: float = 0.05, seed: int = 0, cluster_col: str = "run_id",
@@ -438,25 +470,9 @@ def time_to_event_summary(blocks: pl.DataFrame, horizons: Sequence[int] = HORIZO
         rlab = label_blocks(ref_blocks, int(h))
         t = thresholds_of(lab, per_ctrl, cal["threshold"])
         rt = thresholds_of(rlab, rper_ctrl, rcal["threshold"])
-        y = lab["y"].to_numpy()
-        clusters = lab[cluster_col].to_numpy()
-        score, rscore = lab["score"].to_numpy().astype(float), rlab["score"].to_numpy().astype(float)
-        entry: dict[str, Any] = {
-            "horizon": int(h), "n_pos_blocks": int(y.sum()), "n_neg_blocks": int((~y).sum()),
-            "auroc": _auroc_entry(score, y, clusters, n_boot, alpha, seed),
-            "reference_auroc": _auroc_entry(rscore, y, clusters, n_boot, alpha, seed),
-            "auroc_minus_reference": _auroc_entry(score, y, clusters, n_boot, alpha, seed, other=rscore),
-        }
-        fa = {}
-        for name, mask in (("controls", pl.col("run_class") == "control"),
-                           ("pre_collapse", pl.col("run_class") == "collapsed"),
-                           ("survivors", pl.col("run_class") == "survivor"), ("all_stable", pl.lit(True))):
-            sub = lab.with_columns(pl.Series("_t", t)).filter(mask)
-            fa[name] = false_alarm_rate(sub, sub["_t"].to_numpy(), n_boot, alpha, seed, cluster_col) if sub.height \
-                else not_testable("no run of this class")
-        entry["false_alarms_per_10k"] = fa
-        leads = sorted({1, *(int(x) for x in horizons if x < h), *(int(x) for x in min_leads if x <= h)})
-        entry["warned"] = {str(L): warned_fraction(lab, t, int(h), L, alpha) for L in leads}
+        entry = _horizon_entry(lab, rlab, t, int(h), ("control", "collapsed", "survivor"), horizons, min_leads,
+                               n_boot, alpha, seed, cluster_col)
+        leads = _leads(int(h), horizons, min_leads)
         entry["reference_warned"] = {str(L): warned_fraction(rlab, rt, int(h), L, alpha) for L in leads}
         per_h[str(int(h))] = entry
     out["horizons"] = per_h
@@ -501,23 +517,8 @@ def within_regime(blocks: pl.DataFrame, horizons: Sequence[int] = HORIZONS["rl"]
     for h in horizons:
         lab, rlab = label_blocks(rows, int(h)), label_blocks(ref_rows, int(h))
         t = thresholds_of(lab, per_surv, cal["threshold"])
-        y, clusters = lab["y"].to_numpy(), lab[cluster_col].to_numpy()
-        score, rscore = lab["score"].to_numpy().astype(float), rlab["score"].to_numpy().astype(float)
-        entry: dict[str, Any] = {
-            "horizon": int(h), "n_pos_blocks": int(y.sum()), "n_neg_blocks": int((~y).sum()),
-            "auroc": _auroc_entry(score, y, clusters, n_boot, alpha, seed),
-            "reference_auroc": _auroc_entry(rscore, y, clusters, n_boot, alpha, seed),
-            "auroc_minus_reference": _auroc_entry(score, y, clusters, n_boot, alpha, seed, other=rscore),
-        }
-        fa = {}
-        for name, mask in (("survivors", pl.col("run_class") == "survivor"),
-                           ("pre_collapse", pl.col("run_class") == "collapsed"), ("all_stable", pl.lit(True))):
-            sub = lab.with_columns(pl.Series("_t", t)).filter(mask)
-            fa[name] = false_alarm_rate(sub, sub["_t"].to_numpy(), n_boot, alpha, seed, cluster_col)
-        entry["false_alarms_per_10k"] = fa
-        leads = sorted({1, *(int(x) for x in horizons if x < h), *(int(x) for x in min_leads if x <= h)})
-        entry["warned"] = {str(L): warned_fraction(lab, t, int(h), L, alpha) for L in leads}
-        per_h[str(int(h))] = entry
+        per_h[str(int(h))] = _horizon_entry(lab, rlab, t, int(h), ("collapsed", "survivor"), horizons, min_leads,
+                                            n_boot, alpha, seed, cluster_col)
     out["horizons"] = per_h
     return out
 
