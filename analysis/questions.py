@@ -585,8 +585,8 @@ def reference_rows(rows: pl.DataFrame, refs: dict[str, np.ndarray], n_boot: int 
     for name, sc in refs.items():
         entry: dict[str, Any] = {"question": QUESTION_B, "n_runs": rows.height, "n_pos": int(y.sum()),
                                  "n_neg": int((~y).sum())}
-        if y.all() or not y.any():
-            entry["auroc"] = not_testable("n too small: one outcome only")
+        if y.all() or not y.any():  # both readings share the limit, as in :func:`prediction`
+            entry["auroc"] = entry["auroc_stratified"] = not_testable("n too small: one outcome only")
         else:
             entry["auroc"] = _auroc_with_ci(sc, y, seeds, n_boot, seed)
             if name in CELL_SHARE and opt:

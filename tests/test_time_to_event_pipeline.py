@@ -316,3 +316,10 @@ def test_a_corpus_of_regime_runs_and_controls_only(tmp_path: Path) -> None:
     corpus, truth = make_corpus(tmp_path / "corpus", kicked=False)
     summary = run_analysis(corpus, tmp_path / "results", CFG, update_corpus=False)
     assert _tte(summary)["by_domain"]["rl"]["n_collapsed"] == sum(c is not None for c in truth.values())
+    # the whole report builds from such a corpus (no kicked run: question (b) has one outcome only), and shows (c)
+    # pooled and within the regime
+    from stabilitybench.reports.report import build_report
+
+    build_report(tmp_path / "results", tmp_path / "report")
+    md = (tmp_path / "report" / "index.md").read_text()
+    assert "(c) Time to event" in md and "(c) within the regime" in md
