@@ -161,7 +161,7 @@ def time_to_event_table(src: Source) -> Table | None:
             top = (*e, "horizons", hs[-1])
             aurocs: list[Any] = []
             for h in hs:
-                aurocs += [f"h={h}: ", *status_or(src, *e, "horizons", h, "auroc"), "; "]
+                aurocs += [*(["; "] if aurocs else []), f"h={h}: ", *status_or(src, *e, "horizons", h, "auroc")]
             delta = ["—"] if d == "reference" else status_or(src, *top, "auroc_minus_reference")
             fa = [*_rate(src, (*top, "false_alarms_per_10k", "controls")), "; regime runs: ",
                   *_rate(src, (*top, "false_alarms_per_10k", "survivors")), " survivors, ",
@@ -220,7 +220,7 @@ def time_to_event_within_table(src: Source) -> Table | None:
             top = (*e, "horizons", hs[-1])
             aurocs: list[Any] = []
             for h in hs:
-                aurocs += [f"h={h}: ", *status_or(src, *e, "horizons", h, "auroc"), "; "]
+                aurocs += [*(["; "] if aurocs else []), f"h={h}: ", *status_or(src, *e, "horizons", h, "auroc")]
             warned = status_or(src, *top, "warned", "1")
             if src.status(*top, "warned", "1") is None:
                 warned += [" (n=", src.num(*top, "warned", "1", "n", digits=0), ")"]
