@@ -75,7 +75,7 @@ from stabilitybench.analysis.detectors import DETECTORS, default_names, spec_for
 from stabilitybench.analysis.errors import InsufficientDataError
 from stabilitybench.analysis.metastate import MonitorBase
 from stabilitybench.analysis.metastate.base import window_max
-from stabilitybench.analysis.monitor_file import SUFFIX, MonitorFile, provenance_of
+from stabilitybench.analysis.monitor_file import SUFFIX, MonitorFile, columns_reported_by, provenance_of
 from stabilitybench.analysis.summary import Status, StatusKind, not_testable
 from stabilitybench.analysis.time_to_event import ar1_twin
 from stabilitybench.data_schema.keys import SUSTAINED_KINDS, control_mask, onset_step, resolve_onset, sustained_mask
@@ -486,8 +486,8 @@ def _evaluate_fold(i: int, fold: dict[str, list[int]], info: dict[str, dict[str,
         if save_dir is not None and spec_for(name).saveable:
             warmup = min((onset_step(info[r]) for r in calib_ids), default=0)
             MonitorFile(det, cols, block, warmup, conf.threshold_, conf.alpha, conf.alpha_used_, conf.n_,
-                        provenance=provenance_of(info.values(), train_ids,
-                                                 calib_ids)
+                        provenance=provenance_of(info.values(), train_ids, calib_ids),
+                        columns_by_update=columns_reported_by((arrays[r][0], arrays[r][1][:, idx]) for r in train_ids)
                         ).save(save_dir / f"{label.replace('/', '-')}_fold{i}{SUFFIX}")
         for rid in test_ids:
             steps, X, nonfinite = arrays[rid]

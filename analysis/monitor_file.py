@@ -126,6 +126,7 @@ class MonitorFile:
     transforms: dict[str, str] = field(default_factory=dict)
     nonfinite_columns: list[str] = field(default_factory=list)
     provenance: dict[str, Any] = field(default_factory=dict)
+    columns_by_update: int | None = None
 
     def __post_init__(self) -> None:
         self.kind = _saveable_kind(self.detector)
@@ -152,6 +153,7 @@ class MonitorFile:
                 "block_updates": self.block_updates, "warmup_updates": int(self.warmup_updates),
                 "smooth": self.smooth, "threshold": plain(self.threshold), "target_fpr": self.target_fpr,
                 "alpha_used": self.alpha_used, "n_calibration": self.n_calibration,
+                "columns_by_update": self.columns_by_update,
                 "provenance": {"fitted_with_code": analysis_code_version(), **self.provenance}}
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -183,7 +185,7 @@ class MonitorFile:
         det.threshold_ = threshold
         mf = cls(det, list(meta["features"]), int(meta["block_updates"]), int(meta["warmup_updates"]), threshold,
                  meta.get("target_fpr"), meta.get("alpha_used"), meta.get("n_calibration"), dict(meta["transforms"]),
-                 list(meta["nonfinite_columns"]), dict(meta.get("provenance") or {}))
+                 list(meta["nonfinite_columns"]), dict(meta.get("provenance") or {}), meta.get("columns_by_update"))
         mf.path = str(path)
         if columns is not None:
             mf.check_columns(columns)
@@ -272,7 +274,8 @@ def fit_monitor(train: Sequence[pl.DataFrame], calibration: Sequence[pl.DataFram
 
     det = detector if detector is not None else KalmanMonitor()
     proto = MonitorFile(det, features, block_updates)
-    det.fit([proto.block_features(f)[1] for f in train])
+    blocks = [proto.block_features(f)[:2] for f in train]
+    det.fit([X for _, X in blocks])
     maxima = []
     for frame in calibration:
         st, X, nf = proto.block_features(frame)
@@ -282,7 +285,25 @@ def fit_monitor(train: Sequence[pl.DataFrame], calibration: Sequence[pl.DataFram
             "calibration_run_ids": [str(f["run_id"][0]) for f in calibration if "run_id" in f.columns and f.height],
             **(provenance or {})}
     return MonitorFile(det, list(features), block_updates, warmup_updates, conf.threshold_, fpr, conf.alpha_used_,
-                       conf.n_, provenance=prov)
+                       conf.n_, provenance=prov, columns_by_update=columns_reported_by(blocks))
+
+
+def columns_reported_by(blocks: Iterable[tuple[np.ndarray, np.ndarray]]) -> int | None:
+    """The update by which the training runs had reported every feature column: over runs and columns, the latest
+    end step of the first block in which the column is finite. ``blocks``: per run ``(block end steps (T,), X (T,
+    p))``. Columns a run never reports do not count (a live run lacking one is refused at this update). A live
+    monitor checks its columns at ``max(warmup_updates, this)``: SB3 PPO, for one, reports its losses once per
+    rollout (update 319 of Swimmer's first 320), which a monitor with no warm-up must wait for. ``None`` without
+    runs."""
+    latest = None
+    for st, X in blocks:
+        X = np.asarray(X, float)
+        for j in range(X.shape[1] if X.ndim == 2 else 0):
+            fin = np.flatnonzero(np.isfinite(X[:, j]))
+            if fin.size:
+                first = int(np.asarray(st)[fin[0]])
+                latest = first if latest is None else max(latest, first)
+    return latest
 
 
 def provenance_of(runs: Iterable[Mapping[str, Any]], train_ids: list[str], calib_ids: list[str]) -> dict[str, Any]:

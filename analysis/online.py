@@ -49,6 +49,7 @@ class Recipe(Protocol):
     threshold: float
     transforms: dict[str, str]
     nonfinite_columns: list[str]
+    columns_by_update: int | None
 
     def check_columns(self, columns: Iterable[str]) -> None: ...
 
@@ -58,9 +59,10 @@ class OnlineMonitor:
 
     ``monitor``: a loaded :class:`~stabilitybench.analysis.monitor_file.MonitorFile` (from a path:
     ``MonitorFile.load(path).online()``). ``check_columns``: at the first block that ends at or
-    after the warm-up, raise :class:`~analysis.errors.MonitorFileError` (one line) if a feature column has
-    not been reported by any row yet (the run does not have the monitor's columns). After each completed
-    block: ``last_step_``, ``last_msd_``, ``n_blocks_``; ``history_`` keeps ``(step, msd, alarm)`` per
+    after ``check_at`` (the warm-up, or later the update by which the training runs had reported every feature
+    column, ``MonitorFile.columns_by_update``), raise :class:`~analysis.errors.MonitorFileError` (one line) if a
+    feature column has not been reported by any row yet (the run does not have the monitor's columns). After each
+    completed block: ``last_step_``, ``last_msd_``, ``n_blocks_``; ``history_`` keeps ``(step, msd, alarm)`` per
     block (one tuple per B updates; ``keep_history=False`` for O(1) memory).
     """
 
@@ -74,6 +76,8 @@ class OnlineMonitor:
         self.B = f.block_updates
         self.threshold = float(f.threshold)
         self.warmup_updates = int(f.warmup_updates)
+        # the columns are checked once the training runs had reported them all (MonitorFile.columns_by_update)
+        self.check_at = max(self.warmup_updates, int(f.columns_by_update or 0))
         self.keep_history = keep_history
         self._check_pending = check_columns
         self._score = f.detector.stepper()
@@ -149,9 +153,9 @@ class OnlineMonitor:
         if self._nonfinite:
             msd = math.inf
         step = self._block_step
-        if self._check_pending and step >= self.warmup_updates:
+        if self._check_pending and step >= self.check_at:
             self._check_pending = False
-            self.check_columns()  # by the end of the warm-up every feature must have been reported
+            self.check_columns()  # by now every feature must have been reported
         alarm = bool(msd > self.threshold) and step >= self.warmup_updates
         self.n_blocks_ += 1
         self.last_step_, self.last_msd_ = step, msd

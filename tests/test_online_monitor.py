@@ -225,3 +225,35 @@ def test_a_deployed_monitor_never_trains_on_a_run_that_acted() -> None:
                          "domain": "rl", "algo": "ppo", "env": "E", "stochasticity": "default",
                          "config_json": ["{}", acted, "{}", "{}"]})
     assert control_runs(runs, "rl/ppo/E/default")["run_id"].to_list() == ["a"]
+
+
+def late_loss_run(seed: int, first: int = 63, n: int = 203) -> pl.DataFrame:
+    """A run whose ``loss`` is first reported at update ``first`` (as SB3's PPO reports its losses once per rollout,
+    at its last update), then every 8th row."""
+    run = synthetic_run(seed, n)
+    return run.with_columns(pl.when(pl.col("step") >= first).then(pl.col("loss")).otherwise(None).alias("loss"))
+
+
+def test_a_monitor_without_warm_up_waits_for_columns_its_training_runs_reported_late(tmp_path) -> None:
+    from stabilitybench.analysis.monitor_file import fit_monitor
+
+    mf = fit_monitor([late_loss_run(s) for s in range(4)], [late_loss_run(s) for s in range(10, 15)], FEATURES, B,
+                     detector=KalmanMonitor(n_latent=2, n_iter=10, smooth=3), warmup_updates=0)
+    assert mf.warmup_updates == 0 and mf.columns_by_update == 63  # loss first at update 63 (63 % 8 == 7), a block end
+    loaded = MonitorFile.load(mf.save(tmp_path / "late.monitor.npz"))
+    assert loaded.columns_by_update == 63
+    online = loaded.online()
+    assert online.check_at == 63
+    for row in late_loss_run(20).iter_rows(named=True):  # the same late column: no refusal at update 3
+        online.update(row)
+    assert online.n_blocks_ == 203 // B
+    refused = loaded.online()
+    with pytest.raises(MonitorFileError, match="loss"):  # a run that never reports it is refused at update 63
+        for row in synthetic_run(21).drop("loss").iter_rows(named=True):
+            refused.update(row)
+    assert refused.last_step_ == 63 - B
+
+
+def test_a_monitor_file_without_columns_by_update_checks_at_its_warm_up(monitor_file: MonitorFile, tmp_path) -> None:
+    assert monitor_file.columns_by_update is None
+    assert MonitorFile.load(monitor_file.save(tmp_path / "m.monitor.npz")).online().check_at == 20
