@@ -133,14 +133,18 @@ def arm_label(kind: str, actions: str, lag: int | None, detail: str | None = Non
     return f"{kind}: {actions}{lag_text}" + (f", {detail}" if detail else "")
 
 
-def arm_detail(kind: str, window: str | None, sigma: str | None, counts: str | None) -> str | None:
+def arm_detail(kind: str, window: str | None, sigma: str | None, counts: str | None,
+               discards: str | None = None) -> str | None:
     """What else tells two arms of a kind apart: the skip-step rule's window and threshold (hparams
     ``skip_step_window``, ``skip_step_sigma``; defaults :data:`SKIP_WINDOW`, :data:`SKIP_SIGMA`), and
-    ``count-matched`` for a random-time arm with ``intervention_counts``; else None."""
+    ``count-matched`` for a random-time arm with ``intervention_counts`` (``count- and discard-matched`` with
+    ``intervention_discards`` as well); else None."""
     if kind == "skip_step":
         w = SKIP_WINDOW if window is None else int(float(window))
         return f"window {w}, {SKIP_SIGMA if sigma is None else float(sigma):g} SD"
-    return "count-matched" if kind == "random_time" and counts is not None else None
+    if kind != "random_time" or counts is None:
+        return None
+    return "count- and discard-matched" if discards is not None else "count-matched"
 
 
 def with_arms(runs: pl.DataFrame) -> pl.DataFrame:
@@ -153,9 +157,9 @@ def with_arms(runs: pl.DataFrame) -> pl.DataFrame:
     kinds = [arm_kind(a, s) for a, s in zip(arms.to_list(), schedule.to_list(), strict=True)]
     lags = [(int(float(v)) if v is not None else 0) if "rollback" in str(a) else None
             for a, v in zip(arms.to_list(), lag_raw, strict=True)]
-    details = [arm_detail(k, w, s, c) for k, w, s, c in zip(
-        kinds, *(_hparam(runs, h).to_list() for h in ("skip_step_window", "skip_step_sigma", "intervention_counts")),
-        strict=True)]
+    details = [arm_detail(k, w, s, c, d) for k, w, s, c, d in zip(
+        kinds, *(_hparam(runs, h).to_list() for h in ("skip_step_window", "skip_step_sigma", "intervention_counts",
+                                                       "intervention_discards")), strict=True)]
     labels = [arm_label(k, a, g, d) for k, a, g, d in zip(kinds, arms.to_list(), lags, details, strict=True)]
     monitors = [monitor_name(m) if k in ("monitor", "log_only") else None
                 for m, k in zip(files.to_list(), kinds, strict=True)]
@@ -713,8 +717,10 @@ def monitor_action_counts(corpus: str | os.PathLike[str], monitor: str, perturba
     :func:`action_counts`: one per alarm acted on, a rollback and its LR back-off once; 0: never acted), in run order
     (seed, then run_id): the count-matched random arm's ``intervention_counts``. ``monitor``: the monitor's name
     (``kalman``) or its file; ``arm``: the arm label (``monitor: rollback,lr_backoff, lag 200``) where the cell has
-    several arms on that monitor. Returns ``{"counts", "run_ids", "seeds", "arm", "monitor", "corpus",
-    "perturbation", "magnitude", "duration_steps"}``. Raises ValueError without exactly one such arm."""
+    several arms on that monitor. ``discards``: the updates each of the arm's rollbacks threw away (update count at
+    the restore minus the checkpoint's), in run order: the discard-matched random arm's ``intervention_discards``.
+    Returns ``{"counts", "discards", "run_ids", "seeds", "arm", "monitor", "corpus", "perturbation", "magnitude",
+    "duration_steps"}``. Raises ValueError without exactly one such arm."""
     from stabilitybench.analysis.data import load_events, load_runs
 
     name = monitor_name(monitor)
@@ -727,10 +733,17 @@ def monitor_action_counts(corpus: str | os.PathLike[str], monitor: str, perturba
         raise ValueError(f"{corpus}: {'no' if not labels else 'several'} monitor arm(s) on {name} for {perturbation} "
                          f"(magnitude {magnitude}, duration {duration_steps}, arm {arm})"
                          + (f": {'; '.join(labels)} (pass --arm)" if labels else ""))
-    counts = action_counts(load_events(corpus, runs)).select("run_id", "n_acted_alarms")
+    events = load_events(corpus, runs)
+    counts = action_counts(events).select("run_id", "n_acted_alarms")
     runs = runs.join(counts, on="run_id", how="left").with_columns(pl.col("n_acted_alarms").fill_null(0)) \
         .sort("seed", "run_id")
-    return {"counts": runs["n_acted_alarms"].to_list(), "run_ids": runs["run_id"].to_list(),
+    restores = events.filter((pl.col("event") == "rollback") & pl.col("value").is_not_null()).with_columns(
+        (pl.col("step").cast(pl.Int64) - pl.col("value").cast(pl.Int64)).alias("discard"))
+    order = {r: i for i, r in enumerate(runs["run_id"].to_list())}
+    restores = restores.with_columns(pl.col("run_id").replace_strict(order, default=None).alias("_order")) \
+        .sort("_order", "step")
+    return {"counts": runs["n_acted_alarms"].to_list(), "discards": restores["discard"].to_list(),
+            "run_ids": runs["run_id"].to_list(),
             "seeds": runs["seed"].to_list(), "arm": labels[0], "monitor": name, "corpus": str(corpus),
             "perturbation": perturbation, "magnitude": magnitude, "duration_steps": duration_steps}
 
@@ -754,14 +767,14 @@ def _cell_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m stabilitybench.analysis.intervention oracle-delays|action-counts ...``: write the oracle's delays
-    file, or the count-matched random arm's counts file (a JSON list of ints)."""
+    file, or the count- (and discard-) matched random arm's file (JSON: ``counts`` and ``discards``)."""
     ap = argparse.ArgumentParser(prog="python -m stabilitybench.analysis.intervention")
     sub = ap.add_subparsers(dest="cmd", required=True)
     od = sub.add_parser("oracle-delays", help="the monitor's first-alarm delays on a pilot cell (JSON)")
     od.add_argument("--monitor", required=True, help="the monitor file the experiment's monitor arm uses")
     _cell_arguments(od)
-    ac = sub.add_parser("action-counts", help="the monitor arm's acted alarms per run on a pilot cell (JSON list of "
-                        "ints, the count-matched random arm's intervention_counts)")
+    ac = sub.add_parser("action-counts", help="the monitor arm's acted alarms per run and its rollbacks' discards on "
+                        "a pilot cell (JSON: the random arm's intervention_counts and intervention_discards)")
     ac.add_argument("--monitor", required=True, help="the monitor arm's monitor (name, e.g. kalman, or file)")
     ac.add_argument("--arm", help="the monitor arm's label where the cell has several (e.g. 'monitor: "
                     "rollback,lr_backoff, lag 200')")
@@ -776,9 +789,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if a.cmd == "action-counts":
-        _write_json(a.out, res["counts"])
+        _write_json(a.out, res)
+        d = res["discards"]
         print(f"{a.out}: {len(res['counts'])} runs of {res['arm']}, {sum(c > 0 for c in res['counts'])} acted, "
-              f"{sum(res['counts'])} acted alarms")
+              f"{sum(res['counts'])} acted alarms, {len(d)} rollbacks"
+              + (f" discarding a median {float(np.median(d)):g} updates" if d else ""))
         return 0
     _write_json(a.out, res)
     acted = [d for d in res["delays"] if d is not None]

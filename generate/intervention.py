@@ -75,6 +75,7 @@ INTERVENTION_HPARAMS = (("intervention", "str"), ("monitor", "str"), ("monitor_l
                         ("intervention_rollback_lag", "int"), ("intervention_checkpoint_every", "int"),
                         ("intervention_schedule", "str"), ("intervention_delays", "str"),
                         ("intervention_window", "int"), ("intervention_counts", "str"),
+                        ("intervention_discards", "str"),
                         ("skip_step_window", "int"), ("skip_step_sigma", "float"))
 #: ``hparams.intervention`` of the skip-step arm (:mod:`stabilitybench.generate.skip_step`): not an action on alarms
 #: but a gate on every update, so it stands alone.
@@ -105,16 +106,27 @@ class ScheduledAlarms:
     ``update(row)`` returns ``(values[i], True)`` when ``row["step"] == at[i]`` and ``(0.0, False)`` otherwise, so
     an :class:`Intervention` driven by it acts exactly as on a monitor's alarm at that update (one update later,
     see the module docstring). ``values`` (default: the updates themselves) become the ``alarm`` events' value,
-    e.g. the delay from onset; ``label`` goes into their detail (``"oracle"``, ``"random"``).
+    e.g. the delay from onset; ``label`` goes into their detail (``"oracle"``, ``"random"``). ``lags``: a rollback
+    lag per alarm (updates; the discard-matched random arm), which :meth:`Intervention.rollback_target` uses instead of
+    its own ``rollback_lag`` (:meth:`lag_at`).
     """
 
-    def __init__(self, at: Iterable[int], values: Iterable[float] | None = None, label: str = "scheduled") -> None:
+    def __init__(self, at: Iterable[int], values: Iterable[float] | None = None, label: str = "scheduled",
+                 lags: Iterable[int] | None = None) -> None:
         at = [int(a) for a in at]
         vals = [float(a) for a in at] if values is None else [float(v) for v in values]
         if len(vals) != len(at):
             raise ValueError(f"{len(at)} alarm updates but {len(vals)} values")
         self.schedule: dict[int, float] = dict(zip(at, vals, strict=True))
         self.label = label
+        lag_list = None if lags is None else [int(g) for g in lags]
+        if lag_list is not None and (len(lag_list) != len(at) or min(lag_list, default=0) < 0):
+            raise ValueError(f"{len(at)} alarm updates need as many rollback lags >= 0, got {lag_list}")
+        self.lags: dict[int, int] | None = None if lag_list is None else dict(zip(at, lag_list, strict=True))
+
+    def lag_at(self, step: int) -> int | None:
+        """The rollback lag of the alarm at ``step`` (None: the Intervention's own)."""
+        return None if self.lags is None else self.lags.get(int(step))
 
     def update(self, row: Mapping[str, Any]) -> tuple[float, bool]:
         step = int(row["step"])
@@ -262,17 +274,24 @@ class Intervention:
             self._last_ckpt = n_updates
             self._event(n_updates, "checkpoint", f"kept {len(self.checkpoints_)}/{self.keep}", float(n_updates))
 
+    def lag_for(self, alarm_step: int) -> int:
+        """The rollback lag of an alarm at ``alarm_step``: the alarm source's own (``lag_at``, the discard-matched
+        random arm) where it has one, else ``rollback_lag``."""
+        own = getattr(self.monitor, "lag_at", None)
+        lag = own(alarm_step) if callable(own) else None
+        return self.rollback_lag if lag is None else int(lag)
+
     def rollback_target(self, alarm_step: int) -> int | None:
         """The update count of the checkpoint a rollback on an alarm at ``alarm_step`` restores: the newest kept
-        checkpoint taken after at most ``alarm_step - rollback_lag`` updates (None: none is old enough)."""
-        ok = [s for s, _ in self.checkpoints_ if s <= alarm_step - self.rollback_lag]
+        checkpoint taken after at most ``alarm_step - lag`` updates (:meth:`lag_for`; None: none is old enough)."""
+        ok = [s for s, _ in self.checkpoints_ if s <= alarm_step - self.lag_for(alarm_step)]
         return ok[-1] if ok else None
 
     def _rollback(self, alarm_step: int, n_updates: int) -> bool:
         target = self.rollback_target(alarm_step)
         if target is None:
-            self._event(n_updates, "rollback", f"no checkpoint {self.rollback_lag} updates older than the alarm "
-                        "kept: not rolled back", None)
+            self._event(n_updates, "rollback", f"no checkpoint {self.lag_for(alarm_step)} updates older than the "
+                        "alarm kept: not rolled back", None)
             return False
         st = next(state for s, state in self.checkpoints_ if s == target)
         self.checkpoints_ = deque([c for c in self.checkpoints_ if c[0] <= target], maxlen=self.checkpoints_.maxlen)
@@ -385,6 +404,20 @@ def parse_delays(text: str, base: str | Path | None = None) -> list[int | None]:
     return out
 
 
+def parse_discards(text: str, base: str | Path | None = None) -> list[int]:
+    """The discard-matched random arm's pinned discards: the updates each of the monitor arm's rollbacks threw away
+    (each >= 0). ``text``: comma-separated integers, or the path of a JSON file ``{"discards": [int, ...]}``
+    (``python -m stabilitybench.analysis.intervention action-counts`` writes it beside the counts)."""
+    raw = _pinned(text, "intervention_discards", "discards", base, "action-counts")
+    try:
+        out = [int(c) for c in raw]
+    except (TypeError, ValueError):
+        raise ValueError(f"intervention_discards: not a list of integers: {raw!r}") from None
+    if not out or min(out) < 0:
+        raise ValueError(f"intervention_discards: need at least one discard, each >= 0, got {out}")
+    return out
+
+
 def parse_counts(text: str, base: str | Path | None = None) -> list[int]:
     """The count-matched random arm's pinned action counts (one per monitor-arm run, each >= 0).
 
@@ -443,6 +476,10 @@ def check_hparams(hparams: Mapping[str, Any], *, perturbation: str | None = None
         raise ValueError("intervention_schedule = 'oracle' needs intervention_delays (updates from onset)")
     if schedule == "random" and int(hparams.get("intervention_window") or 0) <= 0:
         raise ValueError("intervention_schedule = 'random' needs intervention_window > 0 (updates after onset)")
+    if hparams.get("intervention_discards") and (schedule != "random" or not hparams.get("intervention_counts")
+                                                 or "rollback" not in actions):
+        raise ValueError("intervention_discards (the discard-matched random arm) needs intervention_schedule = "
+                         "'random', intervention_counts and a rollback action")
     lag = int(hparams.get("intervention_rollback_lag", 0))
     if lag < 0 or int(hparams.get("intervention_checkpoint_every", 100)) < 1:
         raise ValueError("intervention_rollback_lag must be >= 0 and intervention_checkpoint_every >= 1")
@@ -462,7 +499,11 @@ def schedule_for(hparams: Mapping[str, Any], onset_step: int, seed: int) -> Sche
     ``default_rng([seed, RANDOM_SALT])``; with ``intervention_counts`` (the count-matched random arm, issue 26): ``n``
     drawn from :func:`parse_counts` with that generator, then ``n`` alarms at :func:`spaced_uniform` offsets in
     ``0..intervention_window``, more than ``intervention_duration`` (the Intervention's cooldown) apart, so each is
-    acted on, as each of the monitor arm's counted actions was. The alarm's event value is the delay from onset.
+    acted on, as each of the monitor arm's counted actions was; with ``intervention_discards`` as well (the
+    discard-matched arm) each alarm then draws, from the same generator, a discard ``d`` of the monitor arm's
+    rollbacks (:func:`parse_discards`) and rolls back with lag ``max(0, d - checkpoint_every // 2)``, so that with a
+    checkpoint every ``checkpoint_every`` updates it discards ``d`` on average. Its alarm times and counts are those of
+    the count-matched arm on the same seed. The alarm's event value is the delay from onset.
     """
     schedule = str(hparams.get("intervention_schedule") or "monitor")
     if schedule == "oracle":
@@ -484,9 +525,15 @@ def schedule_for(hparams: Mapping[str, Any], onset_step: int, seed: int) -> Sche
         # on with t + 2 updates made and quiets alarms until t + 2 + cooldown: the next must come after t + cooldown
         gap = int(hparams.get("intervention_duration", 200)) + 1
         offsets = spaced_uniform(rng, n, window, gap)
-        return ScheduledAlarms([onset_step + u for u in offsets], offsets,
-                               label=f"random, count-matched ({len(offsets)} of a drawn {n}, >= {gap} apart) in "
-                               f"[onset, onset + {window}]")
+        at = [onset_step + u for u in offsets]
+        if not hparams.get("intervention_discards"):
+            return ScheduledAlarms(at, offsets, label=f"random, count-matched ({len(offsets)} of a drawn {n}, >= "
+                                   f"{gap} apart) in [onset, onset + {window}]")
+        discards = parse_discards(str(hparams["intervention_discards"]))
+        half = int(hparams.get("intervention_checkpoint_every", 100)) // 2
+        lags = [max(0, discards[int(i)] - half) for i in rng.integers(len(discards), size=len(offsets))]
+        return ScheduledAlarms(at, offsets, lags=lags, label=f"random, count- and discard-matched ({len(offsets)} of "
+                               f"a drawn {n}, >= {gap} apart, rollback lags {lags}) in [onset, onset + {window}]")
     raise ValueError(f"intervention_schedule {schedule!r} has no schedule (known: oracle, random)")
 
 
@@ -527,8 +574,10 @@ def from_hparams(hparams: Mapping[str, Any], recorder: Any, *, onset_step: int |
         if onset_step is None:
             raise ValueError(f"intervention_schedule = {schedule!r} needs the run's onset update")
         monitor = schedule_for(hparams, int(onset_step), seed)
+    lag = int(hparams.get("intervention_rollback_lag", 0))
+    every = int(hparams.get("intervention_checkpoint_every", 100))
+    own = getattr(monitor, "lags", None) or {}
     return Intervention(monitor, recorder, actions=("log", *actions),
                         lr_factor=float(hparams.get("intervention_factor", 0.1)),
-                        lr_duration=int(hparams.get("intervention_duration", 200)),
-                        rollback_lag=int(hparams.get("intervention_rollback_lag", 0)),
-                        checkpoint_every=int(hparams.get("intervention_checkpoint_every", 100)))
+                        lr_duration=int(hparams.get("intervention_duration", 200)), rollback_lag=lag,
+                        checkpoint_every=every, keep=default_keep(max([lag, *own.values()]), every))

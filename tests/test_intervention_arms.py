@@ -36,6 +36,7 @@ from stabilitybench.generate.intervention import (
     from_hparams,
     kept_updates,
     parse_delays,
+    parse_discards,
     schedule_for,
 )
 
@@ -400,3 +401,28 @@ def test_oracle_delays_from_a_pilot_corpus(tmp_path) -> None:
     assert parse_delays(str(out)) == [None, None, None]
     assert main(["oracle-delays", "--corpus", str(corpus), "--monitor", str(never), "--perturbation", "reward_flip",
                  "-o", str(out)]) == 2
+
+
+def test_the_discard_matched_random_arm_keeps_the_count_matched_times_and_rolls_back_as_far_as_drawn() -> None:
+    """Same alarm times and count as the count-matched arm on a seed (the discards are drawn after them from the same
+    stream); each alarm's rollback lag is a drawn discard less half the checkpoint interval, so each rollback throws
+    away between the lag and the lag + one checkpoint interval, and on average the drawn discard."""
+    base = {**ACT, "intervention_schedule": "random", "intervention_window": 120, "intervention_counts": "3"}
+    matched = {**base, "intervention_discards": "30, 60"}
+    for seed in range(20):
+        a, b = schedule_for(base, 40, seed), schedule_for(matched, 40, seed)
+        assert list(a.schedule) == list(b.schedule) and a.lags is None
+        assert b.lags is not None and set(b.lags.values()) <= {25, 55}  # 30 - 10 // 2, 60 - 5
+        assert all(b.lag_at(s) == b.lags[s] for s in b.schedule) and b.lag_at(-1) is None
+    _, _, guard = torch_run(matched, n=220, seed=4)
+    assert guard is not None and len(guard.restores_) == 3
+    lags = schedule_for(matched, 40, 4).lags
+    assert lags is not None
+    for (alarm, lag), (now, restored) in zip(sorted(lags.items()), guard.restores_, strict=True):
+        assert now == alarm + 2 and alarm - lag - ACT["intervention_checkpoint_every"] < restored <= alarm - lag
+    with pytest.raises(ValueError, match="intervention_discards"):
+        check_hparams({**matched, "intervention_counts": None})
+    with pytest.raises(ValueError, match="each >= 0"):
+        parse_discards("10, -1")
+    _, _, guard0 = torch_run(base, n=220, seed=4)  # the count-matched arm: the Intervention's own lag (20)
+    assert guard0 is not None and [n for n, _ in guard0.restores_] == [n for n, _ in guard.restores_]

@@ -30,6 +30,7 @@ from stabilitybench.analysis.intervention import (
     run_table,
     with_arms,
 )
+from stabilitybench.generate.intervention import parse_counts, parse_discards
 
 PLANNED = 8000
 NONE: dict[str, Any] = {}
@@ -235,14 +236,17 @@ def test_action_counts_pilot_on_a_synthetic_corpus(tmp_path: Path) -> None:
     res = monitor_action_counts(corpus, "kalman", "lr_regime")
     assert res["counts"] == [1, 0, 3] and res["seeds"] == [0, 1, 2] and res["run_ids"] == ["b", "c", "a"]
     assert res["arm"] == "monitor: rollback,lr_backoff, lag 200"
+    assert res["discards"] == [12, 7, 22, 30]  # per restore, update count at it minus the checkpoint's, run order
     out = tmp_path / "out" / "kalman.counts.json"
     assert main(["action-counts", "--corpus", str(corpus), "--monitor", "m/kalman.monitor.npz", "--perturbation",
                  "lr_regime", "--out", str(out)]) == 0
-    assert json.loads(out.read_text()) == [1, 0, 3]
+    written = json.loads(out.read_text())
+    assert written["counts"] == [1, 0, 3] and written["discards"] == [12, 7, 22, 30]
+    assert parse_counts(str(out)) == [1, 0, 3] and parse_discards(str(out)) == [12, 7, 22, 30]
     assert [p.name for p in out.parent.iterdir()] == ["kalman.counts.json"]  # no temporary file left
     assert main(["action-counts", "--corpus", str(corpus), "--monitor", "kalman", "--perturbation", "lr_spike",
                  "--out", str(out)]) == 2
-    assert json.loads(out.read_text()) == [1, 0, 3]  # a refused pilot leaves the file as it was
+    assert json.loads(out.read_text())["counts"] == [1, 0, 3]  # a refused pilot leaves the file as it was
     # two monitor arms of one monitor in the cell: refused until --arm names one
     write_manifest(corpus, [*rows, _write_run(corpus, "g", 6, {**MON, "intervention_rollback_lag": 480}, acted(5))])
     with pytest.raises(ValueError, match="several monitor arm"):
@@ -288,3 +292,21 @@ def test_the_f13_caption_describes_an_analysed_intervention() -> None:
         [ev(f"k{s}", 100, "skip_step", 7.0) for s in range(6)]))
     text = "".join(str(x) for x in caption(Source(Summary({"intervention": json.loads(json.dumps(entry))}))))
     assert text.startswith("Collapse rate of matched pairs") and "Intervention: ok" not in text
+
+
+def test_the_discard_matched_random_arm_is_its_own_arm_and_its_own_comparison() -> None:
+    """Count-matched and count- and discard-matched random arms on the same seeds are two arms, and the monitor is
+    compared with each (the discard-matched one: same count and the same discarded updates, so timing alone)."""
+    drnd = {**RND, "intervention_discards": "counts.json"}
+    runs = pl.DataFrame([regime_run(f"{a}{s}", s, hp, collapsed=c)
+                         for s in range(12) for a, hp, c in (("n", NONE, s < 8), ("m", MON, s < 2),
+                                                            ("r", RND, s < 7), ("d", drnd, s < 3))])
+    labels = set(with_arms(runs)["arm_label"].to_list())
+    assert {"random_time: rollback,lr_backoff, lag 200, count-matched",
+            "random_time: rollback,lr_backoff, lag 200, count- and discard-matched"} <= labels
+    comps = [c for c in arm_comparisons(runs) if (c["arm_kind"], c["versus"]) == ("monitor", "random_time")]
+    by = {c["other_arm"].split(", ")[-1]: c for c in comps}
+    assert set(by) == {"count-matched", "count- and discard-matched"}
+    assert (by["count-matched"]["only_other_collapsed"], by["count-matched"]["only_monitor_collapsed"]) == (5, 0)
+    assert (by["count- and discard-matched"]["only_other_collapsed"],
+            by["count- and discard-matched"]["only_monitor_collapsed"]) == (1, 0)
