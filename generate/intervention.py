@@ -408,14 +408,7 @@ def parse_discards(text: str, base: str | Path | None = None) -> list[int]:
     """The discard-matched random arm's pinned discards: the updates each of the monitor arm's rollbacks threw away
     (each >= 0). ``text``: comma-separated integers, or the path of a JSON file ``{"discards": [int, ...]}``
     (``python -m stabilitybench.analysis.intervention action-counts`` writes it beside the counts)."""
-    raw = _pinned(text, "intervention_discards", "discards", base, "action-counts")
-    try:
-        out = [int(c) for c in raw]
-    except (TypeError, ValueError):
-        raise ValueError(f"intervention_discards: not a list of integers: {raw!r}") from None
-    if not out or min(out) < 0:
-        raise ValueError(f"intervention_discards: need at least one discard, each >= 0, got {out}")
-    return out
+    return _pinned_counts(text, "intervention_discards", "discards", "discard", base)
 
 
 def parse_counts(text: str, base: str | Path | None = None) -> list[int]:
@@ -424,13 +417,19 @@ def parse_counts(text: str, base: str | Path | None = None) -> list[int]:
     ``text``: comma-separated integers, or the path of a JSON file ``{"counts": [int, ...]}`` or a bare JSON list
     (``python -m stabilitybench.analysis.intervention action-counts`` writes one from the monitor arm's runs).
     """
-    raw = _pinned(text, "intervention_counts", "counts", base, "action-counts")
+    return _pinned_counts(text, "intervention_counts", "counts", "count", base)
+
+
+def _pinned_counts(text: str, hparam: str, key: str, noun: str, base: str | Path | None) -> list[int]:
+    """A pinned list of integers >= 0 (:func:`_pinned` under ``key``, written by ``action-counts``); ValueError
+    naming ``hparam`` when it is not one or is empty."""
+    raw = _pinned(text, hparam, key, base, "action-counts")
     try:
         out = [int(c) for c in raw]
     except (TypeError, ValueError):
-        raise ValueError(f"intervention_counts: not a list of integers: {raw!r}") from None
+        raise ValueError(f"{hparam}: not a list of integers: {raw!r}") from None
     if not out or min(out) < 0:
-        raise ValueError(f"intervention_counts: need at least one count, each >= 0, got {out}")
+        raise ValueError(f"{hparam}: need at least one {noun}, each >= 0, got {out}")
     return out
 
 

@@ -137,11 +137,19 @@ def prediction_table(src: Source) -> Table | None:
                   "ΔAUROC vs references [95% CI]"], rows, note)
 
 
+def _tte_path(src: Source) -> tuple[str, ...] | None:
+    """summary.json's question (c) path, or None when the summary has no (c) or it is not testable."""
+    path = ("early_warning", "time_to_event")
+    if not src.has(*path) or src.status(*path) is None or not src.status(*path).ok:  # type: ignore[union-attr]
+        return None
+    return path
+
+
 def time_to_event_table(src: Source) -> Table | None:
     """Question (c), time to event on the regime runs: per domain, the no-kick reference and every detector (None
     when the summary has no (c) or it is not testable: the figure F14 and its caption say why)."""
-    path = ("early_warning", "time_to_event")
-    if not src.has(*path) or src.status(*path) is None or not src.status(*path).ok:  # type: ignore[union-attr]
+    path = _tte_path(src)
+    if path is None:
         return None
     rows = []
     for dom in src.get(*path, "by_domain"):
@@ -200,8 +208,8 @@ def _rate(src: Source, path: tuple[Any, ...]) -> list[Any]:
 def time_to_event_within_table(src: Source) -> Table | None:
     """Question (c) among the regime runs only (summary.json ``within_regime`` of each (c) entry): the threshold
     calibrated on the survivors, so a score that only recognises the aggressive setting earns nothing."""
-    path = ("early_warning", "time_to_event")
-    if not src.has(*path) or src.status(*path) is None or not src.status(*path).ok:  # type: ignore[union-attr]
+    path = _tte_path(src)
+    if path is None:
         return None
     rows = []
     for dom in src.get(*path, "by_domain"):
