@@ -81,7 +81,9 @@ def test_quick_profile_contents(quick: list[RunSpec]) -> None:
     assert estimate(quick).pre <= 90  # the issue's budget, priced from the reference throughputs
 
 
-@pytest.mark.parametrize("name, budget", [("standard", 270), ("stochasticity", 250), ("coverage", 90)])
+# stochasticity: issue 29 budgeted about 250 PRE; its second look at the ED50 ratio (96 runs) takes it to ~292 by
+# estimate, stated in the profile and in docs/reference/profiles.md
+@pytest.mark.parametrize("name, budget", [("standard", 270), ("stochasticity", 300), ("coverage", 90)])
 def test_new_profiles_load_within_budget(name: str, budget: float) -> None:
     specs = load_profile(name)
     assert estimate(specs).pre <= budget
@@ -90,7 +92,11 @@ def test_new_profiles_load_within_budget(name: str, budget: float) -> None:
         assert {s.env for s in specs if s.domain == "rl"} == {"Swimmer-v5", "HalfCheetah-v5"}
     if name == "stochasticity":
         by_level = Counter(s.stochasticity for s in specs)
-        assert set(by_level) == {"low", "default", "high"} and len(set(by_level.values())) == 1
+        assert set(by_level) == {"low", "default", "high"}
+        # the same controls and perturbed runs at every level, but for the ratio's two levels' second look (seeds
+        # 8-15 at each of their lr_spike doses)
+        first = Counter(s.stochasticity for s in specs if s.seed < 8 or s.perturbation == "none")
+        assert len(set(first.values())) == 1 and by_level["low"] == by_level["high"] > by_level["default"]
         # a dose-response per level (regularity 2 is a shift of the ED50): the same three doses at every level per
         # calibrated kind, the middle one the default level's ED50, the others at least a factor 1.18 away; beyond
         # them only the extra doses `calibrate` proposed from each level's own lr_spike curve (three per level)
