@@ -45,8 +45,10 @@
      Fisher's exact test for two levels, the Fisher-Freeman-Halton exact test for more).
    * ``controls``: the unperturbed runs' final performance per level (mean, t CI) and the Welch CI
      of high minus low, so that buffering is not confused with slower learning.
-   * kept from before: ``collapse_probability`` per level (perturbed runs, Clopper-Pearson) and the
-     Cox hazard ratio of the level (``cox_hazard_ratios``). Not testable when the corpus has one level.
+   * kept from before: ``collapse_probability`` per level (Clopper-Pearson), over the perturbed runs of the
+     (kind, magnitude, seed) cells run at every level (:func:`shared_cells`), and the Cox hazard ratio of the level
+     (``cox_hazard_ratios``, every perturbed run: weighed by each level's doses). Not testable when the corpus has
+     one level.
 3. **Precedence** (meta-state deviations precede collapse): the monitors' lead-time
    distribution and the share of collapses whose MSD alarm came first.
 """
@@ -560,6 +562,18 @@ def control_performance(ctrl: pl.DataFrame, levels: list[str]) -> dict[str, Any]
     return {"per_level": per, "difference": diff, "learning_differs": differs}
 
 
+def shared_cells(pert: pl.DataFrame, levels: list[str]) -> pl.DataFrame:
+    """The perturbed runs of the (kind, magnitude, seed) cells that were run at every level in ``levels``.
+
+    A level's collapse probability over them compares like with like: doses or seeds run at one level only (the
+    extra doses a level's own dose-response asked for) would otherwise weigh its rate by its design.
+    """
+    keys = [k for k in (*KIND_KEYS, "magnitude", "seed") if k in pert.columns]
+    every = (pert.group_by(keys).agg(pl.col("stochasticity").n_unique().alias("_levels"))
+             .filter(pl.col("_levels") == len(levels)).drop("_levels"))
+    return pert.join(every, on=keys, how="semi", nulls_equal=True)
+
+
 def _kind_key(row: dict[str, Any]) -> dict[str, Any]:
     return {k: row.get(k) for k in KIND_KEYS}
 
@@ -578,10 +592,13 @@ def stochasticity_buffer(runs: pl.DataFrame, cox_summary: dict[str, Any], n_boot
     per = []
     ctrl_mask = control_mask(runs)
     pert = runs.filter(~ctrl_mask)
+    shared = shared_cells(pert, levels)
     for lv in levels:
-        g = pert.filter(pl.col("stochasticity") == lv)
+        g = shared.filter(pl.col("stochasticity") == lv)
         k = int(g["collapsed"].sum())
-        per.append({"level": lv, **number(k / g.height if g.height else None, g.height, clopper_pearson(k, g.height))})
+        per.append({"level": lv, **number(k / g.height if g.height else None, g.height, clopper_pearson(k, g.height)),
+                    "runs": "the (kind, magnitude, seed) cells run at every level",
+                    "n_left_out": int(pert.filter(pl.col("stochasticity") == lv).height - g.height)})
     hrs = [c for c in cox_summary.get("coefficients", []) if str(c["covariate"]).startswith("stochasticity=")]
     ed50_rows, ratios, fixed, ratio_fits = [], [], [], []
     lo_lv, hi_lv = levels[0], levels[-1]

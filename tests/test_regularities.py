@@ -153,6 +153,22 @@ def test_stochasticity_buffer_reads_the_shift_fixed_dose_and_controls() -> None:
     assert [r["n"] for r in ctl["per_level"]] == [10, 10, 10] and ctl["learning_differs"] is False
 
 
+def test_collapse_probability_per_level_compares_the_cells_run_at_every_level() -> None:
+    """Extra doses at one level (what its own dose-response asked for) must not weigh its rate: two levels with the
+    same collapse curve, the low level also run at three high doses, get equal rates over the shared cells."""
+    rng = np.random.default_rng(6)
+    same = _dose_runs(rng, {"low": 1.0, "high": 1.0}, n_seeds=20, doses=np.array([0.5, 1.0, 2.0]))
+    extra = _dose_runs(rng, {"low": 1.0}, n_seeds=20, doses=np.array([8.0, 16.0, 32.0]))
+    runs = pl.concat([same, extra, _controls(rng, {"low": 50.0, "high": 50.0})], how="diagonal_relaxed")
+    per = {r["level"]: r for r in stochasticity_buffer(runs, {"status": "ok"}, n_boot=20)["collapse_probability"]}
+    assert per["low"]["n"] == per["high"]["n"] == 60 and per["low"]["n_left_out"] == 60
+    assert per["high"]["n_left_out"] == 0
+    assert abs(per["low"]["value"] - per["high"]["value"]) < 0.2  # every run of low: about 0.75
+    pooled_low = float(runs.filter((pl.col("stochasticity") == "low") & (pl.col("perturbation") != "none"))[
+        "collapsed"].mean())
+    assert pooled_low - per["high"]["value"] > 0.15
+
+
 def test_stochasticity_buffer_at_one_dose_per_level_and_at_one_level() -> None:
     """The profile as it stands (one dose per level): no ED50 per level, the fixed-dose test still runs."""
     rng = np.random.default_rng(5)

@@ -34,7 +34,7 @@ def fig_stochasticity(buffer: dict[str, Any], ax: Axes | None = None) -> Axes:
     ax.set_xlim(-0.6, len(per) - 0.4)
     ax.set_ylim(-0.04, 1.04)
     ax.set_xlabel("stochasticity level")
-    ax.set_ylabel("collapse probability, perturbed runs\n(95% Clopper–Pearson CI)")
+    ax.set_ylabel("collapse probability, cells run at\nevery level (95% Clopper–Pearson CI)")
     hrs = [h for h in buffer["cox_hazard_ratios"] if finite(h["value"])]
     if hrs:
         txt = "\n".join(f"HR {h['covariate'].split('=', 1)[-1]} vs reference: {h['value']:.2f}"
