@@ -518,8 +518,8 @@ _ROW_SCHEMA = {
     "perturbation": pl.String, "magnitude": pl.Float64, "duration_steps": pl.Int64, "unperturbed": pl.Boolean,
     "collapsed": pl.Boolean, "collapse_kind": pl.String, "collapse_step": pl.Int64, "onset_step": pl.Int64,
     "landmark_step": pl.Int64, "first_alarm_step": pl.Int64, "alarm_before_collapse": pl.Boolean,
-    "lead_updates": pl.Int64, "detection_score": pl.Float64, "prediction_score": pl.Float64,
-    "prediction_excess": pl.Float64,
+    "lead_updates": pl.Int64, "detection_score": pl.Float64, "detection_window_blocks": pl.Int64,
+    "prediction_score": pl.Float64, "prediction_excess": pl.Float64,
     "window_score": pl.Float64, "early_score": pl.Float64,
     "collapse_step_smoothed": pl.Int64, "collapse_date_source": pl.String, "lead_updates_smoothed": pl.Int64,
     "block_updates": pl.Int64, "prediction_excess_lm1": pl.Float64, "prediction_excess_lp1": pl.Float64,
@@ -584,6 +584,8 @@ def _run_row(rid: str, r: dict[str, Any], fold: int, name: str, conf: ConformalC
 
     * ``detection_score``: over ``[onset, collapse)`` (strictly before the offline date), capped at
       ``onset + horizon_frac`` of the run, for collapsed runs; over ``[onset, onset + horizon]`` otherwise.
+      ``detection_window_blocks``: the blocks in that window (0: a collapse dated before the first block after
+      onset ends, which no detector can score before; question (a) leaves it out and counts it).
     * ``prediction_score``: over ``[onset, L]`` with L = :func:`landmark`; ``prediction_excess``: the
       max :func:`calibrated_excess` over the same window (what question (b) ranks: no ties at the top);
       ``prediction_excess_lm1`` / ``_lp1``: the same over ``[onset, L - 1 block]`` / ``[onset, L + 1 block]``
@@ -622,7 +624,8 @@ def _run_row(rid: str, r: dict[str, Any], fold: int, name: str, conf: ConformalC
         "collapse_kind": r.get("collapse_kind") or ("performance" if r["collapsed"] else "none"),
         "collapse_step": cstep, "onset_step": r["onset_step"], "landmark_step": L, "first_alarm_step": first,
         "alarm_before_collapse": bool(preceded), "lead_updates": (cstep - first) if preceded else None,
-        "detection_score": _neglog_min_p(pval, det_mask), "prediction_score": _neglog_min_p(pval, after & (steps <= L)),
+        "detection_score": _neglog_min_p(pval, det_mask), "detection_window_blocks": int(det_mask.sum()),
+        "prediction_score": _neglog_min_p(pval, after & (steps <= L)),
         "window_score": _neglog_min_p(pval, after & before),
         "prediction_excess": excess_to(L),
         "early_score": float(-np.log10(early).mean()) if early.size else None,

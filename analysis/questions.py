@@ -207,13 +207,26 @@ def stratified_entry(score: np.ndarray, y: np.ndarray, seeds: np.ndarray, strata
 def detection_cases(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Question (a)'s two classes among one detector's rows: ``(positives, negatives)``.
 
-    Positives: perturbed test runs with a *performance* collapse; negatives: held-out unperturbed runs that
-    did not collapse. The one definition that :func:`detection` and :func:`roc_points` share, so the curve
-    a report draws and the AUROC it prints are of the same runs.
+    Positives: perturbed test runs with a *performance* collapse that left a window to score, at least one block
+    between onset and the collapse date (:func:`no_window_collapses` are the others); negatives: held-out
+    unperturbed runs that did not collapse. The one definition that :func:`detection` and :func:`roc_points` share,
+    so the curve a report draws and the AUROC it prints are of the same runs.
     """
     ctrl = rows.filter(pl.col("unperturbed") & ~pl.col("collapsed"))
     pos = rows.filter(~pl.col("unperturbed") & (pl.col("collapse_kind") == "performance"))
+    if "detection_window_blocks" in rows.columns:
+        pos = pos.filter(pl.col("detection_window_blocks").fill_null(1) > 0)
     return pos, ctrl
+
+
+def no_window_collapses(rows: pl.DataFrame) -> int:
+    """Performance collapses of perturbed runs dated before the first block after onset ended: no detector can
+    score before them, so question (a) leaves them out (scoring them as misses would cap every detector's AUROC
+    at the share of the others, and the ``perturbation_on`` reference's at 1)."""
+    if "detection_window_blocks" not in rows.columns:
+        return 0
+    return rows.filter(~pl.col("unperturbed") & (pl.col("collapse_kind") == "performance")
+                       & (pl.col("detection_window_blocks").fill_null(1) == 0)).height
 
 
 def roc_points(rows: pl.DataFrame) -> pl.DataFrame:
@@ -318,7 +331,8 @@ def detection(rows: pl.DataFrame, target_fpr: float, n_boot: int = 1000, seed: i
     """
     pos, ctrl = detection_cases(rows)
     out: dict[str, Any] = {"question": QUESTION_A, "n_runs": pos.height + ctrl.height,
-                           "n_collapsed": pos.height, "n_controls": ctrl.height}
+                           "n_collapsed": pos.height, "n_controls": ctrl.height,
+                           "n_collapsed_no_window": no_window_collapses(rows)}
     both = pl.concat([pos, ctrl])
     score = np.array(both["detection_score"].to_list(), float)
     label = np.r_[np.ones(pos.height, bool), np.zeros(ctrl.height, bool)]
@@ -331,10 +345,12 @@ def detection(rows: pl.DataFrame, target_fpr: float, n_boot: int = 1000, seed: i
                     "negatives are not), cluster bootstrap over seeds; same-dose detection asks what a detector "
                     "knows beyond the perturbation"}
     else:
-        out["auroc"] = not_testable(f"n too small: {pos.height} performance collapses, {ctrl.height} held-out "
-                                    f"controls (need >= {MIN_STRATIFIED_PER_CLASS} of each: with one, the seed "
-                                    "bootstrap's CI collapses onto the one ordering; ~10 of each for a CI narrower "
-                                    "than +-0.2)")
+        no_window = f" ({out['n_collapsed_no_window']} more collapsed before a block after onset ended)" \
+            if out["n_collapsed_no_window"] else ""
+        out["auroc"] = not_testable(f"n too small: {pos.height} performance collapses{no_window}, {ctrl.height} "
+                                    f"held-out controls (need >= {MIN_STRATIFIED_PER_CLASS} of each: with one, the "
+                                    "seed bootstrap's CI collapses onto the one ordering; ~10 of each for a CI "
+                                    "narrower than +-0.2)")
         out["delta_vs_perturbation_on"] = out["auroc"]
     need = min_calibration_runs(target_fpr)
     big, small = split_small_folds(rows, target_fpr)

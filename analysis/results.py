@@ -243,6 +243,8 @@ _DECLARED: dict[str, tuple[str, list[Column] | pa.Schema]] = {
         Column("alarm_before_collapse", BOOL, "-", "An alarm came strictly before the offline collapse date"),
         Column("lead_updates", I64, "update", "Collapse date minus first alarm (null unless alarm_before_collapse)"),
         Column("detection_score", F64, "-log10 p", "Max score from onset to collapse (or run end)"),
+        Column("detection_window_blocks", I64, "-", "Blocks in detection_score's window (0: collapsed before the "
+               "first block after onset ended; left out of question (a), counted as n_collapsed_no_window)"),
         Column("prediction_score", F64, "-log10 p", "Max score over [onset, L]"),
         Column("prediction_excess", F64, "calibration SD", "Max (score - threshold) / SD of the fold's calibration "
                "window maxima over [onset, L]: what question (b) ranks (the p-value ties above every calibration run)"),
@@ -259,7 +261,10 @@ _DECLARED: dict[str, tuple[str, list[Column] | pa.Schema]] = {
     "early_warning_metrics": ("detector: question (a) detection metrics with CIs (flattened)", [
         _col("detector"), Column("question", STR, "-", "The question the row answers"),
         Column("n_runs", I64, "runs", "Test runs: performance collapses plus held-out controls"),
-        Column("n_collapsed", I64, "runs", "Perturbed test runs with a performance collapse"),
+        Column("n_collapsed", I64, "runs", "Perturbed test runs with a performance collapse and a block to score "
+               "between onset and the collapse"),
+        Column("n_collapsed_no_window", I64, "runs", "Performance collapses dated before the first block after onset "
+               "ended: nothing to score, left out of (a)"),
         Column("n_controls", I64, "runs", "Held-out unperturbed controls that did not collapse"),
         *_estimate("auroc", "AUROC of the detection score, collapses vs controls", extra=(
             Column("n_pos", I64, "runs", "Collapses"), Column("n_neg", I64, "runs", "Controls"),

@@ -135,10 +135,10 @@ def headline(summary: dict[str, Any]) -> dict[str, Any]:
         head["pca"][name].update({k: entry.get(k) for k in ("n_features", "n_surrogates", "null_hypothesis")})
     det = summary["early_warning"].get("detection", {})
     pred = summary["early_warning"].get("prediction", {})
-    head["detection"] = {k: {m: v.get(m) for m in ("n_collapsed", "n_controls", "auroc", "delta_vs_perturbation_on",
-                                                  "frac_collapses_preceded", "median_lead_updates",
-                                                  "median_lead_updates_smoothed", "fpr_held_out_controls", "nonfinite",
-                                                  "small_folds")}
+    head["detection"] = {k: {m: v.get(m) for m in ("n_collapsed", "n_collapsed_no_window", "n_controls", "auroc",
+                                                  "delta_vs_perturbation_on", "frac_collapses_preceded",
+                                                  "median_lead_updates", "median_lead_updates_smoothed",
+                                                  "fpr_held_out_controls", "nonfinite", "small_folds")}
                          for k, v in det.items()}
     head["same_dose_detection"] = {
         k: {m: v.get(m) for m in ("n_pos", "n_neg", "n_cells_contributing", "n_cells_one_outcome", "auroc_stratified",

@@ -54,7 +54,9 @@ def monitor_table(src: Source) -> Table | None:
         delta = status_or(src, *p, "delta_vs_perturbation_on") if src.has(*p, "delta_vs_perturbation_on") else ["—"]
         rows.append([
             [detector_label(d) + (" ★" if d.split("+")[0].split("/")[0] in monitor_names() else "")],
-            [src.num(*p, "n_collapsed", digits=0), " / ", src.num(*p, "n_controls", digits=0)],
+            [src.num(*p, "n_collapsed", digits=0), " / ", src.num(*p, "n_controls", digits=0),
+             *([" (+", src.num(*p, "n_collapsed_no_window", digits=0), " at onset)"]
+               if src.optional(*p, "n_collapsed_no_window") else [])],
             status_or(src, *p, "auroc"), delta,
             [src.num(*a, "frac_collapses_preceded", "value", digits=0, kind="pct"), " of ",
              src.num(*a, "frac_collapses_preceded", "n", digits=0), mark],
@@ -66,7 +68,9 @@ def monitor_table(src: Source) -> Table | None:
     note = ["(a) Detection on held-out seeds. ★ meta-state monitors; '+echo' = with the intervention-echo columns "
             "(lr, update_norm, param_norm); '/no_kick' = without every column that responds to the perturbation "
             "itself (lr, update/param norms, approx_kl, clip_fraction, the grad-norm family, rolling coherence). "
-            "Positives: performance collapses; negatives: held-out controls. ΔAUROC against 'alarm = perturbation "
+            "Positives: performance collapses with at least one block between onset and the collapse date (those "
+            "dated earlier leave nothing to score: 'at onset', counted, left out); negatives: held-out controls. "
+            "ΔAUROC against 'alarm = perturbation "
             "active', which scores 1 here by construction: (a) can tell a kicked run from a control, it cannot show "
             "foresight (see same-dose detection). An alarm counts only strictly before the lag-free collapse date; "
             "lead in optimizer updates from that date, and from the old smoothed date beside it (CI: bootstrap over "

@@ -318,3 +318,29 @@ def test_evaluate_group_scores_the_no_kick_set_and_keeps_the_calibrated_excess(t
     one = table.filter((pl.col("detector") == "kalman") & (pl.col("run_id") == "lr_spike-0")).row(0, named=True)
     t1 = tr.filter((pl.col("run_id") == "lr_spike-0") & pl.col("step").is_between(300, one["landmark_step"]))
     assert one["prediction_excess"] == pytest.approx(t1["excess"].max())
+
+
+def test_collapses_with_no_block_after_onset_are_left_out_of_detection_and_counted() -> None:
+    """A collapse dated before the first block after onset ends leaves no window to score (detection_score NaN).
+    Scored as a miss, it capped every detector's AUROC at the share of the other collapses: InvertedPendulum's 6
+    collapses, all at onset, gave every detector AUROC 0.00 [0.00, 0.00]. Now (a) leaves them out and counts them."""
+    rows = pl.DataFrame(_fold_rows(0, 25, 30, 0, 30, 30, 100)).with_columns(
+        (~pl.col("unperturbed")).cast(pl.Float64).alias("detection_score"), pl.lit(3).alias("detection_window_blocks"))
+    at_onset = pl.col("run_id").str.contains("p") & (pl.col("seed") < 10)
+    cut = rows.with_columns(pl.when(at_onset).then(float("nan")).otherwise(pl.col("detection_score"))
+                            .alias("detection_score"),
+                            pl.when(at_onset).then(0).otherwise(pl.col("detection_window_blocks"))
+                            .alias("detection_window_blocks"))
+    m = questions.detection(cut, 0.05, n_boot=100)
+    assert m["n_collapsed"] == 20 and m["n_collapsed_no_window"] == 10 and m["auroc"]["value"] == 1.0
+    assert m["frac_collapses_preceded"]["n"] == 20
+    assert questions.roc_points(cut)["n_pos"][0] == 20
+    on = questions.perturbation_on_detection(cut, 0.05)
+    assert on["frac_collapses_preceded"]["n"] == 20
+    # every collapse at onset: nothing to score, "n too small" with the count, not an AUROC of 0
+    none_left = cut.with_columns(pl.when(pl.col("run_id").str.contains("p")).then(0)
+                                 .otherwise(pl.col("detection_window_blocks")).alias("detection_window_blocks"))
+    m0 = questions.detection(none_left, 0.05, n_boot=50)
+    assert m0["auroc"]["status"] == "not_testable" and "30 more collapsed before a block" in m0["auroc"]["reason"]
+    # rows written before the column existed are read as before
+    assert questions.detection(rows.drop("detection_window_blocks"), 0.05, n_boot=50)["n_collapsed"] == 30
