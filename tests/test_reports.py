@@ -149,3 +149,25 @@ def test_output_path_that_is_a_file_is_an_error(tmp_path: Path, smoke_report) ->
     with pytest.raises(OutputPathError):
         build_report(results, f)
 
+
+
+def test_f10_panels_colour_each_stochasticity_level_alike() -> None:
+    """The per-level panel and the dose-response panel of F10 give a level the same colour (they once indexed the
+    palette by level order in one and alphabetically in the other, so 'low' was blue on the left, green on the
+    right)."""
+    import polars as pl
+    from matplotlib.colors import to_hex
+
+    from stabilitybench.reports.figures.stochasticity import fig_stochasticity, fig_stochasticity_dose
+    levels = ["low", "default", "high"]
+    buf = {"collapse_probability": [{"level": lv, "value": 0.2 + 0.1 * i, "n": 8, "ci_low": 0.1, "ci_high": 0.5}
+                                    for i, lv in enumerate(levels)],
+           "cox_hazard_ratios": [], "cox_status": {"status": "ok"}}
+    dose = pl.DataFrame([{"stochasticity": lv, "perturbation": "lr_spike", "algo": "ppo", "magnitude": m,
+                          "collapse_probability": 0.5} for lv in reversed(levels) for m in (10.0, 100.0)])
+    left = fig_stochasticity(buf)
+    right = fig_stochasticity_dose(dose)
+    left_colour = {levels[i]: to_hex(c.get_children()[0].get_color()) for i, c in enumerate(left.containers)}
+    right_colour = {line.get_label(): to_hex(line.get_color()) for line in right.get_legend().get_lines()
+                    if line.get_label() in levels}
+    assert left_colour == right_colour and len(set(left_colour.values())) == 3

@@ -10,12 +10,13 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from stabilitybench.analysis.regularities import level_order
 from stabilitybench.analysis.summary import Status
 from stabilitybench.data_schema.keys import unperturbed_expr
 from stabilitybench.reports.data import ReportData, finite
 from stabilitybench.reports.figures.common import colors, mag_scale
 from stabilitybench.reports.figures.spec import FigureSpec
-from stabilitybench.reports.style import PALETTE, grid, new_axes, outside_legend, too_little_data
+from stabilitybench.reports.style import grid, new_axes, outside_legend, too_little_data
 from stabilitybench.reports.text import Source, ci
 
 
@@ -23,11 +24,12 @@ def fig_stochasticity(buffer: dict[str, Any], ax: Axes | None = None) -> Axes:
     """F10 panel: collapse probability of perturbed runs per stochasticity level (CI), and Cox HRs of the level."""
     ax = new_axes(ax)
     per = buffer["collapse_probability"]
+    cols = colors(level_order([str(r["level"]) for r in per]))  # the dose-response panel's colours
     for i, r in enumerate(per):
         if not finite(r.get("value")):
             continue
         err = [[r["value"] - r["ci_low"]], [r["ci_high"] - r["value"]]] if finite(r.get("ci_low")) else None
-        ax.errorbar([i], [r["value"]], yerr=err, fmt="o", color=PALETTE[i % len(PALETTE)], ms=7, capsize=3)
+        ax.errorbar([i], [r["value"]], yerr=err, fmt="o", color=cols[str(r["level"])], ms=7, capsize=3)
         ax.annotate(f"n={r['n']}", (i, r["value"]), xytext=(8, 0), textcoords="offset points", fontsize=7.5,
                     va="center")
     ax.set_xticks(range(len(per)), [str(r["level"]) for r in per])
@@ -52,7 +54,7 @@ def fig_stochasticity_dose(dose: pl.DataFrame, ax: Axes | None = None) -> Axes:
     """F10 panel: collapse probability against magnitude (all kinds), one line per stochasticity level."""
     ax = new_axes(ax)
     d = dose.filter(~unperturbed_expr())
-    levels = sorted(set(d["stochasticity"].to_list()))
+    levels = level_order(d["stochasticity"].to_list())
     cols = colors(levels)
     kinds = sorted(set(d["perturbation"].to_list()))
     markers = dict(zip(kinds, ["o", "s", "^", "D", "v", "P", "X", "*", "h", "<"], strict=False))
