@@ -213,20 +213,26 @@ def detection_cases(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     so the curve a report draws and the AUROC it prints are of the same runs.
     """
     ctrl = rows.filter(pl.col("unperturbed") & ~pl.col("collapsed"))
-    pos = rows.filter(~pl.col("unperturbed") & (pl.col("collapse_kind") == "performance"))
-    if "detection_window_blocks" in rows.columns:
-        pos = pos.filter(pl.col("detection_window_blocks").fill_null(1) > 0)
+    pos = rows.filter(_performance_collapse() & ~_no_window(rows))
     return pos, ctrl
+
+
+def _performance_collapse() -> pl.Expr:
+    return ~pl.col("unperturbed") & (pl.col("collapse_kind") == "performance")
+
+
+def _no_window(rows: pl.DataFrame) -> pl.Expr:
+    """No block between onset and the collapse date (rows written before ``detection_window_blocks``: none)."""
+    if "detection_window_blocks" not in rows.columns:
+        return pl.lit(False)
+    return pl.col("detection_window_blocks").fill_null(1) == 0
 
 
 def no_window_collapses(rows: pl.DataFrame) -> int:
     """Performance collapses of perturbed runs dated before the first block after onset ended: no detector can
     score before them, so question (a) leaves them out (scoring them as misses would cap every detector's AUROC
     at the share of the others, and the ``perturbation_on`` reference's at 1)."""
-    if "detection_window_blocks" not in rows.columns:
-        return 0
-    return rows.filter(~pl.col("unperturbed") & (pl.col("collapse_kind") == "performance")
-                       & (pl.col("detection_window_blocks").fill_null(1) == 0)).height
+    return rows.filter(_performance_collapse() & _no_window(rows)).height
 
 
 def roc_points(rows: pl.DataFrame) -> pl.DataFrame:
