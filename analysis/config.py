@@ -26,3 +26,9 @@ class AnalysisConfig:
     early_frac: float = 0.02
     n_boot: int = 1000
     seed: int = 0
+    #: how many times regularity 2's ED50 ratio was looked at while seeds were added (its CI is widened for them)
+    ratio_looks: int = 1
+
+    def __post_init__(self) -> None:
+        if self.ratio_looks < 1:
+            raise ValueError(f"ratio_looks={self.ratio_looks!r} must be >= 1")

@@ -374,8 +374,10 @@ class ED50Ratio:
 
     Parameters
     ----------
-    alpha: the CI is ``1 - alpha``. n_boot, seed: the bootstrap. min_valid: the share of replicates whose
-    two refits must be ``ok`` for a CI.
+    alpha: the CI is ``1 - alpha / looks``. n_boot, seed: the bootstrap. min_valid: the share of replicates whose
+    two refits must be ``ok`` for a CI. looks: how many times the ratio was looked at while seeds were added
+    (a sequential design: look, add seeds if undetermined, look again); the CI and the verdict are widened to
+    ``1 - alpha / looks`` (Bonferroni over looks: conservative, valid for any stopping rule).
 
     Fitted attributes
     -----------------
@@ -385,8 +387,11 @@ class ED50Ratio:
     (:func:`buffer_verdict`).
     """
 
-    def __init__(self, alpha: float = 0.05, n_boot: int = 1000, seed: int = 0, min_valid: float = 0.9) -> None:
-        self.alpha, self.n_boot, self.seed, self.min_valid = alpha, n_boot, seed, min_valid
+    def __init__(self, alpha: float = 0.05, n_boot: int = 1000, seed: int = 0, min_valid: float = 0.9,
+                 looks: int = 1) -> None:
+        if looks < 1:
+            raise ValueError(f"looks={looks!r} must be >= 1")
+        self.alpha, self.n_boot, self.seed, self.min_valid, self.looks = alpha, n_boot, seed, min_valid, looks
 
     def fit(self, magnitude: Sequence[float] | np.ndarray, collapsed: Sequence[bool] | np.ndarray,
             seeds: Sequence[Any] | np.ndarray, level: Sequence[str] | np.ndarray, numerator: str = "high",
@@ -435,7 +440,7 @@ class ED50Ratio:
                                   f"of {self.n_boot} seed resamples (CI withheld above "
                                   f"{1 - self.min_valid:.0%})")
             return self
-        self.ci_ = self.interval(self.alpha)
+        self.ci_ = self.interval(self.alpha / self.looks)
         self.verdict_ = buffer_verdict(*self.ci_)
         self.status_ = Status(StatusKind.OK)
         return self
@@ -455,9 +460,11 @@ class ED50Ratio:
         if not hasattr(self, "status_"):
             raise NotFittedError("ED50Ratio: call fit() first")
         d, n = self.levels_
+        widened = f", {100 * (1 - self.alpha / self.looks):.1f}% for {self.looks} looks" if self.looks > 1 else ""
         return {**self.status_.to_json(), "numerator": n, "denominator": d,
                 **number(self.ratio_, sum(self.n_seeds_.values()), self.ci_,
-                         interval=f"percentile bootstrap over seeds within level, {self.n_boot} resamples"),
+                         interval=f"percentile bootstrap over seeds within level, {self.n_boot} resamples{widened}"),
+                "looks": self.looks,
                 "n_seeds_numerator": self.n_seeds_[n], "n_seeds_denominator": self.n_seeds_[d],
                 "n_valid_replicates": self.n_valid_, "n_boot": self.n_boot, "verdict": self.verdict_}
 
@@ -578,12 +585,14 @@ def _kind_key(row: dict[str, Any]) -> dict[str, Any]:
     return {k: row.get(k) for k in KIND_KEYS}
 
 
-def stochasticity_buffer(runs: pl.DataFrame, cox_summary: dict[str, Any], n_boot: int = 1000, seed: int = 0
-                         ) -> dict[str, Any]:
+def stochasticity_buffer(runs: pl.DataFrame, cox_summary: dict[str, Any], n_boot: int = 1000, seed: int = 0,
+                         looks: int = 1) -> dict[str, Any]:
     """Regularity 2 as a shift of the dose-response (module docstring), plus the collapse probability per level
     (perturbed runs) and the Cox HR of the level.
 
-    ``runs``: natural runs with outcomes (``collapsed``, ``final_performance``) and the key columns.
+    ``runs``: natural runs with outcomes (``collapsed``, ``final_performance``) and the key columns. ``looks``:
+    how many times the ED50 ratio was looked at while seeds were added (:class:`ED50Ratio`); every ratio's CI and
+    the verdict are widened for them.
     """
     levels = level_order(runs["stochasticity"].to_list())
     if len(levels) < 2:
@@ -622,9 +631,9 @@ def stochasticity_buffer(runs: pl.DataFrame, cox_summary: dict[str, Any], n_boot
                               "m_min": g["magnitude"].min(), "m_max": g["magnitude"].max(),
                               "n_collapsed": int(g["collapsed"].sum())})
         if lo_lv in kind_levels and hi_lv in kind_levels:
-            rf = ED50Ratio(0.05, n_boot, seed).fit(kind["magnitude"].to_numpy(), kind["collapsed"].to_numpy(),
-                                                   kind["seed"].to_numpy(), kind["stochasticity"].to_numpy(),
-                                                   hi_lv, lo_lv)
+            rf = ED50Ratio(0.05, n_boot, seed, looks=looks).fit(
+                kind["magnitude"].to_numpy(), kind["collapsed"].to_numpy(), kind["seed"].to_numpy(),
+                kind["stochasticity"].to_numpy(), hi_lv, lo_lv)
             ratios.append({**where, **rf.summary()})
             ratio_fits.append((where, rf))
         else:
@@ -647,7 +656,8 @@ def stochasticity_buffer(runs: pl.DataFrame, cox_summary: dict[str, Any], n_boot
 
 def overall_verdict(ratio_fits: list[tuple[dict[str, Any], ED50Ratio]], controls: list[dict[str, Any]],
                     alpha: float = 0.05) -> tuple[str, str]:
-    """The claim's verdict over kinds, each kind's ratio CI at the Bonferroni level ``1 - alpha / k``."""
+    """The claim's verdict over kinds, each kind's ratio CI at the Bonferroni level ``1 - alpha / (k looks)``
+    (``looks``: the fits' own, :class:`ED50Ratio`)."""
     usable = [(w, rf) for w, rf in ratio_fits if rf.status_.ok]
     if not usable:
         why = "; ".join(f"{w['perturbation']}: {rf.status_.reason}" for w, rf in ratio_fits) or \
@@ -657,10 +667,12 @@ def overall_verdict(ratio_fits: list[tuple[dict[str, Any], ED50Ratio]], controls
     words = []
     votes = set()
     for w, rf in usable:
-        lo, hi = rf.interval(alpha / k)
+        level = alpha / (k * rf.looks)
+        lo, hi = rf.interval(level)
         v = buffer_verdict(lo, hi)
         votes.add(v)
-        words.append(f"{w['perturbation']}: ratio {rf.ratio_:.3g}, {100 * (1 - alpha / k):.1f}% CI "
+        looked = f" ({rf.looks} looks)" if rf.looks > 1 else ""
+        words.append(f"{w['perturbation']}: ratio {rf.ratio_:.3g}, {100 * (1 - level):.1f}% CI{looked} "
                      f"[{'n/a' if lo is None else f'{lo:.3g}'}, {'n/a' if hi is None else f'{hi:.3g}'}] -> {v}")
     if "buffers" in votes and "no buffering shown" in votes:
         verdict = "undetermined"

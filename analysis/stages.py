@@ -164,7 +164,8 @@ def measure_regularities(full: pl.DataFrame, groups: GroupResults, surv: Surviva
         not_testable("no configuration with both a collapsed and a non-collapsed perturbed run that has coherence "
                      "telemetry")
     return RegularitiesResult(dissociation(surv.runs, cfg.n_boot, cfg.seed),
-                              stochasticity_buffer(full, surv.cox_onset or surv.cox, cfg.n_boot, cfg.seed),
+                              stochasticity_buffer(full, surv.cox_onset or surv.cox, cfg.n_boot, cfg.seed,
+                                                   cfg.ratio_looks),
                               precedence(groups.ew_runs if groups.ew_runs.height else None), coherence)
 
 

@@ -103,6 +103,26 @@ def test_too_few_seeds_gives_a_point_but_no_ci() -> None:
     assert rf.ci_ == (None, None)
 
 
+def test_two_looks_widen_the_ratio_ci_and_the_verdict_to_97_5_percent() -> None:
+    """A sequential design (look, add seeds, look again) pays for its second look: the same replicates give the
+    97.5% percentile interval, strictly wider than one look's 95%, and the verdict is read from it."""
+    runs = _dose_runs(np.random.default_rng(1), {"low": 1.0, "high": 2.0})
+    args = (runs["magnitude"].to_numpy(), runs["collapsed"].to_numpy(), runs["seed"].to_numpy(),
+            runs["stochasticity"].to_numpy())
+    one = ED50Ratio(n_boot=300).fit(*args)
+    two = ED50Ratio(n_boot=300, looks=2).fit(*args)
+    assert np.array_equal(one.log_ratio_boot_, two.log_ratio_boot_, equal_nan=True)
+    assert two.ci_ == one.interval(0.025)
+    assert two.ci_[0] < one.ci_[0] and two.ci_[1] > one.ci_[1]
+    s = two.summary()
+    assert s["looks"] == 2 and "97.5% for 2 looks" in s["interval"] and s["verdict"] == buffer_verdict(*two.ci_)
+    buf = stochasticity_buffer(runs, {"status": "ok", "coefficients": []}, n_boot=300, looks=2)
+    assert "97.5% CI (2 looks)" in buf["verdict_reason"]
+    assert buf["ed50_ratio"][0]["ci_low"] == pytest.approx(two.ci_[0])
+    with pytest.raises(ValueError, match="looks"):
+        ED50Ratio(looks=0)
+
+
 def test_buffer_verdicts() -> None:
     assert buffer_verdict(1.2, 3.0) == "buffers"
     assert buffer_verdict(0.3, 0.9) == "no buffering shown"
