@@ -111,17 +111,23 @@ RULE = """For a run r in a *matched group* (same domain, algo, env and stochasti
    ``performance`` | ``none``. The online confirmation step of a run with a non-finite update
    at or before its smoothed date (5c) is that update.
 
-**Regime runs in the LM domain.** A loss spike of the tiny GPT-2 at a high peak LR is judged by
-the same rule on ``-val_loss`` (no dedicated spike rule on the training loss): a *collapse* is
-a rise of the validation loss that takes ``-val_loss`` below the controls' line (by at least
-``drop`` of their learning gain and ``spread_k`` seed-SDs) and lasts a whole confirmation window ``W``
-(``recovery_frac`` = 10% of the run's updates, 25 of 250) or until the end (at least
-``min_confirm x W``); a spike that recovers after at least ``min_confirm x W`` updates below the
-line is a ``transient``; a shorter one is neither; a non-finite loss is a collapse (item 6).
-Why: one rule, with the same size (relative to the controls' spread and gain) and persistence
-for every domain and for kicked and regime runs alike, so collapse rates and (c) compare across
-them; a spike of a few training iterations that the validation loss never shows does not
-damage the model and is not a collapse.
+**Regime groups in the LM domain: a spike above the run's own best.** In a matched LM group whose
+perturbed runs are all of a regime kind (the ``spontaneous`` LM part: runs at a high peak LR beside
+controls at the normal one), the line of items 3-5 is the run's *own* running best less a spike:
+``line_r(t) = max_{u <= t} s_r(u) - spike_nats`` (``performance = -val_loss``, so: the validation
+loss has risen ``spike_nats`` (default 0.5 nats, x1.65 perplexity) above the lowest it has been).
+Persistence, transients and the date are items 3-5 unchanged: a collapse stays above that
+level for a whole confirmation window ``W`` (10% of the run's updates) or until the end (at least
+``min_confirm x W``); a spike that comes back below it after at least ``min_confirm x W`` updates is a
+``transient``; a shorter one is neither; a non-finite loss is a collapse (item 6). Controls of
+the group meet the same rule (their false-collapse rate is measured, not assumed). Why not
+the controls' line: a run at a high LR learns *less* than the controls (its best is ~1 nat worse), so
+"half the controls' gain" is a level, not an event; a run that has broken sits on it or not depending
+on how far the controls have got, and the date becomes the time the controls' line passes the broken
+run, not the break. The own-best line dates the break itself (to about one evaluation interval plus
+half a smoothing window), and the size is stated in nats. 0.5 nats: the CPU pilots' breaks rose
+1.0-1.4 nats above the run's best, the controls' smoothed training loss never rose more than 0.23
+nats above its running minimum. Kicked LM runs (``standard``, ``lm_quick``) keep the controls' line.
 
 **Cross-fitting over control seeds.** The control seeds of a group are cut into
 ``k = min(n_control_seeds, max_folds)`` folds. Fold ``i``'s envelope is built from the controls
@@ -147,10 +153,13 @@ class CollapseConfig:
     edge_frac: float = 0.05
     max_folds: int = 5
     date_median: int = 3  #: observations (odd) in the centred running median that dates on episode/eval returns
+    spike_nats: float = 0.5  #: LM regime groups: the rise above the run's own best that counts (rule, LM paragraph)
 
     def __post_init__(self) -> None:
         if self.date_median < 1 or self.date_median % 2 == 0:
             raise ValueError(f"date_median must be a positive odd number of observations, got {self.date_median}")
+        if not self.spike_nats > 0:
+            raise ValueError(f"spike_nats must be > 0, got {self.spike_nats}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -253,6 +262,24 @@ def envelope(controls: list[np.ndarray], length: int, cfg: CollapseConfig) -> En
         return Envelope(mu, nan, gain, len(controls), "no usable margin: performance collapse not assessable")
     margin = np.nanmax(np.vstack(margins), axis=0)
     return Envelope(mu, mu - margin, gain, len(controls), "; ".join(notes))
+
+
+def own_best_line(s: np.ndarray, spike: float) -> np.ndarray:
+    """The LM regime line: the running best of the smoothed curve ``s`` (shape ``(T,)``, NaN before its first
+    value) less ``spike``; NaN until ``s`` has a value (nothing is below it there)."""
+    s = np.asarray(s, dtype=float)
+    if s.size == 0:
+        return s.copy()
+    return np.fmax.accumulate(s) - spike
+
+
+def spike_group(runs: pl.DataFrame, control_mask: np.ndarray) -> bool:
+    """Whether a matched group is judged by the own-best spike line: LM, and every perturbed run of a regime kind."""
+    if "domain" not in runs.columns or runs.height == 0 or set(runs["domain"].to_list()) != {"lm"}:
+        return False
+    regime = sustained_mask(runs).to_numpy()
+    perturbed = ~np.asarray(control_mask, dtype=bool)
+    return bool(perturbed.any() and regime[perturbed].all())
 
 
 def centred_smooth(perf: np.ndarray, window: int) -> np.ndarray:
@@ -404,6 +431,7 @@ def detect(
     *,
     episode_return: np.ndarray | None = None,
     eval_return: np.ndarray | None = None,
+    own_best: bool = False,
 ) -> dict[str, Any]:
     """Outcome of one run.
 
@@ -415,6 +443,8 @@ def detect(
     (it depends only on the controls and ``T``; :func:`collapse_group` shares one per fold).
     ``episode_return`` / ``eval_return`` (shape ``(T,)``, aligned with ``steps``; None or all-null
     where the run lacks them) date the collapse (rule item 5); they never change whether it collapsed.
+    ``own_best``: judge against the run's own running best less ``cfg.spike_nats`` instead of the controls'
+    line (LM regime groups, :func:`spike_group`; the rule's LM paragraph).
     Returns the outcome columns (see the module docstring) plus ``note``, ``n_controls``, ``control_gain``.
     """
     T = n_updates(steps)
@@ -424,16 +454,17 @@ def detect(
     window = max(1, round(cfg.smooth_frac * T))
     s = smooth(p, window)
     env = envelope(controls, T, cfg) if env is None else env
+    line = own_best_line(s, cfg.spike_nats) if own_best else env.line
     start = int(onset)
-    hit = first_collapse(s, env.line, start, cfg, window_end) if T else None
+    hit = first_collapse(s, line, start, cfg, window_end) if T else None
     smoothed_date = perf_date = confirmed = source = None
     if hit is not None:
-        smoothed_date = offline_date(centred_smooth(p, window), env.line, start, hit[0])
+        smoothed_date = offline_date(centred_smooth(p, window), line, start, hit[0])
         confirmed = hit[1]
         perf_date, source = smoothed_date, "performance"
         for name, values in zip(DATE_SOURCES, (episode_return, eval_return), strict=True):
             x = on_grid(steps, values, T)
-            d = None if x is None else episode_date(*observations(x), env.line, start, hit[0], confirmed,
+            d = None if x is None else episode_date(*observations(x), line, start, hit[0], confirmed,
                                                     cfg.date_median)
             if d is not None:
                 perf_date, source = d, name
@@ -464,9 +495,9 @@ def detect(
         "collapse_time": (step - start) if collapsed else None,
         "survival_time": (step - start) if collapsed else (end - start if T else None),
         "censored": not collapsed,
-        "transient": (not collapsed) and T > 0 and had_transient(s, env.line, start, cfg),
+        "transient": (not collapsed) and T > 0 and had_transient(s, line, start, cfg),
         "final_performance": final,
-        "note": env.note,
+        "note": "; ".join(x for x in (env.note, "own-best spike line (LM regime)" if own_best else "") if x),
         "n_controls": env.n_controls,
         "control_gain": env.gain,
     }
@@ -526,6 +557,7 @@ def collapse_group(
     onsets = [onset_step(r) for r in runs.iter_rows(named=True)]
     durs = runs["duration_steps"].to_list() if "duration_steps" in runs.columns else [None] * len(ids)
     regime = sustained_mask(runs).to_list()  # a regime has no perturbation window to outlast (rule item 3)
+    own_best = spike_group(runs, control_mask)  # an LM regime group: the own-best spike line (rule, LM paragraph)
     durs = [None if sus else d for d, sus in zip(durs, regime, strict=True)]
     smoothed: dict[str, tuple[int, np.ndarray]] = {}
     for rid, seed, is_ctrl in zip(ids, seeds, control_mask, strict=True):
@@ -554,7 +586,7 @@ def collapse_group(
             envelopes[key] = envelope(controls, key[1], cfg)
         wend = onset + (int(dur) if dur is not None and not is_ctrl else 0)
         out = detect(st, rc.performance, onset, controls, nonfinite.get(rid), cfg, wend, env=envelopes[key],
-                     episode_return=rc.episode_return, eval_return=rc.eval_return)
+                     episode_return=rc.episode_return, eval_return=rc.eval_return, own_best=own_best)
         if not k and smoothed:
             out["note"] = "; ".join(x for x in (out["note"], "one control seed: not cross-fitted") if x)
         rows.append({"run_id": rid, **out, "rule_fold": fold})
