@@ -88,7 +88,7 @@ def test_the_spontaneous_profile_and_its_calibration_designs_load() -> None:
     ours = {s.seed for s in specs}
     for other in ("quick", "standard", "paper", "intervention", "lm_quick", "coverage"):
         assert not ours & {s.seed for s in load_profile(other)}, other
-    for name, controls in (("ppo_swimmer_regime", 12), ("gpt2_tiny_regime", 6)):
+    for name, controls in (("ppo_swimmer_regime", 12), ("gpt2_tiny_regime", 6), ("gpt2_tiny_ramp_regime", 4)):
         design = load_design(ROOT / "calibration" / f"{name}.toml")
         (target,) = design.targets
         t = target.template
