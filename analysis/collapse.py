@@ -267,10 +267,7 @@ def envelope(controls: list[np.ndarray], length: int, cfg: CollapseConfig) -> En
 def own_best_line(s: np.ndarray, spike: float) -> np.ndarray:
     """The LM regime line: the running best of the smoothed curve ``s`` (shape ``(T,)``, NaN before its first
     value) less ``spike``; NaN until ``s`` has a value (nothing is below it there)."""
-    s = np.asarray(s, dtype=float)
-    if s.size == 0:
-        return s.copy()
-    return np.fmax.accumulate(s) - spike
+    return np.fmax.accumulate(np.asarray(s, dtype=float)) - spike
 
 
 def spike_group(runs: pl.DataFrame, control_mask: np.ndarray) -> bool:
