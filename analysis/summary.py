@@ -62,9 +62,9 @@ QUESTIONS: dict[str, str] = {
                            "magnitude x duration cell, scored over one window that ends before the cell's first "
                            "collapse (stratified AUROC, summary.json early_warning.same_dose_detection)",
     "time_to_event": "(c) time to event: regime runs (no kick) and controls, per block 'collapse within the next h "
-                     "updates' (RL h = 100, 500; LM h = 10, 50): AUROC, false alarms per 10k stable updates, collapses "
-                     "warned at 1 false alarm per 10k, null twins, against the no-kick reference (updates since the "
-                     "regime began); summary.json early_warning.time_to_event",
+                     "updates' (RL h = 100, 500; LM h = 50, 200): AUROC, false alarms per 10k stable updates, "
+                     "collapses warned at 1 false alarm per 10k, null twins, against the no-kick reference (updates "
+                     "since the regime began); summary.json early_warning.time_to_event",
     "d": "(d) held-out generalisation: monitors and thresholds fitted without any run of a perturbation kind "
          "(leave-one-kind-out) or of an env (leave-one-env-out: fitted and calibrated on the other envs' controls, "
          "scored on the held-out env's runs); (a), (a') and (b) side by side with the in-sample numbers, and the "

@@ -43,8 +43,10 @@ Definitions (``c`` a run's collapse step, ``s`` a block's end step, ``lead = c -
   minus ``start_col``, default 0), which replaces ``perturbation_on`` (constant here); every detector is compared
   with it (AUROC difference on the same blocks, paired run-clustered bootstrap).
 
-Horizons: :data:`HORIZONS` (RL: 100 and 500 updates; LM: 10 and 50 updates, the tiny GPT-2's scale: its runs are
-250 updates, one update a block, and Adam's RMS precursor leads spikes by 1-8 iterations, arXiv 2304.13013).
+Horizons: :data:`HORIZONS` (RL: 100 and 500 updates of 8,000; LM: 50 and 200 updates of the ramp regime's 1,000, the
+tiny GPT-2's scale: an LM collapse is dated on the validation loss, evaluated every 25 updates and smoothed over 20,
+so its date is good to about 35 updates, and a horizon shorter than that (Adam's RMS precursor leads spikes by 1-8
+iterations, arXiv 2304.13013) would label date noise; 200 is a fifth of the run).
 Wired into the pipeline by :mod:`stabilitybench.analysis.time_to_event_stage`;
 :func:`time_to_event_summary` returns question (c)'s summary entry.
 """
@@ -64,7 +66,7 @@ from stabilitybench.analysis.stats import auroc, clopper_pearson, cluster_bootst
 from stabilitybench.analysis.summary import not_testable, number
 
 #: The horizons h (updates) of question (c) per domain (see the module docstring).
-HORIZONS: dict[str, tuple[int, ...]] = {"rl": (100, 500), "lm": (10, 50)}
+HORIZONS: dict[str, tuple[int, ...]] = {"rl": (100, 500), "lm": (50, 200)}
 #: False alarms are counted per this many stable updates.
 PER_UPDATES = 10_000
 REQUIRED_COLUMNS = ("run_id", "block_end_step", "score", "collapse_step", "is_control")

@@ -14,9 +14,9 @@ the rows and the settings:
   window maxima): it is monotone in the detector's score within a fold and on one scale across folds and groups, so
   the blocks of every fold are pooled; the threshold of (c) is then calibrated on the controls' blocks to 1 false
   alarm per 10,000 stable updates. Non-finite telemetry scores ``+inf``; a warming-up block (NaN) never alarms.
-* **Horizons** per domain: :data:`~stabilitybench.analysis.time_to_event.HORIZONS` (RL: 100 and 500 updates; LM: 10 and
-  50 updates, the tiny GPT-2's scale: 250-update runs, one update a block, Adam's RMS precursor leading spikes by 1-8
-  iterations). A domain without declared horizons is not testable.
+* **Horizons** per domain: :data:`~stabilitybench.analysis.time_to_event.HORIZONS` (RL: 100 and 500 updates; LM: 50 and
+  200 of the ramp regime's 1,000 updates: an LM collapse date is good to about 35 updates, see that module). A
+  domain without declared horizons is not testable.
 * **Null twins.** Per regime run an AR(1) surrogate of its own first
   :data:`~stabilitybench.analysis.early_warning.TWIN_FRAC` of updates (before any collapse; a regime has no pre-onset
   stretch), simulated for the run's whole length and scored by the same fitted detector and calibration in the run's
