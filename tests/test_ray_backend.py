@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -247,8 +248,11 @@ def test_a_server_side_traceback_is_reported_by_its_cause(monkeypatch: pytest.Mo
                                      '  File "proxier.py", line 770\nRuntimeError: Starting Ray client server failed.')
     monkeypatch.setattr(ray_cluster, "_check_reachable", lambda address: None)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray_cluster, "CLIENT_RETRY_DELAY_S", 0.0)
+    calls: list[dict[str, Any]] = []
 
     def refuse(**kwargs: Any) -> None:
+        calls.append(kwargs)
         raise refusal
 
     monkeypatch.setattr(ray, "init", refuse)
@@ -257,3 +261,32 @@ def test_a_server_side_traceback_is_reported_by_its_cause(monkeypatch: pytest.Mo
     message = str(info.value)
     assert "\n" not in message
     assert "Initialization failure from server: RuntimeError: Starting Ray client server failed." in message
+    assert len(calls) == ray_cluster.CLIENT_CONNECT_TRIES  # Ray Client is tried again before giving up
+
+
+def test_a_ray_client_refusal_that_passes_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The head's client proxy failing to start a server once: the next connection is used; a GCS address
+    (host:port) is tried once."""
+    from stabilitybench.generate.backends import ray_cluster
+
+    monkeypatch.setattr(ray_cluster, "_check_reachable", lambda address: None)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    monkeypatch.setattr(ray_cluster, "CLIENT_RETRY_DELAY_S", 0.0)
+    calls: list[str] = []
+
+    def refuse_once(**kwargs: Any) -> None:
+        calls.append(kwargs["address"])
+        if len(calls) == 1:
+            raise ConnectionAbortedError("Initialization failure from server:\nRuntimeError: Starting Ray client "
+                                         "server failed.")
+
+    monkeypatch.setattr(ray, "init", refuse_once)
+    with RayCluster(address="ray://127.0.0.1:1") as backend:
+        assert backend._owns_session
+    assert calls == ["ray://127.0.0.1:1"] * 2
+    calls.clear()
+    with pytest.raises(BackendError, match=re.escape("cannot start or reach the Ray cluster at '127.0.0.1:1'")), \
+            RayCluster(address="127.0.0.1:1"):
+        pass
+    assert calls == ["127.0.0.1:1"]

@@ -53,15 +53,17 @@ def cluster() -> Iterator[tuple[str, dict[str, str]]]:
          "--include-dashboard=false", "--disable-usage-stats", f"--object-store-memory={128 * 1024**2}"],
         env=env, capture_output=True, text=True, timeout=180)
     assert start.returncode == 0, start.stdout + start.stderr
+    # this head's session folder, resolved now: a later local Ray instance (another test) repoints session_latest
+    env["TEST_RAY_SESSION"] = str(Path("/tmp/ray/session_latest").resolve())
     try:
         yield f"127.0.0.1:{port}", env
     finally:
         subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
 
 
-def client_server_logs(limit: int = 4000) -> str:
+def client_server_logs(env: dict[str, str], limit: int = 4000) -> str:
     """The tail of the head's Ray Client server logs (where a refused Ray Client connection says why)."""
-    logs = sorted(Path("/tmp/ray/session_latest/logs").glob("ray_client_server*.err"))
+    logs = sorted((Path(env["TEST_RAY_SESSION"]) / "logs").glob("ray_client_server*"))
     text = "".join(f"\n--- {p.name}\n" + p.read_text(errors="replace")[-limit:] for p in logs)
     return text or "\n(no ray_client_server logs)"
 
@@ -158,7 +160,7 @@ def test_other_address_forms(form: str, cluster: tuple[str, dict[str, str]], tmp
     corpus = tmp_path / "corpus"
     res = cli("generate", "--profile", "smoke", "--only", "algo=ppo", "--backend", "ray", "--address", address,
               "--out", str(corpus), env=env, cwd=tmp_path)
-    assert res.returncode == 0, res.stderr + client_server_logs()
+    assert res.returncode == 0, res.stderr + client_server_logs(env)
     assert f"Ray cluster at {address}: 1 node(s), 2 CPU(s)" in res.stderr
     runs, reference = corpus_contents(corpus), corpus_contents(local_smoke)
     assert len(runs) == 2 and all(runs[run_id] == reference[run_id] for run_id in runs)

@@ -21,9 +21,10 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from stabilitybench.generate.errors import BackendError
 from stabilitybench.generate.registry import gpus_for
@@ -33,6 +34,10 @@ from stabilitybench.generate.worker import died_row, run_in_worker
 INSTALL_HINT = "pip install -e '.[ray]' (or pip install 'ray[default]>=2.52')"
 #: Object store of a local instance: results are small dicts, so don't reserve 30% of RAM in /dev/shm.
 LOCAL_OBJECT_STORE_BYTES = 128 * 1024**2
+#: Tries of a Ray Client (``ray://``) connection, this many seconds apart. The head's client proxy spawns one
+#: server process per connection; on a busy head that start can fail once ("Initialization failure from
+#: server: ... Starting Ray client server failed") and succeed on the next connection.
+CLIENT_CONNECT_TRIES, CLIENT_RETRY_DELAY_S = 3, 5.0
 
 
 def _import_ray() -> Any:
@@ -91,16 +96,26 @@ class RayCluster:
                           object_store_memory=LOCAL_OBJECT_STORE_BYTES)
         else:
             kwargs.update(address=self.address)
-        try:
-            ray.init(**kwargs)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            where = f"the Ray cluster at {self.address!r}" if self.address else "a local Ray instance"
-            first = _one_line(exc)
-            hint = (" (if the cluster uses token auth: export RAY_AUTH_MODE=token and its token as RAY_AUTH_TOKEN "
-                    "or in ~/.ray/auth_token; `ray get-auth-token` on the head prints it)" if self.address else "")
-            raise BackendError(f"cannot start or reach {where}: {first}{hint}") from None
+        tries = CLIENT_CONNECT_TRIES if str(self.address).startswith("ray://") else 1
+        for attempt in range(1, tries + 1):
+            try:
+                ray.init(**kwargs)
+                break
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                if attempt < tries:
+                    ray.shutdown()  # a failed Ray Client init can leave a half-made context behind
+                    time.sleep(CLIENT_RETRY_DELAY_S)
+                    continue
+                self._raise_unreachable(exc)
         self._owns_session = True
         return self
+
+    def _raise_unreachable(self, exc: BaseException) -> NoReturn:
+        """The one-line error of a failed ``ray.init``."""
+        where = f"the Ray cluster at {self.address!r}" if self.address else "a local Ray instance"
+        hint = (" (if the cluster uses token auth: export RAY_AUTH_MODE=token and its token as RAY_AUTH_TOKEN "
+                "or in ~/.ray/auth_token; `ray get-auth-token` on the head prints it)" if self.address else "")
+        raise BackendError(f"cannot start or reach {where}: {_one_line(exc)}{hint}") from None
 
     def __exit__(self, *exc: object) -> None:
         if self._owns_session:
