@@ -171,6 +171,14 @@ class LossSpike(_ColumnDetector):
     columns = ("train_loss", "loss", "value_loss")
 
 
+class AdamRMSRise(_ColumnDetector):
+    """Trailing z-score of Adam's RMS update ratio, RMS(g^2 / v) (a rise scores high): the precursor of Wortsman et
+    al. 2023 (arXiv 2304.13013), where the second moment under-estimates the gradient 1-8 iterations before a loss
+    spike (column ``adam_update_ratio_rms``, schema 1.3)."""
+
+    columns = ("adam_update_ratio_rms",)
+
+
 class CoherenceDrop(_ColumnDetector):
     """Minus the trailing z-score of gradient coherence (a drop scores high)."""
 
@@ -819,6 +827,8 @@ def _windowed(cls: type[MonitorBase]) -> Callable[[list[str], Any], MonitorBase]
 SPECS: tuple[DetectorSpec, ...] = (
     DetectorSpec("grad_norm_z", "grad-norm z", "baseline", GradNormZ, _windowed(GradNormZ), saveable=True),
     DetectorSpec("loss_spike", "loss spike z", "baseline", LossSpike, _windowed(LossSpike), saveable=True),
+    DetectorSpec("adam_rms_z", "Adam RMS update-ratio z", "baseline", AdamRMSRise, _windowed(AdamRMSRise),
+                 saveable=True),
     DetectorSpec("ews_var_ac1", "variance + AC1 trend", "baseline", EWSDetector, _windowed(EWSDetector)),
     DetectorSpec("pca_recon", "PCA reconstruction", "baseline", PCAReconstruction,
                  lambda features, cfg: PCAReconstruction(features, smooth=cfg.smooth)),

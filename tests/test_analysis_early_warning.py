@@ -9,6 +9,8 @@ from scipy import stats as sps
 
 from stabilitybench.analysis import questions
 from stabilitybench.analysis.baselines import (
+    Z_FLOOR,
+    AdamRMSRise,
     CoherenceDrop,
     EWSDetector,
     GradNormZ,
@@ -63,13 +65,14 @@ def test_trailing_z_and_ews_helpers_by_hand() -> None:
 
 def test_baselines_fire_on_their_signal() -> None:
     rng = np.random.default_rng(0)
-    feats = ["loss", "grad_norm", "grad_coherence", "update_norm"]
-    train = [rng.normal(size=(300, 4)) for _ in range(2)]
-    test = rng.normal(size=(300, 4))
+    feats = ["loss", "grad_norm", "grad_coherence", "update_norm", "adam_update_ratio_rms"]
+    train = [rng.normal(size=(300, 5)) for _ in range(2)]
+    test = rng.normal(size=(300, 5))
     test[200:, 1] += 8  # grad norm jump
     test[200:, 0] += 8  # loss jump
     test[200:, 2] -= 8  # coherence drop
-    for cls in (GradNormZ, LossSpike, CoherenceDrop):
+    test[200:, 4] += 8  # Adam's RMS update ratio rises
+    for cls in (GradNormZ, LossSpike, CoherenceDrop, AdamRMSRise):
         det = cls(feats, window=20, smooth=3).fit(train)
         s = det.score(test)
         assert np.nanmax(s[200:205]) > 2 * np.nanmax(np.abs(s[25:195])), cls.__name__
@@ -77,7 +80,11 @@ def test_baselines_fire_on_their_signal() -> None:
     assert np.nanmean(pca.score(test)[205:]) > 5 * np.nanmean(pca.score(test)[:195])
     ews = EWSDetector(feats, window=20, trend=20).fit(train)
     assert np.nanmax(np.abs(ews.score(test))) <= 1.0
-    assert not GradNormZ(["loss"]).available
+    assert not GradNormZ(["loss"]).available and not AdamRMSRise(["loss"]).available
+    # the Adam detector reads its own column only: the same z-score as the column's trailing z
+    det = AdamRMSRise(feats, window=20, smooth=1).fit(train)
+    z = (test - det.mean_) / det.scale_
+    np.testing.assert_allclose(det.score(test), trailing_z(z[:, 4], 20, Z_FLOOR), equal_nan=True)
 
 
 def _row(rid: str, unperturbed: bool, collapsed: bool, cstep: int | None, score: np.ndarray,

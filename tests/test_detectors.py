@@ -31,7 +31,7 @@ from stabilitybench.analysis.errors import InsufficientDataError, MonitorFileErr
 from stabilitybench.analysis.metastate.base import MonitorBase
 from stabilitybench.analysis.monitor_file import MonitorFile
 
-FEATURES = ["loss", "grad_norm", "grad_coherence", "entropy"]
+FEATURES = ["loss", "grad_norm", "grad_coherence", "entropy", "adam_update_ratio_rms"]
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 #: Small settings: every detector fits in well under a second.
 CFG = EarlyWarningConfig(kalman_iter=10, gru_hidden=8, gru_epochs=10, smooth=3, baseline_window=6, max_folds=3,
@@ -40,11 +40,12 @@ ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
 
 
 def series(seed: int, n: int = 120, kick_at: int | None = None) -> np.ndarray:
-    """Block features ``(n, 4)`` driven by an AR(1) latent; ``kick_at`` shifts the latent by 4 from there on."""
+    """Block features ``(n, 5)`` driven by an AR(1) latent; ``kick_at`` shifts the latent by 4 from there on."""
     rng = np.random.default_rng(seed)
     z = ar1_latent(rng, n, kick_at)
     return np.column_stack([0.5 * z + rng.normal(0, 0.1, n), z + rng.normal(0, 0.2, n),
-                            np.tanh(0.3 * z) + rng.normal(0, 0.05, n), -0.2 * z + rng.normal(0, 0.1, n)])
+                            np.tanh(0.3 * z) + rng.normal(0, 0.05, n), -0.2 * z + rng.normal(0, 0.1, n),
+                            0.3 * z + rng.normal(0, 0.1, n)])
 
 
 def buildable() -> list[str]:

@@ -15,7 +15,7 @@ from stabilitybench.analysis.metastate import KalmanMonitor
 from stabilitybench.analysis.monitor_file import MonitorFile
 from stabilitybench.analysis.online import OnlineMonitor
 
-FEATURES = ["loss", "grad_norm", "grad_coherence", "entropy"]
+FEATURES = ["loss", "grad_norm", "grad_coherence", "entropy", "adam_update_ratio_rms"]
 B = 4
 
 
@@ -32,7 +32,7 @@ def synthetic_run(seed: int, n: int = 203, kick_at: int | None = None, nonfinite
         "run_id": run_id or f"r{seed}", "step": np.arange(n, dtype=np.int64),
         "loss": loss_col, "grad_norm": np.exp(z + rng.normal(0, 0.2, n)),
         "grad_coherence": np.tanh(0.3 * z) + rng.normal(0, 0.05, n), "entropy": -0.2 * z + rng.normal(0, 0.1, n),
-        "performance": -z,
+        "adam_update_ratio_rms": np.exp(0.3 * z + rng.normal(0, 0.1, n)), "performance": -z,
     }, schema_overrides={"loss": pl.Float64})
 
 
