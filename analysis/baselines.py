@@ -827,12 +827,12 @@ def _windowed(cls: type[MonitorBase]) -> Callable[[list[str], Any], MonitorBase]
 SPECS: tuple[DetectorSpec, ...] = (
     DetectorSpec("grad_norm_z", "grad-norm z", "baseline", GradNormZ, _windowed(GradNormZ), saveable=True),
     DetectorSpec("loss_spike", "loss spike z", "baseline", LossSpike, _windowed(LossSpike), saveable=True),
-    DetectorSpec("adam_rms_z", "Adam RMS update-ratio z", "baseline", AdamRMSRise, _windowed(AdamRMSRise),
-                 saveable=True),
     DetectorSpec("ews_var_ac1", "variance + AC1 trend", "baseline", EWSDetector, _windowed(EWSDetector)),
     DetectorSpec("pca_recon", "PCA reconstruction", "baseline", PCAReconstruction,
                  lambda features, cfg: PCAReconstruction(features, smooth=cfg.smooth)),
     DetectorSpec("coherence_drop", "coherence drop", "baseline", CoherenceDrop, _windowed(CoherenceDrop),
+                 saveable=True),
+    DetectorSpec("adam_rms_z", "Adam RMS update-ratio z", "baseline", AdamRMSRise, _windowed(AdamRMSRise),
                  saveable=True),
 )
 
