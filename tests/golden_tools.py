@@ -10,6 +10,14 @@ What is compared:
   (timings, absolute paths, code versions);
 * every figure's pixels (``reports/out/*.png`` decoded by matplotlib), when the matplotlib version matches the
   one that made the golden file (another version may anti-alias differently).
+
+The BLAS kernel is pinned: numpy's OpenBLAS picks its kernels by CPU (``DYNAMIC_ARCH``), and the synthetic corpus
+has exactly low-rank features, so round-off-sized numbers (a PCA reconstruction error of 1e-31) differ between an
+AVX-512 Intel and an AMD EPYC, and decide ties downstream. The golden file records ``OPENBLAS_CORETYPE``
+(:data:`CORETYPE`, AVX2: every x86-64 server since 2013) and the test runs this script under it, in a subprocess
+(the variable is read when numpy loads). Make the golden file the same way::
+
+    OPENBLAS_CORETYPE=Haswell python tests/golden_tools.py tests/golden/synthetic_analysis.json
 """
 
 from __future__ import annotations
@@ -17,9 +25,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
+
+#: The OpenBLAS kernel the golden file is made and compared under (see the module docstring).
+CORETYPE = "Haswell"
 
 #: summary.json fields whose values depend on the machine, the time or the checkout, not on the analysis
 VOLATILE = ("timings", "timings_s", "corpus", "code_version", "analysis_code_version", "generated_at", "wall_time_s",
@@ -90,6 +102,7 @@ def run(work: Path) -> dict[str, Any]:
     run_analysis(corpus, results, FAST)
     build_report(results, report)
     return {
+        "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
         "matplotlib": matplotlib.__version__,
         "tables": {p.name: table_digest(p) for p in sorted(results.glob("*.parquet"))},
         "summary": flat(json.loads((results / "summary.json").read_text())),

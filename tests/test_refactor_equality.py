@@ -11,12 +11,16 @@ that explains why.
 from __future__ import annotations
 
 import json
+import os
+import platform
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import matplotlib
 import pytest
-from golden_tools import run
+from golden_tools import CORETYPE
 
 GOLDEN = Path(__file__).parent / "golden" / "synthetic_analysis.json"
 #: summary.json entries that the refactor moved on purpose (issue 28: analysis may not import reports, so the figure
@@ -24,9 +28,30 @@ GOLDEN = Path(__file__).parent / "golden" / "synthetic_analysis.json"
 MOVED = ("figures/",)
 
 
+def has_avx2() -> bool:
+    """Whether this CPU runs OpenBLAS's AVX2 (:data:`golden_tools.CORETYPE`) kernels."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        return " avx2" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
 @pytest.fixture(scope="module")
-def now(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return run(tmp_path_factory.mktemp("equality"))
+def now(tmp_path_factory: pytest.TempPathFactory, before: dict[str, Any]) -> dict[str, Any]:
+    """Today's digests, made by ``golden_tools.py`` in a subprocess under the golden file's BLAS kernel."""
+    if before.get("openblas_coretype") != CORETYPE:
+        pytest.fail(f"the golden file was made under OPENBLAS_CORETYPE={before.get('openblas_coretype')!r}, "
+                    f"not {CORETYPE!r}: remake it as golden_tools.py says")
+    if not has_avx2():
+        pytest.skip(f"numbers compared only under OpenBLAS's {CORETYPE} kernels (x86-64 with AVX2)")
+    out = tmp_path_factory.mktemp("equality") / "now.json"
+    env = {**os.environ, "OPENBLAS_CORETYPE": CORETYPE}
+    res = subprocess.run([sys.executable, str(Path(__file__).with_name("golden_tools.py")), str(out)], env=env,
+                         capture_output=True, text=True, timeout=1200)
+    assert res.returncode == 0, res.stderr[-4000:]
+    return json.loads(out.read_text())
 
 
 @pytest.fixture(scope="module")
