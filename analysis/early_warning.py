@@ -41,8 +41,9 @@ traces, but it gets no per-run row: questions (a), (a') and (b) read the rows an
 at the onset and end at the kick's end, and for a regime the "window" is the whole run), so regime runs enter only
 question (c), time to event (:mod:`stabilitybench.analysis.time_to_event_stage`), which reads the traces. For each
 regime test run the fold also scores a **null twin** with the same fitted detector and conformal calibration
-(:func:`null_twin`: per column an AR(1) surrogate of the run's own first :data:`TWIN_FRAC` of updates, before any
-collapse, simulated for the run's whole length); its traces carry the run id plus :data:`TWIN_SUFFIX`
+(:func:`null_twin`: the fold's training controls' mean trajectory plus, per column, an AR(1) surrogate of the
+run's own deviation from it over its first :data:`TWIN_FRAC` of updates, before any collapse, simulated for the
+run's whole length); its traces carry the run id plus :data:`TWIN_SUFFIX`
 (:func:`split_twins` separates them; a consumer joining traces to runs on ``run_id`` never meets them). A seed that
 holds regime runs only (the ``spontaneous`` profile has more regime seeds than control seeds) is not cut into the
 seed chunks, where it would leave a fold without calibration controls: it is tested in fold ``seed mod k``
@@ -61,7 +62,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -189,7 +190,7 @@ def _onset_index(steps: np.ndarray, onset: int | None) -> int:
     return int(np.searchsorted(steps, onset, side="left"))
 
 
-#: The null twin of a regime run is an AR(1) surrogate of its first ``TWIN_FRAC`` of updates (before any collapse).
+#: The null twin of a regime run is fitted on its first ``TWIN_FRAC`` of updates (before any collapse).
 TWIN_FRAC = 0.1
 #: A null twin's traces carry its run's id plus this suffix (:func:`split_twins`).
 TWIN_SUFFIX = "#null_twin"
@@ -200,24 +201,61 @@ def is_regime(row: dict[str, Any]) -> bool:
     return row.get("perturbation") in SUSTAINED_KINDS
 
 
-def null_twin(steps: np.ndarray, X: np.ndarray, collapse_step: int | None, seed: int) -> np.ndarray | None:
+def control_trajectory(runs: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(steps (U,), mean (U, p))``: the mean block telemetry of ``runs`` (each ``(steps (T,), X (T, p))``) at every
+    block end step any of them has, over the runs with a finite value there (NaN where none has). None without runs."""
+    runs = [(np.asarray(st), np.asarray(X, float)) for st, X in runs]
+    if not runs:
+        return None
+    st = np.concatenate([r[0] for r in runs])
+    X = np.vstack([r[1] for r in runs])
+    steps, inv = np.unique(st, return_inverse=True)
+    fin = np.isfinite(X)
+    total = np.zeros((steps.size, X.shape[1]))
+    count = np.zeros_like(total)
+    np.add.at(total, inv, np.where(fin, X, 0.0))
+    np.add.at(count, inv, fin)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return steps, np.where(count > 0, total / count, np.nan)
+
+
+def _on_steps(trajectory: tuple[np.ndarray, np.ndarray], steps: np.ndarray) -> np.ndarray:
+    """``trajectory``'s mean at ``steps`` ``(T, p)``: each column carried forward (then back) over steps it lacks;
+    a column with no value at all is 0 (no trend to follow)."""
+    ref_steps, mean = trajectory
+    idx = np.clip(np.searchsorted(ref_steps, steps), 0, max(ref_steps.size - 1, 0))
+    R = np.where((ref_steps[idx] == steps)[:, None], mean[idx], np.nan)
+    R = pl.DataFrame(R).select(pl.all().fill_nan(None).forward_fill().backward_fill().fill_null(0.0)).to_numpy()
+    return R.astype(float)
+
+
+def null_twin(steps: np.ndarray, X: np.ndarray, collapse_step: int | None, seed: int,
+              trajectory: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray | None:
     """The null twin ``(T, p)`` of a regime run's block telemetry ``X`` ``(T, p)`` at block end ``steps`` ``(T,)``.
 
-    Per column an AR(1) (:func:`~stabilitybench.analysis.time_to_event.ar1_twin`: the column's mean, lag-1
-    autocorrelation and innovation SD) fitted on the blocks that end before ``TWIN_FRAC`` of the run's updates and
-    before ``collapse_step`` (a regime has no pre-onset stretch: this is the run's own early, stable telemetry),
-    started at the run's first value and simulated for all ``T`` blocks; seeded. None when fewer than 3 blocks are
-    in that stretch (nothing to fit).
+    Per column an AR(1) (:func:`~stabilitybench.analysis.time_to_event.ar1_twin`: mean, lag-1 autocorrelation and
+    innovation SD) fitted on the blocks that end before ``TWIN_FRAC`` of the run's updates and before
+    ``collapse_step`` (a regime has no pre-onset stretch: this is the run's own early, stable telemetry), started at
+    the run's first value and simulated for all ``T`` blocks; seeded. None when fewer than 3 blocks are in that
+    stretch (nothing to fit).
+
+    ``trajectory`` (:func:`control_trajectory` of the fold's training controls): the AR(1) is fitted to the run's
+    early *deviation* from the controls' mean trajectory and the twin is that trajectory plus the simulated
+    deviation: a run that trains normally with its own early offset and noise. Without it the twin is stationary
+    at the early stretch's mean, which in a run that is still learning (the LM's warm-up, the loss falling from
+    10.8 nats) is a level no control holds later, so every detector would alarm on it.
     """
-    stop = TWIN_FRAC * n_updates(np.asarray(steps))
+    steps = np.asarray(steps)
+    stop = TWIN_FRAC * n_updates(steps)
     if collapse_step is not None:
         stop = min(stop, float(collapse_step))
-    early = np.asarray(steps) < stop
+    early = steps < stop
     if int(early.sum()) < 3:
         return None
+    R = np.zeros(np.shape(X)) if trajectory is None else _on_steps(trajectory, steps)
     padded = np.full(np.shape(X), np.nan)
-    padded[early] = X[early]  # ar1_twin fits each column on its finite values and keeps the length
-    return ar1_twin(padded, seed)
+    padded[early] = X[early] - R[early]  # ar1_twin fits each column on its finite values and keeps the length
+    return ar1_twin(padded, seed) + R
 
 
 def twin_seed(run_id: str, seed: int) -> int:
@@ -448,11 +486,12 @@ def _evaluate_fold(i: int, fold: dict[str, list[int]], info: dict[str, dict[str,
     test_ids = pick(fold["test"], False)
     # regime runs: traces only (question (c)), plus a null twin each, scored by the same fitted detector
     twins: dict[str, np.ndarray] = {}
+    trajectory = control_trajectory((arrays[r][0], arrays[r][1]) for r in train_ids)
     for rid in test_ids:
         if is_regime(info[rid]):
             st, X, _ = arrays[rid]
             tw = null_twin(st, X, info[rid]["collapse_step"] if info[rid]["collapsed"] else None,
-                           twin_seed(rid, cfg.seed))
+                           twin_seed(rid, cfg.seed), trajectory)
             if tw is not None:
                 twins[rid] = tw
     note = {"fold": i, **{k: v for k, v in fold.items()}, "n_train_runs": len(train_ids),

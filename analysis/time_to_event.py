@@ -36,7 +36,9 @@ Definitions (``c`` a run's collapse step, ``s`` a block's end step, ``lead = c -
   fractions with Clopper-Pearson.
 * **null twin** (:func:`ar1_twin`, :func:`twin_check`): per run, an AR(1) surrogate of its own pre-onset block
   telemetry (per column: mean, lag-1 autocorrelation ``phi`` and innovation SD ``sigma``, as Yule-Walker; the same
-  length, starting at the run's first value; seeded). The caller scores the twins with the detector; a detector
+  length, starting at the run's first value; seeded); the pipeline fits it to the run's deviation from the
+  controls' mean trajectory and adds that trajectory back
+  (:func:`stabilitybench.analysis.early_warning.null_twin`). The caller scores the twins with the detector; a detector
   passes when it does not alarm on twins more often than on controls (rate ratio, exact conditional CI and
   one-sided p-value).
 * **no-kick reference** (:func:`time_since_start`): the score "updates since the regime began" (``block_end_step``

@@ -17,10 +17,11 @@ the rows and the settings:
 * **Horizons** per domain: :data:`~stabilitybench.analysis.time_to_event.HORIZONS` (RL: 100 and 500 updates; LM: 50 and
   200 of the ramp regime's 1,000 updates: an LM collapse date is good to about 35 updates, see that module). A
   domain without declared horizons is not testable.
-* **Null twins.** Per regime run an AR(1) surrogate of its own first
-  :data:`~stabilitybench.analysis.early_warning.TWIN_FRAC` of updates (before any collapse; a regime has no pre-onset
-  stretch), simulated for the run's whole length and scored by the same fitted detector and calibration in the run's
-  fold (:func:`stabilitybench.analysis.early_warning.null_twin`); checked against the controls
+* **Null twins.** Per regime run the fold's training controls' mean trajectory plus an AR(1) surrogate of the
+  run's own deviation from it over its first :data:`~stabilitybench.analysis.early_warning.TWIN_FRAC` of updates
+  (before any collapse; a regime has no pre-onset stretch), simulated for the run's whole length and scored by the
+  same fitted detector and calibration in the run's fold (:func:`stabilitybench.analysis.early_warning.null_twin`);
+  checked against the controls
   (:func:`~stabilitybench.analysis.time_to_event.twin_check`).
 * **The no-kick reference**, "updates since the regime began" (block end step: every regime starts at update 0),
   scored on the same blocks; every detector's AUROC is compared with it (paired run-clustered bootstrap), and its own
@@ -183,7 +184,8 @@ def time_to_event_question(traces: pl.DataFrame, runs: pl.DataFrame, cfg: Analys
             "regime_kinds": sorted(SUSTAINED_KINDS), "score": f"{SCORE_COLUMN}: score minus the fold's conformal "
             "threshold in SDs of its calibration maxima (pooled across folds and groups)",
             "reference": "updates since the regime began (block end step; every regime starts at update 0)",
-            "null_twin_rule": f"AR(1) per column of the run's own first {TWIN_FRAC:.0%} of updates (before any "
+            "null_twin_rule": f"the fold's training controls' mean trajectory plus an AR(1) per column of the run's "
+                              f"own deviation from it over its first {TWIN_FRAC:.0%} of updates (before any "
                               "collapse), the run's length, scored by the same fitted detector and calibration"}
     sel = regime_runs(runs) if runs.height else runs
     if sel.height == 0:

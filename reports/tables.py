@@ -194,8 +194,8 @@ def time_to_event_table(src: Source) -> Table | None:
             "bootstrap CI; ΔAUROC against the no-kick reference (updates since the regime began) on the same blocks; "
             "false alarms per 10,000 control updates and the share of collapses warned with lead 1..h (largest h) "
             "at the threshold calibrated to 1 false alarm per 10,000 control updates (cross-fitted); the null twin: "
-            "alarm rate on AR(1) surrogates of each regime run's own early telemetry over the controls' (passes "
-            "unless significantly higher)."]
+            "alarm rate on the controls' mean trajectory plus an AR(1) surrogate of each regime run's own early "
+            "deviation from it, over the controls' (passes unless significantly higher)."]
     return Table("(c) Time to event: does the score foresee a collapse that no kick announced?",
                  ["detector", "AUROC [95% CI]", "ΔAUROC vs reference, largest h",
                   "false alarms / 10k: controls; regime runs", "share warned, largest h", "null twin",

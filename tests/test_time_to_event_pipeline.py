@@ -19,6 +19,7 @@ from stabilitybench.analysis.early_warning import (
     TWIN_FRAC,
     TWIN_SUFFIX,
     EarlyWarningConfig,
+    control_trajectory,
     null_twin,
     regime_folds,
     seed_folds,
@@ -197,6 +198,34 @@ def test_the_null_twin_copies_the_early_stretch_only() -> None:
     X2[steps >= 100, 0] += 50.0  # a collapse at update 100 cuts the stretch at 100
     assert abs(null_twin(steps, X2, 100, 7)[:, 0].mean()) < 1.5
     assert null_twin(steps, X, 8, 7) is None  # blocks ending at 3 and 7 only: nothing to fit
+
+
+def test_the_null_twin_follows_the_controls_trajectory() -> None:
+    """With the controls' trajectory the twin is that trajectory plus an AR(1) of the run's own early deviation
+    from it: a training curve that falls all run long is followed (a stationary twin stays at the early level),
+    and the run's early offset and noise carry over."""
+    rng = np.random.default_rng(1)
+    steps = np.arange(500) * 4 + 3
+    trend = np.linspace(10.0, 2.0, 500)  # a loss that keeps falling
+    controls = [(steps, np.column_stack([trend + rng.normal(0, 0.1, 500)])) for _ in range(4)]
+    controls.append((steps[:300], np.column_stack([trend[:300] + rng.normal(0, 0.1, 300)])))  # a shorter control
+    trajectory = control_trajectory(controls)
+    assert trajectory is not None
+    np.testing.assert_array_equal(trajectory[0], steps)
+    np.testing.assert_allclose(trajectory[1][:, 0], trend, atol=0.2)
+    X = np.column_stack([trend + 0.5 + rng.normal(0, 0.3, 500)])  # the run: 0.5 above the controls, noisier
+    late = steps >= 1000
+    stationary = null_twin(steps, X, None, 7)
+    assert np.mean(stationary[late, 0]) > 7.0  # stuck at the early stretch's level (about 9.7)
+    tw = null_twin(steps, X, None, 7, trajectory)
+    dev = tw[:, 0] - trend
+    assert abs(dev[late].mean() - 0.5) < 0.3 and 0.15 < dev[late].std() < 0.5
+    assert null_twin(steps, X, 8, 7, trajectory) is None
+    # steps the controls lack (the run is longer) carry their last value forward; no controls: the stationary twin
+    longer = np.arange(600) * 4 + 3
+    tw2 = null_twin(longer, np.vstack([X, X[-100:]]), None, 7, trajectory)
+    assert np.all(np.isfinite(tw2)) and abs((tw2[500:, 0] - trend[-1]).mean() - 0.5) < 0.4
+    assert control_trajectory([]) is None
 
 
 # --------------------------------------------------------------------------- question (c) on synthetic truth
