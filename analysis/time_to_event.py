@@ -433,6 +433,26 @@ def _horizon_entry(lab: pl.DataFrame, rlab: pl.DataFrame, t: np.ndarray, h: int,
     return entry
 
 
+def auroc_difference(blocks_a: pl.DataFrame, blocks_b: pl.DataFrame, h: int, *, n_boot: int = 1000,
+                     alpha: float = 0.05, seed: int = 0, cluster_col: str = "run_id") -> dict[str, Any]:
+    """Paired ``AUROC(a) - AUROC(b)`` at horizon ``h`` on the (run, block) pairs both detectors scored.
+
+    ``blocks_a`` and ``blocks_b`` have :data:`REQUIRED_COLUMNS` (the same runs and collapses, each detector's
+    ``score``); labels as :func:`label_blocks`. The CI resamples whole runs (``cluster_col``) and recomputes both
+    AUROCs on each replicate, so it carries the pairing: how question (c) compares a detector with the no-kick
+    reference, here for any two detectors (e.g. a meta-state monitor against a loss-only spike rule).
+    """
+    la, lb = label_blocks(blocks_a, h), label_blocks(blocks_b, h)
+    keys = ["run_id", "block_end_step"]
+    j = la.join(lb.select(*keys, pl.col("score").alias("_other")), on=keys, how="inner").sort(keys)
+    if j.height == 0:
+        return not_testable("no block scored by both detectors", horizon=h)
+    y = j["y"].to_numpy()
+    entry = _auroc_entry(j["score"].to_numpy().astype(float), y, j[cluster_col].to_numpy(), n_boot, alpha, seed,
+                         other=j["_other"].to_numpy().astype(float))
+    return {**entry, "horizon": h, "n_blocks": j.height, "n_runs": j["run_id"].n_unique()}
+
+
 def time_to_event_summary(blocks: pl.DataFrame, horizons: Sequence[int] = HORIZONS["rl"], *,
                           target_per_10k: float = 1.0, min_leads: Sequence[int] = (), twins: pl.DataFrame | None = None,
                           n_boot: int = 1000, alpha: float = 0.05, seed: int = 0, cluster_col: str = "run_id",

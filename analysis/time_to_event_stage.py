@@ -36,14 +36,22 @@ operating point), what the report's figure draws.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from stabilitybench.analysis.config import AnalysisConfig
 from stabilitybench.analysis.early_warning import TWIN_FRAC, split_twins
+from stabilitybench.analysis.errors import AnalysisError
 from stabilitybench.analysis.summary import Status, StatusKind, not_testable
-from stabilitybench.analysis.time_to_event import HORIZONS, time_since_start, time_to_event_summary, warning_curve
+from stabilitybench.analysis.time_to_event import (
+    HORIZONS,
+    auroc_difference,
+    time_since_start,
+    time_to_event_summary,
+    warning_curve,
+)
 from stabilitybench.data_schema.keys import GROUP_KEYS, SUSTAINED_KINDS, control_mask, sustained_mask
 
 #: The question's id in summary.json (``early_warning.time_to_event.question``).
@@ -172,6 +180,34 @@ def _domain_entry(domain: str, blocks: pl.DataFrame, twins: pl.DataFrame, cfg: A
         detectors[str(label)] = entry
         curves += _curves(domain, str(label), b.drop("detector"), entry, horizons)
     return {**n, "horizons": list(horizons), "reference": reference, "detectors": detectors}, curves
+
+
+def compare_detectors(results: str | Path, a: str, b: str, domain: str, *, regime_only: bool = True,
+                      n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Question (c)'s paired ``AUROC(a) - AUROC(b)`` for two detectors of an ``analyze`` results folder, per
+    horizon of ``domain`` (:func:`~stabilitybench.analysis.time_to_event.auroc_difference`), from its
+    ``early_warning_scores.parquet`` and ``runs.parquet``.
+
+    ``regime_only`` (default): the regime runs alone, as (c)'s ``within_regime`` reading (recognising the setting
+    earns nothing); else the regime runs with the controls, as the pooled reading. E.g. does the Kalman monitor
+    beat llm-foundry's loss-only rule at the aggressive setting?::
+
+        compare_detectors("results", "kalman", "foundry_kill_loss_spike", "lm")
+    """
+    results = Path(results)
+    traces = pl.read_parquet(results / "early_warning_scores.parquet")
+    blocks = block_frame(traces, regime_runs(pl.read_parquet(results / "runs.parquet")))
+    blocks = blocks.filter(pl.col("domain") == domain)
+    if regime_only:
+        blocks = blocks.filter(~pl.col("is_control"))
+    missing = [d for d in (a, b) if blocks.filter(pl.col("detector") == d).height == 0]
+    if missing:
+        raise AnalysisError(f"no (c) scores of {', '.join(map(repr, missing))} in the {domain} domain of {results} "
+                            f"(detectors there: {sorted(blocks['detector'].unique().to_list())})")
+    pick = {d: blocks.filter(pl.col("detector") == d).drop("detector", "domain") for d in (a, b)}
+    return {"detectors": [a, b], "domain": domain, "regime_only": regime_only,
+            "horizons": {str(h): auroc_difference(pick[a], pick[b], int(h), n_boot=n_boot, seed=seed)
+                         for h in HORIZONS.get(domain, ())}}
 
 
 def time_to_event_question(traces: pl.DataFrame, runs: pl.DataFrame, cfg: AnalysisConfig | None = None

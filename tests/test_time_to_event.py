@@ -18,6 +18,7 @@ from stabilitybench.analysis.time_to_event import (
     _weighted_auroc,
     ar1_fit,
     ar1_twin,
+    auroc_difference,
     calibrate_threshold,
     calibrated_thresholds,
     false_alarm_rate,
@@ -257,3 +258,27 @@ def test_within_regime_auroc_of_a_setting_only_score_is_centred_on_half_and_its_
         cover += a["ci_low"] <= 0.5 <= a["ci_high"]
     assert abs(np.mean(vals) - 0.5) < 0.02
     assert cover >= 16  # nominal 95%: P(<= 15 of 20) = 0.003
+
+
+def test_auroc_difference_pairs_two_detectors_on_the_same_blocks() -> None:
+    """A detector carrying the planted precursor against pure noise on the same runs: the difference is the two
+    AUROCs computed by hand, its run-clustered CI excludes 0, it changes sign when swapped, and a detector against
+    itself differs by exactly 0."""
+    truth = corpus(5)
+    rng = np.random.default_rng(9)
+    noise = truth.with_columns(pl.Series("score", rng.random(truth.height)))
+    d = auroc_difference(truth, noise, 200, n_boot=300)  # h = the planted lead: every positive block carries it
+    lab_t, lab_n = label_blocks(truth, 200), label_blocks(noise, 200)
+    y = lab_t["y"].to_numpy()
+    by_hand = auroc(lab_t["score"].to_numpy()[y], lab_t["score"].to_numpy()[~y]) - \
+        auroc(lab_n["score"].to_numpy()[y], lab_n["score"].to_numpy()[~y])
+    assert d["value"] == pytest.approx(by_hand) and d["value"] > 0.4 and d["ci_low"] > 0.3, d
+    assert d["n"] == 20 and d["n_runs"] == 45 and d["horizon"] == 200
+    assert auroc_difference(noise, truth, 200, n_boot=300)["value"] == pytest.approx(-by_hand)
+    same = auroc_difference(truth, truth, 200, n_boot=300)
+    assert (same["value"], same["ci_low"], same["ci_high"]) == (0.0, 0.0, 0.0)
+    # only the blocks both scored count: a detector that scored half the runs is compared on those
+    half = truth.filter(pl.col("run_id").is_in([f"coll{i}" for i in range(10)] + [f"ctrl{i}" for i in range(10)]))
+    assert auroc_difference(half, noise, 200, n_boot=100)["n_runs"] == 20
+    assert auroc_difference(truth.head(0), noise, 200)["status"] == "not_testable"
+

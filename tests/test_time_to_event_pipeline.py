@@ -25,9 +25,10 @@ from stabilitybench.analysis.early_warning import (
     seed_folds,
     split_twins,
 )
+from stabilitybench.analysis.errors import AnalysisError
 from stabilitybench.analysis.pipeline import AnalysisConfig, run_analysis
 from stabilitybench.analysis.results import load_table, write_result
-from stabilitybench.analysis.time_to_event_stage import REFERENCE, time_to_event_question
+from stabilitybench.analysis.time_to_event_stage import REFERENCE, compare_detectors, time_to_event_question
 from stabilitybench.data_schema import EVENTS_SCHEMA, STEPS_SCHEMA, events_path, steps_path, write_manifest, write_table
 
 T, LEAD, N_SEEDS, N_SURVIVORS, N_REGIME_ONLY = 2000, 200, 10, 2, 2
@@ -226,6 +227,25 @@ def test_the_null_twin_follows_the_controls_trajectory() -> None:
     tw2 = null_twin(longer, np.vstack([X, X[-100:]]), None, 7, trajectory)
     assert np.all(np.isfinite(tw2)) and abs((tw2[500:, 0] - trend[-1]).mean() - 0.5) < 0.4
     assert control_trajectory([]) is None
+
+
+def test_compare_detectors_reads_a_results_folder(regime) -> None:
+    """compare_detectors on the analysed synthetic regime: within the regime runs, the detector reading the planted
+    column (grad_norm_z) against one that does not see it as well; the same pair with the controls; an unknown
+    detector is a one-line error."""
+    results, summary, _ = regime
+    within = compare_detectors(results, "grad_norm_z", "pca_recon", "rl", n_boot=200)
+    assert within["regime_only"] and set(within["horizons"]) == {"100", "500"}
+    e = within["horizons"]["500"]
+    assert e["n_runs"] == N_SEEDS + N_REGIME_ONLY and e["value"] is not None
+    # its two AUROCs are (c)'s own within-regime AUROCs of the same detectors
+    w = {d: _tte(summary)["by_domain"]["rl"]["detectors"][d]["within_regime"]["horizons"]["500"]["auroc"]["value"]
+         for d in ("grad_norm_z", "pca_recon")}
+    assert e["value"] == pytest.approx(w["grad_norm_z"] - w["pca_recon"])
+    pooled = compare_detectors(results, "grad_norm_z", "pca_recon", "rl", regime_only=False, n_boot=200)
+    assert pooled["horizons"]["500"]["n_runs"] == N_SEEDS + N_REGIME_ONLY + N_SEEDS
+    with pytest.raises(AnalysisError, match="no \\(c\\) scores of 'kalman'"):
+        compare_detectors(results, "kalman", "pca_recon", "rl")
 
 
 # --------------------------------------------------------------------------- question (c) on synthetic truth
