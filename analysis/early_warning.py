@@ -225,8 +225,8 @@ def _on_steps(trajectory: tuple[np.ndarray, np.ndarray], steps: np.ndarray) -> n
     ref_steps, mean = trajectory
     idx = np.clip(np.searchsorted(ref_steps, steps), 0, max(ref_steps.size - 1, 0))
     R = np.where((ref_steps[idx] == steps)[:, None], mean[idx], np.nan)
-    R = pl.DataFrame(R).select(pl.all().fill_nan(None).forward_fill().backward_fill().fill_null(0.0)).to_numpy()
-    return R.astype(float)
+    filled = pl.DataFrame(R, orient="row").select(pl.all().fill_nan(None).forward_fill().backward_fill().fill_null(0.0))
+    return filled.to_numpy().astype(float)
 
 
 def null_twin(steps: np.ndarray, X: np.ndarray, collapse_step: int | None, seed: int,
