@@ -372,3 +372,20 @@ def test_a_corpus_of_regime_runs_and_controls_only(tmp_path: Path) -> None:
     build_report(tmp_path / "results", tmp_path / "report")
     md = (tmp_path / "report" / "index.md").read_text()
     assert "(c) Time to event" in md and "(c) within the regime" in md
+
+
+def test_f14_gives_every_detector_its_own_colour_and_dash() -> None:
+    """More detectors than palette colours (analyze --spike-rules scores 20): no two curves share colour and dash."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from stabilitybench.reports.figures.time_to_event import fig_warning_curves
+
+    dets = [f"det{i}" for i in range(23)] + [REFERENCE]
+    curves = pl.DataFrame([{"detector": d, "point": "curve", "fa_per_10k": fa, "warned_fraction": w,
+                            "fa_ci_low": None, "fa_ci_high": None, "warned_ci_low": None, "warned_ci_high": None}
+                           for d in dets for fa, w in ((0.0, 0.0), (10.0, 0.5))])
+    ax = fig_warning_curves(curves)
+    styles = [(matplotlib.colors.to_hex(ln.get_color()), ln.get_linestyle()) for ln in ax.get_lines()
+              if ln.get_label() != "_nolegend_" and not ln.get_label().startswith("1 false alarm")]
+    assert len(styles) == len(dets) and len(set(styles)) == len(dets)

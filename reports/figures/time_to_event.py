@@ -27,6 +27,9 @@ from stabilitybench.reports.text import Source, ci
 TITLE = "F14 · collapse without a kick: collapses warned vs false alarms (question (c))"
 #: The reference's label in ``time_to_event_curves`` (``stabilitybench.analysis.time_to_event_stage.REFERENCE``).
 REFERENCE = "time_since_start"
+#: Line styles of the detectors' curves, one per pass through the colour palette (more detectors than colours, e.g.
+#: the 20 of ``analyze --spike-rules``, still get a distinct colour-and-dash pair); the reference is dashed grey.
+LINESTYLES = ("-", "-.", ":")
 #: The false-alarm rate the operating points are calibrated to (per 10k stable updates).
 TARGET_FA = 1.0
 
@@ -42,10 +45,11 @@ def fig_warning_curves(curves: pl.DataFrame, ax: Axes | None = None) -> Axes:
         g = curves.filter(pl.col("detector") == det)
         ref = det == REFERENCE
         color = CONTROL_COLOR if ref else PALETTE[i % len(PALETTE)]
+        style = "--" if ref else LINESTYLES[(i // len(PALETTE)) % len(LINESTYLES)]  # past the palette: a new dash
         c = g.filter((pl.col("point") == "curve") & pl.col("fa_per_10k").is_not_null()).sort("fa_per_10k")
         label = "updates since the regime began (no-kick reference)" if ref else detector_label(det)
         ax.plot(c["fa_per_10k"].to_numpy(), c["warned_fraction"].to_numpy(), drawstyle="steps-post", color=color,
-                lw=1.6 if ref else 1.1, ls="--" if ref else "-", label=label, zorder=3 if ref else 2)
+                lw=1.6 if ref else 1.1, ls=style, label=label, zorder=3 if ref else 2)
         p = g.filter(pl.col("point") == "calibrated")
         if p.height and finite(p["fa_per_10k"][0]) and finite(p["warned_fraction"][0]):
             x, y = float(p["fa_per_10k"][0]), float(p["warned_fraction"][0])
