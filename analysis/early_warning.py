@@ -77,6 +77,7 @@ from stabilitybench.analysis.errors import InsufficientDataError
 from stabilitybench.analysis.metastate import MonitorBase
 from stabilitybench.analysis.metastate.base import window_max
 from stabilitybench.analysis.monitor_file import SUFFIX, MonitorFile, columns_reported_by, provenance_of
+from stabilitybench.analysis.stats import ffill
 from stabilitybench.analysis.summary import Status, StatusKind, not_testable
 from stabilitybench.analysis.time_to_event import ar1_twin
 from stabilitybench.data_schema.keys import SUSTAINED_KINDS, control_mask, onset_step, resolve_onset, sustained_mask
@@ -225,8 +226,8 @@ def _on_steps(trajectory: tuple[np.ndarray, np.ndarray], steps: np.ndarray) -> n
     ref_steps, mean = trajectory
     idx = np.clip(np.searchsorted(ref_steps, steps), 0, max(ref_steps.size - 1, 0))
     R = np.where((ref_steps[idx] == steps)[:, None], mean[idx], np.nan)
-    filled = pl.DataFrame(R, orient="row").select(pl.all().fill_nan(None).forward_fill().backward_fill().fill_null(0.0))
-    return filled.to_numpy().astype(float)
+    R = np.column_stack([ffill(ffill(c)[::-1])[::-1] for c in R.T])  # forward, then back over the leading NaNs
+    return np.where(np.isnan(R), 0.0, R)
 
 
 def null_twin(steps: np.ndarray, X: np.ndarray, collapse_step: int | None, seed: int,

@@ -200,11 +200,11 @@ def compare_detectors(results: str | Path, a: str, b: str, domain: str, *, regim
     blocks = blocks.filter(pl.col("domain") == domain)
     if regime_only:
         blocks = blocks.filter(~pl.col("is_control"))
-    missing = [d for d in (a, b) if blocks.filter(pl.col("detector") == d).height == 0]
+    pick = {d: blocks.filter(pl.col("detector") == d).drop("detector", "domain") for d in (a, b)}
+    missing = [d for d, rows in pick.items() if rows.height == 0]
     if missing:
         raise AnalysisError(f"no (c) scores of {', '.join(map(repr, missing))} in the {domain} domain of {results} "
                             f"(detectors there: {sorted(blocks['detector'].unique().to_list())})")
-    pick = {d: blocks.filter(pl.col("detector") == d).drop("detector", "domain") for d in (a, b)}
     return {"detectors": [a, b], "domain": domain, "regime_only": regime_only,
             "horizons": {str(h): auroc_difference(pick[a], pick[b], int(h), n_boot=n_boot, seed=seed)
                          for h in HORIZONS.get(domain, ())}}
